@@ -1,0 +1,53 @@
+"""nn.Module drop-ins for the functional ops (torch.nn / open_clip names)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .ops import cosine as _cosine
+
+
+# ----------------------------------------------------------------------------- cosine
+class CosineSimilarity(nn.Module):
+    """Like torch.nn.CosineSimilarity, but dim defaults to -1 (features last)."""
+
+    def __init__(self, dim: int = -1, eps: float = 1e-8, *, backend: str | None = None):
+        super().__init__()
+        self.dim, self.eps, self.backend = dim, eps, backend
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return _cosine.cosine_similarity(x1, x2, self.dim, self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}"
+
+
+class PairwiseCosineSimilarity(nn.Module):
+    """[..., N, D], [..., M, D] (or None: a with itself) -> [..., N, M]."""
+
+    def __init__(self, eps: float = 1e-8, *, backend: str | None = None):
+        super().__init__()
+        self.eps, self.backend = eps, backend
+
+    def forward(self, a: Tensor, b: Tensor | None = None) -> Tensor:
+        return _cosine.pairwise_cosine_similarity(a, b, self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class FeatureDistillationLoss(nn.Module):
+    """Seed's L_feature (kind="mse": mean over rows of |f_S - f_T|^2) or 1 - cos."""
+
+    def __init__(self, kind: str = "mse", reduction: str = "mean", eps: float = 1e-8, *,
+                 backend: str | None = None):
+        super().__init__()
+        self.kind, self.reduction, self.eps, self.backend = kind, reduction, eps, backend
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return _cosine.feature_distillation_loss(student, teacher, self.kind, self.reduction,
+                                                 eps=self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, reduction={self.reduction!r}"
+
+# (distillation, contrastive, mae, diffusion modules go below, one section per family)

@@ -1,0 +1,52 @@
+"""Registration helpers shared by every family's ops module.
+
+Each op exists as a C++ op ``pykernels::<name>`` (CPU and CUDA kernels, schema in
+csrc/pykernels.cpp) and as a Triton op ``pykernels::<name>_triton`` (defined here with
+torch.library.triton_op). Both get autograd through a ``<name>_backward`` op of the
+same backend, so the public function only picks which one to call.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .. import backends
+
+
+def op(name: str, backend: str):
+    """The torch.ops.pykernels op that runs `name` on `backend` (cpu, cuda or triton)."""
+    return getattr(torch.ops.pykernels, name + "_triton" if backend == "triton" else name)
+
+
+def triton_available() -> bool:
+    return backends._TRITON_ERROR is None
+
+
+def register_cpp(name: str, fake: Callable, backward_fake: Callable | None = None) -> bool:
+    """Fake (meta) implementations for the C++ op `name` and its backward op.
+
+    Returns False, registering nothing, when pykernels._C is not loaded."""
+    if not backends.extension_loaded():
+        return False
+    torch.library.register_fake(f"pykernels::{name}")(fake)
+    if backward_fake is not None:
+        torch.library.register_fake(f"pykernels::{name}_backward")(backward_fake)
+    return True
+
+
+def pair_autograd(name: str, backend: str, n_extra: int) -> None:
+    """Autograd for an op f(x1, x2, *extra) whose backward op of the same backend is
+    f_backward(grad, x1, x2, *extra) -> (grad_x1, grad_x2); extra args get no grad."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.extra = inputs[2:]
+
+    def backward(ctx, grad):
+        x1, x2 = ctx.saved_tensors
+        g1, g2 = op(name + "_backward", backend)(grad, x1, x2, *ctx.extra)
+        return (g1, g2) + (None,) * n_extra
+
+    target = f"pykernels::{name}_triton" if backend == "triton" else f"pykernels::{name}"
+    torch.library.register_autograd(target, backward, setup_context=setup_context)

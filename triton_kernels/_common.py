@@ -1,0 +1,29 @@
+"""Helpers shared by the Triton launchers of every family."""
+import torch
+import triton
+import triton.language as tl
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulation dtype for a torch input dtype (float64 stays float64)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def row_blocks(D: int, elem_bytes: int, on_cpu: bool) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D) for row-wise kernels: a [BLOCK_R, BLOCK_D] tile per step.
+
+    A tile covers ~16 KB of each input on a GPU; small D packs several rows per program.
+    Under the interpreter, fewer and larger programs run faster.
+    """
+    cap = 16384 // elem_bytes
+    block_d = min(triton.next_power_of_2(max(D, 1)), cap)
+    block_r = max(1, min(64, cap // block_d))
+    if on_cpu:
+        block_r = max(block_r, 16)
+    return block_r, block_d
+
+
+def rows_of(x: torch.Tensor) -> tuple[int, int]:
+    """(rows, D) of a contiguous [..., D] tensor."""
+    D = x.shape[-1]
+    return (x.numel() // D if D else 0), D
