@@ -40,6 +40,31 @@ def _cuda_wanted():
     return True
 
 
+def _nvidia_wheel_includes():
+    """include/ folders of the nvidia-* wheels torch depends on, when the toolkit lacks cusparse.h."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for root in list(nvidia.__path__):
+        found += sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in found if os.path.exists(os.path.join(d, "cusparse.h"))] or found
+
+
+def _write_build_info(archs):
+    """pykernels/_build_info.py: what this build compiled in (read by `python -m pykernels info`)."""
+    import torch
+
+    with open(os.path.join(ROOT, "pykernels", "_build_info.py"), "w") as fh:
+        fh.write("# Written by setup.py at build time.\n")
+        fh.write(f"CUDA_ARCHS = {archs!r}\nTORCH_VERSION = {torch.__version__!r}\n")
+
+
 def _extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -53,15 +78,22 @@ def _extension():
     # whose OpenMP pragmas need -fopenmp at compile time. libgomp is not linked
     # explicitly: its symbols resolve to the copy libtorch_cpu already loaded.
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    cxx += ["-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not with_cuda:
+        _write_build_info(None)
         return CppExtension("pykernels._C", sources, include_dirs=include_dirs,
                             extra_compile_args={"cxx": cxx})
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # Torch's CUDA headers include the math libraries' headers (cusparse.h, cublas_v2.h).
+    # A bare nvcc toolkit may lack them; torch's pip dependencies ship them. They go
+    # on the -isystem path, searched after the toolkit's own -I headers.
+    extra_inc = [arg for d in _nvidia_wheel_includes() for arg in ("-isystem", d)]
+    cxx += extra_inc
     sources += rel("csrc/cuda/*.cu")
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
-    nvcc += ["--expt-relaxed-constexpr", "-DPYKERNELS_WITH_CUDA"]
+    nvcc += ["--expt-relaxed-constexpr", "-DPYKERNELS_WITH_CUDA"] + extra_inc
+    _write_build_info(os.environ["TORCH_CUDA_ARCH_LIST"])
     return CUDAExtension("pykernels._C", sources, include_dirs=include_dirs,
                          extra_compile_args={"cxx": cxx + ["-DPYKERNELS_WITH_CUDA"], "nvcc": nvcc})
 
@@ -74,7 +106,9 @@ def _build_ext():
 
 setup(
     # triton_kernels/ lives at the repository root but installs as pykernels.triton_kernels:
-    # the top-level name triton_kernels belongs to PyPI's and Triton's own packages.
+    # the top-level name triton_kernels belongs to PyPI's and Triton's own packages. In a
+    # source checkout the symlink pykernels/triton_kernels -> ../triton_kernels gives the
+    # same import path without an install (and to each git worktree its own kernels).
     packages=["pykernels", "pykernels.ops", "pykernels.reference", "pykernels.models",
               "pykernels.integrations", "pykernels.triton_kernels"],
     package_dir={"pykernels.triton_kernels": "triton_kernels"},

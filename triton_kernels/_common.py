@@ -27,3 +27,9 @@ def rows_of(x: torch.Tensor) -> tuple[int, int]:
     """(rows, D) of a contiguous [..., D] tensor."""
     D = x.shape[-1]
     return (x.numel() // D if D else 0), D
+
+
+def dot_upcast(dtype: torch.dtype, device: torch.device) -> bool:
+    """True where tl.dot inputs must be upcast to float32 first: the Triton interpreter
+    (3.8 checked) returns garbage for bfloat16 tl.dot. On a GPU bf16 stays on tensor cores."""
+    return device.type == "cpu" and dtype == torch.bfloat16

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype, row_blocks, rows_of
+from ._common import acc_dtype, dot_upcast, row_blocks, rows_of
 
 MODE_COS, MODE_ONE_MINUS_COS, MODE_SQDIST = 0, 1, 2
 
@@ -123,7 +123,7 @@ def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.co
     xg, xx, _, _ = _dot_and_squares(P, PG, rmask, D, ACC, BLOCK_R, BLOCK_D)
     n = tl.sqrt(xx)
     a = tl.maximum(n, eps)
-    kx = tl.where(n > eps, -xg / (n * n * a), 0.0)
+    kx = tl.where(n > eps, -xg / (a * a * a), 0.0)  # a == n where n > eps; no 0/0 elsewhere
     kg = 1.0 / a
     Q, _, _ = _row_pointers(GX, row0, R, D, BLOCK_R)
     for d0 in range(0, D, BLOCK_D):
@@ -137,7 +137,7 @@ def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.co
 @triton.jit
 def scaled_matmul_kernel(A, B, C, RS, CS, M, N, K,
                          s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
-                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          GROUP_M: tl.constexpr):
     """C[z] = diag(RS[z]) A[z] B[z] diag(CS[z]) (scales only when SCALE), fp32 accumulate.
@@ -165,6 +165,9 @@ def scaled_matmul_kernel(A, B, C, RS, CS, M, N, K,
         ka = (k0 + rk) < K
         a = tl.load(pa, mask=(rm[:, None] < M) & ka[None, :], other=0.0)
         b = tl.load(pb, mask=ka[:, None] & (rn[None, :] < N), other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
         pa += BLOCK_K * s_ak
         pb += BLOCK_K * s_bk
@@ -213,7 +216,7 @@ def normalize(x: torch.Tensor, eps: float, write_y: bool):
     x = x.contiguous()
     inv = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     y = torch.empty_like(x) if write_y else inv
-    R, D = rows_of(x)
+    R, D = inv.numel(), x.shape[-1]  # D == 0: every inverse norm is 1 / eps
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_kernel)[_row_grid(R, br)](
@@ -258,5 +261,5 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=No
     wrap_triton(scaled_matmul_kernel)[grid](
         a, b, c, rs, cs, M, N, K, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
         b.stride(2), c.stride(0), c.stride(1), c.stride(2), SCALE=scale,
-        ACC=acc_dtype(a.dtype), PRECISION=precision, **blocks)
+        ACC=acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device), **blocks)
     return c

@@ -113,8 +113,8 @@ at::Tensor cosine_similarity_cpu(const at::Tensor& x1_, const at::Tensor& x2_, d
   check_rowwise_pair(op, "x1", x1_, "x2", x2_, at::kCPU);
   check_positive(op, "eps", eps);
   const auto x1 = x1_.contiguous(), x2 = x2_.contiguous();
-  const int64_t D = x1.size(-1), rows = D == 0 ? x1.numel() : x1.numel() / D;
   auto out = at::empty(x1.sizes().slice(0, x1.dim() - 1), x1.options());
+  const int64_t D = x1.size(-1), rows = out.numel();  // D == 0: every row is 0
   if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(x1.scalar_type(), "cosine_similarity_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -170,9 +170,9 @@ at::Tensor feature_distance_cpu(const at::Tensor& s_, const at::Tensor& t_,
   const int kind = feature_kind(op, kind_);
   check_positive(op, "eps", eps);
   const auto s = s_.contiguous(), t = t_.contiguous();
-  const int64_t D = s.size(-1), rows = D == 0 ? s.numel() : s.numel() / D;
   const auto acc_type = at::toOpMathType(s.scalar_type());
   auto out = at::empty(s.sizes().slice(0, s.dim() - 1), s.options().dtype(acc_type));
+  const int64_t D = s.size(-1), rows = out.numel();
   if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(s.scalar_type(), "feature_distance_cpu", [&] {
     using acc = acc_t<scalar_t>;

@@ -6,6 +6,8 @@ pykernels/reference/cosine.py.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -154,8 +156,9 @@ def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 
         return ref.pairwise_cosine_similarity(a, b, eps)
     batch = chk.broadcast_shapes(fn, ("a", a.shape[:-2]), ("b", b.shape[:-2]))
     (N, D), M = a.shape[-2:], b.shape[-2]
-    a3 = a.expand(*batch, N, D).reshape(-1, N, D)
-    b3 = b.expand(*batch, M, D).reshape(-1, M, D)
+    Z = math.prod(batch)
+    a3 = a.expand(*batch, N, D).reshape(Z, N, D)
+    b3 = b.expand(*batch, M, D).reshape(Z, M, D)
     return op("pairwise_cosine_similarity", name)(a3, b3, eps).reshape(*batch, N, M)
 
 
@@ -176,3 +179,20 @@ def feature_distillation_loss(student: Tensor, teacher: Tensor, kind: str = "mse
     if name == "reference":
         return ref.feature_distillation_loss(student, teacher, kind, reduction, eps)
     return ref.reduce(op("feature_distance", name)(student, teacher, kind, eps), reduction)
+
+
+# ----------------------------------------------------------------------------- self-check
+def _rand_pair(shape):
+    def make(device, dtype):
+        return tuple(torch.randn(*shape, device=device).to(dtype).requires_grad_() for _ in range(2))
+    return make
+
+
+SELFCHECK = [
+    ("cosine_similarity [64, 300]", _rand_pair((64, 300)), lambda be, a, b: cosine_similarity(a, b, backend=be)),
+    ("feature_distillation_loss mse", _rand_pair((64, 300)), lambda be, a, b: feature_distillation_loss(a, b, backend=be)),
+    ("feature_distillation_loss cosine", _rand_pair((64, 300)),
+     lambda be, a, b: feature_distillation_loss(a, b, "cosine", backend=be)),
+    ("pairwise_cosine_similarity [64, 96]", _rand_pair((64, 96)),
+     lambda be, a, b: pairwise_cosine_similarity(a, b, backend=be)),
+]

@@ -18,7 +18,7 @@ def _clamped_norm(x: torch.Tensor, dim: int, eps: float, keepdim: bool = False) 
 
 def cosine_similarity(x1: torch.Tensor, x2: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     acc = acc_dtype(x1.dtype)
-    a, b = x1.to(acc), x2.to(acc)
+    a, b = torch.broadcast_tensors(x1.to(acc), x2.to(acc))  # norms of the broadcast rows
     cos = (a * b).sum(dim) / (_clamped_norm(a, dim, eps) * _clamped_norm(b, dim, eps))
     return cos.to(x1.dtype)
 

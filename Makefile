@@ -1,0 +1,41 @@
+# Everything on a fresh machine goes through these targets:
+#   make bench   set up .venv, build, check every backend against the reference, print the quick benchmark
+#   make test    set up .venv, build, run the test suite
+# Knobs: PYTHON (the interpreter that makes .venv), PYKERNELS_CUDA, CUDA_HOME, MAX_JOBS, TORCH.
+PYTHON ?= python3
+TORCH ?= torch==2.14.1
+VENV := .venv
+PY := $(VENV)/bin/python
+export MAX_JOBS ?= 2
+
+.PHONY: all setup build test bench info clean
+
+all: test
+
+$(VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest hypothesis ninja matplotlib setuptools wheel
+	touch $@
+
+setup: $(VENV)/.deps
+
+# pip builds in a fresh temporary folder each time, so rebuild only when a source changed
+# (for quick incremental rebuilds while editing kernels: $(PY) setup.py build_ext --inplace).
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(shell find csrc -type f)
+	$(PY) -m pip install -q -e . --no-build-isolation
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m pykernels bench --quick
+
+info: build
+	$(PY) -m pykernels info
+
+clean:
+	rm -rf build pykernels/_C*.so pykernels/_build_info.py *.egg-info

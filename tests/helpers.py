@@ -1,0 +1,105 @@
+"""Shared test helpers: backend parametrisation, devices, error metrics, poisoning,
+and peak-memory measurement. Every tests/test_<family>.py builds on these."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import pykernels
+from pykernels import backends
+from pykernels._profiling import peak_cpu_bytes  # noqa: F401  (re-exported for the tests)
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Relative error ||out - ref|| / ||ref|| against a float64 reference (DESIGN.md).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def backend_device(name: str) -> torch.device:
+    """Where `name` runs in this test session: CUDA when it needs it or when present."""
+    if name == "cuda" or (name in ("triton", "reference") and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def backend_params(*names: str):
+    """pytest params for backends, skipped (with the reason) where unavailable."""
+    names = names or backends.NAMES
+    params = []
+    for name in names:
+        reason = backends.why_unavailable(name)
+        if reason is None and backend_device(name).type not in backends.available(backend_device(name)) and name != "reference":
+            reason = f"{name} does not run on {backend_device(name)}"
+        marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+ALL_BACKENDS = backend_params()
+CPP_BACKENDS = backend_params("cpu", "cuda")
+FUSED_BACKENDS = backend_params("cuda", "triton", "cpu")
+
+
+def dtypes_for(name: str):
+    """Dtypes a backend is tested in: the three training dtypes, plus float64 where the
+    backend is used for gradcheck."""
+    return FLOAT_DTYPES + ((torch.float64,) if name in ("cpu", "reference") else ())
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; inf when out has a NaN or Inf that ref lacks."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape:
+        raise AssertionError(f"shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
+    if not torch.equal(torch.isfinite(out), torch.isfinite(ref)):
+        return float("inf")
+    out, ref = out[torch.isfinite(ref)], ref[torch.isfinite(ref)]
+    denom = ref.norm().item()
+    diff = (out - ref).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+def assert_close(out, ref64, dtype, *, baseline=None, tol=None, what="output"):
+    """out within the dtype's tolerance of the float64 reference, or within twice the
+    error of `baseline` (PyTorch's own same-precision result) when that is larger."""
+    limit = TOLERANCE[dtype] if tol is None else tol
+    if baseline is not None:
+        limit = max(limit, 2 * rel_err(baseline, ref64))
+    err = rel_err(out, ref64)
+    assert err <= limit, f"{what}: relative error {err:.3g} > {limit:.3g} ({dtype})"
+
+
+@contextlib.contextmanager
+def poisoned():
+    """New tensors from torch.empty (ours included) start as NaN, so an element a kernel
+    forgets to write shows up (PyTorch fills uninitialised memory in deterministic mode)."""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", scale=1.0, requires_grad=False, seed=None):
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+    return x.requires_grad_(requires_grad)
+
+
+def grads(out: torch.Tensor, inputs, seed: int = 0):
+    """Gradients of <out, w> for a fixed random w (a full vector-Jacobian product)."""
+    w = randn(*out.shape, dtype=out.dtype, device=out.device, seed=seed)
+    return torch.autograd.grad(out, inputs, w, allow_unused=True)
+
+
+def as64(*xs):
+    """float64 leaf copies (for the reference that every backend is measured against)."""
+    return [x.detach().double().requires_grad_(x.requires_grad) for x in xs]
+
+
+__all__ = ["pykernels"]
