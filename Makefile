@@ -15,7 +15,7 @@ all: test
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy pytest hypothesis ninja matplotlib setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest hypothesis ninja matplotlib setuptools wheel diffusers
 	touch $@
 
 setup: $(VENV)/.deps

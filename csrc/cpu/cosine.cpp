@@ -33,17 +33,32 @@ inline void for_each_vec(const scalar_t* x1, const scalar_t* x2, int64_t D, F&& 
   if (i < D) f(i, D - i, IO::load(x1 + i, D - i), IO::load(x2 + i, D - i));
 }
 
-// dot(x1, x2), |x1|^2, |x2|^2 of one row.
+// dot(x1, x2), |x1|^2, |x2|^2 of one row. Four independent accumulators per sum keep
+// the FMA units busy (one chain per sum would wait on FMA latency every step); they are
+// combined in a fixed order, so the result stays deterministic.
 template <typename scalar_t>
 inline std::array<acc_t<scalar_t>, 3> dot_and_squares(const scalar_t* x1, const scalar_t* x2,
                                                       int64_t D) {
-  Vec<scalar_t> d(0), s1(0), s2(0);
-  for_each_vec(x1, x2, D, [&](int64_t, int64_t, const Vec<scalar_t>& a, const Vec<scalar_t>& b) {
-    d = at::vec::fmadd(a, b, d);
-    s1 = at::vec::fmadd(a, a, s1);
-    s2 = at::vec::fmadd(b, b, s2);
+  using IO = VecIO<scalar_t>;
+  using V = Vec<scalar_t>;
+  constexpr int64_t W = IO::kWidth, U = 4;
+  V d[U] = {V(0), V(0), V(0), V(0)}, s1[U] = {V(0), V(0), V(0), V(0)}, s2[U] = {V(0), V(0), V(0), V(0)};
+  int64_t i = 0;
+  for (; i + U * W <= D; i += U * W) {
+    for (int64_t u = 0; u < U; ++u) {
+      const V a = IO::load(x1 + i + u * W), b = IO::load(x2 + i + u * W);
+      d[u] = at::vec::fmadd(a, b, d[u]);
+      s1[u] = at::vec::fmadd(a, a, s1[u]);
+      s2[u] = at::vec::fmadd(b, b, s2[u]);
+    }
+  }
+  for_each_vec(x1 + i, x2 + i, D - i, [&](int64_t, int64_t, const V& a, const V& b) {
+    d[0] = at::vec::fmadd(a, b, d[0]);
+    s1[0] = at::vec::fmadd(a, a, s1[0]);
+    s2[0] = at::vec::fmadd(b, b, s2[0]);
   });
-  return {vsum(d), vsum(s1), vsum(s2)};
+  return {vsum((d[0] + d[1]) + (d[2] + d[3])), vsum((s1[0] + s1[1]) + (s1[2] + s1[3])),
+          vsum((s2[0] + s2[1]) + (s2[2] + s2[3]))};
 }
 
 // |x1 - x2|^2 of one row.
