@@ -43,7 +43,7 @@ def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constex
         if HAS_FILL:
             f = tl.load(FILL + cols, mask=cm, other=0.0)
             v = tl.where(in_fill[:, None], f[None, :], v)
-        v = tl.where(bad[:, None], float("nan"), v.to(tl.float32))
+        v = tl.where(bad[:, None], float("nan"), v)
         tl.store(OUT + out_row[:, None] + cols[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -66,28 +66,29 @@ def invert_ids_kernel(IDS, INV, R, K, T, MARK: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def mask_token_partial_kernel(G, IDS, PART, L, D, K, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
+                              BLOCK_D: tl.constexpr):
     """PART[n, d] = sum over l (in order) with K <= IDS[n, l] < L of G[n, l, d]."""
     n = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=ACC)
     for l0 in range(0, L, BLOCK_L):
         ls = l0 + tl.arange(0, BLOCK_L)
         lm = ls < L
         ids = tl.load(IDS + n * L + ls, mask=lm, other=0)
         sel = lm & (ids >= K) & (ids < L)
         g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :], other=0.0)
-        acc += tl.sum(g.to(tl.float32), axis=0)
+        acc += tl.sum(g.to(ACC), axis=0)
     tl.store(PART + n * D + cols, acc, mask=cm)
 
 
 @triton.jit
-def sum_rows_kernel(PART, OUT, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[d] = sum over n of PART[n, d], tiles in n order."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
         p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :], mask=(ns < N)[:, None] & cm[None, :], other=0.0)
@@ -119,7 +120,7 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P,
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
     v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w), mask=m & valid[:, None], other=0.0)
-    v = tl.where(valid[:, None], v.to(tl.float32), float("nan"))
+    v = tl.where(valid[:, None], v, float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -137,7 +138,7 @@ def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, BLOCK: tl
     k = tl.load(INV + n * L + l, mask=m, other=0)
     valid = (k >= 0) & (k < K)
     off = (n * K + tl.where(valid, k, 0)) * P + ((y % p) * p + x % p) * C + c
-    v = tl.load(G + off, mask=m & valid, other=0.0).to(tl.float32)
+    v = tl.load(G + off, mask=m & valid, other=0.0)
     v = tl.where(valid, v, tl.where(k == K, 0.0, float("nan")))
     tl.store(OUT + idx, v.to(OUT.dtype.element_ty), mask=m)
 
@@ -230,13 +231,14 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     out = torch.empty((D,), dtype=grad.dtype, device=grad.device)
     if D == 0:
         return out
-    part = torch.empty((N, D), dtype=torch.float32, device=grad.device)
+    part = torch.empty((N, D), dtype=acc_dtype_torch(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, BLOCK_L=32, BLOCK_D=bd)
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=acc_dtype(grad.dtype),
+                                                                          BLOCK_L=32, BLOCK_D=bd)
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, BLOCK_N=16, BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
     return out
 
 
