@@ -22,7 +22,7 @@ def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
 
 # ----------------------------------------------------------------------------- tokens
 @triton.jit
-def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr,
+def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[n, t] = SRC[n, i] for 0 <= i < S, FILL (or 0) for S <= i < hi, NaN otherwise;
     i = IDX[n, t]. Rows r = n*T + t."""
@@ -43,7 +43,7 @@ def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constex
         if HAS_FILL:
             f = tl.load(FILL + cols, mask=cm, other=0.0)
             v = tl.where(in_fill[:, None], f[None, :], v)
-        v = tl.where(bad[:, None], float("nan"), v)
+        v = tl.where(bad[:, None], float("nan"), v.to(ACC))  # ACC: the interpreter has no bf16 NaN constant
         tl.store(OUT + out_row[:, None] + cols[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -110,7 +110,7 @@ def _pixel(n, l, e, C, H, W, p, w):
 
 
 @triton.jit
-def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P,
+def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
                           BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < R
@@ -120,12 +120,12 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P,
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
     v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w), mask=m & valid[:, None], other=0.0)
-    v = tl.where(valid[:, None], v, float("nan"))
+    v = tl.where(valid[:, None], v.to(ACC), float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, BLOCK: tl.constexpr):
+def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Image gradient in image order: pixel of patch l gets G[n, k] (k = INV[n, l]),
     0 where k == K (patch not kept), NaN where k == -1 (repeated id)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -138,7 +138,7 @@ def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, BLOCK: tl
     k = tl.load(INV + n * L + l, mask=m, other=0)
     valid = (k >= 0) & (k < K)
     off = (n * K + tl.where(valid, k, 0)) * P + ((y % p) * p + x % p) * C + c
-    v = tl.load(G + off, mask=m & valid, other=0.0)
+    v = tl.load(G + off, mask=m & valid, other=0.0).to(ACC)
     v = tl.where(valid, v, tl.where(k == K, 0.0, float("nan")))
     tl.store(OUT + idx, v.to(OUT.dtype.element_ty), mask=m)
 
@@ -205,7 +205,7 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, fill, hi: int) -> torch.Te
     has_fill = fill is not None
     wrap_triton(gather_rows_kernel)[(triton.cdiv(R, br),)](
         src, idx, fill.contiguous() if has_fill else src, out, R, T, S, D, hi,
-        HAS_FILL=has_fill, BLOCK_R=br, BLOCK_D=bd)
+        HAS_FILL=has_fill, ACC=acc_dtype(src.dtype), BLOCK_R=br, BLOCK_D=bd)
     return out
 
 
@@ -257,7 +257,7 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
     wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
-        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, BLOCK_R=br, BLOCK_P=bp)
+        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
@@ -271,7 +271,7 @@ def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: in
         return out
     block = 4096 if grad.device.type == "cpu" else 1024
     wrap_triton(scatter_patches_kernel)[(triton.cdiv(total, block),)](
-        grad, inv, out, total, K, C, H, W, p, w, L, P, BLOCK=block)
+        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=acc_dtype(grad.dtype), BLOCK=block)
     return out
 
 
