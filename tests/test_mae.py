@@ -503,3 +503,21 @@ def test_bad_input_torch_ops(case):
         pytest.skip("pykernels._C not built")
     with pytest.raises(exc, match=text):
         call(torch.ops.pykernels)
+
+
+TRITON_BAD = [
+    (lambda o: o.gather_tokens_triton(torch.ones(2, 4), _k), ValueError, "'x'"),
+    (lambda o: o.gather_patches_triton(_i, _k.int(), 2), TypeError, "'ids_keep'"),
+    (lambda o: o.gather_patches_triton(_i, _k, 4), ValueError, "multiples"),
+    (lambda o: o.unshuffle_with_mask_tokens_triton(torch.ones(2, 2, 3), torch.ones(3).double(), _k), TypeError, "'mask_token'"),
+    (lambda o: o.patch_mse_triton(torch.ones(2, 6, 12), _i.double(), 2, False), TypeError, "'imgs'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TRITON_BAD)))
+def test_bad_input_triton_ops(case):
+    call, exc, text = TRITON_BAD[case]
+    if not hasattr(torch.ops.pykernels, "gather_patches_triton"):
+        pytest.skip("triton not importable")
+    with pytest.raises(exc, match=text):
+        call(torch.ops.pykernels)
