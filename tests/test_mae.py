@@ -307,6 +307,7 @@ def test_random_masking_builds_no_index_tensor():
     assert 0 < peak < 1.5 * out_bytes, f"peak {peak} bytes"
 
 
+@pytest.mark.filterwarnings("ignore:var\\(\\). degrees of freedom")  # torch's, for the no-channel image
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous_and_empty(backend):
     dev = backend_device(backend)
@@ -327,6 +328,9 @@ def test_non_contiguous_and_empty(backend):
     e = pk.gather_patches(torch.zeros(0, 3, 4, 4, device=dev), torch.zeros(0, 2, dtype=torch.int64, device=dev), 2,
                           backend=backend)
     assert e.shape == (0, 2, 12)
+    no_channels = pk.masked_patch_loss(torch.zeros(1, 4, 0, device=dev), torch.zeros(1, 0, 4, 4, device=dev),
+                                       torch.ones(1, 4, device=dev), 2, norm_pix_loss=True, backend=backend)
+    assert torch.isnan(no_channels)  # a mean over no pixels, as the reference gives
 
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile

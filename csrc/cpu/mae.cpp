@@ -284,7 +284,7 @@ inline acc vsum(const at::vec::Vectorized<acc>& v) {
 template <typename acc>
 inline std::pair<acc, acc> target_norm(const acc* t, int64_t P, bool norm) {
   using V = at::vec::Vectorized<acc>;
-  if (!norm) return {acc(0), acc(1)};
+  if (!norm || P == 0) return {acc(0), acc(1)};  // P == 0: the loss is 0 / 0 = NaN anyway
   const acc k = t[0];
   V vs(0), vss(0);
   const V vk(k);
