@@ -6,6 +6,8 @@ what this installation can run.
 """
 from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
+from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
+                      unshuffle_with_mask_tokens)
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -20,4 +22,11 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine_similarity",
     "feature_distillation_loss",
+    # mae
+    "random_masking",
+    "patchify",
+    "unpatchify",
+    "gather_patches",
+    "unshuffle_with_mask_tokens",
+    "masked_patch_loss",
 ]

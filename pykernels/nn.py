@@ -51,3 +51,55 @@ class FeatureDistillationLoss(nn.Module):
         return f"kind={self.kind!r}, reduction={self.reduction!r}"
 
 # (distillation, contrastive, mae, diffusion modules go below, one section per family)
+
+
+# ----------------------------------------------------------------------------- mae
+import torch  # noqa: E402
+
+from .ops import mae as _mae  # noqa: E402
+
+
+class RandomMasking(nn.Module):
+    """MAE's per-sample random masking: x [N, L, D] -> (x_visible, mask, ids_restore)."""
+
+    def __init__(self, mask_ratio: float = 0.75, *, backend: str | None = None):
+        super().__init__()
+        self.mask_ratio, self.backend = mask_ratio, backend
+
+    def forward(self, x: Tensor, noise: Tensor | None = None, generator=None):
+        return _mae.random_masking(x, self.mask_ratio, noise=noise, generator=generator, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"mask_ratio={self.mask_ratio}"
+
+
+class MaskTokenUnshuffle(nn.Module):
+    """The MAE decoder's learned mask token ([1, 1, D], normal(std=0.02) as MAE
+    initialises it) and the unshuffle that puts it in every removed slot."""
+
+    def __init__(self, dim: int, *, backend: str | None = None):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.backend = backend
+
+    def forward(self, x_visible: Tensor, ids_restore: Tensor) -> Tensor:
+        return _mae.unshuffle_with_mask_tokens(x_visible, self.mask_token, ids_restore, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.mask_token.shape[-1]}"
+
+
+class MaskedPatchLoss(nn.Module):
+    """MAE's reconstruction loss over the removed patches: (pred, imgs, mask) -> scalar."""
+
+    def __init__(self, patch_size: int, norm_pix_loss: bool = False, *, backend: str | None = None):
+        super().__init__()
+        self.patch_size, self.norm_pix_loss, self.backend = patch_size, norm_pix_loss, backend
+
+    def forward(self, pred: Tensor, imgs: Tensor, mask: Tensor) -> Tensor:
+        return _mae.masked_patch_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss,
+                                      backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"
