@@ -19,10 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pykernels as pk  # noqa: E402
 from harness import Case, main  # noqa: E402
 
-# The harness times "bwd" by replaying one graph's backward (retain_graph=True), which
-# torch.compile's donated buffers forbid; donation only saves memory, not time.
-torch._functorch.config.donated_buffer = False
-
 
 class _Inject(torch.autograd.Function):
     @staticmethod
