@@ -6,6 +6,7 @@ what this installation can run.
 """
 from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
+from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -20,4 +21,11 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine_similarity",
     "feature_distillation_loss",
+    # diffusion
+    "make_schedule",
+    "add_noise",
+    "get_velocity",
+    "diffusion_loss",
+    "ddpm_step",
+    "ddim_step",
 ]
