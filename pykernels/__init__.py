@@ -8,6 +8,7 @@ from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
 from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
                       unshuffle_with_mask_tokens)
+from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -29,4 +30,11 @@ __all__ = [
     "gather_patches",
     "unshuffle_with_mask_tokens",
     "masked_patch_loss",
+    # diffusion
+    "make_schedule",
+    "add_noise",
+    "get_velocity",
+    "diffusion_loss",
+    "ddpm_step",
+    "ddim_step",
 ]
