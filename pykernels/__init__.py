@@ -9,6 +9,7 @@ from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_c
 from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
                       unshuffle_with_mask_tokens)
 from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
+from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -37,4 +38,8 @@ __all__ = [
     "diffusion_loss",
     "ddpm_step",
     "ddim_step",
+    # distillation
+    "distillation_loss",
+    "cross_entropy",
+    "soft_target_cross_entropy",
 ]
