@@ -6,6 +6,7 @@ what this installation can run.
 """
 from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
+from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -20,4 +21,8 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine_similarity",
     "feature_distillation_loss",
+    # distillation
+    "distillation_loss",
+    "cross_entropy",
+    "soft_target_cross_entropy",
 ]

@@ -51,3 +51,66 @@ class FeatureDistillationLoss(nn.Module):
         return f"kind={self.kind!r}, reduction={self.reduction!r}"
 
 # (distillation, contrastive, mae, diffusion modules go below, one section per family)
+
+
+# ----------------------------------------------------------------------------- distillation
+from .ops import distillation as _distillation  # noqa: E402
+
+
+class DistillationLoss(nn.Module):
+    """soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels).
+
+    Defaults are the soft (Hinton KL) loss alone; pass labels and hard_weight for the
+    hard term. forward(student_logits, teacher_logits, labels=None)."""
+
+    def __init__(self, temperature: float = 1.0, *, soft_weight: float = 1.0, hard_weight: float = 0.0,
+                 beta: float = 0.0, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 reduction: str = "batchmean", backend: str | None = None):
+        super().__init__()
+        self.temperature, self.soft_weight, self.hard_weight, self.beta = temperature, soft_weight, hard_weight, beta
+        self.ignore_index, self.label_smoothing, self.reduction, self.backend = (
+            ignore_index, label_smoothing, reduction, backend)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None) -> Tensor:
+        return _distillation.distillation_loss(
+            student_logits, teacher_logits, temperature=self.temperature, labels=labels,
+            soft_weight=self.soft_weight, hard_weight=self.hard_weight, beta=self.beta,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction=self.reduction,
+            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
+                f"beta={self.beta}, reduction={self.reduction!r}")
+
+
+class CrossEntropyLoss(nn.Module):
+    """torch.nn.CrossEntropyLoss for [..., V] logits (classes last) and int64 labels."""
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
+                 backend: str | None = None):
+        super().__init__()
+        self.ignore_index, self.reduction, self.label_smoothing, self.backend = (
+            ignore_index, reduction, label_smoothing, backend)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return _distillation.cross_entropy(logits, labels, ignore_index=self.ignore_index,
+                                           label_smoothing=self.label_smoothing, reduction=self.reduction,
+                                           backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """Cross entropy against soft labels: -sum_j q_j log softmax(logits / T)_j per row."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "batchmean", *, backend: str | None = None):
+        super().__init__()
+        self.temperature, self.reduction, self.backend = temperature, reduction, backend
+
+    def forward(self, logits: Tensor, target_probs: Tensor) -> Tensor:
+        return _distillation.soft_target_cross_entropy(logits, target_probs, temperature=self.temperature,
+                                                       reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"

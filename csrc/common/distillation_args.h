@@ -1,0 +1,84 @@
+// Argument checks of the distillation family, shared by the CPU and CUDA implementations,
+// and the per-call settings every kernel of the family reads.
+#pragma once
+#include <cmath>
+
+#include "common/checks.h"
+
+namespace pykernels {
+
+// Logits [..., V] with V >= 1: float, on a device of the given type.
+inline void check_logits(const char* op, const char* arg, const at::Tensor& x, at::DeviceType dev) {
+  check_float(op, arg, x);
+  check_device_type(op, arg, x, dev);
+  check_min_dim(op, arg, x, 1);
+  TORCH_CHECK_VALUE(x.size(-1) >= 1, op, ": argument '", arg,
+                    "' must have at least one class (last dim), got shape ", x.sizes());
+}
+
+// A second [..., V] tensor that must match the first in shape, dtype and device.
+inline void check_like(const char* op, const char* arg, const at::Tensor& t, const char* ref_arg,
+                       const at::Tensor& ref) {
+  check_float(op, arg, t);
+  check_same_device(op, arg, t, ref_arg, ref);
+  check_same_dtype(op, arg, t, ref_arg, ref);
+  check_same_shape(op, arg, t, ref_arg, ref);
+}
+
+// labels: int64, shape [...] of logits [..., V], same device. Their values are checked by
+// the CPU kernels only (reading them on a GPU would synchronise).
+inline void check_labels(const char* op, const at::Tensor& labels, const at::Tensor& logits) {
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
+                   ": argument 'labels' must be int64, got ", labels.scalar_type());
+  check_same_device(op, "labels", labels, "logits", logits);
+  const auto rows = logits.sizes().slice(0, logits.dim() - 1);
+  TORCH_CHECK_VALUE(labels.sizes() == rows, op, ": argument 'labels' must have shape ", rows,
+                    " (the logits' shape without the last dim), got ", labels.sizes());
+}
+
+inline void check_unit_interval(const char* op, const char* arg, double v) {
+  TORCH_CHECK_VALUE(v >= 0.0 && v <= 1.0, op, ": argument '", arg, "' must be in [0, 1], got ", v);
+}
+
+inline void check_finite(const char* op, const char* arg, double v) {
+  TORCH_CHECK_VALUE(std::isfinite(v), op, ": argument '", arg, "' must be finite, got ", v);
+}
+
+// grad [...] and the saved per-row gradient x [..., V] of pykernels::distillation_scale_grad.
+inline void check_scale_grad(const char* op, const at::Tensor& grad, const at::Tensor& x,
+                             at::DeviceType dev) {
+  check_float(op, "x", x);
+  check_device_type(op, "x", x, dev);
+  check_min_dim(op, "x", x, 1);
+  check_float(op, "grad", grad);
+  check_same_device(op, "grad", grad, "x", x);
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes().slice(0, x.dim() - 1), op,
+                    ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1), ", got ",
+                    grad.sizes());
+}
+
+// What one call computes. The three ops of the family are one kernel:
+//   distillation_loss:         teacher logits, optional labels (hard term);
+//   cross_entropy:             no teacher, labels, hard_weight = 1;
+//   soft_target_cross_entropy: teacher = target probabilities (probs = true).
+struct DistillSettings {
+  double temperature = 1.0, soft_weight = 0.0, hard_weight = 0.0, beta = 0.0, label_smoothing = 0.0;
+  int64_t ignore_index = -100;
+  bool soft = false;    // the soft term (teacher logits) is computed
+  bool hard = false;    // the hard term (labels) is computed
+  bool probs = false;   // soft-target cross entropy against teacher = probabilities
+  bool grad_s = false;  // write the gradient w.r.t. the student logits
+  bool grad_t = false;  // write the gradient w.r.t. the teacher (logits or probabilities)
+};
+
+inline void check_distill_hparams(const char* op, double temperature, double soft_weight,
+                                  double hard_weight, double beta, double label_smoothing) {
+  check_positive(op, "temperature", temperature);
+  check_finite(op, "temperature", temperature);
+  check_finite(op, "soft_weight", soft_weight);
+  check_finite(op, "hard_weight", hard_weight);
+  check_unit_interval(op, "beta", beta);
+  check_unit_interval(op, "label_smoothing", label_smoothing);
+}
+
+}  // namespace pykernels

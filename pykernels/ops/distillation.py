@@ -1,0 +1,305 @@
+"""Distillation family: the KD loss (temperature softmax, soft + hard targets, beta
+divergences), cross entropy, and soft-target cross entropy.
+
+Each op returns per-row losses and, computed in the same pass over the logits, the
+gradient of each row's loss w.r.t. the inputs that need one (flags decided here from
+requires_grad, which is static under torch.compile). The autograd backward only scales
+the saved gradient by the upstream per-row gradient (pykernels::distillation_scale_grad):
+the logits are never read again. The math is in pykernels/reference/distillation.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _checks as chk
+from .. import backends
+from ..reference import distillation as ref
+from ._registry import op, register_cpp, triton_available
+
+REDUCTIONS = ("batchmean", "sum", "none")
+CE_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_logits(fn: str, name: str, x) -> None:
+    chk.tensor(fn, name, x, min_dim=1)
+    if x.shape[-1] == 0:
+        raise ValueError(f"{fn}: argument '{name}' must have at least one class (last dim), got shape {tuple(x.shape)}")
+
+
+def _check_like(fn: str, name: str, x, ref_name: str, ref_x) -> None:
+    chk.tensor(fn, name, x, min_dim=1)
+    chk.same_device(fn, (ref_name, ref_x), (name, x))
+    chk.same_dtype(fn, (ref_name, ref_x), (name, x))
+    chk.same_shape(fn, (ref_name, ref_x), (name, x))
+
+
+def _check_labels(fn: str, labels, logits) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
+    if labels.device != logits.device:
+        raise ValueError(f"{fn}: argument 'labels' must be on the same device as the logits ({logits.device}), got {labels.device}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{fn}: argument 'labels' must have shape {tuple(logits.shape[:-1])} "
+                         f"(the logits' shape without the last dim), got {tuple(labels.shape)}")
+
+
+def _number(fn: str, name: str, value, lo=None, hi=None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: argument '{name}' must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: argument '{name}' must be finite, got {value}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{fn}: argument '{name}' must be in [{lo}, {hi}], got {value}")
+
+
+def _integer(fn: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: argument '{name}' must be an int, got {type(value).__name__}")
+
+
+def _temperature(fn: str, value) -> None:
+    chk.positive(fn, "temperature", value)
+    _number(fn, "temperature", value)
+
+
+def _label_values(fn: str, labels, V: int, ignore_index: int, backend: str) -> None:
+    """Label range check for CPU tensors on backends that do not check them themselves
+    (the cpu kernels raise the same IndexError). GPU kernels give a nan row instead of
+    synchronising; see docs/distillation.md."""
+    if backend != "cpu" and not torch.compiler.is_compiling():
+        ref.check_labels(labels, V, ignore_index, fn)
+
+
+def _wants_grad(x: Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+# ----------------------------------------------------------------------------- op registration
+def _grad_like(x: Tensor, wanted: bool) -> Tensor:
+    return x.new_empty(x.shape) if wanted else x.new_empty((0,))
+
+
+def _rows_like(x: Tensor) -> Tensor:
+    return x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
+
+
+def _distillation_fake(student, teacher, labels, temperature, soft_weight, hard_weight, beta, ignore_index,
+                       label_smoothing, grad_student, grad_teacher):
+    return _rows_like(student), _grad_like(student, grad_student), _grad_like(student, grad_teacher)
+
+
+def _cross_entropy_fake(logits, labels, ignore_index, label_smoothing, grad_logits):
+    return _rows_like(logits), _grad_like(logits, grad_logits)
+
+
+def _soft_target_fake(logits, target, temperature, grad_logits, grad_target):
+    return _rows_like(logits), _grad_like(logits, grad_logits), _grad_like(logits, grad_target)
+
+
+def _scale_fake(grad, x):
+    return x.new_empty(x.shape)
+
+
+# op name -> (fake, [(input index, saved output index, flag input index), ...])
+_OPS = {
+    "distillation_loss": (_distillation_fake, [(0, 1, 9), (1, 2, 10)]),
+    "cross_entropy": (_cross_entropy_fake, [(0, 1, 4)]),
+    "soft_target_cross_entropy": (_soft_target_fake, [(0, 1, 3), (1, 2, 4)]),
+}
+
+
+def _register_autograd(name: str, backend: str) -> None:
+    """loss rows -> saved gradients scaled by the upstream gradient of each row."""
+    slots = _OPS[name][1]
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output[1:])
+        ctx.flags = [inputs[f] for _, _, f in slots]
+        ctx.n_inputs = len(inputs)
+
+    def backward(ctx, grad_rows, *unused):
+        saved = ctx.saved_tensors
+        grads = [None] * ctx.n_inputs
+        for (i, o, _), computed in zip(slots, ctx.flags):
+            if ctx.needs_input_grad[i]:
+                if not computed:
+                    raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its gradient flag was False")
+                grads[i] = op("distillation_scale_grad", backend)(grad_rows, saved[o - 1])
+        return tuple(grads)
+
+    target = f"pykernels::{name}_triton" if backend == "triton" else f"pykernels::{name}"
+    torch.library.register_autograd(target, backward, setup_context=setup_context)
+
+
+for _name, (_fake, _) in _OPS.items():
+    if register_cpp(_name, _fake):
+        _register_autograd(_name, "cpp")
+register_cpp("distillation_scale_grad", _scale_fake)
+
+if triton_available():
+    from torch.library import triton_op
+
+    from ..triton_kernels import distillation as tk
+
+    @triton_op("pykernels::distillation_loss_triton", mutates_args=())
+    def _distillation_loss_triton(student: Tensor, teacher: Tensor, labels: Tensor | None, temperature: float,
+                                  soft_weight: float, hard_weight: float, beta: float, ignore_index: int,
+                                  label_smoothing: float, grad_student: bool,
+                                  grad_teacher: bool) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::distillation_loss_triton"
+        _check_logits(fn, "student", student)
+        _check_like(fn, "teacher", teacher, "student", student)
+        if labels is not None:
+            _check_labels(fn, labels, student)
+        elif hard_weight != 0:
+            raise ValueError(f"{fn}: argument 'hard_weight' must be 0 when no labels are given, got {hard_weight}")
+        return tk.distill_rows(student, teacher, labels, temperature=temperature, soft_weight=soft_weight,
+                               hard_weight=hard_weight, beta=beta, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing, grad_s=grad_student, grad_t=grad_teacher)
+
+    @triton_op("pykernels::cross_entropy_triton", mutates_args=())
+    def _cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int, label_smoothing: float,
+                              grad_logits: bool) -> tuple[Tensor, Tensor]:
+        fn = "pykernels::cross_entropy_triton"
+        _check_logits(fn, "logits", logits)
+        _check_labels(fn, labels, logits)
+        loss, g, _ = tk.distill_rows(logits, None, labels, hard_weight=1.0, ignore_index=ignore_index,
+                                     label_smoothing=label_smoothing, grad_s=grad_logits)
+        return loss, g
+
+    @triton_op("pykernels::soft_target_cross_entropy_triton", mutates_args=())
+    def _soft_target_triton(logits: Tensor, target: Tensor, temperature: float, grad_logits: bool,
+                            grad_target: bool) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::soft_target_cross_entropy_triton"
+        _check_logits(fn, "logits", logits)
+        _check_like(fn, "target", target, "logits", logits)
+        return tk.distill_rows(logits, target, None, temperature=temperature, probs=True,
+                               grad_s=grad_logits, grad_t=grad_target)
+
+    @triton_op("pykernels::distillation_scale_grad_triton", mutates_args=())
+    def _scale_grad_triton(grad: Tensor, x: Tensor) -> Tensor:
+        return tk.scale_grad(grad, x)
+
+    for _name in _OPS:
+        _register_autograd(_name, "triton")
+
+
+# ----------------------------------------------------------------------------- public API
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
+                      labels: Tensor | None = None, soft_weight: float = 1.0, hard_weight: float = 0.0,
+                      beta: float = 0.0, ignore_index: int = -100, label_smoothing: float = 0.0,
+                      reduction: str = "batchmean", backend: str | None = None) -> Tensor:
+    """Knowledge-distillation loss over rows of [..., V] logits.
+
+    loss = soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels), with
+    p = softmax(logits / T). beta = 0: KL(p_T || p_S) (Hinton); beta = 1: KL(p_S || p_T);
+    0 < beta < 1: generalised Jensen-Shannon. The hard term is cross entropy at T = 1 with
+    label smoothing. Rows labelled ignore_index drop out of both terms. reduction:
+    "batchmean" (sum / counted rows), "sum" or "none" (per row). Gradients go to the student
+    logits and, when they require grad, to the teacher logits. Returns float32 (float64 for
+    float64 inputs)."""
+    fn = "pykernels.distillation_loss"
+    _check_logits(fn, "student_logits", student_logits)
+    _check_like(fn, "teacher_logits", teacher_logits, "student_logits", student_logits)
+    if labels is not None:
+        _check_labels(fn, labels, student_logits)
+    _temperature(fn, temperature)
+    _number(fn, "soft_weight", soft_weight)
+    _number(fn, "hard_weight", hard_weight)
+    _number(fn, "beta", beta, 0, 1)
+    _number(fn, "label_smoothing", label_smoothing, 0, 1)
+    _integer(fn, "ignore_index", ignore_index)
+    chk.choice(fn, "reduction", reduction, REDUCTIONS)
+    if hard_weight != 0 and labels is None:
+        raise ValueError(f"{fn}: argument 'labels' is required when hard_weight != 0 (got hard_weight={hard_weight})")
+    name = backends.resolve(backend, student_logits.device, fn)
+    if labels is not None:
+        _label_values(fn, labels, student_logits.shape[-1], ignore_index, name)
+    if name == "reference":
+        return ref.distillation_loss(student_logits, teacher_logits, temperature, labels, soft_weight, hard_weight,
+                                     beta, ignore_index, label_smoothing, reduction)
+    rows, _, _ = op("distillation_loss", name)(
+        student_logits, teacher_logits, labels, float(temperature), float(soft_weight), float(hard_weight),
+        float(beta), ignore_index, float(label_smoothing), _wants_grad(student_logits), _wants_grad(teacher_logits))
+    return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: str = "mean", backend: str | None = None) -> Tensor:
+    """torch.nn.functional.cross_entropy for [..., V] logits (classes last) and int64 labels
+    [...]: same values, label smoothing, ignore_index, and "mean" over the counted rows
+    (nan when every row is ignored, as torch gives). Returns float32 (float64 for float64)."""
+    fn = "pykernels.cross_entropy"
+    _check_logits(fn, "logits", logits)
+    _check_labels(fn, labels, logits)
+    _number(fn, "label_smoothing", label_smoothing, 0, 1)
+    _integer(fn, "ignore_index", ignore_index)
+    chk.choice(fn, "reduction", reduction, CE_REDUCTIONS)
+    name = backends.resolve(backend, logits.device, fn)
+    _label_values(fn, labels, logits.shape[-1], ignore_index, name)
+    if name == "reference":
+        return ref.cross_entropy(logits, labels, ignore_index, label_smoothing, reduction)
+    rows, _ = op("cross_entropy", name)(logits, labels, ignore_index, float(label_smoothing), _wants_grad(logits))
+    return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
+
+
+def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperature: float = 1.0,
+                              reduction: str = "batchmean", backend: str | None = None) -> Tensor:
+    """-sum_j q_j log softmax(logits / T)_j per row of [..., V] logits against given
+    probabilities q (soft labels; the seed's L_soft). "batchmean" divides by the number of
+    rows. Gradients go to the logits and, when it requires grad, to target_probs."""
+    fn = "pykernels.soft_target_cross_entropy"
+    _check_logits(fn, "logits", logits)
+    _check_like(fn, "target_probs", target_probs, "logits", logits)
+    _temperature(fn, temperature)
+    chk.choice(fn, "reduction", reduction, REDUCTIONS)
+    name = backends.resolve(backend, logits.device, fn)
+    if name == "reference":
+        return ref.soft_target_cross_entropy(logits, target_probs, temperature, reduction)
+    rows, _, _ = op("soft_target_cross_entropy", name)(logits, target_probs, float(temperature),
+                                                       _wants_grad(logits), _wants_grad(target_probs))
+    return ref.reduce(rows, reduction)
+
+
+# ----------------------------------------------------------------------------- self-check
+def _kd_inputs(shape, with_labels):
+    def make(device, dtype):
+        s = (torch.randn(*shape, device=device) * 3).to(dtype).requires_grad_()
+        t = (torch.randn(*shape, device=device) * 3).to(dtype).requires_grad_()
+        if not with_labels:
+            return s, t
+        y = torch.randint(0, shape[-1], shape[:-1], device=device)
+        y[0] = -100
+        return s, t, y
+    return make
+
+
+def _probs_inputs(shape):
+    def make(device, dtype):
+        s = torch.randn(*shape, device=device).to(dtype).requires_grad_()
+        q = torch.softmax(torch.randn(*shape, device=device), -1).to(dtype).requires_grad_()
+        return s, q
+    return make
+
+
+SELFCHECK = [
+    ("distillation_loss KL T=2 [64, 1000]", _kd_inputs((64, 1000), False),
+     lambda be, s, t: distillation_loss(s, t, temperature=2.0, backend=be)),
+    ("distillation_loss JSD + hard [64, 1000]", _kd_inputs((64, 1000), True),
+     lambda be, s, t, y: distillation_loss(s, t, temperature=4.0, labels=y, beta=0.5, hard_weight=0.5,
+                                           label_smoothing=0.1, backend=be)),
+    ("cross_entropy [64, 1000]", _kd_inputs((64, 1000), True),
+     lambda be, s, t, y: cross_entropy(s, y, label_smoothing=0.1, backend=be)),
+    ("soft_target_cross_entropy [64, 1000]", _probs_inputs((64, 1000)),
+     lambda be, s, q: soft_target_cross_entropy(s, q, temperature=2.0, backend=be)),
+]

@@ -1,0 +1,122 @@
+"""Reference of the distillation family (the readable spec).
+
+Rows are all leading dims of [..., V] logits; V (the vocabulary / classes) is the last dim.
+With p = softmax(logits / T) for the student (p_S) and the teacher (p_T):
+
+    soft(row)  = T^2 * D_beta(p_T || p_S)
+                 beta = 0:     KL(p_T || p_S)       (Hinton; F.kl_div(log p_S, log p_T, log_target=True))
+                 beta = 1:     KL(p_S || p_T)       (reverse KL)
+                 0 < beta < 1: beta KL(p_T || m) + (1 - beta) KL(p_S || m),  m = beta p_T + (1 - beta) p_S
+                               (generalised Jensen-Shannon; log m through logaddexp, never log 0)
+    hard(row)  = (1 - ls) * (-log q_y) + ls * mean_j(-log q_j),  q = softmax(student logits), T = 1
+                 (F.cross_entropy's label smoothing)
+    loss(row)  = soft_weight * soft + hard_weight * hard;  0 for rows whose label is ignore_index
+    reduction  "batchmean": sum over counted rows / number of counted rows (nan when none is
+               counted, like F.cross_entropy's "mean" over an all-ignored batch); "sum"; "none".
+
+    soft_target_cross_entropy(row) = -sum_j q_j log softmax(logits / T)_j   (the seed's L_soft,
+               with the given probabilities q; no T^2)
+
+Everything is computed in float32 (float64 for float64 inputs) and returned in that dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import acc_dtype
+
+
+def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(x / T) computed as log softmax((x - rowmax) / T): the same value, but
+    logits of 1e4 at T = 0.05 do not lose their low bits to the rounding of x / T."""
+    x = x.to(acc_dtype(x.dtype))
+    return torch.log_softmax((x - x.amax(-1, keepdim=True).detach()) / temperature, dim=-1)
+
+
+def divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+               beta: float = 0.0) -> torch.Tensor:
+    """T^2 * D_beta(p_T || p_S) per row."""
+    ls, lt = _log_softmax(student, temperature), _log_softmax(teacher, temperature)
+    if beta == 0:
+        d = (lt.exp() * (lt - ls)).sum(-1)
+    elif beta == 1:
+        d = (ls.exp() * (ls - lt)).sum(-1)
+    else:
+        lm = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))
+        d = beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
+    return temperature * temperature * d
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, fn: str) -> None:
+    """IndexError for a label outside [0, V) other than ignore_index. Only for CPU tensors
+    (reading their values is no device synchronisation); see hard_cross_entropy for CUDA."""
+    if labels.device.type != "cpu" or labels.numel() == 0:
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise IndexError(f"{fn}: argument 'labels' must be in [0, {num_classes}) or ignore_index "
+                         f"({ignore_index}), got {value}")
+
+
+def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                       label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-row cross entropy at T = 1 (0 for ignored rows). A label out of range on a CUDA
+    tensor gives a nan row instead of a device-side assert."""
+    logp = _log_softmax(logits, 1.0)
+    V = logp.shape[-1]
+    counted = labels != ignore_index
+    bad = counted & ((labels < 0) | (labels >= V))
+    y = torch.where(counted & ~bad, labels, 0)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    ce = (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
+    ce = torch.where(bad, torch.full_like(ce, math.nan), ce)
+    return torch.where(counted, ce, torch.zeros_like(ce))
+
+
+def reduce(rows: torch.Tensor, reduction: str, count=None) -> torch.Tensor:
+    """'none' -> rows; 'sum'; 'batchmean' / 'mean' -> sum / count (count: rows when None)."""
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    return total / (rows.numel() if count is None else count)
+
+
+def counted_rows(labels: torch.Tensor | None, ignore_index: int, dtype: torch.dtype):
+    """Number of rows that count, as a device tensor (no host synchronisation)."""
+    return None if labels is None else (labels != ignore_index).sum().to(dtype)
+
+
+def distillation_rows(student, teacher, temperature=1.0, labels=None, soft_weight=1.0, hard_weight=0.0,
+                      beta=0.0, ignore_index=-100, label_smoothing=0.0) -> torch.Tensor:
+    rows = soft_weight * divergence(student, teacher, temperature, beta)
+    if labels is not None:
+        if hard_weight != 0:
+            rows = rows + hard_weight * hard_cross_entropy(student, labels, ignore_index, label_smoothing)
+        rows = torch.where(labels != ignore_index, rows, torch.zeros_like(rows))
+    return rows
+
+
+def distillation_loss(student, teacher, temperature=1.0, labels=None, soft_weight=1.0, hard_weight=0.0,
+                      beta=0.0, ignore_index=-100, label_smoothing=0.0, reduction="batchmean") -> torch.Tensor:
+    rows = distillation_rows(student, teacher, temperature, labels, soft_weight, hard_weight, beta,
+                             ignore_index, label_smoothing)
+    return reduce(rows, reduction, counted_rows(labels, ignore_index, rows.dtype))
+
+
+def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0, reduction="mean") -> torch.Tensor:
+    rows = hard_cross_entropy(logits, labels, ignore_index, label_smoothing)
+    return reduce(rows, reduction, counted_rows(labels, ignore_index, rows.dtype))
+
+
+def soft_target_rows(logits, target_probs, temperature=1.0) -> torch.Tensor:
+    logq = _log_softmax(logits, temperature)
+    return -(target_probs.to(logq.dtype) * logq).sum(-1)
+
+
+def soft_target_cross_entropy(logits, target_probs, temperature=1.0, reduction="batchmean") -> torch.Tensor:
+    return reduce(soft_target_rows(logits, target_probs, temperature), reduction)

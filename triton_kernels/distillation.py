@@ -1,0 +1,239 @@
+"""Triton kernels of the distillation family: one program per row, looping over V in
+BLOCK_V chunks.
+
+    pass 1  online softmax statistics of the student (and teacher) at temperature T: running
+            maxima, sums of exp((x - max) / T) and the KL numerators, rescaled whenever a
+            maximum grows; the hard term's sum at T = 1 rides along;
+    pass 2  (0 < beta < 1 only) KL(p_S || m), KL(p_T || m) with log m by logaddexp;
+    pass 3  the gradient of the row's loss w.r.t. the student (and teacher), so that the
+            backward is a scaling by the upstream gradient (scale_grad_kernel).
+All in float32 (float64 for float64). Row offsets are int64. A label out of [0, V) other
+than ignore_index gives a nan loss and gradient row (checking it would synchronise).
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import acc_dtype, rows_of
+
+MODE_KL, MODE_REVERSE_KL, MODE_JSD = 0, 1, 2
+
+
+@triton.jit
+def _logaddexp(x1, x2):
+    mx = tl.maximum(x1, x2)
+    return mx + tl.log(1.0 + tl.exp(-tl.abs(x1 - x2)))
+
+
+@triton.jit
+def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b, log_1b, ls, ignore_index,
+                   SOFT: tl.constexpr, HARD: tl.constexpr, PROBS: tl.constexpr, HAS_LABELS: tl.constexpr,
+                   MODE: tl.constexpr, SHARE1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = row * V
+    offs = tl.arange(0, BLOCK_V)
+    counted = True
+    bad = False
+    y = 0
+    if HAS_LABELS:
+        lab = tl.load(LAB + row)
+        counted = lab != ignore_index
+        if HARD:
+            bad = counted & ((lab < 0) | (lab >= V))
+            y = tl.where(bad | ~counted, 0, lab)
+    if counted:
+        # ---- pass 1: maxima start at the first chunk's, so every rescaling factor is finite
+        ninf = float("-inf")
+        ms = tl.max(tl.load(S + base + offs, mask=offs < V, other=ninf).to(ACC), 0)
+        mt = ms
+        if SOFT:
+            mt = tl.max(tl.load(T_ + base + offs, mask=offs < V, other=ninf).to(ACC), 0)
+        za = tl.zeros([], ACC)
+        zb = tl.zeros([], ACC)
+        wf = tl.zeros([], ACC)   # sum f (dt - ds)
+        wr = tl.zeros([], ACC)   # sum e (ds - dt)
+        qs = tl.zeros([], ACC)
+        wq = tl.zeros([], ACC)   # sum q ds
+        z1 = tl.zeros([], ACC)
+        ssum = tl.zeros([], ACC)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + offs
+            msk = cols < V
+            s = tl.load(S + base + cols, mask=msk, other=ninf).to(ACC)
+            ms_new = tl.maximum(ms, tl.max(s, 0))
+            dsh = (ms_new - ms) * inv_t
+            ds = tl.where(msk, (s - ms_new) * inv_t, 0.0)
+            e = tl.where(msk, tl.exp(ds), 0.0)
+            if SOFT:
+                t = tl.load(T_ + base + cols, mask=msk, other=ninf).to(ACC)
+                mt_new = tl.maximum(mt, tl.max(t, 0))
+                dth = (mt_new - mt) * inv_t
+                dt = tl.where(msk, (t - mt_new) * inv_t, 0.0)
+                f = tl.where(msk, tl.exp(dt), 0.0)
+                a_t = tl.exp(-dth)
+                wf = a_t * (wf + zb * (dsh - dth)) + tl.sum(f * (dt - ds), 0)
+                wr = tl.exp(-dsh) * (wr + za * (dth - dsh)) + tl.sum(e * (ds - dt), 0)
+                zb = a_t * zb + tl.sum(f, 0)
+                mt = mt_new
+            if PROBS:
+                q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+                wq = wq - qs * dsh + tl.sum(q * ds, 0)
+                qs += tl.sum(q, 0)
+            if HARD:
+                if not SHARE1:
+                    z1 = tl.exp(ms - ms_new) * z1 + tl.sum(tl.where(msk, tl.exp(s - ms_new), 0.0), 0)
+                ssum += tl.sum(tl.where(msk, s, 0.0), 0)
+            za = tl.exp(-dsh) * za + tl.sum(e, 0)
+            ms = ms_new
+        lza = tl.log(za)
+        lzb = tl.log(zb)
+        klf = wf / zb - lzb + lza
+        klr = wr / za - lza + lzb
+        # ---- pass 2: generalised JSD terms
+        ks = tl.zeros([], ACC)
+        kt = tl.zeros([], ACC)
+        if SOFT:
+            if MODE == 2:
+                for v0 in range(0, V, BLOCK_V):
+                    cols = v0 + offs
+                    msk = cols < V
+                    lps = (tl.load(S + base + cols, mask=msk, other=0.0).to(ACC) - ms) * inv_t - lza
+                    lpt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t - lzb
+                    lm = _logaddexp(lpt + log_b, lps + log_1b)
+                    ks += tl.sum(tl.where(msk, tl.exp(lps) * (lps - lm), 0.0), 0)
+                    kt += tl.sum(tl.where(msk, tl.exp(lpt) * (lpt - lm), 0.0), 0)
+        loss = tl.zeros([], ACC)
+        if SOFT:
+            if MODE == 0:
+                d = klf
+            elif MODE == 1:
+                d = klr
+            else:
+                d = beta * kt + (1.0 - beta) * ks
+            loss += sw * temp * temp * d
+        if PROBS:
+            loss += qs * lza - wq
+        if HARD:
+            lz1 = lza
+            if not SHARE1:
+                lz1 = tl.log(z1)
+            s_y = tl.load(S + base + y).to(ACC)
+            nll = lz1 + (ms - s_y)
+            smooth = lz1 + ms - ssum / V
+            loss += hw * ((1.0 - ls) * nll + ls * smooth)
+            loss = tl.where(bad, float("nan"), loss)
+        tl.store(LOSS + row, loss.to(LOSS.dtype.element_ty))
+        # ---- pass 3: gradients
+        if GRAD_S or GRAD_T:
+            c = sw * temp
+            for v0 in range(0, V, BLOCK_V):
+                cols = v0 + offs
+                msk = cols < V
+                s = tl.load(S + base + cols, mask=msk, other=0.0).to(ACC)
+                ds = (s - ms) * inv_t
+                lps = ds - lza
+                ps = tl.exp(lps)
+                g = tl.zeros([BLOCK_V], ACC)
+                h = tl.zeros([BLOCK_V], ACC)
+                if SOFT:
+                    lpt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t - lzb
+                    pt = tl.exp(lpt)
+                    if MODE == 0:
+                        g = c * (ps - pt)
+                        h = c * pt * (lpt - lps - klf)
+                    elif MODE == 1:
+                        g = c * ps * (lps - lpt - klr)
+                        h = c * (pt - ps)
+                    else:
+                        lm = _logaddexp(lpt + log_b, lps + log_1b)
+                        g = c * (1.0 - beta) * ps * (lps - lm - ks)
+                        h = c * beta * pt * (lpt - lm - kt)
+                if PROBS:
+                    q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+                    g = (ps * qs - q) * inv_t
+                    h = lza - ds
+                if HARD:
+                    p1 = ps
+                    if not SHARE1:
+                        p1 = tl.exp(s - ms - lz1)
+                    g += hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
+                    g = tl.where(bad, float("nan"), g)
+                if GRAD_S:
+                    tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
+                if GRAD_T:
+                    tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
+    else:  # an ignored row drops out of every term
+        tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + offs
+            msk = cols < V
+            if GRAD_S:
+                tl.store(GS + base + cols, tl.zeros([BLOCK_V], GS.dtype.element_ty), mask=msk)
+            if GRAD_T:
+                tl.store(GT + base + cols, tl.zeros([BLOCK_V], GT.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def scale_grad_kernel(G, X, OUT, V, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+    """OUT[r, :] = G[r] * X[r, :], 0 where X is 0."""
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.load(G + row).to(ACC)
+    offs = tl.arange(0, BLOCK_V)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + offs
+        msk = cols < V
+        x = tl.load(X + row * V + cols, mask=msk, other=0.0).to(ACC)
+        # an exact zero stays zero (an ignored row, even under an inf upstream gradient)
+        tl.store(OUT + row * V + cols, tl.where(x == 0, 0.0, g * x).to(OUT.dtype.element_ty), mask=msk)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _block_v(V: int, on_cpu: bool) -> int:
+    cap = 1 << 16 if on_cpu else 4096   # the interpreter prefers few, large steps
+    return min(triton.next_power_of_2(V), cap)
+
+
+def _mode(beta: float) -> int:
+    return MODE_KL if beta == 0 else MODE_REVERSE_KL if beta == 1 else MODE_JSD
+
+
+def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0, beta=0.0,
+                 ignore_index=-100, label_smoothing=0.0, probs=False, grad_s=False, grad_t=False):
+    """(per-row loss, grad w.r.t. student or an empty tensor, grad w.r.t. teacher or an empty
+    tensor). teacher: logits (soft term), probabilities (probs=True), or None."""
+    s = student.contiguous()
+    t = teacher.contiguous() if teacher is not None else None
+    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
+    loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
+    gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_s else s.new_empty((0,))
+    gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_t else s.new_empty((0,))
+    R, V = rows_of(s)
+    if R == 0:
+        return loss, gs, gt
+    soft = t is not None and not probs
+    hard = labels is not None and hard_weight != 0
+    lab = labels.contiguous() if labels is not None else loss
+    on_cpu = s.device.type == "cpu"
+    b = float(beta)
+    wrap_triton(distill_kernel)[(R,)](
+        s, t if t is not None else s, lab, loss, gs if grad_s else loss, gt if grad_t else loss, V,
+        1.0 / temperature, float(temperature), float(soft_weight), float(hard_weight), b,
+        math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, float(label_smoothing),
+        int(ignore_index), SOFT=soft, HARD=hard, PROBS=bool(probs), HAS_LABELS=labels is not None, MODE=_mode(b),
+        SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=acc_dtype(s.dtype),
+        BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
+    return loss, gs, gt
+
+
+def scale_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    R, V = rows_of(x)
+    if R:
+        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=acc_dtype(x.dtype),
+                                             BLOCK_V=_block_v(V, x.device.type == "cpu"))
+    return out
