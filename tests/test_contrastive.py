@@ -136,15 +136,15 @@ def test_forward_backward_vs_reference(backend, symmetric):
             i, t = _features(N, M, D, dtype, dev, seed=10 + k)
             s = torch.tensor(10.0, device=dev, requires_grad=True)
             y = torch.randint(0, M, (N,), generator=torch.Generator().manual_seed(k)).to(dev) if with_labels else None
-            for reduction in ("mean", "none"):
-                _check_against_reference(backend, i, t, s, labels=y, symmetric=symmetric, reduction=reduction)
+            reduction = ("mean", "none", "sum")[k % 3]
+            _check_against_reference(backend, i, t, s, labels=y, symmetric=symmetric, reduction=reduction)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_normalize_bias_and_scales(backend):
     dev = backend_device(backend)
     for dtype in dtypes_for(backend):
-        for scale_value in (1.0, 100.0):
+        for scale_value in ((1.0, 100.0) if dtype == torch.float32 else (100.0,)):
             i, t = _features(20, 31, 24, dtype, dev, seed=30, scale=3.0)  # far from unit norm
             s = torch.tensor(scale_value, device=dev, requires_grad=True)
             b = torch.tensor(-4.0, device=dev, requires_grad=True)

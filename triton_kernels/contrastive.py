@@ -148,7 +148,7 @@ def column_weight_kernel(LAB, W, C, N, M, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 # ----------------------------------------------------------------------------- launchers
 def _blocks(dtype: torch.dtype, D: int, on_cpu: bool) -> dict:
     if on_cpu:  # the interpreter runs one program at a time: few, small programs
-        return dict(BLOCK_A=16, BLOCK_B=16, BLOCK_D=16)
+        return dict(BLOCK_A=32, BLOCK_B=32, BLOCK_D=32)
     if dtype in (torch.float16, torch.bfloat16):
         return dict(BLOCK_A=128, BLOCK_B=64, BLOCK_D=64, num_warps=8, num_stages=3)
     return dict(BLOCK_A=64, BLOCK_B=64, BLOCK_D=32, num_warps=4, num_stages=3)

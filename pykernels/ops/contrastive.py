@@ -32,7 +32,8 @@ def _scalar_tensor(fn: str, name: str, x, like: Tensor) -> None:
         raise ValueError(f"{fn}: argument '{name}' must be a scalar tensor (shape [] or [1]), got shape {tuple(x.shape)}")
 
 
-def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric, normalize, reduction):
+def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric, normalize, reduction,
+           check_range=True):
     for name, x in (("image_features", image_features), ("text_features", text_features)):
         chk.tensor(fn, name, x)
         if x.dim() != 2:
@@ -63,7 +64,7 @@ def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, s
         raise ValueError(f"{fn}: argument 'labels' must have shape [N] = [{N}], got {tuple(labels.shape)}")
     # Range check where it costs no device sync: on CPU, outside torch.compile. CUDA
     # kernels never read out of range; an out-of-range label gives a NaN loss there.
-    if labels.device.type == "cpu" and N and not torch.compiler.is_compiling():
+    if check_range and labels.device.type == "cpu" and N and not torch.compiler.is_compiling():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= M:
             bad = lo if lo < 0 else hi
@@ -118,7 +119,9 @@ if triton_available():
     def _info_nce_loss_triton(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, labels: Tensor,
                               symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::info_nce_loss_triton"
-        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean")
+        # labels are not range-checked (GPU semantics: out of range -> NaN loss, no read)
+        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
+               check_range=False)
         i = _normalized(image_features.contiguous(), normalize)
         t = _normalized(text_features.contiguous(), normalize)
         scale = logit_scale.reshape(1)
