@@ -7,6 +7,7 @@ what this installation can run.
 from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
 from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
+from .ops.contrastive import info_nce_loss
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -25,4 +26,6 @@ __all__ = [
     "distillation_loss",
     "cross_entropy",
     "soft_target_cross_entropy",
+    # contrastive
+    "info_nce_loss",
 ]
