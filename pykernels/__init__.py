@@ -8,6 +8,8 @@ from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
 from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 from .ops.contrastive import info_nce_loss
+from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
+                      unshuffle_with_mask_tokens)
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -28,4 +30,11 @@ __all__ = [
     "soft_target_cross_entropy",
     # contrastive
     "info_nce_loss",
+    # mae
+    "random_masking",
+    "patchify",
+    "unpatchify",
+    "gather_patches",
+    "unshuffle_with_mask_tokens",
+    "masked_patch_loss",
 ]

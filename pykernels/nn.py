@@ -1,9 +1,11 @@
 """nn.Module drop-ins for the functional ops (torch.nn / open_clip names)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .ops import cosine as _cosine
+from .ops import mae as _mae
 
 
 # ----------------------------------------------------------------------------- cosine
@@ -114,3 +116,48 @@ class SoftTargetCrossEntropy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
+# ----------------------------------------------------------------------------- mae
+class RandomMasking(nn.Module):
+    """MAE's per-sample random masking: x [N, L, D] -> (x_visible, mask, ids_restore)."""
+
+    def __init__(self, mask_ratio: float = 0.75, *, backend: str | None = None):
+        super().__init__()
+        self.mask_ratio, self.backend = mask_ratio, backend
+
+    def forward(self, x: Tensor, noise: Tensor | None = None, generator=None):
+        return _mae.random_masking(x, self.mask_ratio, noise=noise, generator=generator, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"mask_ratio={self.mask_ratio}"
+
+
+class MaskTokenUnshuffle(nn.Module):
+    """The MAE decoder's learned mask token ([1, 1, D], normal(std=0.02) as MAE
+    initialises it) and the unshuffle that puts it in every removed slot."""
+
+    def __init__(self, dim: int, *, backend: str | None = None):
+        super().__init__()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.backend = backend
+
+    def forward(self, x_visible: Tensor, ids_restore: Tensor) -> Tensor:
+        return _mae.unshuffle_with_mask_tokens(x_visible, self.mask_token, ids_restore, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.mask_token.shape[-1]}"
+
+
+class MaskedPatchLoss(nn.Module):
+    """MAE's reconstruction loss over the removed patches: (pred, imgs, mask) -> scalar."""
+
+    def __init__(self, patch_size: int, norm_pix_loss: bool = False, *, backend: str | None = None):
+        super().__init__()
+        self.patch_size, self.norm_pix_loss, self.backend = patch_size, norm_pix_loss, backend
+
+    def forward(self, pred: Tensor, imgs: Tensor, mask: Tensor) -> Tensor:
+        return _mae.masked_patch_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss,
+                                      backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"

@@ -1,0 +1,404 @@
+// CUDA kernels of the MAE family. No host synchronisation, so ids are not validated
+// on the host: a row whose id is out of range is written as NaN, and a repeated id
+// (found while inverting the ids for a backward) gives NaN gradient rows. Gathers are
+// one warp per row with 16-byte packs where aligned; patch kernels are grid-stride
+// element loops in int64; the per-patch loss is one warp per patch. Sums run in a
+// fixed order (warp shuffles, then per-sample partials summed in sample order):
+// deterministic, no float atomics.
+#include <torch/library.h>
+
+#include "common/cuda_utils.cuh"
+#include "common/mae_args.h"
+
+namespace pykernels {
+namespace cuda {
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // warps per block for row kernels
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t quiet_nan() {
+  return static_cast<scalar_t>(__int_as_float(0x7fffffff));
+}
+
+// Blocks for a grid-stride loop over n elements.
+inline int64_t elem_blocks(int64_t n) { return row_blocks(n, kThreads); }
+
+#define PK_FOR_EACH_ROW(rows)                                                                \
+  const int lane = threadIdx.x % kWarp;                                                      \
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; r < (rows);     \
+       r += int64_t(gridDim.x) * kRowsPerBlock)
+
+#define PK_FOR_EACH_ELEM(i, total)                                                            \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);               \
+       i += int64_t(gridDim.x) * blockDim.x)
+
+// ---------------------------------------------------------------------------- tokens
+// out[n, t] = src[n, i] (0 <= i < S), fill or 0 (S <= i < hi), NaN otherwise; i = idx[n, t].
+template <typename scalar_t, bool kPacked>
+__global__ void gather_rows_kernel(const scalar_t* __restrict__ src, const int64_t* __restrict__ idx,
+                                   const scalar_t* __restrict__ fill, scalar_t* __restrict__ out,
+                                   int64_t R, int64_t T, int64_t S, int64_t D, int64_t hi) {
+  PK_FOR_EACH_ROW(R) {
+    const int64_t i = idx[r];
+    const scalar_t* from = nullptr;
+    bool nan = false;
+    if (i >= 0 && i < S) from = src + ((r / T) * S + i) * D;
+    else if (i >= S && i < hi) from = fill;  // nullptr: zeros
+    else nan = true;
+    scalar_t* to = out + r * D;
+    const scalar_t fixed = nan ? quiet_nan<scalar_t>() : scalar_t(0);
+    if constexpr (kPacked) {
+      using P = Pack<scalar_t>;
+      P c;
+#pragma unroll
+      for (int k = 0; k < P::kSize; ++k) c.v[k] = fixed;
+      for (int64_t d = int64_t(lane) * P::kSize; d < D; d += kWarp * P::kSize)
+        *reinterpret_cast<P*>(to + d) = from ? *reinterpret_cast<const P*>(from + d) : c;
+    } else {
+      for (int64_t d = lane; d < D; d += kWarp) to[d] = from ? from[d] : fixed;
+    }
+  }
+}
+
+// inv[n, ids[n, k]] = k for ids in [0, T) (mark = false); then (mark = true) a slot
+// whose value is not this k was claimed by another k too: it becomes -1.
+__global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv, int64_t R, int64_t K,
+                                  int64_t T, bool mark) {
+  PK_FOR_EACH_ELEM(r, R) {
+    const int64_t v = ids[r], k = r % K;
+    if (v < 0 || v >= T) continue;
+    int64_t* slot = inv + (r / K) * T + v;
+    if (!mark) *slot = k;
+    else if (*slot != k) *slot = -1;
+  }
+}
+
+// part[n, d] = sum over l in order with K <= ids[n, l] < L of g[n, l, d].
+template <typename scalar_t>
+__global__ void mask_token_partial_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ ids,
+                                          float* __restrict__ part, int64_t L, int64_t D, int64_t K) {
+  const int64_t n = blockIdx.x, d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  float s = 0.f;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t v = ids[n * L + l];
+    if (v >= K && v < L) s += static_cast<float>(g[(n * L + l) * D + d]);
+  }
+  part[n * D + d] = s;
+}
+
+template <typename scalar_t>
+__global__ void sum_rows_kernel(const float* __restrict__ part, scalar_t* __restrict__ out, int64_t N,
+                                int64_t D) {
+  PK_FOR_EACH_ELEM(d, D) {
+    float s = 0.f;
+    for (int64_t n = 0; n < N; ++n) s += part[n * D + d];
+    out[d] = static_cast<scalar_t>(s);
+  }
+}
+
+template <typename scalar_t>
+void launch_gather_rows(const at::Tensor& src, const at::Tensor& idx, const scalar_t* fill, at::Tensor& out,
+                        int64_t hi) {
+  const int64_t N = src.size(0), S = src.size(1), D = src.size(2), T = idx.size(1), R = N * T;
+  if (out.numel() == 0) return;
+  const scalar_t* ps = src.const_data_ptr<scalar_t>();
+  scalar_t* po = out.data_ptr<scalar_t>();
+  const bool packed = packable<scalar_t>(ps, D) && packable<scalar_t>(po, D) &&
+                      (fill == nullptr || packable<scalar_t>(fill, D));
+  const dim3 grid(row_blocks(R, kRowsPerBlock)), block(kRowsPerBlock * kWarp);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t* pi = idx.const_data_ptr<int64_t>();
+  if (packed) gather_rows_kernel<scalar_t, true><<<grid, block, 0, stream>>>(ps, pi, fill, po, R, T, S, D, hi);
+  else gather_rows_kernel<scalar_t, false><<<grid, block, 0, stream>>>(ps, pi, fill, po, R, T, S, D, hi);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// [N, T] inverse of ids [N, K] (contiguous): k, K where unused, -1 where repeated.
+at::Tensor invert_ids(const at::Tensor& ids, int64_t T) {
+  const int64_t N = ids.size(0), K = ids.size(1), R = N * K;
+  auto inv = at::full({N, T}, K, ids.options());
+  if (R == 0 || T == 0) return inv;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  for (bool mark : {false, true}) {
+    invert_ids_kernel<<<elem_blocks(R), kThreads, 0, stream>>>(ids.const_data_ptr<int64_t>(),
+                                                               inv.data_ptr<int64_t>(), R, K, T, mark);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return inv;
+}
+
+at::Tensor gather_tokens_cuda(const at::Tensor& x_, const at::Tensor& ids_) {
+  const char* op = "pykernels::gather_tokens";
+  check_float_tensor(op, "x", x_, 3, at::kCUDA);
+  check_ids(op, "ids_keep", ids_, "x", x_);
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const auto x = x_.contiguous(), ids = ids_.contiguous();
+  auto out = at::empty({x.size(0), ids.size(1), x.size(2)}, x.options());
+  PK_DISPATCH_FLOATING(x.scalar_type(), "gather_tokens_cuda", [&] {
+    launch_gather_rows<scalar_t>(x, ids, nullptr, out, x.size(1));
+  });
+  return out;
+}
+
+at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad_, const at::Tensor& ids_, int64_t L) {
+  const char* op = "pykernels::gather_tokens_backward";
+  check_float_tensor(op, "grad", grad_, 3, at::kCUDA);
+  check_ids(op, "ids_keep", ids_, "grad", grad_);
+  check_count(op, "num_tokens", L);
+  TORCH_CHECK_VALUE(ids_.size(1) == grad_.size(1), op, ": argument 'ids_keep' must have shape [",
+                    grad_.size(0), ", ", grad_.size(1), "], got ", ids_.sizes());
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const auto grad = grad_.contiguous(), ids = ids_.contiguous();
+  const auto inv = invert_ids(ids, L);  // [N, L]: k, K (zero row) or -1 (NaN row)
+  auto out = at::empty({grad.size(0), L, grad.size(2)}, grad.options());
+  PK_DISPATCH_FLOATING(grad.scalar_type(), "gather_tokens_backward_cuda", [&] {
+    launch_gather_rows<scalar_t>(grad, inv, nullptr, out, grad.size(1) + 1);
+  });
+  return out;
+}
+
+at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& xv_, const at::Tensor& mt_, const at::Tensor& ids_) {
+  const char* op = "pykernels::unshuffle_with_mask_tokens";
+  check_float_tensor(op, "x_visible", xv_, 3, at::kCUDA);
+  check_float_tensor(op, "mask_token", mt_, 1, at::kCUDA);
+  check_same_device(op, "mask_token", mt_, "x_visible", xv_);
+  check_same_dtype(op, "mask_token", mt_, "x_visible", xv_);
+  check_ids(op, "ids_restore", ids_, "x_visible", xv_);
+  const int64_t K = xv_.size(1), D = xv_.size(2), L = ids_.size(1);
+  TORCH_CHECK_VALUE(mt_.size(0) == D, op, ": argument 'mask_token' must have ", D,
+                    " elements (the D of 'x_visible'), got ", mt_.size(0));
+  TORCH_CHECK_VALUE(K <= L, op, ": argument 'x_visible' has ", K, " tokens, more than the L = ", L,
+                    " of 'ids_restore'");
+  const c10::cuda::CUDAGuard guard(xv_.device());
+  const auto xv = xv_.contiguous(), mt = mt_.contiguous(), ids = ids_.contiguous();
+  auto out = at::empty({xv.size(0), L, D}, xv.options());
+  PK_DISPATCH_FLOATING(xv.scalar_type(), "unshuffle_cuda", [&] {
+    launch_gather_rows<scalar_t>(xv, ids, mt.const_data_ptr<scalar_t>(), out, L);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(const at::Tensor& grad_,
+                                                                            const at::Tensor& ids_, int64_t K) {
+  const char* op = "pykernels::unshuffle_with_mask_tokens_backward";
+  check_float_tensor(op, "grad", grad_, 3, at::kCUDA);
+  check_ids(op, "ids_restore", ids_, "grad", grad_);
+  const int64_t N = grad_.size(0), L = grad_.size(1), D = grad_.size(2);
+  TORCH_CHECK_VALUE(ids_.size(1) == L, op, ": argument 'ids_restore' must have shape [", N, ", ", L,
+                    "], got ", ids_.sizes());
+  TORCH_CHECK_VALUE(K >= 0 && K <= L, op, ": argument 'num_keep' must be in [0, ", L, "], got ", K);
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const auto grad = grad_.contiguous(), ids = ids_.contiguous();
+  const auto inv = invert_ids(ids, K);  // [N, K]: the slot l of each visible token
+  auto gx = at::empty({N, K, D}, grad.options());
+  auto gm = at::empty({D}, grad.options());
+  auto part = at::empty({N, D}, grad.options().dtype(at::kFloat));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  PK_DISPATCH_FLOATING(grad.scalar_type(), "unshuffle_backward_cuda", [&] {
+    launch_gather_rows<scalar_t>(grad, inv, nullptr, gx, L + 1);
+    if (D == 0) return;
+    if (N > 0 && L > 0) {
+      const dim3 grid(N, (D + kThreads - 1) / kThreads);
+      mask_token_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), part.data_ptr<float>(), L, D, K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      part.zero_();
+    }
+    sum_rows_kernel<scalar_t><<<elem_blocks(D), kThreads, 0, stream>>>(part.const_data_ptr<float>(),
+                                                                       gm.data_ptr<scalar_t>(), N, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gx, gm};
+}
+
+// ---------------------------------------------------------------------------- patches
+struct Geom {
+  int64_t C, H, W, p, w, L, P;
+};
+
+inline Geom geom(int64_t C, int64_t H, int64_t W, int64_t p) {
+  return {C, H, W, p, W / p, (H / p) * (W / p), p * p * C};
+}
+
+// Offset in [N, C, H, W] of element e = (pi*p + pj)*C + c of patch l of image n.
+__device__ __forceinline__ int64_t pixel(const Geom& g, int64_t n, int64_t l, int64_t e) {
+  const int64_t c = e % g.C, q = e / g.C, pi = q / g.p, pj = q % g.p;
+  return ((n * g.C + c) * g.H + (l / g.w) * g.p + pi) * g.W + (l % g.w) * g.p + pj;
+}
+
+template <typename scalar_t>
+__global__ void gather_patches_kernel(const scalar_t* __restrict__ img, const int64_t* __restrict__ ids,
+                                      scalar_t* __restrict__ out, int64_t total, int64_t K, Geom g) {
+  PK_FOR_EACH_ELEM(i, total) {
+    const int64_t r = i / g.P, e = i % g.P, id = ids[r];
+    out[i] = (id >= 0 && id < g.L) ? img[pixel(g, r / K, id, e)] : quiet_nan<scalar_t>();
+  }
+}
+
+// Image gradient in image order: 0 where the patch was not kept (inv == K), NaN where
+// its id was repeated (inv == -1).
+template <typename scalar_t>
+__global__ void scatter_patches_kernel(const scalar_t* __restrict__ grad, const int64_t* __restrict__ inv,
+                                       scalar_t* __restrict__ out, int64_t total, int64_t K, Geom g) {
+  PK_FOR_EACH_ELEM(i, total) {
+    const int64_t x = i % g.W, y = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C, n = i / (g.W * g.H * g.C);
+    const int64_t k = inv[n * g.L + (y / g.p) * g.w + x / g.p];
+    scalar_t v;
+    if (k >= 0 && k < K) v = grad[(n * K + k) * g.P + ((y % g.p) * g.p + x % g.p) * g.C + c];
+    else v = k == K ? scalar_t(0) : quiet_nan<scalar_t>();
+    out[i] = v;
+  }
+}
+
+at::Tensor gather_patches_cuda(const at::Tensor& imgs_, const at::Tensor& ids_, int64_t p) {
+  const char* op = "pykernels::gather_patches";
+  check_float_tensor(op, "imgs", imgs_, 4, at::kCUDA);
+  check_ids(op, "ids_keep", ids_, "imgs", imgs_);
+  check_patches(op, p, imgs_.size(2), imgs_.size(3));
+  const c10::cuda::CUDAGuard guard(imgs_.device());
+  const auto imgs = imgs_.contiguous(), ids = ids_.contiguous();
+  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
+  const int64_t K = ids.size(1);
+  auto out = at::empty({imgs.size(0), K, g.P}, imgs.options());
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  PK_DISPATCH_FLOATING(imgs.scalar_type(), "gather_patches_cuda", [&] {
+    gather_patches_kernel<scalar_t><<<elem_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        imgs.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total, K, g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor gather_patches_backward_cuda(const at::Tensor& grad_, const at::Tensor& ids_, int64_t p, int64_t C,
+                                        int64_t H, int64_t W) {
+  const char* op = "pykernels::gather_patches_backward";
+  check_float_tensor(op, "grad", grad_, 3, at::kCUDA);
+  check_ids(op, "ids_keep", ids_, "grad", grad_);
+  TORCH_CHECK_VALUE(C > 0, op, ": argument 'channels' must be > 0, got ", C);
+  check_patches(op, p, H, W);
+  TORCH_CHECK_VALUE(grad_.size(1) == ids_.size(1) && grad_.size(2) == p * p * C, op,
+                    ": argument 'grad' must have shape [", grad_.size(0), ", ", ids_.size(1), ", ", p * p * C,
+                    "], got ", grad_.sizes());
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const auto grad = grad_.contiguous(), ids = ids_.contiguous();
+  const Geom g = geom(C, H, W, p);
+  const auto inv = invert_ids(ids, g.L);
+  auto out = at::empty({grad.size(0), C, H, W}, grad.options());
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  PK_DISPATCH_FLOATING(grad.scalar_type(), "gather_patches_backward_cuda", [&] {
+    scatter_patches_kernel<scalar_t><<<elem_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grad.const_data_ptr<scalar_t>(), inv.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total,
+        ids.size(1), g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------- loss
+// One warp per patch r = n*L + l. Forward: out[r] = mean_e (pred[r, e] - t[e])^2;
+// backward: gpred[r, e] = 2 grad[r] / P (pred[r, e] - t[e]); t normalised by the
+// patch's mean and unbiased variance (+1e-6) when norm.
+template <typename scalar_t, bool kBackward>
+__global__ void patch_mse_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ img,
+                                 const acc_t<scalar_t>* __restrict__ grad, acc_t<scalar_t>* __restrict__ loss,
+                                 scalar_t* __restrict__ gpred, int64_t R, Geom g, bool norm) {
+  using acc = acc_t<scalar_t>;
+  PK_FOR_EACH_ROW(R) {
+    const int64_t n = r / g.L, l = r % g.L;
+    acc mean = 0, rstd = 1;
+    if (norm) {
+      acc s = 0;
+      for (int64_t e = lane; e < g.P; e += kWarp) s += static_cast<acc>(img[pixel(g, n, l, e)]);
+      mean = warp_sum(s) / acc(g.P);
+      acc ss = 0;
+      for (int64_t e = lane; e < g.P; e += kWarp) {
+        const acc d = static_cast<acc>(img[pixel(g, n, l, e)]) - mean;
+        ss += d * d;
+      }
+      rstd = acc(1) / sqrt(warp_sum(ss) / acc(g.P - 1) + acc(1e-6));
+    }
+    const scalar_t* x = pred + r * g.P;
+    if constexpr (kBackward) {
+      const acc k = acc(2) * grad[r] / acc(g.P);
+      for (int64_t e = lane; e < g.P; e += kWarp) {
+        const acc t = (static_cast<acc>(img[pixel(g, n, l, e)]) - mean) * rstd;
+        gpred[r * g.P + e] = static_cast<scalar_t>(k * (static_cast<acc>(x[e]) - t));
+      }
+    } else {
+      acc s = 0;
+      for (int64_t e = lane; e < g.P; e += kWarp) {
+        const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(img[pixel(g, n, l, e)]) - mean) * rstd;
+        s += d * d;
+      }
+      s = warp_sum(s);
+      if (lane == 0) loss[r] = s / acc(g.P);
+    }
+  }
+}
+
+at::Tensor patch_mse_cuda(const at::Tensor& pred_, const at::Tensor& imgs_, int64_t p, bool norm) {
+  const char* op = "pykernels::patch_mse";
+  check_pred_imgs(op, pred_, imgs_, p, at::kCUDA);
+  const c10::cuda::CUDAGuard guard(pred_.device());
+  const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
+  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
+  auto out = at::empty({pred.size(0), pred.size(1)}, pred.options().dtype(at::toOpMathType(pred.scalar_type())));
+  const int64_t R = out.numel();
+  if (R == 0) return out;
+  PK_DISPATCH_FLOATING(pred.scalar_type(), "patch_mse_cuda", [&] {
+    patch_mse_kernel<scalar_t, false><<<row_blocks(R, kRowsPerBlock), kRowsPerBlock * kWarp, 0,
+                                         at::cuda::getCurrentCUDAStream()>>>(
+        pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(), nullptr, out.data_ptr<acc_t<scalar_t>>(),
+        nullptr, R, g, norm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor patch_mse_backward_cuda(const at::Tensor& grad_, const at::Tensor& pred_, const at::Tensor& imgs_,
+                                   int64_t p, bool norm) {
+  const char* op = "pykernels::patch_mse_backward";
+  check_pred_imgs(op, pred_, imgs_, p, at::kCUDA);
+  check_same_device(op, "grad", grad_, "pred", pred_);
+  TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == pred_.size(0) && grad_.size(1) == pred_.size(1), op,
+                    ": argument 'grad' must have shape [", pred_.size(0), ", ", pred_.size(1), "], got ",
+                    grad_.sizes());
+  const c10::cuda::CUDAGuard guard(pred_.device());
+  const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
+  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
+  auto out = at::empty_like(pred);
+  const int64_t R = pred.size(0) * pred.size(1);
+  if (out.numel() == 0) return out;
+  PK_DISPATCH_FLOATING(pred.scalar_type(), "patch_mse_backward_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    patch_mse_kernel<scalar_t, true><<<row_blocks(R, kRowsPerBlock), kRowsPerBlock * kWarp, 0,
+                                        at::cuda::getCurrentCUDAStream()>>>(
+        pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(), grad.const_data_ptr<acc>(), nullptr,
+        out.data_ptr<scalar_t>(), R, g, norm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace pykernels
+
+TORCH_LIBRARY_IMPL(pykernels, CUDA, m) {
+  using namespace pykernels::cuda;
+  m.impl("gather_tokens", &gather_tokens_cuda);
+  m.impl("gather_tokens_backward", &gather_tokens_backward_cuda);
+  m.impl("unshuffle_with_mask_tokens", &unshuffle_with_mask_tokens_cuda);
+  m.impl("unshuffle_with_mask_tokens_backward", &unshuffle_with_mask_tokens_backward_cuda);
+  m.impl("gather_patches", &gather_patches_cuda);
+  m.impl("gather_patches_backward", &gather_patches_backward_cuda);
+  m.impl("patch_mse", &patch_mse_cuda);
+  m.impl("patch_mse_backward", &patch_mse_backward_cuda);
+}

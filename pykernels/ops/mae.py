@@ -1,0 +1,360 @@
+"""MAE family: random masking, patchify / unpatchify, patch gather straight from the
+image, decoder unshuffle with mask tokens, masked reconstruction loss.
+
+Public functions validate, pick a backend, and call one op (random_masking also sorts
+the noise with torch.argsort: a library sort, then our fused gather); the ops are
+registered below (fake implementations, autograd, Triton ops). The math is in
+pykernels/reference/mae.py; semantics and edge cases in docs/mae.md.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor
+
+from .. import _checks as chk
+from .. import backends
+from ..reference import mae as ref
+from ..reference._common import acc_dtype
+from ._registry import op, register_cpp, triton_available
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def _gather_tokens_fake(x, ids):
+    return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]))
+
+
+def _gather_tokens_bwd_fake(grad, ids, num_tokens):
+    return grad.new_empty((grad.shape[0], num_tokens, grad.shape[2]))
+
+
+def _unshuffle_fake(x_visible, mask_token, ids_restore):
+    return x_visible.new_empty((x_visible.shape[0], ids_restore.shape[1], x_visible.shape[2]))
+
+
+def _unshuffle_bwd_fake(grad, ids_restore, num_keep):
+    return grad.new_empty((grad.shape[0], num_keep, grad.shape[2])), grad.new_empty((grad.shape[2],))
+
+
+def _gather_patches_fake(imgs, ids, patch_size):
+    return imgs.new_empty((imgs.shape[0], ids.shape[1], patch_size * patch_size * imgs.shape[1]))
+
+
+def _gather_patches_bwd_fake(grad, ids, patch_size, channels, height, width):
+    return grad.new_empty((grad.shape[0], channels, height, width))
+
+
+def _patch_mse_fake(pred, imgs, patch_size, norm_pix_loss):
+    return pred.new_empty((pred.shape[0], pred.shape[1]), dtype=acc_dtype(pred.dtype))
+
+
+def _patch_mse_bwd_fake(grad, pred, imgs, patch_size, norm_pix_loss):
+    return torch.empty_like(pred)
+
+
+FAKES = {
+    "gather_tokens": (_gather_tokens_fake, _gather_tokens_bwd_fake),
+    "unshuffle_with_mask_tokens": (_unshuffle_fake, _unshuffle_bwd_fake),
+    "gather_patches": (_gather_patches_fake, _gather_patches_bwd_fake),
+    "patch_mse": (_patch_mse_fake, _patch_mse_bwd_fake),
+}
+
+# ----------------------------------------------------------------------------- autograd
+# Each entry: (inputs, output) -> saved state; (state, grad) -> backward op arguments
+# after grad; how many of the forward's inputs get no gradient after the ones the
+# backward op returns.
+
+
+def _register_autograd(backend: str) -> None:
+    def gather_tokens(ctx, grad):
+        return op("gather_tokens_backward", backend)(grad, ctx.ids, ctx.num_tokens), None
+
+    def gather_tokens_ctx(ctx, inputs, output):
+        ctx.ids, ctx.num_tokens = inputs[1], inputs[0].shape[1]
+
+    def unshuffle(ctx, grad):
+        gx, gm = op("unshuffle_with_mask_tokens_backward", backend)(grad, ctx.ids, ctx.num_keep)
+        return gx, gm, None
+
+    def unshuffle_ctx(ctx, inputs, output):
+        ctx.ids, ctx.num_keep = inputs[2], inputs[0].shape[1]
+
+    def gather_patches(ctx, grad):
+        return op("gather_patches_backward", backend)(grad, ctx.ids, ctx.p, *ctx.chw), None, None
+
+    def gather_patches_ctx(ctx, inputs, output):
+        ctx.ids, ctx.p, ctx.chw = inputs[1], inputs[2], tuple(inputs[0].shape[1:])
+
+    def patch_mse(ctx, grad):
+        pred, imgs = ctx.saved_tensors
+        return op("patch_mse_backward", backend)(grad, pred, imgs, ctx.p, ctx.norm), None, None, None
+
+    def patch_mse_ctx(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.p, ctx.norm = inputs[2], inputs[3]
+
+    for name, bwd, setup in (("gather_tokens", gather_tokens, gather_tokens_ctx),
+                             ("unshuffle_with_mask_tokens", unshuffle, unshuffle_ctx),
+                             ("gather_patches", gather_patches, gather_patches_ctx),
+                             ("patch_mse", patch_mse, patch_mse_ctx)):
+        target = f"pykernels::{name}_triton" if backend == "triton" else f"pykernels::{name}"
+        torch.library.register_autograd(target, bwd, setup_context=setup)
+
+
+if all([register_cpp(name, *fakes) for name, fakes in FAKES.items()]):
+    _register_autograd("cpp")
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_ids(fn: str, name: str, ids, ref_name: str, ref_t) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{fn}: argument '{name}' must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype != torch.int64:
+        raise TypeError(f"{fn}: argument '{name}' must be an int64 tensor, got {ids.dtype}")
+    chk.same_device(fn, (ref_name, ref_t), (name, ids))
+    if ids.dim() != 2 or ids.shape[0] != ref_t.shape[0]:
+        raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got {tuple(ids.shape)}")
+
+
+def _check_rank(fn: str, name: str, x, rank: int, what: str) -> None:
+    chk.tensor(fn, name, x)
+    if x.dim() != rank:
+        raise ValueError(f"{fn}: argument '{name}' must have shape {what}, got {tuple(x.shape)}")
+
+
+def _check_patch_size(fn: str, patch_size) -> None:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        raise TypeError(f"{fn}: argument 'patch_size' must be an int, got {type(patch_size).__name__}")
+    if patch_size <= 0:
+        raise ValueError(f"{fn}: argument 'patch_size' must be > 0, got {patch_size}")
+
+
+def _check_image(fn: str, imgs, patch_size) -> None:
+    _check_rank(fn, "imgs", imgs, 4, "[N, C, H, W]")
+    _check_patch_size(fn, patch_size)
+    H, W = imgs.shape[2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"{fn}: image height and width must be multiples of 'patch_size' ({patch_size}), "
+                         f"got {H} x {W}")
+
+
+def _check_ratio(fn: str, mask_ratio) -> None:
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+        raise TypeError(f"{fn}: argument 'mask_ratio' must be a number, got {type(mask_ratio).__name__}")
+    if not 0 <= mask_ratio < 1:  # also rejects NaN
+        raise ValueError(f"{fn}: argument 'mask_ratio' must be in [0, 1), got {mask_ratio}")
+
+
+# ----------------------------------------------------------------------------- Triton ops
+if triton_available():
+    from torch.library import triton_op
+
+    from ..triton_kernels import mae as tk
+
+    @triton_op("pykernels::gather_tokens_triton", mutates_args=())
+    def _gather_tokens_triton(x: Tensor, ids_keep: Tensor) -> Tensor:
+        return tk.gather_rows(x, ids_keep, None, x.shape[1])
+
+    @triton_op("pykernels::gather_tokens_backward_triton", mutates_args=())
+    def _gather_tokens_backward_triton(grad: Tensor, ids_keep: Tensor, num_tokens: int) -> Tensor:
+        # Row l of the result is grad[k] where ids_keep[k] = l, zero where no k is.
+        inv = tk.invert_ids(ids_keep, num_tokens)
+        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1)
+
+    @triton_op("pykernels::unshuffle_with_mask_tokens_triton", mutates_args=())
+    def _unshuffle_triton(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
+        return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
+
+    @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
+    def _unshuffle_backward_triton(grad: Tensor, ids_restore: Tensor, num_keep: int) -> tuple[Tensor, Tensor]:
+        inv = tk.invert_ids(ids_restore, num_keep)
+        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(grad, ids_restore, num_keep)
+
+    @triton_op("pykernels::gather_patches_triton", mutates_args=())
+    def _gather_patches_triton(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
+        return tk.gather_patches(imgs, ids_keep, patch_size)
+
+    @triton_op("pykernels::gather_patches_backward_triton", mutates_args=())
+    def _gather_patches_backward_triton(grad: Tensor, ids_keep: Tensor, patch_size: int, channels: int,
+                                        height: int, width: int) -> Tensor:
+        inv = tk.invert_ids(ids_keep, (height // patch_size) * (width // patch_size))
+        return tk.scatter_patches(grad, inv, patch_size, channels, height, width)
+
+    @triton_op("pykernels::patch_mse_triton", mutates_args=())
+    def _patch_mse_triton(pred: Tensor, imgs: Tensor, patch_size: int, norm_pix_loss: bool) -> Tensor:
+        return tk.patch_mse(pred, imgs, patch_size, norm_pix_loss)
+
+    @triton_op("pykernels::patch_mse_backward_triton", mutates_args=())
+    def _patch_mse_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, patch_size: int,
+                                   norm_pix_loss: bool) -> Tensor:
+        return tk.patch_mse_backward(grad, pred, imgs, patch_size, norm_pix_loss)
+
+    _register_autograd("triton")
+
+
+# ----------------------------------------------------------------------------- public API
+def patchify(imgs: Tensor, patch_size: int) -> Tensor:
+    """[N, C, H, W] -> [N, h*w, p*p*C] in MAE's order: patch l = i*w + j (row-major over
+    the h x w grid), element (pi*p + pj)*C + c. A reshape/permute/copy (one memory pass,
+    which is all it costs), differentiable, on every device."""
+    fn = "pykernels.patchify"
+    _check_image(fn, imgs, patch_size)
+    return ref.patchify(imgs, patch_size)
+
+
+def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) -> Tensor:
+    """Inverse of patchify: [N, h*w, p*p*C] -> [N, C, H, W]; image_size is H (square)
+    or (H, W)."""
+    fn = "pykernels.unpatchify"
+    _check_rank(fn, "patches", patches, 3, "[N, L, p*p*C]")
+    _check_patch_size(fn, patch_size)
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+        raise ValueError(f"{fn}: argument 'image_size' must be a positive int or (H, W), got {image_size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+        raise ValueError(f"{fn}: argument 'channels' must be a positive int, got {channels!r}")
+    H, W = image_size
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"{fn}: argument 'image_size' must be multiples of 'patch_size' ({patch_size}), got {H} x {W}")
+    want = (H // patch_size * (W // patch_size), patch_size * patch_size * channels)
+    if tuple(patches.shape[1:]) != want:
+        raise ValueError(f"{fn}: argument 'patches' must have shape [N, {want[0]}, {want[1]}] for "
+                         f"{H} x {W} images, {channels} channel(s), got {tuple(patches.shape)}")
+    return ref.unpatchify(patches, patch_size, (H, W), channels)
+
+
+def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
+                   generator: torch.Generator | None = None, backend: str | None = None):
+    """MAE's per-sample random masking of tokens x [N, L, D].
+
+    Keeps the L_keep = int(L * (1 - mask_ratio)) tokens with the smallest noise
+    (noise [N, L], or torch.rand(N, L, generator=generator) when not given) and returns
+    (x_visible [N, L_keep, D], mask [N, L] in x's dtype with 1 = removed,
+    ids_restore [N, L] int64). The sort is torch.argsort (stable); the gather of the
+    kept tokens is one fused kernel. Gradients flow to x."""
+    fn = "pykernels.random_masking"
+    _check_rank(fn, "x", x, 3, "[N, L, D]")
+    _check_ratio(fn, mask_ratio)
+    N, L, _ = x.shape
+    if noise is not None and generator is not None:
+        raise ValueError(f"{fn}: pass 'noise' or 'generator', not both")
+    if noise is None:
+        noise = torch.rand(N, L, device=x.device, generator=generator)
+    else:
+        _check_rank(fn, "noise", noise, 2, f"[{N}, {L}]")
+        chk.same_device(fn, ("x", x), ("noise", noise))
+        if tuple(noise.shape) != (N, L):
+            raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got {tuple(noise.shape)}")
+    name = backends.resolve(backend, x.device, fn)
+    if name == "reference":
+        return ref.random_masking(x, mask_ratio, noise)
+    L_keep = ref.num_keep(L, mask_ratio)
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)
+    # The inverse permutation by a scatter (O(L)) rather than a second sort: equal to
+    # argsort(ids_shuffle) because ids_shuffle is a permutation.
+    ids_restore = torch.empty_like(ids_shuffle).scatter_(
+        1, ids_shuffle, torch.arange(L, device=x.device).expand(N, L))
+    x_visible = op("gather_tokens", name)(x, ids_shuffle[:, :L_keep])
+    mask = (ids_restore >= L_keep).to(x.dtype)
+    return x_visible, mask, ids_restore
+
+
+def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: str | None = None) -> Tensor:
+    """patchify(imgs)[n, ids_keep[n, k]] for images [N, C, H, W] and ids_keep [N, K]:
+    the visible patches [N, K, p*p*C], read straight from the image (the other patches
+    are never touched). Gradients flow to imgs."""
+    fn = "pykernels.gather_patches"
+    _check_image(fn, imgs, patch_size)
+    _check_ids(fn, "ids_keep", ids_keep, "imgs", imgs)
+    name = backends.resolve(backend, imgs.device, fn)
+    if name == "reference":
+        return ref.gather_patches(imgs, ids_keep, patch_size)
+    return op("gather_patches", name)(imgs, ids_keep, patch_size)
+
+
+def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor, *,
+                               backend: str | None = None) -> Tensor:
+    """The MAE decoder's cat([x_visible, mask tokens]) + gather by ids_restore in one
+    kernel: out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K else mask_token,
+    [N, K, D] -> [N, L, D]. mask_token has D elements (e.g. a [1, 1, D] parameter) and
+    is cast to x_visible's dtype. Gradients flow to x_visible and mask_token."""
+    fn = "pykernels.unshuffle_with_mask_tokens"
+    _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
+    chk.tensor(fn, "mask_token", mask_token)
+    chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
+    D = x_visible.shape[2]
+    if mask_token.numel() != D or (mask_token.dim() and mask_token.shape[-1] != D):
+        raise ValueError(f"{fn}: argument 'mask_token' must have {D} elements (shape [D] or [1, 1, D]), "
+                         f"got shape {tuple(mask_token.shape)}")
+    _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
+    if ids_restore.shape[1] < x_visible.shape[1]:
+        raise ValueError(f"{fn}: argument 'ids_restore' [N, L] must have L >= K = {x_visible.shape[1]} "
+                         f"(the visible tokens), got {tuple(ids_restore.shape)}")
+    name = backends.resolve(backend, x_visible.device, fn)
+    if name == "reference":
+        return ref.unshuffle_with_mask_tokens(x_visible, mask_token, ids_restore)
+    token = mask_token.reshape(D).to(x_visible.dtype)
+    return op("unshuffle_with_mask_tokens", name)(x_visible, token, ids_restore)
+
+
+def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *, norm_pix_loss: bool = False,
+                      backend: str | None = None) -> Tensor:
+    """MAE's reconstruction loss: per patch the mean over p*p*C of (pred - target)^2,
+    target = patchify(imgs) computed on the fly (with norm_pix_loss: each target patch
+    minus its mean over its unbiased std, sqrt(var + 1e-6)); then
+    sum(per_patch * mask) / sum(mask), the mean over removed patches. NaN when mask is
+    all zero, as MAE's formula gives. pred [N, L, p*p*C], imgs [N, C, H, W] of pred's
+    dtype, mask [N, L]. Returns float32 (float64 for float64). Gradient flows to pred
+    (and to mask if it requires one); imgs is data and gets none."""
+    fn = "pykernels.masked_patch_loss"
+    _check_image(fn, imgs, patch_size)
+    _check_rank(fn, "pred", pred, 3, "[N, L, p*p*C]")
+    chk.same_device(fn, ("pred", pred), ("imgs", imgs), ("mask", mask) if isinstance(mask, torch.Tensor) else ("pred", pred))
+    chk.same_dtype(fn, ("pred", pred), ("imgs", imgs))
+    N, C, H, W = imgs.shape
+    L, P = (H // patch_size) * (W // patch_size), patch_size * patch_size * C
+    if tuple(pred.shape) != (N, L, P):
+        raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' {tuple(imgs.shape)} "
+                         f"and patch_size {patch_size}, got {tuple(pred.shape)}")
+    _check_rank(fn, "mask", mask, 2, f"[{N}, {L}]")
+    if tuple(mask.shape) != (N, L):
+        raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got {tuple(mask.shape)}")
+    if not isinstance(norm_pix_loss, bool):
+        raise TypeError(f"{fn}: argument 'norm_pix_loss' must be a bool, got {type(norm_pix_loss).__name__}")
+    name = backends.resolve(backend, pred.device, fn)
+    if name == "reference":
+        return ref.masked_patch_loss(pred, imgs, mask, patch_size, norm_pix_loss)
+    per_patch = op("patch_mse", name)(pred, imgs, patch_size, norm_pix_loss)
+    m = mask.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum()
+
+
+# ----------------------------------------------------------------------------- self-check
+def _masking_inputs(device, dtype):
+    return (torch.randn(4, 49, 40, device=device).to(dtype).requires_grad_(), torch.rand(4, 49, device=device))
+
+
+def _pipeline_inputs(device, dtype):
+    imgs = torch.randn(2, 3, 32, 48, device=device).to(dtype).requires_grad_()
+    ids = torch.argsort(torch.rand(2, 24, device=device), dim=1)
+    token = torch.randn(3 * 64, device=device).to(dtype).requires_grad_()
+    return imgs, ids, token
+
+
+def _pipeline(be, imgs, ids, token):
+    """gather_patches -> unshuffle -> loss: an MAE step without the transformer."""
+    vis = gather_patches(imgs, ids[:, :6], 8, backend=be)
+    full = unshuffle_with_mask_tokens(vis * 0.5, token, torch.argsort(ids, dim=1), backend=be)
+    mask = (torch.argsort(ids, dim=1) >= 6).to(imgs.dtype)
+    return masked_patch_loss(full, imgs.detach(), mask, 8, norm_pix_loss=True, backend=be)
+
+
+SELFCHECK = [
+    ("random_masking [4, 49, 40] 0.75", _masking_inputs,
+     lambda be, x, noise: random_masking(x, 0.75, noise=noise, backend=be)[0]),
+    ("gather+unshuffle+loss 32x48 p=8", _pipeline_inputs, _pipeline),
+]
