@@ -105,5 +105,23 @@ TORCH_LIBRARY(pykernels, m) {
   m.def("patch_mse_backward(Tensor grad, Tensor pred, Tensor imgs, int patch_size, bool norm_pix_loss) -> Tensor");
 
   // ---------------------------------------------------------------- diffusion
-  // (issue 6: schemas go here)
+  // Tensors are [N, ...]: N samples; timesteps [N] int64/int32 index alphas_cumprod [T]
+  // (float32, or float64), coefficients in the accumulation dtype. See
+  // pykernels/reference/diffusion.py for the math and common/diffusion_args.h for kinds.
+  // out = cx(t) x + cy(t) y; kind 0 add_noise (x0, noise), 1 velocity (x0, noise),
+  // 2/3/4 predicted x0 (sample, model_output) for epsilon/sample/v_prediction. Kinds 0-1
+  // keep the input dtype, kinds 2-4 return the accumulation dtype.
+  m.def("diffusion_mix(Tensor x, Tensor y, Tensor timesteps, Tensor alphas_cumprod, int kind) -> Tensor");
+  // grad: out's shape and dtype; returns (grad_x, grad_y) in x's dtype.
+  m.def("diffusion_mix_backward(Tensor grad, Tensor x, Tensor timesteps, Tensor alphas_cumprod, int kind) -> (Tensor, Tensor)");
+  // (model_output - target)^2, target by prediction 0 epsilon, 1 sample, 2 v_prediction;
+  // elementwise: per element, else per-sample sums [N]; accumulation dtype.
+  m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise) -> Tensor");
+  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise) -> (Tensor, Tensor, Tensor)");
+  // One DDPM (kind 0, "fixed_small" variance) or DDIM (kind 1) sampler step per sample ->
+  // (prev_sample, pred_original_sample), sample dtype. threshold [N] (accumulation dtype):
+  // dynamic thresholding with these per-sample limits, else clip_sample clamps x0.
+  m.def("diffusion_step(Tensor model_output, Tensor sample, Tensor? noise, Tensor timesteps, Tensor prev_timesteps, Tensor alphas_cumprod, Tensor? threshold, int kind, int prediction, bool clip_sample, float clip_sample_range, float eta, bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor)");
+  // -> (grad_model_output, grad_sample, grad_threshold ([N], or [0] without threshold)).
+  m.def("diffusion_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, Tensor model_output, Tensor sample, Tensor timesteps, Tensor prev_timesteps, Tensor alphas_cumprod, Tensor? threshold, int kind, int prediction, bool clip_sample, float clip_sample_range, float eta, bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor, Tensor)");
 }

@@ -10,6 +10,7 @@ from .ops.distillation import cross_entropy, distillation_loss, soft_target_cros
 from .ops.contrastive import info_nce_loss
 from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
                       unshuffle_with_mask_tokens)
+from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -37,4 +38,11 @@ __all__ = [
     "gather_patches",
     "unshuffle_with_mask_tokens",
     "masked_patch_loss",
+    # diffusion
+    "make_schedule",
+    "add_noise",
+    "get_velocity",
+    "diffusion_loss",
+    "ddpm_step",
+    "ddim_step",
 ]

@@ -1,0 +1,271 @@
+// Diffusion family: argument checks and the per-sample coefficient math, shared by the
+// CPU and CUDA kernels (the coefficient functions are __host__ __device__).
+//
+// Every op works on [N, ...] tensors viewed as N samples of D elements; sample n uses
+// timesteps[n] to index the alphas_cumprod table (in the accumulation dtype). All the
+// math of an op is "out = per-sample coefficients x elements", so each kernel computes
+// its sample's coefficients once (from two table reads) and then streams elements.
+#pragma once
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <string>
+
+#include "common/checks.h"
+
+namespace pykernels {
+namespace diffusion {
+
+// Kinds of the "mix" op: out = cx x + cy y with per-sample coefficients.
+enum MixKind : int64_t {
+  kAddNoise = 0,   // (x0, noise) -> sqrt(a) x0 + sqrt(1-a) noise
+  kVelocity = 1,   // (x0, noise) -> sqrt(a) noise - sqrt(1-a) x0
+  kX0Epsilon = 2,  // (sample, model_output) -> predicted x0, one per prediction type
+  kX0Sample = 3,
+  kX0V = 4,
+};
+enum Prediction : int64_t { kEpsilon = 0, kSample = 1, kV = 2 };
+enum StepKind : int64_t { kDDPM = 0, kDDIM = 1 };
+enum ClipMode : int64_t { kNoClip = 0, kClip = 1, kThreshold = 2 };
+
+template <typename T>
+C10_HOST_DEVICE inline T pk_sqrt(T x) {
+#ifdef __CUDA_ARCH__
+  return ::sqrt(x);  // CUDA's float / double overloads
+#else
+  return std::sqrt(x);
+#endif
+}
+
+// Timesteps are clamped into the table on every device: on CPU they were range-checked
+// first (IndexError), on CUDA nothing may be read back to the host, so an out-of-range
+// timestep reads the nearest end of the table instead of out of bounds.
+template <typename T, typename I>
+C10_HOST_DEVICE inline T alpha_at(const T* table, int64_t len, I t) {
+  const int64_t i = static_cast<int64_t>(t);
+  return table[i < 0 ? 0 : (i >= len ? len - 1 : i)];
+}
+
+// Coefficients (cx, cy) of the mix op.
+template <typename T>
+struct Mix {
+  T cx, cy;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline Mix<T> mix_coefs(int64_t kind, T a) {
+  const T sa = pk_sqrt(a), sb = pk_sqrt(T(1) - a);
+  switch (kind) {
+    case kAddNoise: return {sa, sb};
+    case kVelocity: return {-sb, sa};
+    case kX0Epsilon: return {T(1) / sa, -sb / sa};
+    case kX0Sample: return {T(0), T(1)};
+    default: return {sa, -sb};
+  }
+}
+
+// Training target = tx x0 + tn noise.
+template <typename T>
+C10_HOST_DEVICE inline Mix<T> target_coefs(int64_t prediction, T a) {
+  if (prediction == kEpsilon) return {T(0), T(1)};
+  if (prediction == kSample) return {T(1), T(0)};
+  return mix_coefs<T>(kVelocity, a);
+}
+
+// One sampler step of a sample, as coefficients:
+//   x0  = xs s + xm m                               (s = sample, m = model output)
+//   x0c = clip / threshold (x0)
+//   out = ox x0c + os s + om m + on z               (z = noise; skipped when on == 0)
+template <typename T>
+struct Step {
+  T xs, xm, ox, os, om, on;
+};
+
+struct StepParams {
+  int64_t kind, prediction;
+  double eta, final_alpha;
+  bool use_clipped;
+};
+
+// a = table[t], ap = table[prev] (prev < 0: 1 for DDPM, final_alpha for DDIM); t decides
+// DDPM's noise (none at t <= 0), per sample.
+template <typename T>
+C10_HOST_DEVICE inline Step<T> step_coefs(const StepParams& p, T a, T ap, int64_t t) {
+  const T one(1), sa = pk_sqrt(a), sb = pk_sqrt(one - a);
+  Step<T> c;
+  const Mix<T> x = mix_coefs<T>(kX0Epsilon + p.prediction, a);
+  c.xs = x.cx;
+  c.xm = x.cy;
+  c.om = T(0);
+  if (p.kind == kDDPM) {
+    const T beta_t = one - a / ap;
+    c.ox = pk_sqrt(ap) * beta_t / (one - a);
+    c.os = pk_sqrt(a / ap) * (one - ap) / (one - a);
+    T var = (one - ap) / (one - a) * beta_t;
+    var = var > T(1e-20) ? var : T(1e-20);
+    c.on = t > 0 ? pk_sqrt(var) : T(0);
+    return c;
+  }
+  const T var = (one - ap) / (one - a) * (one - a / ap);
+  const T sd = T(p.eta) * pk_sqrt(var);
+  T dir2 = one - ap - sd * sd;
+  const T dir = pk_sqrt(dir2 > T(0) ? dir2 : T(0));
+  c.ox = pk_sqrt(ap);
+  c.on = sd;
+  if (p.use_clipped) {  // eps = (s - sqrt(a) x0c) / sqrt(1 - a)
+    c.os = dir / sb;
+    c.ox -= dir * sa / sb;
+  } else if (p.prediction == kEpsilon) {  // eps = m
+    c.os = T(0);
+    c.om = dir;
+  } else if (p.prediction == kSample) {  // eps = (s - sqrt(a) m) / sqrt(1 - a)
+    c.os = dir / sb;
+    c.om = -dir * sa / sb;
+  } else {  // eps = sqrt(a) m + sqrt(1 - a) s
+    c.os = dir * sb;
+    c.om = dir * sa;
+  }
+  return c;
+}
+
+template <typename T, typename I>
+C10_HOST_DEVICE inline Step<T> step_coefs_at(const StepParams& p, const T* table, int64_t len,
+                                             I t, I prev) {
+  const T a = alpha_at(table, len, t);
+  const T ap = static_cast<int64_t>(prev) >= 0
+                   ? alpha_at(table, len, prev)
+                   : (p.kind == kDDPM ? T(1) : T(p.final_alpha));
+  return step_coefs<T>(p, a, ap, static_cast<int64_t>(t));
+}
+
+// x0 -> x0c. lim: the clip range, or the per-sample threshold s (x0c = clamp(x0, -s, s) / s).
+template <typename T>
+C10_HOST_DEVICE inline T clip_x0(int64_t mode, T x0, T lim) {
+  if (mode == kNoClip) return x0;
+  const T c = x0 < -lim ? -lim : (x0 > lim ? lim : x0);
+  return mode == kThreshold ? c / lim : c;
+}
+
+// ------------------------------------------------------------------ argument checks
+inline void check_table(const char* op, const at::Tensor& table, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(table.scalar_type() == at::kFloat || table.scalar_type() == at::kDouble, op,
+                   ": argument 'alphas_cumprod' must be float32 (or float64), got ",
+                   table.scalar_type());
+  TORCH_CHECK_VALUE(table.dim() == 1 && table.size(0) > 0, op,
+                    ": argument 'alphas_cumprod' must be a non-empty 1-D table [T], got shape ",
+                    table.sizes());
+  check_same_device(op, "alphas_cumprod", table, "sample", like);
+}
+
+inline void check_timesteps(const char* op, const char* arg, const at::Tensor& t,
+                            const at::Tensor& like) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op,
+                   ": argument '", arg, "' must be an int64 or int32 tensor, got ",
+                   t.scalar_type());
+  check_same_device(op, arg, t, "sample", like);
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == like.size(0), op, ": argument '", arg,
+                    "' must have shape [N] = [", like.size(0), "] (one per sample), got ",
+                    t.sizes());
+}
+
+// Range of timesteps on CPU: [lo, T - 1] (lo = 0, or INT64_MIN for prev timesteps,
+// whose negatives mean "final"). On CUDA this would need a host sync: see alpha_at.
+inline void check_timestep_range(const char* op, const char* arg, const at::Tensor& t,
+                                 int64_t len, bool allow_negative) {
+  if (!t.is_cpu()) return;
+  const auto t64 = t.to(at::kLong).contiguous();
+  const int64_t* p = t64.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < t64.numel(); ++i) {
+    TORCH_CHECK_INDEX((allow_negative || p[i] >= 0) && p[i] < len, op, ": argument '", arg,
+                      "' has ", p[i], " at index ", i, ", outside [", allow_negative ? "-inf" : "0",
+                      ", ", len - 1, "] (alphas_cumprod has ", len, " entries)");
+  }
+}
+
+// x: a float tensor with at least one dim on `dev`; others listed must match it.
+inline void check_samples(const char* op, const char* arg, const at::Tensor& x,
+                          at::DeviceType dev) {
+  check_float(op, arg, x);
+  check_device_type(op, arg, x, dev);
+  check_min_dim(op, arg, x, 1);
+}
+
+inline void check_like(const char* op, const char* arg, const at::Tensor& y, const char* ref_arg,
+                       const at::Tensor& x) {
+  check_same_device(op, arg, y, ref_arg, x);
+  check_same_dtype(op, arg, y, ref_arg, x);
+  check_same_shape(op, arg, y, ref_arg, x);
+}
+
+inline int64_t check_choice(const char* op, const char* arg, int64_t v, int64_t n) {
+  TORCH_CHECK_VALUE(v >= 0 && v < n, op, ": argument '", arg, "' must be in [0, ", n - 1,
+                    "], got ", v);
+  return v;
+}
+
+
+// ------------------------------------------------------------------ per-op checks
+inline void check_mix(const char* op, const at::Tensor& x, const at::Tensor& y,
+                      const at::Tensor& t, const at::Tensor& table, int64_t kind,
+                      at::DeviceType dev) {
+  check_samples(op, "x", x, dev);
+  check_like(op, "y", y, "x", x);
+  check_choice(op, "kind", kind, 5);
+  check_table(op, table, x);
+  check_timesteps(op, "timesteps", t, x);
+  check_timestep_range(op, "timesteps", t, table.size(0), false);
+}
+
+inline void check_loss(const char* op, const at::Tensor& m, const at::Tensor& x0,
+                       const at::Tensor& noise, const at::Tensor& t, const at::Tensor& table,
+                       int64_t prediction, at::DeviceType dev) {
+  check_samples(op, "model_output", m, dev);
+  check_like(op, "x0", x0, "model_output", m);
+  check_like(op, "noise", noise, "model_output", m);
+  check_choice(op, "prediction", prediction, 3);
+  check_table(op, table, m);
+  check_timesteps(op, "timesteps", t, m);
+  check_timestep_range(op, "timesteps", t, table.size(0), false);
+}
+
+inline void check_step(const char* op, const at::Tensor& m, const at::Tensor& s,
+                       const c10::optional<at::Tensor>& noise, const at::Tensor& t,
+                       const at::Tensor& prev, const at::Tensor& table,
+                       const c10::optional<at::Tensor>& threshold, int64_t kind,
+                       int64_t prediction, double clip_range, double eta, double final_alpha,
+                       at::DeviceType dev) {
+  check_samples(op, "sample", s, dev);
+  check_like(op, "model_output", m, "sample", s);
+  if (noise.has_value()) check_like(op, "noise", *noise, "sample", s);
+  check_choice(op, "kind", kind, 2);
+  check_choice(op, "prediction", prediction, 3);
+  TORCH_CHECK_VALUE(clip_range > 0, op, ": argument 'clip_sample_range' must be > 0, got ",
+                    clip_range);
+  TORCH_CHECK_VALUE(eta >= 0, op, ": argument 'eta' must be >= 0, got ", eta);
+  TORCH_CHECK_VALUE(final_alpha > 0 && final_alpha <= 1, op,
+                    ": argument 'final_alpha_cumprod' must be in (0, 1], got ", final_alpha);
+  check_table(op, table, s);
+  check_timesteps(op, "timesteps", t, s);
+  check_timesteps(op, "prev_timesteps", prev, s);
+  check_timestep_range(op, "timesteps", t, table.size(0), false);
+  check_timestep_range(op, "prev_timesteps", prev, table.size(0), true);
+  if (threshold.has_value()) {
+    const auto& q = *threshold;
+    TORCH_CHECK_TYPE(q.scalar_type() == (s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
+                     op, ": argument 'threshold' must be in the accumulation dtype (float32, float64 "
+                     "for float64 samples), got ", q.scalar_type());
+    check_same_device(op, "threshold", q, "sample", s);
+    TORCH_CHECK_VALUE(q.dim() == 1 && q.size(0) == s.size(0), op,
+                      ": argument 'threshold' must have shape [N] = [", s.size(0), "], got ",
+                      q.sizes());
+  }
+}
+
+// [N] per-sample values (timesteps, thresholds) as contiguous tensors; the table in the
+// accumulation dtype.
+inline at::Tensor table_as(const at::Tensor& table, at::ScalarType acc) {
+  return table.to(acc).contiguous();
+}
+
+}  // namespace diffusion
+}  // namespace pykernels
