@@ -94,7 +94,10 @@ def assert_parity(fused, ref) -> None:
 @pytest.mark.parametrize("model", list(MODELS))
 def test_training_parity(model):
     ref, fused = trained(model, "reference"), trained(model, "fused")
-    assert ref.losses[-1] < 0.8 * ref.losses[0]  # it learns something, so parity is not between two flat lines
+    phases = distillation.phases(distillation.SIZES["test"]) if model == "distillation" else {"": slice(None)}
+    for phase in phases.values():  # each phase learns, so parity is not between two flat lines
+        losses = ref.losses[phase]
+        assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
     assert_parity(fused, ref)
     if model == "diffusion":
         for sampler in ("ddim", "ddpm"):
