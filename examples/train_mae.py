@@ -36,8 +36,11 @@ for j in range(n):
     patch_mask = ref["mask"][j].unsqueeze(-1).expand(-1, cfg.patch ** 2 * cfg.channels)
     visible = mae.unpatchify(patch_mask.unsqueeze(0), cfg)[0] < 0.5  # pixels the encoder saw
     image = ref["images"][j]
+    # as the MAE paper shows them: the visible patches pasted over the prediction (the loss
+    # does not train the prediction there)
     rows = (image, torch.where(visible, image, torch.full_like(image, -1.0)),
-            mae.unpatchify(ref["pred"][j:j + 1], cfg)[0], mae.unpatchify(fused["pred"][j:j + 1], cfg)[0])
+            torch.where(visible, image, mae.unpatchify(ref["pred"][j:j + 1], cfg)[0]),
+            torch.where(visible, image, mae.unpatchify(fused["pred"][j:j + 1], cfg)[0]))
     for i, img in enumerate(rows):
         axes[i, j].imshow(show(img))
         axes[i, j].axis("off")

@@ -72,10 +72,10 @@ def one_thread():
 _RUNS: dict = {}
 
 
-def trained(model: str, ops):
-    key = (model, ops if isinstance(ops, str) else (ops.name, ops.rel))
+def trained(model: str, ops, device: str = "cpu"):
+    key = (model, ops if isinstance(ops, str) else (ops.name, ops.rel), device)
     if key not in _RUNS:
-        _RUNS[key] = MODELS[model].train(ops)
+        _RUNS[key] = MODELS[model].train(ops, device=device)
     return _RUNS[key]
 
 
@@ -91,9 +91,16 @@ def assert_parity(fused, ref) -> None:
             assert fused.evals[name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model", list(MODELS))
-def test_training_parity(model):
-    ref, fused = trained(model, "reference"), trained(model, "fused")
+def test_training_parity(model, device):
+    """On CUDA the fused ops are the `cuda` backend; fp32 matmuls follow torch's TF32 flag
+    (off by default), so the same float32 tolerance applies."""
+    ref, fused = trained(model, "reference", device), trained(model, "fused", device)
     phases = distillation.phases(distillation.SIZES["test"]) if model == "distillation" else {"": slice(None)}
     for phase in phases.values():  # each phase learns, so parity is not between two flat lines
         losses = ref.losses[phase]

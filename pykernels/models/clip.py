@@ -42,7 +42,8 @@ class Config:
 
 SIZES = {
     "test": Config(),
-    "example": Config(concepts=32, image_size=16, width=256, embed_dim=64, batch=256, steps=400),
+    "example": Config(concepts=32, image_size=16, width=256, embed_dim=64, batch=256, steps=300, distractor=0.9,
+                      pixel_noise=2.0),
 }
 
 

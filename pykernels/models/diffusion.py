@@ -28,13 +28,14 @@ class Config:
     batch: int = 64
     steps: int = 300
     lr: float = 2e-3
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     samples: int = 16
     ddim_steps: int = 10
 
 
 SIZES = {
     "test": Config(),
-    "example": Config(image_size=16, hidden=512, batch=128, steps=1500, samples=36, ddim_steps=25),
+    "example": Config(hidden=256, batch=128, steps=1500, lr=1e-3, grad_clip=1.0, samples=36),
 }
 
 
@@ -123,6 +124,8 @@ def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", p
         loss = loss_of(*batch(cfg.batch))
         opt.zero_grad()
         loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         return loss.detach()
 

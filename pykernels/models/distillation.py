@@ -58,7 +58,7 @@ class Config:
 SIZES = {
     "test": Config(),
     "example": Config(teacher_hidden=256, student_hidden=32, batch=256, teacher_steps=400, student_steps=400,
-                      lm_batch=16, lm_pool=512, teacher_dim=96, student_dim=48, lm_steps=300),
+                      lm_batch=8, lm_pool=512, teacher_dim=64, student_dim=48, lm_steps=200),
 }
 
 

@@ -41,7 +41,7 @@ class Config:
 
 SIZES = {
     "test": Config(),
-    "example": Config(dim=96, decoder_dim=64, depth=3, decoder_depth=2, heads=4, batch=64, steps=600, lr=1.5e-3,
+    "example": Config(dim=64, decoder_dim=48, depth=2, decoder_depth=1, heads=4, batch=32, steps=400, lr=2e-3,
                       norm_pix_loss=False),
 }
 
