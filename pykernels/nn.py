@@ -1,11 +1,9 @@
 """nn.Module drop-ins for the functional ops (torch.nn / open_clip names)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .ops import cosine as _cosine
-from .ops import mae as _mae
 
 
 # ----------------------------------------------------------------------------- cosine
@@ -117,6 +115,11 @@ class SoftTargetCrossEntropy(nn.Module):
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
 # ----------------------------------------------------------------------------- mae
+import torch  # noqa: E402
+
+from .ops import mae as _mae  # noqa: E402
+
+
 class RandomMasking(nn.Module):
     """MAE's per-sample random masking: x [N, L, D] -> (x_visible, mask, ids_restore)."""
 

@@ -307,6 +307,7 @@ def test_random_masking_builds_no_index_tensor():
     assert 0 < peak < 1.5 * out_bytes, f"peak {peak} bytes"
 
 
+@pytest.mark.filterwarnings("ignore:var\\(\\). degrees of freedom")  # torch's, for the no-channel image
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous_and_empty(backend):
     dev = backend_device(backend)
@@ -327,6 +328,9 @@ def test_non_contiguous_and_empty(backend):
     e = pk.gather_patches(torch.zeros(0, 3, 4, 4, device=dev), torch.zeros(0, 2, dtype=torch.int64, device=dev), 2,
                           backend=backend)
     assert e.shape == (0, 2, 12)
+    no_channels = pk.masked_patch_loss(torch.zeros(1, 4, 0, device=dev), torch.zeros(1, 0, 4, 4, device=dev),
+                                       torch.ones(1, 4, device=dev), 2, norm_pix_loss=True, backend=backend)
+    assert torch.isnan(no_channels)  # a mean over no pixels, as the reference gives
 
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
@@ -429,6 +433,42 @@ def test_modules():
                                ref.masked_patch_loss(pred, imgs, mask, 2, True))
 
 
+def _train_tiny_mae(backend, steps=15):
+    """A linear MAE (embed -> unshuffle with a mask token + decoder position embedding
+    -> head) trained with Adam."""
+    torch.manual_seed(0)
+    p, C, dim = 4, 3, 16
+    embed, head = torch.nn.Linear(p * p * C, dim), torch.nn.Linear(dim, p * p * C)
+    unshuffle = pk.nn.MaskTokenUnshuffle(dim, backend=backend)
+    loss_fn = pk.nn.MaskedPatchLoss(p, backend=backend)
+    pos = torch.nn.Parameter(torch.zeros(1, 6, dim))
+    params = [*embed.parameters(), *head.parameters(), *unshuffle.parameters(), pos]
+    opt = torch.optim.Adam(params, lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    pattern = torch.randn(1, C, 8, 12, generator=gen)  # learnable: the mask token can predict it
+    losses = []
+    for _ in range(steps):
+        imgs = pattern + 0.1 * torch.randn(4, C, 8, 12, generator=gen)
+        tokens = embed(pk.patchify(imgs, p))
+        visible, mask, ids_restore = pk.random_masking(tokens, 0.5, generator=gen, backend=backend)
+        loss = loss_fn(head(unshuffle(visible, ids_restore) + pos), imgs, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id in ("cpu", "triton")])
+def test_training_parity(backend):
+    """A few Adam steps with the fused ops follow the reference's loss curve."""
+    if backend_device(backend).type != "cpu":
+        pytest.skip("CPU parity run")
+    want, got = _train_tiny_mae("reference"), _train_tiny_mae(backend)
+    assert want[-1] < 0.5 * want[0]  # it learns
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- bad input
 
 _i, _k = torch.ones(2, 3, 4, 6), torch.zeros(2, 2, dtype=torch.int64)
@@ -501,5 +541,23 @@ def test_bad_input_torch_ops(case):
     call, exc, text = OPS_BAD[case]
     if not pk.backends.extension_loaded():
         pytest.skip("pykernels._C not built")
+    with pytest.raises(exc, match=text):
+        call(torch.ops.pykernels)
+
+
+TRITON_BAD = [
+    (lambda o: o.gather_tokens_triton(torch.ones(2, 4), _k), ValueError, "'x'"),
+    (lambda o: o.gather_patches_triton(_i, _k.int(), 2), TypeError, "'ids_keep'"),
+    (lambda o: o.gather_patches_triton(_i, _k, 4), ValueError, "multiples"),
+    (lambda o: o.unshuffle_with_mask_tokens_triton(torch.ones(2, 2, 3), torch.ones(3).double(), _k), TypeError, "'mask_token'"),
+    (lambda o: o.patch_mse_triton(torch.ones(2, 6, 12), _i.double(), 2, False), TypeError, "'imgs'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TRITON_BAD)))
+def test_bad_input_triton_ops(case):
+    call, exc, text = TRITON_BAD[case]
+    if not hasattr(torch.ops.pykernels, "gather_patches_triton"):
+        pytest.skip("triton not importable")
     with pytest.raises(exc, match=text):
         call(torch.ops.pykernels)

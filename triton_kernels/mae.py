@@ -22,7 +22,7 @@ def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
 
 # ----------------------------------------------------------------------------- tokens
 @triton.jit
-def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr,
+def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[n, t] = SRC[n, i] for 0 <= i < S, FILL (or 0) for S <= i < hi, NaN otherwise;
     i = IDX[n, t]. Rows r = n*T + t."""
@@ -43,7 +43,7 @@ def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constex
         if HAS_FILL:
             f = tl.load(FILL + cols, mask=cm, other=0.0)
             v = tl.where(in_fill[:, None], f[None, :], v)
-        v = tl.where(bad[:, None], float("nan"), v.to(tl.float32))
+        v = tl.where(bad[:, None], float("nan"), v.to(ACC))  # ACC: the interpreter has no bf16 NaN constant
         tl.store(OUT + out_row[:, None] + cols[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -66,28 +66,29 @@ def invert_ids_kernel(IDS, INV, R, K, T, MARK: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def mask_token_partial_kernel(G, IDS, PART, L, D, K, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
+                              BLOCK_D: tl.constexpr):
     """PART[n, d] = sum over l (in order) with K <= IDS[n, l] < L of G[n, l, d]."""
     n = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=ACC)
     for l0 in range(0, L, BLOCK_L):
         ls = l0 + tl.arange(0, BLOCK_L)
         lm = ls < L
         ids = tl.load(IDS + n * L + ls, mask=lm, other=0)
         sel = lm & (ids >= K) & (ids < L)
         g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :], other=0.0)
-        acc += tl.sum(g.to(tl.float32), axis=0)
+        acc += tl.sum(g.to(ACC), axis=0)
     tl.store(PART + n * D + cols, acc, mask=cm)
 
 
 @triton.jit
-def sum_rows_kernel(PART, OUT, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[d] = sum over n of PART[n, d], tiles in n order."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
         p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :], mask=(ns < N)[:, None] & cm[None, :], other=0.0)
@@ -109,7 +110,7 @@ def _pixel(n, l, e, C, H, W, p, w):
 
 
 @triton.jit
-def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P,
+def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
                           BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < R
@@ -119,12 +120,12 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P,
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
     v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w), mask=m & valid[:, None], other=0.0)
-    v = tl.where(valid[:, None], v.to(tl.float32), float("nan"))
+    v = tl.where(valid[:, None], v.to(ACC), float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, BLOCK: tl.constexpr):
+def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Image gradient in image order: pixel of patch l gets G[n, k] (k = INV[n, l]),
     0 where k == K (patch not kept), NaN where k == -1 (repeated id)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -137,7 +138,7 @@ def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, BLOCK: tl
     k = tl.load(INV + n * L + l, mask=m, other=0)
     valid = (k >= 0) & (k < K)
     off = (n * K + tl.where(valid, k, 0)) * P + ((y % p) * p + x % p) * C + c
-    v = tl.load(G + off, mask=m & valid, other=0.0).to(tl.float32)
+    v = tl.load(G + off, mask=m & valid, other=0.0).to(ACC)
     v = tl.where(valid, v, tl.where(k == K, 0.0, float("nan")))
     tl.store(OUT + idx, v.to(OUT.dtype.element_ty), mask=m)
 
@@ -204,7 +205,7 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, fill, hi: int) -> torch.Te
     has_fill = fill is not None
     wrap_triton(gather_rows_kernel)[(triton.cdiv(R, br),)](
         src, idx, fill.contiguous() if has_fill else src, out, R, T, S, D, hi,
-        HAS_FILL=has_fill, BLOCK_R=br, BLOCK_D=bd)
+        HAS_FILL=has_fill, ACC=acc_dtype(src.dtype), BLOCK_R=br, BLOCK_D=bd)
     return out
 
 
@@ -230,13 +231,14 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     out = torch.empty((D,), dtype=grad.dtype, device=grad.device)
     if D == 0:
         return out
-    part = torch.empty((N, D), dtype=torch.float32, device=grad.device)
+    part = torch.empty((N, D), dtype=acc_dtype_torch(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, BLOCK_L=32, BLOCK_D=bd)
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=acc_dtype(grad.dtype),
+                                                                          BLOCK_L=32, BLOCK_D=bd)
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, BLOCK_N=16, BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
     return out
 
 
@@ -255,7 +257,7 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
     wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
-        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, BLOCK_R=br, BLOCK_P=bp)
+        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
@@ -269,7 +271,7 @@ def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: in
         return out
     block = 4096 if grad.device.type == "cpu" else 1024
     wrap_triton(scatter_patches_kernel)[(triton.cdiv(total, block),)](
-        grad, inv, out, total, K, C, H, W, p, w, L, P, BLOCK=block)
+        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=acc_dtype(grad.dtype), BLOCK=block)
     return out
 
 

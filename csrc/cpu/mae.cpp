@@ -272,21 +272,40 @@ at::Tensor gather_patches_backward_cpu(const at::Tensor& grad_, const at::Tensor
 }
 
 // ---------------------------------------------------------------------------- loss
-// Mean and 1/std of a target patch, or (0, 1) without norm_pix_loss: MAE's
-// (t - mean) / sqrt(var + 1e-6) with the unbiased variance.
 template <typename acc>
-inline std::pair<acc, acc> target_norm(const acc* t, int64_t P, bool norm) {
-  if (!norm) return {acc(0), acc(1)};
-  acc s = 0;
-  for (int64_t e = 0; e < P; ++e) s += t[e];
-  const acc mean = s / acc(P);
-  acc ss = 0;
-  for (int64_t e = 0; e < P; ++e) ss += (t[e] - mean) * (t[e] - mean);
-  const acc var = ss / acc(P - 1);
-  return {mean, acc(1) / std::sqrt(var + acc(1e-6))};
+inline acc vsum(const at::vec::Vectorized<acc>& v) {
+  return at::vec::vec_reduce_all<acc>(
+      [](at::vec::Vectorized<acc>& a, at::vec::Vectorized<acc>& b) { return a + b; }, v);
 }
 
-// f(r, pred row, normalised target row (acc), P) for every patch r = n*L + l.
+// Mean and 1/std of a target patch, or (0, 1) without norm_pix_loss: MAE's
+// (t - mean) / sqrt(var + 1e-6) with the unbiased variance. One vectorised pass over
+// t - t[0]: the shift keeps the sum of squares from cancelling.
+template <typename acc>
+inline std::pair<acc, acc> target_norm(const acc* t, int64_t P, bool norm) {
+  using V = at::vec::Vectorized<acc>;
+  if (!norm || P == 0) return {acc(0), acc(1)};  // P == 0: the loss is 0 / 0 = NaN anyway
+  const acc k = t[0];
+  V vs(0), vss(0);
+  const V vk(k);
+  int64_t e = 0;
+  for (; e + V::size() <= P; e += V::size()) {
+    const V d = V::loadu(t + e) - vk;
+    vs = vs + d;
+    vss = at::vec::fmadd(d, d, vss);
+  }
+  acc s = vsum(vs), ss = vsum(vss);
+  for (; e < P; ++e) {
+    s += t[e] - k;
+    ss += (t[e] - k) * (t[e] - k);
+  }
+  const acc mean_d = s / acc(P);
+  const acc var = std::max(ss - s * mean_d, acc(0)) / acc(P - 1);
+  return {k + mean_d, acc(1) / std::sqrt(var + acc(1e-6))};
+}
+
+// f(r, pred row, raw target row (acc), mean, rstd) for every patch r = n*L + l; the
+// normalised target is (t - mean) * rstd.
 template <typename scalar_t, typename F>
 void for_each_patch_target(const at::Tensor& pred, const at::Tensor& imgs, int64_t p, bool norm, F&& f) {
   using acc = acc_t<scalar_t>;
@@ -298,11 +317,41 @@ void for_each_patch_target(const at::Tensor& pred, const at::Tensor& imgs, int64
     for (int64_t r = begin; r < end; ++r) {
       load_patch(px, g, r / g.L, r % g.L, t.data());
       const auto [mean, rstd] = target_norm(t.data(), g.P, norm);
-      if (norm)
-        for (int64_t e = 0; e < g.P; ++e) t[e] = (t[e] - mean) * rstd;
-      f(r, pp + r * g.P, t.data(), g.P);
+      f(r, pp + r * g.P, t.data(), mean, rstd);
     }
   });
+}
+
+// sum_e (x[e] - (t[e] - mean) rstd)^2, vectorised.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+inline acc squared_error(const scalar_t* x, const acc* t, int64_t P, acc mean, acc rstd) {
+  using IO = VecIO<scalar_t>;
+  using V = typename IO::Vec;
+  const V vm(mean), vr(rstd);
+  V vs(0);
+  int64_t e = 0;
+  for (; e + IO::kWidth <= P; e += IO::kWidth) {
+    const V d = IO::load(x + e) - (V::loadu(t + e) - vm) * vr;
+    vs = at::vec::fmadd(d, d, vs);
+  }
+  acc s = vsum(vs);
+  for (; e < P; ++e) {
+    const acc d = static_cast<acc>(x[e]) - (t[e] - mean) * rstd;
+    s += d * d;
+  }
+  return s;
+}
+
+// out[e] = k (x[e] - (t[e] - mean) rstd), vectorised.
+template <typename scalar_t, typename acc = acc_t<scalar_t>>
+inline void scaled_error(const scalar_t* x, const acc* t, int64_t P, acc mean, acc rstd, acc k, scalar_t* out) {
+  using IO = VecIO<scalar_t>;
+  using V = typename IO::Vec;
+  const V vm(mean), vr(rstd), vk(k);
+  int64_t e = 0;
+  for (; e + IO::kWidth <= P; e += IO::kWidth)
+    IO::store(out + e, vk * (IO::load(x + e) - (V::loadu(t + e) - vm) * vr));
+  for (; e < P; ++e) out[e] = static_cast<scalar_t>(k * (static_cast<acc>(x[e]) - (t[e] - mean) * rstd));
 }
 
 at::Tensor patch_mse_cpu(const at::Tensor& pred_, const at::Tensor& imgs_, int64_t p, bool norm) {
@@ -314,13 +363,9 @@ at::Tensor patch_mse_cpu(const at::Tensor& pred_, const at::Tensor& imgs_, int64
   PK_DISPATCH_FLOATING(pred.scalar_type(), "patch_mse_cpu", [&] {
     using acc = acc_t<scalar_t>;
     acc* po = out.data_ptr<acc>();
-    for_each_patch_target<scalar_t>(pred, imgs, p, norm, [&](int64_t r, const scalar_t* x, const acc* t, int64_t P) {
-      acc s = 0;
-      for (int64_t e = 0; e < P; ++e) {
-        const acc d = static_cast<acc>(x[e]) - t[e];
-        s += d * d;
-      }
-      po[r] = s / acc(P);
+    const int64_t P = pred.size(2);
+    for_each_patch_target<scalar_t>(pred, imgs, p, norm, [&](int64_t r, const scalar_t* x, const acc* t, acc mean, acc rstd) {
+      po[r] = squared_error(x, t, P, mean, rstd) / acc(P);
     });
   });
   return out;
@@ -342,10 +387,10 @@ at::Tensor patch_mse_backward_cpu(const at::Tensor& grad_, const at::Tensor& pre
     const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
     const acc* pg = grad.const_data_ptr<acc>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    for_each_patch_target<scalar_t>(pred, imgs, p, norm, [&](int64_t r, const scalar_t* x, const acc* t, int64_t P) {
-      const acc k = acc(2) * pg[r] / acc(P);  // d mean((x - t)^2) / dx = 2 (x - t) / P
-      scalar_t* dst = po + r * P;
-      for (int64_t e = 0; e < P; ++e) dst[e] = static_cast<scalar_t>(k * (static_cast<acc>(x[e]) - t[e]));
+    const int64_t P = pred.size(2);
+    for_each_patch_target<scalar_t>(pred, imgs, p, norm, [&](int64_t r, const scalar_t* x, const acc* t, acc mean, acc rstd) {
+      // d mean((x - t)^2) / dx = 2 (x - t) / P
+      scaled_error(x, t, P, mean, rstd, acc(2) * pg[r] / acc(P), po + r * P);
     });
   });
   return out;

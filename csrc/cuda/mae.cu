@@ -1,8 +1,9 @@
 // CUDA kernels of the MAE family. No host synchronisation, so ids are not validated
 // on the host: a row whose id is out of range is written as NaN, and a repeated id
-// (found while inverting the ids for a backward) gives NaN gradient rows. Gathers are
-// one warp per row with 16-byte packs where aligned; patch kernels are grid-stride
-// element loops in int64; the per-patch loss is one warp per patch. Sums run in a
+// (found while inverting the ids for a backward) gives NaN gradient rows. Token
+// gathers are one warp per row with 16-byte packs where aligned; patch gathers one
+// block per patch (forward) or image row (backward), with 32-bit index math inside a
+// patch and int64 offsets; the per-patch loss is one warp per patch. Sums run in a
 // fixed order (warp shuffles, then per-sample partials summed in sample order):
 // deterministic, no float atomics.
 #include <torch/library.h>
@@ -43,12 +44,12 @@ __global__ void gather_rows_kernel(const scalar_t* __restrict__ src, const int64
   PK_FOR_EACH_ROW(R) {
     const int64_t i = idx[r];
     const scalar_t* from = nullptr;
-    bool nan = false;
+    bool poison = false;
     if (i >= 0 && i < S) from = src + ((r / T) * S + i) * D;
     else if (i >= S && i < hi) from = fill;  // nullptr: zeros
-    else nan = true;
+    else poison = true;
     scalar_t* to = out + r * D;
-    const scalar_t fixed = nan ? quiet_nan<scalar_t>() : scalar_t(0);
+    const scalar_t fixed = poison ? quiet_nan<scalar_t>() : scalar_t(0);
     if constexpr (kPacked) {
       using P = Pack<scalar_t>;
       P c;
@@ -78,22 +79,24 @@ __global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv,
 // part[n, d] = sum over l in order with K <= ids[n, l] < L of g[n, l, d].
 template <typename scalar_t>
 __global__ void mask_token_partial_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ ids,
-                                          float* __restrict__ part, int64_t L, int64_t D, int64_t K) {
+                                          acc_t<scalar_t>* __restrict__ part, int64_t L, int64_t D,
+                                          int64_t K) {
+  using acc = acc_t<scalar_t>;
   const int64_t n = blockIdx.x, d = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   if (d >= D) return;
-  float s = 0.f;
+  acc s = 0;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t v = ids[n * L + l];
-    if (v >= K && v < L) s += static_cast<float>(g[(n * L + l) * D + d]);
+    if (v >= K && v < L) s += static_cast<acc>(g[(n * L + l) * D + d]);
   }
   part[n * D + d] = s;
 }
 
 template <typename scalar_t>
-__global__ void sum_rows_kernel(const float* __restrict__ part, scalar_t* __restrict__ out, int64_t N,
-                                int64_t D) {
+__global__ void sum_rows_kernel(const acc_t<scalar_t>* __restrict__ part, scalar_t* __restrict__ out,
+                                int64_t N, int64_t D) {
   PK_FOR_EACH_ELEM(d, D) {
-    float s = 0.f;
+    acc_t<scalar_t> s = 0;
     for (int64_t n = 0; n < N; ++n) s += part[n * D + d];
     out[d] = static_cast<scalar_t>(s);
   }
@@ -195,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(cons
   const auto inv = invert_ids(ids, K);  // [N, K]: the slot l of each visible token
   auto gx = at::empty({N, K, D}, grad.options());
   auto gm = at::empty({D}, grad.options());
-  auto part = at::empty({N, D}, grad.options().dtype(at::kFloat));
+  auto part = at::empty({N, D}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
   auto stream = at::cuda::getCurrentCUDAStream();
   PK_DISPATCH_FLOATING(grad.scalar_type(), "unshuffle_backward_cuda", [&] {
     launch_gather_rows<scalar_t>(grad, inv, nullptr, gx, L + 1);
@@ -203,12 +206,12 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(cons
     if (N > 0 && L > 0) {
       const dim3 grid(N, (D + kThreads - 1) / kThreads);
       mask_token_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), part.data_ptr<float>(), L, D, K);
+          grad.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), part.data_ptr<acc_t<scalar_t>>(), L, D, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       part.zero_();
     }
-    sum_rows_kernel<scalar_t><<<elem_blocks(D), kThreads, 0, stream>>>(part.const_data_ptr<float>(),
+    sum_rows_kernel<scalar_t><<<elem_blocks(D), kThreads, 0, stream>>>(part.const_data_ptr<acc_t<scalar_t>>(),
                                                                        gm.data_ptr<scalar_t>(), N, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -216,41 +219,63 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(cons
 }
 
 // ---------------------------------------------------------------------------- patches
+// Patch geometry. Within a patch, element indices are int32 (P < 2^31 is checked on
+// the host) so the per-element divisions are 32-bit; image offsets are int64.
 struct Geom {
   int64_t C, H, W, p, w, L, P;
 };
 
-inline Geom geom(int64_t C, int64_t H, int64_t W, int64_t p) {
+inline Geom geom(const char* op, int64_t C, int64_t H, int64_t W, int64_t p) {
+  TORCH_CHECK_VALUE(p * p * C < (int64_t(1) << 31) && W < (int64_t(1) << 31), op,
+                    ": a patch must have fewer than 2^31 elements, got p*p*C = ", p * p * C);
   return {C, H, W, p, W / p, (H / p) * (W / p), p * p * C};
 }
 
-// Offset in [N, C, H, W] of element e = (pi*p + pj)*C + c of patch l of image n.
-__device__ __forceinline__ int64_t pixel(const Geom& g, int64_t n, int64_t l, int64_t e) {
-  const int64_t c = e % g.C, q = e / g.C, pi = q / g.p, pj = q % g.p;
-  return ((n * g.C + c) * g.H + (l / g.w) * g.p + pi) * g.W + (l % g.w) * g.p + pj;
+// Offset in [N, C, H, W] of the first pixel of patch l of image n.
+__device__ __forceinline__ int64_t patch_base(const Geom& g, int64_t n, int64_t l) {
+  return (n * g.C * g.H + (l / g.w) * g.p) * g.W + (l % g.w) * g.p;
 }
 
+// Offset from patch_base of element e = (pi*p + pj)*C + c.
+__device__ __forceinline__ int64_t patch_elem(const Geom& g, int e) {
+  const int C = int(g.C), p = int(g.p);
+  const int q = e / C, c = e - q * C, pi = q / p, pj = q - pi * p;
+  return int64_t(c) * g.H * g.W + int64_t(pi) * g.W + pj;
+}
+
+// One block per output patch row r = n*K + k (grid-stride); threads over its elements.
 template <typename scalar_t>
 __global__ void gather_patches_kernel(const scalar_t* __restrict__ img, const int64_t* __restrict__ ids,
-                                      scalar_t* __restrict__ out, int64_t total, int64_t K, Geom g) {
-  PK_FOR_EACH_ELEM(i, total) {
-    const int64_t r = i / g.P, e = i % g.P, id = ids[r];
-    out[i] = (id >= 0 && id < g.L) ? img[pixel(g, r / K, id, e)] : quiet_nan<scalar_t>();
+                                      scalar_t* __restrict__ out, int64_t R, int64_t K, Geom g) {
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const int64_t id = ids[r];
+    const bool ok = id >= 0 && id < g.L;
+    const scalar_t* src = img + (ok ? patch_base(g, r / K, id) : 0);
+    scalar_t* dst = out + r * g.P;
+    for (int e = threadIdx.x; e < g.P; e += blockDim.x)
+      dst[e] = ok ? src[patch_elem(g, e)] : quiet_nan<scalar_t>();
   }
 }
 
 // Image gradient in image order: 0 where the patch was not kept (inv == K), NaN where
 // its id was repeated (inv == -1).
+// One block per image row (n, c, y), grid-stride; threads over its pixels x.
 template <typename scalar_t>
 __global__ void scatter_patches_kernel(const scalar_t* __restrict__ grad, const int64_t* __restrict__ inv,
-                                       scalar_t* __restrict__ out, int64_t total, int64_t K, Geom g) {
-  PK_FOR_EACH_ELEM(i, total) {
-    const int64_t x = i % g.W, y = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C, n = i / (g.W * g.H * g.C);
-    const int64_t k = inv[n * g.L + (y / g.p) * g.w + x / g.p];
-    scalar_t v;
-    if (k >= 0 && k < K) v = grad[(n * K + k) * g.P + ((y % g.p) * g.p + x % g.p) * g.C + c];
-    else v = k == K ? scalar_t(0) : quiet_nan<scalar_t>();
-    out[i] = v;
+                                       scalar_t* __restrict__ out, int64_t rows, int64_t K, Geom g) {
+  const int p = int(g.p);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t y = row % g.H, c = (row / g.H) % g.C, n = row / (g.H * g.C);
+    const int64_t* inv_row = inv + n * g.L + (y / p) * g.w;
+    const int64_t inner = int64_t(y % p) * p * g.C + c;
+    for (int x = threadIdx.x; x < g.W; x += blockDim.x) {
+      const int j = x / p, pj = x - j * p;
+      const int64_t k = inv_row[j];
+      scalar_t v;
+      if (k >= 0 && k < K) v = grad[(n * K + k) * g.P + inner + int64_t(pj) * g.C];
+      else v = k == K ? scalar_t(0) : quiet_nan<scalar_t>();
+      out[row * g.W + x] = v;
+    }
   }
 }
 
@@ -261,14 +286,13 @@ at::Tensor gather_patches_cuda(const at::Tensor& imgs_, const at::Tensor& ids_, 
   check_patches(op, p, imgs_.size(2), imgs_.size(3));
   const c10::cuda::CUDAGuard guard(imgs_.device());
   const auto imgs = imgs_.contiguous(), ids = ids_.contiguous();
-  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
-  const int64_t K = ids.size(1);
+  const Geom g = geom(op, imgs.size(1), imgs.size(2), imgs.size(3), p);
+  const int64_t K = ids.size(1), R = imgs.size(0) * K;
   auto out = at::empty({imgs.size(0), K, g.P}, imgs.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(imgs.scalar_type(), "gather_patches_cuda", [&] {
-    gather_patches_kernel<scalar_t><<<elem_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        imgs.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total, K, g);
+    gather_patches_kernel<scalar_t><<<row_blocks(R, 1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        imgs.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), R, K, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -286,14 +310,14 @@ at::Tensor gather_patches_backward_cuda(const at::Tensor& grad_, const at::Tenso
                     "], got ", grad_.sizes());
   const c10::cuda::CUDAGuard guard(grad_.device());
   const auto grad = grad_.contiguous(), ids = ids_.contiguous();
-  const Geom g = geom(C, H, W, p);
+  const Geom g = geom(op, C, H, W, p);
   const auto inv = invert_ids(ids, g.L);
   auto out = at::empty({grad.size(0), C, H, W}, grad.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  const int64_t rows = grad.size(0) * C * H;
+  if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(grad.scalar_type(), "gather_patches_backward_cuda", [&] {
-    scatter_patches_kernel<scalar_t><<<elem_blocks(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad.const_data_ptr<scalar_t>(), inv.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), total,
+    scatter_patches_kernel<scalar_t><<<row_blocks(rows, 1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grad.const_data_ptr<scalar_t>(), inv.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), rows,
         ids.size(1), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -310,30 +334,31 @@ __global__ void patch_mse_kernel(const scalar_t* __restrict__ pred, const scalar
                                  scalar_t* __restrict__ gpred, int64_t R, Geom g, bool norm) {
   using acc = acc_t<scalar_t>;
   PK_FOR_EACH_ROW(R) {
-    const int64_t n = r / g.L, l = r % g.L;
+    const scalar_t* t = img + patch_base(g, r / g.L, r % g.L);
+    const int P = int(g.P);
     acc mean = 0, rstd = 1;
-    if (norm) {
+    if (norm) {  // two passes (mean, then centred squares); the second hits L1/L2
       acc s = 0;
-      for (int64_t e = lane; e < g.P; e += kWarp) s += static_cast<acc>(img[pixel(g, n, l, e)]);
-      mean = warp_sum(s) / acc(g.P);
+      for (int e = lane; e < P; e += kWarp) s += static_cast<acc>(t[patch_elem(g, e)]);
+      mean = warp_sum(s) / acc(P);
       acc ss = 0;
-      for (int64_t e = lane; e < g.P; e += kWarp) {
-        const acc d = static_cast<acc>(img[pixel(g, n, l, e)]) - mean;
+      for (int e = lane; e < P; e += kWarp) {
+        const acc d = static_cast<acc>(t[patch_elem(g, e)]) - mean;
         ss += d * d;
       }
-      rstd = acc(1) / sqrt(warp_sum(ss) / acc(g.P - 1) + acc(1e-6));
+      rstd = acc(1) / sqrt(warp_sum(ss) / acc(P - 1) + acc(1e-6));
     }
     const scalar_t* x = pred + r * g.P;
     if constexpr (kBackward) {
-      const acc k = acc(2) * grad[r] / acc(g.P);
-      for (int64_t e = lane; e < g.P; e += kWarp) {
-        const acc t = (static_cast<acc>(img[pixel(g, n, l, e)]) - mean) * rstd;
-        gpred[r * g.P + e] = static_cast<scalar_t>(k * (static_cast<acc>(x[e]) - t));
+      const acc k = acc(2) * grad[r] / acc(P);
+      for (int e = lane; e < P; e += kWarp) {
+        const acc tn = (static_cast<acc>(t[patch_elem(g, e)]) - mean) * rstd;
+        gpred[r * g.P + e] = static_cast<scalar_t>(k * (static_cast<acc>(x[e]) - tn));
       }
     } else {
       acc s = 0;
-      for (int64_t e = lane; e < g.P; e += kWarp) {
-        const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(img[pixel(g, n, l, e)]) - mean) * rstd;
+      for (int e = lane; e < P; e += kWarp) {
+        const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(t[patch_elem(g, e)]) - mean) * rstd;
         s += d * d;
       }
       s = warp_sum(s);
@@ -347,7 +372,7 @@ at::Tensor patch_mse_cuda(const at::Tensor& pred_, const at::Tensor& imgs_, int6
   check_pred_imgs(op, pred_, imgs_, p, at::kCUDA);
   const c10::cuda::CUDAGuard guard(pred_.device());
   const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
-  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
+  const Geom g = geom(op, imgs.size(1), imgs.size(2), imgs.size(3), p);
   auto out = at::empty({pred.size(0), pred.size(1)}, pred.options().dtype(at::toOpMathType(pred.scalar_type())));
   const int64_t R = out.numel();
   if (R == 0) return out;
@@ -371,7 +396,7 @@ at::Tensor patch_mse_backward_cuda(const at::Tensor& grad_, const at::Tensor& pr
                     grad_.sizes());
   const c10::cuda::CUDAGuard guard(pred_.device());
   const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
-  const Geom g = geom(imgs.size(1), imgs.size(2), imgs.size(3), p);
+  const Geom g = geom(op, imgs.size(1), imgs.size(2), imgs.size(3), p);
   auto out = at::empty_like(pred);
   const int64_t R = pred.size(0) * pred.size(1);
   if (out.numel() == 0) return out;

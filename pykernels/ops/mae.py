@@ -155,6 +155,9 @@ if triton_available():
 
     @triton_op("pykernels::gather_tokens_triton", mutates_args=())
     def _gather_tokens_triton(x: Tensor, ids_keep: Tensor) -> Tensor:
+        fn = "pykernels::gather_tokens_triton"
+        _check_rank(fn, "x", x, 3, "[N, L, D]")
+        _check_ids(fn, "ids_keep", ids_keep, "x", x)
         return tk.gather_rows(x, ids_keep, None, x.shape[1])
 
     @triton_op("pykernels::gather_tokens_backward_triton", mutates_args=())
@@ -165,6 +168,11 @@ if triton_available():
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_triton", mutates_args=())
     def _unshuffle_triton(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
+        fn = "pykernels::unshuffle_with_mask_tokens_triton"
+        _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
+        _check_rank(fn, "mask_token", mask_token, 1, f"[{x_visible.shape[2]}]")
+        chk.same_dtype(fn, ("x_visible", x_visible), ("mask_token", mask_token))
+        _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
         return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
@@ -174,6 +182,9 @@ if triton_available():
 
     @triton_op("pykernels::gather_patches_triton", mutates_args=())
     def _gather_patches_triton(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
+        fn = "pykernels::gather_patches_triton"
+        _check_image(fn, imgs, patch_size)
+        _check_ids(fn, "ids_keep", ids_keep, "imgs", imgs)
         return tk.gather_patches(imgs, ids_keep, patch_size)
 
     @triton_op("pykernels::gather_patches_backward_triton", mutates_args=())
@@ -184,6 +195,10 @@ if triton_available():
 
     @triton_op("pykernels::patch_mse_triton", mutates_args=())
     def _patch_mse_triton(pred: Tensor, imgs: Tensor, patch_size: int, norm_pix_loss: bool) -> Tensor:
+        fn = "pykernels::patch_mse_triton"
+        _check_image(fn, imgs, patch_size)
+        _check_rank(fn, "pred", pred, 3, "[N, L, p*p*C]")
+        chk.same_dtype(fn, ("pred", pred), ("imgs", imgs))
         return tk.patch_mse(pred, imgs, patch_size, norm_pix_loss)
 
     @triton_op("pykernels::patch_mse_backward_triton", mutates_args=())
