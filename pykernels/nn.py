@@ -164,3 +164,26 @@ class MaskedPatchLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"
+# ----------------------------------------------------------------------------- diffusion
+class DiffusionLoss(nn.Module):
+    """The diffusion training loss with its schedule as a buffer (moves with .to()):
+    forward(model_output, x0, noise, timesteps) = mean((model_output - target)^2), target
+    = noise / x0 / velocity for prediction_type "epsilon" / "sample" / "v_prediction"."""
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02, prediction_type: str = "epsilon", reduction: str = "mean", *,
+                 backend: str | None = None):
+        super().__init__()
+        from .ops import diffusion as _diffusion
+
+        self._fn = _diffusion.diffusion_loss
+        self.register_buffer("alphas_cumprod", _diffusion.make_schedule(num_train_timesteps, beta_schedule,
+                                                                       beta_start, beta_end), persistent=False)
+        self.prediction_type, self.reduction, self.backend = prediction_type, reduction, backend
+
+    def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps) -> Tensor:
+        return self._fn(model_output, x0, noise, timesteps, self.alphas_cumprod, prediction_type=self.prediction_type,
+                        reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"prediction_type={self.prediction_type!r}, reduction={self.reduction!r}"

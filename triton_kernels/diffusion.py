@@ -74,13 +74,13 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
     xs, xm = _mix_coefs(2 + PRED, a)
     om = a * 0.0
     if KIND == 0:
-        beta_t = 1.0 - a / ap
+        beta_t = (ap - a) / ap
         ox = tl.sqrt(ap) * beta_t / (1.0 - a)
         os = tl.sqrt(a / ap) * (1.0 - ap) / (1.0 - a)
         var = tl.maximum((1.0 - ap) / (1.0 - a) * beta_t, 1e-20)
         on = tl.where(t > 0, tl.sqrt(var), a * 0.0)
     else:
-        var = (1.0 - ap) / (1.0 - a) * (1.0 - a / ap)
+        var = (1.0 - ap) / (1.0 - a) * ((ap - a) / ap)
         sd = eta * tl.sqrt(var)
         dr = tl.sqrt(tl.maximum(1.0 - ap - sd * sd, 0.0))
         ox = tl.sqrt(ap)
@@ -216,10 +216,14 @@ def step_bwd_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_ra
         s = tl.load(S + offs, mask=mask, other=0.0).to(xs.dtype)
         m = tl.load(M + offs, mask=mask, other=0.0).to(xs.dtype)
         x0 = xs * s + xm * m
-        g0 = tl.where((x0 >= -lim) & (x0 <= lim), gc, 0.0)
+        # torch.clamp's gradient: strictly inside for scalar bounds (clip); a tensor
+        # bound (threshold) shares it half-half at a tie.
+        g0 = tl.where((x0 > -lim) & (x0 < lim), gc, 0.0)
         if CLIP_MODE == 2:
-            g0 = g0 / lim
-            above = (x0 > lim).to(xs.dtype) - (x0 < -lim).to(xs.dtype)
+            tie = (x0 == lim).to(xs.dtype) * 0.5
+            ntie = (x0 == -lim).to(xs.dtype) * 0.5
+            g0 = (g0 + gc * (tie + ntie)) / lim
+            above = (x0 > lim).to(xs.dtype) - (x0 < -lim).to(xs.dtype) + tie - ntie
             x0c = tl.minimum(tl.maximum(x0, -lim), lim) / lim
             tl.store(PART + tl.program_id(0), tl.sum(gc * (above - x0c), axis=0) / lim)
     tl.store(GM + offs, (om * gp + xm * g0).to(GM.dtype.element_ty), mask=mask)

@@ -98,7 +98,7 @@ C10_HOST_DEVICE inline Step<T> step_coefs(const StepParams& p, T a, T ap, int64_
   c.xm = x.cy;
   c.om = T(0);
   if (p.kind == kDDPM) {
-    const T beta_t = one - a / ap;
+    const T beta_t = (ap - a) / ap;  // = 1 - a/ap without cancellation (ap - a is exact)
     c.ox = pk_sqrt(ap) * beta_t / (one - a);
     c.os = pk_sqrt(a / ap) * (one - ap) / (one - a);
     T var = (one - ap) / (one - a) * beta_t;
@@ -106,7 +106,7 @@ C10_HOST_DEVICE inline Step<T> step_coefs(const StepParams& p, T a, T ap, int64_
     c.on = t > 0 ? pk_sqrt(var) : T(0);
     return c;
   }
-  const T var = (one - ap) / (one - a) * (one - a / ap);
+  const T var = (one - ap) / (one - a) * ((ap - a) / ap);
   const T sd = T(p.eta) * pk_sqrt(var);
   T dir2 = one - ap - sd * sd;
   const T dir = pk_sqrt(dir2 > T(0) ? dir2 : T(0));

@@ -312,9 +312,10 @@ std::tuple<at::Tensor, at::Tensor> step_cpu(
 // Gradients of (prev_sample, pred_original_sample) w.r.t. model_output, sample and the
 // per-sample threshold (empty [0] without thresholding). With gc = ox gp + gx0 (the
 // grad reaching x0c):
-//   clip:      g_x0 = gc [-r <= x0 <= r]
-//   threshold: g_x0 = gc [-q <= x0 <= q] / q,
-//              g_q  = sum_i gc_i ([x0_i > q] - [x0_i < -q] - x0c_i) / q
+//   clip:      g_x0 = gc [-r < x0 < r]                        (torch.clamp, scalar bounds)
+//   threshold: g_x0 = gc w / q, w = 1 inside, 1/2 at +-q, 0 outside (tensor bounds),
+//              g_q  = sum_i gc_i (dc_i/dq - x0c_i) / q, dc/dq = 1 above q, 1/2 at q,
+//                     -1 below -q, -1/2 at -q
 //   grad_m = om gp + xm g_x0,  grad_s = os gp + xs g_x0.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> step_backward_cpu(
     const at::Tensor& gp_, const at::Tensor& gx_, const at::Tensor& m_, const at::Tensor& s_,
@@ -355,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_backward_cpu(
       const auto k = step_coefs_at<acc>(A.p, tab, T, pt[n], pp[n]);
       const V xs(k.xs), xm(k.xm), ox(k.ox), os(k.os), om(k.om);
       const acc lim_s = pq != nullptr ? pq[n] : acc(A.clip_range);
-      const V lim(lim_s), nlim(-lim_s), zero(0), one(1);
+      const V lim(lim_s), nlim(-lim_s), zero(0), one(1), half(0.5);
       const int64_t o = n * D;
       V sq(0);
       for_vecs<IO>(b, e, [&](int64_t i, int64_t w) {
@@ -364,12 +365,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_backward_cpu(
         const V gc = at::vec::fmadd(ox, gpv, ld<IO>(pgx + o + i, w));
         V g0 = gc;
         if (A.clip_mode != kNoClip) {
+          // torch.clamp's gradient: a scalar bound (clip) passes it strictly inside; a
+          // tensor bound (threshold) splits it half-half with the bound at a tie.
           const V x0 = at::vec::fmadd(xs, sv, xm * mv);
-          const V inside = (x0 >= nlim) & (x0 <= lim);
-          g0 = V::blendv(zero, gc, inside);
+          const V at_hi = V::blendv(zero, half, x0 == lim), at_lo = V::blendv(zero, half, x0 == nlim);
+          g0 = gc * V::blendv(zero, one, (x0 > nlim) & (x0 < lim));
           if (A.clip_mode == kThreshold) {
-            g0 = g0 / lim;
-            const V above = V::blendv(zero, one, x0 > lim) - V::blendv(zero, one, x0 < nlim);
+            g0 = (g0 + gc * (at_hi + at_lo)) / lim;
+            const V above = V::blendv(zero, one, x0 > lim) - V::blendv(zero, one, x0 < nlim) + at_hi - at_lo;
             const V x0c = at::vec::clamp(x0, nlim, lim) / lim;
             sq = at::vec::fmadd(gc, above - x0c, sq);  // tail lanes: gc = 0
           }

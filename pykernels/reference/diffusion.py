@@ -147,7 +147,7 @@ def ddpm_step(model_output, timesteps, sample, alphas_cumprod, *, prev_timesteps
     x0 = predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_type)
     x0 = _clip_or_threshold(x0, clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                             sample_max_value)
-    beta_t = 1 - a / ap
+    beta_t = (ap - a) / ap  # 1 - a/ap, without cancellation when a ~ a'
     mean = (ap.sqrt() * beta_t / (1 - a)) * x0 + ((a / ap).sqrt() * (1 - ap) / (1 - a)) * sample.to(acc)
     out = mean
     if noise is not None:
@@ -178,7 +178,7 @@ def ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, *
                             sample_max_value)
     if use_clipped_model_output:
         eps = (s - sa * x0) / sb
-    var = (1 - ap) / (1 - a) * (1 - a / ap)
+    var = (1 - ap) / (1 - a) * ((ap - a) / ap)
     sd = eta * var.sqrt()
     out = ap.sqrt() * x0 + (1 - ap - sd ** 2).clamp_min(0).sqrt() * eps
     if noise is not None and eta > 0:

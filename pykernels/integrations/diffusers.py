@@ -1,0 +1,143 @@
+"""Drop-in diffusers schedulers whose `step` (and `add_noise`, `get_velocity`) run the
+fused pykernels ops.
+
+    from pykernels.integrations.diffusers import FusedDDIMScheduler
+    pipe.scheduler = FusedDDIMScheduler.from_config(pipe.scheduler.config)
+
+`FusedDDPMScheduler` and `FusedDDIMScheduler` subclass diffusers' `DDPMScheduler` and
+`DDIMScheduler`: same constructor, config, `set_timesteps`, and `step` signature and
+return type, so a pipeline uses them unchanged. What differs:
+
+- the step is one fused kernel, coefficients are indexed on the device (no `.item()`,
+  no `nonzero()`: the previous DDPM timestep is found with device ops), so a sampling
+  loop with tensor timesteps does not synchronise with the host;
+- coefficients are computed in float32 even for float16 samples (diffusers computes
+  them in the sample dtype in `add_noise`, where fp16 rounds alpha_bar to 1 at the
+  first timesteps);
+- DDPM with a tensor timestep on a GPU always draws its noise (the kernel ignores it
+  at t = 0), where diffusers skips the draw at t = 0 after a host check; with an int
+  or CPU timestep the random stream is exactly diffusers'.
+
+Configurations the fused op does not cover (DDPM variance types other than
+"fixed_small", learned variance channels) fall back to diffusers' own `step`.
+
+diffusers is optional: importing this module without it raises ImportError; nothing
+else in pykernels imports it.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as exc:  # pragma: no cover - exercised only without diffusers
+    raise ImportError("pykernels.integrations.diffusers needs the optional dependency diffusers "
+                      f"(pip install diffusers): {exc}") from exc
+
+from ..ops import diffusion as _ops
+
+__all__ = ["FusedDDPMScheduler", "FusedDDIMScheduler"]
+
+
+class _FusedMixin:
+    """Device copies of the fp32 alphas_cumprod table and the shared overrides."""
+
+    def _pk_table(self, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_pk_tables", {})
+        key = (str(device), self.alphas_cumprod.data_ptr())
+        if key not in cache:
+            cache.clear()
+            cache[key] = self.alphas_cumprod.to(device=device, dtype=torch.float32).contiguous()
+        return cache[key]
+
+    @staticmethod
+    def _pk_timesteps(t, sample: torch.Tensor):
+        """An int stays an int (the op broadcasts it); a tensor becomes [N] int64 on the
+        sample's device (a 0-dim one is broadcast)."""
+        if isinstance(t, torch.Tensor):
+            t = t.to(device=sample.device, dtype=torch.int64)
+            return t.reshape(()).expand(sample.shape[0]) if t.numel() == 1 else t
+        return int(t)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.IntTensor) -> torch.Tensor:
+        t = timesteps.to(original_samples.device).reshape(-1).to(torch.int64)
+        return _ops.add_noise(original_samples, noise, t, self._pk_table(original_samples.device))
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        t = timesteps.to(sample.device).reshape(-1).to(torch.int64)
+        return _ops.get_velocity(sample, noise, t, self._pk_table(sample.device))
+
+
+class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
+    """diffusers' DDPMScheduler with a fused `step` (variance_type "fixed_small")."""
+
+    def _pk_prev_timestep(self, t, device):
+        """previous_timestep without a host sync: the next entry of self.timesteps (-1
+        after the last), found with device ops; t - 1 without an inference schedule."""
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return t - 1
+        ts = self.timesteps.to(device=device, dtype=torch.int64)
+        following = torch.cat([ts[1:], ts.new_full((1,), -1)])
+        t = torch.as_tensor(t, device=device, dtype=torch.int64)
+        idx = (ts[:, None] == t.reshape(1, -1)).to(torch.int32).argmax(0)  # first match
+        prev = following[idx]
+        return prev.reshape(()) if prev.numel() == 1 else prev
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        learned = self.variance_type in ("learned", "learned_range") and model_output.shape[1] == sample.shape[1] * 2
+        if self.variance_type != "fixed_small" or learned:
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        t = self._pk_timesteps(timestep, sample)
+        prev = self._pk_prev_timestep(t, sample.device)
+        host_zero = isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.device.type == "cpu"
+                                                  and timestep.numel() == 1)
+        if host_zero and int(timestep) <= 0:  # as diffusers: no draw at t = 0
+            noise = torch.zeros_like(sample)
+        else:
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        c = self.config
+        prev_sample, x0 = _ops.ddpm_step(
+            model_output, t, sample, self._pk_table(sample.device), prev_timesteps=prev, noise=noise,
+            prediction_type=c.prediction_type, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
+            thresholding=c.thresholding, dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+            sample_max_value=c.sample_max_value)
+        if not return_dict:
+            return (prev_sample, x0)
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
+    """diffusers' DDIMScheduler with a fused `step`."""
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True):
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
+            )
+        t = self._pk_timesteps(timestep, sample)
+        prev = t - self.config.num_train_timesteps // self.num_inference_steps
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
+                                 "`generator` or `variance_noise` stays `None`.")
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                              dtype=model_output.dtype)
+        c = self.config
+        prev_sample, x0 = _ops.ddim_step(
+            model_output, t, prev, sample, self._pk_table(sample.device), eta=float(eta), noise=variance_noise,
+            prediction_type=c.prediction_type, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
+            thresholding=c.thresholding, dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+            sample_max_value=c.sample_max_value, use_clipped_model_output=use_clipped_model_output,
+            final_alpha_cumprod=float(self.final_alpha_cumprod))
+        if not return_dict:
+            return (prev_sample, x0)
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
