@@ -9,7 +9,7 @@ DESIGN tolerance (about 1e-5 relative), and training carries that error forward.
 measured how far it carries by wrapping every reference op so that each output element is
 multiplied by (1 + rel * u), u uniform in [-1, 1] (``Perturbed`` below): with rel = 1e-5
 the largest relative step-loss deviation over a whole run was 1.1e-5 (distillation),
-9.9e-6 (CLIP), 2.7e-5 (MAE) and 2.1e-5 (diffusion); it scales linearly with rel (these
+1.0e-5 (CLIP), 2.7e-5 (MAE) and 2.1e-5 (diffusion); it scales linearly with rel (these
 small models at these learning rates are not chaotic over a few hundred steps). So
 RTOL = 1e-4 admits every op at the DESIGN tolerance with a 3.5x margin for growth, while
 an op that is off by 1e-3 relative (a wrong eps, a dropped term, half precision
