@@ -327,6 +327,10 @@ def test_forward_memory_is_the_gradient_plus_rows():
     grad_bytes = R * V * 4
     scratch = 4 * V * 4 * torch.get_num_threads()
     assert grad_bytes <= peak <= grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
+    # Forward + backward: the saved gradient and the returned (scaled) one, nothing else
+    # of size [rows, V] (no materialised zero gradients for the gradient outputs).
+    peak = peak_cpu_bytes(lambda: torch.autograd.grad(pk.distillation_loss(s, t, temperature=2.0, backend="cpu"), [s]))
+    assert 2 * grad_bytes <= peak <= 2 * grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
 
 
 def test_bad_labels_raise_on_cpu_tensors():

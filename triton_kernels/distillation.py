@@ -90,9 +90,13 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
             za = tl.exp(-dsh) * za + tl.sum(e, 0)
             ms = ms_new
         lza = tl.log(za)
-        lzb = tl.log(zb)
-        klf = wf / zb - lzb + lza
-        klr = wr / za - lza + lzb
+        lzb = tl.zeros([], ACC)
+        klf = tl.zeros([], ACC)
+        klr = tl.zeros([], ACC)
+        if SOFT:
+            lzb = tl.log(zb)
+            klf = wf / zb - lzb + lza
+            klr = wr / za - lza + lzb
         # ---- pass 2: generalised JSD terms
         ks = tl.zeros([], ACC)
         kt = tl.zeros([], ACC)

@@ -11,16 +11,63 @@
 //           only scales it by the upstream gradient (pykernels::distillation_scale_grad).
 // Passes 2-4 re-read a row that is still in cache (V = 32000 float32: 128 KB per tensor).
 // Working in (logit - rowmax) / T keeps logits of +-1e4 with T = 0.05 finite and exact.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "common/cpu_vec.h"
+#include "common/dispatch.h"
 #include "common/distillation_args.h"
+
+// These kernels are bound by exp. setup.py compiles for baseline x86-64, where at::vec
+// falls back to scalar loops calling std::exp per element (~10x slower). So on x86-64 with
+// GCC the kernels below, and the copy of at::vec they use, are compiled for AVX2 + FMA
+// (in at::vec::AVX2, the namespace of PyTorch's own AVX2 kernels), and the ops check at
+// run time that the CPU has them. Everything included above stays baseline code.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CPU_CAPABILITY)
+#define PK_DISTILL_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+// The pragma does not define the feature macros that sleef.h reads to declare its AVX2
+// functions (exported by libtorch_cpu); define them for these headers only.
+#ifndef __AVX__
+#define __AVX__ 1
+#define PK_UNDEF_AVX
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#define PK_UNDEF_AVX2
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#define PK_UNDEF_FMA
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#define PK_UNDEF_F16C
+#endif
+#endif
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#ifdef PK_UNDEF_AVX
+#undef __AVX__
+#endif
+#ifdef PK_UNDEF_AVX2
+#undef __AVX2__
+#endif
+#ifdef PK_UNDEF_FMA
+#undef __FMA__
+#endif
+#ifdef PK_UNDEF_F16C
+#undef __F16C__
+#endif
 
 namespace pykernels {
 namespace cpu {
@@ -28,6 +75,47 @@ namespace {
 
 template <typename acc>
 using AccVec = at::vec::Vectorized<acc>;
+
+// common/cpu_vec.h's VecIO, restated here inside the anonymous namespace: that header's
+// functions have the same mangled names in every file but return at::vec::DEFAULT vectors
+// elsewhere and at::vec::AVX2 vectors here, so sharing them would mix two ABIs.
+template <typename scalar_t>
+struct IOv {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  static constexpr int64_t kWidth = Vec::size();
+
+  static Vec load(const scalar_t* p) {
+    if constexpr (std::is_same_v<scalar_t, acc>) {
+      return Vec::loadu(p);
+    } else {
+      Vec out;
+      at::vec::load_to_float<scalar_t>(p, out);
+      return out;
+    }
+  }
+  static Vec load(const scalar_t* p, int64_t n) {  // n < kWidth, the rest zero
+    if constexpr (std::is_same_v<scalar_t, acc>) {
+      return Vec::loadu(p, n);
+    } else {
+      acc buf[kWidth] = {};
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc>(p[i]);
+      return Vec::loadu(buf);
+    }
+  }
+  static void store(scalar_t* p, const Vec& v, int64_t n = kWidth) {
+    if constexpr (std::is_same_v<scalar_t, acc>) {
+      v.store(p, n);
+    } else {
+      acc buf[kWidth];
+      v.store(buf);
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<scalar_t>(buf[i]);
+    }
+  }
+};
+
+// Rows per at::parallel_for task so each task touches at least ~32K elements.
+int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1)); }
 
 template <typename acc>
 inline AccVec<acc> vexp(const AccVec<acc>& x) {
@@ -53,7 +141,7 @@ inline acc vmax(const AccVec<acc>& v) {
 template <typename scalar_t>
 struct RowKernel {
   using acc = acc_t<scalar_t>;
-  using IO = VecIO<scalar_t>;
+  using IO = IOv<scalar_t>;
   using Vec = typename IO::Vec;
   static constexpr int64_t W = IO::kWidth;
 
@@ -215,28 +303,29 @@ struct RowKernel {
     const Vec vls(ls / acc(D)), vhw(hw);
     const bool hard1 = st.hard && !share1();
     chunks([&](int64_t i, int64_t n) {
-      const Vec ds = (load(s + i, n) - vms) * vinvT;
+      // The logits are re-read only where a log-probability is needed: the common case
+      // (beta = 0, no teacher gradient) runs on the cached exponentials alone.
+      auto ds = [&] { return (load(s + i, n) - vms) * vinvT; };
+      auto lpT = [&] { return (load(t + i, n) - vmt) * vinvT - vlZb; };
       const Vec pS = load_acc(es + i, n) * iZa;
       Vec g(0), h(0);
       if (st.soft) {
-        const Vec lpS = ds - vlZa;
-        const Vec lpT = (load(t + i, n) - vmt) * vinvT - vlZb;
         const Vec pT = load_acc(et + i, n) * iZb;
         if (st.beta == 0) {  // T (p_S - p_T);  teacher: T p_T (log p_T - log p_S - KL)
           g = vc * (pS - pT);
-          if (gt) h = vc * pT * (lpT - lpS - Vec(r.KLf));
+          if (gt) h = vc * pT * (lpT() - (ds() - vlZa) - Vec(r.KLf));
         } else if (st.beta == 1) {
-          g = vc * pS * (lpS - lpT - Vec(r.KLr));
+          g = vc * pS * ((ds() - vlZa) - lpT() - Vec(r.KLr));
           if (gt) h = vc * (pT - pS);
         } else {  // T (1 - beta) p_S (log p_S - log m - KS);  T beta p_T (log p_T - log m - KT)
           const Vec lmv = load_acc(lm + i, n);
-          g = Vec(c * (1 - b)) * pS * (lpS - lmv - Vec(r.KS));
-          if (gt) h = Vec(c * b) * pT * (lpT - lmv - Vec(r.KT));
+          g = Vec(c * (1 - b)) * pS * ((ds() - vlZa) - lmv - Vec(r.KS));
+          if (gt) h = Vec(c * b) * pT * (lpT() - lmv - Vec(r.KT));
         }
       }
       if (st.probs) {  // (p_S Q - q) / T;  teacher (the probabilities): -log p_S
         g = (pS * Vec(r.Q) - load(t + i, n)) * vinvT;
-        if (gt) h = vlZa - ds;
+        if (gt) h = vlZa - ds();
       }
       if (st.hard) {  // p - ls / V - (1 - ls) [j == y]
         const Vec p1 = hard1 ? load_acc(e1 + i, n) * iZ1 : pS;
@@ -306,11 +395,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const char* op, const Di
   return {out, gs, gt};
 }
 
+// out[..., j] = grad[...] * x[..., j] (0 where x is 0), in x's dtype, products in the
+// accumulation dtype.
+at::Tensor scale_rows(const at::Tensor& grad_, const at::Tensor& x) {
+  auto out = at::empty_like(x);
+  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
+  if (rows == 0) return out;
+  PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    using IO = IOv<scalar_t>;
+    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    const acc* pg = grad.const_data_ptr<acc>();
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(D), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const typename IO::Vec k(pg[r]);
+        const scalar_t* xr = px + r * D;
+        scalar_t* orow = po + r * D;
+        const typename IO::Vec zero(0);
+        // An exact zero stays zero whatever the upstream gradient: an ignored row's gradient
+        // is 0 even when batchmean over zero counted rows sends an inf upstream.
+        auto scaled = [&](const typename IO::Vec& x) {
+          return IO::Vec::blendv(x * k, zero, x == zero);
+        };
+        int64_t i = 0;
+        for (; i + IO::kWidth <= D; i += IO::kWidth) IO::store(orow + i, scaled(IO::load(xr + i)));
+        if (i < D) IO::store(orow + i, scaled(IO::load(xr + i, D - i)), D - i);
+      }
+    });
+  });
+  return out;
+}
+
+#ifdef PK_DISTILL_AVX2
+#pragma GCC pop_options
+#endif
+
+// The kernels above use AVX2 and FMA instructions on x86-64: refuse, rather than crash, on
+// a CPU without them.
+void check_cpu_features(const char* op) {
+#ifdef PK_DISTILL_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
+  TORCH_CHECK(ok, op, ": the cpu kernels need a CPU with AVX2 and FMA; use backend=\"reference\"");
+#else
+  (void)op;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cpu(
     const at::Tensor& student, const at::Tensor& teacher, const c10::optional<at::Tensor>& labels,
     double temperature, double soft_weight, double hard_weight, double beta, int64_t ignore_index,
     double label_smoothing, bool grad_student, bool grad_teacher) {
   const char* op = "pykernels::distillation_loss";
+  check_cpu_features(op);
   check_logits(op, "student", student, at::kCPU);
   check_like(op, "teacher", teacher, "student", student);
   check_distill_hparams(op, temperature, soft_weight, hard_weight, beta, label_smoothing);
@@ -336,6 +475,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& logits, c
                                                      int64_t ignore_index, double label_smoothing,
                                                      bool grad_logits) {
   const char* op = "pykernels::cross_entropy";
+  check_cpu_features(op);
   check_logits(op, "logits", logits, at::kCPU);
   check_labels(op, labels, logits);
   check_unit_interval(op, "label_smoothing", label_smoothing);
@@ -353,6 +493,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, double temperature, bool grad_logits,
     bool grad_target) {
   const char* op = "pykernels::soft_target_cross_entropy";
+  check_cpu_features(op);
   check_logits(op, "logits", logits, at::kCPU);
   check_like(op, "target", target, "logits", logits);
   check_positive(op, "temperature", temperature);
@@ -365,39 +506,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cpu(
   return run_rows(op, st, logits, target, at::Tensor());
 }
 
-// out[..., j] = grad[...] * x[..., j] (0 where x is 0), in x's dtype, products in the
-// accumulation dtype.
-at::Tensor distillation_scale_grad_cpu(const at::Tensor& grad_, const at::Tensor& x_) {
-  check_scale_grad("pykernels::distillation_scale_grad", grad_, x_, at::kCPU);
-  const auto x = x_.contiguous();
-  auto out = at::empty_like(x);
-  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
-  if (rows == 0) return out;
-  PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    using IO = VecIO<scalar_t>;
-    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    const acc* pg = grad.const_data_ptr<acc>();
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(D), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const typename IO::Vec k(pg[r]);
-        const scalar_t* xr = px + r * D;
-        scalar_t* orow = po + r * D;
-        const typename IO::Vec zero(0);
-        // An exact zero stays zero whatever the upstream gradient: an ignored row's gradient
-        // is 0 even when batchmean over zero counted rows sends an inf upstream.
-        auto scaled = [&](const typename IO::Vec& x) {
-          return IO::Vec::blendv(x * k, zero, x == zero);
-        };
-        int64_t i = 0;
-        for (; i + IO::kWidth <= D; i += IO::kWidth) IO::store(orow + i, scaled(IO::load(xr + i)));
-        if (i < D) IO::store(orow + i, scaled(IO::load(xr + i, D - i)), D - i);
-      }
-    });
-  });
-  return out;
+at::Tensor distillation_scale_grad_cpu(const at::Tensor& grad, const at::Tensor& x) {
+  const char* op = "pykernels::distillation_scale_grad";
+  check_scale_grad(op, grad, x, at::kCPU);
+  check_cpu_features(op);
+  return scale_rows(grad, x.contiguous());
 }
 
 }  // namespace

@@ -351,8 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const DistillSettings& s
     p.hw = acc(st.hard_weight);
     p.beta = acc(st.beta);
     const bool jsd = st.beta > 0 && st.beta < 1;
-    p.log_b = jsd ? acc(stddlog(st.beta)) : acc(0);
-    p.log_1b = jsd ? acc(stddlog1p(-st.beta)) : acc(0);
+    p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
+    p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
     p.ls = acc(st.label_smoothing);
     p.ignore_index = st.ignore_index;
     p.soft = st.soft;

@@ -123,6 +123,9 @@ def _register_autograd(name: str, backend: str) -> None:
     slots = _OPS[name][1]
 
     def setup_context(ctx, inputs, output):
+        # The gradient outputs get no upstream gradient; materialising one would allocate
+        # (and zero) a [rows, V] tensor per output in every backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*output[1:])
         ctx.flags = [inputs[f] for _, _, f in slots]
         ctx.n_inputs = len(inputs)
@@ -130,6 +133,8 @@ def _register_autograd(name: str, backend: str) -> None:
     def backward(ctx, grad_rows, *unused):
         saved = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
+        if grad_rows is None:  # the loss itself was not used
+            return tuple(grads)
         for (i, o, _), computed in zip(slots, ctx.flags):
             if ctx.needs_input_grad[i]:
                 if not computed:
