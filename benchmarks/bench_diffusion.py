@@ -40,7 +40,7 @@ def cases(device: torch.device, quick: bool):
     for dtype in ((torch.float32, torch.bfloat16) if gpu else (torch.float32,)):
         s = torch.finfo(dtype).bits // 8
         tag = f"{list(shape)} {str(dtype).replace('torch.', '')}"
-        ddim = diffusers.DDIMScheduler() if diffusers else None
+        ddim = diffusers.DDIMScheduler(clip_sample=False) if diffusers else None
         if ddim is not None:
             ddim.set_timesteps(50)
         ddpm = diffusers.DDPMScheduler(clip_sample=False) if diffusers else None
@@ -71,14 +71,14 @@ def cases(device: torch.device, quick: bool):
             make_inputs=lambda dtype=dtype: _tensors(shape, dtype, device, 2, grad=True) + _tensors(shape, dtype, device, 1),
             fn=lambda be: (lambda m, x, z: pk.ddim_step(m, t, prev, x, tab, eta=1.0, noise=z, clip_sample=True,
                                                         backend=be)[0]),
-            bytes_fwd=5 * numel * s, bytes_bwd=5 * numel * s,
+            bytes_fwd=5 * numel * s, bytes_bwd=5 * numel * s, modes=("fwd", "fwd+bwd"),
         ))
         out.append(Case(
             name=f"diffusion_loss v_prediction {tag}",
             make_inputs=lambda dtype=dtype: _tensors(shape, dtype, device, 1, grad=True) + _tensors(shape, dtype, device, 2),
             fn=lambda be: (lambda m, x, z: pk.diffusion_loss(m, x, z, t, tab, prediction_type="v_prediction",
                                                              backend=be)),
-            bytes_fwd=3 * numel * s, bytes_bwd=4 * numel * s,
+            bytes_fwd=3 * numel * s, bytes_bwd=4 * numel * s, modes=("fwd", "fwd+bwd"),
         ))
     return out
 

@@ -146,6 +146,38 @@ C10_HOST_DEVICE inline T clip_x0(int64_t mode, T x0, T lim) {
   return mode == kThreshold ? c / lim : c;
 }
 
+// One element of a step: returns out (without noise) and writes x0c.
+template <typename T>
+C10_HOST_DEVICE inline T step_element(const Step<T>& k, int64_t mode, T lim, T s, T m, T& x0c) {
+  x0c = clip_x0<T>(mode, k.xs * s + k.xm * m, lim);
+  return k.ox * x0c + k.os * s + k.om * m;
+}
+
+// Gradients of one element of a step, given gp (grad of prev_sample) and gx (grad of
+// pred_original_sample). torch.clamp's conventions: a scalar bound (clip) passes the
+// gradient strictly inside; a tensor bound (the threshold) splits it half-half at a tie.
+// Writes grad_m, grad_s and returns this element's term of grad_threshold * lim:
+//   gc (dc/dq - x0c), dc/dq = 1 above q, 1/2 at q, -1 below -q, -1/2 at -q.
+template <typename T>
+C10_HOST_DEVICE inline T step_grad_element(const Step<T>& k, int64_t mode, T lim, T s, T m, T gp,
+                                           T gx, T& gm, T& gs) {
+  const T gc = k.ox * gp + gx;
+  T g0 = gc, gq = T(0);
+  if (mode != kNoClip) {
+    const T x0 = k.xs * s + k.xm * m;
+    g0 = (x0 > -lim && x0 < lim) ? gc : T(0);
+    if (mode == kThreshold) {
+      const T tie = x0 == lim ? T(0.5) : T(0), ntie = x0 == -lim ? T(0.5) : T(0);
+      g0 = (g0 + gc * (tie + ntie)) / lim;
+      const T above = (x0 > lim ? T(1) : T(0)) - (x0 < -lim ? T(1) : T(0)) + tie - ntie;
+      gq = gc * (above - clip_x0<T>(kThreshold, x0, lim));
+    }
+  }
+  gm = k.om * gp + k.xm * g0;
+  gs = k.os * gp + k.xs * g0;
+  return gq;
+}
+
 // ------------------------------------------------------------------ argument checks
 inline void check_table(const char* op, const at::Tensor& table, const at::Tensor& like) {
   TORCH_CHECK_TYPE(table.scalar_type() == at::kFloat || table.scalar_type() == at::kDouble, op,

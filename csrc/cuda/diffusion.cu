@@ -142,9 +142,8 @@ __global__ void step_kernel(const scalar_t* __restrict__ m, const scalar_t* __re
   const acc lim = q != nullptr ? q[n] : acc(A.clip_range);
   const bool noisy = nz != nullptr && k.on != acc(0);  // DDPM t = 0, DDIM eta = 0: noise not read
   for_elements(D, C, [&](int64_t i) {
-    const acc sv = static_cast<acc>(s[o + i]), mv = static_cast<acc>(m[o + i]);
-    const acc c = clip_x0<acc>(A.clip_mode, k.xs * sv + k.xm * mv, lim);
-    acc r = k.ox * c + k.os * sv + k.om * mv;
+    acc c;
+    acc r = step_element<acc>(k, A.clip_mode, lim, static_cast<acc>(s[o + i]), static_cast<acc>(m[o + i]), c);
     if (noisy) r += k.on * static_cast<acc>(nz[o + i]);
     out[o + i] = static_cast<scalar_t>(r);
     x0c[o + i] = static_cast<scalar_t>(c);
@@ -163,22 +162,11 @@ __global__ void step_backward_kernel(const scalar_t* __restrict__ gp, const scal
   const acc lim = q != nullptr ? q[n] : acc(A.clip_range);
   acc sq = 0;
   for_elements(D, C, [&](int64_t i) {
-    const acc sv = static_cast<acc>(s[o + i]), mv = static_cast<acc>(m[o + i]);
-    const acc gpv = static_cast<acc>(gp[o + i]);
-    const acc gc = k.ox * gpv + static_cast<acc>(gx[o + i]);
-    acc g0 = gc;
-    if (A.clip_mode != kNoClip) {  // torch.clamp's gradient, as in the CPU kernel
-      const acc x0 = k.xs * sv + k.xm * mv;
-      g0 = (x0 > -lim && x0 < lim) ? gc : acc(0);
-      if (A.clip_mode == kThreshold) {
-        const acc tie = acc(x0 == lim) * acc(0.5), ntie = acc(x0 == -lim) * acc(0.5);
-        g0 = (g0 + gc * (tie + ntie)) / lim;
-        const acc above = acc(x0 > lim) - acc(x0 < -lim) + tie - ntie;
-        sq += gc * (above - clip_x0<acc>(kThreshold, x0, lim));
-      }
-    }
-    gm[o + i] = static_cast<scalar_t>(k.om * gpv + k.xm * g0);
-    gs[o + i] = static_cast<scalar_t>(k.os * gpv + k.xs * g0);
+    acc g_m, g_s;
+    sq += step_grad_element<acc>(k, A.clip_mode, lim, static_cast<acc>(s[o + i]), static_cast<acc>(m[o + i]),
+                                 static_cast<acc>(gp[o + i]), static_cast<acc>(gx[o + i]), g_m, g_s);
+    gm[o + i] = static_cast<scalar_t>(g_m);
+    gs[o + i] = static_cast<scalar_t>(g_s);
   });
   if (partial != nullptr) {  // uniform over the block: every thread reaches block_sum
     sq = block_sum(sq);
