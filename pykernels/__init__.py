@@ -10,6 +10,7 @@ from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_maskin
                       unshuffle_with_mask_tokens)
 from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
+from .ops.contrastive import info_nce_loss
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -24,6 +25,8 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine_similarity",
     "feature_distillation_loss",
+    # contrastive
+    "info_nce_loss",
     # mae
     "random_masking",
     "patchify",
