@@ -76,7 +76,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend(ctx.group) == dist.Backend.NCCL:
             part = grad.new_empty(grad.shape[0] // ctx.world, *grad.shape[1:])
-            dist.reduce_scatter_tensor(part, grad, group=ctx.group)
+            dist.reduce_scatter(part, list(grad.chunk(ctx.world)), group=ctx.group)
             return part, None
         # gloo has no reduce-scatter: all-reduce the whole gradient, keep our slice
         grad = grad.clone()
