@@ -30,6 +30,8 @@ Two ways to get there:
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -203,21 +205,25 @@ class _Ring:
         self.next = _global_rank(group, (rank + 1) % world)
         self.prev = _global_rank(group, (rank - 1) % world)
 
-    def start(self, tensors: list[Tensor], tag: int):
-        """Post sends of `tensors` and receives of same-shaped ones; returns (pending,
-        received). Each message kind has its own tag so that messages in flight at the
-        same time cannot be matched with one another. `pending` keeps the sent tensors
-        alive until `finish`."""
+    def start(self, tensors: list[Tensor], tag: int, pending: list) -> list[Tensor]:
+        """Post sends of `tensors` and receives of same-shaped ones, which are returned.
+        Each message kind has its own tag so that messages in flight at the same time
+        cannot be matched with one another. `pending` keeps the sent tensors alive until
+        `finish`."""
         received = [torch.empty_like(t) for t in tensors]
         ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(tensors)]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i) for i, r in enumerate(received)]
-        return [(dist.batch_isend_irecv(ops), tensors)], received
+        pending.append((dist.batch_isend_irecv(ops), tensors))
+        return received
 
     @staticmethod
-    def finish(pending):
+    def finish(pending: list) -> None:
+        """Wait for the exchanges, then drop the sent tensors (a block we sent must not
+        stay alive into the next step: that would be a third travelling block)."""
         for works, _ in pending:
             for w in works:
                 w.wait()
+        pending.clear()
 
 
 def _tiles(img: Tensor, txt: Tensor, scale: Tensor, bias, chunk: int):
@@ -238,8 +244,19 @@ def _positive_logits(img, txt, scale, bias):
     return raw, (raw * scale if bias is None else raw * scale + bias)
 
 
+def _no_autocast(fn):
+    """The ring's tile math chooses its own precision (fp32 accumulation): an enclosing
+    autocast region must not turn its matmuls into bf16 ones."""
+    @functools.wraps(fn)
+    def run(ctx, first, *args):
+        with torch.autocast(device_type=first.device.type, enabled=False):
+            return fn(ctx, first, *args)
+    return run
+
+
 class _RingInfoNCE(torch.autograd.Function):
     @staticmethod
+    @_no_autocast
     def forward(ctx, img, txt, scale, bias, group, rank, world, symmetric, reduction, chunk):
         acc = _acc(img.dtype)
         n = img.shape[0]
@@ -249,18 +266,18 @@ class _RingInfoNCE(torch.autograd.Function):
         row_lse = img.new_full((n,), float("-inf"), dtype=acc)
         block, col_lse = txt.contiguous(), img.new_full((n,), float("-inf"), dtype=acc)
         # step k: we hold the text block of rank - k and its running column LSE
+        pending = []
         for k in range(world):
-            handles, incoming = ring.start([block], _TAG_BLOCK) if k < world - 1 else ([], None)
+            incoming = ring.start([block], _TAG_BLOCK, pending) if k < world - 1 else None
             for rows, _, logits in _tiles(img, block, s, b, chunk):
                 row_lse[rows] = torch.logaddexp(row_lse[rows], torch.logsumexp(logits, 1))
                 if symmetric:
                     col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, 0))
             if symmetric and world > 1:  # the column LSE goes on with its block (the last hop: home)
-                lse_handles, (col_lse,) = ring.start([col_lse], _TAG_LSE)
-                handles = handles + lse_handles
-            ring.finish(handles)
+                (col_lse,) = ring.start([col_lse], _TAG_LSE, pending)
+            ring.finish(pending)
             if incoming is not None:
-                block = incoming[0]
+                (block,) = incoming
         _, pos = _positive_logits(img, txt, s, b)
         w_row, w_col = _weights(symmetric, reduction, world * n)
         partial = w_row * (row_lse - pos).sum()
@@ -274,6 +291,7 @@ class _RingInfoNCE(torch.autograd.Function):
         return partial
 
     @staticmethod
+    @_no_autocast
     def backward(ctx, grad):
         img, txt, scale, bias, row_lse, col_lse = ctx.saved_tensors
         group, rank, world, symmetric, reduction, chunk = ctx.cfg
@@ -289,10 +307,11 @@ class _RingInfoNCE(torch.autograd.Function):
         d_scale = torch.zeros((), dtype=acc, device=img.device)
         block, block_lse = txt.contiguous(), col_lse
         d_block = torch.zeros(txt.shape, dtype=acc, device=txt.device)
+        pending = []
         for k in range(world):
             # the block and its column LSE are read-only: send them on while we work
             travelling = [block, block_lse] if symmetric else [block]
-            handles, incoming = ring.start(travelling, _TAG_BLOCK) if k < world - 1 else ([], None)
+            incoming = ring.start(travelling, _TAG_BLOCK, pending) if k < world - 1 else None
             t = block.to(acc)
             for rows, raw, logits in _tiles(img, t, s, b, chunk):
                 g = a * torch.exp(logits - row_lse[rows, None])
@@ -302,15 +321,16 @@ class _RingInfoNCE(torch.autograd.Function):
                 d_block += s * (g.T @ img[rows].to(acc))
                 d_scale += (g * raw).sum()
             # the block's gradient accumulator follows it (the last hop: home)
-            grad_handles, (d_block,) = ring.start([d_block], _TAG_GRAD) if world > 1 else ([], (d_block,))
-            ring.finish(handles + grad_handles)
+            if world > 1:
+                (d_block,) = ring.start([d_block], _TAG_GRAD, pending)
+            ring.finish(pending)
             if incoming is not None:
                 block, block_lse = incoming if symmetric else (incoming[0], None)
         # the positive pairs (i, i): all on this rank
         raw_pos, _ = _positive_logits(img, txt, s, b)
         w_pos = a + c if c is not None else a
-        d_img -= (s * w_pos) * txt.to(acc)
-        d_txt = d_block - (s * w_pos) * img.to(acc)
+        d_img.addcmul_(txt.to(acc), -s * w_pos)  # in place: no [n, D] temporaries
+        d_txt = d_block.addcmul_(img.to(acc), -s * w_pos)
         d_scale -= w_pos * raw_pos.sum()
         if world > 1:
             dist.all_reduce(d_scale, group=group)
