@@ -6,6 +6,7 @@ what this installation can run.
 """
 from . import backends
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
+from .ops.contrastive import info_nce_loss
 
 # (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
 
@@ -20,4 +21,6 @@ __all__ = [
     "cosine_similarity",
     "pairwise_cosine_similarity",
     "feature_distillation_loss",
+    # contrastive
+    "info_nce_loss",
 ]

@@ -10,6 +10,7 @@
 
 #include "common/cosine_args.h"
 #include "common/cpu_vec.h"
+#include "common/normalize.h"
 
 namespace pykernels {
 namespace cpu {
@@ -220,7 +221,9 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_backward_cpu(const at::Tenso
   return {gs, gt};
 }
 
-// Rows of x divided by max(|row|, eps), in x's dtype.
+}  // namespace
+
+// Rows of x divided by max(|row|, eps), in x's dtype (declared in common/normalize.h).
 at::Tensor normalize_rows(const at::Tensor& x, double eps) {
   auto out = at::empty_like(x);
   const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
@@ -263,6 +266,8 @@ at::Tensor normalize_rows_backward(const at::Tensor& gy, const at::Tensor& x, do
   });
   return gx;
 }
+
+namespace {
 
 at::Tensor pairwise_cosine_similarity_cpu(const at::Tensor& a, const at::Tensor& b, double eps) {
   const char* op = "pykernels::pairwise_cosine_similarity";

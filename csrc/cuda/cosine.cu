@@ -7,6 +7,7 @@
 
 #include "common/cosine_args.h"
 #include "common/cuda_utils.cuh"
+#include "common/normalize.h"
 
 namespace pykernels {
 namespace cuda {
@@ -212,6 +213,9 @@ std::tuple<at::Tensor, at::Tensor> rowwise_backward(const at::Tensor& grad_, con
   return {g1, g2};
 }
 
+}  // namespace
+
+// Declared in common/normalize.h.
 at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
   const auto x = x_.contiguous();
   auto y = at::empty_like(x);
@@ -241,6 +245,8 @@ at::Tensor normalize_rows_backward(const at::Tensor& gy_, const at::Tensor& x_, 
   });
   return gx;
 }
+
+namespace {
 
 // ----------------------------------------------------------------------------- ops
 at::Tensor cosine_similarity_cuda(const at::Tensor& x1, const at::Tensor& x2, double eps) {

@@ -1,0 +1,62 @@
+// Argument checks of the contrastive family (info_nce_loss), shared by the CPU and CUDA
+// implementations, and the layout of the op's outputs.
+#pragma once
+#include "common/checks.h"
+
+namespace pykernels {
+
+// Row tiles of the [N, M] logit matrix hold about this many accumulation-type elements:
+// the only O(N M)-shaped memory the fused op allocates is one tile.
+constexpr int64_t kContrastiveTileElems = int64_t(1) << 21;
+
+inline int64_t contrastive_tile_rows(int64_t N, int64_t M) {
+  const int64_t rows = kContrastiveTileElems / std::max<int64_t>(M, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(rows, 16), std::max<int64_t>(N, 1)));
+}
+
+// image [N, D], text [M, D]: same float dtype, same device of type dev; logit_scale: a
+// one-element float tensor (shape [] or [1]) on that device; labels: int64 [N] there.
+inline void check_info_nce(const char* op, const at::Tensor& img, const at::Tensor& txt,
+                           const at::Tensor& scale, const at::Tensor& labels, at::DeviceType dev) {
+  check_float(op, "image_features", img);
+  check_device_type(op, "image_features", img, dev);
+  check_same_device(op, "text_features", txt, "image_features", img);
+  check_same_dtype(op, "text_features", txt, "image_features", img);
+  check_dim(op, "image_features", img, 2);
+  check_dim(op, "text_features", txt, 2);
+  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
+                    ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
+                    "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+  check_float(op, "logit_scale", scale);
+  check_same_device(op, "logit_scale", scale, "image_features", img);
+  TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,
+                    ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), got shape ",
+                    scale.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
+                   ": argument 'labels' must be int64, got ", labels.scalar_type());
+  check_same_device(op, "labels", labels, "image_features", img);
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == img.size(0), op,
+                    ": argument 'labels' must have shape [N] = [", img.size(0), "], got ",
+                    labels.sizes());
+}
+
+// The backward's extra inputs: grad [K, N] (K = 2 if symmetric else 1), row_lse [N],
+// col_lse [M] (symmetric) or [0].
+inline void check_info_nce_backward(const char* op, const at::Tensor& grad, const at::Tensor& img,
+                                    const at::Tensor& txt, const at::Tensor& row_lse,
+                                    const at::Tensor& col_lse, bool symmetric) {
+  const int64_t K = symmetric ? 2 : 1, N = img.size(0), M = txt.size(0);
+  check_same_device(op, "grad", grad, "image_features", img);
+  check_float(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == N, op,
+                    ": argument 'grad' must have shape [", K, ", ", N, "], got ", grad.sizes());
+  check_same_device(op, "row_lse", row_lse, "image_features", img);
+  TORCH_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == N, op,
+                    ": argument 'row_lse' must have shape [", N, "], got ", row_lse.sizes());
+  check_same_device(op, "col_lse", col_lse, "image_features", img);
+  TORCH_CHECK_VALUE(col_lse.dim() == 1 && col_lse.size(0) == (symmetric ? M : 0), op,
+                    ": argument 'col_lse' must have shape [", (symmetric ? M : 0), "], got ",
+                    col_lse.sizes());
+}
+
+}  // namespace pykernels

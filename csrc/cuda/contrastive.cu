@@ -1,0 +1,317 @@
+// CUDA kernels of the contrastive family: the fused InfoNCE / CLIP loss.
+//
+// Same scheme as the CPU kernel: the [N, M] logits are never stored. A host loop over
+// tiles of R rows (no host sync) fills an R x M float32 tile with cuBLAS (at::mm; half
+// inputs run on tensor cores with a float32 output through mm's out_dtype), and these
+// kernels read it:
+//   forward:  row_stats_kernel (block per row: log-sum-exp and positive logit) and
+//             col_stats_kernel (thread per column: tile max and sum of exp merged into
+//             running per-column stats); finalize_kernel turns the stats into losses;
+//   backward: grad_kernel overwrites the recomputed tile with scale * dLoss/dL (rounded
+//             to the input dtype for half inputs, as the flash-attention backward does)
+//             and per-row shares of d(scale); then dI = G T and dT += G^T I (cuBLAS).
+// Every sum has a fixed order (block reductions, per-row partials summed by at::sum):
+// deterministic. Labels are not range-checked on the device (that needs a host sync):
+// an out-of-range label is never used as an address and makes its losses NaN.
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include "common/contrastive_args.h"
+#include "common/cuda_utils.cuh"
+#include "common/normalize.h"
+
+namespace pykernels {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr double kNormalizeEps = 1e-12;
+// R x M tile elements: a float32 tile plus its half copy stay under ~200 MB.
+constexpr int64_t kTileElems = int64_t(1) << 25;
+
+int64_t tile_rows(int64_t N, int64_t M) {
+  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(kTileElems / std::max<int64_t>(M, 1), 64),
+                                                std::max<int64_t>(N, 1)));
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Sum (kMax = false) or max over the block, in a fixed order; every thread gets it.
+template <bool kMax, typename T>
+__device__ T block_reduce(T v, T* smem) {
+  v = kMax ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __syncthreads();  // smem may still be read by a previous reduction
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    T x = lane < int(blockDim.x / kWarp) ? smem[lane] : (kMax ? T(-INFINITY) : T(0));
+    x = kMax ? warp_max(x) : warp_sum(x);
+    if (lane == 0) smem[0] = x;
+  }
+  __syncthreads();
+  return smem[0];
+}
+
+// Block r: row r0 + r of the logits, from tile row r (M raw dot products).
+template <typename acc>
+__global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r0, const int64_t* __restrict__ y,
+                                 const acc* __restrict__ scale_p, acc* __restrict__ row_lse, acc* __restrict__ pos,
+                                 acc* __restrict__ loss) {
+  __shared__ acc smem[kThreads / kWarp];
+  const int64_t r = blockIdx.x, i = r0 + r;
+  const acc* s = S + r * M;
+  const acc scale = *scale_p;
+  acc m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) m = max(m, scale * s[j]);
+  m = block_reduce<true>(m, smem);
+  const acc shift = m == acc(-INFINITY) ? acc(0) : m;  // NaNs reach the sum below
+  acc sum = 0;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) sum += exp(scale * s[j] - shift);
+  sum = block_reduce<false>(sum, smem);
+  if (threadIdx.x == 0) {
+    const int64_t yi = y[i];
+    const acc lse = shift + log(sum);
+    const acc p = (yi >= 0 && yi < M) ? scale * s[yi] : acc(NAN);
+    row_lse[i] = lse;
+    pos[i] = p;
+    loss[i] = lse - p;
+  }
+}
+
+// Thread per column j: this tile's max and sum of exp, merged into the running stats.
+template <typename acc>
+__global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_t M, const acc* __restrict__ scale_p,
+                                 acc* __restrict__ cm, acc* __restrict__ cs, bool first) {
+  const acc scale = *scale_p;
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < M; j += int64_t(gridDim.x) * blockDim.x) {
+    acc m = -INFINITY, s = 0;
+    for (int64_t r = 0; r < rows; ++r) m = max(m, scale * S[r * M + j]);
+    const acc shift = m == acc(-INFINITY) ? acc(0) : m;
+    for (int64_t r = 0; r < rows; ++r) s += exp(scale * S[r * M + j] - shift);
+    if (first) {
+      cm[j] = m;
+      cs[j] = s;
+    } else {
+      const acc om = cm[j], nm = max(om, m);
+      const acc safe = nm == acc(-INFINITY) ? acc(0) : nm;
+      cs[j] = cs[j] * exp(om - safe) + s * exp(shift - safe);
+      cm[j] = nm;
+    }
+  }
+}
+
+// col_lse[j] = cm + log(cs); loss_t2i[i] = col_lse[y[i]] - pos[i] (NaN: label out of range).
+template <typename acc>
+__global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __restrict__ cm, const acc* __restrict__ cs,
+                                const int64_t* __restrict__ y, const acc* __restrict__ pos,
+                                acc* __restrict__ col_lse, acc* __restrict__ loss_t2i) {
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
+    if (k < M) col_lse[k] = cm[k] + log(cs[k]);
+    if (k < N) {
+      const int64_t yi = y[k];
+      loss_t2i[k] = (yi >= 0 && yi < M) ? cm[yi] + log(cs[yi]) - pos[k] : acc(NAN);
+    }
+  }
+}
+
+// c[j] = sum of w[i] over the i with y[i] == j, in row order.
+template <typename acc>
+__global__ void column_weight_kernel(const int64_t* __restrict__ y, const acc* __restrict__ w, int64_t N, int64_t M,
+                                     acc* __restrict__ c) {
+  __shared__ int64_t ys[kThreads];
+  __shared__ acc ws[kThreads];
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  acc sum = 0;
+  for (int64_t n0 = 0; n0 < N; n0 += kThreads) {
+    const int64_t n = n0 + threadIdx.x;
+    __syncthreads();
+    ys[threadIdx.x] = n < N ? y[n] : int64_t(-1);
+    ws[threadIdx.x] = n < N ? w[n] : acc(0);
+    __syncthreads();
+    const int count = N - n0 < kThreads ? int(N - n0) : kThreads;
+    for (int k = 0; k < count; ++k) sum += ys[k] == j ? ws[k] : acc(0);
+  }
+  if (j < M) c[j] = sum;
+}
+
+// Block r: tile row r becomes G = scale * dLoss/dL,
+//   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),
+// written to G (which may alias S); dscale_rows[i] = sum_j dL_j * raw_j.
+template <typename acc, typename out_t>
+__global__ void grad_kernel(const acc* S, out_t* G, int64_t M, int64_t r0, const int64_t* __restrict__ y,
+                            const acc* __restrict__ scale_p, const acc* __restrict__ ga, const acc* __restrict__ gb,
+                            const acc* __restrict__ c, const acc* __restrict__ row_lse,
+                            const acc* __restrict__ col_lse, acc* __restrict__ dscale_rows) {
+  __shared__ acc smem[kThreads / kWarp];
+  const int64_t r = blockIdx.x, i = r0 + r;
+  const acc scale = *scale_p, a = ga[i], b = gb != nullptr ? gb[i] : acc(0), rl = row_lse[i];
+  const int64_t yi = y[i];
+  acc part = 0;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    const acc x = S[r * M + j], L = scale * x;
+    acc d = a * exp(L - rl);
+    if (gb != nullptr) d += c[j] * exp(L - col_lse[j]);
+    if (j == yi) d -= a + b;
+    part += d * x;
+    G[r * M + j] = static_cast<out_t>(d * scale);
+  }
+  part = block_reduce<false>(part, smem);
+  if (threadIdx.x == 0) dscale_rows[i] = part;
+}
+
+// out = a @ b with the accumulation dtype's output (float32 for half inputs).
+void mm_acc_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+    return;
+  }
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+  at::mm_out(out, a, b, out.scalar_type());  // tensor cores, float32 output
+#else
+  at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
+#endif
+}
+
+at::Tensor prepare(const at::Tensor& x, bool normalize) {
+  const auto c = x.contiguous();
+  return normalize ? normalize_rows(c, kNormalizeEps) : c;
+}
+
+int blocks_for(int64_t n) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20)));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
+    const at::Tensor& img, const at::Tensor& txt, const at::Tensor& logit_scale, const at::Tensor& labels_,
+    bool symmetric, bool normalize) {
+  const char* op = "pykernels::info_nce_loss";
+  check_info_nce(op, img, txt, logit_scale, labels_, at::kCUDA);
+  const c10::cuda::CUDAGuard guard(img.device());
+  const auto labels = labels_.contiguous();
+  const int64_t N = img.size(0), M = txt.size(0), R = tile_rows(N, M);
+  const auto acc_type = at::toOpMathType(img.scalar_type());
+  const auto opts = img.options().dtype(acc_type);
+  auto loss = at::empty({symmetric ? 2 : 1, N}, opts);
+  auto row_lse = at::empty({N}, opts), col_lse = at::empty({symmetric ? M : 0}, opts), pos = at::empty({N}, opts);
+  const auto I = prepare(img, normalize), T = prepare(txt, normalize);
+  const auto scale = logit_scale.to(acc_type).reshape({1});
+  auto tile = at::empty({R, M}, opts);
+  auto cm = at::full({symmetric ? M : 0}, -INFINITY, opts), cs = at::zeros({symmetric ? M : 0}, opts);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_cuda", [&] {
+    using acc = scalar_t;
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rows = std::min(R, N - r0);
+      auto S = tile.narrow(0, 0, rows);
+      mm_acc_out(S, I.narrow(0, r0, rows), T.t());
+      row_stats_kernel<acc><<<unsigned(rows), kThreads, 0, stream>>>(
+          S.const_data_ptr<acc>(), M, r0, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<acc>(),
+          row_lse.data_ptr<acc>(), pos.data_ptr<acc>(), loss.data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (symmetric && M > 0) {
+        col_stats_kernel<acc><<<blocks_for(M), kThreads, 0, stream>>>(
+            S.const_data_ptr<acc>(), rows, M, scale.const_data_ptr<acc>(), cm.data_ptr<acc>(), cs.data_ptr<acc>(),
+            r0 == 0);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    if (symmetric && std::max(N, M) > 0) {
+      finalize_kernel<acc><<<blocks_for(std::max(N, M)), kThreads, 0, stream>>>(
+          N, M, std::max(N, M), cm.const_data_ptr<acc>(), cs.const_data_ptr<acc>(), labels.const_data_ptr<int64_t>(),
+          pos.const_data_ptr<acc>(), col_lse.data_ptr<acc>(), loss.data_ptr<acc>() + N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {loss, row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
+    const at::Tensor& grad_, const at::Tensor& img, const at::Tensor& txt, const at::Tensor& logit_scale,
+    const at::Tensor& labels_, const at::Tensor& row_lse_, const at::Tensor& col_lse_, bool symmetric,
+    bool normalize) {
+  const char* op = "pykernels::info_nce_loss_backward";
+  check_info_nce(op, img, txt, logit_scale, labels_, at::kCUDA);
+  check_info_nce_backward(op, grad_, img, txt, row_lse_, col_lse_, symmetric);
+  const c10::cuda::CUDAGuard guard(img.device());
+  const auto labels = labels_.contiguous();
+  const int64_t N = img.size(0), M = txt.size(0), R = tile_rows(N, M);
+  const auto dtype = img.scalar_type(), acc_type = at::toOpMathType(dtype);
+  const bool half = dtype != acc_type;
+  const auto opts = img.options().dtype(acc_type);
+  const auto grad = grad_.to(acc_type).contiguous();
+  const auto row_lse = row_lse_.to(acc_type).contiguous(), col_lse = col_lse_.to(acc_type).contiguous();
+  const auto I0 = img.contiguous(), T0 = txt.contiguous();
+  const auto I = normalize ? normalize_rows(I0, kNormalizeEps) : I0;
+  const auto T = normalize ? normalize_rows(T0, kNormalizeEps) : T0;
+  const auto scale = logit_scale.to(acc_type).reshape({1});
+  auto dI = at::empty_like(I);
+  auto dT_acc = at::zeros({M, T.size(1)}, opts);
+  auto dscale_rows = at::empty({N}, opts);
+  auto tile = at::empty({R, M}, opts);
+  auto gtile = half ? at::empty({R, M}, img.options()) : tile;
+  const auto c = symmetric ? at::empty({M}, opts) : at::empty({0}, opts);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_backward_cuda", [&] {
+    using acc = scalar_t;
+    const acc* ga = grad.const_data_ptr<acc>();
+    const acc* gb = symmetric ? ga + N : nullptr;
+    if (symmetric && M > 0) {
+      column_weight_kernel<acc><<<unsigned((M + kThreads - 1) / kThreads), kThreads, 0, stream>>>(labels.const_data_ptr<int64_t>(), gb, N, M,
+                                                                        c.data_ptr<acc>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rows = std::min(R, N - r0);
+      auto S = tile.narrow(0, 0, rows);
+      auto G = gtile.narrow(0, 0, rows);
+      const auto Ir = I.narrow(0, r0, rows);
+      mm_acc_out(S, Ir, T.t());
+      auto launch = [&](auto* out) {
+        grad_kernel<acc, std::remove_pointer_t<decltype(out)>><<<unsigned(rows), kThreads, 0, stream>>>(
+            S.const_data_ptr<acc>(), out, M, r0, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<acc>(), ga,
+            gb, symmetric ? c.const_data_ptr<acc>() : nullptr, row_lse.const_data_ptr<acc>(),
+            symmetric ? col_lse.const_data_ptr<acc>() : nullptr, dscale_rows.data_ptr<acc>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (dtype == at::kHalf) {
+        launch(G.data_ptr<at::Half>());
+      } else if (dtype == at::kBFloat16) {
+        launch(G.data_ptr<at::BFloat16>());
+      } else {
+        launch(G.data_ptr<acc>());  // G is S: overwritten in place
+      }
+      auto dIr = dI.narrow(0, r0, rows);
+      at::mm_out(dIr, G, T);  // half: float32 accumulation, one rounding to the input dtype
+      if (half) {
+        auto part = at::empty({M, T.size(1)}, opts);
+        mm_acc_out(part, G.t(), Ir);
+        dT_acc.add_(part);
+      } else {
+        dT_acc.addmm_(G.t(), Ir);
+      }
+    }
+  });
+  auto dT = dT_acc.to(dtype);
+  if (normalize) {
+    dI = normalize_rows_backward(dI, I0, kNormalizeEps);
+    dT = normalize_rows_backward(dT, T0, kNormalizeEps);
+  }
+  auto dscale = dscale_rows.sum().to(logit_scale.scalar_type()).reshape(logit_scale.sizes());
+  return {dI, dT, dscale};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace pykernels
+
+TORCH_LIBRARY_IMPL(pykernels, CUDA, m) {
+  using namespace pykernels::cuda;
+  m.impl("info_nce_loss", &info_nce_loss_cuda);
+  m.impl("info_nce_loss_backward", &info_nce_loss_backward_cuda);
+}

@@ -1,0 +1,222 @@
+"""Contrastive family: the fused InfoNCE / CLIP loss (BLIP's image-text contrastive loss).
+
+The public function validates, picks a backend and calls one op,
+``pykernels::info_nce_loss`` (C++: CPU and CUDA) or ``pykernels::info_nce_loss_triton``.
+Each returns per-pair losses [K, N] (K = 2 when symmetric) plus the row and column
+log-sum-exps that its backward op needs; the reduction happens here. The math (and the
+definition of the text->image direction with explicit labels) is in
+pykernels/reference/contrastive.py.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _checks as chk
+from .. import backends
+from ..reference import contrastive as ref
+from ._registry import op, register_cpp, triton_available
+
+REDUCTIONS = ("mean", "sum", "none")
+NORMALIZE_EPS = ref.NORMALIZE_EPS
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scalar_tensor(fn: str, name: str, x, like: Tensor) -> None:
+    chk.tensor(fn, name, x)
+    chk.same_device(fn, ("image_features", like), (name, x))
+    if x.numel() != 1 or x.dim() > 1:
+        raise ValueError(f"{fn}: argument '{name}' must be a scalar tensor (shape [] or [1]), got shape {tuple(x.shape)}")
+
+
+def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric, normalize, reduction,
+           check_range=True):
+    for name, x in (("image_features", image_features), ("text_features", text_features)):
+        chk.tensor(fn, name, x)
+        if x.dim() != 2:
+            raise ValueError(f"{fn}: argument '{name}' must have shape [rows, D], got {tuple(x.shape)}")
+    chk.same_device(fn, ("image_features", image_features), ("text_features", text_features))
+    chk.same_dtype(fn, ("image_features", image_features), ("text_features", text_features))
+    (N, D), (M, D2) = image_features.shape, text_features.shape
+    if D != D2:
+        raise ValueError(f"{fn}: arguments 'image_features' [N, D] and 'text_features' [M, D] must have the same "
+                         f"feature size D, got {tuple(image_features.shape)} and {tuple(text_features.shape)}")
+    _scalar_tensor(fn, "logit_scale", logit_scale, image_features)
+    if logit_bias is not None:
+        _scalar_tensor(fn, "logit_bias", logit_bias, image_features)
+    for name, v in (("symmetric", symmetric), ("normalize", normalize)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{fn}: argument '{name}' must be a bool, got {type(v).__name__}")
+    chk.choice(fn, "reduction", reduction, REDUCTIONS)
+    if labels is None:
+        if N != M:
+            raise ValueError(f"{fn}: without 'labels', image_features and text_features must have the same number "
+                             f"of rows (pair i is (image i, text i)), got N={N} and M={M}; pass labels for N != M")
+        return
+    chk.tensor(fn, "labels", labels, floating=False)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{fn}: argument 'labels' must be an integer tensor, got {labels.dtype}")
+    chk.same_device(fn, ("image_features", image_features), ("labels", labels))
+    if tuple(labels.shape) != (N,):
+        raise ValueError(f"{fn}: argument 'labels' must have shape [N] = [{N}], got {tuple(labels.shape)}")
+    # Range check where it costs no device sync: on CPU, outside torch.compile. CUDA
+    # kernels never read out of range; an out-of-range label gives a NaN loss there.
+    if check_range and labels.device.type == "cpu" and N and not torch.compiler.is_compiling():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= M:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"{fn}: argument 'labels' must hold row indices of text_features in [0, {M}), got {bad}")
+
+
+# ----------------------------------------------------------------------------- C++ ops
+def _forward_fake(image_features, text_features, logit_scale, labels, symmetric, normalize):
+    acc = _acc_dtype(image_features.dtype)
+    N, M = image_features.shape[0], text_features.shape[0]
+    return (image_features.new_empty((2 if symmetric else 1, N), dtype=acc),
+            image_features.new_empty((N,), dtype=acc),
+            image_features.new_empty((M if symmetric else 0,), dtype=acc))
+
+
+def _backward_fake(grad, image_features, text_features, logit_scale, labels, row_lse, col_lse, symmetric, normalize):
+    return torch.empty_like(image_features), torch.empty_like(text_features), torch.empty_like(logit_scale)
+
+
+def _register_autograd(backend: str) -> None:
+    def setup_context(ctx, inputs, output):
+        image_features, text_features, logit_scale, labels, symmetric, normalize = inputs
+        _, row_lse, col_lse = output
+        ctx.save_for_backward(image_features, text_features, logit_scale, labels, row_lse, col_lse)
+        ctx.symmetric, ctx.normalize = symmetric, normalize
+        ctx.mark_non_differentiable(row_lse, col_lse)
+
+    def backward(ctx, grad, _grad_row_lse, _grad_col_lse):
+        i, t, s, labels, row_lse, col_lse = ctx.saved_tensors
+        di, dt, ds = op("info_nce_loss_backward", backend)(grad, i, t, s, labels, row_lse, col_lse,
+                                                           ctx.symmetric, ctx.normalize)
+        return di, dt, ds, None, None, None
+
+    target = "pykernels::info_nce_loss_triton" if backend == "triton" else "pykernels::info_nce_loss"
+    torch.library.register_autograd(target, backward, setup_context=setup_context)
+
+
+if register_cpp("info_nce_loss", _forward_fake, _backward_fake):
+    _register_autograd("cpp")
+
+# ----------------------------------------------------------------------------- Triton ops
+if triton_available():
+    from torch.library import triton_op
+
+    from ..triton_kernels import contrastive as tk
+    from ..triton_kernels import cosine as tk_cos
+
+    def _normalized(x: Tensor, normalize: bool) -> Tensor:
+        return tk_cos.normalize(x, NORMALIZE_EPS, write_y=True)[0] if normalize else x
+
+    @triton_op("pykernels::info_nce_loss_triton", mutates_args=())
+    def _info_nce_loss_triton(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, labels: Tensor,
+                              symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::info_nce_loss_triton"
+        # labels are not range-checked (GPU semantics: out of range -> NaN loss, no read)
+        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
+               check_range=False)
+        i = _normalized(image_features.contiguous(), normalize)
+        t = _normalized(text_features.contiguous(), normalize)
+        scale = logit_scale.reshape(1)
+        row_lse, pos = tk.logsumexp(i, t, scale, labels.contiguous())
+        l_i2t = row_lse - pos
+        if not symmetric:
+            return l_i2t[None], row_lse, row_lse.new_empty(0)
+        col_lse, _ = tk.logsumexp(t, i, scale, None)
+        M = t.shape[0]
+        if M == 0:  # every label is out of range
+            l_t2i = torch.full_like(pos, float("nan"))
+        else:
+            # pos is NaN where a label is out of range; clamp only keeps the gather in bounds
+            l_t2i = col_lse[labels.clamp(0, M - 1)] - pos
+        return torch.stack([l_i2t, l_t2i]), row_lse, col_lse
+
+    @triton_op("pykernels::info_nce_loss_backward_triton", mutates_args=())
+    def _info_nce_loss_backward_triton(grad: Tensor, image_features: Tensor, text_features: Tensor,
+                                       logit_scale: Tensor, labels: Tensor, row_lse: Tensor, col_lse: Tensor,
+                                       symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+        i0, t0 = image_features.contiguous(), text_features.contiguous()
+        i, t = _normalized(i0, normalize), _normalized(t0, normalize)
+        labels = labels.contiguous()
+        scale = logit_scale.reshape(1)
+        acc = _acc_dtype(i.dtype)
+        grad = grad.to(acc).contiguous()
+        a = grad[0].contiguous()
+        b = grad[1].contiguous() if symmetric else None
+        w_pos = a + b if symmetric else a
+        c = tk.column_weights(labels, b, t.shape[0]) if symmetric else None
+        # dI: rows of L; dT: rows of L^T (same form, roles swapped)
+        di, ds = tk.grad_side(i, t, labels, scale, row_lse, col_lse, a, c, w_pos, labels_on_a=True, with_dscale=True)
+        dt, _ = tk.grad_side(t, i, labels, scale, col_lse, row_lse, c, a, w_pos, labels_on_a=False, with_dscale=False)
+        if normalize:
+            di = tk_cos.normalize_backward(di, i0, NORMALIZE_EPS)
+            dt = tk_cos.normalize_backward(dt, t0, NORMALIZE_EPS)
+        ds = ds.to(logit_scale.dtype).reshape(logit_scale.shape)
+        return di.to(i0.dtype), dt.to(t0.dtype), ds
+
+    _register_autograd("triton")
+
+
+# ----------------------------------------------------------------------------- public API
+def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
+                  labels: Tensor | None = None, logit_bias: Tensor | None = None, symmetric: bool = True,
+                  normalize: bool = False, reduction: str = "mean", backend: str | None = None) -> Tensor:
+    """InfoNCE / CLIP contrastive loss of image_features [N, D] against text_features [M, D],
+    logits = logit_scale * I T^T (+ logit_bias), without ever building the [N, M] logits.
+
+    logit_scale: scalar tensor, already exponentiated (open_clip's ``logit_scale.exp()``).
+    labels: int [N], image i's positive text (default arange(N); then M must equal N).
+    symmetric: average of the image->text and text->image cross entropies; with labels,
+    text labels[i] is scored over the N images with target image i (one term per pair).
+    normalize: L2-normalise both feature sets first (max(|x|, 1e-12), as F.normalize).
+    reduction: "mean" / "sum" over the N pairs, or "none": [2, N] (row 0 image->text,
+    row 1 text->image) when symmetric, [N] otherwise. logit_bias cancels in softmax
+    cross entropy: it does not change the loss and gets a zero gradient.
+    Returns float32 (float64 for float64 features); gradients flow to both feature sets,
+    logit_scale and logit_bias.
+    """
+    fn = "pykernels.info_nce_loss"
+    _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric, normalize, reduction)
+    name = backends.resolve(backend, image_features.device, fn)
+    if name == "reference":
+        return ref.info_nce_loss(image_features, text_features, logit_scale, labels=labels, logit_bias=logit_bias,
+                                 symmetric=symmetric, normalize=normalize, reduction=reduction)
+    N = image_features.shape[0]
+    labels = torch.arange(N, device=image_features.device) if labels is None else labels.long()
+    loss = op("info_nce_loss", name)(image_features, text_features, logit_scale, labels, symmetric, normalize)[0]
+    if reduction == "none":
+        out = loss if symmetric else loss[0]
+    else:
+        out = loss.sum() / loss.shape[0]  # per pair: the mean of the directions
+        if reduction == "mean":
+            out = out / N
+    if logit_bias is not None:
+        # exact zero gradient, and a NaN/inf bias still shows as it does in the reference
+        out = out + (logit_bias.reshape(()) * 0).to(out.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- self-check
+def _make(n, m, d, with_labels):
+    def make(device, dtype):
+        i = torch.randn(n, d, device=device).to(dtype).requires_grad_()
+        t = torch.randn(m, d, device=device).to(dtype).requires_grad_()
+        s = torch.tensor(10.0, device=device, requires_grad=True)
+        y = torch.randint(0, m, (n,), device=device) if with_labels else None
+        return i, t, s, y
+    return make
+
+
+SELFCHECK = [
+    ("info_nce_loss N=M=96 D=64", _make(96, 96, 64, False),
+     lambda be, i, t, s, y: info_nce_loss(i, t, s, backend=be)),
+    ("info_nce_loss N=80 M=112 labels normalize", _make(80, 112, 64, True),
+     lambda be, i, t, s, y: info_nce_loss(i, t, s, labels=y, normalize=True, backend=be)),
+]

@@ -1,0 +1,400 @@
+"""Contrastive family: info_nce_loss (fused InfoNCE / CLIP loss), non-distributed tests."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pykernels as pk
+from pykernels.reference import contrastive as ref
+
+from .helpers import (ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
+                      peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
+
+# --------------------------------------------------------------------------- reference
+
+
+def _explicit_loss(I, T, s, labels, symmetric, reduction):
+    """The loss written element by element in float64 Python (independent of torch ops)."""
+    I, T = I.tolist(), T.tolist()
+    N, M = len(I), len(T)
+    L = [[s * sum(a * b for a, b in zip(I[i], T[j])) for j in range(M)] for i in range(N)]
+
+    def lse(xs):
+        m = max(xs)
+        return m + math.log(sum(math.exp(x - m) for x in xs))
+
+    i2t = [lse(L[i]) - L[i][labels[i]] for i in range(N)]
+    t2i = [lse([L[k][labels[i]] for k in range(N)]) - L[i][labels[i]] for i in range(N)]
+    if reduction == "none":
+        return torch.tensor([i2t, t2i] if symmetric else i2t, dtype=torch.float64)
+    per = [(a + b) / 2 for a, b in zip(i2t, t2i)] if symmetric else i2t
+    return torch.tensor(sum(per) / (N if reduction == "mean" else 1), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reference_matches_float64_math(symmetric, reduction):
+    I, T = randn(5, 7, dtype=torch.float64, seed=1), randn(6, 7, dtype=torch.float64, seed=2)
+    labels = [3, 0, 3, 5, 1]  # text 3 is the positive of two images; texts 2 and 4 of none
+    got = ref.info_nce_loss(I, T, torch.tensor(2.5, dtype=torch.float64), labels=torch.tensor(labels),
+                            symmetric=symmetric, reduction=reduction)
+    want = _explicit_loss(I, T, 2.5, labels, symmetric, reduction)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_matches_cross_entropy_on_explicit_logits():
+    """CLIP's loss as open_clip writes it, and a permutation of labels."""
+    I, T = randn(8, 16, seed=3), randn(8, 16, seed=4)
+    s, b = torch.tensor(7.0), torch.tensor(-2.0)
+    logits = s * I @ T.T + b
+    y = torch.arange(8)
+    want = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+    torch.testing.assert_close(ref.info_nce_loss(I, T, s, logit_bias=b), want)
+    torch.testing.assert_close(ref.info_nce_loss(I, T, s, symmetric=False), F.cross_entropy(logits, y))
+    # one-to-one labels: text perm[i] belongs to image i, so text j's positive is image inv[j]
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    inv = torch.argsort(perm)
+    per = ref.info_nce_loss(I, T, s, labels=perm, reduction="none")
+    torch.testing.assert_close(per[0], F.cross_entropy(logits, perm, reduction="none"))
+    torch.testing.assert_close(per[1][inv], F.cross_entropy(logits.T, inv, reduction="none"))
+    In, Tn = F.normalize(I, dim=-1), F.normalize(T, dim=-1)
+    torch.testing.assert_close(ref.info_nce_loss(I, T, s, normalize=True),
+                               (F.cross_entropy(s * In @ Tn.T, y) + F.cross_entropy(s * Tn @ In.T, y)) / 2)
+
+
+def test_logit_bias_cancels():
+    I, T = randn(6, 8, dtype=torch.float64, seed=5), randn(6, 8, dtype=torch.float64, seed=6)
+    s = torch.tensor(3.0, dtype=torch.float64)
+    b = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    loss = ref.info_nce_loss(I, T, s, logit_bias=b)
+    torch.testing.assert_close(loss, ref.info_nce_loss(I, T, s))
+    assert abs(torch.autograd.grad(loss, b)[0].item()) < 1e-12
+
+
+# --------------------------------------------------------------------------- every backend vs reference
+
+def _features(N, M, D, dtype, device, seed, scale=None):
+    # rows of norm ~1 so that logit_scale sets the logit range, as in CLIP
+    scale = 1 / math.sqrt(D) if scale is None else scale
+    i = randn(N, D, dtype=dtype, device=device, seed=seed, scale=scale, requires_grad=True)
+    t = randn(M, D, dtype=dtype, device=device, seed=seed + 1, scale=scale, requires_grad=True)
+    return i, t
+
+
+def _run(backend, i, t, s, b=None, **kw):
+    """Output and gradients (for a fixed random upstream gradient) of every float input."""
+    with poisoned():
+        out = pk.info_nce_loss(i, t, s, logit_bias=b, backend=backend, **kw)
+        leaves = [x for x in (i, t, s, b) if x is not None]
+        return out, grads(out, leaves, seed=7)
+
+
+def _check_against_reference(backend, i, t, s, b=None, **kw):
+    """Loss and every gradient against the float64 reference, within the dtype's
+    tolerance or twice the error of the reference run in the inputs' own dtypes."""
+    out, got = _run(backend, i, t, s, b, **kw)
+    leaves = [x for x in (i, t, s, b) if x is not None]
+
+    def reference(xs):
+        return ref.info_nce_loss(*xs[:3], logit_bias=xs[3] if b is not None else None, **kw)
+
+    r64 = [x.detach().double().requires_grad_() for x in leaves]
+    want = reference(r64)
+    wgrads = grads(want, r64, seed=7)
+    same = [x.detach().requires_grad_() for x in leaves]
+    base = reference(same)
+    base_grads = grads(base, same, seed=7)
+    dtype = i.dtype
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), out.dtype
+    assert out.shape == want.shape
+    limit = max(TOLERANCE[dtype], 2 * rel_err(base, want))
+    assert rel_err(out, want) <= limit, f"loss: {rel_err(out, want):.3g} > {limit:.3g} ({dtype})"
+    names = ["image_features", "text_features", "logit_scale", "logit_bias"]
+    for name, g, w, bg, x in zip(names, got, wgrads, base_grads, leaves):
+        assert g.shape == x.shape and g.dtype == x.dtype, (name, g.shape, g.dtype)
+        if name == "logit_bias":  # softmax CE is shift invariant: zero (exactly, on fused backends)
+            assert abs(w.item()) < 1e-9
+            assert abs(g.item()) <= (1e-4 if backend == "reference" else 0.0), g.item()
+            continue
+        limit = max(TOLERANCE[dtype], 2 * rel_err(bg, w))
+        err = rel_err(g, w)
+        assert err <= limit, f"grad {name}: relative error {err:.3g} > {limit:.3g} ({dtype})"
+
+
+def _shapes(backend):
+    # (N, M, D, labels?) -- tiny for the Triton interpreter
+    return [(24, 24, 32, False), (13, 37, 20, True), (1, 1, 8, False), (1, 5, 8, True), (40, 17, 32, True)]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_forward_backward_vs_reference(backend, symmetric):
+    dev = backend_device(backend)
+    for dtype in dtypes_for(backend):
+        for k, (N, M, D, with_labels) in enumerate(_shapes(backend)):
+            i, t = _features(N, M, D, dtype, dev, seed=10 + k)
+            s = torch.tensor(10.0, device=dev, requires_grad=True)
+            y = torch.randint(0, M, (N,), generator=torch.Generator().manual_seed(k)).to(dev) if with_labels else None
+            reduction = ("mean", "none", "sum")[k % 3]
+            _check_against_reference(backend, i, t, s, labels=y, symmetric=symmetric, reduction=reduction)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_normalize_bias_and_scales(backend):
+    dev = backend_device(backend)
+    for dtype in dtypes_for(backend):
+        for scale_value in ((1.0, 100.0) if dtype == torch.float32 else (100.0,)):
+            i, t = _features(20, 31, 24, dtype, dev, seed=30, scale=3.0)  # far from unit norm
+            s = torch.tensor(scale_value, device=dev, requires_grad=True)
+            b = torch.tensor(-4.0, device=dev, requires_grad=True)
+            y = torch.randint(0, 31, (20,), generator=torch.Generator().manual_seed(1)).to(dev)
+            _check_against_reference(backend, i, t, s, b, labels=y, normalize=True, reduction="sum")
+            i, t = _features(20, 20, 24, dtype, dev, seed=31)
+            _check_against_reference(backend, i, t, s, b)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_non_contiguous_and_mixed_scale_dtype(backend):
+    dev = backend_device(backend)
+    i = randn(32, 48, device=dev, seed=40, scale=0.2).t()[:, ::2].requires_grad_()   # [48, 16], strided
+    t = randn(16, 48, device=dev, seed=41, scale=0.2).t().requires_grad_()           # [48, 16], transposed
+    s = torch.tensor([5.0], device=dev, requires_grad=True)                          # shape [1]
+    _check_against_reference(backend, i, t, s)
+    # AMP style: half features, float32 logit_scale
+    for dtype in (torch.bfloat16, torch.float16):
+        a, b = _features(12, 12, 16, dtype, dev, seed=42)
+        _check_against_reference(backend, a, b, torch.tensor(20.0, device=dev, requires_grad=True))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_reduction_none_layout(backend):
+    dev = backend_device(backend)
+    i, t = _features(6, 9, 8, torch.float32, dev, seed=50)
+    s = torch.tensor(4.0, device=dev)
+    y = torch.tensor([8, 0, 8, 3, 1, 2], device=dev)
+    per = pk.info_nce_loss(i, t, s, labels=y, reduction="none", backend=backend)
+    assert per.shape == (2, 6)
+    assert pk.info_nce_loss(i, t, s, labels=y, symmetric=False, reduction="none", backend=backend).shape == (6,)
+    torch.testing.assert_close(pk.info_nce_loss(i, t, s, labels=y, backend=backend), per.mean(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pk.info_nce_loss(i, t, s, labels=y, reduction="sum", backend=backend),
+                               per.sum() / 2, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_empty_batch(backend):
+    dev = backend_device(backend)
+    i = torch.zeros(0, 8, device=dev, requires_grad=True)
+    t = torch.zeros(0, 8, device=dev, requires_grad=True)
+    s = torch.tensor(2.0, device=dev, requires_grad=True)
+    with poisoned():
+        loss = pk.info_nce_loss(i, t, s, reduction="sum", backend=backend)
+        assert loss.item() == 0.0
+        gi, gt, gs = torch.autograd.grad(loss, [i, t, s])
+    assert gi.shape == (0, 8) and gs.item() == 0.0
+    assert math.isnan(pk.info_nce_loss(i, t, s, backend=backend).item())  # mean of nothing, as torch
+    # texts nobody points to: loss and grads still defined
+    t2 = randn(3, 8, device=dev, seed=1, requires_grad=True)
+    loss = pk.info_nce_loss(i, t2, s, labels=torch.zeros(0, dtype=torch.long, device=dev), reduction="sum",
+                            backend=backend)
+    assert loss.item() == 0.0
+    assert torch.equal(torch.autograd.grad(loss, t2)[0], torch.zeros(3, 8, device=dev))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_deterministic(backend):
+    dev = backend_device(backend)
+    i, t = _features(40, 33, 32, torch.float32, dev, seed=60)
+    s = torch.tensor(30.0, device=dev, requires_grad=True)
+    y = torch.randint(0, 33, (40,), generator=torch.Generator().manual_seed(2)).to(dev)
+    runs = [_run(backend, i, t, s, labels=y) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id in ("triton", "cuda")])
+def test_out_of_range_labels_give_nan_on_gpu_kernels(backend):
+    """CUDA and Triton do not check labels (no host sync): an out-of-range label never
+    reads out of bounds and turns its losses into NaN."""
+    dev = backend_device(backend)
+    i, t = _features(5, 7, 8, torch.float32, dev, seed=70)
+    s = torch.tensor(3.0, device=dev)
+    y = torch.tensor([1, 7, 2, -1, 0], device=dev)
+    name = "info_nce_loss_triton" if backend == "triton" else "info_nce_loss"
+    loss, _, _ = getattr(torch.ops.pykernels, name)(i.detach(), t.detach(), s, y, True, False)
+    bad = torch.tensor([False, True, False, True, False])
+    assert torch.isnan(loss[:, bad.to(dev)]).all()
+    assert torch.isfinite(loss[:, ~bad.to(dev)]).all()
+
+
+def test_fused_path_allocates_no_n_by_m_buffer():
+    N = M = 4096
+    i, t = _features(N, M, 64, torch.float32, "cpu", seed=80)
+    s = torch.tensor(20.0, requires_grad=True)
+    n_m = N * M * 4
+
+    def fwd_bwd(backend):
+        def f():
+            loss = pk.info_nce_loss(i, t, s, backend=backend)
+            torch.autograd.grad(loss, [i, t, s])
+        return f
+
+    fused = peak_cpu_bytes(fwd_bwd("cpu"))
+    assert 0 < fused < n_m / 4, f"fused peak {fused / 2**20:.1f} MiB vs N*M*4 = {n_m / 2**20:.0f} MiB"
+    # the check can fail: the reference, which builds the logits, is far above the bound
+    assert peak_cpu_bytes(fwd_bwd("reference")) > n_m
+
+
+# --------------------------------------------------------------------------- autograd, opcheck, compile
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gradcheck_float64(backend, symmetric):
+    i = randn(5, 6, dtype=torch.float64, seed=90, requires_grad=True)
+    t = randn(7, 6, dtype=torch.float64, seed=91, requires_grad=True)
+    s = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([6, 0, 6, 2, 3])
+    for normalize in (False, True):
+        def f(i, t, s, b):
+            return pk.info_nce_loss(i, t, s, labels=y, logit_bias=b, symmetric=symmetric, normalize=normalize,
+                                    reduction="none", backend=backend)
+        assert torch.autograd.gradcheck(f, (i, t, s, b))
+
+
+def _opcheck_cases(dev, dtype=torch.float32):
+    i, t = randn(6, 12, dtype=dtype, device=dev, seed=100), randn(9, 12, dtype=dtype, device=dev, seed=101)
+    s = torch.tensor(3.0, device=dev)
+    y = torch.tensor([0, 8, 8, 3, 4, 1], device=dev)
+    cases = []
+    for sym, norm in ((True, False), (False, True)):
+        cases.append(("info_nce_loss", (i.clone().requires_grad_(), t.clone().requires_grad_(),
+                                        s.clone().requires_grad_(), y, sym, norm)))
+        _, rl, cl = torch.ops.pykernels.info_nce_loss(i, t, s, y, sym, norm) if dev.type == "cpu" else (None,) * 3
+        if rl is not None:
+            g = randn(2 if sym else 1, 6, device=dev, seed=102)
+            cases.append(("info_nce_loss_backward", (g, i, t, s, y, rl, cl, sym, norm)))
+    return cases
+
+
+@pytest.mark.parametrize("backend", CPP_BACKENDS)
+def test_opcheck_cpp(backend):
+    dev = backend_device(backend)
+    for name, args in _opcheck_cases(torch.device("cpu")):
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(getattr(torch.ops.pykernels, name), args)
+
+
+@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id == "triton"])
+def test_opcheck_triton(backend):
+    dev = backend_device(backend)
+    # Under the interpreter only the schema and autograd-registration checks (as the
+    # cosine family): the others would run the interpreter on fake tensors.
+    utils = None if dev.type == "cuda" else ("test_schema", "test_autograd_registration")
+    for name, args in _opcheck_cases(torch.device("cpu")):
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(getattr(torch.ops.pykernels, name + "_triton"), args,
+                              test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
+
+
+@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
+                         + [p for p in FUSED_BACKENDS if p.id == "triton" and torch.cuda.is_available()])
+def test_torch_compile_fullgraph(backend):
+    dev = backend_device(backend)
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend="inductor" if dev.type == "cuda" else "aot_eager")
+    def f(i, t, s, b, y):
+        return (pk.info_nce_loss(i, t, s, logit_bias=b, backend=backend)
+                + pk.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none", backend=backend).sum())
+
+    i, t = _features(9, 9, 16, torch.float32, dev, seed=110)
+    s = torch.tensor(8.0, device=dev, requires_grad=True)
+    b = torch.tensor(1.0, device=dev, requires_grad=True)
+    y = torch.tensor([0, 6, 6, 1, 2, 3, 4, 5, 0], device=dev)
+    out = f(i, t, s, b, y)
+    want = (ref.info_nce_loss(i, t, s, logit_bias=b)
+            + ref.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none").sum())
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(torch.autograd.grad(out, [i, t, s, b]), torch.autograd.grad(want, [i, t, s, b])):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _ok(n=4, m=4, d=3):
+    return torch.ones(n, d), torch.ones(m, d), torch.tensor(1.0)
+
+
+BAD = [
+    # (call, exception, text that must appear)
+    (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 5), torch.tensor(1.0)), ValueError, "feature size D"),
+    (lambda: pk.info_nce_loss(*_ok(4, 5)), ValueError, "without 'labels'"),
+    (lambda: pk.info_nce_loss(*_ok(), torch.ones(2)), TypeError, "positional"),
+    (lambda: pk.info_nce_loss(*_ok()[:2], torch.ones(2)), ValueError, "'logit_scale' must be a scalar"),
+    (lambda: pk.info_nce_loss(*_ok()[:2], torch.ones(1, 1)), ValueError, "'logit_scale' must be a scalar"),
+    (lambda: pk.info_nce_loss(*_ok()[:2], 2.0), TypeError, "'logit_scale'"),
+    (lambda: pk.info_nce_loss(*_ok(), logit_bias=torch.ones(3)), ValueError, "'logit_bias'"),
+    (lambda: pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0, 5, 1])), IndexError, "'labels'"),
+    (lambda: pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0, -1, 1])), IndexError, "'labels'"),
+    (lambda: pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0, 1])), ValueError, "'labels'"),
+    (lambda: pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0.0, 1.0, 2.0])), TypeError, "'labels'"),
+    (lambda: pk.info_nce_loss(torch.ones(4), torch.ones(4), torch.tensor(1.0)), ValueError, "'image_features'"),
+    (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3, dtype=torch.float64), torch.tensor(1.0)),
+     TypeError, "'text_features'"),
+    (lambda: pk.info_nce_loss(torch.ones(4, 3, dtype=torch.int32), torch.ones(4, 3), torch.tensor(1.0)),
+     TypeError, "'image_features'"),
+    (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3, device="meta"), torch.tensor(1.0)), ValueError, "device"),
+    (lambda: pk.info_nce_loss(*_ok(), reduction="avg"), ValueError, "'reduction'"),
+    (lambda: pk.info_nce_loss(*_ok(), symmetric=1), TypeError, "'symmetric'"),
+    (lambda: pk.info_nce_loss(*_ok(), backend="nope"), ValueError, "'backend'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input_public(case):
+    call, exc, text = BAD[case]
+    with pytest.raises(exc, match=text):
+        call()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_bad_labels_every_backend(backend):
+    if backend_device(backend).type != "cpu":
+        pytest.skip("labels are range-checked on CPU tensors only (see the NaN test for GPUs)")
+    with pytest.raises(IndexError, match="'labels'"):
+        pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0, 9, 1]), backend=backend)
+
+
+_Y = torch.tensor([0, 1, 2, 3])
+OPS_BAD = [
+    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 5), torch.tensor(1.0), _Y, True, False),
+     ValueError, "feature size D"),
+    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.ones(2), _Y, True, False),
+     ValueError, "'logit_scale'"),
+    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y[:3], True, False),
+     ValueError, "'labels'"),
+    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y.int(), True, False),
+     TypeError, "'labels'"),
+    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y + 1, True, False),
+     IndexError, "'labels'"),
+    (lambda o: o.info_nce_loss(torch.ones(4, 3, dtype=torch.int64), torch.ones(4, 3, dtype=torch.int64),
+                               torch.tensor(1.0), _Y, True, False), TypeError, "'image_features'"),
+    (lambda o: o.info_nce_loss(torch.ones(4), torch.ones(4), torch.tensor(1.0), _Y, True, False),
+     ValueError, "'image_features'"),
+    (lambda o: o.info_nce_loss_backward(torch.ones(1, 4), torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y,
+                                        torch.ones(4), torch.ones(4), True, False), ValueError, "'grad'"),
+    (lambda o: o.info_nce_loss_backward(torch.ones(2, 4), torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y,
+                                        torch.ones(4), torch.ones(0), True, False), ValueError, "'col_lse'"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(OPS_BAD)))
+def test_bad_input_torch_ops(case):
+    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
+    call, exc, text = OPS_BAD[case]
+    if not pk.backends.extension_loaded():
+        pytest.skip("pykernels._C not built")
+    with pytest.raises(exc, match=text):
+        call(torch.ops.pykernels)
