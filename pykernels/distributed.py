@@ -165,11 +165,7 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
 def _fused(*args, **kwargs):
     """The fused single-process op, pykernels.info_nce_loss (imported late: it is
     defined after this module in the package import order)."""
-    try:  # TEMP-DEV until part A lands
-        from . import info_nce_loss
-    except ImportError:  # TEMP-DEV
-        from .reference.contrastive import info_nce_loss  # TEMP-DEV
-        kwargs.pop("backend", None)  # TEMP-DEV
+    from . import info_nce_loss
     return info_nce_loss(*args, **kwargs)
 
 
