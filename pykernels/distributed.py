@@ -20,13 +20,14 @@ Two ways to get there:
 
 ``mode="ring"``
     no rank ever gathers the batch. Text blocks travel around the ring of ranks with
-    point-to-point send/recv; each rank streams its image rows against the block in
+    point-to-point send/recv; each rank scores its image rows against the block in
     hand, keeping running row log-sum-exps for its rows, while the block carries the
     running column log-sum-exp of its own columns with it. The backward is a second
     ring pass in which the travelling block also carries the accumulating gradient of
-    those text features. Memory per rank: its own blocks, the travelling block in use
-    and the one arriving (plus the gradient accumulators in the backward), and one
-    [chunk_size, n] logit tile: O(n * D + chunk_size * n), independent of W.
+    those text features. The per-tile work runs in the fused op's kernels (cpu, cuda,
+    triton: no [n, n] tile is stored) or, on the reference backend, in chunked PyTorch.
+    Memory per rank: its own blocks, the travelling block in use and the one arriving,
+    plus the gradient accumulators in the backward: O(n * D), independent of W.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _checks
+from . import _checks, backends
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
@@ -132,13 +133,15 @@ def _check_local(image_features, text_features, logit_scale, logit_bias, mode, r
     for name, x in (("image_features", image_features), ("text_features", text_features)):
         if x.dim() != 2:
             raise ValueError(f"{_FN}: argument '{name}' must be [n, D], got shape {tuple(x.shape)}")
-    if logit_scale.numel() != 1:
-        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor, got shape {tuple(logit_scale.shape)}")
+    if logit_scale.numel() != 1 or logit_scale.dim() > 1:
+        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
+                         f"got shape {tuple(logit_scale.shape)}")
     named = [("image_features", image_features), ("text_features", text_features), ("logit_scale", logit_scale)]
     if logit_bias is not None:
         _checks.tensor(_FN, "logit_bias", logit_bias)
-        if logit_bias.numel() != 1:
-            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor, got shape {tuple(logit_bias.shape)}")
+        if logit_bias.numel() != 1 or logit_bias.dim() > 1:
+            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] or [1]), "
+                             f"got shape {tuple(logit_bias.shape)}")
         named.append(("logit_bias", logit_bias))
     _checks.same_device(_FN, *named)
     _checks.same_dtype(_FN, *named[:2])
@@ -222,22 +225,79 @@ class _Ring:
         pending.clear()
 
 
-def _tiles(img: Tensor, txt: Tensor, scale: Tensor, bias, chunk: int):
-    """Row chunks of the logit block img @ txt^T: yields (rows slice, raw dot products,
-    logits), both [chunk, m] in the accumulation dtype; txt is upcast once per block."""
-    acc = _acc(img.dtype)
-    t = txt.to(acc)
-    for i0 in range(0, img.shape[0], chunk):
-        rows = slice(i0, min(i0 + chunk, img.shape[0]))
-        raw = img[rows].to(acc) @ t.T
-        logits = raw * scale if bias is None else torch.addcmul(bias, raw, scale)
-        yield rows, raw, logits
+class _Tile:
+    """The two things a ring step needs from one tile (my n image rows x one text block):
+    its row and column log-sum-exps, and, given the global ones, the gradient of the
+    dense (softmax) part of the loss. On cpu / cuda / triton the fused op's kernels do
+    the O(n^2 D) work without materialising the tile; on `reference` it is chunked
+    PyTorch ([chunk, n] logits at a time). Logits here carry no logit_bias: a constant
+    shift cancels in every log-softmax."""
+
+    def __init__(self, kernel: str | None, symmetric: bool, chunk: int):
+        self.kernel, self.symmetric, self.chunk = kernel, symmetric, chunk
+
+    def _labels(self, img):  # any in-range labels: the positives are handled by the caller
+        return torch.arange(img.shape[0], device=img.device)
+
+    def lse(self, img, blk, scale):
+        """(row LSE [n], column LSE [m] or None) of scale * img @ blk^T, accumulation dtype."""
+        if self.kernel is not None:
+            _, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric, False)
+            return row, (col if self.symmetric else None)
+        row, col = [], None
+        for _, _, logits in self._chunks(img, blk, scale):
+            row.append(torch.logsumexp(logits, 1))
+            if self.symmetric:
+                part = torch.logsumexp(logits, 0)
+                col = part if col is None else torch.logaddexp(col, part)
+        return torch.cat(row), col
+
+    def grad(self, img, blk, scale, row_lse, col_lse, a, c):
+        """d/d(img, blk, scale) of sum_ij (a exp(L_ij - row_lse_i) + c exp(L_ij - col_lse_j)) * L_ij
+        with the LSEs held constant, i.e. the softmax part of the cross-entropy gradient
+        (c = None: rows only). Returns (d_img, d_blk, d_scale) in the accumulation dtype."""
+        acc = _acc(img.dtype)
+        s = scale.detach().to(acc).reshape(())
+        if self.kernel is not None:
+            n = img.shape[0]
+            weights = [a.expand(n)] + ([c.expand(n)] if self.symmetric else [])
+            empty = row_lse.new_empty(0)
+            d_img, d_blk, d_scale = _op("info_nce_loss_backward", self.kernel)(
+                torch.stack(weights), img, blk, scale, self._labels(img), row_lse,
+                col_lse if self.symmetric else empty, self.symmetric, False)
+            # the op also took the positive pairs (i, i) of this tile: give them back
+            w_pos = a + c if self.symmetric else a
+            i, t = img.to(acc), blk.to(acc)
+            d_img = d_img.to(acc).addcmul_(t, s * w_pos)
+            d_blk = d_blk.to(acc).addcmul_(i, s * w_pos)
+            return d_img, d_blk, d_scale.to(acc).reshape(()) + w_pos * _row_dots(i, t).sum()
+        t = blk.to(acc)
+        d_img = torch.zeros(img.shape, dtype=acc, device=img.device)
+        d_blk = torch.zeros(blk.shape, dtype=acc, device=blk.device)
+        d_scale = torch.zeros((), dtype=acc, device=img.device)
+        for rows, raw, logits in self._chunks(img, t, s):
+            g = a * torch.exp(logits - row_lse[rows, None])
+            if c is not None:
+                g = g + c * torch.exp(logits - col_lse[None, :])
+            d_img[rows] = s * (g @ t)
+            d_blk += s * (g.T @ img[rows].to(acc))
+            d_scale += (g * raw).sum()
+        return d_img, d_blk, d_scale
+
+    def _chunks(self, img, blk, scale):
+        """Row chunks of the tile: (rows, raw dot products, logits), [chunk, m] each."""
+        acc = _acc(img.dtype)
+        s = scale.detach().to(acc).reshape(())
+        t = blk.to(acc)
+        for i0 in range(0, img.shape[0], self.chunk):
+            rows = slice(i0, min(i0 + self.chunk, img.shape[0]))
+            raw = img[rows].to(acc) @ t.T
+            yield rows, raw, raw * s
 
 
-def _positive_logits(img, txt, scale, bias):
-    acc = _acc(img.dtype)
-    raw = (img.to(acc) * txt.to(acc)).sum(-1)
-    return raw, (raw * scale if bias is None else raw * scale + bias)
+def _op(name: str, kernel: str):
+    from .ops._registry import op
+    return op(name, kernel)
 
 
 def _no_autocast(fn):
@@ -251,88 +311,88 @@ def _no_autocast(fn):
 
 
 class _RingInfoNCE(torch.autograd.Function):
+    """Forward: W steps; at step k this rank holds the text block of rank - k (its own at
+    k = 0) and folds the tile (my images x that block) into the running row LSE of my
+    rows and the running column LSE that travels with the block. Backward: the same
+    ring again, the block now travelling with its (complete) column LSE and the
+    accumulator of its gradient, which arrives home complete."""
+
     @staticmethod
     @_no_autocast
-    def forward(ctx, img, txt, scale, bias, group, rank, world, symmetric, reduction, chunk):
-        acc = _acc(img.dtype)
-        n = img.shape[0]
-        s = scale.detach().to(acc).reshape(())
-        b = None if bias is None else bias.detach().to(acc).reshape(())
+    def forward(ctx, img, txt, scale, group, rank, world, symmetric, reduction, tile):
         ring = _Ring(group, rank, world)
-        row_lse = img.new_full((n,), float("-inf"), dtype=acc)
-        block, col_lse = txt.contiguous(), img.new_full((n,), float("-inf"), dtype=acc)
-        # step k: we hold the text block of rank - k and its running column LSE
-        pending = []
+        block, row_lse, col_lse, pending = txt.contiguous(), None, None, []
         for k in range(world):
+            # send the block in hand on while we work on it
             incoming = ring.start([block], _TAG_BLOCK, pending) if k < world - 1 else None
-            for rows, _, logits in _tiles(img, block, s, b, chunk):
-                row_lse[rows] = torch.logaddexp(row_lse[rows], torch.logsumexp(logits, 1))
-                if symmetric:
-                    col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, 0))
-            if symmetric and world > 1:  # the column LSE goes on with its block (the last hop: home)
-                (col_lse,) = ring.start([col_lse], _TAG_LSE, pending)
+            rows, cols = tile.lse(img, block, scale)
+            row_lse = rows if k == 0 else torch.logaddexp(row_lse, rows)
+            if symmetric:  # col_lse: the running column LSE that came with this block
+                col_lse = cols if k == 0 else torch.logaddexp(col_lse, cols)
+                if world > 1:  # it goes on with the block (the last hop: home)
+                    (col_lse,) = ring.start([col_lse], _TAG_LSE, pending)
             ring.finish(pending)
             if incoming is not None:
                 (block,) = incoming
-        _, pos = _positive_logits(img, txt, s, b)
-        w_row, w_col = _weights(symmetric, reduction, world * n)
+        pos = _positive_logits(img, txt, scale)
+        w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
         partial = w_row * (row_lse - pos).sum()
         if symmetric:
             partial = partial + w_col * (col_lse - pos).sum()
         if world > 1:
             dist.all_reduce(partial, group=group)
-        ctx.save_for_backward(img, txt, scale, bias if bias is not None else scale.new_empty(0), row_lse, col_lse)
-        ctx.has_bias = bias is not None
-        ctx.cfg = (group, rank, world, symmetric, reduction, chunk)
+        ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
+        ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
 
     @staticmethod
     @_no_autocast
     def backward(ctx, grad):
-        img, txt, scale, bias, row_lse, col_lse = ctx.saved_tensors
-        group, rank, world, symmetric, reduction, chunk = ctx.cfg
+        img, txt, scale, row_lse, col_lse = ctx.saved_tensors
+        group, rank, world, symmetric, reduction, tile = ctx.cfg
         acc = _acc(img.dtype)
-        n = img.shape[0]
         s = scale.detach().to(acc).reshape(())
-        b = bias.detach().to(acc).reshape(()) if ctx.has_bias else None
-        w_row, w_col = _weights(symmetric, reduction, world * n)
-        a = grad.to(acc) * w_row                       # d loss / d (row i's CE)
+        w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
+        a = grad.to(acc) * w_row                         # d loss / d (row i's CE)
         c = grad.to(acc) * w_col if symmetric else None  # d loss / d (column j's CE)
         ring = _Ring(group, rank, world)
-        d_img = torch.zeros(img.shape, dtype=acc, device=img.device)
-        d_scale = torch.zeros((), dtype=acc, device=img.device)
-        block, block_lse = txt.contiguous(), col_lse
-        d_block = torch.zeros(txt.shape, dtype=acc, device=txt.device)
+        block, block_lse = txt.contiguous(), (col_lse if symmetric else None)
+        d_img = d_block = d_scale = None
         pending = []
         for k in range(world):
             # the block and its column LSE are read-only: send them on while we work
-            travelling = [block, block_lse] if symmetric else [block]
-            incoming = ring.start(travelling, _TAG_BLOCK, pending) if k < world - 1 else None
-            t = block.to(acc)
-            for rows, raw, logits in _tiles(img, t, s, b, chunk):
-                g = a * torch.exp(logits - row_lse[rows, None])
-                if c is not None:
-                    g = g + c * torch.exp(logits - block_lse[None, :])
-                d_img[rows] += s * (g @ t)
-                d_block += s * (g.T @ img[rows].to(acc))
-                d_scale += (g * raw).sum()
-            # the block's gradient accumulator follows it (the last hop: home)
-            if world > 1:
+            incoming = None
+            if k < world - 1:
+                incoming = ring.start([block, block_lse] if symmetric else [block], _TAG_BLOCK, pending)
+            gi, gb, gs = tile.grad(img, block, scale, row_lse, block_lse, a, c)
+            d_img = gi if d_img is None else d_img.add_(gi)
+            d_scale = gs if d_scale is None else d_scale + gs
+            d_block = gb if d_block is None else d_block.add_(gb)
+            del gi, gb
+            if world > 1:  # the block's gradient accumulator follows it (the last hop: home)
                 (d_block,) = ring.start([d_block], _TAG_GRAD, pending)
             ring.finish(pending)
             if incoming is not None:
                 block, block_lse = incoming if symmetric else (incoming[0], None)
         # the positive pairs (i, i): all on this rank
-        raw_pos, _ = _positive_logits(img, txt, s, b)
-        w_pos = a + c if c is not None else a
+        w_pos = a + c if symmetric else a
         d_img.addcmul_(txt.to(acc), -s * w_pos)  # in place: no [n, D] temporaries
         d_txt = d_block.addcmul_(img.to(acc), -s * w_pos)
-        d_scale -= w_pos * raw_pos.sum()
+        d_scale = d_scale - w_pos * _row_dots(img.to(acc), txt.to(acc)).sum()
         if world > 1:
             dist.all_reduce(d_scale, group=group)
-        d_bias = torch.zeros_like(bias) if ctx.has_bias else None  # softmax CE ignores a shift
         return (d_img.to(img.dtype), d_txt.to(txt.dtype), d_scale.reshape(scale.shape).to(scale.dtype),
-                d_bias, None, None, None, None, None, None)
+                None, None, None, None, None, None)
+
+
+def _row_dots(x: Tensor, y: Tensor) -> Tensor:
+    """[n] dot products of matching rows, without an [n, D] product temporary."""
+    return torch.bmm(x[:, None, :], y[:, :, None]).reshape(-1)
+
+
+def _positive_logits(img, txt, scale):
+    acc = _acc(img.dtype)
+    return _row_dots(img.to(acc), txt.to(acc)) * scale.detach().to(acc).reshape(())
 
 
 def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]:
@@ -360,8 +420,9 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     call backward with the same upstream gradient (as data-parallel training does).
     Without an initialised process group this is the single-process fused loss.
     check_sizes: verify with one small all-gather that all ranks agree on n and D (a
-    host sync; turn off once your shapes are known to match). chunk_size: rows per
-    logit tile in ring mode. backend: the fused op's backend (gather mode).
+    host sync; turn off once your shapes are known to match). backend: the fused op's
+    backend for the local work (both modes). chunk_size: rows per logit chunk of the
+    ring's PyTorch tiles (backend="reference" only).
     """
     _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
     _checks.positive(_FN, "chunk_size", chunk_size)
@@ -381,8 +442,13 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
                             symmetric, normalize, reduction, backend)
     if normalize:  # row-local, so it is done before the ring, with autograd
         image_features, text_features = _normalize(image_features), _normalize(text_features)
-    return _RingInfoNCE.apply(image_features, text_features, logit_scale, logit_bias, process_group, rank, world,
-                              symmetric, reduction, int(chunk_size))
+    kernel = backends.resolve(backend, image_features.device, _FN)
+    tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
+    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank, world,
+                              symmetric, reduction, tile)
+    if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
+        loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)
+    return loss
 
 
 # ----------------------------------------------------------------------------- open_clip-style gather

@@ -110,7 +110,7 @@ def check_bias_grad(out, ref, dtype):
 
 
 def check_info_nce(rank, world, *, mode, dtype=torch.float64, bias=True, group=None, members=None,
-                   seed=0, chunk_size=1024, **options):
+                   seed=0, chunk_size=1024, backend=None, **options):
     """InfoNCELoss on this rank's block == the global loss; grads == the global grads' slice."""
     members = list(range(world)) if members is None else members
     if rank not in members:
@@ -122,7 +122,7 @@ def check_info_nce(rank, world, *, mode, dtype=torch.float64, bias=True, group=N
     ref = global_loss(g_img, g_txt, g_scale, g_b, **options)
     ref.backward()
     l_img, l_txt, l_scale, l_b = leaves(local_block(img, gr), local_block(txt, gr), scale, b)
-    out = InfoNCELoss(group, mode, chunk_size=chunk_size, **options)(l_img, l_txt, l_scale, l_b)
+    out = InfoNCELoss(group, mode, chunk_size=chunk_size, backend=backend, **options)(l_img, l_txt, l_scale, l_b)
     out.backward()
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), out.dtype
     check_close(out, ref, dtype, "loss")
@@ -203,7 +203,7 @@ def check_deterministic(rank, world, *, mode):
 
 def check_ring_memory(rank, world):
     """The ring's peak memory (forward + backward) stays a few local blocks whatever the
-    number of ranks (measured: 5.2 blocks at W = 2, 6.2 at W = 3, 4 and 6), while
+    number of ranks (measured: 5.3 blocks at W = 2, 6.3 at W = 3, 4 and 6), while
     gather mode's grows with W (it holds the gathered features)."""
     n, d = 64, 256
     block = n * d * 4
@@ -236,7 +236,11 @@ for _mode in ("gather", "ring"):
     CHECKS[f"{_mode}-size-mismatch"] = dict(fn=check_size_mismatch, mode=_mode)
     CHECKS[f"{_mode}-deterministic"] = dict(fn=check_deterministic, mode=_mode)
 CHECKS["ring-memory"] = dict(fn=check_ring_memory)
-CHECKS["ring-f64-chunked"] = dict(fn=check_info_nce, mode="ring", chunk_size=2)
+# the ring's PyTorch tiles (backend="reference"), several row chunks per tile
+CHECKS["ring-reference-f64-chunked"] = dict(fn=check_info_nce, mode="ring", backend="reference", chunk_size=2)
+CHECKS["ring-reference-f64-i2t-sum"] = dict(fn=check_info_nce, mode="ring", backend="reference", bias=False,
+                                            symmetric=False, reduction="sum")
+CHECKS["ring-reference-bf16"] = dict(fn=check_info_nce, mode="ring", backend="reference", dtype=torch.bfloat16)
 for _local in (False, True):
     for _with_grad in (False, True):
         CHECKS[f"clip-local{int(_local)}-withgrad{int(_with_grad)}"] = dict(
@@ -346,11 +350,19 @@ def test_clip_loss_single_process(bias):
     assert ClipLoss()(img, txt, scale, output_dict=True).keys() == {"contrastive_loss"}
 
 
-def test_ring_chunks_match_single_chunk_without_process_group():
+def test_ring_tiles_reference_chunks_match_fused_without_process_group():
     img, txt, scale, _ = global_inputs(6, 3)
-    one = pkd.info_nce_loss(img, txt, scale, mode="ring", chunk_size=4096)
-    chunked = pkd.info_nce_loss(img, txt, scale, mode="ring", chunk_size=2)
-    check_close(chunked, one, torch.float64, "chunked ring loss")
+    runs = []
+    for backend, chunk in (("cpu", 1024), ("reference", 2), ("reference", 4096)):
+        if backend != "reference" and backend not in pykernels.backends.available("cpu"):
+            continue
+        x = leaves(img, txt, scale)
+        out = pkd.info_nce_loss(*x, mode="ring", chunk_size=chunk, backend=backend)
+        out.backward()
+        runs.append([out] + [v.grad for v in x])
+    for other in runs[1:]:
+        for a, b in zip(other, runs[0]):
+            check_close(a, b, torch.float64, "ring tiles")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -358,6 +370,7 @@ def test_ring_chunks_match_single_chunk_without_process_group():
     (dict(reduction="none"), ValueError, "'reduction'"),
     (dict(chunk_size=0), ValueError, "'chunk_size'"),
     (dict(scale_shape=(2,)), ValueError, "'logit_scale' must be a scalar"),
+    (dict(scale_shape=(1, 1)), ValueError, "'logit_scale' must be a scalar"),
     (dict(bias_shape=(3,)), ValueError, "'logit_bias' must be a scalar"),
     (dict(text_dim=DIM + 1), ValueError, "same shape"),
     (dict(text_rows=N_LOCAL + 1), ValueError, "same shape"),
