@@ -38,6 +38,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _checks, backends
+from .ops._registry import op as _op
+from .ops.contrastive import info_nce_loss as _fused  # the single-process fused op
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
@@ -165,13 +167,6 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
 
 
 # ----------------------------------------------------------------------------- gather mode
-def _fused(*args, **kwargs):
-    """The fused single-process op, pykernels.info_nce_loss (imported late: it is
-    defined after this module in the package import order)."""
-    from . import info_nce_loss
-    return info_nce_loss(*args, **kwargs)
-
-
 def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, backend):
     n = img.shape[0]
     scale = _AllReduceGrad.apply(scale, group)
@@ -293,11 +288,6 @@ class _Tile:
             rows = slice(i0, min(i0 + self.chunk, img.shape[0]))
             raw = img[rows].to(acc) @ t.T
             yield rows, raw, raw * s
-
-
-def _op(name: str, kernel: str):
-    from .ops._registry import op
-    return op(name, kernel)
 
 
 def _no_autocast(fn):

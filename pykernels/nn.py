@@ -60,6 +60,8 @@ import torch  # noqa: E402
 
 from . import _checks  # noqa: E402
 from . import distributed as _distributed  # noqa: E402
+from .ops import contrastive as _contrastive_ops  # noqa: E402
+
 
 class ClipLoss(nn.Module):
     """Drop-in for open_clip's ClipLoss (same constructor, forward and numbers in every
@@ -95,7 +97,7 @@ class ClipLoss(nn.Module):
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
                 logit_bias: Tensor | None = None, output_dict: bool = False):
-        loss_fn = functools.partial(_distributed._fused, logit_bias=logit_bias, backend=self.backend)
+        loss_fn = functools.partial(_contrastive_ops.info_nce_loss, logit_bias=logit_bias, backend=self.backend)
         if self.world_size > 1:
             all_image, all_text = _distributed.gather_features(
                 image_features, text_features, self.local_loss, self.gather_with_grad, self.rank, self.world_size)
