@@ -274,9 +274,10 @@ class _Tile:
             g = a * torch.exp(logits - row_lse[rows, None])
             if c is not None:
                 g = g + c * torch.exp(logits - col_lse[None, :])
-            d_img[rows] = s * (g @ t)
-            d_blk += s * (g.T @ img[rows].to(acc))
             d_scale += (g * raw).sum()
+            g = g * s  # d loss / d raw dot products, [chunk, m]
+            d_img[rows] = g @ t
+            d_blk.addmm_(g.T, img[rows].to(acc))  # in place: no [m, D] temporary
         return d_img, d_blk, d_scale
 
     def _chunks(self, img, blk, scale):
