@@ -414,3 +414,21 @@ def test_ring_ignores_an_enclosing_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = pkd.info_nce_loss(img, txt, scale, mode="ring")
     assert autocast.dtype == torch.float32 and torch.equal(plain, autocast)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_ring_fused_tiles_float32_single_process(backend):
+    """The ring's fused-tile path on each CPU-runnable backend (Triton: the interpreter)."""
+    if backend not in pykernels.backends.available("cpu"):
+        pytest.skip(f"{backend} does not run on cpu here")
+    img, txt, scale, b = global_inputs(8, 2, torch.float32)
+    ours = leaves(img, txt, scale, b)
+    out = pkd.info_nce_loss(*ours[:3], logit_bias=ours[3], mode="ring", backend=backend)
+    out.backward()
+    ref_leaves = leaves(*(x.double() for x in (img, txt, scale, b)))
+    ref = global_loss(*ref_leaves)
+    ref.backward()
+    check_close(out, ref, torch.float32, "loss")
+    for x, y, what in zip(ours[:3], ref_leaves[:3], ("image grad", "text grad", "logit_scale grad")):
+        check_close(x.grad, y.grad, torch.float32, what)
+    check_bias_grad(ours[3].grad, ref_leaves[3].grad, torch.float32)
