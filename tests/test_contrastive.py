@@ -241,7 +241,7 @@ def test_fused_path_allocates_no_n_by_m_buffer():
         return f
 
     fused = peak_cpu_bytes(fwd_bwd("cpu"))
-    assert 0 < fused < n_m / 4, f"fused peak {fused / 2**20:.1f} MiB vs N*M*4 = {n_m / 2**20:.0f} MiB"
+    assert 0 < fused < n_m / 2, f"fused peak {fused / 2**20:.1f} MiB vs N*M*4 = {n_m / 2**20:.0f} MiB"
     # the check can fail: the reference, which builds the logits, is far above the bound
     assert peak_cpu_bytes(fwd_bwd("reference")) > n_m
 

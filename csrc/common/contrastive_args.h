@@ -1,17 +1,19 @@
 // Argument checks of the contrastive family (info_nce_loss), shared by the CPU and CUDA
 // implementations, and the layout of the op's outputs.
 #pragma once
+#include <algorithm>
+
 #include "common/checks.h"
 
 namespace pykernels {
 
-// Row tiles of the [N, M] logit matrix hold about this many accumulation-type elements:
-// the only O(N M)-shaped memory the fused op allocates is one tile.
-constexpr int64_t kContrastiveTileElems = int64_t(1) << 21;
-
+// Row tiles of the [N, M] logit matrix for the CPU kernel: R x M accumulation-type
+// elements, the only O(N M)-shaped memory the fused op allocates. Capped at 2^23
+// elements (32 MB in float32) and at 1024 rows; at least 64 rows so that each BLAS call
+// stays efficient (fewer rows cost up to 2x in matmul time).
 inline int64_t contrastive_tile_rows(int64_t N, int64_t M) {
-  const int64_t rows = kContrastiveTileElems / std::max<int64_t>(M, 1);
-  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(rows, 16), std::max<int64_t>(N, 1)));
+  const int64_t rows = (int64_t(1) << 23) / std::max<int64_t>(M, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(std::clamp<int64_t>(rows, 64, 1024), N));
 }
 
 // image [N, D], text [M, D]: same float dtype, same device of type dev; logit_scale: a

@@ -9,7 +9,7 @@
 //   backward: the tile is recomputed and overwritten with dLoss/dL (softmax minus
 //             one-hot, weighted by the upstream gradient), then dI = scale dL T and
 //             dT += scale dL^T I, and d(scale) = sum dL * (I T^T).
-// Memory: one tile (kContrastiveTileElems) plus O((N + M) D). Tiles run in a fixed
+// Memory: one tile (contrastive_tile_rows) plus O((N + M) D). Tiles run in a fixed
 // order and every sum has a fixed order: results do not depend on the thread count
 // beyond what the BLAS library does (deterministic for fixed shapes and threads).
 #include <ATen/Parallel.h>
@@ -61,34 +61,45 @@ acc row_logsumexp(const acc* s, int64_t n, acc scale) {
 }
 
 // Column statistics of one tile (rows x n, row stride n) merged into the running
-// per-column max cm and sum of exp(L - cm) cs. `first`: cm/cs are not set yet.
+// per-column max cm and sum of exp(L - cm) cs. `first`: cm/cs are not set yet. Each
+// task owns a chunk of columns and walks the tile row by row (contiguous reads).
 template <typename acc>
 void merge_column_stats(const acc* s, int64_t rows, int64_t n, acc scale, bool first, acc* cm,
                         acc* cs) {
-  constexpr int64_t W = V<acc>::size();
-  const int64_t blocks = (n + W - 1) / W;
-  const V<acc> vs(scale);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, 8192 / std::max<int64_t>(rows, 1)),
-                   [&](int64_t b0, int64_t b1) {
+  constexpr int64_t W = V<acc>::size(), kChunk = 64 * W;
+  const acc ninf = -std::numeric_limits<acc>::infinity();
+  const V<acc> vs(scale), vninf(ninf), zero(0);
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t b0, int64_t b1) {
+    V<acc> tm[kChunk / W], ts[kChunk / W];
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t j = b * W, w = std::min(W, n - j);
-      V<acc> tm(-std::numeric_limits<acc>::infinity()), ts(0);
-      for (int64_t r = 0; r < rows; ++r) tm = at::vec::maximum(tm, V<acc>::loadu(s + r * n + j, w) * vs);
-      // Columns whose tile max is -inf (only -inf logits) would give exp(-inf + inf).
-      const V<acc> shift = V<acc>::blendv(tm, V<acc>(0), tm == V<acc>(-std::numeric_limits<acc>::infinity()));
-      for (int64_t r = 0; r < rows; ++r) ts += (V<acc>::loadu(s + r * n + j, w) * vs - shift).exp();
-      if (first) {
-        tm.store(cm + j, w);
-        ts.store(cs + j, w);
-        continue;
+      const int64_t j0 = b * kChunk, w = std::min(kChunk, n - j0), nv = (w + W - 1) / W;
+      auto load = [&](int64_t r, int64_t k) {  // lanes past the chunk load zeros (dropped)
+        const int64_t j = j0 + k * W;
+        return V<acc>::loadu(s + r * n + j, std::min(W, n - j)) * vs;
+      };
+      for (int64_t k = 0; k < nv; ++k) tm[k] = vninf;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < nv; ++k) tm[k] = at::vec::maximum(tm[k], load(r, k));
+      // Columns whose tile max is -inf (only -inf logits) get a zero shift: no -inf + inf.
+      for (int64_t k = 0; k < nv; ++k) {
+        tm[k] = V<acc>::blendv(tm[k], zero, tm[k] == vninf);
+        ts[k] = zero;
       }
-      const V<acc> om = V<acc>::loadu(cm + j, w), os = V<acc>::loadu(cs + j, w);
-      const V<acc> nm = at::vec::maximum(om, tm);
-      const V<acc> inf(-std::numeric_limits<acc>::infinity());
-      const V<acc> safe = V<acc>::blendv(nm, V<acc>(0), nm == inf);
-      const V<acc> ns = os * (om - safe).exp() + ts * (shift - safe).exp();
-      nm.store(cm + j, w);
-      ns.store(cs + j, w);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < nv; ++k) ts[k] += (load(r, k) - tm[k]).exp();
+      for (int64_t k = 0; k < nv; ++k) {
+        const int64_t j = j0 + k * W, wk = std::min(W, n - j);
+        if (first) {
+          tm[k].store(cm + j, wk);
+          ts[k].store(cs + j, wk);
+          continue;
+        }
+        const V<acc> om = V<acc>::loadu(cm + j, wk), os = V<acc>::loadu(cs + j, wk);
+        const V<acc> nm = at::vec::maximum(om, tm[k]);
+        const V<acc> safe = V<acc>::blendv(nm, zero, nm == vninf);
+        (os * (om - safe).exp() + ts[k] * (tm[k] - safe).exp()).store(cs + j, wk);
+        nm.store(cm + j, wk);
+      }
     }
   });
 }
