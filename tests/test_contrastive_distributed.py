@@ -432,3 +432,19 @@ def test_ring_fused_tiles_float32_single_process(backend):
     for x, y, what in zip(ours[:3], ref_leaves[:3], ("image grad", "text grad", "logit_scale grad")):
         check_close(x.grad, y.grad, torch.float32, what)
     check_bias_grad(ours[3].grad, ref_leaves[3].grad, torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["gather", "ring"])
+def test_non_contiguous_features(mode):
+    img, txt, scale, _ = global_inputs(9, 2)
+    strided = [x.T.contiguous().T for x in (img, txt)]  # same values, column-major
+    ours = leaves(*strided, scale)
+    assert not ours[0].is_contiguous() and not ours[1].is_contiguous()
+    out = InfoNCELoss(mode=mode)(*ours)
+    out.backward()
+    ref_leaves = leaves(img, txt, scale)
+    ref = global_loss(*ref_leaves)
+    ref.backward()
+    check_close(out, ref, torch.float64, "loss")
+    for x, y in zip(ours, ref_leaves):
+        check_close(x.grad, y.grad, torch.float64, "grad")
