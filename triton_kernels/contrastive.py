@@ -77,7 +77,7 @@ def lse_kernel(A, B, LAB, SCALE, LSE, POS, NA, NB, D, s_a, s_b,
 def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_B, W_A, W_B, W_POS, DA, DSCALE, NA, NB, D, s_a, s_b,
                 USE_A: tl.constexpr, USE_B: tl.constexpr, LABELS_ON_A: tl.constexpr, WITH_DSCALE: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     """DA[a, d-block] = scale * sum_b G[a, b] B[b, d-block], with
         G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [pair (a, b)] W_POS[pair],
     pairs (a, LAB[a]) when LABELS_ON_A, else (LAB[b], b); the W_POS of a pair is indexed
@@ -122,9 +122,10 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_B, W_A, W_B, W_POS, DA, DSCALE, NA,
         bt = tl.load(pb, mask=cmask[:, None] & (dk[None, :] < D), other=0.0)
         if UPCAST:
             bt = bt.to(tl.float32)
-        # half inputs: G is rounded to their dtype for the tensor-core product (as the
-        # flash-attention backward does); float32/float64 keep it as is
-        acc = tl.dot(g.to(bt.dtype), bt, acc, input_precision=PRECISION, out_dtype=ACC)
+        if GRAD_F32:  # float16: G's small entries (~1/N) would underflow; TF32 keeps the range
+            acc = tl.dot(g, bt.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
+        else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
+            acc = tl.dot(g.to(bt.dtype), bt, acc, input_precision=PRECISION, out_dtype=ACC)
     pda = DA + rows.to(tl.int64)[:, None] * D + dk[None, :]
     tl.store(pda, (acc * scale).to(DA.dtype.element_ty), mask=rmask[:, None] & (dk[None, :] < D))
     if WITH_DSCALE:
@@ -209,5 +210,6 @@ def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, labels_on_a: b
         a, b, labels, scale, lse_a if w_a is not None else da, lse_b if w_b is not None else da,
         w_a if w_a is not None else da, w_b if w_b is not None else da, w_pos, da, parts, NA, NB, D,
         a.stride(0), b.stride(0), USE_A=w_a is not None, USE_B=w_b is not None, LABELS_ON_A=labels_on_a,
-        WITH_DSCALE=with_dscale, BLOCK_DO=block_do, **cm, **blocks)
+        WITH_DSCALE=with_dscale, GRAD_F32=a.dtype == torch.float16,
+        GRAD_PRECISION="ieee" if on_cpu else "tf32", BLOCK_DO=block_do, **cm, **blocks)
     return da, (parts.sum() if with_dscale else None)

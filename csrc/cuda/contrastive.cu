@@ -8,7 +8,8 @@
 //             col_stats_kernel (thread per column: tile max and sum of exp merged into
 //             running per-column stats); finalize_kernel turns the stats into losses;
 //   backward: grad_kernel overwrites the recomputed tile with scale * dLoss/dL (rounded
-//             to the input dtype for half inputs, as the flash-attention backward does)
+//             to bf16 for bf16 inputs, as the flash-attention backward does; float32
+//             for float16, whose range would flush its small entries)
 //             and per-row shares of d(scale); then dI = G T and dT += G^T I (cuBLAS).
 // Every sum has a fixed order (block reductions, per-row partials summed by at::sum):
 // deterministic. Labels are not range-checked on the device (that needs a host sync):
@@ -242,7 +243,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
   const auto labels = labels_.contiguous();
   const int64_t N = img.size(0), M = txt.size(0), R = tile_rows(N, M);
   const auto dtype = img.scalar_type(), acc_type = at::toOpMathType(dtype);
-  const bool half = dtype != acc_type;
+  // G (scale * dLoss/dL) is rounded to bf16 for the tensor-core gradient products; bf16
+  // keeps float32's exponent range. float16 would flush the small entries of G (they
+  // scale like 1/N) to subnormals, so for float16 G stays float32 and so do the products.
+  const bool g_bf16 = dtype == at::kBFloat16, g_f32_from_half = dtype == at::kHalf;
   const auto opts = img.options().dtype(acc_type);
   const auto grad = grad_.to(acc_type).contiguous();
   const auto row_lse = row_lse_.to(acc_type).contiguous(), col_lse = col_lse_.to(acc_type).contiguous();
@@ -250,11 +254,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
   const auto I = normalize ? normalize_rows(I0, kNormalizeEps) : I0;
   const auto T = normalize ? normalize_rows(T0, kNormalizeEps) : T0;
   const auto scale = logit_scale.to(acc_type).reshape({1});
+  const auto Tg = g_f32_from_half ? T.to(acc_type) : T;  // operand of dI = G T
   auto dI = at::empty_like(I);
   auto dT_acc = at::zeros({M, T.size(1)}, opts);
   auto dscale_rows = at::empty({N}, opts);
   auto tile = at::empty({R, M}, opts);
-  auto gtile = half ? at::empty({R, M}, img.options()) : tile;
+  auto gtile = g_bf16 ? at::empty({R, M}, img.options()) : tile;
   const auto c = symmetric ? at::empty({M}, opts) : at::empty({0}, opts);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_backward_cuda", [&] {
@@ -279,21 +284,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
             symmetric ? col_lse.const_data_ptr<acc>() : nullptr, dscale_rows.data_ptr<acc>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      if (dtype == at::kHalf) {
-        launch(G.data_ptr<at::Half>());
-      } else if (dtype == at::kBFloat16) {
+      if (g_bf16) {
         launch(G.data_ptr<at::BFloat16>());
       } else {
         launch(G.data_ptr<acc>());  // G is S: overwritten in place
       }
       auto dIr = dI.narrow(0, r0, rows);
-      at::mm_out(dIr, G, T);  // half: float32 accumulation, one rounding to the input dtype
-      if (half) {
+      if (G.scalar_type() == dI.scalar_type()) {
+        at::mm_out(dIr, G, Tg);  // bf16: float32 accumulation, one rounding to bf16
+      } else {
+        dIr.copy_(at::mm(G, Tg));  // float16 inputs: float32 product, then rounded
+      }
+      if (g_bf16) {
         auto part = at::empty({M, T.size(1)}, opts);
         mm_acc_out(part, G.t(), Ir);
         dT_acc.add_(part);
       } else {
-        dT_acc.addmm_(G.t(), Ir);
+        dT_acc.addmm_(G.t(), g_f32_from_half ? Ir.to(acc_type) : Ir);
       }
     }
   });
