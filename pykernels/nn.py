@@ -187,3 +187,92 @@ class SoftTargetCrossEntropy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
+# ----------------------------------------------------------------------------- contrastive
+import functools  # noqa: E402  (each family's section brings its own imports)
+
+import torch  # noqa: E402
+
+from . import _checks  # noqa: E402
+from . import distributed as _distributed  # noqa: E402
+from .ops import contrastive as _contrastive_ops  # noqa: E402
+
+
+class ClipLoss(nn.Module):
+    """Drop-in for open_clip's ClipLoss (same constructor, forward and numbers in every
+    mode), computed with the fused pykernels.info_nce_loss.
+
+    world_size > 1 gathers the features from every rank of the default process group
+    (``rank``/``world_size`` as open_clip takes them). local_loss=False: every rank
+    computes the global loss, the gathered features being constants except its own
+    slot. local_loss=True: each rank scores its n images against all texts and its n
+    texts against all images, with the positives at rank * n + arange(n), each
+    direction averaged over its n rows. gather_with_grad=True: the gathered features
+    carry gradients back to their owners, summed over ranks (torch.distributed.nn.all_gather).
+    """
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
+                 rank: int = 0, world_size: int = 1, *, backend: str | None = None):
+        super().__init__()
+        self.local_loss, self.gather_with_grad, self.cache_labels = local_loss, gather_with_grad, cache_labels
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.prev_num_logits = 0  # open_clip's label cache
+        self.labels: dict = {}
+
+    def get_ground_truth(self, device, num_logits: int) -> Tensor:
+        """The positives' column indices for this rank's rows (cached per device when cache_labels)."""
+        if self.prev_num_logits == num_logits and device in self.labels:
+            return self.labels[device]
+        labels = torch.arange(num_logits, device=device, dtype=torch.long)
+        if self.world_size > 1 and self.local_loss:
+            labels = labels + num_logits * self.rank
+        if self.cache_labels:
+            self.labels[device], self.prev_num_logits = labels, num_logits
+        return labels
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Tensor | None = None, output_dict: bool = False):
+        loss_fn = functools.partial(_contrastive_ops.info_nce_loss, logit_bias=logit_bias, backend=self.backend)
+        if self.world_size > 1:
+            all_image, all_text = _distributed.gather_features(
+                image_features, text_features, self.local_loss, self.gather_with_grad, self.rank, self.world_size)
+            if self.local_loss:
+                labels = self.get_ground_truth(image_features.device, image_features.shape[0])
+                loss = (loss_fn(image_features, all_text, logit_scale, labels=labels, symmetric=False)
+                        + loss_fn(text_features, all_image, logit_scale, labels=labels, symmetric=False)) / 2
+            else:
+                loss = loss_fn(all_image, all_text, logit_scale)
+        else:
+            loss = loss_fn(image_features, text_features, logit_scale)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return (f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
+                f"rank={self.rank}, world_size={self.world_size}")
+
+
+class InfoNCELoss(nn.Module):
+    """The global-batch InfoNCE loss for data-parallel training: each rank passes its
+    local [n, D] image and text features; the loss and every gradient (features,
+    logit_scale, logit_bias) equal what one process computes on the whole batch.
+    mode="gather" all-gathers the features; mode="ring" passes blocks between ring
+    neighbours so no rank holds the whole batch. See pykernels.distributed."""
+
+    def __init__(self, process_group=None, mode: str = "gather", *, symmetric: bool = True,
+                 normalize: bool = False, reduction: str = "mean", check_sizes: bool = True,
+                 chunk_size: int = 1024, backend: str | None = None):
+        super().__init__()
+        _checks.choice("pykernels.nn.InfoNCELoss", "mode", mode, _distributed.MODES)
+        _checks.choice("pykernels.nn.InfoNCELoss", "reduction", reduction, _distributed.REDUCTIONS)
+        self.process_group, self.mode = process_group, mode
+        self.symmetric, self.normalize, self.reduction = symmetric, normalize, reduction
+        self.check_sizes, self.chunk_size, self.backend = check_sizes, chunk_size, backend
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Tensor | None = None) -> Tensor:
+        return _distributed.info_nce_loss(
+            image_features, text_features, logit_scale, logit_bias=logit_bias, process_group=self.process_group,
+            mode=self.mode, symmetric=self.symmetric, normalize=self.normalize, reduction=self.reduction,
+            check_sizes=self.check_sizes, chunk_size=self.chunk_size, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}"

@@ -1,0 +1,461 @@
+"""The InfoNCE / CLIP loss over a data-parallel batch on torch.distributed.
+
+Every rank holds its local image and text features, ``[n, D]`` each, rows in the same
+order; the global batch is the concatenation over ranks in rank order (N = W * n) and
+the positive of global image i is global text i. ``info_nce_loss`` returns, on every
+rank, the loss one process would compute on the global batch, and its backward gives
+every rank exactly the gradient of that global loss with respect to the rank's own
+features, and the global gradient of ``logit_scale`` / ``logit_bias``.
+
+Two ways to get there:
+
+``mode="gather"``
+    all-gather both feature sets (O(N * D) per rank), then each rank computes its share
+    of the loss with the fused ``pykernels.info_nce_loss`` on local-vs-global blocks:
+    its n image rows against all N texts and its n text rows against all N images
+    (2 * n * N * D multiply-adds, never an [N, N] matrix). The partial losses are
+    summed with an all-reduce; in the backward the gradients of the gathered features
+    are summed back to their owners (reduce-scatter) and the ``logit_scale`` gradient
+    is all-reduced.
+
+``mode="ring"``
+    no rank ever gathers the batch. Text blocks travel around the ring of ranks with
+    point-to-point send/recv; each rank scores its image rows against the block in
+    hand, keeping running row log-sum-exps for its rows, while the block carries the
+    running column log-sum-exp of its own columns with it. The backward is a second
+    ring pass in which the travelling block also carries the accumulating gradient of
+    those text features. The per-tile work runs in the fused op's kernels (cpu, cuda,
+    triton: no [n, n] tile is stored) or, on the reference backend, in chunked PyTorch.
+    Memory per rank: its own blocks, the travelling block in use and the one arriving,
+    plus the gradient accumulators in the backward: O(n * D), independent of W.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _checks, backends
+from .ops._registry import op as _op
+from .ops.contrastive import info_nce_loss as _fused  # the single-process fused op
+
+MODES = ("gather", "ring")
+REDUCTIONS = ("mean", "sum")
+NORMALIZE_EPS = 1e-12  # F.normalize's rule, the same as the fused op's normalize=True
+_FN = "pykernels.distributed.info_nce_loss"
+
+
+# ----------------------------------------------------------------------------- groups
+def group_rank_and_size(group=None) -> tuple[int, int]:
+    """(rank, world size) in `group`; (0, 1) when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise RuntimeError(f"{_FN}: a process_group was given but torch.distributed is not initialised")
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _global_rank(group, group_rank: int) -> int:
+    """Point-to-point ops name peers by their rank in the default group."""
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+# ----------------------------------------------------------------------------- collectives with autograd
+class _AllGather(torch.autograd.Function):
+    """cat of every rank's tensor along dim 0. Backward: each rank gets the sum over ranks
+    of the gradient of its own slice (as torch.distributed.nn.all_gather)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        rank, world = group_rank_and_size(group)
+        ctx.rank, ctx.world = rank, world
+        out = x.new_empty((world * x.shape[0],) + tuple(x.shape[1:]))
+        dist.all_gather(list(out.chunk(world)), x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous()
+        if dist.get_backend(ctx.group) == dist.Backend.NCCL:
+            part = grad.new_empty(grad.shape[0] // ctx.world, *grad.shape[1:])
+            dist.reduce_scatter(part, list(grad.chunk(ctx.world)), group=ctx.group)
+            return part, None
+        # gloo has no reduce-scatter: all-reduce the whole gradient, keep our slice
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.chunk(ctx.world)[ctx.rank].clone(), None
+
+
+class _AllReduceGrad(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over ranks (a parameter shared by
+    every rank's partial loss gets the gradient of the sum of the partials)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks forward; identity backward (every rank back-propagates the same
+    upstream gradient into its own partial)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def all_gather_with_grad(x: Tensor, group=None) -> Tensor:
+    """[n, ...] on every rank -> [W * n, ...]; gradients are summed back to their owners."""
+    return _AllGather.apply(x, group)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction):
+    _checks.choice(_FN, "mode", mode, MODES)
+    _checks.choice(_FN, "reduction", reduction, REDUCTIONS)
+    _checks.tensor(_FN, "image_features", image_features)
+    _checks.tensor(_FN, "text_features", text_features)
+    _checks.tensor(_FN, "logit_scale", logit_scale)
+    for name, x in (("image_features", image_features), ("text_features", text_features)):
+        if x.dim() != 2:
+            raise ValueError(f"{_FN}: argument '{name}' must be [n, D], got shape {tuple(x.shape)}")
+    if logit_scale.numel() != 1 or logit_scale.dim() > 1:
+        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
+                         f"got shape {tuple(logit_scale.shape)}")
+    named = [("image_features", image_features), ("text_features", text_features), ("logit_scale", logit_scale)]
+    if logit_bias is not None:
+        _checks.tensor(_FN, "logit_bias", logit_bias)
+        if logit_bias.numel() != 1 or logit_bias.dim() > 1:
+            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] or [1]), "
+                             f"got shape {tuple(logit_bias.shape)}")
+        named.append(("logit_bias", logit_bias))
+    _checks.same_device(_FN, *named)
+    _checks.same_dtype(_FN, *named[:2])
+
+
+def _check_sizes_across_ranks(image_features, text_features, group, world):
+    """Every rank must hold [n, D] image and text blocks with the same n and D. One tiny
+    all-gather of the shapes (a host sync); every rank raises the same error, so a bad
+    rank cannot leave the others waiting in a collective."""
+    mine = torch.tensor([*image_features.shape, *text_features.shape], dtype=torch.int64,
+                        device=image_features.device)
+    every = mine.new_empty(world, 4)
+    dist.all_gather(list(every.unbind(0)), mine, group=group)
+    shapes = [tuple(r) for r in every.tolist()]
+    if any(s != shapes[0] for s in shapes) or shapes[0][0] != shapes[0][2] or shapes[0][1] != shapes[0][3]:
+        raise ValueError(
+            f"{_FN}: every rank must pass image_features and text_features of one shape [n, D] "
+            f"(same n and D on all ranks); got (image shape, text shape) per rank: "
+            f"{[(s[:2], s[2:]) for s in shapes]}"
+        )
+
+
+# ----------------------------------------------------------------------------- gather mode
+def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, backend):
+    n = img.shape[0]
+    scale = _AllReduceGrad.apply(scale, group)
+    bias = None if bias is None else _AllReduceGrad.apply(bias, group)
+    labels = torch.arange(rank * n, (rank + 1) * n, device=img.device)
+    common = dict(labels=labels, logit_bias=bias, symmetric=False, normalize=normalize,
+                  reduction="sum", backend=backend)
+    partial = _fused(img, all_gather_with_grad(txt, group), scale, **common)  # our rows
+    if symmetric:  # our text columns, scored over every image
+        partial = (partial + _fused(txt, all_gather_with_grad(img, group), scale, **common)) / 2
+    if reduction == "mean":
+        partial = partial / (world * n)
+    return _AllReduceSum.apply(partial, group)
+
+
+# ----------------------------------------------------------------------------- ring mode
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_TAG_BLOCK, _TAG_LSE, _TAG_GRAD = 10, 20, 30
+
+
+class _Ring:
+    """Point-to-point exchange with the ring neighbours: send to rank + 1, receive from
+    rank - 1 (batched, so NCCL runs each step's sends and receives as one group)."""
+
+    def __init__(self, group, rank, world):
+        self.group = group
+        self.next = _global_rank(group, (rank + 1) % world)
+        self.prev = _global_rank(group, (rank - 1) % world)
+
+    def start(self, tensors: list[Tensor], tag: int, pending: list) -> list[Tensor]:
+        """Post sends of `tensors` and receives of same-shaped ones, which are returned.
+        Each message kind has its own tag so that messages in flight at the same time
+        cannot be matched with one another. `pending` keeps the sent tensors alive until
+        `finish`."""
+        received = [torch.empty_like(t) for t in tensors]
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(tensors)]
+        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i) for i, r in enumerate(received)]
+        pending.append((dist.batch_isend_irecv(ops), tensors))
+        return received
+
+    @staticmethod
+    def finish(pending: list) -> None:
+        """Wait for the exchanges, then drop the sent tensors (a block we sent must not
+        stay alive into the next step: that would be a third travelling block)."""
+        for works, _ in pending:
+            for w in works:
+                w.wait()
+        pending.clear()
+
+
+class _Tile:
+    """The two things a ring step needs from one tile (my n image rows x one text block):
+    its row and column log-sum-exps, and, given the global ones, the gradient of the
+    dense (softmax) part of the loss. On cpu / cuda / triton the fused op's kernels do
+    the O(n^2 D) work without materialising the tile; on `reference` it is chunked
+    PyTorch ([chunk, n] logits at a time). Logits here carry no logit_bias: a constant
+    shift cancels in every log-softmax."""
+
+    def __init__(self, kernel: str | None, symmetric: bool, chunk: int):
+        self.kernel, self.symmetric, self.chunk = kernel, symmetric, chunk
+
+    def _labels(self, img):  # any in-range labels: the positives are handled by the caller
+        return torch.arange(img.shape[0], device=img.device)
+
+    def lse(self, img, blk, scale):
+        """(row LSE [n], column LSE [m] or None) of scale * img @ blk^T, accumulation dtype."""
+        if self.kernel is not None:
+            _, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric, False)
+            return row, (col if self.symmetric else None)
+        row, col = [], None
+        for _, _, logits in self._chunks(img, blk, scale):
+            row.append(torch.logsumexp(logits, 1))
+            if self.symmetric:
+                part = torch.logsumexp(logits, 0)
+                col = part if col is None else torch.logaddexp(col, part)
+        return torch.cat(row), col
+
+    def grad(self, img, blk, scale, row_lse, col_lse, a, c):
+        """d/d(img, blk, scale) of sum_ij (a exp(L_ij - row_lse_i) + c exp(L_ij - col_lse_j)) * L_ij
+        with the LSEs held constant, i.e. the softmax part of the cross-entropy gradient
+        (c = None: rows only). Returns (d_img, d_blk, d_scale) in the accumulation dtype."""
+        acc = _acc(img.dtype)
+        s = scale.detach().to(acc).reshape(())
+        if self.kernel is not None:
+            n = img.shape[0]
+            weights = [a.expand(n)] + ([c.expand(n)] if self.symmetric else [])
+            empty = row_lse.new_empty(0)
+            d_img, d_blk, d_scale = _op("info_nce_loss_backward", self.kernel)(
+                torch.stack(weights), img, blk, scale, self._labels(img), row_lse,
+                col_lse if self.symmetric else empty, self.symmetric, False)
+            # the op also took the positive pairs (i, i) of this tile: give them back
+            w_pos = a + c if self.symmetric else a
+            i, t = img.to(acc), blk.to(acc)
+            d_img = d_img.to(acc).addcmul_(t, s * w_pos)
+            d_blk = d_blk.to(acc).addcmul_(i, s * w_pos)
+            return d_img, d_blk, d_scale.to(acc).reshape(()) + w_pos * _row_dots(i, t).sum()
+        t = blk.to(acc)
+        d_img = torch.zeros(img.shape, dtype=acc, device=img.device)
+        d_blk = torch.zeros(blk.shape, dtype=acc, device=blk.device)
+        d_scale = torch.zeros((), dtype=acc, device=img.device)
+        for rows, raw, logits in self._chunks(img, t, s):
+            g = a * torch.exp(logits - row_lse[rows, None])
+            if c is not None:
+                g = g + c * torch.exp(logits - col_lse[None, :])
+            d_scale += (g * raw).sum()
+            g = g * s  # d loss / d raw dot products, [chunk, m]
+            d_img[rows] = g @ t
+            d_blk.addmm_(g.T, img[rows].to(acc))  # in place: no [m, D] temporary
+        return d_img, d_blk, d_scale
+
+    def _chunks(self, img, blk, scale):
+        """Row chunks of the tile: (rows, raw dot products, logits), [chunk, m] each."""
+        acc = _acc(img.dtype)
+        s = scale.detach().to(acc).reshape(())
+        t = blk.to(acc)
+        for i0 in range(0, img.shape[0], self.chunk):
+            rows = slice(i0, min(i0 + self.chunk, img.shape[0]))
+            raw = img[rows].to(acc) @ t.T
+            yield rows, raw, raw * s
+
+
+def _no_autocast(fn):
+    """The ring's tile math chooses its own precision (fp32 accumulation): an enclosing
+    autocast region must not turn its matmuls into bf16 ones."""
+    @functools.wraps(fn)
+    def run(ctx, first, *args):
+        with torch.autocast(device_type=first.device.type, enabled=False):
+            return fn(ctx, first, *args)
+    return run
+
+
+class _RingInfoNCE(torch.autograd.Function):
+    """Forward: W steps; at step k this rank holds the text block of rank - k (its own at
+    k = 0) and folds the tile (my images x that block) into the running row LSE of my
+    rows and the running column LSE that travels with the block. Backward: the same
+    ring again, the block now travelling with its (complete) column LSE and the
+    accumulator of its gradient, which arrives home complete."""
+
+    @staticmethod
+    @_no_autocast
+    def forward(ctx, img, txt, scale, group, rank, world, symmetric, reduction, tile):
+        ring = _Ring(group, rank, world)
+        block, row_lse, col_lse, pending = txt.contiguous(), None, None, []
+        for k in range(world):
+            # send the block in hand on while we work on it
+            incoming = ring.start([block], _TAG_BLOCK, pending) if k < world - 1 else None
+            rows, cols = tile.lse(img, block, scale)
+            row_lse = rows if k == 0 else torch.logaddexp(row_lse, rows)
+            if symmetric:  # col_lse: the running column LSE that came with this block
+                col_lse = cols if k == 0 else torch.logaddexp(col_lse, cols)
+                if world > 1:  # it goes on with the block (the last hop: home)
+                    (col_lse,) = ring.start([col_lse], _TAG_LSE, pending)
+            ring.finish(pending)
+            if incoming is not None:
+                (block,) = incoming
+        pos = _positive_logits(img, txt, scale)
+        w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
+        partial = w_row * (row_lse - pos).sum()
+        if symmetric:
+            partial = partial + w_col * (col_lse - pos).sum()
+        if world > 1:
+            dist.all_reduce(partial, group=group)
+        ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
+        ctx.cfg = (group, rank, world, symmetric, reduction, tile)
+        return partial
+
+    @staticmethod
+    @_no_autocast
+    def backward(ctx, grad):
+        img, txt, scale, row_lse, col_lse = ctx.saved_tensors
+        group, rank, world, symmetric, reduction, tile = ctx.cfg
+        acc = _acc(img.dtype)
+        s = scale.detach().to(acc).reshape(())
+        w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
+        a = grad.to(acc) * w_row                         # d loss / d (row i's CE)
+        c = grad.to(acc) * w_col if symmetric else None  # d loss / d (column j's CE)
+        ring = _Ring(group, rank, world)
+        block, block_lse = txt.contiguous(), (col_lse if symmetric else None)
+        d_img = d_block = d_scale = None
+        pending = []
+        for k in range(world):
+            # the block and its column LSE are read-only: send them on while we work
+            incoming = None
+            if k < world - 1:
+                incoming = ring.start([block, block_lse] if symmetric else [block], _TAG_BLOCK, pending)
+            gi, gb, gs = tile.grad(img, block, scale, row_lse, block_lse, a, c)
+            d_img = gi if d_img is None else d_img.add_(gi)
+            d_scale = gs if d_scale is None else d_scale + gs
+            d_block = gb if d_block is None else d_block.add_(gb)
+            del gi, gb
+            if world > 1:  # the block's gradient accumulator follows it (the last hop: home)
+                (d_block,) = ring.start([d_block], _TAG_GRAD, pending)
+            ring.finish(pending)
+            if incoming is not None:
+                block, block_lse = incoming if symmetric else (incoming[0], None)
+        # the positive pairs (i, i): all on this rank
+        w_pos = a + c if symmetric else a
+        d_img.addcmul_(txt.to(acc), -s * w_pos)  # in place: no [n, D] temporaries
+        d_txt = d_block.addcmul_(img.to(acc), -s * w_pos)
+        d_scale = d_scale - w_pos * _row_dots(img.to(acc), txt.to(acc)).sum()
+        if world > 1:
+            dist.all_reduce(d_scale, group=group)
+        return (d_img.to(img.dtype), d_txt.to(txt.dtype), d_scale.reshape(scale.shape).to(scale.dtype),
+                None, None, None, None, None, None)
+
+
+def _row_dots(x: Tensor, y: Tensor) -> Tensor:
+    """[n] dot products of matching rows, without an [n, D] product temporary."""
+    return torch.bmm(x[:, None, :], y[:, :, None]).reshape(-1)
+
+
+def _positive_logits(img, txt, scale):
+    acc = _acc(img.dtype)
+    return _row_dots(img.to(acc), txt.to(acc)) * scale.detach().to(acc).reshape(())
+
+
+def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]:
+    """Weights of each row's and each column's cross entropy in the loss."""
+    w = 1.0 / total if reduction == "mean" else 1.0
+    return (w / 2, w / 2) if symmetric else (w, 0.0)
+
+
+def _normalize(x: Tensor) -> Tensor:
+    x = x.to(_acc(x.dtype))
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
+
+
+# ----------------------------------------------------------------------------- public
+def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
+                  logit_bias: Tensor | None = None, process_group=None, mode: str = "gather",
+                  symmetric: bool = True, normalize: bool = False, reduction: str = "mean",
+                  check_sizes: bool = True, chunk_size: int = 1024,
+                  backend: str | None = None) -> Tensor:
+    """The global-batch InfoNCE loss from per-rank blocks (see the module docstring).
+
+    image_features, text_features: this rank's [n, D] blocks (same n and D on every rank);
+    logit_scale (and logit_bias): scalar tensors, the same on every rank. Returns the
+    global loss (float32; float64 for float64 features) on every rank. Every rank must
+    call backward with the same upstream gradient (as data-parallel training does).
+    Without an initialised process group this is the single-process fused loss.
+    check_sizes: verify with one small all-gather that all ranks agree on n and D (a
+    host sync; turn off once your shapes are known to match). backend: the fused op's
+    backend for the local work (both modes). chunk_size: rows per logit chunk of the
+    ring's PyTorch tiles (backend="reference" only).
+    """
+    _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
+    _checks.positive(_FN, "chunk_size", chunk_size)
+    rank, world = group_rank_and_size(process_group)
+    if world > 1 and check_sizes:
+        _check_sizes_across_ranks(image_features, text_features, process_group, world)
+    elif image_features.shape != text_features.shape:
+        raise ValueError(
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape [n, D], "
+            f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+    if world == 1 and mode == "gather":
+        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias, symmetric=symmetric,
+                      normalize=normalize, reduction=reduction, backend=backend)
+    if mode == "gather":
+        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group, rank, world,
+                            symmetric, normalize, reduction, backend)
+    if normalize:  # row-local, so it is done before the ring, with autograd
+        image_features, text_features = _normalize(image_features), _normalize(text_features)
+    kernel = backends.resolve(backend, image_features.device, _FN)
+    tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
+    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank, world,
+                              symmetric, reduction, tile)
+    if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
+        loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)
+    return loss
+
+
+# ----------------------------------------------------------------------------- open_clip-style gather
+def gather_features(image_features: Tensor, text_features: Tensor, local_loss: bool = False,
+                    gather_with_grad: bool = False, rank: int = 0, world_size: int = 1, group=None):
+    """open_clip's feature gathering, with its gradient rules: with gather_with_grad the
+    gathered tensors carry gradients back to their owners (summed over ranks); without,
+    they are constants, except that for the global (not local) loss this rank's own slot
+    is its live tensor."""
+    if gather_with_grad:
+        return all_gather_with_grad(image_features, group), all_gather_with_grad(text_features, group)
+    gathered = []
+    for x in (image_features, text_features):
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        if not local_loss:
+            parts[rank] = x
+        gathered.append(torch.cat(parts))
+    return tuple(gathered)
