@@ -58,11 +58,15 @@ def bench(args: list[str]) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pykernels bench")
-    ap.add_argument("families", nargs="*", choices=FAMILIES, help="default: every family")
+    # (no choices=: argparse rejects an empty list against choices on some Pythons)
+    ap.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     ap.add_argument("--device", choices=("cpu", "cuda"))
     ap.add_argument("--out", help="folder for CSV and PNG (default benchmarks/results)")
     ns = ap.parse_args(args)
+    unknown = [f for f in ns.families if f not in FAMILIES]
+    if unknown:
+        ap.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
     if not os.path.isdir(BENCH_DIR):
         print(f"benchmarks/ not found next to the package ({BENCH_DIR}); run from a source checkout", file=sys.stderr)
         return 2
