@@ -103,3 +103,31 @@ def as64(*xs):
 
 
 __all__ = ["pykernels"]
+
+
+TRITON_BACKENDS = [p for p in FUSED_BACKENDS if p.id == "triton"]
+# Backends whose public ops are traced with torch.compile(fullgraph=True): Triton only on a
+# GPU (on CPU, Inductor cannot compile Triton kernels for the interpreter).
+COMPILE_BACKENDS = ([p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
+                    + [p for p in TRITON_BACKENDS if torch.cuda.is_available()])
+
+
+def compile_backend(device: torch.device) -> str:
+    """torch.compile backend for a device: Inductor on GPU, aot_eager on CPU (traces
+    the same graphs with fakes, without codegen for the interpreter's Triton kernels)."""
+    return "inductor" if device.type == "cuda" else "aot_eager"
+
+
+def opcheck_ops(cases, backend: str) -> None:
+    """torch.library.opcheck on every (op name, args) case, for the C++ ops (cpu/cuda) or
+    their `_triton` twins. Under the Triton interpreter only the schema and autograd
+    registration checks run: the fake-tensor and AOT-dispatch checks would run the
+    interpreter on fake tensors (it reads their data); they run on a GPU."""
+    dev = backend_device(backend)
+    utils = None
+    if backend == "triton" and dev.type != "cuda":
+        utils = ("test_schema", "test_autograd_registration")
+    for name, args in cases:
+        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
+        op = getattr(torch.ops.pykernels, name + ("_triton" if backend == "triton" else ""))
+        torch.library.opcheck(op, args, test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import contrastive as ref
 
-from .helpers import (ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
+from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
+                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
                       peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
 
 # --------------------------------------------------------------------------- reference
@@ -278,33 +279,17 @@ def _opcheck_cases(dev, dtype=torch.float32):
     return cases
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
-def test_opcheck_cpp(backend):
-    dev = backend_device(backend)
-    for name, args in _opcheck_cases(torch.device("cpu")):
-        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
-        torch.library.opcheck(getattr(torch.ops.pykernels, name), args)
+@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
+def test_opcheck(backend):
+    opcheck_ops(_opcheck_cases(torch.device("cpu")), backend)
 
 
-@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id == "triton"])
-def test_opcheck_triton(backend):
-    dev = backend_device(backend)
-    # Under the interpreter only the schema and autograd-registration checks (as the
-    # cosine family): the others would run the interpreter on fake tensors.
-    utils = None if dev.type == "cuda" else ("test_schema", "test_autograd_registration")
-    for name, args in _opcheck_cases(torch.device("cpu")):
-        args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
-        torch.library.opcheck(getattr(torch.ops.pykernels, name + "_triton"), args,
-                              test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
-
-
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
-                         + [p for p in FUSED_BACKENDS if p.id == "triton" and torch.cuda.is_available()])
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
     torch._dynamo.reset()
 
-    @torch.compile(fullgraph=True, backend="inductor" if dev.type == "cuda" else "aot_eager")
+    @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(i, t, s, b, y):
         return (pk.info_nce_loss(i, t, s, logit_bias=b, backend=backend)
                 + pk.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none", backend=backend).sum())

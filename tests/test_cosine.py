@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import cosine as ref
 
-from .helpers import (ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device,
+from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
+                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device,
                       dtypes_for, grads, peak_cpu_bytes, poisoned, randn, rel_err)
 
 # --------------------------------------------------------------------------- reference
@@ -210,7 +211,7 @@ def test_pairwise_never_builds_n_m_d():
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
-@pytest.mark.parametrize("backend", backend_params_float64 := ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     x1 = randn(3, 7, dtype=torch.float64, seed=50, requires_grad=True)
     x2 = randn(3, 7, dtype=torch.float64, seed=51, requires_grad=True)
@@ -238,30 +239,17 @@ def _opcheck_cases(dev, dtype=torch.float32):
     ]
 
 
-@pytest.mark.parametrize("backend", backend_params_cpp := CPP_BACKENDS)
-def test_opcheck_cpp(backend):
-    for name, args in _opcheck_cases(backend_device(backend)):
-        torch.library.opcheck(getattr(torch.ops.pykernels, name), args)
+@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
+def test_opcheck(backend):
+    opcheck_ops(_opcheck_cases(backend_device(backend)), backend)
 
 
-@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id == "triton"])
-def test_opcheck_triton(backend):
-    dev = backend_device(backend)
-    # Under the interpreter (CPU) the fake-tensor and AOT-dispatch checks would run the
-    # interpreter on fake tensors (it reads their data); those checks run on the GPU.
-    utils = None if dev.type == "cuda" else ("test_schema", "test_autograd_registration")
-    for name, args in _opcheck_cases(dev):
-        op = getattr(torch.ops.pykernels, name + "_triton")
-        torch.library.opcheck(op, args, test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
-
-
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
-                         + [p for p in FUSED_BACKENDS if p.id == "triton" and torch.cuda.is_available()])
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
     torch._dynamo.reset()
 
-    @torch.compile(fullgraph=True, backend="inductor" if dev.type == "cuda" else "aot_eager")
+    @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(x1, x2, a, b, s, t):
         return (pk.cosine_similarity(x1, x2, backend=backend).sum()
                 + pk.pairwise_cosine_similarity(a, b, backend=backend).sum()

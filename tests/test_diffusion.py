@@ -8,7 +8,8 @@ import torch
 import pykernels as pk
 from pykernels.reference import diffusion as ref
 
-from .helpers import (ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device, dtypes_for,
+from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
+                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device, dtypes_for,
                       poisoned, randn)
 
 T = 1000
@@ -388,24 +389,12 @@ def _opcheck_cases(dev):
     ]
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
-def test_opcheck_cpp(backend):
-    for name, args in _opcheck_cases(backend_device(backend)):
-        torch.library.opcheck(getattr(torch.ops.pykernels, name), args)
+@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
+def test_opcheck(backend):
+    opcheck_ops(_opcheck_cases(backend_device(backend)), backend)
 
 
-@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id == "triton"])
-def test_opcheck_triton(backend):
-    dev = backend_device(backend)
-    # Under the interpreter the fake-tensor checks would run it on fake tensors (see test_cosine).
-    utils = None if dev.type == "cuda" else ("test_schema", "test_autograd_registration")
-    for name, args in _opcheck_cases(dev):
-        torch.library.opcheck(getattr(torch.ops.pykernels, name + "_triton"), args,
-                              test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
-
-
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
-                         + [p for p in FUSED_BACKENDS if p.id == "triton" and torch.cuda.is_available()])
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
     torch._dynamo.reset()
@@ -418,7 +407,7 @@ def test_torch_compile_fullgraph(backend):
         p2, _ = pk.ddpm_step(m, t, p1, tab, noise=z, backend=backend)
         return loss + p2.float().square().mean() + x1.float().mean()
 
-    cf = torch.compile(f, fullgraph=True, backend="inductor" if dev.type == "cuda" else "aot_eager")
+    cf = torch.compile(f, fullgraph=True, backend=compile_backend(dev))
     m, s, z = _leaves(torch.float32, dev, scale=SCALES)
     t, prev = _t(TS, dev), _t(PREV, dev)
     got, want = cf(m, s, z, t, prev), f(m, s, z, t, prev)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import distillation as ref
 
-from .helpers import (ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, assert_close, backend_device, dtypes_for,
+from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
+                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, assert_close, backend_device, dtypes_for,
                       grads, peak_cpu_bytes, poisoned, randn)
 
 
@@ -392,30 +393,17 @@ def _opcheck_cases(dev):
     ]
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS)
-def test_opcheck_cpp(backend):
-    for name, args in _opcheck_cases(backend_device(backend)):
-        torch.library.opcheck(getattr(torch.ops.pykernels, name), args)
+@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
+def test_opcheck(backend):
+    opcheck_ops(_opcheck_cases(backend_device(backend)), backend)
 
 
-@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id == "triton"])
-def test_opcheck_triton(backend):
-    dev = backend_device(backend)
-    # Under the interpreter the fake-tensor checks would run the interpreter on fake
-    # tensors (it reads their data); those checks run on the GPU.
-    utils = None if dev.type == "cuda" else ("test_schema", "test_autograd_registration")
-    for name, args in _opcheck_cases(dev):
-        op = getattr(torch.ops.pykernels, name + "_triton")
-        torch.library.opcheck(op, args, test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
-
-
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
-                         + [p for p in FUSED_BACKENDS if p.id == "triton" and torch.cuda.is_available()])
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
     torch._dynamo.reset()
 
-    @torch.compile(fullgraph=True, backend="inductor" if dev.type == "cuda" else "aot_eager")
+    @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(s, t, x, q, y):
         return (pk.distillation_loss(s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend)
                 + pk.cross_entropy(x, y, label_smoothing=0.1, backend=backend)
