@@ -117,7 +117,10 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
 def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                   beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     if beta_schedule != "linear":
-        raise NotImplementedError("the reference models use the linear schedule only")
+        # The models' independent reference covers what the models use; the library's
+        # pykernels.make_schedule has every schedule.
+        raise ValueError(f"reference_ops.make_schedule: argument 'beta_schedule' must be \"linear\", "
+                         f"got {beta_schedule!r} (use pykernels.make_schedule for the others)")
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     return torch.cumprod(1.0 - betas, dim=0)
 
