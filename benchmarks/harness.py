@@ -51,6 +51,7 @@ class Case:
     modes: tuple = ("fwd", "bwd", "fwd+bwd")
     peers: dict = field(default_factory=dict)   # name -> callable(*inputs) (optional libraries)
     bars: dict = field(default_factory=dict)    # e.g. {"eager": 2.0, "compile": 1.0}: wanted speedups of the default backend
+    peak_bar_bytes: float | None = None         # most extra memory the default backend may use (fwd+bwd)
     check_tol: float | None = None
 
 
@@ -225,6 +226,9 @@ def check_bars(rows: list[dict], cases: list[Case], device: torch.device) -> lis
                     got = r.get(f"x_vs_{peer}")
                     if got is not None:
                         lines.append(f"{'MET ' if got >= want else 'MISS'} {c.name}: {default} {got:.2f}x {peer} (bar {want}x)")
+                if c.peak_bar_bytes is not None:
+                    got, want = r["peak_MB"], c.peak_bar_bytes / 2 ** 20
+                    lines.append(f"{'MET ' if got <= want else 'MISS'} {c.name}: {default} peak {got:.1f} MB (bar {want:.1f} MB)")
     return lines
 
 

@@ -14,6 +14,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "common/cpu_capability.h"
+
 // An empty Python module: importing pykernels._C loads this library, whose static
 // initialisers register the ops below with the dispatcher. PyMODINIT_FUNC exports the
 // symbol despite -fvisibility=hidden.
@@ -34,6 +38,8 @@ bool cuda_built() {
 
 TORCH_LIBRARY(pykernels, m) {
   m.def("_cuda_built() -> bool", &cuda_built);
+  // "avx2" or "default": which build of the CPU kernels runs (common/cpu_capability.h).
+  m.def("_cpu_capability() -> str", []() -> std::string { return pykernels::cpu::cpu_capability(); });
 
   // ---------------------------------------------------------------- cosine
   // cos(x1, x2) over the last dim; each norm clamped to eps on its own, as
@@ -67,6 +73,9 @@ TORCH_LIBRARY(pykernels, m) {
         "bool grad_target) -> (Tensor, Tensor, Tensor)");
   // out[..., j] = grad[...] * x[..., j] in x's dtype: the backward of the three ops above.
   m.def("distillation_scale_grad(Tensor grad, Tensor x) -> Tensor");
+  // The same, in place on a contiguous x: the backward uses it when the saved gradient is
+  // dead afterwards (no retain_graph), so that peak memory is one gradient, not two.
+  m.def("distillation_scale_grad_(Tensor grad, Tensor(a!) x) -> ()");
 
   // ---------------------------------------------------------------- contrastive
   // Fused InfoNCE / CLIP loss, L = logit_scale * I T^T never stored. image_features

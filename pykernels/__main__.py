@@ -38,6 +38,9 @@ def info() -> None:
         except ImportError:
             archs = "unknown"
     print(f"CUDA kernels compiled: {backends.cuda_built()} (architectures: {archs})")
+    if backends.extension_loaded():
+        print(f"CPU kernels: {torch.ops.pykernels._cpu_capability()} build "
+              "(PYKERNELS_CPU_CAPABILITY=default forces the baseline one)")
     for name in backends.NAMES:
         why = backends.why_unavailable(name)
         print(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")

@@ -10,7 +10,7 @@ from pykernels.reference import distillation as ref
 
 from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
                       ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, assert_close, backend_device, dtypes_for,
-                      grads, peak_cpu_bytes, poisoned, randn)
+                      as64, grads, peak_cpu_bytes, poisoned, randn)
 
 
 def _labels(shape, V, device="cpu", seed=0, ignored=(0,)):
@@ -328,10 +328,32 @@ def test_forward_memory_is_the_gradient_plus_rows():
     grad_bytes = R * V * 4
     scratch = 4 * V * 4 * torch.get_num_threads()
     assert grad_bytes <= peak <= grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
-    # Forward + backward: the saved gradient and the returned (scaled) one, nothing else
-    # of size [rows, V] (no materialised zero gradients for the gradient outputs).
+    # Forward + backward: the saved gradient is scaled in place and returned; nothing else
+    # of size [rows, V] (no second gradient, no materialised zero gradients).
     peak = peak_cpu_bytes(lambda: torch.autograd.grad(pk.distillation_loss(s, t, temperature=2.0, backend="cpu"), [s]))
-    assert 2 * grad_bytes <= peak <= 2 * grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
+    assert grad_bytes <= peak <= grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_in_place_scaling_only_when_the_graph_is_freed(backend):
+    """The backward scales the saved gradient in place only when nothing can read it again:
+    with retain_graph every backward gives the same gradient, and a plain backward gives
+    that gradient too (upstream weights that are not 1, so a missed or double scaling shows)."""
+    dev = backend_device(backend)
+    s = randn(5, 300, device=dev, seed=95, requires_grad=True)
+    t = randn(5, 300, device=dev, seed=96, requires_grad=True)
+    w = torch.arange(1.0, 6.0, device=dev)
+    loss = pk.distillation_loss(s, t, temperature=2.0, reduction="none", backend=backend)
+    kept = [torch.autograd.grad(loss, [s, t], w, retain_graph=True) for _ in range(3)]
+    freed = torch.autograd.grad(loss, [s, t], w)
+    s64, t64 = as64(s, t)
+    want = torch.autograd.grad(pk.distillation_loss(s64, t64, temperature=2.0, reduction="none",
+                                                    backend="reference"), [s64, t64], w.double().cpu())
+    for got in kept + [freed]:
+        for g, r in zip(got, want):
+            assert_close(g, r, torch.float32, what="gradient")
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(loss, [s, t], w)
 
 
 def test_bad_labels_raise_on_cpu_tensors():
@@ -390,6 +412,7 @@ def _opcheck_cases(dev):
         ("cross_entropy", (rg(s), y, -100, 0.1, True)),
         ("soft_target_cross_entropy", (rg(s), rg(q), 2.0, True, True)),
         ("distillation_scale_grad", (g, s)),
+        ("distillation_scale_grad_", (g, s.clone())),
     ]
 
 
@@ -481,6 +504,8 @@ OPS_BAD = [
     (lambda o: o.cross_entropy(_S, _Y, -100, 1.5, False), ValueError, "'label_smoothing'"),
     (lambda o: o.soft_target_cross_entropy(_S, torch.ones(2, 4), 1.0, False, False), ValueError, "'target'"),
     (lambda o: o.distillation_scale_grad(torch.ones(3), _S), ValueError, "'grad'"),
+    (lambda o: o.distillation_scale_grad_(torch.ones(3), _S.clone()), ValueError, "'grad'"),
+    (lambda o: o.distillation_scale_grad_(torch.ones(2), torch.ones(4, 2).t()), ValueError, "'x' must be contiguous"),
 ]
 
 

@@ -10,6 +10,10 @@
 
 namespace pykernels {
 namespace cpu {
+// One namespace per CPU capability, as at::vec does: a file compiled for AVX2
+// (common/cpu_avx2_begin.h) gets its own VecIO, so no inline function here exists twice
+// under one name with two instruction sets.
+inline namespace CPU_CAPABILITY {
 
 template <typename scalar_t>
 struct VecIO {
@@ -53,5 +57,6 @@ inline int64_t row_grain(int64_t row_len) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_len, 1));
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace pykernels

@@ -3,6 +3,8 @@
 #pragma once
 #include <cmath>
 
+#include <ATen/OpMathType.h>
+
 #include "common/checks.h"
 
 namespace pykernels {
@@ -57,6 +59,13 @@ inline void check_scale_grad(const char* op, const at::Tensor& grad, const at::T
                     grad.sizes());
 }
 
+// pykernels::distillation_scale_grad_ writes over x: it must be one dense block.
+inline void check_scale_grad_inplace(const char* op, const at::Tensor& grad, const at::Tensor& x,
+                                     at::DeviceType dev) {
+  check_scale_grad(op, grad, x, dev);
+  TORCH_CHECK_VALUE(x.is_contiguous(), op, ": argument 'x' must be contiguous (it is scaled in place)");
+}
+
 // What one call computes. The three ops of the family are one kernel:
 //   distillation_loss:         teacher logits, optional labels (hard term);
 //   cross_entropy:             no teacher, labels, hard_weight = 1;
@@ -70,6 +79,28 @@ struct DistillSettings {
   bool grad_s = false;  // write the gradient w.r.t. the student logits
   bool grad_t = false;  // write the gradient w.r.t. the teacher (logits or probabilities)
 };
+
+// The inputs and outputs of one kernel call, on any device: contiguous inputs (teacher
+// and labels may be undefined), per-row losses in the accumulation dtype, and the
+// gradients the settings ask for (empty tensors otherwise).
+struct DistillCall {
+  at::Tensor s, t, labels, loss, grad_s, grad_t;
+  int64_t V = 0, rows = 0;
+};
+
+inline DistillCall distill_call(const DistillSettings& st, const at::Tensor& s, const at::Tensor& t,
+                                const at::Tensor& labels) {
+  DistillCall c;
+  c.s = s.contiguous();
+  c.t = t.defined() ? t.contiguous() : t;
+  c.labels = labels.defined() ? labels.contiguous() : labels;
+  c.loss = at::empty(c.s.sizes().slice(0, c.s.dim() - 1), c.s.options().dtype(at::toOpMathType(c.s.scalar_type())));
+  c.grad_s = st.grad_s ? at::empty_like(c.s) : at::empty({0}, c.s.options());
+  c.grad_t = st.grad_t ? at::empty_like(c.t) : at::empty({0}, c.s.options());
+  c.V = c.s.size(-1);
+  c.rows = c.loss.numel();
+  return c;
+}
 
 inline void check_distill_hparams(const char* op, double temperature, double soft_weight,
                                   double hard_weight, double beta, double label_smoothing) {

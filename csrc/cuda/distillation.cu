@@ -312,9 +312,10 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   });
 }
 
+// x and out may be the same buffer (the in-place op): no __restrict__ on them.
 template <typename scalar_t>
-__global__ void scale_grad_kernel(const acc_t<scalar_t>* __restrict__ grad, const scalar_t* __restrict__ x,
-                                  scalar_t* __restrict__ out, int64_t V) {
+__global__ void scale_grad_kernel(const acc_t<scalar_t>* __restrict__ grad, const scalar_t* x, scalar_t* out,
+                                  int64_t V) {
   using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x;
   const acc g = grad[row];
@@ -332,14 +333,9 @@ int threads_for(int64_t V) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const DistillSettings& st, const at::Tensor& s_,
                                                         const at::Tensor& t_, const at::Tensor& labels_) {
   c10::cuda::CUDAGuard guard(s_.device());
-  const auto s = s_.contiguous();
-  const auto t = t_.defined() ? t_.contiguous() : t_;
-  const auto labels = labels_.defined() ? labels_.contiguous() : labels_;
-  const auto acc_type = at::toOpMathType(s.scalar_type());
-  auto out = at::empty(s.sizes().slice(0, s.dim() - 1), s.options().dtype(acc_type));
-  auto gs = st.grad_s ? at::empty_like(s) : at::empty({0}, s.options());
-  auto gt = st.grad_t ? at::empty_like(t) : at::empty({0}, s.options());
-  const int64_t V = s.size(-1), rows = out.numel();
+  const DistillCall c = distill_call(st, s_, t_, labels_);
+  const at::Tensor &s = c.s, &t = c.t, &labels = c.labels, &out = c.loss, &gs = c.grad_s, &gt = c.grad_t;
+  const int64_t V = c.V, rows = c.rows;
   if (rows == 0) return {out, gs, gt};
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "pykernels: too many rows: ", rows);
   PK_DISPATCH_FLOATING(s.scalar_type(), "distillation_cuda", [&] {
@@ -440,13 +436,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cuda(
   return run_rows(st, logits, target, at::Tensor());
 }
 
-at::Tensor distillation_scale_grad_cuda(const at::Tensor& grad_, const at::Tensor& x_) {
-  check_scale_grad("pykernels::distillation_scale_grad", grad_, x_, at::kCUDA);
-  c10::cuda::CUDAGuard guard(x_.device());
-  const auto x = x_.contiguous();
-  auto out = at::empty_like(x);
+// out = grad * x row by row; x and out are contiguous, out may be x.
+void scale_rows(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& out) {
   const int64_t V = x.size(-1), rows = V == 0 ? 0 : x.numel() / V;
-  if (rows == 0) return out;
+  if (rows == 0) return;
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "pykernels: too many rows: ", rows);
   PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -455,7 +448,21 @@ at::Tensor distillation_scale_grad_cuda(const at::Tensor& grad_, const at::Tenso
         grad.const_data_ptr<acc>(), x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor distillation_scale_grad_cuda(const at::Tensor& grad, const at::Tensor& x_) {
+  check_scale_grad("pykernels::distillation_scale_grad", grad, x_, at::kCUDA);
+  c10::cuda::CUDAGuard guard(x_.device());
+  const auto x = x_.contiguous();
+  auto out = at::empty_like(x);
+  scale_rows(grad, x, out);
   return out;
+}
+
+void distillation_scale_grad_inplace_cuda(const at::Tensor& grad, const at::Tensor& x) {
+  check_scale_grad_inplace("pykernels::distillation_scale_grad_", grad, x, at::kCUDA);
+  c10::cuda::CUDAGuard guard(x.device());
+  scale_rows(grad, x, x);
 }
 
 }  // namespace
@@ -468,4 +475,5 @@ TORCH_LIBRARY_IMPL(pykernels, CUDA, m) {
   m.impl("cross_entropy", &cross_entropy_cuda);
   m.impl("soft_target_cross_entropy", &soft_target_cross_entropy_cuda);
   m.impl("distillation_scale_grad", &distillation_scale_grad_cuda);
+  m.impl("distillation_scale_grad_", &distillation_scale_grad_inplace_cuda);
 }

@@ -5,7 +5,10 @@ Each op returns per-row losses and, computed in the same pass over the logits, t
 gradient of each row's loss w.r.t. the inputs that need one (flags decided here from
 requires_grad, which is static under torch.compile). The autograd backward only scales
 the saved gradient by the upstream per-row gradient (pykernels::distillation_scale_grad):
-the logits are never read again. The math is in pykernels/reference/distillation.py.
+the logits are never read again. When nothing can use the saved gradient afterwards (a
+plain eager backward without retain_graph), it is scaled in place
+(pykernels::distillation_scale_grad_), so the op's extra memory is one gradient plus
+per-row values. The math is in pykernels/reference/distillation.py.
 """
 from __future__ import annotations
 
@@ -118,6 +121,20 @@ _OPS = {
 }
 
 
+def _saved_grad_is_dead(saved: Tensor) -> bool:
+    """True when this backward is the last use of `saved`: an eager backward that frees the
+    graph after it (no retain_graph / create_graph), on a real tensor (not traced)."""
+    return (not torch.compiler.is_compiling() and type(saved) is torch.Tensor
+            and not torch._C._autograd._get_current_graph_task_keep_graph())
+
+
+def _scaled_grad(backend: str, grad_rows: Tensor, saved: Tensor) -> Tensor:
+    if _saved_grad_is_dead(saved):
+        op("distillation_scale_grad_", backend)(grad_rows, saved)
+        return saved
+    return op("distillation_scale_grad", backend)(grad_rows, saved)
+
+
 def _register_autograd(name: str, backend: str) -> None:
     """loss rows -> saved gradients scaled by the upstream gradient of each row."""
     slots = _OPS[name][1]
@@ -139,7 +156,7 @@ def _register_autograd(name: str, backend: str) -> None:
             if ctx.needs_input_grad[i]:
                 if not computed:
                     raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its gradient flag was False")
-                grads[i] = op("distillation_scale_grad", backend)(grad_rows, saved[o - 1])
+                grads[i] = _scaled_grad(backend, grad_rows, saved[o - 1])
         return tuple(grads)
 
     target = f"pykernels::{name}_triton" if backend == "triton" else f"pykernels::{name}"
@@ -150,6 +167,7 @@ for _name, (_fake, _) in _OPS.items():
     if register_cpp(_name, _fake):
         _register_autograd(_name, "cpp")
 register_cpp("distillation_scale_grad", _scale_fake)
+register_cpp("distillation_scale_grad_", lambda grad, x: None)
 
 if triton_available():
     from torch.library import triton_op
@@ -194,6 +212,13 @@ if triton_available():
     @triton_op("pykernels::distillation_scale_grad_triton", mutates_args=())
     def _scale_grad_triton(grad: Tensor, x: Tensor) -> Tensor:
         return tk.scale_grad(grad, x)
+
+    @triton_op("pykernels::distillation_scale_grad__triton", mutates_args=("x",))
+    def _scale_grad_inplace_triton(grad: Tensor, x: Tensor) -> None:
+        if not x.is_contiguous():
+            raise ValueError("pykernels::distillation_scale_grad__triton: argument 'x' must be contiguous "
+                             "(it is scaled in place)")
+        tk.scale_grad(grad, x, out=x)
 
     for _name in _OPS:
         _register_autograd(_name, "triton")

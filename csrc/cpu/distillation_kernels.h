@@ -1,0 +1,330 @@
+// The CPU kernels of the distillation family, compiled once per CPU capability: included
+// by distillation.cpp (baseline flags, namespace `generic`) and by distillation_avx2.cpp
+// (AVX2 + FMA, namespace `avx2`), which define PK_DISTILL_NS first. distillation.cpp picks
+// one at run time. No include guard: each translation unit includes this once.
+//
+// One kernel serves the three ops. Each row is processed by one thread, in a fixed order
+// (deterministic), in at::vec vectors of the accumulation dtype:
+//   pass 1  row maxima of the student (and teacher) logits;
+//   pass 2  exponentials of d = (logit - rowmax) / T, their sums and the KL numerators;
+//           the exponentials go to a per-thread scratch row (O(threads * V), not [rows, V]);
+//   pass 3  (0 < beta < 1 only) log m and the two KL(. || m) terms;
+//   pass 4  the gradient of the row's loss, written in the forward so that the backward
+//           only scales it by the upstream gradient (pykernels::distillation_scale_grad).
+// Passes 2-4 re-read a row that is still in cache (V = 32000 float32: 128 KB per tensor).
+// Working in (logit - rowmax) / T keeps logits of +-1e4 with T = 0.05 finite and exact.
+#ifndef PK_DISTILL_NS
+#error "define PK_DISTILL_NS before including cpu/distillation_kernels.h"
+#endif
+
+namespace pykernels {
+namespace cpu {
+namespace PK_DISTILL_NS {
+namespace {
+
+#ifdef CPU_CAPABILITY_AVX2
+// at::vec must have been included inside the AVX2 region, not before it.
+static_assert(at::vec::Vectorized<float>::size() == 8, "the AVX2 build got baseline at::vec");
+#endif
+
+template <typename acc>
+using AccVec = at::vec::Vectorized<acc>;
+
+template <typename acc>
+inline AccVec<acc> vexp(const AccVec<acc>& x) {
+  if constexpr (std::is_same_v<acc, float>) {
+    return x.exp_u20();  // ~20 ulp: far inside the float32 tolerance, ~3x faster than exp()
+  } else {
+    return x.exp();
+  }
+}
+
+template <typename acc>
+inline acc vsum(const AccVec<acc>& v) {
+  return at::vec::vec_reduce_all<acc>([](AccVec<acc>& a, AccVec<acc>& b) { return a + b; }, v);
+}
+
+template <typename acc>
+inline acc vmax(const AccVec<acc>& v) {
+  return at::vec::vec_reduce_all<acc>(
+      [](AccVec<acc>& a, AccVec<acc>& b) { return at::vec::maximum(a, b); }, v);
+}
+
+// One row of any op of the family. Scratch: 4 rows of V accumulators owned by the thread.
+template <typename scalar_t>
+struct RowKernel {
+  using acc = acc_t<scalar_t>;
+  using IO = VecIO<scalar_t>;
+  using Vec = typename IO::Vec;
+  static constexpr int64_t W = IO::kWidth;
+
+  const DistillSettings& st;
+  const int64_t D;
+  acc *es, *et, *e1, *lm;  // exp(d_S), exp(d_T), exp(s - max) at T = 1, log m
+
+  acc T() const { return acc(st.temperature); }
+  acc invT() const { return acc(1) / acc(st.temperature); }
+  // The hard term's softmax (T = 1) is the student's when T == 1.
+  bool share1() const { return st.temperature == 1.0; }
+
+  template <typename F>
+  void chunks(F&& f, int64_t begin, int64_t end) const {
+    int64_t i = begin;
+    for (; i + W <= end; i += W) f(i, W);
+    if (i < end) f(i, end - i);
+  }
+  template <typename F>
+  void chunks(F&& f) const {
+    chunks(f, 0, D);
+  }
+  // Sums over a row: f accumulates kBlock elements into block partials, flush() adds them
+  // to the totals. Two-level summation keeps the rounding error of V = 262144 sums small.
+  static constexpr int64_t kBlock = 4096;
+  template <typename F, typename G>
+  void blocked_chunks(F&& f, G&& flush) const {
+    for (int64_t b0 = 0; b0 < D; b0 += kBlock) {
+      chunks(f, b0, std::min(D, b0 + kBlock));
+      flush();
+    }
+  }
+  template <size_t N>
+  static void add_and_clear(std::array<Vec, N>& total, std::array<Vec, N>& block) {
+    for (size_t k = 0; k < N; ++k) {
+      total[k] += block[k];
+      block[k] = Vec(0);
+    }
+  }
+  static Vec load(const scalar_t* p, int64_t n) { return n == W ? IO::load(p) : IO::load(p, n); }
+  static Vec load_acc(const acc* p, int64_t n) { return n == W ? Vec::loadu(p) : Vec::loadu(p, n); }
+  // v on the first n lanes, fill on the rest (the tail of a row).
+  static Vec keep(const Vec& v, int64_t n, acc fill = acc(0)) {
+    return n == W ? v : Vec::set(Vec(fill), v, n);
+  }
+
+  acc row_max(const scalar_t* x) const {
+    const acc ninf = -std::numeric_limits<acc>::infinity();
+    Vec m(ninf);
+    chunks([&](int64_t i, int64_t n) { m = at::vec::maximum(m, keep(load(x + i, n), n, ninf)); });
+    return vmax(m);
+  }
+
+  // Loss of one counted row; writes the gradients when gs / gt are given. y: the label
+  // (only read when st.hard).
+  acc run(const scalar_t* s, const scalar_t* t, int64_t y, scalar_t* gs, scalar_t* gt) const {
+    const acc ms = row_max(s), mt = st.soft ? row_max(t) : acc(0);
+    const Vec vms(ms), vmt(mt), vinvT(invT());
+    const bool hard1 = st.hard && !share1();
+    // pass 2
+    std::array<Vec, 8> tot, blk;
+    tot.fill(Vec(0));
+    blk.fill(Vec(0));
+    Vec &vZa = blk[0], &vZb = blk[1], &vWf = blk[2], &vWr = blk[3], &vQ = blk[4], &vWq = blk[5],
+        &vZ1 = blk[6], &vS = blk[7];
+    blocked_chunks([&](int64_t i, int64_t n) {
+      const Vec x = load(s + i, n);
+      const Vec ds = (x - vms) * vinvT;
+      const Vec e = keep(vexp(ds), n);
+      vZa += e;
+      e.store(es + i, n);
+      if (st.soft) {
+        const Vec dt = (load(t + i, n) - vmt) * vinvT;
+        const Vec f = keep(vexp(dt), n);
+        vZb += f;
+        f.store(et + i, n);
+        const Vec diff = dt - ds;
+        vWf = at::vec::fmadd(f, diff, vWf);
+        vWr = at::vec::fmadd(e, diff, vWr);  // subtracted below: sum e (ds - dt)
+      }
+      if (st.probs) {
+        const Vec q = load(t + i, n);  // zero on the tail
+        vQ += q;
+        vWq = at::vec::fmadd(q, ds, vWq);
+      }
+      if (hard1) {
+        const Vec g = keep(vexp(x - vms), n);
+        vZ1 += g;
+        g.store(e1 + i, n);
+      }
+      if (st.hard && st.label_smoothing != 0) vS += keep(x - vms, n);
+    }, [&] { add_and_clear(tot, blk); });
+    const acc Za = vsum(tot[0]), logZa = std::log(Za);
+    const acc Zb = st.soft ? vsum(tot[1]) : acc(1), logZb = std::log(Zb);
+    const acc KLf = vsum(tot[2]) / Zb - logZb + logZa;   // KL(p_T || p_S)
+    const acc KLr = -vsum(tot[3]) / Za - logZa + logZb;  // KL(p_S || p_T)
+    const acc Q = vsum(tot[4]), Wq = vsum(tot[5]);
+    const acc Z1 = hard1 ? vsum(tot[6]) : Za;
+    const bool jsd = st.soft && st.beta > 0 && st.beta < 1;
+    acc KS = 0, KT = 0;
+    if (jsd) jsd_terms(s, t, ms, mt, logZa, logZb, Za, Zb, KS, KT);
+
+    acc loss = 0;
+    if (st.soft) {
+      const acc b = acc(st.beta);
+      const acc d = st.beta == 0 ? KLf : st.beta == 1 ? KLr : b * KT + (1 - b) * KS;
+      loss += acc(st.soft_weight) * T() * T() * d;
+    }
+    if (st.probs) loss += Q * logZa - Wq;
+    const acc ls = acc(st.label_smoothing), hw = acc(st.hard_weight);
+    if (st.hard) {
+      const acc logZ1 = std::log(Z1);
+      const acc nll = logZ1 + (ms - static_cast<acc>(s[y]));
+      const acc smooth = logZ1 - vsum(tot[7]) / acc(D);
+      loss += hw * ((1 - ls) * nll + ls * smooth);
+    }
+    if (gs != nullptr || gt != nullptr) {
+      Grad g{ms, mt, Za, Zb, logZa, logZb, Z1, KLf, KLr, KS, KT, Q, jsd};
+      write_grads(s, t, y, g, gs, gt);
+    }
+    return loss;
+  }
+
+  // 0 < beta < 1: KS = KL(p_S || m), KT = KL(p_T || m), m = beta p_T + (1 - beta) p_S,
+  // log m = logaddexp(log beta + log p_T, log(1 - beta) + log p_S), stored for pass 4.
+  void jsd_terms(const scalar_t* s, const scalar_t* t, acc ms, acc mt, acc logZa, acc logZb, acc Za,
+                 acc Zb, acc& KS, acc& KT) const {
+    const Vec vms(ms), vmt(mt), vinvT(invT()), vlZa(logZa), vlZb(logZb), iZa(1 / Za), iZb(1 / Zb);
+    const Vec lb(std::log(acc(st.beta))), l1b(std::log1p(-acc(st.beta)));
+    std::array<Vec, 2> tot, blk;
+    tot.fill(Vec(0));
+    blk.fill(Vec(0));
+    Vec &vKS = blk[0], &vKT = blk[1];
+    blocked_chunks([&](int64_t i, int64_t n) {
+      const Vec lpS = (load(s + i, n) - vms) * vinvT - vlZa;
+      const Vec lpT = (load(t + i, n) - vmt) * vinvT - vlZb;
+      const Vec x1 = lpT + lb, x2 = lpS + l1b;
+      const Vec lmv = at::vec::maximum(x1, x2) + (Vec(0) - (x1 - x2).abs()).exp().log1p();
+      lmv.store(lm + i, n);
+      vKS = at::vec::fmadd(keep(load_acc(es + i, n) * iZa, n), lpS - lmv, vKS);
+      vKT = at::vec::fmadd(keep(load_acc(et + i, n) * iZb, n), lpT - lmv, vKT);
+    }, [&] { add_and_clear(tot, blk); });
+    KS = vsum(tot[0]);
+    KT = vsum(tot[1]);
+  }
+
+  struct Grad {
+    acc ms, mt, Za, Zb, logZa, logZb, Z1, KLf, KLr, KS, KT, Q;
+    bool jsd;
+  };
+
+  // pass 4: d loss / d student logits into gs, d loss / d teacher into gt.
+  void write_grads(const scalar_t* s, const scalar_t* t, int64_t y, const Grad& r, scalar_t* gs,
+                   scalar_t* gt) const {
+    const acc c = acc(st.soft_weight) * T(), b = acc(st.beta);
+    const Vec vms(r.ms), vmt(r.mt), vinvT(invT()), iZa(1 / r.Za), iZb(1 / r.Zb), iZ1(1 / r.Z1);
+    const Vec vlZa(r.logZa), vlZb(r.logZb), vc(c);
+    const acc hw = acc(st.hard_weight), ls = acc(st.label_smoothing);
+    const Vec vls(ls / acc(D)), vhw(hw);
+    const bool hard1 = st.hard && !share1();
+    chunks([&](int64_t i, int64_t n) {
+      // The logits are re-read only where a log-probability is needed: the common case
+      // (beta = 0, no teacher gradient) runs on the cached exponentials alone.
+      auto ds = [&] { return (load(s + i, n) - vms) * vinvT; };
+      auto lpT = [&] { return (load(t + i, n) - vmt) * vinvT - vlZb; };
+      const Vec pS = load_acc(es + i, n) * iZa;
+      Vec g(0), h(0);
+      if (st.soft) {
+        const Vec pT = load_acc(et + i, n) * iZb;
+        if (st.beta == 0) {  // T (p_S - p_T);  teacher: T p_T (log p_T - log p_S - KL)
+          g = vc * (pS - pT);
+          if (gt) h = vc * pT * (lpT() - (ds() - vlZa) - Vec(r.KLf));
+        } else if (st.beta == 1) {
+          g = vc * pS * ((ds() - vlZa) - lpT() - Vec(r.KLr));
+          if (gt) h = vc * (pT - pS);
+        } else {  // T (1 - beta) p_S (log p_S - log m - KS);  T beta p_T (log p_T - log m - KT)
+          const Vec lmv = load_acc(lm + i, n);
+          g = Vec(c * (1 - b)) * pS * ((ds() - vlZa) - lmv - Vec(r.KS));
+          if (gt) h = Vec(c * b) * pT * (lpT() - lmv - Vec(r.KT));
+        }
+      }
+      if (st.probs) {  // (p_S Q - q) / T;  teacher (the probabilities): -log p_S
+        g = (pS * Vec(r.Q) - load(t + i, n)) * vinvT;
+        if (gt) h = vlZa - ds();
+      }
+      if (st.hard) {  // p - ls / V - (1 - ls) [j == y]
+        const Vec p1 = hard1 ? load_acc(e1 + i, n) * iZ1 : pS;
+        g = at::vec::fmadd(vhw, p1 - vls, g);
+        if (y >= i && y < i + n) {
+          acc buf[W];
+          g.store(buf);
+          buf[y - i] -= hw * (1 - ls);
+          g = Vec::loadu(buf);
+        }
+      }
+      if (gs) IO::store(gs + i, g, n);
+      if (gt) IO::store(gt + i, h, n);
+    });
+  }
+};
+
+}  // namespace
+
+// Runs the family's kernel. student [..., V]; teacher: logits or probabilities like
+// student, or undefined; labels [...] int64 or undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const DistillSettings& st, const at::Tensor& s_,
+                                                        const at::Tensor& t_, const at::Tensor& labels_) {
+  const DistillCall c = distill_call(st, s_, t_, labels_);
+  const at::Tensor &s = c.s, &t = c.t, &labels = c.labels, &out = c.loss, &gs = c.grad_s, &gt = c.grad_t;
+  const int64_t D = c.V, rows = c.rows;
+  if (rows == 0) return {out, gs, gt};
+  PK_DISPATCH_FLOATING(s.scalar_type(), "distillation_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* ps = s.const_data_ptr<scalar_t>();
+    const scalar_t* pt = t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* pl = labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr;
+    acc* po = out.data_ptr<acc>();
+    scalar_t* pgs = st.grad_s ? gs.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgt = st.grad_t ? gt.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, rows, row_grain(D), [&](int64_t begin, int64_t end) {
+      std::vector<acc> scratch(4 * D);
+      const RowKernel<scalar_t> k{st, D, scratch.data(), scratch.data() + D, scratch.data() + 2 * D,
+                                  scratch.data() + 3 * D};
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* grow_s = pgs ? pgs + r * D : nullptr;
+        scalar_t* grow_t = pgt ? pgt + r * D : nullptr;
+        if (pl && pl[r] == st.ignore_index) {  // drops out of both terms
+          po[r] = acc(0);
+          if (grow_s) std::fill(grow_s, grow_s + D, scalar_t(0));
+          if (grow_t) std::fill(grow_t, grow_t + D, scalar_t(0));
+          continue;
+        }
+        po[r] = k.run(ps + r * D, pt ? pt + r * D : nullptr, st.hard ? pl[r] : -1, grow_s, grow_t);
+      }
+    });
+  });
+  return {out, gs, gt};
+}
+
+// out[..., j] = grad[...] * x[..., j] (0 where x is 0), in x's dtype, products in the
+// accumulation dtype. x and out are contiguous; out may be x itself.
+void scale_rows(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& out) {
+  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
+  if (rows == 0) return;
+  PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    using IO = VecIO<scalar_t>;
+    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    const acc* pg = grad.const_data_ptr<acc>();
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(D), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const typename IO::Vec k(pg[r]);
+        const scalar_t* xr = px + r * D;
+        scalar_t* orow = po + r * D;
+        const typename IO::Vec zero(0);
+        // An exact zero stays zero whatever the upstream gradient: an ignored row's gradient
+        // is 0 even when batchmean over zero counted rows sends an inf upstream.
+        auto scaled = [&](const typename IO::Vec& x) {
+          return IO::Vec::blendv(x * k, zero, x == zero);
+        };
+        int64_t i = 0;
+        for (; i + IO::kWidth <= D; i += IO::kWidth) IO::store(orow + i, scaled(IO::load(xr + i)));
+        if (i < D) IO::store(orow + i, scaled(IO::load(xr + i, D - i)), D - i);
+      }
+    });
+  });
+}
+
+}  // namespace PK_DISTILL_NS
+}  // namespace cpu
+}  // namespace pykernels
