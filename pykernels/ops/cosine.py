@@ -162,10 +162,10 @@ def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 
     b = a if b is None else b
     _check_pairwise(fn, a, b)
     chk.positive(fn, "eps", eps)
+    batch = chk.broadcast_shapes(fn, ("a", a.shape[:-2]), ("b", b.shape[:-2]))
     name = backends.resolve(backend, a.device, fn)
     if name == "reference":
         return ref.pairwise_cosine_similarity(a, b, eps)
-    batch = chk.broadcast_shapes(fn, ("a", a.shape[:-2]), ("b", b.shape[:-2]))
     (N, D), M = a.shape[-2:], b.shape[-2]
     Z = math.prod(batch)
     a3 = a.expand(*batch, N, D).reshape(Z, N, D)
