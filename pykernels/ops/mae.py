@@ -172,6 +172,7 @@ if triton_available():
         _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
         _check_rank(fn, "mask_token", mask_token, 1, f"[{x_visible.shape[2]}]")
         chk.same_dtype(fn, ("x_visible", x_visible), ("mask_token", mask_token))
+        chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
         if mask_token.shape[0] != x_visible.shape[2]:  # the kernel reads D elements of it
             raise ValueError(f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} elements (the D of "
