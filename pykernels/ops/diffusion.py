@@ -267,8 +267,9 @@ def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear"
     if beta_schedule != "squaredcos_cap_v2":
         chk.positive(fn, "beta_start", beta_start)
         chk.positive(fn, "beta_end", beta_end)
-        if not beta_end < 1:
-            raise ValueError(f"{fn}: argument 'beta_end' must be < 1, got {beta_end}")
+        for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not beta < 1:  # a beta >= 1 makes alpha = 1 - beta <= 0: a signed or NaN table
+                raise ValueError(f"{fn}: argument '{name}' must be < 1, got {beta}")
     return ref.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end)
 
 
