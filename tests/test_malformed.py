@@ -119,7 +119,7 @@ PUBLIC = {
     "masked_patch_loss": (pk.masked_patch_loss,
                           lambda d: dict(pred=f(d, 2, 4, 12), imgs=f(d, 2, 3, 4, 4),
                                          mask=ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float(), patch_size=2),
-                          True, ["pred", "imgs"]),
+                          True, ["pred", "imgs", "mask"]),
     "make_schedule": (pk.make_schedule, lambda d: dict(num_train_timesteps=10), False, []),
     "add_noise": (pk.add_noise, lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), timesteps=ints(d, [0, 5, 9]),
                                                alphas_cumprod=_sched(d)), True, ["x0", "noise"]),
@@ -183,7 +183,8 @@ def build(changes: dict, good: dict, d: Dev) -> dict:
 
 # Float arguments of any float dtype (documented): the scale, the cast mask token, the noise.
 ANY_FLOAT_DTYPE = {("info_nce_loss", "logit_scale"), ("distributed.info_nce_loss", "logit_scale"),
-                   ("unshuffle_with_mask_tokens", "mask_token"), ("random_masking", "noise")}
+                   ("unshuffle_with_mask_tokens", "mask_token"), ("random_masking", "noise"),
+                   ("masked_patch_loss", "mask")}
 
 
 def generic_rows(op: str) -> list[Row]:
@@ -341,6 +342,8 @@ def _rows() -> list[Row]:
             r"argument 'reduction' must be one of"),
         Row("distributed.info_nce_loss", "chunk_size 0", {"chunk_size": 0}, ValueError,
             r"argument 'chunk_size' must be > 0"),
+        Row("distributed.info_nce_loss", "chunk_size a float", {"chunk_size": 2.5}, TypeError,
+            r"argument 'chunk_size' must be an int"),
         Row("distributed.info_nce_loss", "process_group without torch.distributed", {"process_group": object()},
             RuntimeError, r"a process_group was given but torch.distributed is not initialised"),
     ]
@@ -354,6 +357,8 @@ def _rows() -> list[Row]:
         Row("random_masking", "mask_ratio nan", {"mask_ratio": NAN}, ValueError,
             r"argument 'mask_ratio' must be in \[0, 1\)"),
         Row("random_masking", "mask_ratio a string", {"mask_ratio": "0.5"}, TypeError,
+            r"argument 'mask_ratio' must be a number"),
+        Row("random_masking", "mask_ratio a bool", {"mask_ratio": False}, TypeError,
             r"argument 'mask_ratio' must be a number"),
         Row("random_masking", "noise shape", {"noise": reshaped(2, 5)}, ValueError,
             r"argument 'noise' must have shape \[2, 6\]"),
@@ -416,10 +421,6 @@ def _rows() -> list[Row]:
             r"argument 'pred' must have shape \[N, L, p\*p\*C\]"),
         Row("masked_patch_loss", "mask shape", {"mask": reshaped(2, 5)}, ValueError,
             r"argument 'mask' must have shape \[2, 4\]"),
-        Row("masked_patch_loss", "mask not a tensor", {"mask": AS_LIST}, TypeError,
-            r"argument 'mask' must be a torch.Tensor"),
-        Row("masked_patch_loss", "mask on another device", {"mask": ON_OTHER}, ValueError,
-            r"argument 'mask' must be on the same device"),
         Row("masked_patch_loss", "patch_size does not divide", {"patch_size": 3}, ValueError,
             r"multiples of 'patch_size' \(3\)"),
         Row("masked_patch_loss", "norm_pix_loss not a bool", {"norm_pix_loss": 1}, TypeError,
@@ -436,6 +437,8 @@ def _rows() -> list[Row]:
         Row("make_schedule", "beta_start negative", {"beta_start": -1e-4}, ValueError, r"argument 'beta_start' must be > 0"),
         Row("make_schedule", "beta_start nan", {"beta_start": NAN}, ValueError, r"argument 'beta_start' must be > 0"),
         Row("make_schedule", "beta_end 1", {"beta_end": 1.0}, ValueError, r"argument 'beta_end' must be < 1"),
+        Row("make_schedule", "beta_start 1.5", {"beta_start": 1.5}, ValueError, r"argument 'beta_start' must be < 1"),
+        Row("make_schedule", "beta_start inf", {"beta_start": INF}, ValueError, r"argument 'beta_start' must be < 1"),
         Row("make_schedule", "beta_end nan", {"beta_end": NAN}, ValueError, r"argument 'beta_end' must be"),
     ]
     for op in _TIMESTEP_OPS:
@@ -584,7 +587,7 @@ def test_the_good_arguments_run():
 
 
 def _comparable_rows():
-    return [r for r in ROWS if not r.backends and PUBLIC[r.op][2]]
+    return [r for r in ROWS if PUBLIC[r.op][2]]
 
 
 @pytest.mark.parametrize("row", _comparable_rows(), ids=lambda r: r.id)
@@ -599,7 +602,8 @@ def test_reference_raises_what_the_fused_backends_raise(row):
             seen[name] = None
         except Exception as exc:  # noqa: BLE001  (the type is what is compared)
             seen[name] = type(exc)
-    assert len(seen) > 1
+    if len(seen) < 2:
+        pytest.skip(f"only {list(seen)} can run here")
     assert set(seen.values()) == {row.exc}, seen
 
 
@@ -850,16 +854,15 @@ def test_direct_good_arguments_run(backend):
 
 
 # --------------------------------------------------------------------------- not errors
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_meta_tensors_get_shapes_from_the_cpp_ops(backend):
+def test_meta_tensors_get_shapes_from_the_cpp_ops():
     """Meta tensors are not a malformed input for backend=None: the C++ ops' fake kernels
     give the output's shape, as PyTorch's own ops do. An explicit backend refuses them
     (test_public's 'all tensors on a device the backend does not run on' rows)."""
     if not backends.extension_loaded():
         pytest.skip("pykernels._C is not built")
     x = torch.empty(3, 5, device="meta")
-    out = pk.cosine_similarity(x, x)
-    assert out.device.type == "meta" and out.shape == (3,)
+    for out in (pk.cosine_similarity(x, x), torch.ops.pykernels.cosine_similarity(x, x, 1e-8)):
+        assert out.device.type == "meta" and out.shape == (3,)
 
 
 def _empty_cases(d: Dev):
