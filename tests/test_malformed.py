@@ -71,6 +71,7 @@ def as_dtype(dtype):
 
 
 ON_OTHER = Mut(lambda x, d: x.to(d.other))
+ON_META = Mut(lambda x, d: x.to("meta"))  # no backend runs on meta (the reference runs on CPU and CUDA)
 AS_LIST = Mut(lambda x, d: x.tolist())
 
 
@@ -168,8 +169,8 @@ class Row(NamedTuple):
 
 def build(changes: dict, good: dict, d: Dev) -> dict:
     kw = dict(good)
-    if changes.get("*") is ON_OTHER:  # every tensor argument
-        kw = {k: v.to(d.other) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    if changes.get("*") is ON_META:  # every tensor argument
+        kw = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     for name, new in changes.items():
         if name == "*":
             continue
@@ -210,9 +211,9 @@ def generic_rows(op: str) -> list[Row]:
 
 
 def on_other_device(op: str) -> Row:
-    """Every tensor on a device the backend does not run on ('meta' on a CPU machine)."""
+    """Every tensor on a device the backend does not run on: meta."""
     return Row(op, "all tensors on a device the backend does not run on",
-               {"*": ON_OTHER}, RuntimeError, r"backend '\w+' cannot run on \w+ tensors")
+               {"*": ON_META}, RuntimeError, r"backend '\w+' cannot run on \w+ tensors")
 
 
 _pairs = {"cosine_similarity": ("x1", "x2"), "feature_distillation_loss": ("student", "teacher")}
@@ -664,8 +665,10 @@ def direct_generic_rows(op: str) -> list[Row]:
                          rf"Expected a value of type 'Tensor' for argument '{name}'")]
         else:
             rows.append(Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
+                            # the C++ kernels check the device type first ("must be a cuda tensor");
                             # the fake kernel names the schema's first tensor as the reference
-                            rf"argument '{name}' must be on the same device|on the same device as '{name}'"))
+                            rf"argument '{name}' must be (on the same device|a \w+ tensor)"
+                            rf"|on the same device as '{name}'"))
             if name != "logit_scale":  # any float dtype
                 rows.append(Row(op, f"{name} float64 vs float32", {name: as_dtype(torch.float64)}, TypeError,
                                 rf"argument '{name}' must have the same dtype"))
