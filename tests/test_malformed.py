@@ -22,7 +22,7 @@ An empty batch gives the empty (or, for a mean, NaN) result PyTorch's equivalent
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -38,7 +38,8 @@ NAN, INF = float("nan"), float("inf")
 
 # --------------------------------------------------------------------------- building blocks
 class Dev(NamedTuple):
-    """Where a row's tensors live, and a device no backend shares with it."""
+    """Where a row's tensors live, and a second device for the mixed-device rows (CPU
+    beside CUDA, meta beside CPU)."""
     dev: torch.device
     other: torch.device
 
