@@ -301,6 +301,8 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: 
     name = backends.resolve(backend, imgs.device, fn)
     if name == "reference":
         return ref.gather_patches(imgs, ids_keep, patch_size)
+    if name == "triton":  # CPU tensors raise on every backend (cpu: in C++); CUDA ones poison
+        ref.check_ids(fn, "ids_keep", ids_keep, (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size))
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
@@ -325,6 +327,8 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
     name = backends.resolve(backend, x_visible.device, fn)
     if name == "reference":
         return ref.unshuffle_with_mask_tokens(x_visible, mask_token, ids_restore)
+    if name == "triton":  # as in gather_patches
+        ref.check_ids(fn, "ids_restore", ids_restore, ids_restore.shape[1])
     token = mask_token.reshape(D).to(x_visible.dtype)
     return op("unshuffle_with_mask_tokens", name)(x_visible, token, ids_restore)
 
