@@ -416,6 +416,8 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     ring's PyTorch tiles (backend="reference" only).
     """
     _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}")
     _checks.positive(_FN, "chunk_size", chunk_size)
     rank, world = group_rank_and_size(process_group)
     if world > 1 and check_sizes:

@@ -219,9 +219,11 @@ def test_loss_of_no_removed_patch_is_nan(backend):
 BAD_IDS = {"out of range": [[0, 6], [1, 2]], "negative": [[-1, 0], [1, 2]], "duplicate": [[3, 3], [1, 2]]}
 
 
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference")])
+@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "triton")])
 @pytest.mark.parametrize("kind", list(BAD_IDS))
 def test_bad_ids_raise_on_cpu(backend, kind):
+    if backend == "triton" and not pk.backends.triton_interpreted():
+        pytest.skip("triton runs on CPU tensors only under the interpreter")
     ids = torch.tensor(BAD_IDS[kind])
     exc = ValueError if kind == "duplicate" else IndexError
     imgs = randn(2, 3, 4, 6, seed=1)
@@ -236,15 +238,21 @@ def test_bad_ids_raise_on_cpu(backend, kind):
 @pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id in ("cuda", "triton")])
 def test_bad_ids_poison_on_device_backends(backend):
     """cuda / triton cannot raise without a host sync: an out-of-range id gives a NaN
-    output row, a repeated id NaN gradient rows; every other row is still right."""
+    output row, a repeated id NaN gradient rows; every other row is still right. On CPU
+    tensors the public functions raise on every backend, so there the Triton ops are
+    called directly (their kernels behave as on a GPU)."""
     dev = backend_device(backend)
+    gather_patches, unshuffle = pk.gather_patches, pk.unshuffle_with_mask_tokens
+    if dev.type == "cpu":
+        gather_patches = lambda imgs, ids, p, backend: torch.ops.pykernels.gather_patches_triton(imgs, ids, p)  # noqa: E731
+        unshuffle = lambda xv, tok, ids, backend: torch.ops.pykernels.unshuffle_with_mask_tokens_triton(xv, tok, ids)  # noqa: E731
     imgs = randn(2, 3, 4, 6, device=dev, seed=1, requires_grad=True)
     ids = torch.tensor([[0, 6], [-1, 2]], device=dev)
-    out = pk.gather_patches(imgs, ids, 2, backend=backend)
+    out = gather_patches(imgs, ids, 2, backend=backend)
     assert torch.isnan(out[0, 1]).all() and torch.isnan(out[1, 0]).all()
     assert torch.equal(out[0, 0], pk.patchify(imgs, 2)[0, 0]) and torch.equal(out[1, 1], pk.patchify(imgs, 2)[1, 2])
     dup = torch.tensor([[3, 3], [1, 2]], device=dev)
-    out = pk.gather_patches(imgs, dup, 2, backend=backend)
+    out = gather_patches(imgs, dup, 2, backend=backend)
     assert torch.isfinite(out).all()  # the forward of a repeated id is well defined
     (g,) = torch.autograd.grad(out.sum(), [imgs])
     gp = pk.patchify(g, 2)
@@ -252,7 +260,7 @@ def test_bad_ids_poison_on_device_backends(backend):
 
     xv = randn(2, 2, 8, device=dev, seed=2, requires_grad=True)
     restore = torch.tensor([[0, 1, 2, 3, 4, 9], [1, 1, 2, 3, 4, 5]], device=dev)
-    out = pk.unshuffle_with_mask_tokens(xv, torch.zeros(8, device=dev), restore, backend=backend)
+    out = unshuffle(xv, torch.zeros(8, device=dev), restore, backend=backend)
     assert torch.isnan(out[0, 5]).all() and torch.isfinite(out[0, :5]).all() and torch.isfinite(out[1]).all()
     (gx,) = torch.autograd.grad(out[1].sum(), [xv])
     assert torch.isnan(gx[1, 1]).all() and (gx[1, 0] == 0).all() and (gx[0] == 0).all()

@@ -29,10 +29,31 @@ def register_cpp(name: str, fake: Callable, backward_fake: Callable | None = Non
     Returns False, registering nothing, when pykernels._C is not loaded."""
     if not backends.extension_loaded():
         return False
-    torch.library.register_fake(f"pykernels::{name}")(fake)
+    torch.library.register_fake(f"pykernels::{name}")(_one_device(name, fake))
     if backward_fake is not None:
-        torch.library.register_fake(f"pykernels::{name}_backward")(backward_fake)
+        torch.library.register_fake(f"pykernels::{name}_backward")(_one_device(name + "_backward", backward_fake))
     return True
+
+
+def _one_device(name: str, fake: Callable) -> Callable:
+    """`fake` after the C++ kernels' device check: every tensor argument on one device.
+    The dispatcher sends a call that mixes meta and CPU tensors to the fake (meta) kernel,
+    which would otherwise return a result instead of the C++ kernels' ValueError."""
+    names = [a.name for a in getattr(torch.ops.pykernels, name).default._schema.arguments]
+
+    def checked(*args, **kwargs):
+        first = None
+        for arg, x in [*zip(names, args), *kwargs.items()]:
+            if not isinstance(x, torch.Tensor):
+                continue
+            if first is None:
+                first = (arg, x.device)
+            elif x.device != first[1]:
+                raise ValueError(f"pykernels::{name}: argument '{arg}' must be on the same device as "
+                                 f"'{first[0]}' ({first[1]}), got {x.device}")
+        return fake(*args, **kwargs)
+
+    return checked
 
 
 def pair_autograd(name: str, backend: str, n_extra: int) -> None:

@@ -122,6 +122,8 @@ if triton_available():
         # labels are not range-checked (GPU semantics: out of range -> NaN loss, no read)
         _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
                check_range=False)
+        if labels.dtype != torch.int64:  # the op's contract, as the C++ op (the public function casts)
+            raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
         i = _normalized(image_features.contiguous(), normalize)
         t = _normalized(text_features.contiguous(), normalize)
         scale = logit_scale.reshape(1)

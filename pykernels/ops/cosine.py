@@ -78,6 +78,7 @@ if triton_available():
     @triton_op("pykernels::cosine_similarity_triton", mutates_args=())
     def _cosine_similarity_triton(x1: Tensor, x2: Tensor, eps: float) -> Tensor:
         _check_pair("pykernels::cosine_similarity_triton", "x1", x1, "x2", x2)
+        chk.positive("pykernels::cosine_similarity_triton", "eps", eps)
         return tk.rowwise_forward(x1, x2, eps, tk.MODE_COS)
 
     @triton_op("pykernels::cosine_similarity_backward_triton", mutates_args=())
@@ -89,6 +90,7 @@ if triton_available():
         fn = "pykernels::feature_distance_triton"
         _check_pair(fn, "student", student, "teacher", teacher)
         chk.choice(fn, "kind", kind, KINDS)
+        chk.positive(fn, "eps", eps)
         return tk.rowwise_forward(student, teacher, eps, _triton_mode(kind))
 
     @triton_op("pykernels::feature_distance_backward_triton", mutates_args=())
@@ -101,7 +103,16 @@ if triton_available():
 
     @triton_op("pykernels::pairwise_cosine_similarity_triton", mutates_args=())
     def _pairwise_triton(a: Tensor, b: Tensor, eps: float) -> Tensor:
-        _check_pairwise("pykernels::pairwise_cosine_similarity_triton", a, b)
+        fn = "pykernels::pairwise_cosine_similarity_triton"
+        _check_pairwise(fn, a, b)
+        # the op takes [B, N, D] x [B, M, D] (the public function flattens the batch), as the C++ op
+        for name, x in (("a", a), ("b", b)):
+            if x.dim() != 3:
+                raise ValueError(f"{fn}: argument '{name}' must have 3 dimension(s), got shape {tuple(x.shape)}")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"{fn}: arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        chk.positive(fn, "eps", eps)
         # Inverse norms first (N + M floats), then one matmul whose epilogue scales
         # rows and columns: the normalised inputs are never written out.
         _, inv_a = tk.normalize(a, eps, write_y=False)
@@ -151,10 +162,10 @@ def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 
     b = a if b is None else b
     _check_pairwise(fn, a, b)
     chk.positive(fn, "eps", eps)
+    batch = chk.broadcast_shapes(fn, ("a", a.shape[:-2]), ("b", b.shape[:-2]))
     name = backends.resolve(backend, a.device, fn)
     if name == "reference":
         return ref.pairwise_cosine_similarity(a, b, eps)
-    batch = chk.broadcast_shapes(fn, ("a", a.shape[:-2]), ("b", b.shape[:-2]))
     (N, D), M = a.shape[-2:], b.shape[-2]
     Z = math.prod(batch)
     a3 = a.expand(*batch, N, D).reshape(Z, N, D)

@@ -109,7 +109,9 @@ if triton_available():
 
     @triton_op("pykernels::diffusion_mix_triton", mutates_args=())
     def _mix_triton(x: Tensor, y: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, kind: int) -> Tensor:
-        _check_samples("pykernels::diffusion_mix_triton", ("x", x), ("y", y))
+        fn = "pykernels::diffusion_mix_triton"
+        _check_samples(fn, ("x", x), ("y", y))
+        _check_op_args(fn, x, alphas_cumprod, ("timesteps", timesteps), kind=("kind", kind, 5))
         return tk.mix(x, y, timesteps, alphas_cumprod, kind)
 
     @triton_op("pykernels::diffusion_mix_backward_triton", mutates_args=())
@@ -120,7 +122,9 @@ if triton_available():
     @triton_op("pykernels::diffusion_loss_triton", mutates_args=())
     def _loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
                      prediction: int, elementwise: bool) -> Tensor:
-        _check_samples("pykernels::diffusion_loss_triton", ("model_output", model_output), ("x0", x0), ("noise", noise))
+        fn = "pykernels::diffusion_loss_triton"
+        _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+        _check_op_args(fn, model_output, alphas_cumprod, ("timesteps", timesteps), kind=("prediction", prediction, 3))
         return tk.loss(model_output, x0, noise, timesteps, alphas_cumprod, prediction, elementwise)
 
     @triton_op("pykernels::diffusion_loss_backward_triton", mutates_args=())
@@ -135,7 +139,14 @@ if triton_available():
                      prediction: int, clip_sample: bool, clip_sample_range: float, eta: float,
                      use_clipped_model_output: bool, final_alpha_cumprod: float) -> tuple[Tensor, Tensor]:
         named = [("sample", sample), ("model_output", model_output)] + ([("noise", noise)] if noise is not None else [])
-        _check_samples("pykernels::diffusion_step_triton", *named)
+        fn = "pykernels::diffusion_step_triton"
+        _check_samples(fn, *named)
+        _check_op_args(fn, sample, alphas_cumprod, ("timesteps", timesteps), ("prev_timesteps", prev_timesteps),
+                       kind=("kind", kind, 2))
+        _check_op_args(fn, sample, alphas_cumprod, kind=("prediction", prediction, 3))
+        _check_step_args(fn, clip_sample_range, False, 0.0, 1.0, eta, final_alpha_cumprod)
+        if threshold is not None:
+            _check_threshold(fn, threshold, sample)
         return tk.step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod, threshold, kind,
                        prediction, clip_sample, clip_sample_range, eta, use_clipped_model_output, final_alpha_cumprod)
 
@@ -160,6 +171,33 @@ def _check_samples(fn: str, *named) -> None:
     chk.same_device(fn, *named)
     chk.same_dtype(fn, *named)
     chk.same_shape(fn, *named)
+
+
+def _check_op_args(fn: str, like: Tensor, table, *timesteps, kind) -> None:
+    """The checks the C++ ops make of their table, timestep and enum arguments, for the
+    Triton ops: a wrong table or timestep shape would read out of bounds. Timestep values
+    are not range-checked (the kernels clamp them, as on CUDA)."""
+    _check_table(fn, table, like)
+    for name, t in timesteps:
+        if not isinstance(t, Tensor) or t.dtype not in (torch.int64, torch.int32):
+            what = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{fn}: argument '{name}' must be an int64 or int32 tensor, got {what}")
+        chk.same_device(fn, ("sample", like), (name, t))
+        if tuple(t.shape) != (like.shape[0],):
+            raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{like.shape[0]}] (one per sample), "
+                             f"got {tuple(t.shape)}")
+    name, value, n = kind
+    if not 0 <= value < n:
+        raise ValueError(f"{fn}: argument '{name}' must be in [0, {n - 1}], got {value}")
+
+
+def _check_threshold(fn: str, q, sample: Tensor) -> None:
+    if q.dtype != _acc(sample.dtype):
+        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype ({_acc(sample.dtype)}), "
+                        f"got {q.dtype}")
+    chk.same_device(fn, ("sample", sample), ("threshold", q))
+    if tuple(q.shape) != (sample.shape[0],):
+        raise ValueError(f"{fn}: argument 'threshold' must have shape [N] = [{sample.shape[0]}], got {tuple(q.shape)}")
 
 
 def _check_table(fn: str, table, like: Tensor) -> None:
@@ -229,8 +267,9 @@ def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear"
     if beta_schedule != "squaredcos_cap_v2":
         chk.positive(fn, "beta_start", beta_start)
         chk.positive(fn, "beta_end", beta_end)
-        if not beta_end < 1:
-            raise ValueError(f"{fn}: argument 'beta_end' must be < 1, got {beta_end}")
+        for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not beta < 1:  # a beta >= 1 makes alpha = 1 - beta <= 0: a signed or NaN table
+                raise ValueError(f"{fn}: argument '{name}' must be < 1, got {beta}")
     return ref.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end)
 
 

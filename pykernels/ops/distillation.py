@@ -186,6 +186,11 @@ if triton_available():
             _check_labels(fn, labels, student)
         elif hard_weight != 0:
             raise ValueError(f"{fn}: argument 'hard_weight' must be 0 when no labels are given, got {hard_weight}")
+        _temperature(fn, temperature)  # the same hyperparameter checks as the C++ op
+        _number(fn, "soft_weight", soft_weight)
+        _number(fn, "hard_weight", hard_weight)
+        _number(fn, "beta", beta, 0, 1)
+        _number(fn, "label_smoothing", label_smoothing, 0, 1)
         return tk.distill_rows(student, teacher, labels, temperature=temperature, soft_weight=soft_weight,
                                hard_weight=hard_weight, beta=beta, ignore_index=ignore_index,
                                label_smoothing=label_smoothing, grad_s=grad_student, grad_t=grad_teacher)
@@ -196,6 +201,7 @@ if triton_available():
         fn = "pykernels::cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_labels(fn, labels, logits)
+        _number(fn, "label_smoothing", label_smoothing, 0, 1)
         loss, g, _ = tk.distill_rows(logits, None, labels, hard_weight=1.0, ignore_index=ignore_index,
                                      label_smoothing=label_smoothing, grad_s=grad_logits)
         return loss, g
@@ -206,6 +212,7 @@ if triton_available():
         fn = "pykernels::soft_target_cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_like(fn, "target", target, "logits", logits)
+        _temperature(fn, temperature)
         return tk.distill_rows(logits, target, None, temperature=temperature, probs=True,
                                grad_s=grad_logits, grad_t=grad_target)
 

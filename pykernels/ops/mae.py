@@ -172,7 +172,14 @@ if triton_available():
         _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
         _check_rank(fn, "mask_token", mask_token, 1, f"[{x_visible.shape[2]}]")
         chk.same_dtype(fn, ("x_visible", x_visible), ("mask_token", mask_token))
+        chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
+        if mask_token.shape[0] != x_visible.shape[2]:  # the kernel reads D elements of it
+            raise ValueError(f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} elements (the D of "
+                             f"'x_visible'), got {mask_token.shape[0]}")
+        if x_visible.shape[1] > ids_restore.shape[1]:
+            raise ValueError(f"{fn}: argument 'x_visible' has {x_visible.shape[1]} tokens, more than the "
+                             f"L = {ids_restore.shape[1]} of 'ids_restore'")
         return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
@@ -199,6 +206,12 @@ if triton_available():
         _check_image(fn, imgs, patch_size)
         _check_rank(fn, "pred", pred, 3, "[N, L, p*p*C]")
         chk.same_dtype(fn, ("pred", pred), ("imgs", imgs))
+        chk.same_device(fn, ("pred", pred), ("imgs", imgs))
+        N, C, H, W = imgs.shape
+        want = (N, (H // patch_size) * (W // patch_size), patch_size * patch_size * C)
+        if tuple(pred.shape) != want:  # the kernel indexes pred by the image's geometry
+            raise ValueError(f"{fn}: argument 'pred' must have shape [{want[0]}, {want[1]}, {want[2]}] "
+                             f"(N, patches, p*p*C of 'imgs'), got {tuple(pred.shape)}")
         return tk.patch_mse(pred, imgs, patch_size, norm_pix_loss)
 
     @triton_op("pykernels::patch_mse_backward_triton", mutates_args=())
@@ -288,6 +301,8 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: 
     name = backends.resolve(backend, imgs.device, fn)
     if name == "reference":
         return ref.gather_patches(imgs, ids_keep, patch_size)
+    if name == "triton":  # CPU tensors raise on every backend (cpu: in C++); CUDA ones poison
+        ref.check_ids(fn, "ids_keep", ids_keep, (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size))
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
@@ -312,6 +327,8 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
     name = backends.resolve(backend, x_visible.device, fn)
     if name == "reference":
         return ref.unshuffle_with_mask_tokens(x_visible, mask_token, ids_restore)
+    if name == "triton":  # as in gather_patches
+        ref.check_ids(fn, "ids_restore", ids_restore, ids_restore.shape[1])
     token = mask_token.reshape(D).to(x_visible.dtype)
     return op("unshuffle_with_mask_tokens", name)(x_visible, token, ids_restore)
 
