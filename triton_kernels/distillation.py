@@ -233,9 +233,11 @@ def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, 
     return loss, gs, gt
 
 
-def scale_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def scale_grad(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """grad[r] * x[r, :] into a new tensor, or into `out` (contiguous, may be x itself)."""
     x = x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     R, V = rows_of(x)
     if R:
         wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=acc_dtype(x.dtype),
