@@ -126,7 +126,7 @@ TORCH_LIBRARY(pykernels, m) {
   // (model_output - target)^2, target by prediction 0 epsilon, 1 sample, 2 v_prediction;
   // elementwise: per element, else per-sample sums [N]; accumulation dtype.
   m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise) -> Tensor");
-  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise) -> (Tensor, Tensor, Tensor)");
+  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // One DDPM (kind 0, "fixed_small" variance) or DDIM (kind 1) sampler step per sample ->
   // (prev_sample, pred_original_sample), sample dtype. threshold [N] (accumulation dtype):
   // dynamic thresholding with these per-sample limits, else clip_sample clamps x0.

@@ -177,6 +177,27 @@ def test_diffusion_loss(backend, pred):
             assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("which", [(True, False, False), (False, True, False), (False, True, True), (True, True, True)])
+def test_diffusion_loss_grads_only_where_required(backend, which):
+    """The backward computes just the gradients autograd needs (usually model_output's);
+    each one it computes matches the float64 reference, the others are None."""
+    dev = backend_device(backend)
+    t = _t(TS, dev)
+    leaves = [randn(*SHAPE, seed=40 + i, device=dev, requires_grad=r) for i, r in enumerate(which)]
+    loss = pk.diffusion_loss(*leaves, t, TABLE.to(dev), prediction_type="v_prediction", backend=backend)
+    want_leaves = as64(*leaves)
+    want = ref.diffusion_loss(*want_leaves, t, TABLE.to(dev).double(), "v_prediction", "mean")
+    needed = [x for x in leaves if x.requires_grad]
+    got = torch.autograd.grad(loss, needed)
+    ref_grads = torch.autograd.grad(want, [x for x in want_leaves if x.requires_grad])
+    for g, r in zip(got, ref_grads):
+        assert_close(g, r, torch.float32, what="gradient")
+    loss = pk.diffusion_loss(*leaves, t, TABLE.to(dev), prediction_type="v_prediction", backend=backend)
+    loss.backward()
+    assert [x.grad is not None for x in leaves] == list(which)
+
+
 def test_diffusion_loss_is_mse_of_target():
     m, x, z = (randn(*SHAPE, seed=i) for i in range(3))
     t = _t(TS, "cpu")
@@ -381,7 +402,8 @@ def _opcheck_cases(dev):
         ("diffusion_mix_backward", (z, m.detach(), t, tab, 1)),
         ("diffusion_loss", (m, s, z, t, tab, 2, False)),
         ("diffusion_loss", (m, s, z, t, tab, 0, True)),
-        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, 2, False)),
+        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, 2, False, [True, True, True])),
+        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, 0, False, [True, False, False])),
         ("diffusion_step", (m, s, z, t, prev, tab, None, 0, 0, True, 1.0, 0.0, False, 1.0)),
         ("diffusion_step", (m, s, z, t, prev, tab, q.requires_grad_(), 1, 2, False, 1.0, 1.0, True, 1.0)),
         ("diffusion_step_backward", (z, z, m.detach(), s.detach(), t, prev, tab, q.detach(), 1, 1, False, 1.0, 0.5,
@@ -666,7 +688,7 @@ OPS_BAD = [
     (lambda o: o.diffusion_mix(X, X, TT.float(), TABLE, 0), TypeError, "'timesteps'"),
     (lambda o: o.diffusion_loss(X, X, X.double(), TT, TABLE, 0, False), TypeError, "'noise'"),
     (lambda o: o.diffusion_loss(X, X, X, TT, TABLE, 3, False), ValueError, "'prediction'"),
-    (lambda o: o.diffusion_loss_backward(torch.ones(3), X, X, X, TT, TABLE, 0, False), ValueError, "'grad'"),
+    (lambda o: o.diffusion_loss_backward(torch.ones(3), X, X, X, TT, TABLE, 0, False, [True, True, True]), ValueError, "'grad'"),
     (lambda o: o.diffusion_step(X, X, None, TT, torch.tensor([0, 1000]), TABLE, None, 1, 0, False, 1.0, 0.0, False, 1.0),
      IndexError, "'prev_timesteps'"),
     (lambda o: o.diffusion_step(X, X, None, TT, TT, TABLE, torch.ones(3), 1, 0, False, 1.0, 0.0, False, 1.0),

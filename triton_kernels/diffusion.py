@@ -158,7 +158,8 @@ def loss_kernel(M, X0, NZ, TS, TAB, OUT, PART, T, D, C, PRED: tl.constexpr, ELEM
 
 @triton.jit
 def loss_bwd_kernel(G, M, X0, NZ, TS, TAB, GM, GX, GN, T, D, C, PRED: tl.constexpr,
-                    ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
+                    ELEMENTWISE: tl.constexpr, GRAD_M: tl.constexpr, GRAD_X: tl.constexpr,
+                    GRAD_N: tl.constexpr, BLOCK: tl.constexpr):
     n, offs, mask = _block(D, C, BLOCK)
     a = _alpha(TAB, T, tl.load(TS + n))
     tx, tn = _target_coefs(PRED, a)
@@ -170,9 +171,12 @@ def loss_bwd_kernel(G, M, X0, NZ, TS, TAB, GM, GX, GN, T, D, C, PRED: tl.constex
     x0 = tl.load(X0 + offs, mask=mask, other=0.0).to(a.dtype)
     z = tl.load(NZ + offs, mask=mask, other=0.0).to(a.dtype)
     h = 2.0 * g * (m - (tx * x0 + tn * z))
-    tl.store(GM + offs, h.to(GM.dtype.element_ty), mask=mask)
-    tl.store(GX + offs, (-tx * h).to(GX.dtype.element_ty), mask=mask)
-    tl.store(GN + offs, (-tn * h).to(GN.dtype.element_ty), mask=mask)
+    if GRAD_M:
+        tl.store(GM + offs, h.to(GM.dtype.element_ty), mask=mask)
+    if GRAD_X:
+        tl.store(GX + offs, (-tx * h).to(GX.dtype.element_ty), mask=mask)
+    if GRAD_N:
+        tl.store(GN + offs, (-tn * h).to(GN.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -282,15 +286,18 @@ def loss(m, x0, noise, ts, table, pred: int, elementwise: bool):
     return out if elementwise else part.sum(1)
 
 
-def loss_backward(grad, m, x0, noise, ts, table, pred: int, elementwise: bool):
+def loss_backward(grad, m, x0, noise, ts, table, pred: int, elementwise: bool, output_mask):
+    """(grad model_output, grad x0, grad noise); an empty tensor where output_mask is False."""
     m, x0, noise = m.contiguous(), x0.contiguous(), noise.contiguous()
     ts, table = _prep(ts, table, m.dtype)
     grad = grad.to(_acc(m.dtype)).contiguous()
-    gm, gx, gn = (torch.empty(m.shape, dtype=m.dtype, device=m.device) for _ in range(3))
+    gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device) for want in output_mask)
     N, D, C, BLOCK = _geometry(m)
     if N * C:
         wrap_triton(loss_bwd_kernel)[(N * C,)](grad, m, x0, noise, ts, table, gm, gx, gn, table.shape[0], D, C,
-                                               PRED=pred, ELEMENTWISE=elementwise, BLOCK=BLOCK)
+                                               PRED=pred, ELEMENTWISE=elementwise, GRAD_M=bool(output_mask[0]),
+                                               GRAD_X=bool(output_mask[1]), GRAD_N=bool(output_mask[2]),
+                                               BLOCK=BLOCK)
     return gm, gx, gn
 
 

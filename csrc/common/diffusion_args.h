@@ -6,6 +6,7 @@
 // math of an op is "out = per-sample coefficients x elements", so each kernel computes
 // its sample's coefficients once (from two table reads) and then streams elements.
 #pragma once
+#include <array>
 #include <c10/macros/Macros.h>
 
 #include <cmath>
@@ -295,6 +296,14 @@ inline void check_step(const char* op, const at::Tensor& m, const at::Tensor& s,
 
 // [N] per-sample values (timesteps, thresholds) as contiguous tensors; the table in the
 // accumulation dtype.
+// The three gradients of diffusion_loss_backward: like model_output where output_mask asks
+// for one, an empty tensor otherwise (inputs that do not require grad, usually x0 and noise).
+inline std::array<at::Tensor, 3> loss_grads(const at::Tensor& m, std::array<bool, 3> mask) {
+  std::array<at::Tensor, 3> g;
+  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? at::empty(m.sizes(), m.options()) : at::empty({0}, m.options());
+  return g;
+}
+
 inline at::Tensor table_as(const at::Tensor& table, at::ScalarType acc) {
   return table.to(acc).contiguous();
 }

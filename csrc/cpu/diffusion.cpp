@@ -186,7 +186,8 @@ at::Tensor loss_cpu(const at::Tensor& m_, const at::Tensor& x0_, const at::Tenso
 // d = m - target: grad_m = 2 g d, grad_x0 = -2 g d tx, grad_noise = -2 g d tn.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& x0_, const at::Tensor& noise_,
-    const at::Tensor& t_, const at::Tensor& table_, int64_t prediction, bool elementwise) {
+    const at::Tensor& t_, const at::Tensor& table_, int64_t prediction, bool elementwise,
+    std::array<bool, 3> output_mask) {
   const char* op = "pykernels::diffusion_loss_backward";
   check_loss(op, m_, x0_, noise_, t_, table_, prediction, at::kCPU);
   check_same_device(op, "grad", grad_, "model_output", m_);
@@ -196,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cpu(
                     elementwise ? m_.sizes() : m_.sizes().slice(0, 1), ", got ", grad_.sizes());
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
   const auto t = t_.to(at::kLong).contiguous();
-  auto gm = at::empty_like(m), gx = at::empty_like(m), gn = at::empty_like(m);
+  const auto grads = loss_grads(m, output_mask);
+  const at::Tensor &gm = grads[0], &gx = grads[1], &gn = grads[2];
   PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const auto accT = c10::CppTypeToScalarType<acc>::value;
@@ -210,25 +212,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cpu(
     const int64_t* pt = t.const_data_ptr<int64_t>();
     const acc* tab = table.const_data_ptr<acc>();
     const int64_t T = table.numel();
-    scalar_t *om = gm.data_ptr<scalar_t>(), *ox = gx.data_ptr<scalar_t>(), *on = gn.data_ptr<scalar_t>();
+    scalar_t* om = output_mask[0] ? gm.data_ptr<scalar_t>() : nullptr;
+    scalar_t* ox = output_mask[1] ? gx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* on = output_mask[2] ? gn.data_ptr<scalar_t>() : nullptr;
+    const bool only_m = om != nullptr && ox == nullptr && on == nullptr;  // the usual case
     for_each_chunk(N, D, [&](int64_t n, int64_t, int64_t b, int64_t e) {
       const auto k = target_coefs<acc>(prediction, alpha_at(tab, T, pt[n]));
       const int64_t o = n * D;
-      // One loop per case, without a per-element branch, so that each vectorises.
-      auto span = [&](auto per_element) {
+      // One loop per case, without a per-element branch in the usual ones (only
+      // model_output needs a gradient), so that they vectorise.
+      auto span = [&](auto per_element, auto m_only) {
         for (int64_t i = o + b; i < o + e; ++i) {
           const acc gv = per_element ? pg[i] : pg[n];
           const acc d = static_cast<acc>(pm[i]) - (k.cx * static_cast<acc>(px[i]) + k.cy * static_cast<acc>(pn[i]));
           const acc h = acc(2) * gv * d;
-          om[i] = static_cast<scalar_t>(h);
-          ox[i] = static_cast<scalar_t>(-k.cx * h);
-          on[i] = static_cast<scalar_t>(-k.cy * h);
+          if (m_only) {
+            om[i] = static_cast<scalar_t>(h);
+          } else {
+            if (om) om[i] = static_cast<scalar_t>(h);
+            if (ox) ox[i] = static_cast<scalar_t>(-k.cx * h);
+            if (on) on[i] = static_cast<scalar_t>(-k.cy * h);
+          }
         }
       };
       if (elementwise) {
-        span(std::true_type{});
+        only_m ? span(std::true_type{}, std::true_type{}) : span(std::true_type{}, std::false_type{});
       } else {
-        span(std::false_type{});
+        only_m ? span(std::false_type{}, std::true_type{}) : span(std::false_type{}, std::false_type{});
       }
     });
   });

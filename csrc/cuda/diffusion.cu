@@ -119,9 +119,10 @@ __global__ void loss_backward_kernel(const acc* __restrict__ g, bool elementwise
     const acc d = static_cast<acc>(m[o + i]) -
                   (k.cx * static_cast<acc>(x0[o + i]) + k.cy * static_cast<acc>(nz[o + i]));
     const acc h = acc(2) * gv * d;
-    gm[o + i] = static_cast<scalar_t>(h);
-    gx[o + i] = static_cast<scalar_t>(-k.cx * h);
-    gn[o + i] = static_cast<scalar_t>(-k.cy * h);
+    // a null output is a gradient nobody asked for (uniform across the grid: no divergence)
+    if (gm != nullptr) gm[o + i] = static_cast<scalar_t>(h);
+    if (gx != nullptr) gx[o + i] = static_cast<scalar_t>(-k.cx * h);
+    if (gn != nullptr) gn[o + i] = static_cast<scalar_t>(-k.cy * h);
   });
 }
 
@@ -282,7 +283,8 @@ at::Tensor loss_cuda(const at::Tensor& m_, const at::Tensor& x0_, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cuda(
     const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& x0_, const at::Tensor& noise_,
-    const at::Tensor& t_, const at::Tensor& table_, int64_t prediction, bool elementwise) {
+    const at::Tensor& t_, const at::Tensor& table_, int64_t prediction, bool elementwise,
+    std::array<bool, 3> output_mask) {
   const char* op = "pykernels::diffusion_loss_backward";
   check_loss(op, m_, x0_, noise_, t_, table_, prediction, at::kCUDA);
   check_same_device(op, "grad", grad_, "model_output", m_);
@@ -293,8 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cuda(
   const c10::cuda::CUDAGuard guard(m_.device());
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
   const auto t = t_.to(at::kLong).contiguous();
-  auto gm = at::empty(m.sizes(), m.options()), gx = at::empty(m.sizes(), m.options()),
-       gn = at::empty(m.sizes(), m.options());
+  const auto grads = loss_grads(m, output_mask);
+  const at::Tensor &gm = grads[0], &gx = grads[1], &gn = grads[2];
   const Geometry g = geometry(m);
   check_grid(op, g);
   PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_backward_cuda", [&] {
@@ -304,7 +306,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cuda(
     launch(g, loss_backward_kernel<scalar_t>, grad.const_data_ptr<acc>(), elementwise,
            m.const_data_ptr<scalar_t>(), x0.const_data_ptr<scalar_t>(), nz.const_data_ptr<scalar_t>(),
            t.const_data_ptr<int64_t>(), table.const_data_ptr<acc>(), table.numel(),
-           gm.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(), gn.data_ptr<scalar_t>(), g.D, g.C,
+           output_mask[0] ? gm.data_ptr<scalar_t>() : nullptr, output_mask[1] ? gx.data_ptr<scalar_t>() : nullptr,
+           output_mask[2] ? gn.data_ptr<scalar_t>() : nullptr, g.D, g.C,
            prediction);
   });
   return {gm, gx, gn};

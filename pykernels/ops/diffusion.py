@@ -43,8 +43,8 @@ def _loss_fake(m, x0, noise, timesteps, table, prediction, elementwise):
     return m.new_empty(m.shape if elementwise else m.shape[:1], dtype=_acc(m.dtype))
 
 
-def _loss_backward_fake(grad, m, *rest):
-    return m.new_empty(m.shape), m.new_empty(m.shape), m.new_empty(m.shape)
+def _loss_backward_fake(grad, m, x0, noise, timesteps, table, prediction, elementwise, output_mask):
+    return tuple(m.new_empty(m.shape if want else (0,)) for want in output_mask)
 
 
 def _step_fake(m, s, *rest):
@@ -76,8 +76,10 @@ def _register_autograd(backend: str) -> None:
         ctx.args = (prediction, elementwise)
 
     def loss_backward(ctx, grad):
-        g = op("diffusion_loss_backward", backend)(grad, *ctx.saved_tensors, *ctx.args)
-        return g + (None,) * 4
+        # Only the gradients autograd needs (usually model_output's alone) are computed.
+        mask = list(ctx.needs_input_grad[:3])
+        g = op("diffusion_loss_backward", backend)(grad, *ctx.saved_tensors, *ctx.args, mask)
+        return tuple(gi if want else None for gi, want in zip(g, mask)) + (None,) * 4
 
     def step_setup(ctx, inputs, output):
         m, s, _, t, prev, table, threshold = inputs[:7]
@@ -129,9 +131,10 @@ if triton_available():
 
     @triton_op("pykernels::diffusion_loss_backward_triton", mutates_args=())
     def _loss_backward_triton(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor,
-                              alphas_cumprod: Tensor, prediction: int,
-                              elementwise: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return tk.loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod, prediction, elementwise)
+                              alphas_cumprod: Tensor, prediction: int, elementwise: bool,
+                              output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        return tk.loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod, prediction, elementwise,
+                                output_mask)
 
     @triton_op("pykernels::diffusion_step_triton", mutates_args=())
     def _step_triton(model_output: Tensor, sample: Tensor, noise: Tensor | None, timesteps: Tensor,
