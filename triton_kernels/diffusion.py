@@ -189,7 +189,9 @@ def step_kernel(M, S, NZ, TS, PS, TAB, Q, OUT, X0C, T, D, C, clip_range, eta, fi
     s = tl.load(S + offs, mask=mask, other=0.0).to(xs.dtype)
     m = tl.load(M + offs, mask=mask, other=0.0).to(xs.dtype)
     c = _clip(xs * s + xm * m, lim, CLIP_MODE)
-    r = ox * c + os * s + om * m
+    # A term whose coefficient is 0 is absent from the formula: skip it, so an inf there
+    # (clipped away in x0) does not come back as 0 * inf = nan.
+    r = ox * c + tl.where(os != 0.0, os * s, 0.0) + tl.where(om != 0.0, om * m, 0.0)
     if HAS_NOISE:
         # The noise is not read where its coefficient is 0 (DDPM at t = 0, DDIM at eta = 0).
         z = tl.load(NZ + offs, mask=mask & (tl.zeros_like(offs) + (on != 0.0).to(tl.int32) != 0), other=0.0).to(xs.dtype)
