@@ -113,7 +113,8 @@ def _block(D, C, BLOCK: tl.constexpr):
 def _clip(x0, lim, MODE: tl.constexpr):
     if MODE == 0:
         return x0
-    c = tl.minimum(tl.maximum(x0, -lim), lim)
+    # NaN-propagating, as torch.clamp (the default min/max would turn a NaN into a bound)
+    c = tl.minimum(tl.maximum(x0, -lim, propagate_nan=tl.PropagateNan.ALL), lim, propagate_nan=tl.PropagateNan.ALL)
     if MODE == 2:
         c = c / lim
     return c
@@ -226,7 +227,7 @@ def step_bwd_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_ra
             ntie = (x0 == -lim).to(xs.dtype) * 0.5
             g0 = (g0 + gc * (tie + ntie)) / lim
             above = (x0 > lim).to(xs.dtype) - (x0 < -lim).to(xs.dtype) + tie - ntie
-            x0c = tl.minimum(tl.maximum(x0, -lim), lim) / lim
+            x0c = _clip(x0, lim, 2)
             tl.store(PART + tl.program_id(0), tl.sum(gc * (above - x0c), axis=0) / lim)
     tl.store(GM + offs, (om * gp + xm * g0).to(GM.dtype.element_ty), mask=mask)
     tl.store(GS + offs, (os * gp + xs * g0).to(GS.dtype.element_ty), mask=mask)
