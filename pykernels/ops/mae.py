@@ -118,9 +118,12 @@ def _check_ids(fn: str, name: str, ids, ref_name: str, ref_t) -> None:
         raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got {tuple(ids.shape)}")
 
 
-def _check_rank(fn: str, name: str, x, rank: int, what: str) -> None:
+def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
+    """`what` (the expected shape) may be a callable, called only to build the message:
+    formatting symbolic sizes on the good path would specialise them under torch.compile."""
     chk.tensor(fn, name, x)
     if x.dim() != rank:
+        what = what() if callable(what) else what
         raise ValueError(f"{fn}: argument '{name}' must have shape {what}, got {tuple(x.shape)}")
 
 
@@ -170,7 +173,7 @@ if triton_available():
     def _unshuffle_triton(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
         fn = "pykernels::unshuffle_with_mask_tokens_triton"
         _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
-        _check_rank(fn, "mask_token", mask_token, 1, f"[{x_visible.shape[2]}]")
+        _check_rank(fn, "mask_token", mask_token, 1, lambda: f"[{x_visible.shape[2]}]")
         chk.same_dtype(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
         return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
@@ -260,7 +263,7 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
     if noise is None:
         noise = torch.rand(N, L, device=x.device, generator=generator)
     else:
-        _check_rank(fn, "noise", noise, 2, f"[{N}, {L}]")
+        _check_rank(fn, "noise", noise, 2, lambda: f"[{N}, {L}]")
         chk.same_device(fn, ("x", x), ("noise", noise))
         if tuple(noise.shape) != (N, L):
             raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got {tuple(noise.shape)}")
@@ -335,7 +338,7 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
     if tuple(pred.shape) != (N, L, P):
         raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' {tuple(imgs.shape)} "
                          f"and patch_size {patch_size}, got {tuple(pred.shape)}")
-    _check_rank(fn, "mask", mask, 2, f"[{N}, {L}]")
+    _check_rank(fn, "mask", mask, 2, lambda: f"[{N}, {L}]")
     if tuple(mask.shape) != (N, L):
         raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got {tuple(mask.shape)}")
     if not isinstance(norm_pix_loss, bool):
