@@ -56,7 +56,7 @@ def _check_labels(fn: str, labels, logits) -> None:
 def _number(fn: str, name: str, value, lo=None, hi=None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{fn}: argument '{name}' must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:  # not math.isfinite: it fails on a SymFloat under torch.compile
         raise ValueError(f"{fn}: argument '{name}' must be finite, got {value}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ValueError(f"{fn}: argument '{name}' must be in [{lo}, {hi}], got {value}")
