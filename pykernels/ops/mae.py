@@ -213,6 +213,7 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- public API
+@chk.autocast_rule("imgs")
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:
     """[N, C, H, W] -> [N, h*w, p*p*C] in MAE's order: patch l = i*w + j (row-major over
     the h x w grid), element (pi*p + pj)*C + c. A reshape/permute/copy (one memory pass,
@@ -222,6 +223,7 @@ def patchify(imgs: Tensor, patch_size: int) -> Tensor:
     return ref.patchify(imgs, patch_size)
 
 
+@chk.autocast_rule("patches")
 def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) -> Tensor:
     """Inverse of patchify: [N, h*w, p*p*C] -> [N, C, H, W]; image_size is H (square)
     or (H, W)."""
@@ -245,6 +247,7 @@ def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) 
     return ref.unpatchify(patches, patch_size, (H, W), channels)
 
 
+@chk.autocast_rule("x")
 def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
                    generator: torch.Generator | None = None, backend: str | None = None):
     """MAE's per-sample random masking of tokens x [N, L, D].
@@ -281,6 +284,7 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
     return x_visible, mask, ids_restore
 
 
+@chk.autocast_rule("imgs")
 def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: str | None = None) -> Tensor:
     """patchify(imgs)[n, ids_keep[n, k]] for images [N, C, H, W] and ids_keep [N, K]:
     the visible patches [N, K, p*p*C], read straight from the image (the other patches
@@ -294,6 +298,7 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: 
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
+@chk.autocast_rule("x_visible")
 def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor, *,
                                backend: str | None = None) -> Tensor:
     """The MAE decoder's cat([x_visible, mask tokens]) + gather by ids_restore in one
@@ -319,6 +324,7 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
     return op("unshuffle_with_mask_tokens", name)(x_visible, token, ids_restore)
 
 
+@chk.autocast_rule("pred", "imgs")
 def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *, norm_pix_loss: bool = False,
                       backend: str | None = None) -> Tensor:
     """MAE's reconstruction loss: per patch the mean over p*p*C of (pred - target)^2,
