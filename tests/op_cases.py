@@ -19,7 +19,7 @@ TABLE = pk.make_schedule(1000)
 # rows / features per size: (R, D) for row ops, (N, C, H, W, p) for images, (N, C, S) for samples
 ROWS = {"tiny": (4, 16), "small": (8, 32), "other": (6, 24), "big": (2048, 512)}
 VOCAB = {"tiny": (4, 10), "small": (8, 40), "other": (6, 30), "big": (512, 4000)}
-IMAGES = {"tiny": (2, 3, 8, 8, 4), "small": (2, 3, 16, 16, 4), "other": (3, 2, 16, 24, 8), "big": (8, 3, 64, 64, 8)}
+IMAGES = {"tiny": (2, 3, 8, 8, 4), "small": (2, 3, 16, 16, 4), "other": (3, 2, 16, 24, 4), "big": (8, 3, 64, 64, 8)}
 SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "other": (5, 3, 6), "big": (4, 4, 96)}
 
 

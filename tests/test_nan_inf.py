@@ -130,3 +130,21 @@ def test_reference_follows_pytorch(name):
             inputs = _poison(base, inp, value)
             assert_same_specials(case("reference", inputs)[0], f(inputs), f"{name}: {label} in '{inp}'", rtol=1e-9,
                                  atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS])
+def test_masked_vocabulary_cross_entropy_is_finite(backend):
+    """-inf logits in classes that are not the label (a masked vocabulary) leave
+    cross_entropy finite, as F.cross_entropy; a -inf at the label gives +inf."""
+    device = backend_device(backend)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 10, generator=g)
+    x[:, 1] = -math.inf
+    y = torch.tensor([0, 3, 5, 9])
+    want = F.cross_entropy(x, y, reduction="none")
+    got = pk.cross_entropy(x.to(device), y.to(device), reduction="none", backend=backend)
+    assert_same_specials(got, want, f"cross_entropy {backend}")
+    y[2] = 1
+    got = pk.cross_entropy(x.to(device), y.to(device), reduction="none", backend=backend)
+    assert_same_specials(got, F.cross_entropy(x, y, reduction="none"), f"cross_entropy {backend}, label at -inf")
+    assert got[2].item() == math.inf
