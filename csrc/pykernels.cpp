@@ -98,15 +98,15 @@ TORCH_LIBRARY(pykernels, m) {
   // x [N, L, D] -> x[n, ids_keep[n, k]]: [N, K, D] (random_masking's fused gather).
   m.def("gather_tokens(Tensor x, Tensor ids_keep) -> Tensor");
   // grad [N, K, D] -> [N, L, D]: grad rows put back at ids_keep, zeros elsewhere.
-  m.def("gather_tokens_backward(Tensor grad, Tensor ids_keep, int num_tokens) -> Tensor");
+  m.def("gather_tokens_backward(Tensor grad, Tensor ids_keep, SymInt num_tokens) -> Tensor");
   // out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K else mask_token: [N, L, D].
   m.def("unshuffle_with_mask_tokens(Tensor x_visible, Tensor mask_token, Tensor ids_restore) -> Tensor");
   // -> (grad x_visible [N, K, D], grad mask_token [D]: sum over the masked slots).
-  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, int num_keep) -> (Tensor, Tensor)");
+  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, SymInt num_keep) -> (Tensor, Tensor)");
   // imgs [N, C, H, W] -> the patches ids_keep [N, K] as [N, K, p*p*C], (p, q, c) order.
   m.def("gather_patches(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
   // grad [N, K, p*p*C] -> [N, C, H, W] image gradient (zeros outside the kept patches).
-  m.def("gather_patches_backward(Tensor grad, Tensor ids_keep, int patch_size, int channels, int height, int width) -> Tensor");
+  m.def("gather_patches_backward(Tensor grad, Tensor ids_keep, int patch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
   // Per-patch mean of (pred - target)^2, target patchified from imgs on the fly and
   // (norm_pix_loss) normalised by its mean and unbiased variance + 1e-6: [N, L], accumulation dtype.
   m.def("patch_mse(Tensor pred, Tensor imgs, int patch_size, bool norm_pix_loss) -> Tensor");

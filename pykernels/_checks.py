@@ -77,3 +77,40 @@ def broadcast_shapes(fn: str, *named: tuple[str, torch.Tensor | torch.Size]) -> 
     except RuntimeError:
         shapes = ", ".join(f"'{n}' {tuple(s)}" for (n, _), s in zip(named, shapes))
         raise ValueError(f"{fn}: arguments must broadcast together, got {shapes}") from None
+
+
+def autocast_rule(*names: str):
+    """Decorator for a public op: under torch.autocast (for the device of its first tensor
+    argument), the floating tensors among `names` are cast to the widest of their dtypes
+    (so an autocast bf16 model output meets an fp32 target as PyTorch's type promotion
+    would), and the op runs with autocast off, so every backend (the reference's matmuls
+    too) computes exactly what it computes outside autocast: nothing is cast down; losses
+    accumulate in fp32 and return fp32, element-wise outputs keep the (promoted) input
+    dtype. Outside autocast, mixed dtypes stay a TypeError."""
+    import functools
+
+    def deco(f):
+        code = f.__code__
+        params = code.co_varnames[:code.co_argcount]
+        positions = [(params.index(n), n) for n in names if n in params]
+
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
+            if device is None or not torch.is_autocast_enabled(device):
+                return f(*args, **kwargs)
+            args, kwargs = list(args), dict(kwargs)
+            slots = [(args, i) for i, _ in positions if i < len(args)] + [(kwargs, n) for n in names if n in kwargs]
+            slots = [(c, k) for c, k in slots if isinstance(c[k], torch.Tensor) and c[k].is_floating_point()]
+            if slots:
+                wide = slots[0][0][slots[0][1]].dtype
+                for c, k in slots[1:]:
+                    wide = torch.promote_types(wide, c[k].dtype)
+                for c, k in slots:
+                    c[k] = c[k].to(wide)
+            with torch.autocast(device, enabled=False):
+                return f(*args, **kwargs)
+
+        return wrapper
+
+    return deco

@@ -113,7 +113,8 @@ def _block(D, C, BLOCK: tl.constexpr):
 def _clip(x0, lim, MODE: tl.constexpr):
     if MODE == 0:
         return x0
-    c = tl.minimum(tl.maximum(x0, -lim), lim)
+    # NaN-propagating, as torch.clamp (the default min/max would turn a NaN into a bound)
+    c = tl.minimum(tl.maximum(x0, -lim, propagate_nan=tl.PropagateNan.ALL), lim, propagate_nan=tl.PropagateNan.ALL)
     if MODE == 2:
         c = c / lim
     return c
@@ -193,7 +194,9 @@ def step_kernel(M, S, NZ, TS, PS, TAB, Q, OUT, X0C, T, D, C, clip_range, eta, fi
     s = tl.load(S + offs, mask=mask, other=0.0).to(xs.dtype)
     m = tl.load(M + offs, mask=mask, other=0.0).to(xs.dtype)
     c = _clip(xs * s + xm * m, lim, CLIP_MODE)
-    r = ox * c + os * s + om * m
+    # A term whose coefficient is 0 is absent from the formula: skip it, so an inf there
+    # (clipped away in x0) does not come back as 0 * inf = nan.
+    r = ox * c + tl.where(os != 0.0, os * s, 0.0) + tl.where(om != 0.0, om * m, 0.0)
     if HAS_NOISE:
         # The noise is not read where its coefficient is 0 (DDPM at t = 0, DDIM at eta = 0).
         z = tl.load(NZ + offs, mask=mask & (tl.zeros_like(offs) + (on != 0.0).to(tl.int32) != 0), other=0.0).to(xs.dtype)
@@ -228,7 +231,7 @@ def step_bwd_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_ra
             ntie = (x0 == -lim).to(xs.dtype) * 0.5
             g0 = (g0 + gc * (tie + ntie)) / lim
             above = (x0 > lim).to(xs.dtype) - (x0 < -lim).to(xs.dtype) + tie - ntie
-            x0c = tl.minimum(tl.maximum(x0, -lim), lim) / lim
+            x0c = _clip(x0, lim, 2)
             tl.store(PART + tl.program_id(0), tl.sum(gc * (above - x0c), axis=0) / lim)
     tl.store(GM + offs, (om * gp + xm * g0).to(GM.dtype.element_ty), mask=mask)
     tl.store(GS + offs, (os * gp + xs * g0).to(GS.dtype.element_ty), mask=mask)

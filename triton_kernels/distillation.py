@@ -128,7 +128,8 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
             s_y = tl.load(S + base + y).to(ACC)
             nll = lz1 + (ms - s_y)
             smooth = lz1 + ms - ssum / V
-            loss += hw * ((1.0 - ls) * nll + ls * smooth)
+            # ls = 0: no smoothing term at all (a -inf logit makes it inf, and 0 * inf = nan)
+            loss += hw * ((1.0 - ls) * nll + tl.where(ls != 0.0, ls * smooth, 0.0))
             loss = tl.where(bad, float("nan"), loss)
         tl.store(LOSS + row, loss.to(LOSS.dtype.element_ty))
         # ---- pass 3: gradients

@@ -151,7 +151,13 @@ C10_HOST_DEVICE inline T clip_x0(int64_t mode, T x0, T lim) {
 template <typename T>
 C10_HOST_DEVICE inline T step_element(const Step<T>& k, int64_t mode, T lim, T s, T m, T& x0c) {
   x0c = clip_x0<T>(mode, k.xs * s + k.xm * m, lim);
-  return k.ox * x0c + k.os * s + k.om * m;
+  // A term whose coefficient is 0 is absent from the formula (e.g. DDPM's mean has no
+  // model_output term besides x0): skip it, so an inf there, clipped away in x0, does
+  // not come back as 0 * inf = nan.
+  T r = k.ox * x0c;
+  if (k.os != T(0)) r += k.os * s;
+  if (k.om != T(0)) r += k.om * m;
+  return r;
 }
 
 // Gradients of one element of a step, given gp (grad of prev_sample) and gx (grad of

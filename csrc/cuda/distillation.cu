@@ -265,7 +265,8 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
     if (p.hard) {
       const acc nll = lz1 + (ms - static_cast<acc>(s[y]));
       const acc smooth = lz1 + ms - st.ss / acc(V);
-      l += p.hw * ((1 - p.ls) * nll + p.ls * smooth);
+      // ls = 0: no smoothing term at all (a -inf logit makes it inf, and 0 * inf = nan)
+      l += p.hw * ((1 - p.ls) * nll + (p.ls != acc(0) ? p.ls * smooth : acc(0)));
       if (bad) l = acc(NAN);
     }
     loss[row] = l;

@@ -167,6 +167,7 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- public API
+@chk.autocast_rule("image_features", "text_features")
 def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
                   labels: Tensor | None = None, logit_bias: Tensor | None = None, symmetric: bool = True,
                   normalize: bool = False, reduction: str = "mean", backend: str | None = None) -> Tensor:

@@ -137,6 +137,7 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- public API
+@chk.autocast_rule("x1", "x2")
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, *,
                       backend: str | None = None) -> Tensor:
     """Cosine similarity along `dim`, with torch.nn.functional.cosine_similarity's values
@@ -154,6 +155,7 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, 
     return op("cosine_similarity", name)(x1, x2, eps)
 
 
+@chk.autocast_rule("a", "b")
 def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 1e-8, *,
                                backend: str | None = None) -> Tensor:
     """[..., N, D] x [..., M, D] -> [..., N, M] cosine similarities of every row pair
@@ -173,6 +175,7 @@ def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 
     return op("pairwise_cosine_similarity", name)(a3, b3, eps).reshape(*batch, N, M)
 
 
+@chk.autocast_rule("student", "teacher")
 def feature_distillation_loss(student: Tensor, teacher: Tensor, kind: str = "mse", reduction: str = "mean",
                               *, eps: float = 1e-8, backend: str | None = None) -> Tensor:
     """Feature distillation loss over rows of [..., D] features.

@@ -287,6 +287,7 @@ def _mix(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, 
     return op("diffusion_mix", name)(x0, noise, t, alphas_cumprod, kind)
 
 
+@chk.autocast_rule("x0", "noise")
 def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *, backend: str | None = None) -> Tensor:
     """Forward diffusion: sqrt(a_t) x0 + sqrt(1 - a_t) noise, a_t = alphas_cumprod[t] per
     sample (timesteps [N], x0 and noise [N, ...]). Coefficients in float32 from the table
@@ -295,12 +296,14 @@ def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *, b
     return _mix("pykernels.add_noise", x0, noise, timesteps, alphas_cumprod, KIND_ADD_NOISE, backend)
 
 
+@chk.autocast_rule("x0", "noise")
 def get_velocity(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
                  backend: str | None = None) -> Tensor:
     """The v-prediction target: sqrt(a_t) noise - sqrt(1 - a_t) x0, per sample."""
     return _mix("pykernels.get_velocity", x0, noise, timesteps, alphas_cumprod, KIND_VELOCITY, backend)
 
 
+@chk.autocast_rule("model_output", "x0", "noise")
 def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
                    prediction_type: str = "epsilon", reduction: str = "mean", backend: str | None = None) -> Tensor:
     """Mean squared error of model_output against the training target (noise for
@@ -343,6 +346,7 @@ def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=
         raise ValueError(f"{fn}: argument 'final_alpha_cumprod' must be in (0, 1], got {final}")
 
 
+@chk.autocast_rule("model_output", "sample", "noise")
 def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: Tensor, *,
               prev_timesteps=None, noise: Tensor | None = None, generator: torch.Generator | None = None,
               prediction_type: str = "epsilon", clip_sample: bool = True, clip_sample_range: float = 1.0,
@@ -377,6 +381,7 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
                                       bool(clip_sample), float(clip_sample_range), 0.0, False, 1.0)
 
 
+@chk.autocast_rule("model_output", "sample", "noise")
 def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor, alphas_cumprod: Tensor, *,
               eta: float = 0.0, noise: Tensor | None = None, generator: torch.Generator | None = None,
               prediction_type: str = "epsilon", clip_sample: bool = False, clip_sample_range: float = 1.0,

@@ -59,7 +59,7 @@ def _check_labels(fn: str, labels, logits) -> None:
 def _number(fn: str, name: str, value, lo=None, hi=None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{fn}: argument '{name}' must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:  # not math.isfinite: it fails on a SymFloat under torch.compile
         raise ValueError(f"{fn}: argument '{name}' must be finite, got {value}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ValueError(f"{fn}: argument '{name}' must be in [{lo}, {hi}], got {value}")
@@ -232,6 +232,7 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- public API
+@chk.autocast_rule("student_logits", "teacher_logits")
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
                       labels: Tensor | None = None, soft_weight: float = 1.0, hard_weight: float = 0.0,
                       beta: float = 0.0, ignore_index: int = -100, label_smoothing: float = 0.0,
@@ -271,6 +272,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, tempera
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
+@chk.autocast_rule("logits")
 def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100, label_smoothing: float = 0.0,
                   reduction: str = "mean", backend: str | None = None) -> Tensor:
     """torch.nn.functional.cross_entropy for [..., V] logits (classes last) and int64 labels
@@ -290,6 +292,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100, l
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
+@chk.autocast_rule("logits", "target_probs")
 def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperature: float = 1.0,
                               reduction: str = "batchmean", backend: str | None = None) -> Tensor:
     """-sum_j q_j log softmax(logits / T)_j per row of [..., V] logits against given

@@ -118,9 +118,12 @@ def _check_ids(fn: str, name: str, ids, ref_name: str, ref_t) -> None:
         raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got {tuple(ids.shape)}")
 
 
-def _check_rank(fn: str, name: str, x, rank: int, what: str) -> None:
+def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
+    """`what` (the expected shape) may be a callable, called only to build the message:
+    formatting symbolic sizes on the good path would specialise them under torch.compile."""
     chk.tensor(fn, name, x)
     if x.dim() != rank:
+        what = what() if callable(what) else what
         raise ValueError(f"{fn}: argument '{name}' must have shape {what}, got {tuple(x.shape)}")
 
 
@@ -170,7 +173,7 @@ if triton_available():
     def _unshuffle_triton(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
         fn = "pykernels::unshuffle_with_mask_tokens_triton"
         _check_rank(fn, "x_visible", x_visible, 3, "[N, K, D]")
-        _check_rank(fn, "mask_token", mask_token, 1, f"[{x_visible.shape[2]}]")
+        _check_rank(fn, "mask_token", mask_token, 1, lambda: f"[{x_visible.shape[2]}]")
         chk.same_dtype(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
@@ -223,6 +226,7 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- public API
+@chk.autocast_rule("imgs")
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:
     """[N, C, H, W] -> [N, h*w, p*p*C] in MAE's order: patch l = i*w + j (row-major over
     the h x w grid), element (pi*p + pj)*C + c. A reshape/permute/copy (one memory pass,
@@ -232,6 +236,7 @@ def patchify(imgs: Tensor, patch_size: int) -> Tensor:
     return ref.patchify(imgs, patch_size)
 
 
+@chk.autocast_rule("patches")
 def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) -> Tensor:
     """Inverse of patchify: [N, h*w, p*p*C] -> [N, C, H, W]; image_size is H (square)
     or (H, W)."""
@@ -255,6 +260,7 @@ def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) 
     return ref.unpatchify(patches, patch_size, (H, W), channels)
 
 
+@chk.autocast_rule("x")
 def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
                    generator: torch.Generator | None = None, backend: str | None = None):
     """MAE's per-sample random masking of tokens x [N, L, D].
@@ -273,7 +279,7 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
     if noise is None:
         noise = torch.rand(N, L, device=x.device, generator=generator)
     else:
-        _check_rank(fn, "noise", noise, 2, f"[{N}, {L}]")
+        _check_rank(fn, "noise", noise, 2, lambda: f"[{N}, {L}]")
         chk.same_device(fn, ("x", x), ("noise", noise))
         if tuple(noise.shape) != (N, L):
             raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got {tuple(noise.shape)}")
@@ -291,6 +297,7 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
     return x_visible, mask, ids_restore
 
 
+@chk.autocast_rule("imgs")
 def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: str | None = None) -> Tensor:
     """patchify(imgs)[n, ids_keep[n, k]] for images [N, C, H, W] and ids_keep [N, K]:
     the visible patches [N, K, p*p*C], read straight from the image (the other patches
@@ -306,6 +313,7 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: 
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
+@chk.autocast_rule("x_visible")
 def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor, *,
                                backend: str | None = None) -> Tensor:
     """The MAE decoder's cat([x_visible, mask tokens]) + gather by ids_restore in one
@@ -333,6 +341,7 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
     return op("unshuffle_with_mask_tokens", name)(x_visible, token, ids_restore)
 
 
+@chk.autocast_rule("pred", "imgs")
 def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *, norm_pix_loss: bool = False,
                       backend: str | None = None) -> Tensor:
     """MAE's reconstruction loss: per patch the mean over p*p*C of (pred - target)^2,
@@ -352,7 +361,7 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
     if tuple(pred.shape) != (N, L, P):
         raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' {tuple(imgs.shape)} "
                          f"and patch_size {patch_size}, got {tuple(pred.shape)}")
-    _check_rank(fn, "mask", mask, 2, f"[{N}, {L}]")
+    _check_rank(fn, "mask", mask, 2, lambda: f"[{N}, {L}]")
     if tuple(mask.shape) != (N, L):
         raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got {tuple(mask.shape)}")
     if not isinstance(norm_pix_loss, bool):

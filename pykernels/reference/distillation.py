@@ -71,7 +71,9 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     bad = counted & ((labels < 0) | (labels >= V))
     y = torch.where(counted & ~bad, labels, 0)
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    ce = (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
+    # Without smoothing the mean over classes is not formed at all (as in F.cross_entropy):
+    # a -inf logit of another class leaves the loss finite instead of 0 * inf = nan.
+    ce = nll if label_smoothing == 0 else (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
     ce = torch.where(bad, torch.full_like(ce, math.nan), ce)
     return torch.where(counted, ce, torch.zeros_like(ce))
 

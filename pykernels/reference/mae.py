@@ -41,7 +41,9 @@ def check_ids(fn: str, name: str, ids: torch.Tensor, hi: int, distinct: bool = T
 
 
 def num_keep(L: int, mask_ratio: float) -> int:
-    return int(L * (1 - mask_ratio))
+    # torch.sym_int (int() for Python numbers) keeps L symbolic under torch.compile
+    # (dynamic=True); int() would specialise it: a recompile for every sequence length.
+    return torch.sym_int(L * (1 - mask_ratio))
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
