@@ -79,6 +79,9 @@ def broadcast_shapes(fn: str, *named: tuple[str, torch.Tensor | torch.Size]) -> 
         raise ValueError(f"{fn}: arguments must broadcast together, got {shapes}") from None
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def autocast_rule(*names: str):
     """Decorator for a public op: under torch.autocast (for the device of its first tensor
     argument), the floating tensors among `names` are cast to the widest of their dtypes
@@ -97,7 +100,9 @@ def autocast_rule(*names: str):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
-            if device is None or not torch.is_autocast_enabled(device):
+            # autocast exists for a few device types only (asking about "meta" raises);
+            # other devices go straight to the op, whose checks name the argument.
+            if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
                 return f(*args, **kwargs)
             args, kwargs = list(args), dict(kwargs)
             slots = [(args, i) for i, _ in positions if i < len(args)] + [(kwargs, n) for n in names if n in kwargs]
