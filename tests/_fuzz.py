@@ -150,7 +150,7 @@ def _vjp(outs, leaves, ws):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
 
 
-def compare(fused, reference, leaves, dtype, *, exact=(), what="op", grad_tol=None):
+def compare(fused, reference, leaves, dtype, *, exact=(), what="op", grad_tol=None, grads=True):
     """Run `fused(*leaves)` (poisoned memory) and check it against `reference(*leaves64)`.
 
     leaves: the tensors the calls take (those with requires_grad get gradients checked).
@@ -160,10 +160,10 @@ def compare(fused, reference, leaves, dtype, *, exact=(), what="op", grad_tol=No
     to the same-precision reference bit for bit. Gradients: the joint gradient of every
     leaf under a fixed upstream weight, then each leaf's on its own where it carries a
     non-negligible part (>= 1e-3) of the joint norm (below that its relative error is
-    noise on noise). Returns the fused outputs."""
+    noise on noise). grads=False: outputs only. Returns the fused outputs."""
     with poisoned():
         outs = _as_tuple(fused(*leaves))
-    grad_leaves = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
+    grad_leaves = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad] if grads else []
     ws = [upstream(o, 1000 + k) if o.requires_grad else None for k, o in enumerate(outs)]
     if grad_leaves and any(w is not None for w in ws):
         with poisoned():
