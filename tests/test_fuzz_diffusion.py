@@ -61,7 +61,7 @@ def prev_of(draw, t, T):
 
 def _sample_specs(data, shape, dtype, n):
     hi = 30.0 if dtype == torch.float16 else 1e4  # float16: x0 = x_t / sqrt(a) would overflow
-    return [data.draw(specs(shape, dtype, hi=hi)) for _ in range(n)]
+    return [data.draw(specs(shape, dtype, hi=hi, stream=k)) for k in range(n)]
 
 
 # ----------------------------------------------------------------------------- tests
@@ -124,7 +124,7 @@ def _noise_arg(data, shape, dtype, dev):
     """(keyword for the op, the noise tensor it amounts to): explicit noise, or a seeded
     generator (the op draws randn(sample.shape, generator, dtype=sample.dtype))."""
     if data.draw(st.booleans()):
-        z = data.draw(specs(shape, dtype, hi=1.0))
+        z = data.draw(specs(shape, dtype, hi=1.0, stream=7))
         zt = z.view(z.leaf(dev, False))
         return dict(noise=zt), zt, z
     seed = data.draw(seeds())

@@ -121,7 +121,7 @@ def test_unshuffle_with_mask_tokens(backend, data):
     x = data.draw(specs((N, K, D), dtype))
     token_dtype = data.draw(st.sampled_from([dtype, torch.float32]))
     token_shape = data.draw(st.sampled_from([(D,), (1, 1, D)]))
-    tok = data.draw(specs(token_shape, token_dtype, layouts=("contiguous", "sliced")))
+    tok = data.draw(specs(token_shape, token_dtype, layouts=("contiguous", "sliced"), stream=1))
     ids = data.draw(permutations(N, L)).to(dev)
     describe(backend=backend, x_visible=x, mask_token=tok, ids_restore=ids.tolist())
     compare(lambda u, m: pk.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids, backend=backend),
@@ -136,7 +136,7 @@ def test_masked_patch_loss(backend, data):
     N, C, H, W, p = data.draw(image_shape(backend))
     L, P = (H // p) * (W // p), p * p * C
     hi = 30.0 if dtype == torch.float16 else 1e4  # float16 squares of 1e4 overflow
-    pred, imgs = data.draw(specs((N, L, P), dtype, hi=hi)), data.draw(specs((N, C, H, W), dtype, hi=hi))
+    pred, imgs = data.draw(specs((N, L, P), dtype, hi=hi)), data.draw(specs((N, C, H, W), dtype, hi=hi, stream=1))
     kind = data.draw(st.sampled_from(["binary", "weights", "zeros", "ones"]))
     g = torch.Generator().manual_seed(data.draw(seeds()))
     mask = {"binary": (torch.rand(N, L, generator=g) < 0.75).double(), "weights": torch.rand(N, L, generator=g),
