@@ -81,8 +81,10 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
         on = tl.where(t > 0, tl.sqrt(var), a * 0.0)
     else:
         var = (1.0 - ap) / (1.0 - a) * ((ap - a) / ap)
-        sd = eta * tl.sqrt(var)
-        dr = tl.sqrt(tl.maximum(1.0 - ap - sd * sd, 0.0))
+        # var < 0 when ap < a: eta = 0 needs no sd; eta > 0 gives NaN (see diffusion_args.h)
+        sd = tl.where(eta > 0, eta * tl.sqrt(var), 0.0)
+        dir2 = 1.0 - ap - sd * sd
+        dr = tl.sqrt(tl.where(dir2 < 0.0, 0.0, dir2))  # not tl.maximum: NaN stays NaN
         ox = tl.sqrt(ap)
         on = sd
         if USE_CLIPPED:

@@ -107,10 +107,13 @@ C10_HOST_DEVICE inline Step<T> step_coefs(const StepParams& p, T a, T ap, int64_
     c.on = t > 0 ? pk_sqrt(var) : T(0);
     return c;
   }
+  // var < 0 when ap < a (a step towards more noise, or final_alpha < a): eta = 0 needs no
+  // sd (0 * sqrt(var) would be NaN and, clamped away below, drop the direction term);
+  // eta > 0 has no real sd there and gives NaN, as the reference does.
   const T var = (one - ap) / (one - a) * ((ap - a) / ap);
-  const T sd = T(p.eta) * pk_sqrt(var);
+  const T sd = p.eta > 0 ? T(p.eta) * pk_sqrt(var) : T(0);
   T dir2 = one - ap - sd * sd;
-  const T dir = pk_sqrt(dir2 > T(0) ? dir2 : T(0));
+  const T dir = pk_sqrt(dir2 < T(0) ? T(0) : dir2);  // NaN stays NaN
   c.ox = pk_sqrt(ap);
   c.on = sd;
   if (p.use_clipped) {  // eps = (s - sqrt(a) x0c) / sqrt(1 - a)

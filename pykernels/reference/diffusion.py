@@ -179,7 +179,8 @@ def ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, *
     if use_clipped_model_output:
         eps = (s - sa * x0) / sb
     var = (1 - ap) / (1 - a) * ((ap - a) / ap)
-    sd = eta * var.sqrt()
+    # var < 0 when a' < a: eta = 0 takes no sqrt of it (0 * NaN would be NaN); eta > 0 is NaN
+    sd = eta * var.sqrt() if eta > 0 else torch.zeros_like(var)
     out = ap.sqrt() * x0 + (1 - ap - sd ** 2).clamp_min(0).sqrt() * eps
     if noise is not None and eta > 0:
         out = out + torch.where(sd != 0, sd * noise.to(acc), torch.zeros_like(out))

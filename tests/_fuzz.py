@@ -1,0 +1,222 @@
+"""Shared pieces of the property-based tests (tests/test_fuzz_<family>.py).
+
+Strategies draw a *description* of each tensor (shape, dtype, layout, value scale, seed);
+`Spec.make` turns it into a leaf tensor plus the strided view an op is called with, so
+the same view can be rebuilt on the float64 copy the reference runs on. `compare` runs a
+backend and checks every output and every gradient against the float64 reference,
+with the same-precision reference as the baseline (DESIGN.md's rule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from hypothesis import assume, note, strategies as st
+
+from .helpers import ALL_BACKENDS, TOLERANCE, assert_close, backend_device, dtypes_for, poisoned, rel_err
+
+BACKENDS = ALL_BACKENDS  # cuda params skip without a GPU
+
+# ----------------------------------------------------------------------------- strategies
+# Sizes: 1, primes, and one past the power-of-two blocks the CPU kernels vectorise and
+# tile by. Triton runs under the interpreter here, one program at a time: tiny sizes.
+CPU_SIZES = (1, 2, 3, 5, 7, 8, 13, 17, 31, 33, 64, 65, 127, 129, 257)
+CPU_BIG_SIZES = (511, 1025, 4097)
+TRITON_SIZES = (1, 2, 3, 5, 7, 16, 17, 33)
+LAYOUTS = ("contiguous", "transposed", "sliced", "expanded")
+
+
+def on_triton(backend: str) -> bool:
+    return backend == "triton" and backend_device(backend).type == "cpu"
+
+
+def sizes(backend: str, *, big: bool = False, lo: int = 1):
+    """One dimension's size. `big` adds sizes past the CPU kernels' larger blocks."""
+    pool = TRITON_SIZES if on_triton(backend) else CPU_SIZES + (CPU_BIG_SIZES if big else ())
+    return st.sampled_from([s for s in pool if s >= lo])
+
+
+def rows(backend: str, hi: int = 9):
+    """A small count of rows (batch, samples): the kernels' row split, not their inner loop."""
+    return st.integers(1, 4 if on_triton(backend) else hi)
+
+
+def dtypes(backend: str):
+    return st.sampled_from(dtypes_for(backend))
+
+
+def scales(dtype: torch.dtype, hi: float = 1e4):
+    """Value magnitudes: tiny (1e-30; 1e-4 for float16, whose range ends near 6e-8),
+    small, unit, large and huge, capped at `hi`."""
+    tiny = 1e-4 if dtype == torch.float16 else 1e-30
+    return st.sampled_from([s for s in (tiny, 1e-3, 1.0, 30.0, 1e4) if s <= hi])
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A float tensor to draw: logical shape, dtype, memory layout, value scale, seed.
+
+    values "normal": randn * scale (mixed signs); "wide": each element also times
+    10^u, u uniform in [-3, 0] (magnitudes spread over three decades); "positive": |randn|;
+    "probs": softmax(randn * scale) over the leaf's last dim."""
+    shape: tuple
+    dtype: torch.dtype
+    layout: str = "contiguous"
+    scale: float = 1.0
+    values: str = "normal"
+    seed: int = 0
+    stream: int = 0  # the k-th tensor of a case: equal seeds still give different values
+
+    def _leaf_shape_and_view(self):
+        shape, r = list(self.shape), len(self.shape)
+        if self.layout == "transposed" and r >= 2:
+            shape[-1], shape[-2] = shape[-2], shape[-1]
+            return shape, lambda x: x.transpose(-1, -2)
+        if self.layout == "sliced":
+            shape[-1] *= 2
+            if r >= 2:
+                shape[0] *= 3   # rows 1, 4, 7, ...: a storage offset and a row step
+                return shape, lambda x: x[1::3][..., ::2]
+            return shape, lambda x: x[..., ::2]
+        if self.layout == "expanded" and r >= 2:  # dim 0: never the last dim ops reduce over
+            full = tuple(self.shape)
+            shape[0] = 1        # every row the same storage: stride 0
+            return shape, lambda x: x.expand(full)
+        return shape, lambda x: x
+
+    def values64(self) -> torch.Tensor:
+        leaf_shape, _ = self._leaf_shape_and_view()
+        g = torch.Generator().manual_seed(self.seed + (self.stream << 31))
+        x = torch.randn(leaf_shape, generator=g, dtype=torch.float64)
+        if self.values == "wide":
+            x = x * 10 ** (-3 * torch.rand(leaf_shape, generator=g, dtype=torch.float64))
+        elif self.values == "positive":
+            x = x.abs()
+        elif self.values == "probs":  # softmax of the last dim; scale sets how sharp
+            return torch.softmax(x * self.scale, dim=-1)
+        return x * self.scale
+
+    def leaf(self, device, requires_grad: bool = True) -> torch.Tensor:
+        return self.values64().to(device=device, dtype=self.dtype).requires_grad_(requires_grad)
+
+    def view(self, leaf: torch.Tensor) -> torch.Tensor:
+        return self._leaf_shape_and_view()[1](leaf)
+
+
+@st.composite
+def specs(draw, shape, dtype, *, hi: float = 1e4, layouts=LAYOUTS, values=("normal", "wide"), stream: int = 0):
+    """A Spec of `shape` and `dtype` with a drawn layout, scale and seed. Give each input
+    of a case its own `stream`, so that two inputs never shrink to the same values (equal
+    inputs make cosines 1 and divergences 0: gradients that are zero in exact math)."""
+    return Spec(tuple(shape), dtype, draw(st.sampled_from(layouts)), draw(scales(dtype, hi)),
+                draw(st.sampled_from(values)), draw(st.integers(0, 2**31 - 1)), stream)
+
+
+def seeds():
+    return st.integers(0, 2**31 - 1)
+
+
+# ----------------------------------------------------------------------------- checking
+def _as_tuple(x):
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def upstream(out: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed random upstream gradient for `out`, in out's dtype (its float64 copy is the
+    exact same numbers, so every run weighs the outputs identically)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+
+
+def _flush(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (float64, CPU) with magnitudes below `dtype`'s smallest normal number set to 0:
+    subnormal results carry no relative accuracy (1e-30 inputs give cosines of 1e-44,
+    which one float32 formulation keeps as a subnormal and another flushes to zero)."""
+    x = x.detach().double().cpu()
+    return torch.where(x.abs() < torch.finfo(dtype).tiny, torch.zeros_like(x), x)
+
+
+def _close(out, ref64, dtype, baseline, what, tol=None, prec=None):
+    """assert_close on copies flushed (see _flush) at `prec` (default: out's dtype)."""
+    prec = prec or out.dtype
+    out, ref64, baseline = _flush(out, prec), _flush(ref64, prec), _flush(baseline, prec)
+    # A case whose same-precision reference overflows where float64 does not says
+    # nothing about the kernel (any answer would pass): draw another.
+    assume(rel_err(baseline, ref64) != math.inf)
+    assert_close(out, ref64, dtype, baseline=baseline, tol=tol, what=what)
+
+
+def _vjp(outs, leaves, ws):
+    pairs = [(o, w) for o, w in zip(outs, ws) if w is not None]
+    gs = torch.autograd.grad([o for o, _ in pairs], leaves, [w for _, w in pairs], allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
+
+
+def compare(fused, reference, leaves, dtype, *, exact=(), what="op", grad_tol=None, grads=True):
+    """Run `fused(*leaves)` (poisoned memory) and check it against `reference(*leaves64)`.
+
+    leaves: the tensors the calls take (those with requires_grad get gradients checked).
+    Outputs: shape and dtype as the same-precision reference; float outputs within the
+    dtype's tolerance of the float64 reference or twice the same-precision reference's
+    error; integer outputs and outputs listed in `exact` (copies: gathers, masks) equal
+    to the same-precision reference bit for bit. Gradients: the joint gradient of every
+    leaf under a fixed upstream weight, then each leaf's on its own where it carries a
+    non-negligible part (>= 1e-3) of the joint norm (below that its relative error is
+    noise on noise). grads=False: outputs only. Returns the fused outputs."""
+    with poisoned():
+        outs = _as_tuple(fused(*leaves))
+    grad_leaves = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad] if grads else []
+    ws = [upstream(o, 1000 + k) if o.requires_grad else None for k, o in enumerate(outs)]
+    if grad_leaves and any(w is not None for w in ws):
+        with poisoned():
+            got = _vjp(outs, grad_leaves, ws)
+
+    def rerun(cast):
+        xs = [cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in leaves]
+        return xs, _as_tuple(reference(*xs))
+
+    r64, want = rerun(lambda x: x.detach().double().requires_grad_(x.requires_grad))
+    rb, base = rerun(lambda x: x.detach().clone().requires_grad_(x.requires_grad))
+    assert len(outs) == len(want), f"{what}: {len(outs)} outputs, reference has {len(want)}"
+    for k, (o, w, b) in enumerate(zip(outs, want, base)):
+        name = f"{what} output {k}"
+        assert o.shape == b.shape, f"{name}: shape {tuple(o.shape)} != reference {tuple(b.shape)}"
+        assert o.dtype == b.dtype, f"{name}: dtype {o.dtype} != reference {b.dtype}"
+        assert o.device == b.device, f"{name}: device {o.device} != reference {b.device}"
+        if k in exact or not o.is_floating_point():
+            assert torch.equal(o.cpu(), b.cpu()), f"{name}: not equal to the reference"
+            continue
+        _close(o, w, dtype, b, name)
+    if not grad_leaves or all(w is None for w in ws):
+        return outs
+    for k, (o, w, b) in enumerate(zip(outs, want, base)):
+        if ws[k] is not None:
+            assert w.requires_grad and b.requires_grad, f"{what} output {k}: fused is differentiable, reference not"
+    g64 = [x for x in r64 if isinstance(x, torch.Tensor) and x.requires_grad]
+    gb = [x for x in rb if isinstance(x, torch.Tensor) and x.requires_grad]
+    want_g = _vjp(want, g64, [None if w is None else w.double() for w in ws])
+    base_g = _vjp(base, gb, ws)
+    for k, (g, x) in enumerate(zip(got, grad_leaves)):
+        assert g.dtype == x.dtype and g.shape == x.shape, f"{what} grad {k}: {g.dtype} {tuple(g.shape)}"
+
+    def joint(gs):  # flushed at each leaf's own precision, then one vector
+        return torch.cat([_flush(g, x.dtype).reshape(-1) for g, x in zip(gs, grad_leaves)])
+
+    _close(joint(got), joint(want_g), dtype, joint(base_g), f"{what} joint grad", grad_tol, prec=torch.float64)
+    total = joint(want_g).norm().item()
+    for k, (g, w, b) in enumerate(zip(got, want_g, base_g)):
+        if len(got) > 1 and w.double().norm().item() >= 1e-3 * total:
+            _close(g, w, dtype, b, f"{what} grad {k}", grad_tol)
+    return outs
+
+
+def describe(**kw) -> str:
+    """One line per case for hypothesis.note: everything needed to rebuild it."""
+    text = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    note(text)
+    return text
+
+
+__all__ = ["BACKENDS", "Spec", "compare", "describe", "dtypes", "on_triton", "rows", "scales", "seeds", "sizes",
+           "specs", "upstream", "TOLERANCE", "backend_device"]

@@ -1,0 +1,64 @@
+"""Property-based tests of info_nce_loss on every backend against the float64 reference."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import pykernels as pk
+from pykernels.reference import contrastive as ref
+
+from ._fuzz import BACKENDS, backend_device, compare, describe, dtypes, on_triton, seeds, sizes, specs
+
+# ----------------------------------------------------------------------------- strategies
+# Rows around the CPU kernel's 64-row tile of the logit matrix.
+CPU_ROWS = (1, 2, 3, 5, 7, 13, 31, 64, 65, 129)
+
+
+def n_rows(backend):
+    return st.sampled_from((1, 2, 3, 5, 7) if on_triton(backend) else CPU_ROWS)
+
+
+@st.composite
+def scalar(draw, values, dtype, device):
+    """A one-element tensor of shape [] or [1], in `dtype` or float32, maybe a leaf that
+    requires grad."""
+    shape = draw(st.sampled_from([(), (1,)]))
+    dt = draw(st.sampled_from([dtype, torch.float32]))
+    return torch.full(shape, draw(st.sampled_from(values)), dtype=dt, device=device).requires_grad_(draw(st.booleans()))
+
+
+@st.composite
+def label_vector(draw, N, M):
+    g = torch.Generator().manual_seed(draw(seeds()))
+    return torch.randint(0, M, (N,), generator=g).to(draw(st.sampled_from([torch.int64, torch.int32])))
+
+
+# ----------------------------------------------------------------------------- test
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_info_nce_loss(backend, data):
+    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
+    normalize = data.draw(st.booleans())
+    # normalize with D = 1 makes every feature +-1: a gradient that is zero in exact math
+    N, D = data.draw(n_rows(backend)), data.draw(sizes(backend, lo=2 if normalize else 1))
+    with_labels = data.draw(st.booleans())
+    M = data.draw(n_rows(backend)) if with_labels else N
+    hi = 30.0 if dtype == torch.float16 else 1e4  # float16 gradients of 1e4 features overflow
+    i, t = data.draw(specs((N, D), dtype, hi=hi)), data.draw(specs((M, D), dtype, hi=hi, stream=1))
+    y = data.draw(label_vector(N, M)).to(dev) if with_labels else None
+    scale = data.draw(scalar((1.0, 14.28, 100.0), dtype, dev))
+    bias = data.draw(st.none() | scalar((-10.0, 0.0, 3.0), dtype, dev))
+    kw = dict(labels=y, symmetric=data.draw(st.booleans()), normalize=normalize,
+              reduction=data.draw(st.sampled_from(["mean", "sum", "none"])))
+    describe(backend=backend, image=i, text=t, labels=None if y is None else y.tolist(), logit_scale=scale,
+             logit_bias=bias, **{k: v for k, v in kw.items() if k != "labels"})
+    leaves = [i.leaf(dev), t.leaf(dev, data.draw(st.booleans())), scale] + ([] if bias is None else [bias])
+
+    def call(f):
+        return lambda a, b, s, *bb: f(i.view(a), t.view(b), s, logit_bias=bb[0] if bb else None, **kw)
+
+    # Expanded features (every row the same) make the logits of a softmax row equal: the
+    # gradient of the other side is zero in exact math, a cancellation of terms of the
+    # features' size that a relative error cannot judge. Broadcast inputs: outputs only.
+    expanded = "expanded" in (i.layout, t.layout)
+    compare(call(lambda *a, **k: pk.info_nce_loss(*a, backend=backend, **k)), call(ref.info_nce_loss),
+            leaves, dtype, what="info_nce_loss", grads=not expanded)

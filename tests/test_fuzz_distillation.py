@@ -1,0 +1,136 @@
+"""Property-based tests of the distillation family on every backend against the float64
+reference: distillation_loss, cross_entropy, soft_target_cross_entropy."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import pykernels as pk
+from pykernels.reference import distillation as ref
+
+from .helpers import dtypes_for
+from ._fuzz import BACKENDS, backend_device, compare, describe, dtypes, rows, seeds, sizes, specs
+
+# ----------------------------------------------------------------------------- strategies
+TEMPERATURES = st.sampled_from([0.05, 0.5, 1.0, 2.0, 4.0, 10.0]) | st.floats(0.05, 20.0)
+BETAS = st.sampled_from([0.0, 1.0, 0.5]) | st.floats(0.0, 1.0)
+SMOOTHING = st.sampled_from([0.0, 0.1, 0.5, 1.0])
+
+
+@st.composite
+def logits_shape(draw, backend, lo=1):
+    """[..., V]: zero to two leading dims, V from `lo` to past the CPU kernel's 4096 block."""
+    lead = tuple(draw(rows(backend, 6)) for _ in range(draw(st.integers(0, 2))))
+    return lead + (draw(sizes(backend, big=True, lo=lo)),)
+
+
+@st.composite
+def labels(draw, shape, ignore_index):
+    """int64 labels [...] in [0, V), each row ignored (ignore_index) with probability ~1/4:
+    no row, some rows or every row may be ignored."""
+    V = shape[-1]
+    g = torch.Generator().manual_seed(draw(seeds()))
+    y = torch.randint(0, V, shape[:-1], generator=g)
+    p_ignore = draw(st.sampled_from([0.0, 0.25, 1.0]))
+    return torch.where(torch.rand(shape[:-1], generator=g) < p_ignore, torch.full_like(y, ignore_index), y)
+
+
+def conditioned(temperature, *logits):
+    """Whether the gradient is checked: logits / T spanning at most ~60 (scale / T <= 10).
+    Past that, row probabilities of e^-60 and less enter the gradient as differences of
+    float32 numbers that round to 1: every float32 formulation loses digits there and the
+    relative error is rounding luck (the long fuzz run found 1% errors at T = 0.05 on
+    two classes, where the reference's own float32 error was 0.05%). Outputs always."""
+    return all(x.scale / temperature <= 10 for x in logits)
+
+
+def _labels_note(y):
+    return None if y is None else y.tolist()
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_distillation_loss(backend, data):
+    # The divergence of two equal distributions is zero in exact math, and every backend
+    # returns rounding noise there, which a relative error cannot judge: V >= 2 and a
+    # teacher of logits >= 1 in size (not uniform). V = 1: test_one_class_gives_zero.
+    dtype, shape = data.draw(dtypes(backend)), data.draw(logits_shape(backend, lo=2))
+    s = data.draw(specs(shape, dtype))
+    t = data.draw(specs(shape, dtype, stream=1).filter(lambda x: x.scale >= 1))
+    ignore_index = data.draw(st.sampled_from([-100, -1, 0]))
+    y = data.draw(st.none() | labels(shape, ignore_index))
+    args = dict(temperature=data.draw(TEMPERATURES), soft_weight=data.draw(st.sampled_from([1.0, 0.5, 0.0, 2.0])),
+                hard_weight=0.0 if y is None else data.draw(st.sampled_from([0.0, 0.5, 1.0])),
+                beta=data.draw(BETAS), ignore_index=ignore_index, label_smoothing=data.draw(SMOOTHING),
+                reduction=data.draw(st.sampled_from(["batchmean", "sum", "none"])))
+    teacher_grad = data.draw(st.booleans())
+    describe(backend=backend, student=s, teacher=t, labels=_labels_note(y), teacher_grad=teacher_grad, **args)
+    dev = backend_device(backend)
+    y = None if y is None else y.to(dev)
+    compare(lambda u, v: pk.distillation_loss(s.view(u), t.view(v), labels=y, backend=backend, **args),
+            lambda u, v: ref.distillation_loss(s.view(u), t.view(v), args["temperature"], y, args["soft_weight"],
+                                               args["hard_weight"], args["beta"], ignore_index,
+                                               args["label_smoothing"], args["reduction"]),
+            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="distillation_loss",
+            grads=conditioned(args["temperature"], s, t))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_cross_entropy(backend, data):
+    dtype, shape = data.draw(dtypes(backend)), data.draw(logits_shape(backend))
+    x = data.draw(specs(shape, dtype))
+    ignore_index = data.draw(st.sampled_from([-100, -1, 0]))
+    y = data.draw(labels(shape, ignore_index))
+    smoothing, reduction = data.draw(SMOOTHING), data.draw(st.sampled_from(["mean", "sum", "none"]))
+    describe(backend=backend, logits=x, labels=_labels_note(y), ignore_index=ignore_index,
+             label_smoothing=smoothing, reduction=reduction)
+    dev = backend_device(backend)
+    y = y.to(dev)
+    compare(lambda u: pk.cross_entropy(x.view(u), y, ignore_index=ignore_index, label_smoothing=smoothing,
+                                       reduction=reduction, backend=backend),
+            lambda u: ref.cross_entropy(x.view(u), y, ignore_index, smoothing, reduction),
+            [x.leaf(dev)], dtype, what="cross_entropy")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(data=st.data())
+def test_soft_target_cross_entropy(backend, data):
+    dtype, shape = data.draw(dtypes(backend)), data.draw(logits_shape(backend, lo=2))  # V = 1: test_one_class_gives_zero
+    x = data.draw(specs(shape, dtype))
+    # target probabilities: a softmax (sharp or flat) of the leaf's last dim; the views
+    # then take a subset, which the op's math (linear in q) does not mind
+    # (not uniform: a uniform q against tiny, so uniform, logits is a zero gradient)
+    q = data.draw(specs(shape, dtype, hi=30.0, values=("probs",), stream=1).filter(lambda x: x.scale >= 1))
+    temperature, reduction = data.draw(TEMPERATURES), data.draw(st.sampled_from(["batchmean", "sum", "none"]))
+    target_grad = data.draw(st.booleans())
+    describe(backend=backend, logits=x, target=q, temperature=temperature, reduction=reduction,
+             target_grad=target_grad)
+    dev = backend_device(backend)
+    compare(lambda u, v: pk.soft_target_cross_entropy(x.view(u), q.view(v), temperature=temperature,
+                                                      reduction=reduction, backend=backend),
+            lambda u, v: ref.soft_target_cross_entropy(x.view(u), q.view(v), temperature, reduction),
+            [x.leaf(dev), q.leaf(dev, target_grad)], dtype, what="soft_target_cross_entropy",
+            grads=conditioned(temperature, x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_class_gives_zero(backend):
+    """V = 1: every softmax is [1], so every loss and gradient is 0 in exact math; the
+    backends give 0 up to a few float32 roundings of the log terms (scaled by T^2)."""
+    dev = backend_device(backend)
+    for dtype in dtypes_for(backend):
+        s = torch.tensor([[3.0], [-1e4], [1e-30]], dtype=dtype, device=dev, requires_grad=True)
+        t = torch.tensor([[-2.0], [5.0], [0.0]], dtype=dtype, device=dev, requires_grad=True)
+        y = torch.tensor([0, -100, 0], device=dev)
+        ulp = torch.finfo(torch.float32 if dtype != torch.float64 else dtype).eps
+        for T in (0.05, 1.0, 4.0):
+            for beta in (0.0, 0.3, 1.0):
+                loss = pk.distillation_loss(s, t, temperature=T, labels=y, hard_weight=0.5, beta=beta,
+                                            label_smoothing=0.1, reduction="sum", backend=backend)
+                gs, gt = torch.autograd.grad(loss, [s, t])
+                assert abs(loss.item()) <= 16 * ulp * max(T * T, 1), (T, beta, loss.item())
+                assert gs.abs().max().item() <= 16 * ulp * max(T, 1) and gt.abs().max().item() <= 16 * ulp * max(T, 1)
+        assert pk.cross_entropy(s, y, reduction="sum", backend=backend).item() == 0
+        q = torch.ones_like(s)
+        assert pk.soft_target_cross_entropy(s, q, reduction="sum", backend=backend).item() == 0
