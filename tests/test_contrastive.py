@@ -10,7 +10,7 @@ from pykernels.reference import contrastive as ref
 
 from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
                       ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
-                      peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
+                      assert_close, peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
 
 # --------------------------------------------------------------------------- reference
 
@@ -166,6 +166,26 @@ def test_non_contiguous_and_mixed_scale_dtype(backend):
     for dtype in (torch.bfloat16, torch.float16):
         a, b = _features(12, 12, 16, dtype, dev, seed=42)
         _check_against_reference(backend, a, b, torch.tensor(20.0, device=dev, requires_grad=True))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_small_loss_under_large_logits_keeps_float32_precision(backend):
+    """Logits near 1e4 with a clear positive: the loss is small and each backend must get it
+    to float32 precision (or twice PyTorch's own float32 error). Formed as lse - positive,
+    it would carry |lse| * eps ~ 1e-3 of absolute error (found by the fuzz tests)."""
+    dev = backend_device(backend)
+    g = torch.Generator().manual_seed(7)
+    # rows close to one direction: logits ~3e3 that differ by a few units
+    base = torch.randn(1, 8, generator=g, dtype=torch.float64)
+    img = F.normalize(base + 0.03 * torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    txt = img.clone()
+    scale = torch.tensor(3e3, dtype=torch.float64)
+    want = ref.info_nce_loss(img, txt, scale, reduction="none")
+    i32, t32, s32 = (x.float().to(dev) for x in (img, txt, scale))
+    base = ref.info_nce_loss(i32.cpu(), t32.cpu(), s32.cpu(), reduction="none")
+    got = pk.info_nce_loss(i32, t32, s32, reduction="none", backend=backend)
+    assert want.abs().max() < 50 and (want > 1e-3).all()  # small losses, logits up to 3e3
+    assert_close(got, want, torch.float32, baseline=base)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

@@ -42,11 +42,12 @@ def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.conste
 
 
 @triton.jit
-def lse_kernel(A, B, LAB, SCALE, LSE, POS, NA, NB, D, s_a, s_b,
+def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
                HAS_POS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """LSE[a] = logsumexp_b scale <A_a, B_b>; POS[a] = scale <A_a, B_LAB[a]> (NaN when
-    LAB[a] is outside [0, NB): no out-of-range read, the loss shows it)."""
+    """logsumexp_b scale <A_a, B_b> = MAX[a] + LOGSUM[a] (kept apart so that the loss
+    (MAX - POS) + LOGSUM stays precise under large logits); POS[a] = scale <A_a, B_LAB[a]>
+    (NaN when LAB[a] is outside [0, NB): no out-of-range read, the loss shows it)."""
     rows = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
     rmask = rows < NA
     scale = tl.load(SCALE).to(ACC)
@@ -67,7 +68,8 @@ def lse_kernel(A, B, LAB, SCALE, LSE, POS, NA, NB, D, s_a, s_b,
         m = m_new
         if HAS_POS:
             pos += tl.sum(tl.where(cols[None, :] == lab[:, None], L, 0.0), axis=1)
-    tl.store(LSE + rows, (m + tl.log(s)).to(LSE.dtype.element_ty), mask=rmask)
+    tl.store(MAX + rows, m.to(MAX.dtype.element_ty), mask=rmask)
+    tl.store(LOGSUM + rows, tl.log(s).to(LOGSUM.dtype.element_ty), mask=rmask)
     if HAS_POS:
         pos = tl.where((lab >= 0) & (lab < NB), pos, float("nan"))
         tl.store(POS + rows, pos.to(POS.dtype.element_ty), mask=rmask)
@@ -166,20 +168,20 @@ def _common(x: torch.Tensor) -> dict:
 
 
 def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor | None):
-    """(lse [NA], pos [NA] or None) of L = scale a b^T over b's rows; a, b contiguous."""
+    """(max [NA], log_sum [NA], pos [NA] or None) of L = scale a b^T over b's rows, with
+    logsumexp = max + log_sum; a, b contiguous."""
     NA, D = a.shape
     NB = b.shape[0]
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    lse = torch.empty(NA, dtype=acc, device=a.device)
-    pos = torch.empty(NA, dtype=acc, device=a.device) if labels is not None else lse
-    if NA == 0:
-        return lse, (pos if labels is not None else None)
-    blocks = _blocks(a.dtype, D, a.device.type == "cpu")
-    grid = (triton.cdiv(NA, blocks["BLOCK_A"]),)
-    wrap_triton(lse_kernel)[grid](
-        a, b, labels if labels is not None else lse, scale, lse, pos, NA, NB, D, a.stride(0), b.stride(0),
-        HAS_POS=labels is not None, **_common(a), **blocks)
-    return lse, (pos if labels is not None else None)
+    mx, log_sum = (torch.empty(NA, dtype=acc, device=a.device) for _ in range(2))
+    pos = torch.empty(NA, dtype=acc, device=a.device) if labels is not None else mx
+    if NA:
+        blocks = _blocks(a.dtype, D, a.device.type == "cpu")
+        grid = (triton.cdiv(NA, blocks["BLOCK_A"]),)
+        wrap_triton(lse_kernel)[grid](
+            a, b, labels if labels is not None else mx, scale, mx, log_sum, pos, NA, NB, D, a.stride(0),
+            b.stride(0), HAS_POS=labels is not None, **_common(a), **blocks)
+    return mx, log_sum, (pos if labels is not None else None)
 
 
 def column_weights(labels: torch.Tensor, w: torch.Tensor, M: int) -> torch.Tensor:

@@ -42,8 +42,17 @@ inline acc hsum(const V<acc>& v) {
 }
 
 // log sum_j exp(scale * s[j]) over one row of n raw dot products.
+// A row's log-sum-exp as max + log(sum): the loss is formed as (max - positive) + log(sum),
+// which keeps the float32 precision of a small loss under large logits (lse - positive
+// would lose |lse| * eps); log_sum is 0 when max is not finite (lse = max then).
 template <typename acc>
-acc row_logsumexp(const acc* s, int64_t n, acc scale) {
+struct Lse {
+  acc max, log_sum;
+  acc value() const { return max + log_sum; }
+};
+
+template <typename acc>
+Lse<acc> row_logsumexp(const acc* s, int64_t n, acc scale) {
   constexpr int64_t W = V<acc>::size();
   const V<acc> vs(scale);
   V<acc> vm(-std::numeric_limits<acc>::infinity());
@@ -51,13 +60,13 @@ acc row_logsumexp(const acc* s, int64_t n, acc scale) {
   for (; j + W <= n; j += W) vm = at::vec::maximum(vm, V<acc>::loadu(s + j) * vs);
   acc m = hmax(vm);
   for (; j < n; ++j) m = std::isnan(scale * s[j]) ? scale * s[j] : std::max(m, scale * s[j]);
-  if (!(m > -std::numeric_limits<acc>::infinity())) return m;  // empty row, all -inf, or NaN
+  if (!(m > -std::numeric_limits<acc>::infinity())) return {m, acc(0)};  // empty row, all -inf, or NaN
   const V<acc> vmax(m);
   V<acc> vsum(0);
   for (j = 0; j + W <= n; j += W) vsum += (V<acc>::loadu(s + j) * vs - vmax).exp();
   acc sum = hsum(vsum);
   for (; j < n; ++j) sum += std::exp(scale * s[j] - m);
-  return m + std::log(sum);
+  return {m, std::log(sum)};
 }
 
 // Column statistics of one tile (rows x n, row stride n) merged into the running
@@ -132,16 +141,17 @@ void info_nce_forward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, 
     at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t i = r0 + r;
-        row_lse[i] = row_logsumexp(s + r * M, M, scale);
+        const Lse<acc> lse = row_logsumexp(s + r * M, M, scale);
         pos[i] = scale * s[r * M + y[i]];
-        loss[i] = row_lse[i] - pos[i];
+        row_lse[i] = lse.value();
+        loss[i] = (lse.max - pos[i]) + lse.log_sum;
       }
     });
     if (symmetric) merge_column_stats(s, rows, M, scale, r0 == 0, cm.data(), cs.data());
   }
   if (!symmetric) return;
   for (int64_t j = 0; j < M; ++j) col_lse[j] = N == 0 ? -std::numeric_limits<acc>::infinity() : cm[j] + std::log(cs[j]);
-  for (int64_t i = 0; i < N; ++i) loss[N + i] = col_lse[y[i]] - pos[i];
+  for (int64_t i = 0; i < N; ++i) loss[N + i] = (cm[y[i]] - pos[i]) + std::log(cs[y[i]]);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(

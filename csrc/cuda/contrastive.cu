@@ -77,11 +77,12 @@ __global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r
   sum = block_reduce<false>(sum, smem);
   if (threadIdx.x == 0) {
     const int64_t yi = y[i];
-    const acc lse = shift + log(sum);
     const acc p = (yi >= 0 && yi < M) ? scale * s[yi] : acc(NAN);
-    row_lse[i] = lse;
+    row_lse[i] = shift + log(sum);
     pos[i] = p;
-    loss[i] = lse - p;
+    // (max - positive) + log(sum), not lse - positive: keeps a small loss precise under
+    // large logits (lse rounded to float32 carries |lse| * eps)
+    loss[i] = (shift - p) + log(sum);
   }
 }
 
@@ -107,7 +108,8 @@ __global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_
   }
 }
 
-// col_lse[j] = cm + log(cs); loss_t2i[i] = col_lse[y[i]] - pos[i] (NaN: label out of range).
+// col_lse[j] = cm + log(cs); loss_t2i[i] = (cm - pos[i]) + log(cs) at j = y[i] (NaN: label
+// out of range).
 template <typename acc>
 __global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __restrict__ cm, const acc* __restrict__ cs,
                                 const int64_t* __restrict__ y, const acc* __restrict__ pos,
@@ -116,7 +118,7 @@ __global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __re
     if (k < M) col_lse[k] = cm[k] + log(cs[k]);
     if (k < N) {
       const int64_t yi = y[k];
-      loss_t2i[k] = (yi >= 0 && yi < M) ? cm[yi] + log(cs[yi]) - pos[k] : acc(NAN);
+      loss_t2i[k] = (yi >= 0 && yi < M) ? (cm[yi] - pos[k]) + log(cs[yi]) : acc(NAN);
     }
   }
 }

@@ -127,18 +127,21 @@ if triton_available():
         i = _normalized(image_features.contiguous(), normalize)
         t = _normalized(text_features.contiguous(), normalize)
         scale = logit_scale.reshape(1)
-        row_lse, pos = tk.logsumexp(i, t, scale, labels.contiguous())
-        l_i2t = row_lse - pos
+        # loss = (max - positive) + log_sum: lse - positive would lose |lse| * eps
+        row_max, row_log_sum, pos = tk.logsumexp(i, t, scale, labels.contiguous())
+        l_i2t = (row_max - pos) + row_log_sum
+        row_lse = row_max + row_log_sum
         if not symmetric:
             return l_i2t[None], row_lse, row_lse.new_empty(0)
-        col_lse, _ = tk.logsumexp(t, i, scale, None)
+        col_max, col_log_sum, _ = tk.logsumexp(t, i, scale, None)
         M = t.shape[0]
         if M == 0:  # every label is out of range
             l_t2i = torch.full_like(pos, float("nan"))
         else:
             # pos is NaN where a label is out of range; clamp only keeps the gather in bounds
-            l_t2i = col_lse[labels.clamp(0, M - 1)] - pos
-        return torch.stack([l_i2t, l_t2i]), row_lse, col_lse
+            j = labels.clamp(0, M - 1)
+            l_t2i = (col_max[j] - pos) + col_log_sum[j]
+        return torch.stack([l_i2t, l_t2i]), row_lse, col_max + col_log_sum
 
     @triton_op("pykernels::info_nce_loss_backward_triton", mutates_args=())
     def _info_nce_loss_backward_triton(grad: Tensor, image_features: Tensor, text_features: Tensor,
