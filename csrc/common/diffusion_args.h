@@ -155,12 +155,12 @@ template <typename T>
 C10_HOST_DEVICE inline T step_element(const Step<T>& k, int64_t mode, T lim, T s, T m, T& x0c) {
   x0c = clip_x0<T>(mode, k.xs * s + k.xm * m, lim);
   // A term whose coefficient is 0 is absent from the formula (e.g. DDPM's mean has no
-  // model_output term besides x0): skip it, so an inf there, clipped away in x0, does
-  // not come back as 0 * inf = nan.
-  T r = k.ox * x0c;
-  if (k.os != T(0)) r += k.os * s;
-  if (k.om != T(0)) r += k.om * m;
-  return r;
+  // model_output term besides x0): its input is replaced by 0, so an inf there, clipped
+  // away in x0, does not come back as 0 * inf = nan. A select, not a branch: the CPU
+  // loops over elements stay vectorised.
+  const T s_used = k.os != T(0) ? s : T(0);
+  const T m_used = k.om != T(0) ? m : T(0);
+  return k.ox * x0c + k.os * s_used + k.om * m_used;
 }
 
 // Gradients of one element of a step, given gp (grad of prev_sample) and gx (grad of

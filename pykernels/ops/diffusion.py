@@ -233,7 +233,8 @@ def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: b
     if t.shape != (N,):
         raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{N}] (one per sample), got {tuple(t.shape)}")
     if t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel():
-        lo, hi = (int(v) for v in torch.aminmax(t))
+        vals = t.tolist()  # one host copy of [N] ints: cheaper than reductions + .item()s
+        lo, hi = min(vals), max(vals)
         if (lo < 0 and not allow_negative) or hi >= T:
             bad = lo if lo < 0 and not allow_negative else hi
             raise IndexError(f"{fn}: argument '{name}' has {bad}, outside [{'-inf' if allow_negative else 0}, "
