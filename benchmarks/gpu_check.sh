@@ -25,7 +25,9 @@ fi
 $PY -m pykernels info 2>&1 | tee -a "$OUT/summary.txt"
 
 stamp "tests (CUDA and Triton on the GPU)"
-timeout 240 $PY -m pytest -q -x tests -m "not slow" -p no:cacheprovider > "$OUT/tests.log" 2>&1
+# Only the cuda and triton parametrisations: the CPU ones run in CI, and the whole suite
+# no longer fits this step's budget.
+timeout 240 $PY -m pytest -q tests -m "not slow" -k "cuda or triton" -p no:cacheprovider > "$OUT/tests.log" 2>&1
 tests_rc=$?
 tail -5 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
 
