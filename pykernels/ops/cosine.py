@@ -151,8 +151,20 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, 
     name = backends.resolve(backend, x1.device, fn)
     if name == "reference":
         return ref.cosine_similarity(x1, x2, d, eps)
+    if _half_broadcast_grad(x1, x2, shape):
+        # A broadcast input's gradient is a sum over the broadcast dims. In half precision
+        # each term would be rounded before autograd sums them, and terms of mixed sign
+        # cancel (a few % error, found by the fuzz tests): run in float32 so the sum is
+        # taken in float32, and round the result once.
+        return cosine_similarity(x1.float(), x2.float(), dim, eps, backend=name).to(x1.dtype)
     x1, x2 = x1.expand(shape).movedim(d, -1), x2.expand(shape).movedim(d, -1)
     return op("cosine_similarity", name)(x1, x2, eps)
+
+
+def _half_broadcast_grad(x1: Tensor, x2: Tensor, shape) -> bool:
+    """A half-precision call whose broadcast input needs a gradient."""
+    return (x1.dtype in (torch.float16, torch.bfloat16) and torch.is_grad_enabled()
+            and any(x.requires_grad and x.shape != shape for x in (x1, x2)))
 
 
 @chk.autocast_rule("a", "b")
