@@ -112,4 +112,61 @@ inline void check_distill_hparams(const char* op, double temperature, double sof
   check_unit_interval(op, "label_smoothing", label_smoothing);
 }
 
+// The argument checks and settings of each op of the family, shared by the CPU and CUDA
+// wrappers (dev: the device type the kernel runs on).
+inline DistillSettings kd_settings(const char* op, at::DeviceType dev, const at::Tensor& student,
+                                   const at::Tensor& teacher, bool has_labels, const at::Tensor& labels,
+                                   double temperature, double soft_weight, double hard_weight, double beta,
+                                   int64_t ignore_index, double label_smoothing, bool grad_student,
+                                   bool grad_teacher) {
+  check_logits(op, "student", student, dev);
+  check_like(op, "teacher", teacher, "student", student);
+  check_distill_hparams(op, temperature, soft_weight, hard_weight, beta, label_smoothing);
+  if (has_labels) check_labels(op, labels, student);
+  TORCH_CHECK_VALUE(has_labels || hard_weight == 0, op,
+                    ": argument 'hard_weight' must be 0 when no labels are given, got ", hard_weight);
+  DistillSettings st;
+  st.temperature = temperature;
+  st.soft_weight = soft_weight;
+  st.hard_weight = hard_weight;
+  st.beta = beta;
+  st.label_smoothing = label_smoothing;
+  st.ignore_index = ignore_index;
+  st.soft = true;
+  st.hard = has_labels && hard_weight != 0;
+  st.grad_s = grad_student;
+  st.grad_t = grad_teacher;
+  return st;
+}
+
+inline DistillSettings ce_settings(const char* op, at::DeviceType dev, const at::Tensor& logits,
+                                   const at::Tensor& labels, int64_t ignore_index, double label_smoothing,
+                                   bool grad_logits) {
+  check_logits(op, "logits", logits, dev);
+  check_labels(op, labels, logits);
+  check_unit_interval(op, "label_smoothing", label_smoothing);
+  DistillSettings st;
+  st.hard_weight = 1.0;
+  st.label_smoothing = label_smoothing;
+  st.ignore_index = ignore_index;
+  st.hard = true;
+  st.grad_s = grad_logits;
+  return st;
+}
+
+inline DistillSettings soft_target_settings(const char* op, at::DeviceType dev, const at::Tensor& logits,
+                                            const at::Tensor& target, double temperature, bool grad_logits,
+                                            bool grad_target) {
+  check_logits(op, "logits", logits, dev);
+  check_like(op, "target", target, "logits", logits);
+  check_positive(op, "temperature", temperature);
+  check_finite(op, "temperature", temperature);
+  DistillSettings st;
+  st.temperature = temperature;
+  st.probs = true;
+  st.grad_s = grad_logits;
+  st.grad_t = grad_target;
+  return st;
+}
+
 }  // namespace pykernels

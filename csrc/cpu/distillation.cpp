@@ -75,40 +75,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cpu(
     double temperature, double soft_weight, double hard_weight, double beta, int64_t ignore_index,
     double label_smoothing, bool grad_student, bool grad_teacher) {
   const char* op = "pykernels::distillation_loss";
-  check_logits(op, "student", student, at::kCPU);
-  check_like(op, "teacher", teacher, "student", student);
-  check_distill_hparams(op, temperature, soft_weight, hard_weight, beta, label_smoothing);
   const bool has_labels = labels.has_value() && labels->defined();
-  if (has_labels) check_labels(op, *labels, student);
-  TORCH_CHECK_VALUE(has_labels || hard_weight == 0, op,
-                    ": argument 'hard_weight' must be 0 when no labels are given, got ", hard_weight);
-  DistillSettings st;
-  st.temperature = temperature;
-  st.soft_weight = soft_weight;
-  st.hard_weight = hard_weight;
-  st.beta = beta;
-  st.label_smoothing = label_smoothing;
-  st.ignore_index = ignore_index;
-  st.soft = true;
-  st.hard = has_labels && hard_weight != 0;
-  st.grad_s = grad_student;
-  st.grad_t = grad_teacher;
-  return run_rows(op, st, student, teacher, has_labels ? *labels : at::Tensor());
+  const at::Tensor y = has_labels ? *labels : at::Tensor();
+  const auto st = kd_settings(op, at::kCPU, student, teacher, has_labels, y, temperature, soft_weight, hard_weight,
+                              beta, ignore_index, label_smoothing, grad_student, grad_teacher);
+  return run_rows(op, st, student, teacher, y);
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& logits, const at::Tensor& labels,
                                                      int64_t ignore_index, double label_smoothing,
                                                      bool grad_logits) {
   const char* op = "pykernels::cross_entropy";
-  check_logits(op, "logits", logits, at::kCPU);
-  check_labels(op, labels, logits);
-  check_unit_interval(op, "label_smoothing", label_smoothing);
-  DistillSettings st;
-  st.hard_weight = 1.0;
-  st.label_smoothing = label_smoothing;
-  st.ignore_index = ignore_index;
-  st.hard = true;
-  st.grad_s = grad_logits;
+  const auto st = ce_settings(op, at::kCPU, logits, labels, ignore_index, label_smoothing, grad_logits);
   auto [loss, g, unused] = run_rows(op, st, logits, at::Tensor(), labels);
   return {loss, g};
 }
@@ -117,15 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, double temperature, bool grad_logits,
     bool grad_target) {
   const char* op = "pykernels::soft_target_cross_entropy";
-  check_logits(op, "logits", logits, at::kCPU);
-  check_like(op, "target", target, "logits", logits);
-  check_positive(op, "temperature", temperature);
-  check_finite(op, "temperature", temperature);
-  DistillSettings st;
-  st.temperature = temperature;
-  st.probs = true;
-  st.grad_s = grad_logits;
-  st.grad_t = grad_target;
+  const auto st = soft_target_settings(op, at::kCPU, logits, target, temperature, grad_logits, grad_target);
   return run_rows(op, st, logits, target, at::Tensor());
 }
 
