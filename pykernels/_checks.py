@@ -48,6 +48,15 @@ def same_shape(fn: str, *named: tuple[str, torch.Tensor]) -> None:
             )
 
 
+def grad(fn: str, g, shape, like: torch.Tensor, name: str = "grad") -> None:
+    """The upstream gradient a backward op is called with: a float tensor of `shape` on
+    `like`'s device (any float dtype: the op converts it)."""
+    tensor(fn, name, g)
+    same_device(fn, ("the inputs", like), (name, g))
+    if tuple(g.shape) != tuple(shape):
+        raise ValueError(f"{fn}: argument '{name}' must have shape {tuple(shape)}, got {tuple(g.shape)}")
+
+
 def positive(fn: str, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{fn}: argument '{name}' must be a number, got {type(value).__name__}")

@@ -40,6 +40,7 @@ from torch import Tensor
 from . import _checks, backends
 from .ops._registry import op as _op
 from .ops.contrastive import info_nce_loss as _fused  # the single-process fused op
+from .ops.contrastive import split_lse
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
@@ -235,15 +236,16 @@ class _Tile:
         return torch.arange(img.shape[0], device=img.device)
 
     def lse(self, img, blk, scale):
-        """(row LSE [n], column LSE [m] or None) of scale * img @ blk^T, accumulation dtype."""
+        """(row LSE [n], column LSE [m] or None) of scale * img @ blk^T, float64 (as the
+        fused op keeps them: see pykernels.ops.contrastive.split_lse)."""
         if self.kernel is not None:
             _, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric, False)
             return row, (col if self.symmetric else None)
         row, col = [], None
         for _, _, logits in self._chunks(img, blk, scale):
-            row.append(torch.logsumexp(logits, 1))
+            row.append(_lse64(logits, 1))
             if self.symmetric:
-                part = torch.logsumexp(logits, 0)
+                part = _lse64(logits, 0)
                 col = part if col is None else torch.logaddexp(col, part)
         return torch.cat(row), col
 
@@ -267,13 +269,15 @@ class _Tile:
             d_blk = d_blk.to(acc).addcmul_(i, s * w_pos)
             return d_img, d_blk, d_scale.to(acc).reshape(()) + w_pos * _row_dots(i, t).sum()
         t = blk.to(acc)
+        row_hi, row_lo = split_lse(row_lse, acc)
+        col_hi, col_lo = split_lse(col_lse, acc) if c is not None else (None, None)
         d_img = torch.zeros(img.shape, dtype=acc, device=img.device)
         d_blk = torch.zeros(blk.shape, dtype=acc, device=blk.device)
         d_scale = torch.zeros((), dtype=acc, device=img.device)
         for rows, raw, logits in self._chunks(img, t, s):
-            g = a * torch.exp(logits - row_lse[rows, None])
+            g = a * torch.exp((logits - row_hi[rows, None]) - row_lo[rows, None])
             if c is not None:
-                g = g + c * torch.exp(logits - col_lse[None, :])
+                g = g + c * torch.exp((logits - col_hi[None, :]) - col_lo[None, :])
             d_scale += (g * raw).sum()
             g = g * s  # d loss / d raw dot products, [chunk, m]
             d_img[rows] = g @ t
@@ -327,11 +331,13 @@ class _RingInfoNCE(torch.autograd.Function):
                 (block,) = incoming
         pos = _positive_logits(img, txt, scale)
         w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
+        # the log-sum-exps are float64, so lse - pos keeps a small loss's digits
         partial = w_row * (row_lse - pos).sum()
         if symmetric:
             partial = partial + w_col * (col_lse - pos).sum()
         if world > 1:
             dist.all_reduce(partial, group=group)
+        partial = partial.to(_acc(img.dtype))
         ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
         ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
@@ -374,6 +380,14 @@ class _RingInfoNCE(torch.autograd.Function):
             dist.all_reduce(d_scale, group=group)
         return (d_img.to(img.dtype), d_txt.to(txt.dtype), d_scale.reshape(scale.shape).to(scale.dtype),
                 None, None, None, None, None, None)
+
+
+def _lse64(logits: Tensor, dim: int) -> Tensor:
+    """logsumexp along `dim` as float64 max + log(sum): the float32 digits of both parts."""
+    m = logits.amax(dim, keepdim=True)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    log_sum = torch.log(torch.exp(logits - shift).sum(dim, keepdim=True))
+    return (shift.double() + log_sum.double()).squeeze(dim)
 
 
 def _row_dots(x: Tensor, y: Tensor) -> Tensor:

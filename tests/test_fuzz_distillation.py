@@ -43,6 +43,13 @@ def conditioned(temperature, *logits):
     return all(x.scale / temperature <= 10 for x in logits)
 
 
+def _not_uniform(q) -> bool:
+    """A "probs" target whose rows (the view's last dim) are not all equal: a sharp enough
+    softmax, and not a transposed view of a leaf whose softmax dim has size 1 (every
+    element 1: the long fuzz run drew it)."""
+    return q.scale >= 1 and not (q.layout == "transposed" and len(q.shape) >= 2 and q.shape[-2] == 1)
+
+
 def _labels_note(y):
     return None if y is None else y.tolist()
 
@@ -85,12 +92,16 @@ def test_cross_entropy(backend, data):
     smoothing, reduction = data.draw(SMOOTHING), data.draw(st.sampled_from(["mean", "sum", "none"]))
     describe(backend=backend, logits=x, labels=_labels_note(y), ignore_index=ignore_index,
              label_smoothing=smoothing, reduction=reduction)
+    # label_smoothing = 1 makes the target uniform, and the gradient softmax - 1/V is then
+    # (x - mean x) / V: against logits of 1e-30 that is far below the rounding of 1/V in
+    # the float64 reference itself (the long fuzz run found a float64 reference of 2e-17
+    # against an exact 1e-31). Outputs only there.
     dev = backend_device(backend)
     y = y.to(dev)
     compare(lambda u: pk.cross_entropy(x.view(u), y, ignore_index=ignore_index, label_smoothing=smoothing,
                                        reduction=reduction, backend=backend),
             lambda u: ref.cross_entropy(x.view(u), y, ignore_index, smoothing, reduction),
-            [x.leaf(dev)], dtype, what="cross_entropy")
+            [x.leaf(dev)], dtype, what="cross_entropy", grads=not (smoothing == 1.0 and x.scale <= 1e-16))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -101,7 +112,7 @@ def test_soft_target_cross_entropy(backend, data):
     # target probabilities: a softmax (sharp or flat) of the leaf's last dim; the views
     # then take a subset, which the op's math (linear in q) does not mind
     # (not uniform: a uniform q against tiny, so uniform, logits is a zero gradient)
-    q = data.draw(specs(shape, dtype, hi=30.0, values=("probs",), stream=1).filter(lambda x: x.scale >= 1))
+    q = data.draw(specs(shape, dtype, hi=30.0, values=("probs",), stream=1).filter(_not_uniform))
     temperature, reduction = data.draw(TEMPERATURES), data.draw(st.sampled_from(["batchmean", "sum", "none"]))
     target_grad = data.draw(st.booleans())
     describe(backend=backend, logits=x, target=q, temperature=temperature, reduction=reduction,

@@ -76,14 +76,15 @@ def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
 
 
 @triton.jit
-def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_B, W_A, W_B, W_POS, DA, DSCALE, NA, NB, D, s_a, s_b,
+def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DA, DSCALE, NA, NB, D, s_a, s_b,
                 USE_A: tl.constexpr, USE_B: tl.constexpr, LABELS_ON_A: tl.constexpr, WITH_DSCALE: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                 GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     """DA[a, d-block] = scale * sum_b G[a, b] B[b, d-block], with
         G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [pair (a, b)] W_POS[pair],
     pairs (a, LAB[a]) when LABELS_ON_A, else (LAB[b], b); the W_POS of a pair is indexed
-    like LAB. DSCALE[program] = sum G * raw (only for d-block 0 when WITH_DSCALE)."""
+    like LAB. DSCALE[program] = sum G * raw (only for d-block 0 when WITH_DSCALE). Each
+    LSE comes as hi + lo (split_lse): L - LSE is formed as (L - hi) - lo."""
     pid_a = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -92,6 +93,7 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_B, W_A, W_B, W_POS, DA, DSCALE, NA,
     if USE_A:
         w_a = tl.load(W_A + rows, mask=rmask, other=0.0).to(ACC)
         lse_a = tl.load(LSE_A + rows, mask=rmask, other=0.0).to(ACC)
+        lse_a_lo = tl.load(LSE_A_LO + rows, mask=rmask, other=0.0).to(ACC)
     if LABELS_ON_A:
         lab_a = tl.load(LAB + rows, mask=rmask, other=-1)
         wpos_a = tl.load(W_POS + rows, mask=rmask, other=0.0).to(ACC)
@@ -106,11 +108,12 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_B, W_A, W_B, W_POS, DA, DSCALE, NA,
                              BLOCK_A, BLOCK_B, BLOCK_D)
         g = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
         if USE_A:
-            g += w_a[:, None] * tl.exp(L - lse_a[:, None])
+            g += w_a[:, None] * tl.exp((L - lse_a[:, None]) - lse_a_lo[:, None])
         if USE_B:
             w_b = tl.load(W_B + cols, mask=cmask, other=0.0).to(ACC)
             lse_b = tl.load(LSE_B + cols, mask=cmask, other=0.0).to(ACC)
-            g += w_b[None, :] * tl.exp(L - lse_b[None, :])
+            lse_b_lo = tl.load(LSE_B_LO + cols, mask=cmask, other=0.0).to(ACC)
+            g += w_b[None, :] * tl.exp((L - lse_b[None, :]) - lse_b_lo[None, :])
         if LABELS_ON_A:
             g -= tl.where(cols[None, :] == lab_a[:, None], wpos_a[:, None], 0.0)
         else:
@@ -194,7 +197,8 @@ def column_weights(labels: torch.Tensor, w: torch.Tensor, M: int) -> torch.Tenso
 
 
 def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, labels_on_a: bool, with_dscale: bool):
-    """(dA in the accumulation dtype, per-program d(scale) partials or None); see grad_kernel."""
+    """(dA in the accumulation dtype, per-program d(scale) partials or None); see grad_kernel.
+    lse_a, lse_b: (hi, lo) pairs (split_lse)."""
     NA, D = a.shape
     NB = b.shape[0]
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
@@ -209,7 +213,7 @@ def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, labels_on_a: b
         return da, (parts.sum() if with_dscale else None)
     cm = _common(a)
     wrap_triton(grad_kernel)[grid](
-        a, b, labels, scale, lse_a if w_a is not None else da, lse_b if w_b is not None else da,
+        a, b, labels, scale, *(lse_a if w_a is not None else (da, da)), *(lse_b if w_b is not None else (da, da)),
         w_a if w_a is not None else da, w_b if w_b is not None else da, w_pos, da, parts, NA, NB, D,
         a.stride(0), b.stride(0), USE_A=w_a is not None, USE_B=w_b is not None, LABELS_ON_A=labels_on_a,
         WITH_DSCALE=with_dscale, GRAD_F32=a.dtype == torch.float16,

@@ -243,12 +243,14 @@ def _matmul_blocks(dtype: torch.dtype, on_cpu: bool):
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 
 
-def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None, allow_tf32=False):
-    """a [Z, M, K] @ b [Z, K, N] (any strides) -> [Z, M, N] in a's dtype, optionally
-    scaled by row_scale [Z, M] and col_scale [Z, N] (float32) in the epilogue."""
+def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None, allow_tf32=False,
+                  out_dtype=None):
+    """a [Z, M, K] @ b [Z, K, N] (any strides) -> [Z, M, N] in `out_dtype` (default a's
+    dtype), optionally scaled by row_scale [Z, M] and col_scale [Z, N] (float32) in the
+    epilogue."""
     Z, M, K = a.shape
     N = b.shape[2]
-    c = torch.empty((Z, M, N), dtype=a.dtype, device=a.device)
+    c = torch.empty((Z, M, N), dtype=out_dtype or a.dtype, device=a.device)
     if c.numel() == 0:
         return c
     scale = row_scale is not None

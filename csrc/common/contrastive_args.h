@@ -2,6 +2,7 @@
 // implementations, and the layout of the op's outputs.
 #pragma once
 #include <algorithm>
+#include <utility>
 
 #include "common/checks.h"
 
@@ -42,8 +43,20 @@ inline void check_info_nce(const char* op, const at::Tensor& img, const at::Tens
                     labels.sizes());
 }
 
+// The log-sum-exps the forward saves (row_lse, col_lse) are float64: at |L| ~ 15 a
+// float32 lse is rounded by 1e-6, the size of a confident row's loss, and the softmax
+// of the positive, exp(L - lse), carried that error (8x PyTorch's, found by fuzzing).
+// A backward splits each into hi + lo in the accumulation dtype and forms L - lse as
+// (L - hi) - lo, exact up to the rounding of L itself. lo is 0 where lse is infinite.
+inline std::pair<at::Tensor, at::Tensor> split_lse(const at::Tensor& lse, at::ScalarType acc) {
+  const auto l = lse.to(at::kDouble);
+  const auto hi = l.to(acc).contiguous();
+  const auto lo = (l - hi.to(at::kDouble)).nan_to_num(0.0, 0.0, 0.0).to(acc).contiguous();
+  return {hi, lo};
+}
+
 // The backward's extra inputs: grad [K, N] (K = 2 if symmetric else 1), row_lse [N],
-// col_lse [M] (symmetric) or [0].
+// col_lse [M] (symmetric) or [0] (any float dtype; the forward gives float64).
 inline void check_info_nce_backward(const char* op, const at::Tensor& grad, const at::Tensor& img,
                                     const at::Tensor& txt, const at::Tensor& row_lse,
                                     const at::Tensor& col_lse, bool symmetric) {

@@ -48,7 +48,7 @@ inline acc hsum(const V<acc>& v) {
 template <typename acc>
 struct Lse {
   acc max, log_sum;
-  acc value() const { return max + log_sum; }
+  double value() const { return double(max) + double(log_sum); }  // float64: see split_lse
 };
 
 template <typename acc>
@@ -129,7 +129,7 @@ void check_labels_in_range(const char* op, const at::Tensor& labels, int64_t M) 
 
 template <typename acc>
 void info_nce_forward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, const int64_t* y,
-                           bool symmetric, acc* loss, acc* row_lse, acc* col_lse) {
+                           bool symmetric, acc* loss, double* row_lse, double* col_lse) {
   const int64_t N = I.size(0), M = T.size(0), R = contrastive_tile_rows(N, M);
   std::vector<acc> pos(N), cm(symmetric ? M : 0), cs(symmetric ? M : 0);
   auto tile = at::empty({R, M}, I.options());
@@ -150,7 +150,8 @@ void info_nce_forward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, 
     if (symmetric) merge_column_stats(s, rows, M, scale, r0 == 0, cm.data(), cs.data());
   }
   if (!symmetric) return;
-  for (int64_t j = 0; j < M; ++j) col_lse[j] = N == 0 ? -std::numeric_limits<acc>::infinity() : cm[j] + std::log(cs[j]);
+  for (int64_t j = 0; j < M; ++j)
+    col_lse[j] = N == 0 ? -std::numeric_limits<double>::infinity() : double(cm[j]) + double(std::log(cs[j]));
   for (int64_t i = 0; i < N; ++i) loss[N + i] = (cm[y[i]] - pos[i]) + std::log(cs[y[i]]);
 }
 
@@ -165,30 +166,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(
   const auto acc_type = at::toOpMathType(img.scalar_type());
   const auto opts = img.options().dtype(acc_type);
   auto loss = at::empty({symmetric ? 2 : 1, N}, opts);
-  auto row_lse = at::empty({N}, opts), col_lse = at::empty({symmetric ? M : 0}, opts);
+  auto row_lse = at::empty({N}, opts.dtype(at::kDouble)), col_lse = at::empty({symmetric ? M : 0}, opts.dtype(at::kDouble));
   const auto I = prepare(img, normalize), T = prepare(txt, normalize);
   AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_cpu", [&] {
     info_nce_forward_impl<scalar_t>(I, T, logit_scale.item().to<scalar_t>(), labels.const_data_ptr<int64_t>(),
-                                    symmetric, loss.data_ptr<scalar_t>(), row_lse.data_ptr<scalar_t>(),
-                                    col_lse.data_ptr<scalar_t>());
+                                    symmetric, loss.data_ptr<scalar_t>(), row_lse.data_ptr<double>(),
+                                    col_lse.data_ptr<double>());
   });
   return {loss, row_lse, col_lse};
 }
 
 // Overwrites one row s[0..M) of raw dot products with dLoss/dL and returns
 // sum_j dLoss/dL_j * s_j (this row's share of d(scale)):
-//   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),   L_j = scale s_j.
+//   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),   L_j = scale s_j,
+// with each lse given as hi + lo (split_lse).
 template <typename acc>
-acc grad_row(acc* s, int64_t M, acc scale, acc a, acc b, acc rl, const acc* c, const acc* cl, int64_t y) {
+acc grad_row(acc* s, int64_t M, acc scale, acc a, acc b, acc rl_hi, acc rl_lo, const acc* c, const acc* cl_hi,
+             const acc* cl_lo, int64_t y) {
   constexpr int64_t W = V<acc>::size();
-  const V<acc> vs(scale), va(a), vrl(rl);
+  const V<acc> vs(scale), va(a), vhi(rl_hi), vlo(rl_lo);
   V<acc> vdot(0);
   const acc s_pos = s[y];
   for (int64_t j = 0; j < M; j += W) {
     const int64_t w = std::min(W, M - j);
     const V<acc> x = V<acc>::loadu(s + j, w), L = x * vs;
-    V<acc> d = va * (L - vrl).exp();
-    if (c != nullptr) d = at::vec::fmadd(V<acc>::loadu(c + j, w), (L - V<acc>::loadu(cl + j, w)).exp(), d);
+    V<acc> d = va * ((L - vhi) - vlo).exp();
+    if (c != nullptr) {
+      const V<acc> x = (L - V<acc>::loadu(cl_hi + j, w)) - V<acc>::loadu(cl_lo + j, w);
+      d = at::vec::fmadd(V<acc>::loadu(c + j, w), x.exp(), d);
+    }
     // Lanes past w load zeros and their d is dropped by the partial store; zero them
     // out of the dot product too.
     vdot = at::vec::fmadd(w == W ? d : V<acc>::set(V<acc>(0), d, w), x, vdot);
@@ -200,8 +206,8 @@ acc grad_row(acc* s, int64_t M, acc scale, acc a, acc b, acc rl, const acc* c, c
 
 template <typename acc>
 acc info_nce_backward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, const int64_t* y,
-                           const acc* ga, const acc* gb, const acc* row_lse, const acc* col_lse,
-                           at::Tensor& dI, at::Tensor& dT) {
+                           const acc* ga, const acc* gb, const acc* row_hi, const acc* row_lo,
+                           const acc* col_hi, const acc* col_lo, at::Tensor& dI, at::Tensor& dT) {
   const int64_t N = I.size(0), M = T.size(0), R = contrastive_tile_rows(N, M);
   const bool symmetric = gb != nullptr;
   // Column weights c_j = sum of the text -> image gradients of the pairs whose label is j,
@@ -219,8 +225,8 @@ acc info_nce_backward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, 
     at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const int64_t i = r0 + r;
-        dscale_rows[i] = grad_row<acc>(s + r * M, M, scale, ga[i], symmetric ? gb[i] : acc(0), row_lse[i],
-                                       symmetric ? c.data() : nullptr, col_lse, y[i]);
+        dscale_rows[i] = grad_row<acc>(s + r * M, M, scale, ga[i], symmetric ? gb[i] : acc(0), row_hi[i],
+                                       row_lo[i], symmetric ? c.data() : nullptr, col_hi, col_lo, y[i]);
       }
     });
     auto dIr = dI.narrow(0, r0, rows);
@@ -250,7 +256,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cpu(
   check_labels_in_range(op, labels, M);
   const auto acc_type = at::toOpMathType(img.scalar_type());
   const auto grad = grad_.to(acc_type).contiguous();
-  const auto row_lse = row_lse_.to(acc_type).contiguous(), col_lse = col_lse_.to(acc_type).contiguous();
+  // (no structured bindings: C++17 lambdas below cannot capture them)
+  const auto row_split = split_lse(row_lse_, acc_type), col_split = split_lse(col_lse_, acc_type);
+  const at::Tensor &row_hi = row_split.first, &row_lo = row_split.second;
+  const at::Tensor &col_hi = col_split.first, &col_lo = col_split.second;
   const auto I0 = prepare(img, false), T0 = prepare(txt, false);
   const auto I = normalize ? normalize_rows(I0, kNormalizeEps) : I0;
   const auto T = normalize ? normalize_rows(T0, kNormalizeEps) : T0;
@@ -260,8 +269,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cpu(
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t v = info_nce_backward_impl<scalar_t>(
         I, T, logit_scale.item().to<scalar_t>(), labels.const_data_ptr<int64_t>(), g,
-        symmetric ? g + N : nullptr, row_lse.const_data_ptr<scalar_t>(),
-        symmetric ? col_lse.const_data_ptr<scalar_t>() : nullptr, dI, dT);
+        symmetric ? g + N : nullptr, row_hi.const_data_ptr<scalar_t>(), row_lo.const_data_ptr<scalar_t>(),
+        symmetric ? col_hi.const_data_ptr<scalar_t>() : nullptr,
+        symmetric ? col_lo.const_data_ptr<scalar_t>() : nullptr, dI, dT);
     dscale.fill_(v);
   });
   if (normalize) {

@@ -62,7 +62,7 @@ __device__ T block_reduce(T v, T* smem) {
 // Block r: row r0 + r of the logits, from tile row r (M raw dot products).
 template <typename acc>
 __global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r0, const int64_t* __restrict__ y,
-                                 const acc* __restrict__ scale_p, acc* __restrict__ row_lse, acc* __restrict__ pos,
+                                 const acc* __restrict__ scale_p, double* __restrict__ row_lse, acc* __restrict__ pos,
                                  acc* __restrict__ loss) {
   __shared__ acc smem[kThreads / kWarp];
   const int64_t r = blockIdx.x, i = r0 + r;
@@ -78,7 +78,7 @@ __global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r
   if (threadIdx.x == 0) {
     const int64_t yi = y[i];
     const acc p = (yi >= 0 && yi < M) ? scale * s[yi] : acc(NAN);
-    row_lse[i] = shift + log(sum);
+    row_lse[i] = double(shift) + double(log(sum));  // float64: see split_lse
     pos[i] = p;
     // (max - positive) + log(sum), not lse - positive: keeps a small loss precise under
     // large logits (lse rounded to float32 carries |lse| * eps)
@@ -113,9 +113,9 @@ __global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_
 template <typename acc>
 __global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __restrict__ cm, const acc* __restrict__ cs,
                                 const int64_t* __restrict__ y, const acc* __restrict__ pos,
-                                acc* __restrict__ col_lse, acc* __restrict__ loss_t2i) {
+                                double* __restrict__ col_lse, acc* __restrict__ loss_t2i) {
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
-    if (k < M) col_lse[k] = cm[k] + log(cs[k]);
+    if (k < M) col_lse[k] = double(cm[k]) + double(log(cs[k]));
     if (k < N) {
       const int64_t yi = y[k];
       loss_t2i[k] = (yi >= 0 && yi < M) ? (cm[yi] - pos[k]) + log(cs[yi]) : acc(NAN);
@@ -145,21 +145,22 @@ __global__ void column_weight_kernel(const int64_t* __restrict__ y, const acc* _
 
 // Block r: tile row r becomes G = scale * dLoss/dL,
 //   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),
-// written to G (which may alias S); dscale_rows[i] = sum_j dL_j * raw_j.
+// each lse given as hi + lo (split_lse), written to G (which may alias S); dscale_rows[i] = sum_j dL_j * raw_j.
 template <typename acc, typename out_t>
 __global__ void grad_kernel(const acc* S, out_t* G, int64_t M, int64_t r0, const int64_t* __restrict__ y,
                             const acc* __restrict__ scale_p, const acc* __restrict__ ga, const acc* __restrict__ gb,
-                            const acc* __restrict__ c, const acc* __restrict__ row_lse,
-                            const acc* __restrict__ col_lse, acc* __restrict__ dscale_rows) {
+                            const acc* __restrict__ c, const acc* __restrict__ row_hi, const acc* __restrict__ row_lo,
+                            const acc* __restrict__ col_hi, const acc* __restrict__ col_lo,
+                            acc* __restrict__ dscale_rows) {
   __shared__ acc smem[kThreads / kWarp];
   const int64_t r = blockIdx.x, i = r0 + r;
-  const acc scale = *scale_p, a = ga[i], b = gb != nullptr ? gb[i] : acc(0), rl = row_lse[i];
+  const acc scale = *scale_p, a = ga[i], b = gb != nullptr ? gb[i] : acc(0), rl_hi = row_hi[i], rl_lo = row_lo[i];
   const int64_t yi = y[i];
   acc part = 0;
   for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
     const acc x = S[r * M + j], L = scale * x;
-    acc d = a * exp(L - rl);
-    if (gb != nullptr) d += c[j] * exp(L - col_lse[j]);
+    acc d = a * exp((L - rl_hi) - rl_lo);
+    if (gb != nullptr) d += c[j] * exp((L - col_hi[j]) - col_lo[j]);
     if (j == yi) d -= a + b;
     part += d * x;
     G[r * M + j] = static_cast<out_t>(d * scale);
@@ -201,7 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
   const auto acc_type = at::toOpMathType(img.scalar_type());
   const auto opts = img.options().dtype(acc_type);
   auto loss = at::empty({symmetric ? 2 : 1, N}, opts);
-  auto row_lse = at::empty({N}, opts), col_lse = at::empty({symmetric ? M : 0}, opts), pos = at::empty({N}, opts);
+  auto row_lse = at::empty({N}, opts.dtype(at::kDouble)), col_lse = at::empty({symmetric ? M : 0}, opts.dtype(at::kDouble));
+  auto pos = at::empty({N}, opts);
   const auto I = prepare(img, normalize), T = prepare(txt, normalize);
   const auto scale = logit_scale.to(acc_type).reshape({1});
   auto tile = at::empty({R, M}, opts);
@@ -215,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
       mm_acc_out(S, I.narrow(0, r0, rows), T.t());
       row_stats_kernel<acc><<<unsigned(rows), kThreads, 0, stream>>>(
           S.const_data_ptr<acc>(), M, r0, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<acc>(),
-          row_lse.data_ptr<acc>(), pos.data_ptr<acc>(), loss.data_ptr<acc>());
+          row_lse.data_ptr<double>(), pos.data_ptr<acc>(), loss.data_ptr<acc>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (symmetric && M > 0) {
         col_stats_kernel<acc><<<blocks_for(M), kThreads, 0, stream>>>(
@@ -227,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
     if (symmetric && std::max(N, M) > 0) {
       finalize_kernel<acc><<<blocks_for(std::max(N, M)), kThreads, 0, stream>>>(
           N, M, std::max(N, M), cm.const_data_ptr<acc>(), cs.const_data_ptr<acc>(), labels.const_data_ptr<int64_t>(),
-          pos.const_data_ptr<acc>(), col_lse.data_ptr<acc>(), loss.data_ptr<acc>() + N);
+          pos.const_data_ptr<acc>(), col_lse.data_ptr<double>(), loss.data_ptr<acc>() + N);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -251,7 +253,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
   const bool g_bf16 = dtype == at::kBFloat16, g_f32_from_half = dtype == at::kHalf;
   const auto opts = img.options().dtype(acc_type);
   const auto grad = grad_.to(acc_type).contiguous();
-  const auto row_lse = row_lse_.to(acc_type).contiguous(), col_lse = col_lse_.to(acc_type).contiguous();
+  // (no structured bindings: C++17 lambdas below cannot capture them)
+  const auto row_split = split_lse(row_lse_, acc_type), col_split = split_lse(col_lse_, acc_type);
+  const at::Tensor &row_hi = row_split.first, &row_lo = row_split.second;
+  const at::Tensor &col_hi = col_split.first, &col_lo = col_split.second;
   const auto I0 = img.contiguous(), T0 = txt.contiguous();
   const auto I = normalize ? normalize_rows(I0, kNormalizeEps) : I0;
   const auto T = normalize ? normalize_rows(T0, kNormalizeEps) : T0;
@@ -282,8 +287,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
       auto launch = [&](auto* out) {
         grad_kernel<acc, std::remove_pointer_t<decltype(out)>><<<unsigned(rows), kThreads, 0, stream>>>(
             S.const_data_ptr<acc>(), out, M, r0, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<acc>(), ga,
-            gb, symmetric ? c.const_data_ptr<acc>() : nullptr, row_lse.const_data_ptr<acc>(),
-            symmetric ? col_lse.const_data_ptr<acc>() : nullptr, dscale_rows.data_ptr<acc>());
+            gb, symmetric ? c.const_data_ptr<acc>() : nullptr, row_hi.const_data_ptr<acc>(),
+            row_lo.const_data_ptr<acc>(), symmetric ? col_hi.const_data_ptr<acc>() : nullptr,
+            symmetric ? col_lo.const_data_ptr<acc>() : nullptr, dscale_rows.data_ptr<acc>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (g_bf16) {

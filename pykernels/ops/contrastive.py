@@ -71,13 +71,32 @@ def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, s
             raise IndexError(f"{fn}: argument 'labels' must hold row indices of text_features in [0, {M}), got {bad}")
 
 
+def _check_backward(fn, grad, image_features, text_features, row_lse, col_lse, symmetric) -> None:
+    """The backward op's own inputs (as csrc/common/contrastive_args.h checks them)."""
+    (N, M), K = (image_features.shape[0], text_features.shape[0]), (2 if symmetric else 1)
+    chk.grad(fn, grad, (K, N), image_features)
+    for name, x, n in (("row_lse", row_lse, N), ("col_lse", col_lse, M if symmetric else 0)):
+        chk.grad(fn, x, (n,), image_features, name=name)
+
+
+def split_lse(lse: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(hi, lo) in `acc` with hi + lo = lse (float64). The forward keeps each row's
+    log-sum-exp in float64: at |L| ~ 15 a float32 lse is rounded by 1e-6, the size of a
+    confident row's loss, and exp(L - lse), the softmax of its positive, carried that
+    error (8x PyTorch's: the fuzzing found it). A backward forms L - lse as (L - hi) - lo,
+    exact up to the rounding of L. lo is 0 where lse is infinite."""
+    lse = lse.double()
+    hi = lse.to(acc)
+    return hi.contiguous(), (lse - hi.double()).nan_to_num(0.0, 0.0, 0.0).to(acc).contiguous()
+
+
 # ----------------------------------------------------------------------------- C++ ops
 def _forward_fake(image_features, text_features, logit_scale, labels, symmetric, normalize):
     acc = _acc_dtype(image_features.dtype)
     N, M = image_features.shape[0], text_features.shape[0]
     return (image_features.new_empty((2 if symmetric else 1, N), dtype=acc),
-            image_features.new_empty((N,), dtype=acc),
-            image_features.new_empty((M if symmetric else 0,), dtype=acc))
+            image_features.new_empty((N,), dtype=torch.float64),   # log-sum-exps: see split_lse
+            image_features.new_empty((M if symmetric else 0,), dtype=torch.float64))
 
 
 def _backward_fake(grad, image_features, text_features, logit_scale, labels, row_lse, col_lse, symmetric, normalize):
@@ -130,7 +149,7 @@ if triton_available():
         # loss = (max - positive) + log_sum: lse - positive would lose |lse| * eps
         row_max, row_log_sum, pos = tk.logsumexp(i, t, scale, labels.contiguous())
         l_i2t = (row_max - pos) + row_log_sum
-        row_lse = row_max + row_log_sum
+        row_lse = row_max.double() + row_log_sum.double()  # float64: see split_lse
         if not symmetric:
             return l_i2t[None], row_lse, row_lse.new_empty(0)
         col_max, col_log_sum, _ = tk.logsumexp(t, i, scale, None)
@@ -141,12 +160,16 @@ if triton_available():
             # pos is NaN where a label is out of range; clamp only keeps the gather in bounds
             j = labels.clamp(0, M - 1)
             l_t2i = (col_max[j] - pos) + col_log_sum[j]
-        return torch.stack([l_i2t, l_t2i]), row_lse, col_max + col_log_sum
+        return torch.stack([l_i2t, l_t2i]), row_lse, col_max.double() + col_log_sum.double()
 
     @triton_op("pykernels::info_nce_loss_backward_triton", mutates_args=())
     def _info_nce_loss_backward_triton(grad: Tensor, image_features: Tensor, text_features: Tensor,
                                        logit_scale: Tensor, labels: Tensor, row_lse: Tensor, col_lse: Tensor,
                                        symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::info_nce_loss_backward_triton"
+        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
+               check_range=False)
+        _check_backward(fn, grad, image_features, text_features, row_lse, col_lse, symmetric)
         i0, t0 = image_features.contiguous(), text_features.contiguous()
         i, t = _normalized(i0, normalize), _normalized(t0, normalize)
         labels = labels.contiguous()
@@ -157,6 +180,7 @@ if triton_available():
         b = grad[1].contiguous() if symmetric else None
         w_pos = a + b if symmetric else a
         c = tk.column_weights(labels, b, t.shape[0]) if symmetric else None
+        row_lse, col_lse = split_lse(row_lse, acc), split_lse(col_lse, acc)
         # dI: rows of L; dT: rows of L^T (same form, roles swapped)
         di, ds = tk.grad_side(i, t, labels, scale, row_lse, col_lse, a, c, w_pos, labels_on_a=True, with_dscale=True)
         dt, _ = tk.grad_side(t, i, labels, scale, col_lse, row_lse, c, a, w_pos, labels_on_a=False, with_dscale=False)

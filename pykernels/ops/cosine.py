@@ -103,16 +103,7 @@ if triton_available():
 
     @triton_op("pykernels::pairwise_cosine_similarity_triton", mutates_args=())
     def _pairwise_triton(a: Tensor, b: Tensor, eps: float) -> Tensor:
-        fn = "pykernels::pairwise_cosine_similarity_triton"
-        _check_pairwise(fn, a, b)
-        # the op takes [B, N, D] x [B, M, D] (the public function flattens the batch), as the C++ op
-        for name, x in (("a", a), ("b", b)):
-            if x.dim() != 3:
-                raise ValueError(f"{fn}: argument '{name}' must have 3 dimension(s), got shape {tuple(x.shape)}")
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"{fn}: arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B, got "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
-        chk.positive(fn, "eps", eps)
+        _check_pairwise_op("pykernels::pairwise_cosine_similarity_triton", a, b, eps)
         # Inverse norms first (N + M floats), then one matmul whose epilogue scales
         # rows and columns: the normalised inputs are never written out.
         _, inv_a = tk.normalize(a, eps, write_y=False)
@@ -123,14 +114,29 @@ if triton_available():
     @triton_op("pykernels::pairwise_cosine_similarity_backward_triton", mutates_args=())
     def _pairwise_backward_triton(grad: Tensor, a: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         # out = a_hat b_hat^T: grad a_hat = G b_hat, grad b_hat = G^T a_hat, then through
-        # the normalisation of each row.
+        # the normalisation of each row. grad a_hat / b_hat stay in the accumulation dtype:
+        # rounding them to a half type as well cost bf16 gradients 1% (fuzz found it).
+        fn = "pykernels::pairwise_cosine_similarity_backward_triton"
+        _check_pairwise_op(fn, a, b, eps)
+        chk.grad(fn, grad, (a.shape[0], a.shape[1], b.shape[1]), a)
         a_hat, _ = tk.normalize(a, eps, write_y=True)
         b_hat, _ = tk.normalize(b, eps, write_y=True)
         tf32 = torch.backends.cuda.matmul.allow_tf32
-        grad = grad.to(a.dtype)
-        ga_hat = tk.scaled_matmul(grad, b_hat, allow_tf32=tf32)
-        gb_hat = tk.scaled_matmul(grad.transpose(1, 2), a_hat, allow_tf32=tf32)
+        acc = _acc_dtype(a.dtype)
+        ga_hat = tk.scaled_matmul(grad, b_hat, allow_tf32=tf32, out_dtype=acc)
+        gb_hat = tk.scaled_matmul(grad.transpose(1, 2), a_hat, allow_tf32=tf32, out_dtype=acc)
         return tk.normalize_backward(ga_hat, a, eps), tk.normalize_backward(gb_hat, b, eps)
+
+    def _check_pairwise_op(fn: str, a, b, eps) -> None:
+        """The op takes [B, N, D] x [B, M, D] (the public function flattens the batch), as the C++ op."""
+        _check_pairwise(fn, a, b)
+        for name, x in (("a", a), ("b", b)):
+            if x.dim() != 3:
+                raise ValueError(f"{fn}: argument '{name}' must have 3 dimension(s), got shape {tuple(x.shape)}")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"{fn}: arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        chk.positive(fn, "eps", eps)
 
     for _name, _n_extra in (("cosine_similarity", 1), ("feature_distance", 2), ("pairwise_cosine_similarity", 1)):
         pair_autograd(_name, "triton", _n_extra)
