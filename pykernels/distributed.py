@@ -236,18 +236,24 @@ class _Tile:
         return torch.arange(img.shape[0], device=img.device)
 
     def lse(self, img, blk, scale):
-        """(row LSE [n], column LSE [m] or None) of scale * img @ blk^T, float64 (as the
-        fused op keeps them: see pykernels.ops.contrastive.split_lse)."""
+        """(row LSE [n], column LSE [m] or None, positive logits [n]) of
+        L = scale * img @ blk^T; LSEs float64 (as the fused op keeps them: see
+        pykernels.ops.contrastive.split_lse). The positives L[i, i] (float64, for a square
+        tile) are the values the LSEs were taken over: a separate dot product would round
+        differently, and at logits of 1e3 that rounding is the size of a small loss."""
         if self.kernel is not None:
-            _, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric, False)
-            return row, (col if self.symmetric else None)
-        row, col = [], None
-        for _, _, logits in self._chunks(img, blk, scale):
+            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric,
+                                                               False)
+            return row, (col if self.symmetric else None), row - loss[0].double()  # loss = lse - L[i, i]
+        row, col, pos = [], None, []
+        for rows, _, logits in self._chunks(img, blk, scale):
             row.append(_lse64(logits, 1))
+            idx = torch.arange(rows.start, rows.stop, device=logits.device)
+            pos.append(logits[idx - rows.start, idx].double())
             if self.symmetric:
                 part = _lse64(logits, 0)
                 col = part if col is None else torch.logaddexp(col, part)
-        return torch.cat(row), col
+        return torch.cat(row), col, torch.cat(pos)
 
     def grad(self, img, blk, scale, row_lse, col_lse, a, c):
         """d/d(img, blk, scale) of sum_ij (a exp(L_ij - row_lse_i) + c exp(L_ij - col_lse_j)) * L_ij
@@ -320,7 +326,9 @@ class _RingInfoNCE(torch.autograd.Function):
         for k in range(world):
             # send the block in hand on while we work on it
             incoming = ring.start([block], _TAG_BLOCK, pending) if k < world - 1 else None
-            rows, cols = tile.lse(img, block, scale)
+            rows, cols, diag = tile.lse(img, block, scale)
+            if k == 0:  # my own block: the positive pairs (i, i)
+                pos = diag
             row_lse = rows if k == 0 else torch.logaddexp(row_lse, rows)
             if symmetric:  # col_lse: the running column LSE that came with this block
                 col_lse = cols if k == 0 else torch.logaddexp(col_lse, cols)
@@ -329,7 +337,6 @@ class _RingInfoNCE(torch.autograd.Function):
             ring.finish(pending)
             if incoming is not None:
                 (block,) = incoming
-        pos = _positive_logits(img, txt, scale)
         w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
         # the log-sum-exps are float64, so lse - pos keeps a small loss's digits
         partial = w_row * (row_lse - pos).sum()
@@ -393,11 +400,6 @@ def _lse64(logits: Tensor, dim: int) -> Tensor:
 def _row_dots(x: Tensor, y: Tensor) -> Tensor:
     """[n] dot products of matching rows, without an [n, D] product temporary."""
     return torch.bmm(x[:, None, :], y[:, :, None]).reshape(-1)
-
-
-def _positive_logits(img, txt, scale):
-    acc = _acc(img.dtype)
-    return _row_dots(img.to(acc), txt.to(acc)) * scale.detach().to(acc).reshape(())
 
 
 def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]:
