@@ -128,6 +128,7 @@ if triton_available():
         fn = "pykernels::pairwise_cosine_similarity_backward_triton"
         _check_pairwise_op(fn, a, b, eps)
         chk.grad(fn, grad, (a.shape[0], a.shape[1], b.shape[1]), a)
+        grad = grad.to(a.dtype)  # the matmuls take one dtype; any float grad is accepted, as by the C++ op
         a_hat, _ = tk.normalize(a, eps, write_y=True)
         b_hat, _ = tk.normalize(b, eps, write_y=True)
         tf32 = torch.backends.cuda.matmul.allow_tf32
