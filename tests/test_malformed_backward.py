@@ -13,7 +13,9 @@ like their forward ops and the CUDA kernels, do not read index tensors back to t
 
 Each op also gets one good call, which must run and give what autograd gives through the
 forward op of the same backend (so the checks do not refuse what autograd passes), and
-the same call with a float64 upstream gradient where any float dtype is accepted.
+the same call with a float64 upstream gradient where any float dtype is accepted. And
+the Triton ops' checks trace with symbolic shapes (no data-dependent read), which
+test_compile_dynamic.py can only show on a GPU.
 """
 from __future__ import annotations
 
@@ -438,3 +440,36 @@ def test_info_nce_backward_triton_takes_int32_labels():
     got = op_for("info_nce_loss_backward", "triton")(*a)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("name", list(ARGS))
+def test_triton_backward_checks_trace_with_symbolic_shapes(name):
+    """The checks read metadata only: they run on fake tensors with symbolic sizes
+    (make_fx, as torch.compile(dynamic=True) traces; test_compile_dynamic.py covers the
+    Triton ops on a GPU only). A data-dependent read (.item(), a host copy) would fail the
+    trace inside the checks. Under the Triton interpreter (no GPU) the trace gets past the
+    checks and stops where the interpreter launches the first kernel: it cannot run one on
+    fake tensors."""
+    import traceback
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    p = next(p for p in FUSED_BACKENDS if p.values[0] == "triton")
+    if p.marks:
+        pytest.skip("triton is not available")
+    a = args_for(name, dev_for("triton"))
+    slots = [i for i, v in enumerate(a) if isinstance(v, torch.Tensor)]
+
+    def run(*tensors):
+        b = list(a)
+        for i, t in zip(slots, tensors):
+            b[i] = t
+        return op_for(name, "triton")(*b)
+
+    try:
+        make_fx(run, tracing_mode="symbolic")(*[a[i] for i in slots])
+    except RuntimeError as exc:
+        if "Cannot access data pointer" not in str(exc):
+            raise
+        ours = [fr for fr in traceback.extract_tb(exc.__traceback__) if "pykernels" in fr.filename]
+        assert "triton_kernels" in ours[-1].filename, traceback.format_exc()
