@@ -66,9 +66,11 @@ inline void check_info_nce_backward(const char* op, const at::Tensor& grad, cons
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == N, op,
                     ": argument 'grad' must have shape [", K, ", ", N, "], got ", grad.sizes());
   check_same_device(op, "row_lse", row_lse, "image_features", img);
+  check_float(op, "row_lse", row_lse);  // read as float64; an integer or bool one was converted silently
   TORCH_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == N, op,
                     ": argument 'row_lse' must have shape [", N, "], got ", row_lse.sizes());
   check_same_device(op, "col_lse", col_lse, "image_features", img);
+  check_float(op, "col_lse", col_lse);
   TORCH_CHECK_VALUE(col_lse.dim() == 1 && col_lse.size(0) == (symmetric ? M : 0), op,
                     ": argument 'col_lse' must have shape [", (symmetric ? M : 0), "], got ",
                     col_lse.sizes());

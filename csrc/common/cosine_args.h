@@ -19,6 +19,7 @@ inline void check_rowwise_pair(const char* op, const char* n1, const at::Tensor&
 
 // grad of a row-wise op: shape [...] (x's shape without the last dim).
 inline void check_row_grad(const char* op, const at::Tensor& grad, const at::Tensor& x) {
+  check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "x1", x);
   TORCH_CHECK_VALUE(grad.sizes() == x.sizes().slice(0, x.dim() - 1), op,
                     ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1),
@@ -46,6 +47,18 @@ inline void check_pairwise(const char* op, const at::Tensor& a, const at::Tensor
   TORCH_CHECK_VALUE(a.size(0) == b.size(0) && a.size(2) == b.size(2), op,
                     ": arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B and D, got ",
                     a.sizes(), " and ", b.sizes());
+}
+
+// grad of pairwise_cosine_similarity: [B, N, M] for a [B, N, D], b [B, M, D]. A grad of another
+// shape would broadcast in the backward's matmuls (a wrong result) or fail inside them.
+inline void check_pairwise_grad(const char* op, const at::Tensor& grad, const at::Tensor& a,
+                                const at::Tensor& b) {
+  check_float(op, "grad", grad);
+  check_same_device(op, "grad", grad, "a", a);
+  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == a.size(0) && grad.size(1) == a.size(1) &&
+                        grad.size(2) == b.size(1),
+                    op, ": argument 'grad' must have shape [", a.size(0), ", ", a.size(1), ", ",
+                    b.size(1), "], got ", grad.sizes());
 }
 
 }  // namespace pykernels

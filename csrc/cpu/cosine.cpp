@@ -298,6 +298,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cpu(
   const char* op = "pykernels::pairwise_cosine_similarity_backward";
   check_pairwise(op, a_, b_, at::kCPU);
   check_positive(op, "eps", eps);
+  check_pairwise_grad(op, grad, a_, b_);
   const auto a = a_.contiguous(), b = b_.contiguous();
   const auto g = grad.to(a.scalar_type());
   const auto ga_hat = at::matmul(g, normalize_rows(b, eps)).contiguous();

@@ -109,6 +109,7 @@ std::tuple<at::Tensor, at::Tensor> mix_backward_cpu(const at::Tensor& grad_, con
                                                     int64_t kind) {
   const char* op = "pykernels::diffusion_mix_backward";
   check_mix(op, x, x, t_, table_, kind, at::kCPU);
+  check_float(op, "grad", grad_);
   check_same_device(op, "grad", grad_, "x", x);
   check_same_shape(op, "grad", grad_, "x", x);
   const auto t = t_.to(at::kLong).contiguous();
@@ -190,6 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cpu(
     std::array<bool, 3> output_mask) {
   const char* op = "pykernels::diffusion_loss_backward";
   check_loss(op, m_, x0_, noise_, t_, table_, prediction, at::kCPU);
+  check_float(op, "grad", grad_);
   check_same_device(op, "grad", grad_, "model_output", m_);
   TORCH_CHECK_VALUE(elementwise ? grad_.sizes() == m_.sizes()
                                 : (grad_.dim() == 1 && grad_.size(0) == m_.size(0)),

@@ -238,6 +238,8 @@ at::Tensor gather_patches_backward_cpu(const at::Tensor& grad_, const at::Tensor
   check_float_tensor(op, "grad", grad_, 3, at::kCPU);
   check_ids(op, "ids_keep", ids_, "grad", grad_);
   TORCH_CHECK_VALUE(C > 0, op, ": argument 'channels' must be > 0, got ", C);
+  check_count(op, "height", H);
+  check_count(op, "width", W);
   check_patches(op, p, H, W);
   TORCH_CHECK_VALUE(grad_.size(1) == ids_.size(1) && grad_.size(2) == p * p * C, op,
                     ": argument 'grad' must have shape [", grad_.size(0), ", ", ids_.size(1), ", ",
@@ -375,6 +377,7 @@ at::Tensor patch_mse_backward_cpu(const at::Tensor& grad_, const at::Tensor& pre
                                   int64_t p, bool norm) {
   const char* op = "pykernels::patch_mse_backward";
   check_pred_imgs(op, pred_, imgs_, p, at::kCPU);
+  check_float(op, "grad", grad_);
   check_same_device(op, "grad", grad_, "pred", pred_);
   TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == pred_.size(0) && grad_.size(1) == pred_.size(1), op,
                     ": argument 'grad' must have shape [", pred_.size(0), ", ", pred_.size(1), "], got ",

@@ -308,6 +308,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cuda(cons
   const char* op = "pykernels::pairwise_cosine_similarity_backward";
   check_pairwise(op, a, b, at::kCUDA);
   check_positive(op, "eps", eps);
+  check_pairwise_grad(op, grad, a, b);
   const c10::cuda::CUDAGuard guard(a.device());
   const auto g = grad.to(a.scalar_type());
   const auto ga_hat = at::matmul(g, normalize_rows(b, eps));

@@ -237,6 +237,7 @@ std::tuple<at::Tensor, at::Tensor> mix_backward_cuda(const at::Tensor& grad_, co
                                                      int64_t kind) {
   const char* op = "pykernels::diffusion_mix_backward";
   check_mix(op, x, x, t_, table_, kind, at::kCUDA);
+  check_float(op, "grad", grad_);
   check_same_device(op, "grad", grad_, "x", x);
   check_same_shape(op, "grad", grad_, "x", x);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -287,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_backward_cuda(
     std::array<bool, 3> output_mask) {
   const char* op = "pykernels::diffusion_loss_backward";
   check_loss(op, m_, x0_, noise_, t_, table_, prediction, at::kCUDA);
+  check_float(op, "grad", grad_);
   check_same_device(op, "grad", grad_, "model_output", m_);
   TORCH_CHECK_VALUE(elementwise ? grad_.sizes() == m_.sizes()
                                 : (grad_.dim() == 1 && grad_.size(0) == m_.size(0)),

@@ -77,26 +77,35 @@ if triton_available():
 
     @triton_op("pykernels::cosine_similarity_triton", mutates_args=())
     def _cosine_similarity_triton(x1: Tensor, x2: Tensor, eps: float) -> Tensor:
-        _check_pair("pykernels::cosine_similarity_triton", "x1", x1, "x2", x2)
-        chk.positive("pykernels::cosine_similarity_triton", "eps", eps)
+        _check_rowwise_op("pykernels::cosine_similarity_triton", "x1", x1, "x2", x2, eps)
         return tk.rowwise_forward(x1, x2, eps, tk.MODE_COS)
 
     @triton_op("pykernels::cosine_similarity_backward_triton", mutates_args=())
     def _cosine_similarity_backward_triton(grad: Tensor, x1: Tensor, x2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        fn = "pykernels::cosine_similarity_backward_triton"
+        _check_rowwise_op(fn, "x1", x1, "x2", x2, eps)
+        chk.grad(fn, grad, x1.shape[:-1], x1)  # the kernel reads one value per row
         return tk.rowwise_backward(grad, x1, x2, eps, tk.MODE_COS)
 
     @triton_op("pykernels::feature_distance_triton", mutates_args=())
     def _feature_distance_triton(student: Tensor, teacher: Tensor, kind: str, eps: float) -> Tensor:
-        fn = "pykernels::feature_distance_triton"
-        _check_pair(fn, "student", student, "teacher", teacher)
-        chk.choice(fn, "kind", kind, KINDS)
-        chk.positive(fn, "eps", eps)
+        _check_rowwise_op("pykernels::feature_distance_triton", "student", student, "teacher", teacher, eps, kind)
         return tk.rowwise_forward(student, teacher, eps, _triton_mode(kind))
 
     @triton_op("pykernels::feature_distance_backward_triton", mutates_args=())
     def _feature_distance_backward_triton(grad: Tensor, student: Tensor, teacher: Tensor, kind: str,
                                           eps: float) -> tuple[Tensor, Tensor]:
+        fn = "pykernels::feature_distance_backward_triton"
+        _check_rowwise_op(fn, "student", student, "teacher", teacher, eps, kind)
+        chk.grad(fn, grad, student.shape[:-1], student)
         return tk.rowwise_backward(grad, student, teacher, eps, _triton_mode(kind))
+
+    def _check_rowwise_op(fn: str, n1: str, x1, n2: str, x2, eps, kind=None) -> None:
+        """The checks of a row-wise op and of its backward (as the C++ ops make them)."""
+        _check_pair(fn, n1, x1, n2, x2)
+        if kind is not None:
+            chk.choice(fn, "kind", kind, KINDS)
+        chk.positive(fn, "eps", eps)
 
     def _triton_mode(kind: str) -> int:
         return tk.MODE_SQDIST if kind == "mse" else tk.MODE_ONE_MINUS_COS
@@ -119,6 +128,7 @@ if triton_available():
         fn = "pykernels::pairwise_cosine_similarity_backward_triton"
         _check_pairwise_op(fn, a, b, eps)
         chk.grad(fn, grad, (a.shape[0], a.shape[1], b.shape[1]), a)
+        grad = grad.to(a.dtype)  # the matmuls take one dtype; any float grad is accepted, as by the C++ op
         a_hat, _ = tk.normalize(a, eps, write_y=True)
         b_hat, _ = tk.normalize(b, eps, write_y=True)
         tf32 = torch.backends.cuda.matmul.allow_tf32

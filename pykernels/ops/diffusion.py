@@ -111,28 +111,35 @@ if triton_available():
 
     @triton_op("pykernels::diffusion_mix_triton", mutates_args=())
     def _mix_triton(x: Tensor, y: Tensor, timesteps: Tensor, alphas_cumprod: Tensor, kind: int) -> Tensor:
-        fn = "pykernels::diffusion_mix_triton"
-        _check_samples(fn, ("x", x), ("y", y))
-        _check_op_args(fn, x, alphas_cumprod, ("timesteps", timesteps), kind=("kind", kind, 5))
+        _check_mix_op("pykernels::diffusion_mix_triton", x, timesteps, alphas_cumprod, kind, y)
         return tk.mix(x, y, timesteps, alphas_cumprod, kind)
 
     @triton_op("pykernels::diffusion_mix_backward_triton", mutates_args=())
     def _mix_backward_triton(grad: Tensor, x: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
                              kind: int) -> tuple[Tensor, Tensor]:
+        fn = "pykernels::diffusion_mix_backward_triton"
+        _check_mix_op(fn, x, timesteps, alphas_cumprod, kind)
+        chk.grad(fn, grad, x.shape, x)
         return tk.mix_backward(grad, x, timesteps, alphas_cumprod, kind)
 
     @triton_op("pykernels::diffusion_loss_triton", mutates_args=())
     def _loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
                      prediction: int, elementwise: bool) -> Tensor:
-        fn = "pykernels::diffusion_loss_triton"
-        _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
-        _check_op_args(fn, model_output, alphas_cumprod, ("timesteps", timesteps), kind=("prediction", prediction, 3))
+        _check_loss_op("pykernels::diffusion_loss_triton", model_output, x0, noise, timesteps, alphas_cumprod,
+                       prediction)
         return tk.loss(model_output, x0, noise, timesteps, alphas_cumprod, prediction, elementwise)
 
     @triton_op("pykernels::diffusion_loss_backward_triton", mutates_args=())
     def _loss_backward_triton(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor,
                               alphas_cumprod: Tensor, prediction: int, elementwise: bool,
                               output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::diffusion_loss_backward_triton"
+        _check_loss_op(fn, model_output, x0, noise, timesteps, alphas_cumprod, prediction)
+        chk.grad(fn, grad, model_output.shape if elementwise else model_output.shape[:1], model_output)
+        if len(output_mask) != 3:
+            # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser: a RuntimeError too.
+            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per input), "
+                               f"got {len(output_mask)}")
         return tk.loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod, prediction, elementwise,
                                 output_mask)
 
@@ -141,15 +148,8 @@ if triton_available():
                      prev_timesteps: Tensor, alphas_cumprod: Tensor, threshold: Tensor | None, kind: int,
                      prediction: int, clip_sample: bool, clip_sample_range: float, eta: float,
                      use_clipped_model_output: bool, final_alpha_cumprod: float) -> tuple[Tensor, Tensor]:
-        named = [("sample", sample), ("model_output", model_output)] + ([("noise", noise)] if noise is not None else [])
-        fn = "pykernels::diffusion_step_triton"
-        _check_samples(fn, *named)
-        _check_op_args(fn, sample, alphas_cumprod, ("timesteps", timesteps), ("prev_timesteps", prev_timesteps),
-                       kind=("kind", kind, 2))
-        _check_op_args(fn, sample, alphas_cumprod, kind=("prediction", prediction, 3))
-        _check_step_args(fn, clip_sample_range, False, 0.0, 1.0, eta, final_alpha_cumprod)
-        if threshold is not None:
-            _check_threshold(fn, threshold, sample)
+        _check_step_op("pykernels::diffusion_step_triton", model_output, sample, noise, timesteps, prev_timesteps,
+                       alphas_cumprod, threshold, kind, prediction, clip_sample_range, eta, final_alpha_cumprod)
         return tk.step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod, threshold, kind,
                        prediction, clip_sample, clip_sample_range, eta, use_clipped_model_output, final_alpha_cumprod)
 
@@ -159,9 +159,36 @@ if triton_available():
                               threshold: Tensor | None, kind: int, prediction: int, clip_sample: bool,
                               clip_sample_range: float, eta: float, use_clipped_model_output: bool,
                               final_alpha_cumprod: float) -> tuple[Tensor, Tensor, Tensor]:
+        fn = "pykernels::diffusion_step_backward_triton"
+        _check_step_op(fn, model_output, sample, None, timesteps, prev_timesteps, alphas_cumprod, threshold, kind,
+                       prediction, clip_sample_range, eta, final_alpha_cumprod)
+        # Both gradients like the sample, dtype included, as the C++ op checks them.
+        _check_samples(fn, ("sample", sample), ("grad_prev_sample", grad_prev_sample),
+                       ("grad_pred_original_sample", grad_pred_original_sample))
         return tk.step_backward(grad_prev_sample, grad_pred_original_sample, model_output, sample, timesteps,
                                 prev_timesteps, alphas_cumprod, threshold, kind, prediction, clip_sample,
                                 clip_sample_range, eta, use_clipped_model_output, final_alpha_cumprod)
+
+    # The checks of each Triton op, shared by its backward op (which gets the same
+    # arguments, bar the ones it does not need: y, noise).
+    def _check_mix_op(fn: str, x, timesteps, alphas_cumprod, kind, y=None) -> None:
+        _check_samples(fn, ("x", x), *([("y", y)] if y is not None else []))
+        _check_op_args(fn, x, alphas_cumprod, ("timesteps", timesteps), kind=("kind", kind, 5))
+
+    def _check_loss_op(fn: str, model_output, x0, noise, timesteps, alphas_cumprod, prediction) -> None:
+        _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+        _check_op_args(fn, model_output, alphas_cumprod, ("timesteps", timesteps), kind=("prediction", prediction, 3))
+
+    def _check_step_op(fn: str, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod, threshold,
+                       kind, prediction, clip_sample_range, eta, final_alpha_cumprod) -> None:
+        named = [("sample", sample), ("model_output", model_output)] + ([("noise", noise)] if noise is not None else [])
+        _check_samples(fn, *named)
+        _check_op_args(fn, sample, alphas_cumprod, ("timesteps", timesteps), ("prev_timesteps", prev_timesteps),
+                       kind=("kind", kind, 2))
+        _check_op_args(fn, sample, alphas_cumprod, kind=("prediction", prediction, 3))
+        _check_step_args(fn, clip_sample_range, False, 0.0, 1.0, eta, final_alpha_cumprod)
+        if threshold is not None:
+            _check_threshold(fn, threshold, sample)
 
     _register_autograd("triton")
 

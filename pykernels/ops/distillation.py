@@ -218,14 +218,22 @@ if triton_available():
 
     @triton_op("pykernels::distillation_scale_grad_triton", mutates_args=())
     def _scale_grad_triton(grad: Tensor, x: Tensor) -> Tensor:
+        _check_scale_grad("pykernels::distillation_scale_grad_triton", grad, x)
         return tk.scale_grad(grad, x)
 
     @triton_op("pykernels::distillation_scale_grad__triton", mutates_args=("x",))
     def _scale_grad_inplace_triton(grad: Tensor, x: Tensor) -> None:
+        fn = "pykernels::distillation_scale_grad__triton"
+        _check_scale_grad(fn, grad, x)
         if not x.is_contiguous():
-            raise ValueError("pykernels::distillation_scale_grad__triton: argument 'x' must be contiguous "
-                             "(it is scaled in place)")
+            raise ValueError(f"{fn}: argument 'x' must be contiguous (it is scaled in place)")
         tk.scale_grad(grad, x, out=x)
+
+    def _check_scale_grad(fn: str, grad, x) -> None:
+        """x: a saved per-row gradient [..., V]; grad: one upstream value per row (the kernel
+        reads grad[r] for every row r of x), as check_scale_grad in distillation_args.h."""
+        chk.tensor(fn, "x", x, min_dim=1)
+        chk.grad(fn, grad, x.shape[:-1], x)
 
     for _name in _OPS:
         _register_autograd(_name, "triton")

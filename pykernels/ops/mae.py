@@ -165,6 +165,9 @@ if triton_available():
 
     @triton_op("pykernels::gather_tokens_backward_triton", mutates_args=())
     def _gather_tokens_backward_triton(grad: Tensor, ids_keep: Tensor, num_tokens: int) -> Tensor:
+        fn = "pykernels::gather_tokens_backward_triton"
+        _check_ids_grad(fn, grad, "[N, K, D]", "ids_keep", ids_keep, 1)
+        _check_count(fn, "num_tokens", num_tokens)
         # Row l of the result is grad[k] where ids_keep[k] = l, zero where no k is.
         inv = tk.invert_ids(ids_keep, num_tokens)
         return tk.gather_rows(grad, inv, None, grad.shape[1] + 1)
@@ -187,6 +190,10 @@ if triton_available():
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
     def _unshuffle_backward_triton(grad: Tensor, ids_restore: Tensor, num_keep: int) -> tuple[Tensor, Tensor]:
+        fn = "pykernels::unshuffle_with_mask_tokens_backward_triton"
+        _check_ids_grad(fn, grad, "[N, L, D]", "ids_restore", ids_restore, 1)
+        if not 0 <= num_keep <= grad.shape[1]:
+            raise ValueError(f"{fn}: argument 'num_keep' must be in [0, {grad.shape[1]}], got {num_keep}")
         inv = tk.invert_ids(ids_restore, num_keep)
         return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(grad, ids_restore, num_keep)
 
@@ -200,12 +207,37 @@ if triton_available():
     @triton_op("pykernels::gather_patches_backward_triton", mutates_args=())
     def _gather_patches_backward_triton(grad: Tensor, ids_keep: Tensor, patch_size: int, channels: int,
                                         height: int, width: int) -> Tensor:
+        fn = "pykernels::gather_patches_backward_triton"
+        _check_ids_grad(fn, grad, "[N, K, p*p*C]", "ids_keep", ids_keep)
+        if not channels > 0:
+            raise ValueError(f"{fn}: argument 'channels' must be > 0, got {channels}")
+        _check_count(fn, "height", height)
+        _check_count(fn, "width", width)
+        _check_patch_size(fn, patch_size)
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"{fn}: image height and width must be multiples of 'patch_size' ({patch_size}), "
+                             f"got {height} x {width}")
+        P = patch_size * patch_size * channels
+        if grad.shape[1] != ids_keep.shape[1] or grad.shape[2] != P:  # the kernel reads P values per kept patch
+            raise ValueError(f"{fn}: argument 'grad' must have shape [{grad.shape[0]}, {ids_keep.shape[1]}, {P}], "
+                             f"got {tuple(grad.shape)}")
         inv = tk.invert_ids(ids_keep, (height // patch_size) * (width // patch_size))
         return tk.scatter_patches(grad, inv, patch_size, channels, height, width)
 
     @triton_op("pykernels::patch_mse_triton", mutates_args=())
     def _patch_mse_triton(pred: Tensor, imgs: Tensor, patch_size: int, norm_pix_loss: bool) -> Tensor:
-        fn = "pykernels::patch_mse_triton"
+        _check_patch_mse("pykernels::patch_mse_triton", pred, imgs, patch_size)
+        return tk.patch_mse(pred, imgs, patch_size, norm_pix_loss)
+
+    @triton_op("pykernels::patch_mse_backward_triton", mutates_args=())
+    def _patch_mse_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, patch_size: int,
+                                   norm_pix_loss: bool) -> Tensor:
+        fn = "pykernels::patch_mse_backward_triton"
+        _check_patch_mse(fn, pred, imgs, patch_size)
+        chk.grad(fn, grad, pred.shape[:2], pred)  # one value per patch [N, L]
+        return tk.patch_mse_backward(grad, pred, imgs, patch_size, norm_pix_loss)
+
+    def _check_patch_mse(fn: str, pred, imgs, patch_size) -> None:
         _check_image(fn, imgs, patch_size)
         _check_rank(fn, "pred", pred, 3, "[N, L, p*p*C]")
         chk.same_dtype(fn, ("pred", pred), ("imgs", imgs))
@@ -215,12 +247,22 @@ if triton_available():
         if tuple(pred.shape) != want:  # the kernel indexes pred by the image's geometry
             raise ValueError(f"{fn}: argument 'pred' must have shape [{want[0]}, {want[1]}, {want[2]}] "
                              f"(N, patches, p*p*C of 'imgs'), got {tuple(pred.shape)}")
-        return tk.patch_mse(pred, imgs, patch_size, norm_pix_loss)
 
-    @triton_op("pykernels::patch_mse_backward_triton", mutates_args=())
-    def _patch_mse_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, patch_size: int,
-                                   norm_pix_loss: bool) -> Tensor:
-        return tk.patch_mse_backward(grad, pred, imgs, patch_size, norm_pix_loss)
+    def _check_ids_grad(fn: str, grad, what: str, ids_name: str, ids, ids_cols_dim=None) -> None:
+        """The upstream gradient [N, *, D] of a gather / unshuffle and its ids [N, *], as the
+        C++ backward ops check them. ids_cols_dim: the dim of grad that ids' second dim
+        must match (None: checked by the caller). Id values are not checked here, as in the
+        forward Triton ops: the kernels skip ids outside the range (the public functions
+        check CPU tensors' ids)."""
+        _check_rank(fn, "grad", grad, 3, what)
+        _check_ids(fn, ids_name, ids, "grad", grad)
+        if ids_cols_dim is not None and ids.shape[1] != grad.shape[ids_cols_dim]:
+            raise ValueError(f"{fn}: argument '{ids_name}' must have shape [{grad.shape[0]}, "
+                             f"{grad.shape[ids_cols_dim]}], got {tuple(ids.shape)}")
+
+    def _check_count(fn: str, name: str, value) -> None:
+        if not value >= 0:
+            raise ValueError(f"{fn}: argument '{name}' must be >= 0, got {value}")
 
     _register_autograd("triton")
 
