@@ -180,9 +180,7 @@ def _rows() -> list[Row]:
             r"arguments 'image_features' \[N, D\] and 'text_features' \[M, D\] must have the same feature size"),
         Row(op, "logit_scale shape [2]", {"logit_scale": reshaped(2)}, ValueError,
             r"argument 'logit_scale' must be a scalar tensor"),
-        # triton: accepted (test_info_nce_backward_triton_takes_int32_labels)
-        Row(op, "labels int32", {"labels": as_dtype(torch.int32)}, TypeError, r"argument 'labels' must be int64",
-            backends=("cpu", "cuda")),
+        Row(op, "labels int32", {"labels": as_dtype(torch.int32)}, TypeError, r"argument 'labels' must be int64"),
         Row(op, "labels float", {"labels": as_dtype(torch.float32)}, TypeError,
             r"argument 'labels' must be (int64|an integer tensor)"),
         Row(op, "labels >= M", {"labels": fill(4, 0)}, IndexError, r"argument 'labels' must hold", backends=("cpu",)),
@@ -423,23 +421,6 @@ def test_scale_grad_checks_do_not_touch_x_when_they_refuse():
         with pytest.raises(ValueError, match=grad_shape(3)):
             op_for("distillation_scale_grad_", backend)(f(d, 2), x)
         assert torch.equal(x, before)
-
-
-def test_info_nce_backward_triton_takes_int32_labels():
-    """Known difference, left to the contrastive family's owner (pykernels/ops/contrastive.py
-    is outside this change): the C++ info_nce_loss_backward refuses int32 labels
-    (TypeError, as both forward ops do), the Triton backward op takes them and gives the
-    int64 result. Tested as it is, so that a fix shows up here."""
-    p = next(p for p in FUSED_BACKENDS if p.values[0] == "triton")
-    if p.marks:
-        pytest.skip("triton is not available")
-    a = args_for("info_nce_loss_backward", dev_for("triton"))
-    _autograd("info_nce_loss_backward", "triton", a)  # real log-sum-exps in a[5], a[6]
-    want = op_for("info_nce_loss_backward", "triton")(*a)
-    a[4] = a[4].int()
-    got = op_for("info_nce_loss_backward", "triton")(*a)
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
 
 
 @pytest.mark.parametrize("name", list(ARGS))

@@ -134,15 +134,20 @@ if triton_available():
     def _normalized(x: Tensor, normalize: bool) -> Tensor:
         return tk_cos.normalize(x, NORMALIZE_EPS, write_y=True)[0] if normalize else x
 
+    def _check_op(fn, image_features, text_features, logit_scale, labels, symmetric, normalize) -> None:
+        """The Triton ops' checks, as the C++ ops': labels are not range-checked (GPU
+        semantics: out of range -> NaN loss, no read) and must be int64 (the public
+        function casts)."""
+        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
+               check_range=False)
+        if labels.dtype != torch.int64:
+            raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
+
     @triton_op("pykernels::info_nce_loss_triton", mutates_args=())
     def _info_nce_loss_triton(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, labels: Tensor,
                               symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::info_nce_loss_triton"
-        # labels are not range-checked (GPU semantics: out of range -> NaN loss, no read)
-        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
-               check_range=False)
-        if labels.dtype != torch.int64:  # the op's contract, as the C++ op (the public function casts)
-            raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
+        _check_op(fn, image_features, text_features, logit_scale, labels, symmetric, normalize)
         i = _normalized(image_features.contiguous(), normalize)
         t = _normalized(text_features.contiguous(), normalize)
         scale = logit_scale.reshape(1)
@@ -167,8 +172,7 @@ if triton_available():
                                        logit_scale: Tensor, labels: Tensor, row_lse: Tensor, col_lse: Tensor,
                                        symmetric: bool, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::info_nce_loss_backward_triton"
-        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric, normalize, "mean",
-               check_range=False)
+        _check_op(fn, image_features, text_features, logit_scale, labels, symmetric, normalize)
         _check_backward(fn, grad, image_features, text_features, row_lse, col_lse, symmetric)
         i0, t0 = image_features.contiguous(), text_features.contiguous()
         i, t = _normalized(i0, normalize), _normalized(t0, normalize)
