@@ -59,7 +59,8 @@ class Spec:
 
     values "normal": randn * scale (mixed signs); "wide": each element also times
     10^u, u uniform in [-3, 0] (magnitudes spread over three decades); "positive": |randn|;
-    "probs": softmax(randn * scale) over the leaf's last dim."""
+    "probs": softmax(randn * scale) over the view's last dim (a sliced view takes a
+    subset of each distribution)."""
     shape: tuple
     dtype: torch.dtype
     layout: str = "contiguous"
@@ -93,8 +94,9 @@ class Spec:
             x = x * 10 ** (-3 * torch.rand(leaf_shape, generator=g, dtype=torch.float64))
         elif self.values == "positive":
             x = x.abs()
-        elif self.values == "probs":  # softmax of the last dim; scale sets how sharp
-            return torch.softmax(x * self.scale, dim=-1)
+        elif self.values == "probs":  # rows of the view are distributions; scale sets how sharp
+            view_last = -2 if self.layout == "transposed" and len(self.shape) >= 2 else -1
+            return torch.softmax(x * self.scale, dim=view_last)
         return x * self.scale
 
     def leaf(self, device, requires_grad: bool = True) -> torch.Tensor:

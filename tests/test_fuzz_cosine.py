@@ -44,9 +44,14 @@ def broadcast_pair(draw, backend):
 def test_cosine_similarity(backend, data):
     dtype = data.draw(dtypes(backend))
     s1, s2, dim = data.draw(broadcast_pair(backend))
-    # expanded rows (dim 0) along the reduced dim would be the repeated-value case again
-    layouts = ("contiguous", "transposed", "sliced") if dim % len(s1) == 0 else LAYOUTS
-    a, b = data.draw(specs(s1, dtype, layouts=layouts)), data.draw(specs(s2, dtype, layouts=layouts, stream=1))
+    # expanded rows (an input's dim 0) along the reduced dim would be the repeated-value
+    # case again; s2 may have fewer dims, so its dim 0 is the reduced one at another
+    # index (the long fuzz run drew b [2, 2] expanded against a [1, 2, 2] at dim -2)
+    def layouts(shape):
+        return ("contiguous", "transposed", "sliced") if dim % len(s1) == len(s1) - len(shape) else LAYOUTS
+
+    a = data.draw(specs(s1, dtype, layouts=layouts(s1)))
+    b = data.draw(specs(s2, dtype, layouts=layouts(s2), stream=1))
     eps = data.draw(EPS)
     describe(backend=backend, a=a, b=b, dim=dim, eps=eps)
     dev = backend_device(backend)
