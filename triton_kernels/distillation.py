@@ -29,6 +29,47 @@ def _logaddexp(x1, x2):
 
 
 @triton.jit
+def _expm1(x):
+    """exp(x) - 1 to a few ulps near 0 (Kahan: (u - 1) x / log u with u = exp(x))."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    special = (um1 == 0.0) | (um1 == -1.0) | (x == float("inf"))  # x, -1, inf: no 0 / 0, no inf / inf
+    r = um1 * x / tl.log(tl.where(special, 2.0, u))
+    return tl.where(um1 == 0.0, x, tl.where(special, um1, r))
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x) to a few ulps near 0 (Kahan: log(u) x / (u - 1) with u = 1 + x)."""
+    u = 1.0 + x
+    um1 = u - 1.0
+    special = (um1 == 0.0) | (x == float("inf"))
+    r = tl.log(u) * x / tl.where(special, 1.0, um1)
+    return tl.where(special, tl.where(um1 == 0.0, x, u), r)
+
+
+@triton.jit
+def _exp_diff(a, b):
+    """exp(a) - exp(b): as exp(b) expm1(a - b) where a and b are close (no cancellation),
+    directly elsewhere (where expm1 could overflow against an exp(b) of 0)."""
+    near = tl.abs(a - b) < 1.0
+    return tl.where(near, tl.exp(b) * _expm1(tl.where(near, a - b, 0.0)), tl.exp(a) - tl.exp(b))
+
+
+@triton.jit
+def _jsd_logs(lps, lpt, x, beta, log_b, log_1b):
+    """(log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S, given also
+    x = log p_T - log p_S formed without the log zb - log za cancellation. Near x = 0
+    (close distributions, where log m - log p_S cancelled: 2.6e-5 off in float32, fuzz):
+    log(m / p_S) = log1p(beta expm1(x)). Elsewhere logaddexp of the log-probabilities,
+    which keeps log p_T - log m exact when one term dominates."""
+    near = tl.abs(x) < 1.0
+    u = _log1p(beta * _expm1(tl.where(near, x, 0.0)))
+    lm = _logaddexp(lpt + log_b, lps + log_1b)
+    return tl.where(near, -u, lps - lm), tl.where(near, x - u, lpt - lm)
+
+
+@triton.jit
 def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b, log_1b, ls, ignore_index,
                    SOFT: tl.constexpr, HARD: tl.constexpr, PROBS: tl.constexpr, HAS_LABELS: tl.constexpr,
                    MODE: tl.constexpr, SHARE1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
@@ -56,6 +97,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
         zb = tl.zeros([], ACC)
         wf = tl.zeros([], ACC)   # sum f (dt - ds)
         wr = tl.zeros([], ACC)   # sum e (ds - dt)
+        dd = tl.zeros([], ACC)   # sum (f - e) = zb - za without the cancellation (_exp_diff)
         qs = tl.zeros([], ACC)
         wq = tl.zeros([], ACC)   # sum q ds
         z1 = tl.zeros([], ACC)
@@ -77,6 +119,8 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                 a_t = tl.exp(-dth)
                 wf = a_t * (wf + zb * (dsh - dth)) + tl.sum(f * (dt - ds), 0)
                 wr = tl.exp(-dsh) * (wr + za * (dth - dsh)) + tl.sum(e * (ds - dt), 0)
+                # zb - za after the rescaling: a_t zb - a_s za = a_t (zb - za) + (a_t - a_s) za
+                dd = a_t * dd + _exp_diff(-dth, -dsh) * za + tl.sum(tl.where(msk, _exp_diff(dt, ds), 0.0), 0)
                 zb = a_t * zb + tl.sum(f, 0)
                 mt = mt_new
             if PROBS:
@@ -91,12 +135,16 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
             ms = ms_new
         lza = tl.log(za)
         lzb = tl.zeros([], ACC)
+        lzba = tl.zeros([], ACC)  # log(zb / za)
         klf = tl.zeros([], ACC)
         klr = tl.zeros([], ACC)
         if SOFT:
             lzb = tl.log(zb)
-            klf = wf / zb - lzb + lza
-            klr = wr / za - lza + lzb
+            # log(zb / za) as log1p(dd / za): for close distributions lzb - lza cancels
+            # (a KL of 1e-8 with 1e-7 of rounding; see the CPU kernel)
+            lzba = _log1p(dd / za)
+            klf = wf / zb - lzba
+            klr = wr / za + lzba
         # ---- pass 2: generalised JSD terms
         ks = tl.zeros([], ACC)
         kt = tl.zeros([], ACC)
@@ -105,11 +153,11 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                 for v0 in range(0, V, BLOCK_V):
                     cols = v0 + offs
                     msk = cols < V
-                    lps = (tl.load(S + base + cols, mask=msk, other=0.0).to(ACC) - ms) * inv_t - lza
-                    lpt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t - lzb
-                    lm = _logaddexp(lpt + log_b, lps + log_1b)
-                    ks += tl.sum(tl.where(msk, tl.exp(lps) * (lps - lm), 0.0), 0)
-                    kt += tl.sum(tl.where(msk, tl.exp(lpt) * (lpt - lm), 0.0), 0)
+                    ds = (tl.load(S + base + cols, mask=msk, other=0.0).to(ACC) - ms) * inv_t
+                    dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
+                    ls_m, lt_m = _jsd_logs(ds - lza, dt - lzb, (dt - ds) - lzba, beta, log_b, log_1b)
+                    ks += tl.sum(tl.where(msk, tl.exp(ds - lza) * ls_m, 0.0), 0)
+                    kt += tl.sum(tl.where(msk, tl.exp(dt - lzb) * lt_m, 0.0), 0)
         loss = tl.zeros([], ACC)
         if SOFT:
             if MODE == 0:
@@ -145,18 +193,18 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                 g = tl.zeros([BLOCK_V], ACC)
                 h = tl.zeros([BLOCK_V], ACC)
                 if SOFT:
-                    lpt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t - lzb
-                    pt = tl.exp(lpt)
+                    dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
+                    pt = tl.exp(dt - lzb)
                     if MODE == 0:
                         g = c * (ps - pt)
-                        h = c * pt * (lpt - lps - klf)
+                        h = c * pt * ((dt - lzb) - lps - klf)
                     elif MODE == 1:
-                        g = c * ps * (lps - lpt - klr)
+                        g = c * ps * (lps - (dt - lzb) - klr)
                         h = c * (pt - ps)
                     else:
-                        lm = _logaddexp(lpt + log_b, lps + log_1b)
-                        g = c * (1.0 - beta) * ps * (lps - lm - ks)
-                        h = c * beta * pt * (lpt - lm - kt)
+                        ls_m, lt_m = _jsd_logs(lps, dt - lzb, (dt - ds) - lzba, beta, log_b, log_1b)
+                        g = c * (1.0 - beta) * ps * (ls_m - ks)
+                        h = c * beta * pt * (lt_m - kt)
                 if PROBS:
                     q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
                     g = (ps * qs - q) * inv_t

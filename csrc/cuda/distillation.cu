@@ -29,6 +29,15 @@ __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return logf(x); }
 __device__ __forceinline__ double dlog(double x) { return log(x); }
 __device__ __forceinline__ float dlog1p(float x) { return log1pf(x); }
+__device__ __forceinline__ float dexpm1(float x) { return expm1f(x); }
+__device__ __forceinline__ double dexpm1(double x) { return expm1(x); }
+
+// exp(a) - exp(b): exp(b) expm1(a - b) where a and b are close (no cancellation),
+// directly elsewhere (expm1 may overflow against an exp(b) of 0).
+template <typename acc>
+__device__ __forceinline__ acc exp_diff(acc a, acc b) {
+  return fabs(a - b) < acc(1) ? dexp(b) * dexpm1(a - b) : dexp(a) - dexp(b);
+}
 __device__ __forceinline__ double dlog1p(double x) { return log1p(x); }
 
 // Plain-value copy of the settings a kernel needs.
@@ -42,17 +51,18 @@ struct Params {
 
 // Online statistics of (a slice of) a row, relative to the maxima ms, mt:
 //   za = sum exp(ds), zb = sum exp(dt), wf = sum exp(dt) (dt - ds), wr = sum exp(ds) (ds - dt),
-//   qs = sum q, wq = sum q ds, z1 = sum exp(s - ms), ss = sum s;  ds = (s - ms) / T, dt = (t - mt) / T.
+//   qs = sum q, wq = sum q ds, z1 = sum exp(s - ms), ss = sum s;  ds = (s - ms) / T, dt = (t - mt) / T;
+//   d = sum exp(ds) expm1(dt - ds) = zb - za without the cancellation (log(zb / za) = log1p(d / za)).
 template <typename acc>
 struct State {
-  acc ms, mt, za, zb, wf, wr, qs, wq, z1, ss;
+  acc ms, mt, za, zb, wf, wr, qs, wq, z1, ss, d;
 };
 
 template <typename acc>
 __device__ __forceinline__ State<acc> empty_state(bool soft) {
   const acc ninf = -std::numeric_limits<acc>::infinity();
   // Without a teacher mt stays 0 so that its shift is 0, never inf - inf.
-  return {ninf, soft ? ninf : acc(0), 0, 0, 0, 0, 0, 0, 0, 0};
+  return {ninf, soft ? ninf : acc(0), 0, 0, 0, 0, 0, 0, 0, 0, 0};
 }
 
 // Re-expresses st relative to larger maxima (ms_new >= st.ms, mt_new >= st.mt).
@@ -69,6 +79,8 @@ __device__ __forceinline__ void shift(State<acc>& st, acc ms_new, acc mt_new, ac
   st.wf = at * (st.wf + st.zb * (dsh - dth));
   st.wr = as * (st.wr + st.za * (dth - dsh));
   st.wq = st.wq - st.qs * dsh;
+  // zb - za rescaled: at zb - as za = at (zb - za) + (at - as) za
+  st.d = at * st.d + exp_diff(-dth, -dsh) * st.za;
   st.za *= as;
   st.zb *= at;
   st.z1 *= dexp(st.ms - ms_new);
@@ -83,13 +95,13 @@ __device__ __forceinline__ State<acc> merge(State<acc> a, State<acc> b, acc invT
   shift(a, ms, mt, invT);
   shift(b, ms, mt, invT);
   return {ms, mt, a.za + b.za, a.zb + b.zb, a.wf + b.wf, a.wr + b.wr, a.qs + b.qs, a.wq + b.wq,
-          a.z1 + b.z1, a.ss + b.ss};
+          a.z1 + b.z1, a.ss + b.ss, a.d + b.d};
 }
 
 template <typename acc>
 __device__ __forceinline__ State<acc> shfl_state(const State<acc>& s, int offset) {
   auto f = [&](acc v) { return __shfl_xor_sync(0xffffffffu, v, offset); };
-  return {f(s.ms), f(s.mt), f(s.za), f(s.zb), f(s.wf), f(s.wr), f(s.qs), f(s.wq), f(s.z1), f(s.ss)};
+  return {f(s.ms), f(s.mt), f(s.za), f(s.zb), f(s.wf), f(s.wr), f(s.qs), f(s.wq), f(s.z1), f(s.ss), f(s.d)};
 }
 
 template <typename acc>
@@ -175,6 +187,23 @@ __device__ __forceinline__ acc logaddexp(acc a, acc b) {
   return mx + dlog1p(dexp(-(a > b ? a - b : b - a)));
 }
 
+// ls_m = log p_S - log m, lt_m = log p_T - log m for m = beta p_T + (1 - beta) p_S, given
+// also x = log p_T - log p_S formed without the log zb - log za cancellation. Near x = 0
+// (close distributions, where log m - log p_S cancelled) log(m / p_S) = log1p(beta expm1(x));
+// elsewhere logaddexp of the log-probabilities (exact for log p_T - log m when one dominates).
+template <typename acc, typename P>
+__device__ __forceinline__ void jsd_logs(acc lps, acc lpt, acc x, const P& p, acc& ls_m, acc& lt_m) {
+  if (fabs(x) < acc(1)) {
+    const acc u = dlog1p(acc(p.beta) * dexpm1(x));
+    ls_m = -u;
+    lt_m = x - u;
+  } else {
+    const acc lm = logaddexp(lpt + acc(p.log_b), lps + acc(p.log_1b));
+    ls_m = lps - lm;
+    lt_m = lpt - lm;
+  }
+}
+
 template <typename scalar_t, bool kPacked>
 __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* __restrict__ T_,
                                const int64_t* __restrict__ labels, acc_t<scalar_t>* __restrict__ loss,
@@ -221,6 +250,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
         st.zb += f;
         st.wf += f * (dt - ds);
         st.wr += e * (ds - dt);
+        st.d += exp_diff(dt, ds);
       }
       if (p.probs) {
         st.qs += xt[k];
@@ -235,8 +265,10 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   st = block_merge(st, p.invT, p.soft, smem_state);
   const acc ms = st.ms, mt = st.mt;
   const acc lza = dlog(st.za), lzb = p.soft ? dlog(st.zb) : acc(0);
-  const acc klf = p.soft ? st.wf / st.zb - lzb + lza : acc(0);
-  const acc klr = p.soft ? st.wr / st.za - lza + lzb : acc(0);
+  // log(zb / za) as log1p(d / za): for close distributions lzb - lza cancels (see the CPU kernel)
+  const acc lzba = p.soft ? dlog1p(st.d / st.za) : acc(0);
+  const acc klf = p.soft ? st.wf / st.zb - lzba : acc(0);
+  const acc klr = p.soft ? st.wr / st.za + lzba : acc(0);
   const acc lz1 = p.share1 ? lza : dlog(st.z1);
 
   // ---- pass 2 (generalised JSD)
@@ -245,10 +277,11 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
     for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t, const acc* xs, const acc* xt) {
 #pragma unroll
       for (int k = 0; k < P; ++k) {
-        const acc lps = (xs[k] - ms) * p.invT - lza, lpt = (xt[k] - mt) * p.invT - lzb;
-        const acc lm = logaddexp(lpt + p.log_b, lps + p.log_1b);
-        ks += dexp(lps) * (lps - lm);
-        kt += dexp(lpt) * (lpt - lm);
+        const acc ds = (xs[k] - ms) * p.invT, dt = (xt[k] - mt) * p.invT;
+        acc ls_m, lt_m;
+        jsd_logs(ds - lza, dt - lzb, (dt - ds) - lzba, p, ls_m, lt_m);
+        ks += dexp(ds - lza) * ls_m;
+        kt += dexp(dt - lzb) * lt_m;
       }
     });
     ks = block_sum(ks, smem_sum);
@@ -290,9 +323,10 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
           gk = c * ps * (lps - lpt - klr);
           hk = c * (pt - ps);
         } else {
-          const acc lm = logaddexp(lpt + p.log_b, lps + p.log_1b);
-          gk = c * (1 - p.beta) * ps * (lps - lm - ks);
-          hk = c * p.beta * pt * (lpt - lm - kt);
+          acc ls_m, lt_m;
+          jsd_logs(lps, lpt, ((xt[k] - mt) * p.invT - ds) - lzba, p, ls_m, lt_m);
+          gk = c * (1 - p.beta) * ps * (ls_m - ks);
+          hk = c * p.beta * pt * (lt_m - kt);
         }
       }
       if (p.probs) {
