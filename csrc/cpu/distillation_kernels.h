@@ -154,8 +154,8 @@ struct RowKernel {
     // close distributions; here that extra term per element made the KL forward 25-40%
     // slower, measured, so the CPU kernel keeps the cancellation: 8.5% off at KL ~1e-8.)
     const acc logZba = logZb - logZa;
-    const acc KLf = vsum(tot[2]) / Zb - logZba;   // KL(p_T || p_S)
-    const acc KLr = -vsum(tot[3]) / Za + logZba;  // KL(p_S || p_T)
+    const acc KLf = vsum(tot[2]) / Zb - logZb + logZa;   // KL(p_T || p_S)
+    const acc KLr = -vsum(tot[3]) / Za - logZa + logZb;  // KL(p_S || p_T)
     const acc Q = vsum(tot[4]), Wq = vsum(tot[5]);
     const acc Z1 = hard1 ? vsum(tot[6]) : Za;
     const bool jsd = st.soft && st.beta > 0 && st.beta < 1;
