@@ -85,10 +85,7 @@ def test_make_schedule_matches_diffusers(T, schedule, betas):
 @pytest.mark.parametrize("op", ["add_noise", "get_velocity"])
 @given(data=st.data())
 def test_mix(backend, op, data):
-    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
-    shape = data.draw(sample_shape(backend))
-    T, table = data.draw(tables(dev))
-    t_arg, t = data.draw(timesteps(shape[0], T, dev))
+    dtype, dev, shape, T, table, t_arg, t = _case(data, backend)
     x0, z = _sample_specs(data, shape, dtype, 2)
     describe(backend=backend, op=op, x0=x0, noise=z, timesteps=t_arg, table=(T, table.dtype))
     f, r = getattr(pk, op), getattr(ref, op)
@@ -99,10 +96,7 @@ def test_mix(backend, op, data):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
 def test_diffusion_loss(backend, data):
-    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
-    shape = data.draw(sample_shape(backend))
-    T, table = data.draw(tables(dev))
-    t_arg, t = data.draw(timesteps(shape[0], T, dev))
+    dtype, dev, shape, T, table, t_arg, t = _case(data, backend)
     m, x0, z = _sample_specs(data, shape, dtype, 3)
     pred = data.draw(st.sampled_from(ref.PREDICTION_TYPES))
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]))
@@ -123,6 +117,16 @@ def clipping(draw):
                 sample_max_value=draw(st.sampled_from([1.0, 1.5, 10.0])))
 
 
+def _case(data, backend):
+    """The draws every op test starts with: (dtype, device, sample shape, T, schedule,
+    timesteps as passed, timesteps as a tensor)."""
+    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
+    shape = data.draw(sample_shape(backend))
+    T, table = data.draw(tables(dev))
+    t_arg, t = data.draw(timesteps(shape[0], T, dev))
+    return dtype, dev, shape, T, table, t_arg, t
+
+
 def _noise_arg(data, shape, dtype, dev):
     """(keyword for the op, the noise tensor it amounts to): explicit noise, or a seeded
     generator (the op draws randn(sample.shape, generator, dtype=sample.dtype))."""
@@ -138,10 +142,7 @@ def _noise_arg(data, shape, dtype, dev):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
 def test_ddpm_step(backend, data):
-    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
-    shape = data.draw(sample_shape(backend))
-    T, table = data.draw(tables(dev))
-    t_arg, t = data.draw(timesteps(shape[0], T, dev))
+    dtype, dev, shape, T, table, t_arg, t = _case(data, backend)
     prev = data.draw(st.none() | prev_of(t, T))
     m, s = _sample_specs(data, shape, dtype, 2)
     noise_kw, z, z_note = _noise_arg(data, shape, dtype, dev)
@@ -157,10 +158,7 @@ def test_ddpm_step(backend, data):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(data=st.data())
 def test_ddim_step(backend, data):
-    dtype, dev = data.draw(dtypes(backend)), backend_device(backend)
-    shape = data.draw(sample_shape(backend))
-    T, table = data.draw(tables(dev))
-    t_arg, t = data.draw(timesteps(shape[0], T, dev))
+    dtype, dev, shape, T, table, t_arg, t = _case(data, backend)
     # eta > 0 with a' < a (towards more noise) has no real sigma: NaN by design (see
     # test_ddim_towards_noise_with_eta_zero), gradients unspecified; eta = 0 takes any step.
     eta = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
