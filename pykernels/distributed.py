@@ -235,25 +235,26 @@ class _Tile:
     def _labels(self, img):  # any in-range labels: the positives are handled by the caller
         return torch.arange(img.shape[0], device=img.device)
 
-    def lse(self, img, blk, scale):
-        """(row LSE [n], column LSE [m] or None, positive logits [n]) of
+    def lse(self, img, blk, scale, with_pos: bool = False):
+        """(row LSE [n], column LSE [m] or None, positive logits [n] or None) of
         L = scale * img @ blk^T; LSEs float64 (as the fused op keeps them: see
-        pykernels.ops.contrastive.split_lse). The positives L[i, i] (float64, for a square
-        tile) are the values the LSEs were taken over: a separate dot product would round
-        differently, and at logits of 1e3 that rounding is the size of a small loss."""
+        pykernels.ops.contrastive.split_lse). with_pos (a square tile, the rank's own
+        block): also the positives L[i, i], float64, the values the LSEs were taken over (a
+        separate dot product would round differently, at logits of 1e3 by a small loss)."""
         if self.kernel is not None:
             loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric,
                                                                False)
-            return row, (col if self.symmetric else None), row - loss[0].double()  # loss = lse - L[i, i]
+            pos = row - loss[0].double() if with_pos else None  # loss = lse - L[i, i]
+            return row, (col if self.symmetric else None), pos
         row, col, pos = [], None, []
         for rows, _, logits in self._chunks(img, blk, scale):
             row.append(_lse64(logits, 1))
-            idx = torch.arange(rows.start, rows.stop, device=logits.device)
-            pos.append(logits[idx - rows.start, idx].double())
+            if with_pos:  # chunk row r is row rows.start + r: its positive sits at column rows.start + r
+                pos.append(logits.diagonal(rows.start).double())
             if self.symmetric:
                 part = _lse64(logits, 0)
                 col = part if col is None else torch.logaddexp(col, part)
-        return torch.cat(row), col, torch.cat(pos)
+        return torch.cat(row), col, (torch.cat(pos) if with_pos else None)
 
     def grad(self, img, blk, scale, row_lse, col_lse, a, c):
         """d/d(img, blk, scale) of sum_ij (a exp(L_ij - row_lse_i) + c exp(L_ij - col_lse_j)) * L_ij
@@ -326,7 +327,7 @@ class _RingInfoNCE(torch.autograd.Function):
         for k in range(world):
             # send the block in hand on while we work on it
             incoming = ring.start([block], _TAG_BLOCK, pending) if k < world - 1 else None
-            rows, cols, diag = tile.lse(img, block, scale)
+            rows, cols, diag = tile.lse(img, block, scale, with_pos=k == 0)
             if k == 0:  # my own block: the positive pairs (i, i)
                 pos = diag
             row_lse = rows if k == 0 else torch.logaddexp(row_lse, rows)
