@@ -49,11 +49,11 @@ def _log1p(x):
 
 
 @triton.jit
-def _exp_diff(a, b):
-    """exp(a) - exp(b): as exp(b) expm1(a - b) where a and b are close (no cancellation),
-    directly elsewhere (where expm1 could overflow against an exp(b) of 0)."""
+def _exp_diff(a, b, ea, eb):
+    """exp(a) - exp(b), given ea = exp(a) and eb = exp(b): eb expm1(a - b) where a and b
+    are close (no cancellation), ea - eb elsewhere (expm1 could overflow against an eb of 0)."""
     near = tl.abs(a - b) < 1.0
-    return tl.where(near, tl.exp(b) * _expm1(tl.where(near, a - b, 0.0)), tl.exp(a) - tl.exp(b))
+    return tl.where(near, eb * _expm1(tl.where(near, a - b, 0.0)), ea - eb)
 
 
 @triton.jit
@@ -97,7 +97,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
         zb = tl.zeros([], ACC)
         wf = tl.zeros([], ACC)   # sum f (dt - ds)
         wr = tl.zeros([], ACC)   # sum e (ds - dt)
-        dd = tl.zeros([], ACC)   # sum (f - e) = zb - za without the cancellation (_exp_diff)
+        dd = tl.zeros([], ACC)   # sum (f - e) by _exp_diff = zb - za without the cancellation
         qs = tl.zeros([], ACC)
         wq = tl.zeros([], ACC)   # sum q ds
         z1 = tl.zeros([], ACC)
@@ -117,10 +117,11 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                 dt = tl.where(msk, (t - mt_new) * inv_t, 0.0)
                 f = tl.where(msk, tl.exp(dt), 0.0)
                 a_t = tl.exp(-dth)
+                a_s = tl.exp(-dsh)
                 wf = a_t * (wf + zb * (dsh - dth)) + tl.sum(f * (dt - ds), 0)
-                wr = tl.exp(-dsh) * (wr + za * (dth - dsh)) + tl.sum(e * (ds - dt), 0)
+                wr = a_s * (wr + za * (dth - dsh)) + tl.sum(e * (ds - dt), 0)
                 # zb - za after the rescaling: a_t zb - a_s za = a_t (zb - za) + (a_t - a_s) za
-                dd = a_t * dd + _exp_diff(-dth, -dsh) * za + tl.sum(tl.where(msk, _exp_diff(dt, ds), 0.0), 0)
+                dd = a_t * dd + _exp_diff(-dth, -dsh, a_t, a_s) * za + tl.sum(tl.where(msk, _exp_diff(dt, ds, f, e), 0.0), 0)
                 zb = a_t * zb + tl.sum(f, 0)
                 mt = mt_new
             if PROBS:
@@ -141,7 +142,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
         if SOFT:
             lzb = tl.log(zb)
             # log(zb / za) as log1p(dd / za): for close distributions lzb - lza cancels
-            # (a KL of 1e-8 with 1e-7 of rounding; see the CPU kernel)
+            # (a KL of 1e-8 with 1e-7 of rounding; docs/distillation.md, "Precision for close distributions")
             lzba = _log1p(dd / za)
             klf = wf / zb - lzba
             klr = wr / za + lzba
@@ -194,15 +195,16 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                 h = tl.zeros([BLOCK_V], ACC)
                 if SOFT:
                     dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
-                    pt = tl.exp(dt - lzb)
+                    lpt = dt - lzb
+                    pt = tl.exp(lpt)
                     if MODE == 0:
                         g = c * (ps - pt)
-                        h = c * pt * ((dt - lzb) - lps - klf)
+                        h = c * pt * (lpt - lps - klf)
                     elif MODE == 1:
-                        g = c * ps * (lps - (dt - lzb) - klr)
+                        g = c * ps * (lps - lpt - klr)
                         h = c * (pt - ps)
                     else:
-                        ls_m, lt_m = _jsd_logs(lps, dt - lzb, (dt - ds) - lzba, beta, log_b, log_1b)
+                        ls_m, lt_m = _jsd_logs(lps, lpt, (dt - ds) - lzba, beta, log_b, log_1b)
                         g = c * (1.0 - beta) * ps * (ls_m - ks)
                         h = c * beta * pt * (lt_m - kt)
                 if PROBS:

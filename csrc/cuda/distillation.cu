@@ -32,11 +32,11 @@ __device__ __forceinline__ float dlog1p(float x) { return log1pf(x); }
 __device__ __forceinline__ float dexpm1(float x) { return expm1f(x); }
 __device__ __forceinline__ double dexpm1(double x) { return expm1(x); }
 
-// exp(a) - exp(b): exp(b) expm1(a - b) where a and b are close (no cancellation),
-// directly elsewhere (expm1 may overflow against an exp(b) of 0).
+// exp(a) - exp(b), given ea = exp(a) and eb = exp(b): eb expm1(a - b) where a and b are
+// close (no cancellation), ea - eb elsewhere (expm1 may overflow against an eb of 0).
 template <typename acc>
-__device__ __forceinline__ acc exp_diff(acc a, acc b) {
-  return fabs(a - b) < acc(1) ? dexp(b) * dexpm1(a - b) : dexp(a) - dexp(b);
+__device__ __forceinline__ acc exp_diff(acc a, acc b, acc ea, acc eb) {
+  return fabs(a - b) < acc(1) ? eb * dexpm1(a - b) : ea - eb;
 }
 __device__ __forceinline__ double dlog1p(double x) { return log1p(x); }
 
@@ -52,7 +52,7 @@ struct Params {
 // Online statistics of (a slice of) a row, relative to the maxima ms, mt:
 //   za = sum exp(ds), zb = sum exp(dt), wf = sum exp(dt) (dt - ds), wr = sum exp(ds) (ds - dt),
 //   qs = sum q, wq = sum q ds, z1 = sum exp(s - ms), ss = sum s;  ds = (s - ms) / T, dt = (t - mt) / T;
-//   d = sum exp(ds) expm1(dt - ds) = zb - za without the cancellation (log(zb / za) = log1p(d / za)).
+//   d = sum (exp(dt) - exp(ds)) by exp_diff = zb - za without the cancellation (log(zb / za) = log1p(d / za)).
 template <typename acc>
 struct State {
   acc ms, mt, za, zb, wf, wr, qs, wq, z1, ss, d;
@@ -80,7 +80,7 @@ __device__ __forceinline__ void shift(State<acc>& st, acc ms_new, acc mt_new, ac
   st.wr = as * (st.wr + st.za * (dth - dsh));
   st.wq = st.wq - st.qs * dsh;
   // zb - za rescaled: at zb - as za = at (zb - za) + (at - as) za
-  st.d = at * st.d + exp_diff(-dth, -dsh) * st.za;
+  st.d = at * st.d + exp_diff(-dth, -dsh, at, as) * st.za;
   st.za *= as;
   st.zb *= at;
   st.z1 *= dexp(st.ms - ms_new);
@@ -250,7 +250,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
         st.zb += f;
         st.wf += f * (dt - ds);
         st.wr += e * (ds - dt);
-        st.d += exp_diff(dt, ds);
+        st.d += exp_diff(dt, ds, f, e);
       }
       if (p.probs) {
         st.qs += xt[k];
@@ -265,7 +265,8 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   st = block_merge(st, p.invT, p.soft, smem_state);
   const acc ms = st.ms, mt = st.mt;
   const acc lza = dlog(st.za), lzb = p.soft ? dlog(st.zb) : acc(0);
-  // log(zb / za) as log1p(d / za): for close distributions lzb - lza cancels (see the CPU kernel)
+  // log(zb / za) as log1p(d / za): for close distributions lzb - lza cancels
+  // (docs/distillation.md, "Precision for close distributions")
   const acc lzba = p.soft ? dlog1p(st.d / st.za) : acc(0);
   const acc klf = p.soft ? st.wf / st.zb - lzba : acc(0);
   const acc klr = p.soft ? st.wr / st.za + lzba : acc(0);
