@@ -196,21 +196,37 @@ def test_teacher_without_grad_gets_none_and_student_is_right(backend):
 
 # --------------------------------------------------------------------------- edge cases
 
+# (teacher logit scale, T, beta) of test_jsd_keeps_float32_precision
+JSD_CASES = {
+    # Close distributions: a uniform student against a teacher close to uniform at T = 4.
+    # The generalised JSD is ~1e-2 while log m and log p_S are ~-2, and their difference
+    # lost digits (4e-5 relative on the Triton kernel; the fuzz tests found 2.6e-5, twice
+    # PyTorch's error, on another case). The kernels form log(m / p_S) as
+    # log1p(beta expm1(log p_T - log p_S)) near 0: within the float32 tolerance itself,
+    # where PyTorch's float32 loss is 1e-4 off.
+    "close-0.25": (0.3, 4.0, 0.25), "close-0.5": (0.3, 4.0, 0.5),
+    # A small beta: m is p_S to float32 precision and the loss ~ beta KL(p_T || p_S) rests
+    # on log p_S - log m = -log(1 - beta + beta p_T / p_S). Formed as log p_S - logaddexp,
+    # a far-from-1 ratio lost its log(1 - beta) below p_S's rounding: 3% off at beta =
+    # 1e-6 (Triton, before the fix); the long fuzz run found 9e-39 for 3.3e-38 at beta =
+    # 1.2e-38 (CPU and Triton). The kernels take each log-ratio as a difference of exact
+    # terms (the larger mixture term, plus log1p of the smaller over it).
+    "small-beta": (30.0, 2.0, 1e-6), "tiny-beta": (30.0, 2.0, 1.2e-38),
+}
+
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-@pytest.mark.parametrize("beta", [0.25, 0.5])
-def test_jsd_of_close_distributions_keeps_float32_precision(backend, beta):
-    """Student logits of ~1e-30 (uniform) against a teacher close to uniform at T = 4: the
-    generalised JSD is ~1e-2 while log m and log p_S are ~-2, and their difference lost
-    digits (4e-5 relative on the Triton kernel; the fuzz tests found 2.6e-5, twice
-    PyTorch's error, on another case). The kernels form log(m / p_S) as
-    log1p(beta expm1(log p_T - log p_S)) near 0: within the float32 tolerance itself,
-    where PyTorch's float32 loss is 1e-4 off."""
+@pytest.mark.parametrize("case", list(JSD_CASES))
+def test_jsd_keeps_float32_precision(backend, case):
+    """Student logits of ~1e-30 (uniform) against the teacher of JSD_CASES[case]: the
+    fused kernels' generalised JSD within the float32 tolerance of float64."""
+    scale, T, beta = JSD_CASES[case]
     dev = backend_device(backend)
     g = torch.Generator().manual_seed(3)
     s64 = 1e-30 * torch.randn(4, 7, generator=g, dtype=torch.float64)
-    t64 = 0.3 * torch.randn(4, 7, generator=g, dtype=torch.float64)
-    want = ref.distillation_loss(s64, t64, 4.0, None, 1.0, 0.0, beta, -100, 0.0, "none")
-    got = pk.distillation_loss(s64.float().to(dev), t64.float().to(dev), temperature=4.0, beta=beta,
+    t64 = scale * torch.randn(4, 7, generator=g, dtype=torch.float64)
+    want = ref.distillation_loss(s64, t64, T, None, 1.0, 0.0, beta, -100, 0.0, "none")
+    got = pk.distillation_loss(s64.float().to(dev), t64.float().to(dev), temperature=T, beta=beta,
                                reduction="none", backend=backend)
     assert_close(got, want, torch.float32)
 

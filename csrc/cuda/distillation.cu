@@ -181,26 +181,23 @@ __device__ __forceinline__ void store_group(scalar_t* out, int64_t j, const acc_
   }
 }
 
-template <typename acc>
-__device__ __forceinline__ acc logaddexp(acc a, acc b) {
-  const acc mx = a > b ? a : b;
-  return mx + dlog1p(dexp(-(a > b ? a - b : b - a)));
-}
-
-// ls_m = log p_S - log m, lt_m = log p_T - log m for m = beta p_T + (1 - beta) p_S, given
-// also x = log p_T - log p_S formed without the log zb - log za cancellation. Near x = 0
-// (close distributions, where log m - log p_S cancelled) log(m / p_S) = log1p(beta expm1(x));
-// elsewhere logaddexp of the log-probabilities (exact for log p_T - log m when one dominates).
+// ls_m = log p_S - log m, lt_m = log p_T - log m for m = beta p_T + (1 - beta) p_S, from
+// x = log p_T - log p_S alone (formed without the log zb - log za cancellation). Near x = 0
+// (close distributions, where log m - log p_S cancelled) log(m / p_S) = log1p(beta expm1(x)).
+// Elsewhere log m is the larger of log(beta p_T), log((1 - beta) p_S) plus
+// e = log1p(exp(-|d|)), d = x + log(beta / (1 - beta)), and each ratio is a difference taken
+// exactly (log p_S - logaddexp lost log(1 - beta) below p_S's rounding; see the CPU kernel).
 template <typename acc, typename P>
-__device__ __forceinline__ void jsd_logs(acc lps, acc lpt, acc x, const P& p, acc& ls_m, acc& lt_m) {
+__device__ __forceinline__ void jsd_logs(acc x, const P& p, acc& ls_m, acc& lt_m) {
   if (fabs(x) < acc(1)) {
     const acc u = dlog1p(acc(p.beta) * dexpm1(x));
     ls_m = -u;
     lt_m = x - u;
   } else {
-    const acc lm = logaddexp(lpt + acc(p.log_b), lps + acc(p.log_1b));
-    ls_m = lps - lm;
-    lt_m = lpt - lm;
+    const acc lb = acc(p.log_b), l1b = acc(p.log_1b), d = x + (lb - l1b);
+    const acc e = dlog1p(dexp(-fabs(d)));
+    ls_m = (d >= acc(0) ? -x - lb : -l1b) - e;
+    lt_m = (d >= acc(0) ? -lb : x - l1b) - e;
   }
 }
 
@@ -280,7 +277,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
       for (int k = 0; k < P; ++k) {
         const acc ds = (xs[k] - ms) * p.invT, dt = (xt[k] - mt) * p.invT;
         acc ls_m, lt_m;
-        jsd_logs(ds - lza, dt - lzb, (dt - ds) - lzba, p, ls_m, lt_m);
+        jsd_logs((dt - ds) - lzba, p, ls_m, lt_m);
         ks += dexp(ds - lza) * ls_m;
         kt += dexp(dt - lzb) * lt_m;
       }
@@ -325,7 +322,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
           hk = c * (pt - ps);
         } else {
           acc ls_m, lt_m;
-          jsd_logs(lps, lpt, ((xt[k] - mt) * p.invT - ds) - lzba, p, ls_m, lt_m);
+          jsd_logs(((xt[k] - mt) * p.invT - ds) - lzba, p, ls_m, lt_m);
           gk = c * (1 - p.beta) * ps * (ls_m - ks);
           hk = c * p.beta * pt * (lt_m - kt);
         }
