@@ -263,6 +263,33 @@ def test_ddim_step(backend, pred, case):
         assert [o.dtype for o in outs] == [dtype, dtype]
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_ddim_use_clipped_model_output_keeps_float32_precision(backend, pred, clip_sample):
+    """use_clipped_model_output takes eps = (x - sqrt(a) x0c) / sqrt(1 - a): at a near 1
+    that cancels 1/sqrt(1 - a)-fold (1000x at a = 1 - 1e-6), and where the clip did not
+    change x0 it is the model's own eps. The kernels form that eps directly there: output
+    and gradients within the float32 tolerance (the x0c form was 1e-4 off here; the long
+    fuzz run found gradients 7.5e-5 off at a = 0.9999, twice PyTorch's error)."""
+    dev = backend_device(backend)
+    table = torch.tensor([1 - 1e-6, 0.9], device=dev)
+    g = torch.Generator().manual_seed(8)
+    m64, s64 = (torch.randn(3, 40, generator=g, dtype=torch.float64) for _ in range(2))
+    w = [torch.randn(3, 40, generator=g, dtype=torch.float64) for _ in range(2)]
+    t, prev = torch.zeros(3, dtype=torch.int64, device=dev), torch.ones(3, dtype=torch.int64, device=dev)
+    kw = dict(prediction_type=pred, use_clipped_model_output=True, clip_sample=clip_sample, clip_sample_range=1e3)
+    m, s = (x.float().to(dev).requires_grad_() for x in (m64, s64))
+    got = pk.ddim_step(m, t, prev, s, table, backend=backend, **kw)
+    m64, s64 = m64.requires_grad_(), s64.requires_grad_()
+    want = ref.ddim_step(m64, t.cpu(), prev.cpu(), s64, table.cpu(), **kw)
+    for name, o, r in zip(("prev_sample", "pred_original_sample"), got, want):
+        assert_close(o, r, torch.float32, what=name)
+    for name, gg, gw in zip(("grad model_output", "grad sample"), torch.autograd.grad(got, [m, s], [x.float().to(dev) for x in w]),
+                            torch.autograd.grad(want, [m64, s64], w)):
+        assert_close(gg, gw, torch.float32, what=name)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_ddpm_no_noise_at_t0_per_sample(backend):
     dev = backend_device(backend)

@@ -75,7 +75,7 @@ def test_info_nce_loss(backend, data):
         # vectors of a few elements that does not average out (the fuzz run found 1.05%).
         grad_tol = max(grad_tol, 2 * TOLERANCE[dtype])
     fused = call(lambda *a, **k: pk.info_nce_loss(*a, backend=backend, **k))
-    outs = compare(fused, call(ref.info_nce_loss), leaves, dtype, what="info_nce_loss", grads=not expanded,
+    outs = compare(fused, call(ref.info_nce_loss), leaves, dtype, what="info_nce_loss", backend=backend, grads=not expanded,
                    grad_tol=grad_tol)
     if bias_grad and backend != "reference":  # the reference is the formula: PyTorch's noise
         b = bias.clone().requires_grad_()

@@ -57,7 +57,7 @@ def test_cosine_similarity(backend, data):
     dev = backend_device(backend)
     x1, x2 = a.leaf(dev), b.leaf(dev)
     compare(lambda u, v: pk.cosine_similarity(a.view(u), b.view(v), dim, eps, backend=backend),
-            lambda u, v: ref.cosine_similarity(a.view(u), b.view(v), dim, eps), [x1, x2], dtype, what="cosine")
+            lambda u, v: ref.cosine_similarity(a.view(u), b.view(v), dim, eps), [x1, x2], dtype, what="cosine", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,7 +87,7 @@ def test_pairwise_cosine_similarity(backend, data):
     # its rounding noise enters the gradient of every case: outputs only (the gradient of
     # the self-similarity is checked by tests/test_cosine.py::test_pairwise).
     compare(lambda *xs: pk.pairwise_cosine_similarity(*args(*xs), eps, backend=backend),
-            lambda *xs: ref.pairwise_cosine_similarity(*args(*xs), eps), leaves, dtype, what="pairwise",
+            lambda *xs: ref.pairwise_cosine_similarity(*args(*xs), eps), leaves, dtype, what="pairwise", backend=backend,
             grads=b is not None)
 
 
@@ -105,7 +105,7 @@ def test_feature_distillation_loss(backend, data):
     dev = backend_device(backend)
     compare(lambda u, v: pk.feature_distillation_loss(s.view(u), t.view(v), kind, reduction, eps=eps, backend=backend),
             lambda u, v: ref.feature_distillation_loss(s.view(u), t.view(v), kind, reduction, eps),
-            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="feature_distillation_loss")
+            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="feature_distillation_loss", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

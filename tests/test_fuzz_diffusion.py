@@ -90,7 +90,7 @@ def test_mix(backend, op, data):
     describe(backend=backend, op=op, x0=x0, noise=z, timesteps=t_arg, table=(T, table.dtype))
     f, r = getattr(pk, op), getattr(ref, op)
     compare(lambda a, b: f(x0.view(a), z.view(b), t_arg, table, backend=backend),
-            lambda a, b: r(x0.view(a), z.view(b), t, table), [x0.leaf(dev), z.leaf(dev)], dtype, what=op)
+            lambda a, b: r(x0.view(a), z.view(b), t, table), [x0.leaf(dev), z.leaf(dev)], dtype, what=op, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,7 +105,7 @@ def test_diffusion_loss(backend, data):
     compare(lambda a, b, c: pk.diffusion_loss(m.view(a), x0.view(b), z.view(c), t_arg, table, prediction_type=pred,
                                               reduction=reduction, backend=backend),
             lambda a, b, c: ref.diffusion_loss(m.view(a), x0.view(b), z.view(c), t, table, pred, reduction),
-            [m.leaf(dev), x0.leaf(dev), z.leaf(dev)], dtype, what="diffusion_loss")
+            [m.leaf(dev), x0.leaf(dev), z.leaf(dev)], dtype, what="diffusion_loss", backend=backend)
 
 
 @st.composite
@@ -152,7 +152,7 @@ def test_ddpm_step(backend, data):
     compare(lambda a, b: pk.ddpm_step(m.view(a), t_arg, s.view(b), table, prev_timesteps=prev, backend=backend,
                                       **noise_kw, **kw),
             lambda a, b: ref.ddpm_step(m.view(a), t, s.view(b), table, prev_timesteps=prev, noise=z, **kw),
-            [m.leaf(dev), s.leaf(dev)], dtype, what="ddpm_step")
+            [m.leaf(dev), s.leaf(dev)], dtype, what="ddpm_step", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -173,7 +173,7 @@ def test_ddim_step(backend, data):
              table=(T, table.dtype), **kw)
     compare(lambda a, b: pk.ddim_step(m.view(a), t_arg, prev, s.view(b), table, backend=backend, **noise_kw, **kw),
             lambda a, b: ref.ddim_step(m.view(a), t, prev, s.view(b), table, noise=z if eta > 0 else None, **kw),
-            [m.leaf(dev), s.leaf(dev)], dtype, what="ddim_step")
+            [m.leaf(dev), s.leaf(dev)], dtype, what="ddim_step", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -86,7 +86,7 @@ def test_distillation_loss(backend, data):
             lambda u, v: ref.distillation_loss(s.view(u), t.view(v), args["temperature"], y, args["soft_weight"],
                                                args["hard_weight"], args["beta"], ignore_index,
                                                args["label_smoothing"], args["reduction"]),
-            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="distillation_loss",
+            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="distillation_loss", backend=backend,
             grads=conditioned(args["temperature"], s, t),
             grad_tol=None if y is None or args["hard_weight"] == 0 else
             hard_row_tolerance(s.view(s.leaf("cpu")), y, dtype, ignore_index, args["label_smoothing"]))
@@ -114,7 +114,7 @@ def test_cross_entropy(backend, data):
     compare(lambda u: pk.cross_entropy(x.view(u), y, ignore_index=ignore_index, label_smoothing=smoothing,
                                        reduction=reduction, backend=backend),
             lambda u: ref.cross_entropy(x.view(u), y, ignore_index, smoothing, reduction),
-            [x.leaf(dev)], dtype, what="cross_entropy",
+            [x.leaf(dev)], dtype, what="cross_entropy", backend=backend,
             grad_tol=hard_row_tolerance(x.view(x.leaf("cpu")), y, dtype, ignore_index, smoothing),
             grads=not (smoothing == 1.0 and x.scale <= 1e-16) and not (x.layout == "expanded" and reduction != "none"))
 
@@ -136,7 +136,7 @@ def test_soft_target_cross_entropy(backend, data):
     compare(lambda u, v: pk.soft_target_cross_entropy(x.view(u), q.view(v), temperature=temperature,
                                                       reduction=reduction, backend=backend),
             lambda u, v: ref.soft_target_cross_entropy(x.view(u), q.view(v), temperature, reduction),
-            [x.leaf(dev), q.leaf(dev, target_grad)], dtype, what="soft_target_cross_entropy",
+            [x.leaf(dev), q.leaf(dev, target_grad)], dtype, what="soft_target_cross_entropy", backend=backend,
             grads=conditioned(temperature, x))
 
 

@@ -1,6 +1,8 @@
 """Property-based tests of the MAE family against the float64 reference (every backend):
 random_masking, gather_patches, unshuffle_with_mask_tokens, masked_patch_loss; and of
 patchify / unpatchify (no backend) against an independent unfold formulation."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -8,7 +10,7 @@ from hypothesis import given, strategies as st
 import pykernels as pk
 from pykernels.reference import mae as ref
 
-from ._fuzz import BACKENDS, backend_device, compare, describe, dtypes, on_triton, rows, seeds, sizes, specs
+from ._fuzz import BACKENDS, TOLERANCE, backend_device, compare, describe, dtypes, on_triton, rows, seeds, sizes, specs
 
 # ----------------------------------------------------------------------------- strategies
 RATIOS = st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9, 0.999]) | st.floats(0.0, 1.0, exclude_max=True)
@@ -70,7 +72,7 @@ def test_random_masking(backend, data):
         return pk.random_masking(x.view(u), ratio, backend=backend, **kw)
 
     compare(fused, lambda u: ref.random_masking(x.view(u), ratio, noise), [x.leaf(dev)], dtype,
-            exact=(0, 1), what="random_masking")
+            exact=(0, 1), what="random_masking", backend=backend)
 
 
 @given(data=st.data())
@@ -109,7 +111,7 @@ def test_gather_patches(backend, data):
     describe(backend=backend, imgs=imgs, patch_size=p, ids_keep=ids.tolist(), ids_layout=ids_layout)
     compare(lambda u: pk.gather_patches(imgs.view(u), ids, p, backend=backend),
             lambda u: ref.gather_patches(imgs.view(u), ids, p), [imgs.leaf(dev)], dtype, exact=(0,),
-            what="gather_patches")
+            what="gather_patches", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -126,7 +128,7 @@ def test_unshuffle_with_mask_tokens(backend, data):
     describe(backend=backend, x_visible=x, mask_token=tok, ids_restore=ids.tolist())
     compare(lambda u, m: pk.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids, backend=backend),
             lambda u, m: ref.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids),
-            [x.leaf(dev), tok.leaf(dev, data.draw(st.booleans()))], dtype, exact=(0,), what="unshuffle")
+            [x.leaf(dev), tok.leaf(dev, data.draw(st.booleans()))], dtype, exact=(0,), what="unshuffle", backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -147,4 +149,27 @@ def test_masked_patch_loss(backend, data):
     target = imgs.view(imgs.leaf(dev, False))   # data: no gradient
     compare(lambda u, m: pk.masked_patch_loss(pred.view(u), target, m, p, norm_pix_loss=norm, backend=backend),
             lambda u, m: ref.masked_patch_loss(pred.view(u), target.to(u.dtype), m, p, norm),
-            [pred.leaf(dev), mask], dtype, what="masked_patch_loss")
+            [pred.leaf(dev), mask], dtype, what="masked_patch_loss", backend=backend,
+            grad_tol=[None] + ([mask_grad_tolerance(pred.view(pred.leaf("cpu")), target.cpu(), mask, p, norm, dtype)]
+                               if mask.requires_grad else []))
+
+
+def mask_grad_tolerance(pred, target, mask, p, norm, dtype):
+    """The mask's gradient (l_k - loss) / sum(mask) is a difference of patch losses l_k
+    that are each rounded in the accumulation dtype: known to ~eps (|l_k| + |loss|) /
+    sum(mask) per element, whatever the formulation (PyTorch's included). Patch losses
+    nearly equal make that a large relative error (the long fuzz run: norm_pix_loss,
+    losses 0.7494 and 0.7510, a gradient 1.7e-4 off where PyTorch's was 2.5e-5 off).
+    The tolerance: the dtype's, or 16 such roundings, capped at 1 (NaN, Inf, a wrong
+    shape still fail)."""
+    l64 = ref.patch_loss(pred.detach().double(), target.double(), p, norm)
+    m64 = mask.detach().double().cpu()
+    total = m64.sum()
+    loss = (l64 * m64).sum() / total
+    grad = (l64 - loss) / total
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    bound = (16 * eps * (l64.abs() + loss.abs()) / total.abs()).norm().item()
+    size = grad.norm().item()
+    if not math.isfinite(bound) or size == 0:
+        return None if not math.isfinite(bound) else 1.0
+    return max(TOLERANCE[dtype], min(1.0, bound / size))

@@ -61,9 +61,10 @@ def _target_coefs(PRED: tl.constexpr, a):
 
 
 @triton.jit
-def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.constexpr,
-                USE_CLIPPED: tl.constexpr):
-    """(xs, xm, ox, os, om, on): x0 = xs s + xm m; out = ox x0c + os s + om m + on z."""
+def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.constexpr):
+    """(xs, xm, ox, os, om, on, kox, kos): x0 = xs s + xm m; out = ox x0c + os s + om m + on z,
+    or with use_clipped_model_output where the clip changed x0, out = kox x0c + kos s + on z
+    (see _elem_coefs)."""
     a = _alpha(TAB, T, t)
     if KIND == 0:
         ap = tl.where(prev >= 0, _alpha(TAB, T, prev), a * 0.0 + 1.0)
@@ -79,6 +80,7 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
         os = tl.sqrt(a / ap) * (1.0 - ap) / (1.0 - a)
         var = tl.maximum((1.0 - ap) / (1.0 - a) * beta_t, 1e-20)
         on = tl.where(t > 0, tl.sqrt(var), a * 0.0)
+        kox, kos = ox, os
     else:
         var = (1.0 - ap) / (1.0 - a) * ((ap - a) / ap)
         # var < 0 when ap < a: eta = 0 needs no sd; eta > 0 gives NaN (see diffusion_args.h)
@@ -87,10 +89,9 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
         dr = tl.sqrt(tl.where(dir2 < 0.0, 0.0, dir2))  # not tl.maximum: NaN stays NaN
         ox = tl.sqrt(ap)
         on = sd
-        if USE_CLIPPED:
-            os = dr / sb
-            ox = ox - dr * sa / sb
-        elif PRED == 0:
+        kox = ox - dr * sa / sb  # eps = (s - sqrt(a) x0c) / sqrt(1 - a)
+        kos = dr / sb
+        if PRED == 0:
             os = a * 0.0
             om = dr
         elif PRED == 1:
@@ -99,7 +100,23 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
         else:
             os = dr * sb
             om = dr * sa
-    return xs, xm, ox, os, om, on
+    return xs, xm, ox, os, om, on, kox, kos
+
+
+@triton.jit
+def _elem_coefs(x0, lim, ox, os, om, kox, kos, CLIP_MODE: tl.constexpr, RECLIP: tl.constexpr):
+    """(ox, os, om) of each element. With use_clipped_model_output (RECLIP) the eps is
+    (s - sqrt(a) x0c) / sqrt(1 - a) where the clip changed x0; where it did not (no clip,
+    strictly inside a scalar range) that is the model's own eps, formed without the x0c
+    form's 1/sqrt(1 - a)-fold cancellation (see diffusion_args.h). The threshold has a
+    gradient of its own: always the x0c form."""
+    if RECLIP:
+        if CLIP_MODE == 1:
+            own = (x0 > -lim) & (x0 < lim)
+            return tl.where(own, ox, kox), tl.where(own, os, kos), tl.where(own, om, 0.0)
+        elif CLIP_MODE == 2:
+            return kox + x0 * 0.0, kos + x0 * 0.0, om * 0.0 + x0 * 0.0
+    return ox + x0 * 0.0, os + x0 * 0.0, om + x0 * 0.0
 
 
 @triton.jit
@@ -183,19 +200,31 @@ def loss_bwd_kernel(G, M, X0, NZ, TS, TAB, GM, GX, GN, T, D, C, PRED: tl.constex
 
 
 @triton.jit
-def step_kernel(M, S, NZ, TS, PS, TAB, Q, OUT, X0C, T, D, C, clip_range, eta, final_alpha,
-                KIND: tl.constexpr, PRED: tl.constexpr, CLIP_MODE: tl.constexpr, USE_CLIPPED: tl.constexpr,
-                HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
-    n, offs, mask = _block(D, C, BLOCK)
-    xs, xm, ox, os, om, on = _step_coefs(TAB, T, tl.load(TS + n), tl.load(PS + n), eta, final_alpha,
-                                         KIND, PRED, USE_CLIPPED)
+def _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask, clip_range, eta, final_alpha, KIND: tl.constexpr,
+                 PRED: tl.constexpr, CLIP_MODE: tl.constexpr, USE_CLIPPED: tl.constexpr):
+    """What a step's forward and backward both start from, for sample n's elements offs:
+    (xs, xm, ox, os, om, on, lim, s, m, x0), the coefficients per element (_elem_coefs)."""
+    xs, xm, ox, os, om, on, kox, kos = _step_coefs(TAB, T, tl.load(TS + n), tl.load(PS + n), eta, final_alpha,
+                                                   KIND, PRED)
     if CLIP_MODE == 2:
         lim = tl.load(Q + n)
     else:
         lim = xs * 0.0 + clip_range
     s = tl.load(S + offs, mask=mask, other=0.0).to(xs.dtype)
     m = tl.load(M + offs, mask=mask, other=0.0).to(xs.dtype)
-    c = _clip(xs * s + xm * m, lim, CLIP_MODE)
+    x0 = xs * s + xm * m
+    ox, os, om = _elem_coefs(x0, lim, ox, os, om, kox, kos, CLIP_MODE, USE_CLIPPED)
+    return xs, xm, ox, os, om, on, lim, s, m, x0
+
+
+@triton.jit
+def step_kernel(M, S, NZ, TS, PS, TAB, Q, OUT, X0C, T, D, C, clip_range, eta, final_alpha,
+                KIND: tl.constexpr, PRED: tl.constexpr, CLIP_MODE: tl.constexpr, USE_CLIPPED: tl.constexpr,
+                HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+    n, offs, mask = _block(D, C, BLOCK)
+    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask, clip_range, eta,
+                                                         final_alpha, KIND, PRED, CLIP_MODE, USE_CLIPPED)
+    c = _clip(x0, lim, CLIP_MODE)
     # A term whose coefficient is 0 is absent from the formula: skip it, so an inf there
     # (clipped away in x0) does not come back as 0 * inf = nan.
     r = ox * c + tl.where(os != 0.0, os * s, 0.0) + tl.where(om != 0.0, om * m, 0.0)
@@ -212,19 +241,12 @@ def step_bwd_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_ra
                     KIND: tl.constexpr, PRED: tl.constexpr, CLIP_MODE: tl.constexpr, USE_CLIPPED: tl.constexpr,
                     BLOCK: tl.constexpr):
     n, offs, mask = _block(D, C, BLOCK)
-    xs, xm, ox, os, om, on = _step_coefs(TAB, T, tl.load(TS + n), tl.load(PS + n), eta, final_alpha,
-                                         KIND, PRED, USE_CLIPPED)
+    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask, clip_range, eta,
+                                                         final_alpha, KIND, PRED, CLIP_MODE, USE_CLIPPED)
     gp = tl.load(GP + offs, mask=mask, other=0.0).to(xs.dtype)
     gc = ox * gp + tl.load(GX + offs, mask=mask, other=0.0).to(xs.dtype)
     g0 = gc
     if CLIP_MODE != 0:
-        if CLIP_MODE == 2:
-            lim = tl.load(Q + n)
-        else:
-            lim = xs * 0.0 + clip_range
-        s = tl.load(S + offs, mask=mask, other=0.0).to(xs.dtype)
-        m = tl.load(M + offs, mask=mask, other=0.0).to(xs.dtype)
-        x0 = xs * s + xm * m
         # torch.clamp's gradient: strictly inside for scalar bounds (clip); a tensor
         # bound (threshold) shares it half-half at a tie.
         g0 = tl.where((x0 > -lim) & (x0 < lim), gc, 0.0)
@@ -324,7 +346,7 @@ def step(m, s, noise, ts, prev, table, threshold, kind, pred, clip_sample, clip_
         wrap_triton(step_kernel)[(N * C,)](
             m, s, nz, ts, prev, table, q, out, x0c, table.shape[0], D, C, float(clip_range), float(eta),
             float(final_alpha), KIND=kind, PRED=pred, CLIP_MODE=_clip_mode(threshold, clip_sample),
-            USE_CLIPPED=bool(use_clipped), HAS_NOISE=noise is not None, BLOCK=BLOCK)
+            USE_CLIPPED=bool(use_clipped) and kind == DDIM, HAS_NOISE=noise is not None, BLOCK=BLOCK)
     return out, x0c
 
 
@@ -343,6 +365,7 @@ def step_backward(gp, gx, m, s, ts, prev, table, threshold, kind, pred, clip_sam
         wrap_triton(step_bwd_kernel)[(N * C,)](
             gp, gx, m, s, ts, prev, table, q, gm, gs, part if threshold is not None else gm, table.shape[0], D, C,
             float(clip_range), float(eta), float(final_alpha), KIND=kind, PRED=pred,
-            CLIP_MODE=_clip_mode(threshold, clip_sample), USE_CLIPPED=bool(use_clipped), BLOCK=BLOCK)
+            CLIP_MODE=_clip_mode(threshold, clip_sample), USE_CLIPPED=bool(use_clipped) and kind == DDIM,
+            BLOCK=BLOCK)
     gq = part.sum(1) if threshold is not None else torch.empty((0,), dtype=acc, device=s.device)
     return gm, gs, gq

@@ -266,13 +266,13 @@ StepArgs step_args(int64_t kind, int64_t prediction, bool clip_sample, double cl
 // One span of a step: out = step(s, m) (+ on * noise), x0 = the clipped x0. The clip mode
 // and the noise term are template arguments so that the loop has no branches and the
 // compiler vectorises it (a run-time mode check per element kept it scalar, 3x slower).
-template <int64_t kMode, bool kNoisy, typename scalar_t, typename acc>
+template <int64_t kMode, int kReclip, bool kNoisy, typename scalar_t, typename acc>
 void step_span(const Step<acc>& k, acc lim, const scalar_t* __restrict__ s, const scalar_t* __restrict__ m,
                const scalar_t* __restrict__ z, scalar_t* __restrict__ out, scalar_t* __restrict__ x0,
                int64_t len) {
   for (int64_t i = 0; i < len; ++i) {
     acc c;
-    acc r = step_element<acc>(k, kMode, lim, static_cast<acc>(s[i]), static_cast<acc>(m[i]), c);
+    acc r = step_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]), static_cast<acc>(m[i]), c);
     if constexpr (kNoisy) r += k.on * static_cast<acc>(z[i]);
     out[i] = static_cast<scalar_t>(r);
     x0[i] = static_cast<scalar_t>(c);
@@ -282,10 +282,46 @@ void step_span(const Step<acc>& k, acc lim, const scalar_t* __restrict__ s, cons
 template <bool kNoisy, typename scalar_t, typename acc>
 void step_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s, const scalar_t* m,
                const scalar_t* z, scalar_t* out, scalar_t* x0, int64_t len) {
+  // use_clipped_model_output only changes the clipped modes' loops (reclip: see Step)
   switch (mode) {
-    case kNoClip: return step_span<kNoClip, kNoisy>(k, lim, s, m, z, out, x0, len);
-    case kClip: return step_span<kClip, kNoisy>(k, lim, s, m, z, out, x0, len);
-    default: return step_span<kThreshold, kNoisy>(k, lim, s, m, z, out, x0, len);
+    case kNoClip: return step_span<kNoClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
+    case kClip:
+      return k.reclip ? step_span<kClip, 1, kNoisy>(k, lim, s, m, z, out, x0, len)
+                      : step_span<kClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
+    default:
+      return k.reclip ? step_span<kThreshold, 1, kNoisy>(k, lim, s, m, z, out, x0, len)
+                      : step_span<kThreshold, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
+  }
+}
+
+// One span of a step's backward: grad_m and grad_s; returns the span's sum of the
+// threshold's gradient terms. Templated like step_span, for the same reason.
+template <int64_t kMode, int kReclip, typename scalar_t, typename acc>
+acc step_grad_span(const Step<acc>& k, acc lim, const scalar_t* __restrict__ s, const scalar_t* __restrict__ m,
+                   const scalar_t* __restrict__ gp, const scalar_t* __restrict__ gx, scalar_t* __restrict__ gm,
+                   scalar_t* __restrict__ gs, int64_t len) {
+  acc sq = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    acc g_m, g_s;
+    sq += step_grad_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]), static_cast<acc>(m[i]),
+                                          static_cast<acc>(gp[i]), static_cast<acc>(gx[i]), g_m, g_s);
+    gm[i] = static_cast<scalar_t>(g_m);
+    gs[i] = static_cast<scalar_t>(g_s);
+  }
+  return sq;
+}
+
+template <typename scalar_t, typename acc>
+acc step_grad_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s, const scalar_t* m,
+                   const scalar_t* gp, const scalar_t* gx, scalar_t* gm, scalar_t* gs, int64_t len) {
+  switch (mode) {
+    case kNoClip: return step_grad_span<kNoClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
+    case kClip:
+      return k.reclip ? step_grad_span<kClip, 1>(k, lim, s, m, gp, gx, gm, gs, len)
+                      : step_grad_span<kClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
+    default:
+      return k.reclip ? step_grad_span<kThreshold, 1>(k, lim, s, m, gp, gx, gm, gs, len)
+                      : step_grad_span<kThreshold, 0>(k, lim, s, m, gp, gx, gm, gs, len);
   }
 }
 
@@ -378,14 +414,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_backward_cpu(
       const auto k = step_coefs_at<acc>(A.p, tab, T, pt[n], pp[n]);
       const acc lim = pq != nullptr ? pq[n] : acc(A.clip_range);
       const int64_t o = n * D;
-      acc sq = 0;
-      for (int64_t i = o + b; i < o + e; ++i) {
-        acc g_m, g_s;
-        sq += step_grad_element<acc>(k, A.clip_mode, lim, static_cast<acc>(ps[i]), static_cast<acc>(pm[i]),
-                                     static_cast<acc>(pgp[i]), static_cast<acc>(pgx[i]), g_m, g_s);
-        om_[i] = static_cast<scalar_t>(g_m);
-        os_[i] = static_cast<scalar_t>(g_s);
-      }
+      const acc sq = step_grad_span(A.clip_mode, k, lim, ps + o + b, pm + o + b, pgp + o + b, pgx + o + b,
+                                    om_ + o + b, os_ + o + b, e - b);
       if (pq != nullptr) ppart[n * C + c] = sq / lim;
     });
     gq = q.defined() ? sum_chunks(partial) : at::empty({0}, s.options().dtype(accT));
