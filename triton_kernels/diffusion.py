@@ -85,7 +85,11 @@ def _step_coefs(TAB, T, t, prev, eta, final_alpha, KIND: tl.constexpr, PRED: tl.
         var = (1.0 - ap) / (1.0 - a) * ((ap - a) / ap)
         # var < 0 when ap < a: eta = 0 needs no sd; eta > 0 gives NaN (see diffusion_args.h)
         sd = tl.where(eta > 0, eta * tl.sqrt(var), 0.0)
-        dir2 = 1.0 - ap - sd * sd
+        # 1 - ap - sd^2 in closed form (no cancellation where sd^2 ~ 1 - ap; see diffusion_args.h)
+        e2 = eta * eta
+        noisy = tl.where(e2 > 0, e2 * (a / ap) * ((1.0 - ap) / (1.0 - a)), 0.0)  # eta = 0: no 0 * inf at ap = 0
+        dir2 = (1.0 - ap) * ((1.0 - e2) + noisy)
+        dir2 = tl.where(sd != sd, sd, dir2)
         dr = tl.sqrt(tl.where(dir2 < 0.0, 0.0, dir2))  # not tl.maximum: NaN stays NaN
         ox = tl.sqrt(ap)
         on = sd
