@@ -114,13 +114,14 @@ def _elem_coefs(x0, lim, ox, os, om, kox, kos, CLIP_MODE: tl.constexpr, RECLIP: 
     strictly inside a scalar range) that is the model's own eps, formed without the x0c
     form's 1/sqrt(1 - a)-fold cancellation (see diffusion_args.h). The threshold has a
     gradient of its own: always the x0c form."""
+    z = tl.zeros_like(x0)  # per-element shape (not x0 * 0: an inf x0 would make it NaN)
     if RECLIP:
         if CLIP_MODE == 1:
             own = (x0 > -lim) & (x0 < lim)
-            return tl.where(own, ox, kox), tl.where(own, os, kos), tl.where(own, om, 0.0)
+            return tl.where(own, ox, kox) + z, tl.where(own, os, kos) + z, tl.where(own, om, 0.0) + z
         elif CLIP_MODE == 2:
-            return kox + x0 * 0.0, kos + x0 * 0.0, om * 0.0 + x0 * 0.0
-    return ox + x0 * 0.0, os + x0 * 0.0, om + x0 * 0.0
+            return kox + z, kos + z, z
+    return ox + z, os + z, om + z
 
 
 @triton.jit
