@@ -51,7 +51,7 @@ def _exp_diff(a, b, ea, eb):
 
 
 @triton.jit
-def _jsd_logs(x, beta, log_b, log_1b):
+def _jsd_logs(x, beta, omb, log_b, log_1b):
     """(log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S, from
     x = log p_T - log p_S alone (formed without the log zb - log za cancellation). Near
     x = 0 (close distributions, where log m - log p_S cancelled: 2.6e-5 off in float32,
@@ -60,17 +60,25 @@ def _jsd_logs(x, beta, log_b, log_1b):
     and each ratio is a difference taken exactly (log p_S - logaddexp lost log(1 - beta)
     below p_S's rounding: a loss of 9e-39 for 3.3e-38 at beta = 1e-38, fuzz)."""
     near = tl.abs(x) < 1.0
-    u = _log1p(beta * _expm1(tl.where(near, x, 0.0)))
+    xn = tl.where(near, x, 0.0)
+    # beta > 1/2: the mirror image, log(m / p_T) = log1p((1 - beta) expm1(-x)), with
+    # omb = 1 - beta from the host's float64 (a float32 beta of 1 - 1e-7 is 1, and the
+    # loss of beta = 1 - 1e-16 was 3.7% off, fuzz)
+    u = _log1p(beta * _expm1(xn))    # log(m / p_S)
+    v = _log1p(omb * _expm1(-xn))    # log(m / p_T)
+    mirror = beta > 0.5
+    ls_near = tl.where(mirror, -v - xn, -u)
+    lt_near = tl.where(mirror, -v, xn - u)
     d = x + (log_b - log_1b)
     e = _log1p(tl.exp(-tl.abs(d)))
     up = d >= 0.0
     ls_far = tl.where(up, -x - log_b, -log_1b) - e
     lt_far = tl.where(up, -log_b, x - log_1b) - e
-    return tl.where(near, -u, ls_far), tl.where(near, x - u, lt_far)
+    return tl.where(near, ls_near, ls_far), tl.where(near, lt_near, lt_far)
 
 
 @triton.jit
-def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b, log_1b, ls, ignore_index,
+def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, log_b, log_1b, ls, ignore_index,
                    SOFT: tl.constexpr, HARD: tl.constexpr, PROBS: tl.constexpr, HAS_LABELS: tl.constexpr,
                    MODE: tl.constexpr, SHARE1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
                    ACC: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -156,7 +164,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                     msk = cols < V
                     ds = (tl.load(S + base + cols, mask=msk, other=0.0).to(ACC) - ms) * inv_t
                     dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
-                    ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, log_b, log_1b)
+                    ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, omb, log_b, log_1b)
                     ks += tl.sum(tl.where(msk, tl.exp(ds - lza) * ls_m, 0.0), 0)
                     kt += tl.sum(tl.where(msk, tl.exp(dt - lzb) * lt_m, 0.0), 0)
         loss = tl.zeros([], ACC)
@@ -166,7 +174,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
             elif MODE == 1:
                 d = klr
             else:
-                d = beta * kt + (1.0 - beta) * ks
+                d = beta * kt + omb * ks
             loss += sw * temp * temp * d
         if PROBS:
             loss += qs * lza - wq
@@ -204,8 +212,8 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, log_b
                         g = c * ps * (lps - lpt - klr)
                         h = c * (pt - ps)
                     else:
-                        ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, log_b, log_1b)
-                        g = c * (1.0 - beta) * ps * (ls_m - ks)
+                        ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, omb, log_b, log_1b)
+                        g = c * omb * ps * (ls_m - ks)
                         h = c * beta * pt * (lt_m - kt)
                 if PROBS:
                     q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
@@ -276,7 +284,7 @@ def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, 
     b = float(beta)
     wrap_triton(distill_kernel)[(R,)](
         s, t if t is not None else s, lab, loss, gs if grad_s else loss, gt if grad_t else loss, V,
-        1.0 / temperature, float(temperature), float(soft_weight), float(hard_weight), b,
+        1.0 / temperature, float(temperature), float(soft_weight), float(hard_weight), b, 1.0 - b,
         math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, float(label_smoothing),
         int(ignore_index), SOFT=soft, HARD=hard, PROBS=bool(probs), HAS_LABELS=labels is not None, MODE=_mode(b),
         SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=acc_dtype(s.dtype),

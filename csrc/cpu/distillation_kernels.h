@@ -168,7 +168,7 @@ struct RowKernel {
     acc loss = 0;
     if (st.soft) {
       const acc b = acc(st.beta);
-      const acc d = st.beta == 0 ? KLf : st.beta == 1 ? KLr : b * KT + (1 - b) * KS;
+      const acc d = st.beta == 0 ? KLf : st.beta == 1 ? KLr : b * KT + acc(1.0 - st.beta) * KS;
       loss += acc(st.soft_weight) * T() * T() * d;
     }
     if (st.probs) loss += Q * logZa - Wq;
@@ -216,13 +216,23 @@ struct RowKernel {
     Vec ls_m, lt_m;  // log p_S - log m, log p_T - log m
   };
   JsdLogs jsd_logs(const Vec& x) const {
-    const acc b = acc(st.beta), lb = std::log(b), l1b = std::log1p(-b);
-    const Vec near = x.abs() < Vec(1);
-    const Vec u = (Vec(b) * Vec::blendv(Vec(0), x, near).expm1()).log1p();  // the JSD path only: exact expm1
-    const Vec d = x + Vec(lb - l1b), e = (Vec(0) - d.abs()).exp().log1p(), up = d >= Vec(0);
-    const Vec ls_far = Vec::blendv(Vec(-l1b), Vec(0) - x - Vec(lb), up) - e;
-    const Vec lt_far = Vec::blendv(x - Vec(l1b), Vec(-lb), up) - e;
-    return {Vec::blendv(ls_far, Vec(0) - u, near), Vec::blendv(lt_far, x - u, near)};
+    // beta and 1 - beta from the float64 setting (a float32 beta of 1 - 1e-7 is 1)
+    const acc b = acc(st.beta), omb = acc(1.0 - st.beta), lb = std::log(st.beta), l1b = std::log1p(-st.beta);
+    const Vec near = x.abs() < Vec(1), xn = Vec::blendv(Vec(0), x, near);
+    Vec ls_near, lt_near;
+    if (st.beta > 0.5) {  // the mirror image: log(m / p_T) = log1p((1 - beta) expm1(-x))
+      const Vec v = (Vec(omb) * (Vec(0) - xn).expm1()).log1p();
+      ls_near = Vec(0) - v - xn;
+      lt_near = Vec(0) - v;
+    } else {  // log(m / p_S) = log1p(beta expm1(x)); the JSD path only: exact expm1
+      const Vec u = (Vec(b) * xn.expm1()).log1p();
+      ls_near = Vec(0) - u;
+      lt_near = xn - u;
+    }
+    const Vec d = x + Vec(acc(lb - l1b)), e = (Vec(0) - d.abs()).exp().log1p(), up = d >= Vec(0);
+    const Vec ls_far = Vec::blendv(Vec(acc(-l1b)), Vec(0) - x - Vec(acc(lb)), up) - e;
+    const Vec lt_far = Vec::blendv(x - Vec(acc(l1b)), Vec(acc(-lb)), up) - e;
+    return {Vec::blendv(ls_far, ls_near, near), Vec::blendv(lt_far, lt_near, near)};
   }
 
   void jsd_terms(const scalar_t* s, const scalar_t* t, acc ms, acc mt, acc logZba, acc Za, acc Zb, acc& KS,
@@ -272,7 +282,7 @@ struct RowKernel {
           if (gt) h = vc * (pT - pS);
         } else {  // T (1 - beta) p_S (log p_S - log m - KS);  T beta p_T (log p_T - log m - KT)
           const JsdLogs j = jsd_logs(((load(t + i, n) - vmt) * vinvT - ds()) - Vec(r.logZba));
-          g = Vec(c * (1 - b)) * pS * (j.ls_m - Vec(r.KS));
+          g = Vec(c * acc(1.0 - st.beta)) * pS * (j.ls_m - Vec(r.KS));
           if (gt) h = Vec(c * b) * pT * (j.lt_m - Vec(r.KT));
         }
       }

@@ -43,7 +43,7 @@ __device__ __forceinline__ double dlog1p(double x) { return log1p(x); }
 // Plain-value copy of the settings a kernel needs.
 template <typename acc>
 struct Params {
-  acc invT, T, sw, hw, beta, log_b, log_1b, ls;
+  acc invT, T, sw, hw, beta, omb, log_b, log_1b, ls;
   int64_t ignore_index;
   bool soft, hard, probs, share1, has_labels;
   int mode;  // 0 KL(p_T || p_S), 1 KL(p_S || p_T), 2 generalised JSD
@@ -189,8 +189,12 @@ __device__ __forceinline__ void store_group(scalar_t* out, int64_t j, const acc_
 // exactly (log p_S - logaddexp lost log(1 - beta) below p_S's rounding; see the CPU kernel).
 template <typename acc, typename P>
 __device__ __forceinline__ void jsd_logs(acc x, const P& p, acc& ls_m, acc& lt_m) {
-  if (fabs(x) < acc(1)) {
-    const acc u = dlog1p(acc(p.beta) * dexpm1(x));
+  if (fabs(x) < acc(1) && p.beta > acc(0.5)) {  // the mirror image, from omb = 1 - beta in float64
+    const acc v = dlog1p(p.omb * dexpm1(-x));    // log(m / p_T): a float32 beta of 1 - 1e-7 is 1
+    ls_m = -v - x;
+    lt_m = -v;
+  } else if (fabs(x) < acc(1)) {
+    const acc u = dlog1p(acc(p.beta) * dexpm1(x));  // log(m / p_S)
     ls_m = -u;
     lt_m = x - u;
   } else {
@@ -289,7 +293,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   if (threadIdx.x == 0) {
     acc l = 0;
     if (p.soft) {
-      const acc d = p.mode == 0 ? klf : p.mode == 1 ? klr : p.beta * kt + (1 - p.beta) * ks;
+      const acc d = p.mode == 0 ? klf : p.mode == 1 ? klr : p.beta * kt + p.omb * ks;
       l += p.sw * p.T * p.T * d;
     }
     if (p.probs) l += st.qs * lza - st.wq;
@@ -323,7 +327,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
         } else {
           acc ls_m, lt_m;
           jsd_logs(((xt[k] - mt) * p.invT - ds) - lzba, p, ls_m, lt_m);
-          gk = c * (1 - p.beta) * ps * (ls_m - ks);
+          gk = c * p.omb * ps * (ls_m - ks);
           hk = c * p.beta * pt * (lt_m - kt);
         }
       }
@@ -379,6 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const DistillSettings& s
     p.sw = acc(st.soft_weight);
     p.hw = acc(st.hard_weight);
     p.beta = acc(st.beta);
+    p.omb = acc(1.0 - st.beta);
     const bool jsd = st.beta > 0 && st.beta < 1;
     p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
     p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
