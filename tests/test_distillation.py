@@ -236,6 +236,21 @@ def test_jsd_keeps_float32_precision(backend, case):
 
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_float64_confident_row_keeps_its_loss(backend):
+    """float64 (gradcheck's dtype, the tests' exact answer): a confident row's loss
+    log1p(exp(-40)) = 4.2e-18 is below the rounding of log(1 + 4.2e-18); the CPU kernel
+    and the reference take log1p of the non-maximal terms (the long fuzz run: 0 against
+    5e-22 from the CPU kernel)."""
+    x = torch.tensor([[40.0, 0.0, -3.0], [7.0, 7.0, -50.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    want = torch.tensor([math.log1p(math.exp(-40) + math.exp(-43)), math.log1p(1 + math.exp(-57))], dtype=torch.float64)
+    got = pk.cross_entropy(x, y, reduction="none", backend=backend)
+    assert_close(got, want, torch.float64)
+    kd = pk.distillation_loss(x, x.flip(0), labels=y, soft_weight=0.0, hard_weight=1.0, reduction="none", backend=backend)
+    assert_close(kd, want, torch.float64)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("T", [0.05, 20.0])
 def test_extreme_logits(backend, T):

@@ -174,7 +174,7 @@ struct RowKernel {
     if (st.probs) loss += Q * logZa - Wq;
     const acc ls = acc(st.label_smoothing), hw = acc(st.hard_weight);
     if (st.hard) {
-      const acc logZ1 = std::log(Z1);
+      const acc logZ1 = std::is_same_v<acc, double> ? log_z1(s, ms, hard1 ? e1 : es, Z1) : std::log(Z1);
       const acc nll = logZ1 + (ms - static_cast<acc>(s[y]));
       const acc smooth = logZ1 - vsum(tot[7]) / acc(D);
       loss += hw * ((1 - ls) * nll + ls * smooth);
@@ -184,6 +184,20 @@ struct RowKernel {
       write_grads(s, t, y, g, gs, gt);
     }
     return loss;
+  }
+
+  // float64: log Z1 as log1p of the terms other than one maximum (each maximum's term is
+  // exp(0) = 1): a confident row's loss of 1e-20 is below the rounding of log(1 + 1e-20)
+  // (the long fuzz run: cross_entropy 0 against 5e-22). NaN and inf keep log Z1.
+  acc log_z1(const scalar_t* s, acc ms, const acc* e, acc Z1) const {
+    if (!std::isfinite(Z1)) return std::log(Z1);
+    acc rest = 0;
+    int64_t n_max = 0;
+    for (int64_t j = 0; j < D; ++j) {
+      if (static_cast<acc>(s[j]) < ms) rest += e[j];
+      else ++n_max;
+    }
+    return std::log1p(rest + acc(n_max - 1));
   }
 
   // log(Zb / Za) as log1p(sum (f - e) / Za), f - e = e expm1(dt - ds) where |dt - ds| < 1:
