@@ -64,11 +64,11 @@ def _jsd_logs(x, beta, omb, log_b, log_1b):
     # beta > 1/2: the mirror image, log(m / p_T) = log1p((1 - beta) expm1(-x)), with
     # omb = 1 - beta from the host's float64 (a float32 beta of 1 - 1e-7 is 1, and the
     # loss of beta = 1 - 1e-16 was 3.7% off, fuzz)
-    u = _log1p(beta * _expm1(xn))    # log(m / p_S)
-    v = _log1p(omb * _expm1(-xn))    # log(m / p_T)
+    # one log1p / expm1 per element: w = log(m / p_S), or log(m / p_T) for the mirror image
     mirror = beta > 0.5
-    ls_near = tl.where(mirror, -v - xn, -u)
-    lt_near = tl.where(mirror, -v, xn - u)
+    w = _log1p(tl.where(mirror, omb, beta) * _expm1(tl.where(mirror, -xn, xn)))
+    ls_near = tl.where(mirror, -w - xn, -w)
+    lt_near = tl.where(mirror, -w, xn - w)
     d = x + (log_b - log_1b)
     e = _log1p(tl.exp(-tl.abs(d)))
     up = d >= 0.0

@@ -288,8 +288,7 @@ namespace {
 // for the product, made a small cosine a cancellation of rounded terms (0.29% off at a
 // cosine of 0.0115 from float16 rows, fuzz), and CPU half products are no faster.
 at::Tensor in_acc(const at::Tensor& x) {
-  const auto t = x.scalar_type();
-  return (t == at::kHalf || t == at::kBFloat16 ? x.to(at::kFloat) : x).contiguous();
+  return x.to(at::toOpMathType(x.scalar_type())).contiguous();
 }
 
 at::Tensor pairwise_cosine_similarity_cpu(const at::Tensor& a, const at::Tensor& b, double eps) {

@@ -78,8 +78,8 @@ def _jsd_log_ratios(ls: torch.Tensor, lt: torch.Tensor, beta: float):
     x = lt - ls
     d = x + (lb - l1b)
     e, up = torch.log1p(torch.exp(-d.abs())), d >= 0
-    ls_m = torch.where(up, -x - lb, -l1b * torch.ones_like(x)) - e
-    lt_m = torch.where(up, -lb * torch.ones_like(x), x - l1b) - e
+    ls_m = torch.where(up, -x - lb, torch.full_like(x, -l1b)) - e
+    lt_m = torch.where(up, torch.full_like(x, -lb), x - l1b) - e
     near = x.abs() < 1
     xn = torch.where(near, x, torch.zeros_like(x))
     if beta <= 0.5:
