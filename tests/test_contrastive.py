@@ -231,6 +231,30 @@ def test_confident_rows_gradient_keeps_float32_precision(backend):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_backward_sees_the_forward_logits(backend, symmetric):
+    """Logits of ~300 and nearly one-hot softmaxes (found by the fuzz tests): the
+    backward's exp(L - lse) is exact only if it recomputes each logit bit for bit as the
+    forward took it, since a logit rounded otherwise carries |L| * eps = 2e-5. The Triton
+    backward once recomputed dT's tiles as T I^T (another summation order): 1.3e-5 off
+    here, 20x PyTorch's error; all of its kernels now take the tiles of I T^T. The
+    features are float32 values, so the float64 reference sees the same inputs and the
+    limit can be 2e-6 (or twice PyTorch's float32 error, 6e-7 at most here)."""
+    dev = backend_device(backend)
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        img, txt = torch.randn(8, 16, generator=g), 30 * torch.randn(8, 16, generator=g)
+        labels, scale = torch.randint(0, 8, (8,), generator=g), torch.tensor(1.0)
+        loss = functools.partial(ref.info_nce_loss, labels=labels, symmetric=symmetric)
+        want = _grads(loss, img.double(), txt.double(), scale.double())
+        torch_f32 = _grads(loss, img, txt, scale)
+        fn = functools.partial(pk.info_nce_loss, labels=labels.to(dev), symmetric=symmetric, backend=backend)
+        got = _grads(fn, img.to(dev), txt.to(dev), scale.to(dev))
+        for gr, w, b, name in zip(got, want, torch_f32, ("image", "text", "scale")):
+            assert_close(gr, w, torch.float32, tol=2e-6, baseline=b, what=f"seed {seed}, grad {name}")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_reduction_none_layout(backend):
     dev = backend_device(backend)
     i, t = _features(6, 9, 8, torch.float32, dev, seed=50)

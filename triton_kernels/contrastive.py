@@ -1,15 +1,17 @@
 """Triton kernels of the contrastive family: the fused InfoNCE / CLIP loss, flash-style.
 
-L = scale * A B^T is never stored. One kernel computes a log-sum-exp over the rows of
-B for a block of rows of A, streaming B in tiles and keeping a running (max, sum)
-per row: launched with (A, B) = (images, texts) it gives the image->text row LSE and
-the positive logits, launched with (texts, images) the text->image column LSE. The
-backward kernel recomputes the same tiles, turns them into dLoss/dL (softmax minus
-one-hot, weighted by the upstream gradient) and multiplies by the other side's
-features: (images, texts) gives dI, (texts, images) dT, since dL^T has the same form
-with the roles swapped. Tiles are visited in a fixed order and d(scale) is summed from
-per-program partials: deterministic. Offsets are int64. tl.dot uses tensor cores for
-bf16/fp16 and TF32 for float32 when torch.backends.cuda.matmul.allow_tf32 is set.
+L = scale * A B^T (A = images, B = texts) is never stored. Every kernel computes it in
+the same [BLOCK_A, BLOCK_B] tiles of A B^T, so each logit is rounded the same way in the
+forward and the backward; a kernel's program owns a block of rows of A ("row
+programs") or of rows of B ("column programs") and streams the other side. The
+log-sum-exp kernel keeps a running (max, sum) per owned row: row programs give the
+image->text LSE and the positive logits, column programs the text->image LSE. The
+gradient kernel recomputes the tiles, turns them into dLoss/dL (softmax minus one-hot,
+weighted by the upstream gradient) and multiplies by the other side's features: row
+programs give dI, column programs dT (with the transposed dL tile, as the
+flash-attention backward forms dK). Tiles are visited in a fixed order and d(scale) is
+summed from per-program partials: deterministic. Offsets are int64. tl.dot uses tensor
+cores for bf16/fp16 and TF32 for float32 when torch.backends.cuda.matmul.allow_tf32 is set.
 """
 import torch
 import triton
@@ -43,99 +45,149 @@ def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.conste
 
 @triton.jit
 def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
-               HAS_POS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-               BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """logsumexp_b scale <A_a, B_b> = MAX[a] + LOGSUM[a] (kept apart so that the loss
-    (MAX - POS) + LOGSUM stays precise under large logits); POS[a] = scale <A_a, B_LAB[a]>
-    (NaN when LAB[a] is outside [0, NB): no out-of-range read, the loss shows it)."""
-    rows = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
-    rmask = rows < NA
+               COLUMNS: tl.constexpr, HAS_POS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+               UPCAST: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The log-sum-exp of L = scale A B^T over each row (COLUMNS=False: a program owns
+    BLOCK_A rows of A) or each column (COLUMNS: BLOCK_B rows of B), as MAX + LOGSUM (kept
+    apart so that the loss (MAX - POS) + LOGSUM stays precise under large logits);
+    POS[a] = L[a, LAB[a]] for rows (NaN when LAB[a] is outside [0, NB): no out-of-range
+    read, the loss shows it). Column programs take the same [BLOCK_A, BLOCK_B] tiles of
+    A B^T and reduce them over axis 0, so every logit is rounded as in the row pass and
+    in the backward (a tile of B A^T would round differently: |L| * eps in exp(L - LSE))."""
+    pid = tl.program_id(0)
+    if COLUMNS:
+        own = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+        n_own = NB
+        n_other = NA
+        m = tl.full([BLOCK_B], float("-inf"), dtype=ACC)
+    else:
+        own = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+        n_own = NA
+        n_other = NB
+        m = tl.full([BLOCK_A], float("-inf"), dtype=ACC)
+    omask = own < n_own
     scale = tl.load(SCALE).to(ACC)
-    m = tl.full([BLOCK_A], float("-inf"), dtype=ACC)
-    s = tl.zeros([BLOCK_A], dtype=ACC)
-    pos = tl.zeros([BLOCK_A], dtype=ACC)
+    s = tl.zeros_like(m)
+    pos = tl.zeros_like(m)
     if HAS_POS:
-        lab = tl.load(LAB + rows, mask=rmask, other=-1)
-    for b0 in range(0, NB, BLOCK_B):
-        cols = b0 + tl.arange(0, BLOCK_B)
-        _, L = _score_tile(A, B, rows, cols, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                           BLOCK_A, BLOCK_B, BLOCK_D)
-        L = tl.where(cols[None, :] < NB, L, float("-inf"))
-        m_new = tl.maximum(m, tl.max(L, axis=1))
+        lab = tl.load(LAB + own, mask=omask, other=-1)
+    # the other side runs along axis ax_other of the [BLOCK_A, BLOCK_B] tile (reduced over),
+    # the own side along ax_own; tl.expand_dims(v, ax) lays v along the other axis
+    if COLUMNS:
+        step = BLOCK_A
+        ax_other: tl.constexpr = 0
+        ax_own: tl.constexpr = 1
+    else:
+        step = BLOCK_B
+        ax_other: tl.constexpr = 1
+        ax_own: tl.constexpr = 0
+    for o0 in range(0, n_other, step):
+        if COLUMNS:
+            other = o0 + tl.arange(0, BLOCK_A)
+            _, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
+                               BLOCK_A, BLOCK_B, BLOCK_D)
+        else:
+            other = o0 + tl.arange(0, BLOCK_B)
+            _, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
+                               BLOCK_A, BLOCK_B, BLOCK_D)
+        L = tl.where(tl.expand_dims(other < n_other, ax_own), L, float("-inf"))
+        m_new = tl.maximum(m, tl.max(L, axis=ax_other))
         # rows whose logits so far are all -inf keep a zero shift (no -inf - -inf)
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - shift) + tl.sum(tl.exp(L - shift[:, None]), axis=1)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(L - tl.expand_dims(shift, ax_other)), axis=ax_other)
         m = m_new
-        if HAS_POS:
-            pos += tl.sum(tl.where(cols[None, :] == lab[:, None], L, 0.0), axis=1)
-    tl.store(MAX + rows, m.to(MAX.dtype.element_ty), mask=rmask)
-    tl.store(LOGSUM + rows, tl.log(s).to(LOGSUM.dtype.element_ty), mask=rmask)
+        if HAS_POS:  # rows only
+            pos += tl.sum(tl.where(other[None, :] == lab[:, None], L, 0.0), axis=1)
+    tl.store(MAX + own, m.to(MAX.dtype.element_ty), mask=omask)
+    tl.store(LOGSUM + own, tl.log(s).to(LOGSUM.dtype.element_ty), mask=omask)
     if HAS_POS:
         pos = tl.where((lab >= 0) & (lab < NB), pos, float("nan"))
-        tl.store(POS + rows, pos.to(POS.dtype.element_ty), mask=rmask)
+        tl.store(POS + own, pos.to(POS.dtype.element_ty), mask=omask)
 
 
 @triton.jit
-def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DA, DSCALE, NA, NB, D, s_a, s_b,
-                USE_A: tl.constexpr, USE_B: tl.constexpr, LABELS_ON_A: tl.constexpr, WITH_DSCALE: tl.constexpr,
-                ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """DA[a, d-block] = scale * sum_b G[a, b] B[b, d-block], with
-        G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [pair (a, b)] W_POS[pair],
-    pairs (a, LAB[a]) when LABELS_ON_A, else (LAB[b], b); the W_POS of a pair is indexed
-    like LAB. DSCALE[program] = sum G * raw (only for d-block 0 when WITH_DSCALE). Each
-    LSE comes as hi + lo (split_lse): L - LSE is formed as (L - hi) - lo."""
-    pid_a = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
+def _dlogits(L, rows, cols, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
+             USE_A: tl.constexpr, USE_B: tl.constexpr, ACC: tl.constexpr):
+    """dLoss/dL of a [rows, cols] tile:
+        G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [b = LAB[a]] W_POS[a],
+    zero outside the matrix. Each LSE comes as hi + lo (split_lse): L - LSE is formed as
+    (L - hi) - lo."""
     rmask = rows < NA
-    scale = tl.load(SCALE).to(ACC)
+    cmask = cols < NB
+    g = tl.zeros_like(L)
     if USE_A:
         w_a = tl.load(W_A + rows, mask=rmask, other=0.0).to(ACC)
         lse_a = tl.load(LSE_A + rows, mask=rmask, other=0.0).to(ACC)
         lse_a_lo = tl.load(LSE_A_LO + rows, mask=rmask, other=0.0).to(ACC)
-    if LABELS_ON_A:
-        lab_a = tl.load(LAB + rows, mask=rmask, other=-1)
-        wpos_a = tl.load(W_POS + rows, mask=rmask, other=0.0).to(ACC)
-    d0 = pid_d * BLOCK_DO
-    dk = d0 + tl.arange(0, BLOCK_DO)
-    acc = tl.zeros([BLOCK_A, BLOCK_DO], dtype=ACC)
+        g += w_a[:, None] * tl.exp((L - lse_a[:, None]) - lse_a_lo[:, None])
+    if USE_B:
+        w_b = tl.load(W_B + cols, mask=cmask, other=0.0).to(ACC)
+        lse_b = tl.load(LSE_B + cols, mask=cmask, other=0.0).to(ACC)
+        lse_b_lo = tl.load(LSE_B_LO + cols, mask=cmask, other=0.0).to(ACC)
+        g += w_b[None, :] * tl.exp((L - lse_b[None, :]) - lse_b_lo[None, :])
+    lab = tl.load(LAB + rows, mask=rmask, other=-1)
+    w_pos = tl.load(W_POS + rows, mask=rmask, other=0.0).to(ACC)
+    g -= tl.where(cols[None, :] == lab[:, None], w_pos[:, None], 0.0)
+    return tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
+
+
+@triton.jit
+def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DX, DSCALE, NA, NB, D, s_a, s_b,
+                COLUMNS: tl.constexpr, USE_A: tl.constexpr, USE_B: tl.constexpr, WITH_DSCALE: tl.constexpr,
+                ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """dA (COLUMNS=False) or dB (COLUMNS) for a block of its rows and one d-block:
+    DA[a, d] = scale * sum_b G[a, b] B[b, d], DB[b, d] = scale * sum_a G[a, b] A[a, d]
+    (G: _dlogits). The tiles are recomputed as the forward took them ([BLOCK_A, BLOCK_B]
+    of A B^T, transposed for columns), so exp(L - LSE) sees the forward's own logits.
+    DSCALE[program] = sum G * raw (row programs of d-block 0, when WITH_DSCALE)."""
+    pid = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    if COLUMNS:
+        own = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+        n_own = NB
+        n_other = NA
+        step = BLOCK_A
+        acc = tl.zeros([BLOCK_B, BLOCK_DO], dtype=ACC)
+    else:
+        own = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+        n_own = NA
+        n_other = NB
+        step = BLOCK_B
+        acc = tl.zeros([BLOCK_A, BLOCK_DO], dtype=ACC)
+    scale = tl.load(SCALE).to(ACC)
+    dk = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
     dsc = tl.zeros([BLOCK_A], dtype=ACC)
-    for b0 in range(0, NB, BLOCK_B):
-        cols = b0 + tl.arange(0, BLOCK_B)
-        cmask = cols < NB
-        raw, L = _score_tile(A, B, rows, cols, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                             BLOCK_A, BLOCK_B, BLOCK_D)
-        g = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
-        if USE_A:
-            g += w_a[:, None] * tl.exp((L - lse_a[:, None]) - lse_a_lo[:, None])
-        if USE_B:
-            w_b = tl.load(W_B + cols, mask=cmask, other=0.0).to(ACC)
-            lse_b = tl.load(LSE_B + cols, mask=cmask, other=0.0).to(ACC)
-            lse_b_lo = tl.load(LSE_B_LO + cols, mask=cmask, other=0.0).to(ACC)
-            g += w_b[None, :] * tl.exp((L - lse_b[None, :]) - lse_b_lo[None, :])
-        if LABELS_ON_A:
-            g -= tl.where(cols[None, :] == lab_a[:, None], wpos_a[:, None], 0.0)
+    for o0 in range(0, n_other, step):
+        if COLUMNS:
+            other = o0 + tl.arange(0, BLOCK_A)
+            raw, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
+                                 BLOCK_A, BLOCK_B, BLOCK_D)
+            g = tl.trans(_dlogits(L, other, own, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
+                                  USE_A, USE_B, ACC))
+            px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
         else:
-            lab_b = tl.load(LAB + cols, mask=cmask, other=-1)
-            wpos_b = tl.load(W_POS + cols, mask=cmask, other=0.0).to(ACC)
-            g -= tl.where(lab_b[None, :] == rows[:, None], wpos_b[None, :], 0.0)
-        g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
-        if WITH_DSCALE:
-            dsc += tl.sum(g * raw, axis=1)
-        pb = B + cols.to(tl.int64)[:, None] * s_b + dk[None, :]
-        bt = tl.load(pb, mask=cmask[:, None] & (dk[None, :] < D), other=0.0)
+            other = o0 + tl.arange(0, BLOCK_B)
+            raw, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
+                                 BLOCK_A, BLOCK_B, BLOCK_D)
+            g = _dlogits(L, own, other, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
+                         USE_A, USE_B, ACC)
+            if WITH_DSCALE:
+                dsc += tl.sum(g * raw, axis=1)
+            px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
+        x = tl.load(px, mask=(other[:, None] < n_other) & (dk[None, :] < D), other=0.0)
         if UPCAST:
-            bt = bt.to(tl.float32)
+            x = x.to(tl.float32)
         if GRAD_F32:  # float16: G's small entries (~1/N) would underflow; TF32 keeps the range
-            acc = tl.dot(g, bt.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
+            acc = tl.dot(g, x.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
         else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
-            acc = tl.dot(g.to(bt.dtype), bt, acc, input_precision=PRECISION, out_dtype=ACC)
-    pda = DA + rows.to(tl.int64)[:, None] * D + dk[None, :]
-    tl.store(pda, (acc * scale).to(DA.dtype.element_ty), mask=rmask[:, None] & (dk[None, :] < D))
+            acc = tl.dot(g.to(x.dtype), x, acc, input_precision=PRECISION, out_dtype=ACC)
+    pdx = DX + own.to(tl.int64)[:, None] * D + dk[None, :]
+    tl.store(pdx, (acc * scale).to(DX.dtype.element_ty), mask=(own[:, None] < n_own) & (dk[None, :] < D))
     if WITH_DSCALE:
         if pid_d == 0:
-            tl.store(DSCALE + pid_a, tl.sum(dsc, axis=0).to(DSCALE.dtype.element_ty))
+            tl.store(DSCALE + pid, tl.sum(dsc, axis=0).to(DSCALE.dtype.element_ty))
 
 
 @triton.jit
@@ -170,20 +222,23 @@ def _common(x: torch.Tensor) -> dict:
                 UPCAST=dot_upcast(x.dtype, x.device))
 
 
-def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor | None):
-    """(max [NA], log_sum [NA], pos [NA] or None) of L = scale a b^T over b's rows, with
+def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor | None,
+              columns: bool = False):
+    """(max, log_sum, pos or None) of L = scale a b^T per row of a ([NA]; pos: L[i, labels[i]]
+    when labels are given) or, with columns, per column ([NB], no pos), with
     logsumexp = max + log_sum; a, b contiguous."""
     NA, D = a.shape
     NB = b.shape[0]
+    n = NB if columns else NA
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    mx, log_sum = (torch.empty(NA, dtype=acc, device=a.device) for _ in range(2))
-    pos = torch.empty(NA, dtype=acc, device=a.device) if labels is not None else mx
-    if NA:
+    mx, log_sum = (torch.empty(n, dtype=acc, device=a.device) for _ in range(2))
+    pos = torch.empty(n, dtype=acc, device=a.device) if labels is not None else mx
+    if n:
         blocks = _blocks(a.dtype, D, a.device.type == "cpu")
-        grid = (triton.cdiv(NA, blocks["BLOCK_A"]),)
+        grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),)
         wrap_triton(lse_kernel)[grid](
             a, b, labels if labels is not None else mx, scale, mx, log_sum, pos, NA, NB, D, a.stride(0),
-            b.stride(0), HAS_POS=labels is not None, **_common(a), **blocks)
+            b.stride(0), COLUMNS=columns, HAS_POS=labels is not None, **_common(a), **blocks)
     return mx, log_sum, (pos if labels is not None else None)
 
 
@@ -196,26 +251,27 @@ def column_weights(labels: torch.Tensor, w: torch.Tensor, M: int) -> torch.Tenso
     return c
 
 
-def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, labels_on_a: bool, with_dscale: bool):
-    """(dA in the accumulation dtype, per-program d(scale) partials or None); see grad_kernel.
-    lse_a, lse_b: (hi, lo) pairs (split_lse)."""
+def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, columns: bool, with_dscale: bool):
+    """(dA, or dB with columns, in the accumulation dtype; per-program d(scale) partials or
+    None); see grad_kernel. lse_a, lse_b: (hi, lo) pairs (split_lse); labels, w_a, w_pos
+    index a's rows, w_b b's rows; with_dscale needs row programs."""
     NA, D = a.shape
     NB = b.shape[0]
+    n = NB if columns else NA
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    da = torch.empty((NA, D), dtype=acc, device=a.device)
+    dx = torch.empty((n, D), dtype=acc, device=a.device)
     on_cpu = a.device.type == "cpu"
     blocks = _blocks(a.dtype, D, on_cpu)
     cap = 32 if on_cpu else (128 if a.dtype in (torch.float16, torch.bfloat16) else 64)
     block_do = min(triton.next_power_of_2(max(D, 1)), cap)
-    grid = (triton.cdiv(NA, blocks["BLOCK_A"]), max(1, triton.cdiv(D, block_do)))
-    parts = torch.empty(grid[0], dtype=acc, device=a.device) if with_dscale else da
-    if NA == 0:
-        return da, (parts.sum() if with_dscale else None)
-    cm = _common(a)
+    grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]), max(1, triton.cdiv(D, block_do)))
+    parts = torch.empty(grid[0], dtype=acc, device=a.device) if with_dscale else dx
+    if n == 0:
+        return dx, (parts.sum() if with_dscale else None)
     wrap_triton(grad_kernel)[grid](
-        a, b, labels, scale, *(lse_a if w_a is not None else (da, da)), *(lse_b if w_b is not None else (da, da)),
-        w_a if w_a is not None else da, w_b if w_b is not None else da, w_pos, da, parts, NA, NB, D,
-        a.stride(0), b.stride(0), USE_A=w_a is not None, USE_B=w_b is not None, LABELS_ON_A=labels_on_a,
+        a, b, labels, scale, *(lse_a if w_a is not None else (dx, dx)), *(lse_b if w_b is not None else (dx, dx)),
+        w_a if w_a is not None else dx, w_b if w_b is not None else dx, w_pos, dx, parts, NA, NB, D,
+        a.stride(0), b.stride(0), COLUMNS=columns, USE_A=w_a is not None, USE_B=w_b is not None,
         WITH_DSCALE=with_dscale, GRAD_F32=a.dtype == torch.float16,
-        GRAD_PRECISION="ieee" if on_cpu else "tf32", BLOCK_DO=block_do, **cm, **blocks)
-    return da, (parts.sum() if with_dscale else None)
+        GRAD_PRECISION="ieee" if on_cpu else "tf32", BLOCK_DO=block_do, **_common(a), **blocks)
+    return dx, (parts.sum() if with_dscale else None)

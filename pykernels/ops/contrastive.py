@@ -157,7 +157,7 @@ if triton_available():
         row_lse = row_max.double() + row_log_sum.double()  # float64: see split_lse
         if not symmetric:
             return l_i2t[None], row_lse, row_lse.new_empty(0)
-        col_max, col_log_sum, _ = tk.logsumexp(t, i, scale, None)
+        col_max, col_log_sum, _ = tk.logsumexp(i, t, scale, None, columns=True)
         M = t.shape[0]
         if M == 0:  # every label is out of range
             l_t2i = torch.full_like(pos, float("nan"))
@@ -185,9 +185,9 @@ if triton_available():
         w_pos = a + b if symmetric else a
         c = tk.column_weights(labels, b, t.shape[0]) if symmetric else None
         row_lse, col_lse = split_lse(row_lse, acc), split_lse(col_lse, acc)
-        # dI: rows of L; dT: rows of L^T (same form, roles swapped)
-        di, ds = tk.grad_side(i, t, labels, scale, row_lse, col_lse, a, c, w_pos, labels_on_a=True, with_dscale=True)
-        dt, _ = tk.grad_side(t, i, labels, scale, col_lse, row_lse, c, a, w_pos, labels_on_a=False, with_dscale=False)
+        # dI by row programs, dT by column programs over the same tiles of I T^T
+        di, ds = tk.grad_side(i, t, labels, scale, row_lse, col_lse, a, c, w_pos, columns=False, with_dscale=True)
+        dt, _ = tk.grad_side(i, t, labels, scale, row_lse, col_lse, a, c, w_pos, columns=True, with_dscale=False)
         if normalize:
             di = tk_cos.normalize_backward(di, i0, NORMALIZE_EPS)
             dt = tk_cos.normalize_backward(dt, t0, NORMALIZE_EPS)
