@@ -353,6 +353,31 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps, a
     return out.sum() / model_output.numel() if reduction == "mean" else out.sum()
 
 
+def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | None, thresholding: bool):
+    """(model_output, sample, noise, dtype to round the outputs to or None) for a step.
+    With thresholding, x0's gradient is the difference of the clip's path and the
+    threshold's (through the quantile), each up to 1/sqrt(a) times the result (2e4 at
+    a = 2.5e-9), and the two meet only at the inputs: rounded to half precision apart,
+    their difference was lost (a gradient of 2.0 for 1.0). Where a half-precision
+    gradient is taken, both paths run on one float32 copy of the inputs, so they meet and
+    cancel in float32; the outputs are rounded back. Inference keeps the native dtype."""
+    half = sample.dtype in (torch.float16, torch.bfloat16)
+    if not (thresholding and half and torch.is_grad_enabled()
+            and (model_output.requires_grad or sample.requires_grad)):
+        return model_output, sample, noise, None
+    return model_output.float(), sample.float(), None if noise is None else noise.float(), sample.dtype
+
+
+def _step(name, model_output, sample, z, t, prev, alphas_cumprod, kind, pred, clip_sample, clip_sample_range,
+          thresholding, ratio, max_value, eta=0.0, use_clipped=False, final=1.0):
+    """The fused step of ddpm_step / ddim_step, with the dynamic threshold when asked."""
+    m, s, z, out_dtype = _threshold_operands(model_output, sample, z, thresholding)
+    q = _threshold(name, m, t, s, alphas_cumprod, pred, ratio, max_value) if thresholding else None
+    out, x0 = op("diffusion_step", name)(m, s, z, t, prev, alphas_cumprod, q, kind, pred, bool(clip_sample),
+                                         float(clip_sample_range), float(eta), bool(use_clipped), float(final))
+    return (out, x0) if out_dtype is None else (out.to(out_dtype), x0.to(out_dtype))
+
+
 def _threshold(name, model_output, t, sample, alphas_cumprod, pred, ratio, max_value):
     """Dynamic thresholding's per-sample limit clamp(quantile(|x0|, ratio), 1, max_value),
     differentiable: x0 comes from the fused op, the quantile from torch.quantile (a sort
@@ -403,10 +428,8 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
                              clip_sample_range=clip_sample_range, thresholding=thresholding,
                              dynamic_thresholding_ratio=dynamic_thresholding_ratio,
                              sample_max_value=sample_max_value)
-    q = (_threshold(name, model_output, t, sample, alphas_cumprod, pred, dynamic_thresholding_ratio,
-                    sample_max_value) if thresholding else None)
-    return op("diffusion_step", name)(model_output, sample, z, t, prev, alphas_cumprod, q, DDPM, pred,
-                                      bool(clip_sample), float(clip_sample_range), 0.0, False, 1.0)
+    return _step(name, model_output, sample, z, t, prev, alphas_cumprod, DDPM, pred, clip_sample, clip_sample_range,
+                 thresholding, dynamic_thresholding_ratio, sample_max_value)
 
 
 @chk.autocast_rule("model_output", "sample", "noise")
@@ -440,11 +463,9 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor, a
                              dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
                              use_clipped_model_output=use_clipped_model_output,
                              final_alpha_cumprod=final_alpha_cumprod)
-    q = (_threshold(name, model_output, t, sample, alphas_cumprod, pred, dynamic_thresholding_ratio,
-                    sample_max_value) if thresholding else None)
-    return op("diffusion_step", name)(model_output, sample, z, t, prev, alphas_cumprod, q, DDIM, pred,
-                                      bool(clip_sample), float(clip_sample_range), float(eta),
-                                      bool(use_clipped_model_output), float(final_alpha_cumprod))
+    return _step(name, model_output, sample, z, t, prev, alphas_cumprod, DDIM, pred, clip_sample, clip_sample_range,
+                 thresholding, dynamic_thresholding_ratio, sample_max_value, eta, use_clipped_model_output,
+                 final_alpha_cumprod)
 
 
 # ----------------------------------------------------------------------------- self-check
