@@ -217,6 +217,10 @@ JSD_CASES = {
     # log(m / p_T) = log1p((1 - beta) expm1(-x)) (the long fuzz run: 3.7% off at beta =
     # 1 - 1e-16 on Triton).
     "close-beta-near-1": (0.3, 4.0, 1 - 1e-9), "beta-near-1": (30.0, 2.0, 1 - 1e-9),
+    # beta 0 and 1, the two KLs of close distributions: log(Z_T / Z_S) as log1p(sum (f - e) /
+    # Z_S), not log Z_T - log Z_S. The CPU kernel kept the difference in float32 until the long
+    # fuzz run found it 8.8e-5 off (a uniform student, T = 10).
+    "close-kl": (1.0, 10.0, 0.0), "close-reverse-kl": (1.0, 10.0, 1.0),
 }
 
 
