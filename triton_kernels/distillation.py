@@ -78,6 +78,16 @@ def _jsd_logs(x, beta, omb, log_b, log_1b):
 
 
 @triton.jit
+def _take_rest(n_max, dominant, rest, rest_abs):
+    """Whether the row's maximum takes minus the sum of the other elements' gradients: it is
+    unique, holds more than half of the probability (where its own formula cancels) and the
+    others do not cancel among themselves (their sum is at least 1/4 of their magnitudes);
+    a NaN or inf keeps the element's own formula."""
+    finite = (rest == rest) & (tl.abs(rest) < float("inf"))
+    return (n_max == 1) & dominant & finite & (4.0 * tl.abs(rest) >= rest_abs)
+
+
+@triton.jit
 def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, log_b, log_1b, ls, ignore_index,
                    SOFT: tl.constexpr, HARD: tl.constexpr, PROBS: tl.constexpr, HAS_LABELS: tl.constexpr,
                    MODE: tl.constexpr, SHARE1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
@@ -192,6 +202,19 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, 
         # ---- pass 3: gradients
         if GRAD_S or GRAD_T:
             c = sw * temp
+            # Each gradient row sums to 0 (the loss is invariant to a shift of the logits),
+            # so the element at a row's unique maximum is minus the sum of the others. Its
+            # own formula cancels when it holds most of the mass (a reverse KL of two
+            # confident rows: 47% off in float32, fuzz): see _take_rest. Sums over the
+            # non-maximal elements, and of their magnitudes:
+            gs_rest = tl.zeros([], ACC)
+            gt_rest = tl.zeros([], ACC)
+            gs_abs = tl.zeros([], ACC)
+            gt_abs = tl.zeros([], ACC)
+            n_smax = tl.zeros([], tl.int32)
+            n_tmax = tl.zeros([], tl.int32)
+            i_smax = tl.zeros([], tl.int32)
+            i_tmax = tl.zeros([], tl.int32)
             for v0 in range(0, V, BLOCK_V):
                 cols = v0 + offs
                 msk = cols < V
@@ -227,8 +250,32 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, 
                     g = tl.where(bad, float("nan"), g)
                 if GRAD_S:
                     tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
+                    top = msk & (s == ms)
+                    gs_rest += tl.sum(tl.where(msk & ~top, g, 0.0), 0)
+                    gs_abs += tl.sum(tl.where(msk & ~top, tl.abs(g), 0.0), 0)
+                    n_smax += tl.sum(top.to(tl.int32), 0)
+                    i_smax += tl.sum(tl.where(top, cols, 0), 0)
                 if GRAD_T:
                     tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
+                    if SOFT:
+                        t = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+                        top = msk & (t == mt)
+                        gt_rest += tl.sum(tl.where(msk & ~top, h, 0.0), 0)
+                        gt_abs += tl.sum(tl.where(msk & ~top, tl.abs(h), 0.0), 0)
+                        n_tmax += tl.sum(top.to(tl.int32), 0)
+                        i_tmax += tl.sum(tl.where(top, cols, 0), 0)
+            tl.debug_barrier()  # the loop's stores come first: the maxima are written again
+            if GRAD_S:
+                # the maximum's probability: 1 / za, or 1 / z1 for the hard term's softmax
+                dominant = lza < 0.6931471805599453
+                if HARD:
+                    dominant = dominant | (lz1 < 0.6931471805599453)
+                if _take_rest(n_smax, dominant, gs_rest, gs_abs):
+                    tl.store(GS + base + i_smax, (-gs_rest).to(GS.dtype.element_ty))
+            if GRAD_T:
+                if SOFT:  # a gradient with respect to logits (not to probabilities)
+                    if _take_rest(n_tmax, lzb < 0.6931471805599453, gt_rest, gt_abs):
+                        tl.store(GT + base + i_tmax, (-gt_rest).to(GT.dtype.element_ty))
     else:  # an ignored row drops out of every term
         tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
         for v0 in range(0, V, BLOCK_V):

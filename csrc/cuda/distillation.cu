@@ -205,6 +205,30 @@ __device__ __forceinline__ void jsd_logs(acc x, const P& p, acc& ls_m, acc& lt_m
   }
 }
 
+// Each gradient row sums to 0 (the loss is invariant to a shift of the logits), so the
+// element at a row's maximum can be minus the sum of the others: where the maximum is
+// unique (n_max == 1), holds more than half of the probability (dominant: there its own
+// formula cancels) and the others do not cancel among themselves; a NaN or inf keeps the
+// element's own formula. The same rule as the CPU (take_rest) and Triton (_take_rest) kernels.
+template <typename acc>
+__device__ __forceinline__ bool take_rest(acc n_max, bool dominant, acc rest, acc rest_abs) {
+  return n_max == acc(1) && dominant && isfinite(rest) && 4 * fabs(rest) >= rest_abs;
+}
+
+// Element j (logit x, gradient g) into take_rest's sums over the non-maximal elements, or,
+// at the row maximum m, counted and its index kept.
+template <typename acc>
+__device__ __forceinline__ void tally(acc x, acc m, acc g, int64_t j, acc& n, acc& rest, acc& rest_abs,
+                                      int64_t& at) {
+  if (x == m) {
+    n += 1;
+    at = j;
+  } else {
+    rest += g;
+    rest_abs += fabs(g);
+  }
+}
+
 template <typename scalar_t, bool kPacked>
 __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* __restrict__ T_,
                                const int64_t* __restrict__ labels, acc_t<scalar_t>* __restrict__ loss,
@@ -214,6 +238,7 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   constexpr int P = kPacked ? Pack<scalar_t>::kSize : 1;
   __shared__ State<acc> smem_state[kMaxWarps];
   __shared__ acc smem_sum[kMaxWarps];
+  __shared__ int64_t smem_max_at[2];  // the row maxima's index, when unique (student, teacher)
   const int64_t row = blockIdx.x;
   const int64_t base = row * V;
   const scalar_t* s = S + base;
@@ -310,6 +335,8 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   // ---- pass 3: gradients
   if (gs == nullptr && gt == nullptr) return;
   const acc c = p.sw * p.T;
+  const bool teacher_logits = gt != nullptr && p.soft;  // not probabilities: the rows sum to 0
+  acc rest_s = 0, abs_s = 0, n_s = 0, rest_t = 0, abs_t = 0, n_t = 0;  // over the non-maximal elements
   for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t j0, const acc* xs, const acc* xt) {
     acc g[P], h[P];
 #pragma unroll
@@ -343,10 +370,23 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
       }
       g[k] = gk;
       h[k] = hk;
+      tally(xs[k], ms, gk, j0 + k, n_s, rest_s, abs_s, smem_max_at[0]);
+      if (teacher_logits) tally(xt[k], mt, hk, j0 + k, n_t, rest_t, abs_t, smem_max_at[1]);
     }
     if (gs) store_group<scalar_t, kPacked>(gs, j0, g);
     if (gt) store_group<scalar_t, kPacked>(gt, j0, h);
   });
+  // block_sum's barriers order the stores above before the maximum is written again
+  auto write_max = [&](scalar_t* g, int which, acc rest, acc rest_abs, acc n, bool dominant) {
+    rest = block_sum(rest, smem_sum);
+    rest_abs = block_sum(rest_abs, smem_sum);
+    n = block_sum(n, smem_sum);
+    if (threadIdx.x == 0 && take_rest(n, dominant, rest, rest_abs)) g[smem_max_at[which]] = scalar_t(-rest);
+  };
+  constexpr acc kLn2 = acc(0.6931471805599453);
+  // the maximum's probability: 1 / za (1 / zb for the teacher), or 1 / z1 for the hard term's softmax
+  if (gs) write_max(gs, 0, rest_s, abs_s, n_s, lza < kLn2 || (p.hard && lz1 < kLn2));
+  if (teacher_logits) write_max(gt, 1, rest_t, abs_t, n_t, lzb < kLn2);
 }
 
 // x and out may be the same buffer (the in-place op): no __restrict__ on them.
