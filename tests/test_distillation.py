@@ -279,6 +279,11 @@ def test_float64_confident_row_keeps_its_loss(backend):
     assert_close(got, want, torch.float64)
     kd = pk.distillation_loss(x, x.flip(0), labels=y, soft_weight=0.0, hard_weight=1.0, reduction="none", backend=backend)
     assert_close(kd, want, torch.float64)
+    # a soft target on a confident row (the next long fuzz run: 2.2e-16 for 1.2e-16), log Za
+    # taken the same way: the loss is -log p_0 = log1p(exp(-1.8344250 / 0.05))
+    xs, q = torch.tensor([[1.5409961, -0.2934289]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    soft = pk.soft_target_cross_entropy(xs, q, temperature=0.05, reduction="none", backend=backend)
+    assert_close(soft, torch.log1p(torch.exp(-(xs[:, 0] - xs[:, 1]) / 0.05)), torch.float64)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

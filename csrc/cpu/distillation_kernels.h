@@ -191,7 +191,9 @@ struct RowKernel {
       const acc d = st.beta == 0 ? KLf : st.beta == 1 ? KLr : b * KT + acc(1.0 - st.beta) * KS;
       loss += acc(st.soft_weight) * T() * T() * d;
     }
-    if (st.probs) loss += Q * logZa - Wq;
+    // float64: log Za as log1p of the non-maximal terms, as log Z1 below (a soft target on
+    // a confident row: a loss of 1.2e-16 came out as 2.2e-16, the long fuzz run)
+    if (st.probs) loss += Q * (std::is_same_v<acc, double> ? log_z1(s, ms, es, Za) : logZa) - Wq;
     const acc ls = acc(st.label_smoothing), hw = acc(st.hard_weight);
     if (st.hard) {
       const acc logZ1 = std::is_same_v<acc, double> ? log_z1(s, ms, hard1 ? e1 : es, Z1) : std::log(Z1);
@@ -208,7 +210,8 @@ struct RowKernel {
 
   // float64: log Z1 as log1p of the terms other than one maximum (each maximum's term is
   // exp(0) = 1): a confident row's loss of 1e-20 is below the rounding of log(1 + 1e-20)
-  // (the long fuzz run: cross_entropy 0 against 5e-22). NaN and inf keep log Z1.
+  // (the long fuzz run: cross_entropy 0 against 5e-22). NaN and inf keep log Z1. e: the
+  // row's exponentials exp((s - ms) / T') of that softmax, Z1 their sum.
   acc log_z1(const scalar_t* s, acc ms, const acc* e, acc Z1) const {
     if (!std::isfinite(Z1)) return std::log(Z1);
     acc rest = 0;
