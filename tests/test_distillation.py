@@ -266,6 +266,21 @@ def test_confident_rows_gradient_keeps_float32_precision(backend, beta):
             assert_close(g[r], w[r], torch.float32, baseline=b[r], what=f"grad {name}, row {r}")
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_beta_below_float32_range(backend):
+    """A beta of 1.2e-76 (found by the fuzz tests) is 0 in a float32 kernel argument, as a
+    GPU launch passes it; Triton's interpreter typed it float64 instead, and the float64
+    gradient's bfloat16 stores came out as integers: 0 for -0.25 and 0.25."""
+    dev = backend_device(backend)
+    s = torch.tensor([[1.5407e-30, -2.9274e-31]], dtype=torch.bfloat16, device=dev, requires_grad=True)
+    t = torch.tensor([[-0.36133, 1.0703]], dtype=torch.bfloat16, device=dev)
+    y = torch.tensor([0], device=dev)
+    loss = pk.distillation_loss(s, t, temperature=0.5, labels=y, hard_weight=0.5, beta=1.2210023632756104e-76,
+                                reduction="sum", backend=backend)
+    g, = torch.autograd.grad(loss, [s])
+    assert_close(g, torch.tensor([[-0.25, 0.25]], dtype=torch.float64), torch.bfloat16)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_float64_confident_row_keeps_its_loss(backend):
     """float64 (gradcheck's dtype, the tests' exact answer): a confident row's loss

@@ -1,4 +1,6 @@
 """Helpers shared by the Triton launchers of every family."""
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -33,3 +35,13 @@ def dot_upcast(dtype: torch.dtype, device: torch.device) -> bool:
     """True where tl.dot inputs must be upcast to float32 first: the Triton interpreter
     (3.8 checked) returns garbage for bfloat16 tl.dot. On a GPU bf16 stays on tensor cores."""
     return device.type == "cpu" and dtype == torch.bfloat16
+
+
+def f32_arg(x: float) -> float:
+    """A float kernel argument as a GPU receives it: float32, below float32's smallest
+    normal number 0. (A launch types every Python float as float32; the interpreter types
+    one outside float32's normal range as float64, which then promotes the arithmetic and
+    its float64 -> bfloat16 stores come out as integers: a beta of 1.2e-76 gave a gradient
+    of 0, the long fuzz run.)"""
+    x = float(torch.tensor(x, dtype=torch.float32))
+    return x if abs(x) >= torch.finfo(torch.float32).tiny or not math.isfinite(x) else 0.0

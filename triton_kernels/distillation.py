@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype, rows_of
+from ._common import acc_dtype, f32_arg, rows_of
 
 MODE_KL, MODE_REVERSE_KL, MODE_JSD = 0, 1, 2
 
@@ -331,8 +331,8 @@ def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, 
     b = float(beta)
     wrap_triton(distill_kernel)[(R,)](
         s, t if t is not None else s, lab, loss, gs if grad_s else loss, gt if grad_t else loss, V,
-        1.0 / temperature, float(temperature), float(soft_weight), float(hard_weight), b, 1.0 - b,
-        math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, float(label_smoothing),
+        *map(f32_arg, (1.0 / temperature, temperature, soft_weight, hard_weight, b, 1.0 - b,
+                       math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, label_smoothing)),
         int(ignore_index), SOFT=soft, HARD=hard, PROBS=bool(probs), HAS_LABELS=labels is not None, MODE=_mode(b),
         SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=acc_dtype(s.dtype),
         BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
