@@ -225,7 +225,8 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, 
                 g = tl.zeros([BLOCK_V], ACC)
                 h = tl.zeros([BLOCK_V], ACC)
                 if SOFT:
-                    dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
+                    t = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+                    dt = (t - mt) * inv_t
                     lpt = dt - lzb
                     pt = tl.exp(lpt)
                     if MODE == 0:
@@ -258,8 +259,7 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, 
                 if GRAD_T:
                     tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
                     if SOFT:
-                        t = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
-                        top = msk & (t == mt)
+                        top = msk & (t == mt)  # t: the teacher logits loaded above
                         gt_rest += tl.sum(tl.where(msk & ~top, h, 0.0), 0)
                         gt_abs += tl.sum(tl.where(msk & ~top, tl.abs(h), 0.0), 0)
                         n_tmax += tl.sum(top.to(tl.int32), 0)
