@@ -168,7 +168,7 @@ def _perturbed(dtype: torch.dtype, flip: bool = False):
     computation makes: a backward-stable kernel is off by a small multiple of it (logits
     of 1e8 in float64, 120 in float32: the fuzz runs found 6e-9 and 2.2e-5 against
     tolerances of 1e-10 and 1e-5, where the inputs' rounding alone moves the answer that far)."""
-    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    eps = _acc_eps(dtype)
     g = torch.Generator().manual_seed(12345)
 
     def factor(like):  # 1 + eps * (random sign) per element of `like`
@@ -190,7 +190,26 @@ def _sensitivity(moved, ref64) -> float:
     return max(errs, default=0.0)
 
 
-def _close(out, ref64, dtype, baseline, what, tol=None, leaf_dtypes=None, cond=0.0):
+def _acc_eps(dtype: torch.dtype) -> float:
+    """The unit roundoff of the dtype the kernels accumulate `dtype` in."""
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+
+
+def _terms_floor(terms, ref64, dtype) -> float:
+    """The error a sum makes when its terms are rounded in the accumulation dtype, relative
+    to the reference (rel_err's units): 4 roundings of ||terms||, the element-wise
+    magnitudes of the terms each element is summed from. A gradient that cancels to far
+    below its terms (features of 1e-30 whose float32 logits underflow to 0: every float32
+    run, PyTorch's included, gives 5 * fl(0.2) - 1 of them where the exact answer is
+    1e-47) has no relative accuracy in that dtype; this bounds its absolute error instead."""
+    if terms is None:
+        return 0.0
+    denom = ref64.norm().item()
+    size = 4 * _acc_eps(dtype) * terms.detach().double().cpu().norm().item()
+    return size if denom == 0 else size / denom
+
+
+def _close(out, ref64, dtype, baseline, what, tol=None, leaf_dtypes=None, cond=0.0, terms=None):
     """assert_close on copies flushed (see _flush) below the smallest normal number of the
     output's dtype (leaf_dtypes: the dtype of each element, for a joint gradient), with
     the tolerance on top of the error of the float64 reference rounded to that dtype: no
@@ -213,7 +232,7 @@ def _close(out, ref64, dtype, baseline, what, tol=None, leaf_dtypes=None, cond=0
     limit = (TOLERANCE[dtype] if tol is None else tol)
     # the problem's conditioning (see _perturbed): 4 roundings' worth of it
     cond = 4 * cond if math.isfinite(cond) else 0.0
-    limit = max(limit, 2 * base_err, cond) + (floor if math.isfinite(floor) else 0.0)
+    limit = max(limit, 2 * base_err, cond, _terms_floor(terms, ref64, dtype)) + (floor if math.isfinite(floor) else 0.0)
     assert_close(out, ref64, dtype, tol=limit, what=what)
 
 
@@ -230,7 +249,7 @@ def _vjp(outs, leaves, ws):
 
 
 def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", grad_tol=None, grads=True,
-            baseline=None):
+            baseline=None, grad_terms=None):
     """Run `fused(*leaves)` (poisoned memory) and check it against `reference(*leaves64)`.
 
     leaves: the tensors the calls take (those with requires_grad get gradients checked).
@@ -245,7 +264,10 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     mix weighted by each leaf's share of its norm (the errors add up to at most that).
     grads=False: outputs only. baseline: the same-precision run when it is not
     `reference` (a backend whose documented precision differs, e.g. half-precision
-    operands of its products). backend: the backend `fused` runs.
+    operands of its products). backend: the backend `fused` runs. grad_terms: (float64
+    leaves, float64 upstream weights) -> for each leaf that requires grad, the element-wise
+    magnitude of the terms its gradient is summed from (see _terms_floor), for ops whose
+    gradients cancel.
     Returns the fused outputs."""
     with poisoned():
         outs = _as_tuple(fused(*leaves))
@@ -282,6 +304,7 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     want_gp = [_vjp(wp, [x for x in rp if isinstance(x, torch.Tensor) and x.requires_grad],
                     [None if w is None else w.double() for w in ws]) for rp, wp in moved]
     base_g = _vjp(base, gb, ws)
+    terms = grad_terms(r64, [None if w is None else w.double() for w in ws]) if grad_terms else [None] * len(got)
     for k, (g, x) in enumerate(zip(got, grad_leaves)):
         assert g.dtype == x.dtype and g.shape == x.shape, f"{what} grad {k}: {g.dtype} {tuple(g.shape)}"
 
@@ -295,10 +318,12 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     share = [w.double().norm().item() / total if total > 0 else 1.0 for w in want_g]
     joint_tol = grad_tol if not per_leaf else sum(t * f for t, f in zip(tols, share)) if total > 0 else max(tols)
     _close(joint(got), joint(want_g), dtype, joint(base_g), f"{what} joint grad", joint_tol, leaf_dtypes=sizes,
-           cond=_sensitivity([joint(gp) for gp in want_gp], joint(want_g)))
+           cond=_sensitivity([joint(gp) for gp in want_gp], joint(want_g)),
+           terms=None if grad_terms is None else joint(terms))
     for k, (g, w, b) in enumerate(zip(got, want_g, base_g)):
         if len(got) > 1 and share[k] >= 1e-3:
-            _close(g, w, dtype, b, f"{what} grad {k}", tols[k], cond=_sensitivity([gp[k] for gp in want_gp], w))
+            _close(g, w, dtype, b, f"{what} grad {k}", tols[k], cond=_sensitivity([gp[k] for gp in want_gp], w),
+                   terms=terms[k])
     return outs
 
 
