@@ -301,6 +301,19 @@ def test_float64_confident_row_keeps_its_loss(backend):
     assert_close(soft, torch.log1p(torch.exp(-(xs[:, 0] - xs[:, 1]) / 0.05)), torch.float64)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_float64_confident_row_keeps_its_gradient(backend):
+    """float64: the target's gradient of a confident row, -(1 - p_y) = -exp(-55), is far
+    below the rounding of p_y - 1. The reference (the tests' exact answer) reaches it
+    through the other terms alone; it had 0 (the long fuzz run of 2026-12-02, where the
+    CPU kernel had the exact value and failed against it)."""
+    x = torch.tensor([[46.0, -9.0]], dtype=torch.float64, requires_grad=True)
+    loss = pk.cross_entropy(x, torch.tensor([0]), reduction="sum", backend=backend)
+    g, = torch.autograd.grad(loss, [x])
+    tail = math.exp(-55) / (1 + math.exp(-55))
+    assert_close(g, torch.tensor([[-tail, tail]], dtype=torch.float64), torch.float64)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("T", [0.05, 20.0])
 def test_extreme_logits(backend, T):

@@ -35,14 +35,19 @@ def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:
     In float64, the tests' exact answer, the log-sum-exp is taken as the argmax's logit
     plus log1p(sum of the other terms): torch's log of a sum near 1 is 1e-16 off in
     absolute terms, more than a whole KL of 1e-19 between two confident rows (the long
-    fuzz run found -9.3e-21 for 2.6e-19). Other dtypes keep torch.log_softmax, the
-    same-precision baseline the kernels are held to."""
+    fuzz run found -9.3e-21 for 2.6e-19). The argmax's own entry is the constant 0, so
+    its gradient reaches the argmax only through the other terms: as z_top - z_top it
+    also took the -1 of a target and +1 - 1e-24 of the broadcast back, which rounds to a
+    gradient of 0 where the answer is -1e-24 (a confident bf16 row of two logits ~40
+    apart, the long fuzz run of 2026-12-02: the CPU kernel had the exact -1.43e-24).
+    Other dtypes keep torch.log_softmax, the same-precision baseline the kernels are
+    held to."""
     x = x.to(acc_dtype(x.dtype))
     z = (x - x.amax(-1, keepdim=True).detach()) / temperature
     if x.dtype != torch.float64 or z.shape[-1] == 0:
         return torch.log_softmax(z, dim=-1)
     top = z.argmax(-1, keepdim=True)
-    z = z - z.gather(-1, top)   # 0 at the argmax, which keeps its gradient
+    z = (z - z.gather(-1, top)).scatter(-1, top, 0.0)   # 0 at the argmax, no path of its own
     return z - torch.log1p(z.exp().scatter(-1, top, 0.0).sum(-1, keepdim=True))
 
 
