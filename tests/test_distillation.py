@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import distillation as ref
 
+from ._fuzz import Spec
 from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
                       ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, assert_close, backend_device, dtypes_for,
                       as64, grads, peak_cpu_bytes, poisoned, randn)
@@ -238,6 +239,22 @@ def test_jsd_keeps_float32_precision(backend, case):
                                reduction="none", backend=backend)
     assert_close(got, ref.distillation_loss(s64, t64, T, None, 1.0, 0.0, beta, -100, 0.0, "none"), torch.float32)
 
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_far_kl_keeps_float32_precision(backend, beta):
+    """A uniform student over 1025 classes against a sharp teacher (Z_T = 2.9 against
+    Z_S = 1025; the long fuzz run of 2026-12-02): log(Z_T / Z_S) as log1p(sum (f - e) / Z_S)
+    magnified the cancelling sum's rounding by Z_S / Z_T, 1.4e-5 of the float32 CPU loss.
+    Far-apart distributions take the log of the ratio."""
+    dev = backend_device(backend)
+    s64 = Spec((1, 1025), torch.float32, scale=1e-30, seed=0, stream=0).values64()
+    t64 = Spec((1, 1025), torch.float32, scale=30.0, values="wide", seed=0, stream=1).values64()
+    s64, t64 = s64.float().double(), t64.float().double()  # the float32 inputs, exactly
+    got = pk.distillation_loss(s64.float().to(dev), t64.float().to(dev), temperature=4.0, beta=beta,
+                               reduction="none", backend=backend)
+    assert_close(got, ref.distillation_loss(s64, t64, 4.0, None, 1.0, 0.0, beta, -100, 0.0, "none"), torch.float32)
 
 
 def _grads(fn, *xs):

@@ -159,9 +159,13 @@ def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, 
         klr = tl.zeros([], ACC)
         if SOFT:
             lzb = tl.log(zb)
-            # log(zb / za) as log1p(dd / za): for close distributions lzb - lza cancels
-            # (a KL of 1e-8 with 1e-7 of rounding; docs/distillation.md, "Precision for close distributions")
-            lzba = _log1p(dd / za)
+            # log(zb / za): log1p(dd / za) for close distributions (zb / za in [1/2, 2]), where
+            # lzb - lza cancels (a KL of 1e-8 with 1e-7 of rounding); elsewhere dd cancels and
+            # the log of the ratio is better (the CPU kernel's log_ratio; docs/distillation.md,
+            # "Precision for close distributions")
+            ratio = zb / za
+            near = (ratio >= 0.5) & (ratio <= 2.0)
+            lzba = tl.where(near, _log1p(dd / za), tl.log(tl.where(near, 1.0, ratio)))
             klf = wf / zb - lzba
             klr = wr / za + lzba
         # ---- pass 2: generalised JSD terms

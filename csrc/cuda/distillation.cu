@@ -291,9 +291,11 @@ __global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* _
   st = block_merge(st, p.invT, p.soft, smem_state);
   const acc ms = st.ms, mt = st.mt;
   const acc lza = dlog(st.za), lzb = p.soft ? dlog(st.zb) : acc(0);
-  // log(zb / za) as log1p(d / za): for close distributions lzb - lza cancels
-  // (docs/distillation.md, "Precision for close distributions")
-  const acc lzba = p.soft ? dlog1p(st.d / st.za) : acc(0);
+  // log(zb / za): log1p(d / za) for close distributions (zb / za in [1/2, 2]), where
+  // lzb - lza cancels; elsewhere d cancels and the log of the ratio is better (the CPU
+  // kernel's log_ratio; docs/distillation.md, "Precision for close distributions")
+  const acc ratio = st.zb / st.za;
+  const acc lzba = !p.soft ? acc(0) : (ratio >= acc(0.5) && ratio <= acc(2)) ? dlog1p(st.d / st.za) : dlog(ratio);
   const acc klf = p.soft ? st.wf / st.zb - lzba : acc(0);
   const acc klr = p.soft ? st.wr / st.za + lzba : acc(0);
   const acc lz1 = p.share1 ? lza : dlog(st.z1);
