@@ -10,6 +10,7 @@ import pykernels as pk
 from pykernels.ops._registry import op
 from pykernels.reference import contrastive as ref
 
+from ._fuzz import logit_rounding_limit
 from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
                       ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
                       assert_close, peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
@@ -187,7 +188,7 @@ def test_small_loss_under_large_logits_keeps_float32_precision(backend):
     base = ref.info_nce_loss(i32.cpu(), t32.cpu(), s32.cpu(), reduction="none")
     got = pk.info_nce_loss(i32, t32, s32, reduction="none", backend=backend)
     assert want.abs().max() < 50 and (want > 1e-3).all()  # small losses, logits up to 3e3
-    assert_close(got, want, torch.float32, baseline=base)
+    assert_close(got, want, torch.float32, baseline=base, tol=logit_rounding_limit(3e3))
 
 
 def _confident_rows(spread=0.06):

@@ -27,6 +27,7 @@ import pykernels
 from pykernels import distributed as pkd
 from pykernels.nn import ClipLoss, InfoNCELoss
 
+from ._fuzz import logit_rounding_limit
 from .helpers import TOLERANCE, peak_cpu_bytes, rel_err
 
 WORLD_SIZES = (2, 4)
@@ -454,7 +455,8 @@ def test_ring_small_loss_under_large_logits_keeps_float32_precision(backend):
     base32 = ref.info_nce_loss(img.float(), txt.float(), scale.float())
     got = pkd.info_nce_loss(img.float(), txt.float(), scale.float(), mode="ring", chunk_size=4, backend=backend)
     assert got.dtype == torch.float32
-    limit = max(TOLERANCE[torch.float32], 2 * rel_err(base32, want))
+    limit = max(TOLERANCE[torch.float32], 2 * rel_err(base32, want),
+                logit_rounding_limit(3e3))
     assert rel_err(got, want) <= limit, f"{rel_err(got, want):.3g} > {limit:.3g}"
 
 
