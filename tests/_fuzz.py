@@ -350,16 +350,15 @@ def describe(**kw) -> str:
     return text
 
 
-__all__ = ["BACKENDS", "Spec", "compare", "confident_row_tolerance", "describe", "dtypes", "on_triton", "rows", "scales", "seeds", "sizes",
-           "specs", "upstream", "TOLERANCE", "backend_device", "logit_rounding_limit"]
-
-
-
 def logit_rounding_limit(scale: float) -> float:
     """The relative error of a softmax cross entropy's small loss l whose logits are
-    scale * <a, b> of unit vectors, each rounded once in float32: dl = sum_j p_j dL_j - ...
-    moves by up to 2 * eps * scale * l (at scale 3e3: 7.2e-4). A limit of twice PyTorch's
+    scale * <a, b> of unit vectors, each logit rounded once in float32 (|dL| <= eps * scale):
+    l moves by up to 2 * eps * scale * l (at scale 3e3: 7.2e-4). A limit of twice PyTorch's
     own float32 error alone depended on how this machine's BLAS happened to round (a fresh
     environment of 2026-12-02: PyTorch's mm 4.6e-5 off, the Triton kernel 1.1e-4, the ring
     3.6e-4, each within one rounding of the logits)."""
     return 2 * torch.finfo(torch.float32).eps * scale
+
+
+__all__ = ["BACKENDS", "Spec", "compare", "confident_row_tolerance", "describe", "dtypes", "on_triton", "rows", "scales", "seeds", "sizes",
+           "specs", "upstream", "TOLERANCE", "backend_device", "logit_rounding_limit"]

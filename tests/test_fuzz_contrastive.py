@@ -146,8 +146,8 @@ def _normalized(x):
 
 def _normalize_terms(x, d_hat):
     """Term magnitudes through x / |x|'s backward, (d - x_hat (x_hat . d)) / |x|."""
-    x_hat = _normalized(x).abs()
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(ref.NORMALIZE_EPS)
+    x_hat = (x / norm).abs()
     return (d_hat + x_hat * (x_hat * d_hat).sum(-1, keepdim=True)) / norm
 
 
