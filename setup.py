@@ -1,15 +1,19 @@
 """Build pykernels._C: the C++ CPU kernels always, the CUDA kernels when they can be built.
 
 Knobs (environment variables):
-  PYKERNELS_CUDA=auto|0|1   auto: build CUDA when torch has CUDA and nvcc is found;
-                            1: build CUDA or fail loudly; 0: never build CUDA.
+  PYKERNELS_CUDA=auto|0|1   auto: build CUDA when torch has CUDA and a usable toolkit is
+                            found (CUDA_HOME, else the real home of the nvcc on PATH, else
+                            /usr/local/cuda), else the CPU kernels only, saying why;
+                            1: build CUDA or fail at once with the reason; 0: never build CUDA.
   TORCH_CUDA_ARCH_LIST      CUDA architectures (default "8.0;9.0": A100 and H100/H200).
   MAX_JOBS                  parallel compile jobs for ninja.
   PYKERNELS_DEBUG=1         -O0 -g, for debugging the kernels.
 """
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -17,27 +21,81 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _toolkit_problem(home):
+    """None when `home` is a CUDA toolkit we can compile and link with, else what it lacks."""
+    if not home or not os.path.isdir(home):
+        return f"{home!r} is not a folder"
+    if not os.access(os.path.join(home, "bin", "nvcc"), os.X_OK):
+        return f"{home}/bin/nvcc is missing"
+    if not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+        return f"{home}/include/cuda_runtime.h is missing"
+    libs = [os.path.join(home, d, "libcudart.so") for d in ("lib64", "lib", "targets/x86_64-linux/lib",
+                                                             "targets/sbsa-linux/lib")]
+    if not any(os.path.exists(p) for p in libs):
+        return f"no libcudart.so under {home}/lib64 or {home}/lib"
+    return None
+
+
+def _nvcc_home():
+    """The toolkit of the `nvcc` on PATH, resolved through symlinks and wrapper scripts.
+
+    A wrapper (`exec /opt/cuda-13.0/bin/nvcc "$@"`) sits outside its toolkit, so its own
+    folder says nothing; nvcc's dry run prints the folder it really runs from (`_HERE_`)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return []
+    found = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=30)
+        here = re.search(r"^#\$ _HERE_=(.*)$", out.stdout + out.stderr, re.M)
+        if here:
+            found.insert(0, os.path.dirname(os.path.realpath(here.group(1).strip())))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return found
+
+
+def find_cuda_toolkit():
+    """(toolkit folder, None) or (None, why none is usable): CUDA_HOME / CUDA_PATH if set,
+    else the real toolkit of the nvcc on PATH, else /usr/local/cuda."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            problem = _toolkit_problem(os.environ[var])
+            return (None, f"{var}={os.environ[var]}: {problem}") if problem else (os.environ[var], None)
+    tried = []
+    for home in _nvcc_home() + ["/usr/local/cuda"]:
+        problem = _toolkit_problem(home)
+        if problem is None:
+            return home, None
+        tried.append(problem)
+    return None, "no CUDA toolkit found (" + ("; ".join(tried) or "no nvcc on PATH") + ")"
+
+
 def _cuda_wanted():
+    """Whether to build the CUDA kernels; points torch's extension builder at the toolkit."""
     mode = os.environ.get("PYKERNELS_CUDA", "auto").strip().lower()
     if mode not in ("auto", "0", "1"):
         sys.exit(f"PYKERNELS_CUDA must be auto, 0 or 1, got {mode!r}")
     if mode == "0":
         return False
     import torch
-    from torch.utils import cpp_extension
 
-    reasons = []
+    home, reason = find_cuda_toolkit()
     if torch.version.cuda is None:
-        reasons.append("this torch build has no CUDA (torch.version.cuda is None)")
-    cuda_home = cpp_extension.CUDA_HOME
-    if cuda_home is None or shutil.which(os.path.join(cuda_home, "bin", "nvcc")) is None:
-        reasons.append("nvcc was not found (set CUDA_HOME, e.g. CUDA_HOME=/usr/local/cuda)")
-    if reasons:
-        if mode == "1":
-            sys.exit("PYKERNELS_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(reasons))
-        print("pykernels: building without CUDA: " + "; ".join(reasons), file=sys.stderr)
-        return False
-    return True
+        reason = "this torch build has no CUDA (torch.version.cuda is None)"
+    if reason is None:
+        from torch.utils import cpp_extension
+
+        # torch read CUDA_HOME when cpp_extension was imported: set both for the build.
+        os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = home
+        return True
+    if mode == "1":
+        sys.exit(f"PYKERNELS_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+    print(f"pykernels: building the CPU kernels only: {reason}. To build the CUDA kernels, "
+          "install a CUDA toolkit and set CUDA_HOME to it (PYKERNELS_CUDA=1 makes this an error).",
+          file=sys.stderr)
+    return False
 
 
 def _nvidia_wheel_includes():
