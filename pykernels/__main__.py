@@ -11,7 +11,7 @@ import os
 import runpy
 import sys
 
-FAMILIES = ("cosine", "distillation", "contrastive", "mae", "diffusion")
+from pykernels.ops import FAMILIES
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 

@@ -12,9 +12,10 @@ import importlib
 import torch
 
 from . import backends
+from ._precision import TOLERANCE, rel_err
+from .ops import FAMILIES
 
-FAMILIES = ("cosine", "distillation", "contrastive", "mae", "diffusion")
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def entries():
@@ -26,14 +27,6 @@ def entries():
             continue
         out += [(fam, *e) for e in getattr(mod, "SELFCHECK", [])]
     return out
-
-
-def _rel(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    d = b.norm().item()
-    return (a - b).norm().item() / (d if d else 1.0)
 
 
 def _run(call, backend, inputs):
@@ -56,13 +49,13 @@ def run(device: torch.device, verbose: bool = True) -> list[str]:
     if verbose:
         print(f"checking {names} on {device.type} against the float64 reference")
     for fam, label, make_inputs, call in entries():
-        for dtype in TOLERANCE:
+        for dtype in DTYPES:
             torch.manual_seed(0)
             inputs = make_inputs(device, dtype)
             want = _run(call, "reference", [_as64(x) for x in inputs])
             for be in names:
                 got = _run(call, be, inputs)
-                err = max(_rel(g, w) if g is not None else 0.0 for g, w in zip(got, want))
+                err = max(rel_err(g, w) if g is not None else 0.0 for g, w in zip(got, want))
                 ok = err <= TOLERANCE[dtype]
                 if not ok:
                     failures.append(f"{fam}/{label}/{be}/{dtype}")

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _checks, backends
+from ._precision import acc_dtype
 from .ops._registry import op as _op
 from .ops.contrastive import info_nce_loss as _fused  # the single-process fused op
 from .ops.contrastive import split_lse
@@ -184,8 +185,6 @@ def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize
 
 
 # ----------------------------------------------------------------------------- ring mode
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 _TAG_BLOCK, _TAG_LSE, _TAG_GRAD = 10, 20, 30
@@ -260,7 +259,7 @@ class _Tile:
         """d/d(img, blk, scale) of sum_ij (a exp(L_ij - row_lse_i) + c exp(L_ij - col_lse_j)) * L_ij
         with the LSEs held constant, i.e. the softmax part of the cross-entropy gradient
         (c = None: rows only). Returns (d_img, d_blk, d_scale) in the accumulation dtype."""
-        acc = _acc(img.dtype)
+        acc = acc_dtype(img.dtype)
         s = scale.detach().to(acc).reshape(())
         if self.kernel is not None:
             n = img.shape[0]
@@ -293,7 +292,7 @@ class _Tile:
 
     def _chunks(self, img, blk, scale):
         """Row chunks of the tile: (rows, raw dot products, logits), [chunk, m] each."""
-        acc = _acc(img.dtype)
+        acc = acc_dtype(img.dtype)
         s = scale.detach().to(acc).reshape(())
         t = blk.to(acc)
         for i0 in range(0, img.shape[0], self.chunk):
@@ -345,7 +344,7 @@ class _RingInfoNCE(torch.autograd.Function):
             partial = partial + w_col * (col_lse - pos).sum()
         if world > 1:
             dist.all_reduce(partial, group=group)
-        partial = partial.to(_acc(img.dtype))
+        partial = partial.to(acc_dtype(img.dtype))
         ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
         ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
@@ -355,7 +354,7 @@ class _RingInfoNCE(torch.autograd.Function):
     def backward(ctx, grad):
         img, txt, scale, row_lse, col_lse = ctx.saved_tensors
         group, rank, world, symmetric, reduction, tile = ctx.cfg
-        acc = _acc(img.dtype)
+        acc = acc_dtype(img.dtype)
         s = scale.detach().to(acc).reshape(())
         w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
         a = grad.to(acc) * w_row                         # d loss / d (row i's CE)
@@ -410,7 +409,7 @@ def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]
 
 
 def _normalize(x: Tensor) -> Tensor:
-    x = x.to(_acc(x.dtype))
+    x = x.to(acc_dtype(x.dtype))
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
 
 

@@ -22,7 +22,8 @@ from torch._library.custom_ops import OPDEFS
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-FAMILIES = ("contrastive", "cosine", "diffusion", "distillation", "mae")
+from pykernels.ops import FAMILIES
+
 TARGET = GPUTarget("cuda", 90, 32)  # Hopper (H100 / H200)
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
          torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",

@@ -9,11 +9,10 @@ import torch
 
 import pykernels
 from pykernels import backends
+from pykernels._precision import TOLERANCE, rel_err  # noqa: F401  (re-exported for the tests)
 from pykernels._profiling import peak_cpu_bytes  # noqa: F401  (re-exported for the tests)
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Relative error ||out - ref|| / ||ref|| against a float64 reference (DESIGN.md).
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def backend_device(name: str) -> torch.device:
@@ -45,19 +44,6 @@ def dtypes_for(name: str):
     """Dtypes a backend is tested in: the three training dtypes, plus float64 where the
     backend is used for gradcheck."""
     return FLOAT_DTYPES + ((torch.float64,) if name in ("cpu", "reference") else ())
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; inf when out has a NaN or Inf that ref lacks."""
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    if out.shape != ref.shape:
-        raise AssertionError(f"shape {tuple(out.shape)} != reference shape {tuple(ref.shape)}")
-    if not torch.equal(torch.isfinite(out), torch.isfinite(ref)):
-        return float("inf")
-    out, ref = out[torch.isfinite(ref)], ref[torch.isfinite(ref)]
-    denom = ref.norm().item()
-    diff = (out - ref).norm().item()
-    return diff if denom == 0 else diff / denom
 
 
 def assert_close(out, ref64, dtype, *, baseline=None, tol=None, what="output"):

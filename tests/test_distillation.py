@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import pykernels as pk
+from pykernels._precision import acc_dtype
 from pykernels.reference import distillation as ref
 
 from ._fuzz import Spec
@@ -23,8 +24,6 @@ def _labels(shape, V, device="cpu", seed=0, ignored=(0,)):
     return y.to(device)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------- reference vs PyTorch
@@ -118,7 +117,7 @@ def test_distillation_loss(backend, case):
         with poisoned():
             loss = _kd_call(case, backend, s, t, y)
             gs, gt = grads(loss, [s, t])
-        assert loss.dtype == _acc(dtype)
+        assert loss.dtype == acc_dtype(dtype)
         r = [x.detach().double().requires_grad_() for x in (s, t)]
         want = _ref_call(case, *r, y)
         ws, wt = grads(want, r)

@@ -20,11 +20,10 @@ import pytest
 import torch
 
 import pykernels as pk
-from pykernels.ops import _registry
+from pykernels.ops import FAMILIES, _registry
 
 from .op_cases import CASES, NO_BACKEND, TABLE
 
-FAMILIES = ("contrastive", "cosine", "diffusion", "distillation", "mae")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

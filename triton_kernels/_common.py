@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 
-def acc_dtype(dtype: torch.dtype):
+def tl_acc_dtype(dtype: torch.dtype):
     """Triton accumulation dtype for a torch input dtype (float64 stays float64)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
 

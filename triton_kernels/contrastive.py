@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype, dot_upcast
+from ._common import tl_acc_dtype, dot_upcast
 
 
 @triton.jit
@@ -218,7 +218,7 @@ def _precision(dtype, device):
 
 
 def _common(x: torch.Tensor) -> dict:
-    return dict(ACC=acc_dtype(x.dtype), PRECISION=_precision(x.dtype, x.device),
+    return dict(ACC=tl_acc_dtype(x.dtype), PRECISION=_precision(x.dtype, x.device),
                 UPCAST=dot_upcast(x.dtype, x.device))
 
 

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype, dot_upcast, row_blocks, rows_of
+from ._common import tl_acc_dtype, dot_upcast, row_blocks, rows_of
 
 MODE_COS, MODE_ONE_MINUS_COS, MODE_SQDIST = 0, 1, 2
 
@@ -194,7 +194,7 @@ def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -
         return out
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_fwd_kernel)[_row_grid(R, br)](
-        x1, x2, out, R, D, eps, MODE=mode, ACC=acc_dtype(x1.dtype), BLOCK_R=br, BLOCK_D=bd)
+        x1, x2, out, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br, BLOCK_D=bd)
     return out
 
 
@@ -206,7 +206,7 @@ def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps
         return g1, g2
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_bwd_kernel)[_row_grid(R, br)](
-        grad.contiguous(), x1, x2, g1, g2, R, D, eps, MODE=mode, ACC=acc_dtype(x1.dtype),
+        grad.contiguous(), x1, x2, g1, g2, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype),
         BLOCK_R=br, BLOCK_D=bd)
     return g1, g2
 
@@ -220,7 +220,7 @@ def normalize(x: torch.Tensor, eps: float, write_y: bool):
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_kernel)[_row_grid(R, br)](
-            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
+            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
     return (y if write_y else None), inv
 
 
@@ -231,7 +231,7 @@ def normalize_backward(gy: torch.Tensor, x: torch.Tensor, eps: float) -> torch.T
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_bwd_kernel)[_row_grid(R, br)](
-            gy, x, gx, R, D, eps, ACC=acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
+            gy, x, gx, R, D, eps, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
     return gx
 
 
@@ -263,5 +263,5 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=No
     wrap_triton(scaled_matmul_kernel)[grid](
         a, b, c, rs, cs, M, N, K, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
         b.stride(2), c.stride(0), c.stride(1), c.stride(2), SCALE=scale,
-        ACC=acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device), **blocks)
+        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device), **blocks)
     return c

@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from pykernels._precision import acc_dtype
+
 KIND_ADD_NOISE, KIND_VELOCITY, KIND_X0 = 0, 1, 2  # KIND_X0 + prediction (0, 1, 2)
 DDPM, DDIM = 0, 1
 NO_CLIP, CLIP, THRESHOLD = 0, 1, 2
@@ -267,8 +269,6 @@ def step_bwd_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_ra
 
 
 # ----------------------------------------------------------------------------- launchers
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _geometry(x: torch.Tensor):
@@ -281,13 +281,13 @@ def _geometry(x: torch.Tensor):
 
 
 def _prep(ts, table, dtype):
-    return ts.to(torch.int64).contiguous(), table.to(_acc(dtype)).contiguous()
+    return ts.to(torch.int64).contiguous(), table.to(acc_dtype(dtype)).contiguous()
 
 
 def mix(x, y, ts, table, kind: int):
     x, y = x.contiguous(), y.contiguous()
     ts, table = _prep(ts, table, x.dtype)
-    out = torch.empty(x.shape, dtype=_acc(x.dtype) if kind >= KIND_X0 else x.dtype, device=x.device)
+    out = torch.empty(x.shape, dtype=acc_dtype(x.dtype) if kind >= KIND_X0 else x.dtype, device=x.device)
     N, D, C, BLOCK = _geometry(x)
     if N * C:
         wrap_triton(mix_kernel)[(N * C,)](x, y, ts, table, out, table.shape[0], D, C, KIND=kind, BLOCK=BLOCK)
@@ -308,7 +308,7 @@ def mix_backward(grad, x, ts, table, kind: int):
 def loss(m, x0, noise, ts, table, pred: int, elementwise: bool):
     m, x0, noise = m.contiguous(), x0.contiguous(), noise.contiguous()
     ts, table = _prep(ts, table, m.dtype)
-    acc = _acc(m.dtype)
+    acc = acc_dtype(m.dtype)
     N, D, C, BLOCK = _geometry(m)
     out = torch.empty(m.shape, dtype=acc, device=m.device) if elementwise else None
     part = torch.empty((N, C), dtype=acc, device=m.device)
@@ -322,7 +322,7 @@ def loss_backward(grad, m, x0, noise, ts, table, pred: int, elementwise: bool, o
     """(grad model_output, grad x0, grad noise); an empty tensor where output_mask is False."""
     m, x0, noise = m.contiguous(), x0.contiguous(), noise.contiguous()
     ts, table = _prep(ts, table, m.dtype)
-    grad = grad.to(_acc(m.dtype)).contiguous()
+    grad = grad.to(acc_dtype(m.dtype)).contiguous()
     gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device) for want in output_mask)
     N, D, C, BLOCK = _geometry(m)
     if N * C:
@@ -363,7 +363,7 @@ def step_backward(gp, gx, m, s, ts, prev, table, threshold, kind, pred, clip_sam
     gm = torch.empty(s.shape, dtype=s.dtype, device=s.device)
     gs = torch.empty_like(gm)
     N, D, C, BLOCK = _geometry(s)
-    acc = _acc(s.dtype)
+    acc = acc_dtype(s.dtype)
     part = torch.zeros((N if threshold is not None else 0, C), dtype=acc, device=s.device)
     if N * C:
         q = table if threshold is None else threshold.contiguous()

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype, f32_arg, rows_of
+from ._common import tl_acc_dtype, f32_arg, rows_of
 
 MODE_KL, MODE_REVERSE_KL, MODE_JSD = 0, 1, 2
 
@@ -338,7 +338,7 @@ def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, 
         *map(f32_arg, (1.0 / temperature, temperature, soft_weight, hard_weight, b, 1.0 - b,
                        math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, label_smoothing)),
         int(ignore_index), SOFT=soft, HARD=hard, PROBS=bool(probs), HAS_LABELS=labels is not None, MODE=_mode(b),
-        SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=acc_dtype(s.dtype),
+        SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=tl_acc_dtype(s.dtype),
         BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
     return loss, gs, gt
 
@@ -350,6 +350,6 @@ def scale_grad(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = N
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     R, V = rows_of(x)
     if R:
-        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=acc_dtype(x.dtype),
+        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=tl_acc_dtype(x.dtype),
                                              BLOCK_V=_block_v(V, x.device.type == "cpu"))
     return out

@@ -11,7 +11,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import acc_dtype
+from pykernels._precision import acc_dtype
+
+from ._common import tl_acc_dtype
 
 
 def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
@@ -205,7 +207,7 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, fill, hi: int) -> torch.Te
     has_fill = fill is not None
     wrap_triton(gather_rows_kernel)[(triton.cdiv(R, br),)](
         src, idx, fill.contiguous() if has_fill else src, out, R, T, S, D, hi,
-        HAS_FILL=has_fill, ACC=acc_dtype(src.dtype), BLOCK_R=br, BLOCK_D=bd)
+        HAS_FILL=has_fill, ACC=tl_acc_dtype(src.dtype), BLOCK_R=br, BLOCK_D=bd)
     return out
 
 
@@ -231,14 +233,14 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     out = torch.empty((D,), dtype=grad.dtype, device=grad.device)
     if D == 0:
         return out
-    part = torch.empty((N, D), dtype=acc_dtype_torch(grad.dtype), device=grad.device)
+    part = torch.empty((N, D), dtype=acc_dtype(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=acc_dtype(grad.dtype),
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=tl_acc_dtype(grad.dtype),
                                                                           BLOCK_L=32, BLOCK_D=bd)
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
     return out
 
 
@@ -257,7 +259,7 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
     wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
-        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
+        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
@@ -271,7 +273,7 @@ def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: in
         return out
     block = 4096 if grad.device.type == "cpu" else 1024
     wrap_triton(scatter_patches_kernel)[(triton.cdiv(total, block),)](
-        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=acc_dtype(grad.dtype), BLOCK=block)
+        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(grad.dtype), BLOCK=block)
     return out
 
 
@@ -284,19 +286,17 @@ def _patch_mse(pred, imgs, p, norm, grad):
         out = torch.empty_like(pred)
         grad = grad.contiguous()
     else:
-        out = torch.empty((N, L), dtype=acc_dtype_torch(pred.dtype), device=pred.device)
+        out = torch.empty((N, L), dtype=acc_dtype(pred.dtype), device=pred.device)
     R = N * L
     if R == 0 or P == 0:  # P == 0 (no channels): a mean over nothing, NaN as torch gives
         return out if backward else out.fill_(float("nan"))
     br, bp = _rows_block(P, pred.device.type == "cpu", cap=2048)
     wrap_triton(patch_mse_kernel)[(triton.cdiv(R, br),)](
         pred, imgs, grad if backward else out, out, R, L, C, H, W, p, w, P, NORM=norm, BACKWARD=backward,
-        ACC=acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
+        ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
-def acc_dtype_torch(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def patch_mse(pred, imgs, p, norm):

@@ -7,6 +7,7 @@ same backend, so the public function only picks which one to call.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -15,7 +16,8 @@ from .. import backends
 
 
 def op(name: str, backend: str):
-    """The torch.ops.pykernels op that runs `name` on `backend` (cpu, cuda or triton)."""
+    """The torch.ops.pykernels op that runs `name` on `backend`: the C++ op for cpu and
+    cuda, pykernels::<name>_triton for triton."""
     return getattr(torch.ops.pykernels, name + "_triton" if backend == "triton" else name)
 
 
@@ -56,18 +58,35 @@ def _one_device(name: str, fake: Callable) -> Callable:
     return checked
 
 
-def pair_autograd(name: str, backend: str, n_extra: int) -> None:
-    """Autograd for an op f(x1, x2, *extra) whose backward op of the same backend is
+def defined(name: str) -> bool:
+    """True when torch.ops.pykernels.<name> exists (C++ ops need pykernels._C, Triton ops triton)."""
+    return hasattr(torch.ops.pykernels, name)
+
+
+def register_autograd(name: str, setup_context: Callable, backward: Callable) -> None:
+    """One autograd formula for the op `name` on every backend that defines it: the C++
+    op pykernels::<name> (cpu and cuda kernels) and the Triton op pykernels::<name>_triton.
+
+    backward(ops, ctx, *grads) gets `ops`, where ops("<name>_backward") is that op on the
+    same backend as the forward, so the formula is written once for all backends."""
+    for suffix, backend in (("", "cpu"), ("_triton", "triton")):
+        if defined(name + suffix):
+            torch.library.register_autograd(f"pykernels::{name}{suffix}",
+                                            functools.partial(backward, functools.partial(op, backend=backend)),
+                                            setup_context=setup_context)
+
+
+def register_pair_autograd(name: str, n_extra: int) -> None:
+    """Autograd for an op f(x1, x2, *extra) whose backward op is
     f_backward(grad, x1, x2, *extra) -> (grad_x1, grad_x2); extra args get no grad."""
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])
         ctx.extra = inputs[2:]
 
-    def backward(ctx, grad):
+    def backward(ops, ctx, grad):
         x1, x2 = ctx.saved_tensors
-        g1, g2 = op(name + "_backward", backend)(grad, x1, x2, *ctx.extra)
+        g1, g2 = ops(name + "_backward")(grad, x1, x2, *ctx.extra)
         return (g1, g2) + (None,) * n_extra
 
-    target = f"pykernels::{name}_triton" if backend == "triton" else f"pykernels::{name}"
-    torch.library.register_autograd(target, backward, setup_context=setup_context)
+    register_autograd(name, setup_context, backward)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import _checks as chk
 from .. import backends
+from .._precision import acc_dtype
 from ..reference import contrastive as ref
 from ._registry import op, register_cpp, triton_available
 
@@ -21,8 +22,6 @@ REDUCTIONS = ("mean", "sum", "none")
 NORMALIZE_EPS = ref.NORMALIZE_EPS
 
 
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _scalar_tensor(fn: str, name: str, x, like: Tensor) -> None:
@@ -92,7 +91,7 @@ def split_lse(lse: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- C++ ops
 def _forward_fake(image_features, text_features, logit_scale, labels, symmetric, normalize):
-    acc = _acc_dtype(image_features.dtype)
+    acc = acc_dtype(image_features.dtype)
     N, M = image_features.shape[0], text_features.shape[0]
     return (image_features.new_empty((2 if symmetric else 1, N), dtype=acc),
             image_features.new_empty((N,), dtype=torch.float64),   # log-sum-exps: see split_lse
@@ -178,7 +177,7 @@ if triton_available():
         i, t = _normalized(i0, normalize), _normalized(t0, normalize)
         labels = labels.contiguous()
         scale = logit_scale.reshape(1)
-        acc = _acc_dtype(i.dtype)
+        acc = acc_dtype(i.dtype)
         grad = grad.to(acc).contiguous()
         a = grad[0].contiguous()
         b = grad[1].contiguous() if symmetric else None

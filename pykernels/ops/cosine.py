@@ -13,15 +13,14 @@ from torch import Tensor
 
 from .. import _checks as chk
 from .. import backends
+from .._precision import acc_dtype
 from ..reference import cosine as ref
-from ._registry import op, pair_autograd, register_cpp, triton_available
+from ._registry import op, register_cpp, register_pair_autograd, triton_available
 
 KINDS = ("mse", "cosine")
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_pair(fn: str, n1: str, x1, n2: str, x2, *, same_shape: bool = True) -> None:
@@ -50,7 +49,7 @@ def _rows_fake(x1, x2, eps):
 
 
 def _distance_fake(s, t, kind, eps):
-    return s.new_empty(s.shape[:-1], dtype=_acc_dtype(s.dtype))
+    return s.new_empty(s.shape[:-1], dtype=acc_dtype(s.dtype))
 
 
 def _pairwise_fake(a, b, eps):
@@ -61,13 +60,12 @@ def _pair_grads_fake(grad, x1, x2, *extra):
     return torch.empty_like(x1), torch.empty_like(x2)
 
 
-for _name, _fake, _n_extra in (
-    ("cosine_similarity", _rows_fake, 1),
-    ("feature_distance", _distance_fake, 2),
-    ("pairwise_cosine_similarity", _pairwise_fake, 1),
+for _name, _fake in (
+    ("cosine_similarity", _rows_fake),
+    ("feature_distance", _distance_fake),
+    ("pairwise_cosine_similarity", _pairwise_fake),
 ):
-    if register_cpp(_name, _fake, _pair_grads_fake):
-        pair_autograd(_name, "cpp", _n_extra)
+    register_cpp(_name, _fake, _pair_grads_fake)
 
 # ----------------------------------------------------------------------------- Triton ops
 if triton_available():
@@ -132,7 +130,7 @@ if triton_available():
         a_hat, _ = tk.normalize(a, eps, write_y=True)
         b_hat, _ = tk.normalize(b, eps, write_y=True)
         tf32 = torch.backends.cuda.matmul.allow_tf32
-        acc = _acc_dtype(a.dtype)
+        acc = acc_dtype(a.dtype)
         ga_hat = tk.scaled_matmul(grad, b_hat, allow_tf32=tf32, out_dtype=acc)
         gb_hat = tk.scaled_matmul(grad.transpose(1, 2), a_hat, allow_tf32=tf32, out_dtype=acc)
         return tk.normalize_backward(ga_hat, a, eps), tk.normalize_backward(gb_hat, b, eps)
@@ -148,8 +146,8 @@ if triton_available():
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         chk.positive(fn, "eps", eps)
 
-    for _name, _n_extra in (("cosine_similarity", 1), ("feature_distance", 2), ("pairwise_cosine_similarity", 1)):
-        pair_autograd(_name, "triton", _n_extra)
+for _name, _n_extra in (("cosine_similarity", 1), ("feature_distance", 2), ("pairwise_cosine_similarity", 1)):
+    register_pair_autograd(_name, _n_extra)
 
 
 # ----------------------------------------------------------------------------- public API

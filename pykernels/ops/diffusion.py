@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .. import _checks as chk
 from .. import backends
+from .._precision import acc_dtype
 from ..reference import diffusion as ref
 from ._registry import op, register_cpp, triton_available
 
@@ -26,13 +27,11 @@ KIND_ADD_NOISE, KIND_VELOCITY, KIND_X0 = 0, 1, 2
 DDPM, DDIM = 0, 1
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------- C++ / Triton ops
 def _mix_fake(x, y, timesteps, table, kind):
-    return x.new_empty(x.shape, dtype=_acc(x.dtype) if kind >= KIND_X0 else x.dtype)
+    return x.new_empty(x.shape, dtype=acc_dtype(x.dtype) if kind >= KIND_X0 else x.dtype)
 
 
 def _mix_backward_fake(grad, x, timesteps, table, kind):
@@ -40,7 +39,7 @@ def _mix_backward_fake(grad, x, timesteps, table, kind):
 
 
 def _loss_fake(m, x0, noise, timesteps, table, prediction, elementwise):
-    return m.new_empty(m.shape if elementwise else m.shape[:1], dtype=_acc(m.dtype))
+    return m.new_empty(m.shape if elementwise else m.shape[:1], dtype=acc_dtype(m.dtype))
 
 
 def _loss_backward_fake(grad, m, x0, noise, timesteps, table, prediction, elementwise, output_mask):
@@ -53,7 +52,7 @@ def _step_fake(m, s, *rest):
 
 def _step_backward_fake(gp, gx, m, s, timesteps, prev, table, threshold, *rest):
     n = s.shape[0] if threshold is not None else 0
-    return s.new_empty(s.shape), s.new_empty(s.shape), s.new_empty((n,), dtype=_acc(s.dtype))
+    return s.new_empty(s.shape), s.new_empty(s.shape), s.new_empty((n,), dtype=acc_dtype(s.dtype))
 
 
 def _register_autograd(backend: str) -> None:
@@ -222,8 +221,8 @@ def _check_op_args(fn: str, like: Tensor, table, *timesteps, kind) -> None:
 
 
 def _check_threshold(fn: str, q, sample: Tensor) -> None:
-    if q.dtype != _acc(sample.dtype):
-        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype ({_acc(sample.dtype)}), "
+    if q.dtype != acc_dtype(sample.dtype):
+        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype ({acc_dtype(sample.dtype)}), "
                         f"got {q.dtype}")
     chk.same_device(fn, ("sample", sample), ("threshold", q))
     if tuple(q.shape) != (sample.shape[0],):

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .. import _checks as chk
 from .. import backends
+from .._precision import acc_dtype
 from ..reference import distillation as ref
 from ._registry import op, register_cpp, triton_available
 
@@ -26,8 +27,6 @@ REDUCTIONS = ("batchmean", "sum", "none")
 CE_REDUCTIONS = ("mean", "sum", "none")
 
 
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------- checks
@@ -93,7 +92,7 @@ def _grad_like(x: Tensor, wanted: bool) -> Tensor:
 
 
 def _rows_like(x: Tensor) -> Tensor:
-    return x.new_empty(x.shape[:-1], dtype=_acc_dtype(x.dtype))
+    return x.new_empty(x.shape[:-1], dtype=acc_dtype(x.dtype))
 
 
 def _distillation_fake(student, teacher, labels, temperature, soft_weight, hard_weight, beta, ignore_index,

@@ -15,7 +15,7 @@ from torch import Tensor
 from .. import _checks as chk
 from .. import backends
 from ..reference import mae as ref
-from ..reference._common import acc_dtype
+from .._precision import acc_dtype
 from ._registry import op, register_cpp, triton_available
 
 # ----------------------------------------------------------------------------- fakes

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import acc_dtype
+from .._precision import acc_dtype
 
 NORMALIZE_EPS = 1e-12
 

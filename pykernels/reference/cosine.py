@@ -9,7 +9,7 @@
 """
 import torch
 
-from ._common import acc_dtype
+from .._precision import acc_dtype
 
 
 def _clamped_norm(x: torch.Tensor, dim: int, eps: float, keepdim: bool = False) -> torch.Tensor:

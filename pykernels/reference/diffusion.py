@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from ._common import acc_dtype
+from .._precision import acc_dtype
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 

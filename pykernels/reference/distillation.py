@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ._common import acc_dtype
+from .._precision import acc_dtype
 
 
 def _log_softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:

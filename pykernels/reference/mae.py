@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import acc_dtype
+from .._precision import acc_dtype
 
 
 def _eager_cpu(t: torch.Tensor) -> bool:
