@@ -30,16 +30,18 @@ rc_all=0
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/summary.txt" 2>&1
 
 # ------------------------------------------------------------------------------ build
-# The error path: a direct op call with a bad eps formats a double into the message. A
-# toolchain that links its own static libstdc++ into the extension crashes there (its
-# stream code meets the locale data of the libstdc++ that torch loaded); then the build is
-# redone with the system compiler, or with the static copy's symbols kept private.
+# The error path: a direct op call with bad arguments formats numbers, sizes and devices
+# into its message. A toolchain that links a static libstdc++ into the extension crashes
+# there (that copy's stream code meets the locale data of the libstdc++ torch loaded). So
+# the build prefers the system compiler, then the default one with the static copy's
+# symbols kept private, then the default one as it is; the first whose error path works wins.
 smoke() {
   $PY - > "$OUT/smoke.log" 2>&1 <<'PYEOF'
 import torch, pykernels  # noqa: F401
 x = torch.ones(2, 3, device="cuda")
-for call in (lambda: torch.ops.pykernels.cosine_similarity(x, x, 0.0),
-             lambda: torch.ops.pykernels.cosine_similarity(x, x[:, :2], 1e-8)):
+for call in (lambda: torch.ops.pykernels.cosine_similarity(x, x, 0.0),  # a double
+             lambda: torch.ops.pykernels.cosine_similarity(x, x[:, :2], 1e-8),  # sizes
+             lambda: torch.ops.pykernels.cosine_similarity(x, x.cpu(), 1e-8)):  # devices
     try:
         call()
     except ValueError as exc:
@@ -59,9 +61,9 @@ build() {  # label, then env assignments
   stamp "error path crashed (rc=$?) with the $label build"; tail -3 "$OUT/smoke.log"; return 1
 }
 echo "CC=${CC:-} CXX=${CXX:-} c++=$(command -v c++) g++=$(command -v g++)" >> "$OUT/summary.txt"
-build default \
-  || { [[ -x /usr/bin/g++ ]] && build "system compiler /usr/bin/g++" CC=/usr/bin/gcc CXX=/usr/bin/g++; } \
+{ [[ -x /usr/bin/g++ ]] && build "system compiler /usr/bin/g++" CC=/usr/bin/gcc CXX=/usr/bin/g++; } \
   || build "static libstdc++ kept private" LDFLAGS="${LDFLAGS:-} -Wl,--exclude-libs,ALL" \
+  || build default \
   || { stamp "no working build"; exit 1; }
 $PY -m pykernels info 2>&1 | tee -a "$OUT/summary.txt"
 
