@@ -4,7 +4,9 @@ Each op is captured once (forward and backward) on static inputs, the inputs are
 refilled in place and the graph replayed: the outputs and gradients must equal an eager
 run on the new values, bitwise. A capture fails if an op synchronises with the host
 (.item(), nonzero(), a Python branch on a value). Last, a 50-step DDIM sampling loop with
-per-sample timesteps is captured as one graph and compared with the eager loop.
+per-sample timesteps is captured as one graph and compared with the eager loop, and on a
+GPU with diffusers installed, the captured loop is timed against diffusers'
+DDIMScheduler.step loop on the same model outputs.
 
     python benchmarks/gpu_graphs.py            # on a GPU
     python benchmarks/gpu_graphs.py --dry-run  # CPU: the same code paths, no capture
@@ -102,6 +104,45 @@ def check_ddim(backend, device, dry_run):
     return None if torch.equal(got[0], want[0]) else "50-step DDIM loop differs from eager"
 
 
+def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
+    """One line: 50 DDIM steps of [64, 4, 128, 128] fp32 on fixed model outputs, pykernels
+    captured in a CUDA graph against diffusers' DDIMScheduler.step loop (eager)."""
+    try:
+        import diffusers
+    except ImportError:
+        return "ddim loop timing: diffusers is not installed"
+    from pykernels.bench.harness import interleaved_ms
+
+    gen = torch.Generator().manual_seed(0)
+    m, x0 = (torch.randn(shape, generator=gen).cuda() for _ in range(2))
+    sch = diffusers.DDIMScheduler(clip_sample=False)
+    sch.set_timesteps(steps, device="cuda")
+    table = pk.make_schedule().cuda()
+    ts = [(torch.full((shape[0],), int(t), device="cuda"), torch.full((shape[0],), int(t) - 1000 // steps,
+                                                                        device="cuda")) for t in sch.timesteps]
+
+    def ours():
+        x = x0
+        for t, p in ts:
+            x, _ = pk.ddim_step(m, t, p, x, table)
+        return [x]
+
+    def theirs():
+        x = x0
+        for t in sch.timesteps:
+            x = sch.step(m, t, x).prev_sample
+        return x
+
+    replay, static = _capture(ours, dry_run=False)
+    replay()
+    want = theirs()
+    err = ((static[0] - want).norm() / want.norm()).item()
+    ms = interleaved_ms({"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"), 4.0)
+    return (f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, pykernels eager "
+            f"{ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph {ms['diffusers'] / ms['graph']:.2f}x "
+            f"diffusers; rel err vs diffusers {err:.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dry-run", action="store_true", help="CPU: run the code paths without capture")
@@ -125,6 +166,11 @@ def main():
             print(f"GRAPH {'OK  ' if err is None else 'FAIL'} {backend:7s} {name}{'' if err is None else ': ' + err}")
             ok, failed = ok + (err is None), failed + (err is not None)
     print(f"graphs{' (dry run, no capture)' if dry else ''}: {ok} ok, {failed} failed")
+    if not dry:
+        try:
+            print(time_ddim_loop())
+        except Exception as e:  # the timing is a report, not a check
+            print(f"ddim loop timing failed: {type(e).__name__}: {e}")
     return 1 if failed else 0
 
 

@@ -1,6 +1,6 @@
 """Forward + backward time and peak memory of the distributed contrastive losses.
 
-    python benchmarks/bench_contrastive_distributed.py [--world 2] [--n 2048] [--dim 256]
+    python -m pykernels.bench.distributed [--world 2] [--n 2048] [--dim 256]
 
 Spawns `--world` CPU processes (gloo, one thread each); every rank holds n image and n
 text rows. Compares, on rank 0: explicit logits on the gathered batch (open_clip's
@@ -11,19 +11,14 @@ tensors allocated by one step). On a shared CPU machine read the ratios, not the
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-# benchmark the checkout this file lives in (the children inherit sys.path)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gather_live(x, rank, world):
