@@ -35,7 +35,9 @@ def _fwd_bwd(case, backend, inputs, ws):
     outs = [o for o in case(backend, inputs)]
     diff = [o for o in outs if o.is_floating_point() and o.requires_grad]
     leaves = [inputs[k] for k in case.grads]
-    grads = list(torch.autograd.grad(diff, leaves, ws[: len(diff)], allow_unused=True)) if diff and leaves else []
+    grads = []
+    if diff and leaves:
+        grads = list(torch.autograd.grad(diff, leaves, ws[: len(diff)], allow_unused=True))
     return [o.detach() for o in outs] + [g for g in grads if g is not None]
 
 
@@ -118,8 +120,9 @@ def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
     sch = diffusers.DDIMScheduler(clip_sample=False)
     sch.set_timesteps(steps, device="cuda")
     table = pk.make_schedule().cuda()
-    ts = [(torch.full((shape[0],), int(t), device="cuda"), torch.full((shape[0],), int(t) - 1000 // steps,
-                                                                        device="cuda")) for t in sch.timesteps]
+    stride = 1000 // steps
+    ts = [tuple(torch.full((shape[0],), int(t) - d, device="cuda") for d in (0, stride))
+          for t in sch.timesteps]
 
     def ours():
         x = x0
@@ -137,19 +140,22 @@ def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
     replay()
     want = theirs()
     err = ((static[0] - want).norm() / want.norm()).item()
-    ms = interleaved_ms({"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"), 4.0)
-    return (f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, pykernels eager "
-            f"{ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph {ms['diffusers'] / ms['graph']:.2f}x "
-            f"diffusers; rel err vs diffusers {err:.1e}")
+    ms = interleaved_ms({"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"),
+                        4.0)
+    return (f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, "
+            f"pykernels eager {ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph "
+            f"{ms['diffusers'] / ms['graph']:.2f}x diffusers; rel err vs diffusers {err:.1e}")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dry-run", action="store_true", help="CPU: run the code paths without capture")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU: run the code paths without capture")
     args = ap.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
     device = "cpu" if dry else "cuda"
-    backends = ["cpu"] if dry else [b for b in ("cuda", "triton") if pk.backends.why_unavailable(b) is None]
+    backends = ["cpu"] if dry else [b for b in ("cuda", "triton")
+                                     if pk.backends.why_unavailable(b) is None]
     ok = failed = 0
     for backend in backends:
         jobs = [(c.name, lambda c=c: check_case(c, backend, device, dry)) for c in CASES
@@ -163,7 +169,8 @@ def main():
                 traceback.print_exc(file=sys.stderr)
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize() if not dry else None
-            print(f"GRAPH {'OK  ' if err is None else 'FAIL'} {backend:7s} {name}{'' if err is None else ': ' + err}")
+            why = "" if err is None else ": " + err
+            print(f"GRAPH {'OK  ' if err is None else 'FAIL'} {backend:7s} {name}{why}")
             ok, failed = ok + (err is None), failed + (err is not None)
     print(f"graphs{' (dry run, no capture)' if dry else ''}: {ok} ok, {failed} failed")
     if not dry:

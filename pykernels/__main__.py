@@ -24,7 +24,8 @@ def info() -> None:
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'})")
     try:
         import triton
-        print(f"triton    {triton.__version__} (interpreter {'on' if backends.triton_interpreted() else 'off'})")
+        interpreter = "on" if backends.triton_interpreted() else "off"
+        print(f"triton    {triton.__version__} (interpreter {interpreter})")
     except ImportError:
         print("triton    not installed")
     archs = "-"

@@ -63,7 +63,8 @@ def check_case(family: str, case: Case, device: torch.device, names: list[str]) 
         base = _baseline_err(case, case.inputs(dtype, device, SIZE), ws, want)
         tol = tolerance(dtype, base)
         for be in names:
-            got = step(functools.partial(case.run, be), case.inputs(dtype, device, SIZE), case.grads, ws)()
+            fresh = case.inputs(dtype, device, SIZE)
+            got = step(functools.partial(case.run, be), fresh, case.grads, ws)()
             out.append(Result(family, case.name, be, dtype, max_error(got, want), tol))
     return out
 
@@ -74,8 +75,8 @@ def results(device: torch.device) -> list[Result]:
 
 
 def _line(r: Result) -> str:
-    return (f"  {'ok  ' if r.ok else 'FAIL'} {r.family:<12} {r.case:<34} {r.backend:<7} {str(r.dtype)[6:]:<9} "
-            f"rel err {r.err:.2e} (tolerance {r.tol:.1e})")
+    return (f"  {'ok  ' if r.ok else 'FAIL'} {r.family:<12} {r.case:<34} {r.backend:<7} "
+            f"{str(r.dtype)[6:]:<9} rel err {r.err:.2e} (tolerance {r.tol:.1e})")
 
 
 def summary(res: list[Result], device: torch.device) -> str:
@@ -86,8 +87,8 @@ def summary(res: list[Result], device: torch.device) -> str:
         return f"check: {len(bad)} of {len(res)} results FAIL against the float64 reference"
     worst = max((r.err / r.tol for r in res), default=0.0)
     verb = "agrees" if len(names) == 1 else "agree"
-    return (f"check: {'/'.join(names)} {verb} with float64 on {cases} cases x {len(DTYPES)} dtypes, worst error "
-            f"{worst:.2f} of its tolerance (python -m pykernels check -v)")
+    return (f"check: {'/'.join(names)} {verb} with float64 on {cases} cases x {len(DTYPES)} "
+            f"dtypes, worst error {worst:.2f} of its tolerance (python -m pykernels check -v)")
 
 
 def run(device: torch.device, verbose: bool = False) -> list[str]:

@@ -29,6 +29,9 @@ class Case:
     gemms(inputs) -> [(m, k, n), ...], the matmuls it must do: the roofline of a
       matmul-bound op, against torch.mm at those shapes.
     fullgraph: whether torch.compile(eager) is asked for one graph.
+    oracle(**inputs) -> the exact answer the benchmarks use on float64 inputs instead of
+      run("reference", ...), for a reference whose float64 path is too slow at benchmark
+      sizes (the self-check, at small sizes, always uses the reference).
     """
     name: str
     build: Callable
@@ -39,8 +42,10 @@ class Case:
     bytes: Callable | None = None
     gemms: Callable | None = None
     fullgraph: bool = True
+    oracle: Callable | None = None
 
-    def inputs(self, dtype=torch.float32, device="cpu", size="small", seed=0, requires_grad=True) -> dict:
+    def inputs(self, dtype=torch.float32, device="cpu", size="small", seed=0,
+               requires_grad=True) -> dict:
         d = self.build(dtype, torch.device(device), size, torch.Generator().manual_seed(seed))
         if requires_grad:
             for k in self.grads:
@@ -100,7 +105,8 @@ def as_tuple(out) -> tuple:
 def randn(shape, dtype, device, gen, scale=1.0) -> torch.Tensor:
     """Normal samples drawn in float64 on the CPU (the same values for every dtype and
     device), then rounded to dtype and moved."""
-    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+    return x.to(dtype=dtype, device=device)
 
 
 def permutations(n, length, device, gen) -> torch.Tensor:

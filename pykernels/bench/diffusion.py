@@ -18,8 +18,8 @@ import pykernels as pk
 from .case import Case, Point, randn, roofline, speedup, tensor_bytes
 
 # (N, C, S): samples [N, C, S, S]
-SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "check": (4, 4, 16), "quick": (32, 4, 64), "full": (64, 4, 64),
-           "gpu_quick": (64, 4, 128), "gpu": (256, 4, 128)}
+SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "check": (4, 4, 16), "quick": (32, 4, 64),
+           "full": (64, 4, 64), "gpu_quick": (64, 4, 128), "gpu": (256, 4, 128)}
 TIMESTEP, STRIDE = 501, 20        # diffusers' DDIM with 50 of 1000 steps: prev = t - 20
 CHECK_TIMESTEPS = (999, 500, 20, 0)
 NOISE_SEED = 1234
@@ -39,13 +39,15 @@ def _timesteps(N, size, device):
 
 
 def _noise(shape, dtype, device):
-    """randn as diffusers' randn_tensor draws it from torch.Generator(device).manual_seed(NOISE_SEED)."""
-    return torch.randn(shape, generator=torch.Generator(device).manual_seed(NOISE_SEED), dtype=dtype, device=device)
+    """randn as diffusers' randn_tensor draws it from a generator seeded with NOISE_SEED."""
+    gen = torch.Generator(device).manual_seed(NOISE_SEED)
+    return torch.randn(shape, generator=gen, dtype=dtype, device=device)
 
 
 def _mix(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"x0": randn((N, C, S, S), dtype, device, gen), "noise": randn((N, C, S, S), dtype, device, gen),
+    return {"x0": randn((N, C, S, S), dtype, device, gen),
+            "noise": randn((N, C, S, S), dtype, device, gen),
             "timesteps": _timesteps(N, size, device), "alphas_cumprod": _table(device)}
 
 
@@ -58,9 +60,10 @@ def _loss(dtype, device, size, gen):
 def _step(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
     t = _timesteps(N, size, device)
-    return {"model_output": randn((N, C, S, S), dtype, device, gen), "sample": randn((N, C, S, S), dtype, device, gen),
-            "noise": _noise((N, C, S, S), dtype, device), "timesteps": t, "prev_timesteps": t - STRIDE,
-            "alphas_cumprod": _table(device)}
+    return {"model_output": randn((N, C, S, S), dtype, device, gen),
+            "sample": randn((N, C, S, S), dtype, device, gen),
+            "noise": _noise((N, C, S, S), dtype, device), "timesteps": t,
+            "prev_timesteps": t - STRIDE, "alphas_cumprod": _table(device)}
 
 
 # ----------------------------------------------------------------------------- batched PyTorch
@@ -101,9 +104,37 @@ def _ddpm_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cu
 def _ddim_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
     """DDIMScheduler.step with eta = 0, epsilon prediction, no clipping."""
     a, ap = _alpha(alphas_cumprod, timesteps), _alpha(alphas_cumprod, prev_timesteps)
-    sa, sb, sap, sbp = (_per_sample(k, sample) for k in (a.sqrt(), (1 - a).sqrt(), ap.sqrt(), (1 - ap).sqrt()))
+    sa, sb, sap, sbp = (_per_sample(k, sample)
+                        for k in (a.sqrt(), (1 - a).sqrt(), ap.sqrt(), (1 - ap).sqrt()))
     x0 = (sample - sb * model_output) / sa
     return sap * x0 + sbp * model_output
+
+
+# ----------------------------------------------------------------------------- pykernels
+def _pk_add_noise(be, x0, noise, timesteps, alphas_cumprod):
+    return pk.add_noise(x0, noise, timesteps, alphas_cumprod, backend=be)
+
+
+def _pk_velocity(be, x0, noise, timesteps, alphas_cumprod):
+    return pk.get_velocity(x0, noise, timesteps, alphas_cumprod, backend=be)
+
+
+def _pk_loss(be, model_output, x0, noise, timesteps, alphas_cumprod):
+    return pk.diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod,
+                             prediction_type="v_prediction", backend=be)
+
+
+def _v_loss(model_output, x0, noise, timesteps, alphas_cumprod):
+    return F.mse_loss(model_output, _velocity(x0, noise, timesteps, alphas_cumprod))
+
+
+def _pk_ddpm(be, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
+    return pk.ddpm_step(model_output, timesteps, sample, alphas_cumprod, noise=noise, backend=be)[0]
+
+
+def _pk_ddim(be, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
+    return pk.ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                        backend=be)[0]
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -115,26 +146,31 @@ def _one_timestep(timesteps) -> int:
 
 
 def _diffusers(kind):
+    """A factory of diffusers' add_noise / get_velocity / DDPM step / DDIM step."""
     def factory(device):
         try:
             import diffusers
         except ImportError:
             return None
-        if kind == "add_noise":
-            ddpm = diffusers.DDPMScheduler()
-            return lambda x0, noise, timesteps, alphas_cumprod: ddpm.add_noise(x0, noise, timesteps)
-        if kind == "velocity":
-            ddpm = diffusers.DDPMScheduler()
-            return lambda x0, noise, timesteps, alphas_cumprod: ddpm.get_velocity(x0, noise, timesteps)
-        if kind == "ddpm":
-            ddpm = diffusers.DDPMScheduler()
-            return lambda model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod: ddpm.step(
-                model_output, _one_timestep(timesteps), sample,
-                generator=torch.Generator(device).manual_seed(NOISE_SEED)).prev_sample
+        ddpm = diffusers.DDPMScheduler()
         ddim = diffusers.DDIMScheduler(clip_sample=False)
         ddim.set_timesteps(1000 // STRIDE)
-        return lambda model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod: ddim.step(
-            model_output, _one_timestep(timesteps), sample).prev_sample
+
+        def add_noise(x0, noise, timesteps, alphas_cumprod):
+            return ddpm.add_noise(x0, noise, timesteps)
+
+        def velocity(x0, noise, timesteps, alphas_cumprod):
+            return ddpm.get_velocity(x0, noise, timesteps)
+
+        def ddpm_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
+            gen = torch.Generator(device).manual_seed(NOISE_SEED)
+            t = _one_timestep(timesteps)
+            return ddpm.step(model_output, t, sample, generator=gen).prev_sample
+
+        def ddim_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
+            return ddim.step(model_output, _one_timestep(timesteps), sample).prev_sample
+        return {"add_noise": add_noise, "velocity": velocity, "ddpm": ddpm_step,
+                "ddim": ddim_step}[kind]
     return factory
 
 
@@ -144,33 +180,21 @@ def _bytes(reads, writes):
 
 
 CASES = [
-    Case("add_noise", _mix,
-         lambda be, x0, noise, timesteps, alphas_cumprod: pk.add_noise(x0, noise, timesteps, alphas_cumprod,
-                                                                      backend=be),
-         eager=_add_noise, peers={"diffusers": _diffusers("add_noise")}, bytes=_bytes(2, 1)),
-    Case("get_velocity", _mix,
-         lambda be, x0, noise, timesteps, alphas_cumprod: pk.get_velocity(x0, noise, timesteps, alphas_cumprod,
-                                                                         backend=be),
-         grads=("x0", "noise"), eager=_velocity, peers={"diffusers": _diffusers("velocity")},
-         bytes=_bytes(3, 3)),  # forward and backward
-    Case("diffusion_loss[v_prediction]", _loss,
-         lambda be, model_output, x0, noise, timesteps, alphas_cumprod: pk.diffusion_loss(
-             model_output, x0, noise, timesteps, alphas_cumprod, prediction_type="v_prediction", backend=be),
-         grads=("model_output",), bytes=_bytes(3, 1),
-         eager=lambda model_output, x0, noise, timesteps, alphas_cumprod: F.mse_loss(
-             model_output, _velocity(x0, noise, timesteps, alphas_cumprod))),
-    Case("ddpm_step", _step,
-         lambda be, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod: pk.ddpm_step(
-             model_output, timesteps, sample, alphas_cumprod, noise=noise, backend=be)[0],
-         eager=_ddpm_step, peers={"diffusers": _diffusers("ddpm")}, bytes=_bytes(3, 2)),
-    Case("ddim_step", _step,
-         lambda be, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod: pk.ddim_step(
-             model_output, timesteps, prev_timesteps, sample, alphas_cumprod, backend=be)[0],
-         eager=_ddim_step, peers={"diffusers": _diffusers("ddim")}, bytes=_bytes(2, 2)),
+    Case("add_noise", _mix, _pk_add_noise, eager=_add_noise,
+         peers={"diffusers": _diffusers("add_noise")}, bytes=_bytes(2, 1)),
+    Case("get_velocity", _mix, _pk_velocity, grads=("x0", "noise"), eager=_velocity,
+         peers={"diffusers": _diffusers("velocity")}, bytes=_bytes(3, 3)),  # with the backward
+    Case("diffusion_loss[v_prediction]", _loss, _pk_loss, grads=("model_output",), eager=_v_loss,
+         bytes=_bytes(3, 1)),
+    Case("ddpm_step", _step, _pk_ddpm, eager=_ddpm_step, peers={"diffusers": _diffusers("ddpm")},
+         bytes=_bytes(3, 2)),
+    Case("ddim_step", _step, _pk_ddim, eager=_ddim_step, peers={"diffusers": _diffusers("ddim")},
+         bytes=_bytes(2, 2)),
 ]
 
 BF16 = torch.bfloat16
 _CPU_TARGETS = (speedup("diffusers", 2.0), speedup("compile", 1.0), roofline(0.7))
+_GPU_TARGETS = (roofline(0.8),)
 BENCH = [
     Point("add_noise"),
     Point("ddpm_step"),
@@ -181,8 +205,8 @@ BENCH = [
     Point("get_velocity", "full", "full"),
     Point("diffusion_loss[v_prediction]", "full", "full"),
     Point("ddim_step", "quick", "gpu_quick", torch.float32, "cuda"),
-    Point("add_noise", "full", "gpu", torch.float32, "cuda", (roofline(0.8),)),
-    Point("ddpm_step", "full", "gpu", torch.float32, "cuda", (roofline(0.8),)),
-    Point("ddim_step", "full", "gpu", torch.float32, "cuda", (roofline(0.8),)),
+    Point("add_noise", "full", "gpu", torch.float32, "cuda", _GPU_TARGETS),
+    Point("ddpm_step", "full", "gpu", torch.float32, "cuda", _GPU_TARGETS),
+    Point("ddim_step", "full", "gpu", torch.float32, "cuda", _GPU_TARGETS),
     Point("ddim_step", "full", "gpu", BF16, "cuda"),
 ]

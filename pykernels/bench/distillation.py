@@ -24,8 +24,8 @@ def _logits(dtype, device, size, gen, ignored=False):
     labels = torch.randint(0, V, (R,), generator=gen)
     if ignored:
         labels[1::8] = -100
-    return {"student": randn((R, V), dtype, device, gen, 2.0), "teacher": randn((R, V), dtype, device, gen, 2.0),
-            "labels": labels.to(device)}
+    return {"student": randn((R, V), dtype, device, gen, 2.0),
+            "teacher": randn((R, V), dtype, device, gen, 2.0), "labels": labels.to(device)}
 
 
 def _ce(dtype, device, size, gen):
@@ -36,7 +36,8 @@ def _ce(dtype, device, size, gen):
 def _soft(dtype, device, size, gen):
     R, V = VOCAB[size]
     q = torch.softmax(torch.randn(R, V, generator=gen, dtype=torch.float64), -1)
-    return {"logits": randn((R, V), dtype, device, gen, 2.0), "target_probs": q.to(dtype=dtype, device=device)}
+    return {"logits": randn((R, V), dtype, device, gen, 2.0),
+            "target_probs": q.to(dtype=dtype, device=device)}
 
 
 def _rows_bytes(*names, grads=1):
@@ -46,10 +47,13 @@ def _rows_bytes(*names, grads=1):
     return count
 
 
+# ----------------------------------------------------------------------------- eager
 def _kd(student, teacher, temperature=T):
     """Hinton's KD term, as written in most training code."""
-    return F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
-                    log_target=True, reduction="batchmean") * temperature * temperature
+    ls = F.log_softmax(student / temperature, -1)
+    lt = F.log_softmax(teacher / temperature, -1)
+    kl = F.kl_div(ls, lt, log_target=True, reduction="batchmean")
+    return kl * temperature * temperature
 
 
 def _jsd(student, teacher, temperature, beta):
@@ -61,6 +65,43 @@ def _jsd(student, teacher, temperature, beta):
     return kl * temperature * temperature
 
 
+def _eager_kd(student, teacher, labels):
+    return _kd(student, teacher)
+
+
+def _eager_kd_ce(student, teacher, labels):
+    return 0.5 * _kd(student, teacher) + 0.5 * F.cross_entropy(student, labels)
+
+
+def _eager_jsd_ce(student, teacher, labels):
+    hard = F.cross_entropy(student, labels, label_smoothing=SMOOTHING)
+    return _jsd(student, teacher, JSD_T, BETA) + 0.5 * hard
+
+
+# ----------------------------------------------------------------------------- pykernels
+def _pk_kd(be, student, teacher, labels):
+    return pk.distillation_loss(student, teacher, temperature=T, backend=be)
+
+
+def _pk_kd_ce(be, student, teacher, labels):
+    return pk.distillation_loss(student, teacher, temperature=T, labels=labels, soft_weight=0.5,
+                                hard_weight=0.5, backend=be)
+
+
+def _pk_jsd_ce(be, student, teacher, labels):
+    return pk.distillation_loss(student, teacher, temperature=JSD_T, labels=labels, beta=BETA,
+                                hard_weight=0.5, label_smoothing=SMOOTHING, backend=be)
+
+
+def _pk_ce(be, logits, labels):
+    return pk.cross_entropy(logits, labels, backend=be)
+
+
+def _pk_soft(be, logits, target_probs):
+    return pk.soft_target_cross_entropy(logits, target_probs, temperature=T, backend=be)
+
+
+# ----------------------------------------------------------------------------- liger
 def _liger(device):
     """liger_kernel.transformers on a GPU, else None (its losses are Triton GPU kernels)."""
     if device.type != "cuda":
@@ -91,61 +132,51 @@ def _liger_jsd(device):
     jsd, ce = lk.LigerJSD(beta=BETA), lk.LigerCrossEntropyLoss(label_smoothing=SMOOTHING)
 
     def run(student, teacher, labels):
-        soft = jsd(F.log_softmax(student / JSD_T, -1), F.log_softmax(teacher / JSD_T, -1)) * JSD_T * JSD_T
-        return soft + 0.5 * ce(student, labels)
+        ls, lt = F.log_softmax(student / JSD_T, -1), F.log_softmax(teacher / JSD_T, -1)
+        return jsd(ls, lt) * JSD_T * JSD_T + 0.5 * ce(student, labels)
     return run
 
 
 def _liger_ce(device):
     lk = _liger(device)
-    return None if lk is None else (lambda logits, labels, ce=lk.LigerCrossEntropyLoss(): ce(logits, labels))
+    if lk is None:
+        return None
+    ce = lk.LigerCrossEntropyLoss()
+    return lambda logits, labels: ce(logits, labels)
 
 
 CASES = [
-    Case("distillation_loss", _logits,
-         lambda be, student, teacher, labels: pk.distillation_loss(student, teacher, temperature=T, backend=be),
-         grads=("student",), eager=lambda student, teacher, labels: _kd(student, teacher),
+    Case("distillation_loss", _logits, _pk_kd, grads=("student",), eager=_eager_kd,
          peers={"liger": lambda device: _liger_kd(device, hard=False)},
          bytes=_rows_bytes("student", "teacher")),
-    Case("distillation_loss[kd+ce]", _logits,
-         lambda be, student, teacher, labels: pk.distillation_loss(
-             student, teacher, temperature=T, labels=labels, soft_weight=0.5, hard_weight=0.5, backend=be),
-         grads=("student",),
-         eager=lambda student, teacher, labels: 0.5 * _kd(student, teacher) + 0.5 * F.cross_entropy(student, labels),
+    Case("distillation_loss[kd+ce]", _logits, _pk_kd_ce, grads=("student",), eager=_eager_kd_ce,
          peers={"liger": lambda device: _liger_kd(device, hard=True)},
          bytes=_rows_bytes("student", "teacher")),
-    Case("distillation_loss[jsd+ce]", _logits,
-         lambda be, student, teacher, labels: pk.distillation_loss(
-             student, teacher, temperature=JSD_T, labels=labels, beta=BETA, hard_weight=0.5,
-             label_smoothing=SMOOTHING, backend=be),
-         grads=("student",),
-         eager=lambda student, teacher, labels: _jsd(student, teacher, JSD_T, BETA) + 0.5 * F.cross_entropy(
-             student, labels, label_smoothing=SMOOTHING),
-         peers={"liger": _liger_jsd}, bytes=_rows_bytes("student", "teacher")),
-    Case("cross_entropy", _ce, lambda be, logits, labels: pk.cross_entropy(logits, labels, backend=be),
-         grads=("logits",), eager=lambda logits, labels: F.cross_entropy(logits, labels),
-         peers={"liger": _liger_ce}, bytes=_rows_bytes("logits")),
-    Case("soft_target_cross_entropy", _soft,
-         lambda be, logits, target_probs: pk.soft_target_cross_entropy(logits, target_probs, temperature=T,
-                                                                        backend=be),
-         grads=("logits", "target_probs"),
+    Case("distillation_loss[jsd+ce]", _logits, _pk_jsd_ce, grads=("student",),
+         eager=_eager_jsd_ce, peers={"liger": _liger_jsd}, bytes=_rows_bytes("student", "teacher")),
+    Case("cross_entropy", _ce, _pk_ce, grads=("logits",),
+         eager=lambda logits, labels: F.cross_entropy(logits, labels), peers={"liger": _liger_ce},
+         bytes=_rows_bytes("logits")),
+    Case("soft_target_cross_entropy", _soft, _pk_soft, grads=("logits", "target_probs"),
          eager=lambda logits, target_probs: F.cross_entropy(logits / T, target_probs),
          bytes=_rows_bytes("logits", "target_probs", grads=2)),
 ]
 
 BF16 = torch.bfloat16
+_LIGER = (speedup("liger", 1.0),)
 BENCH = [
     Point("distillation_loss"),
     Point("cross_entropy"),
-    Point("distillation_loss", "full", "full", targets=(speedup("compile", 1.5), speedup("eager", 6.0))),
+    Point("distillation_loss", "full", "full",
+          targets=(speedup("compile", 1.5), speedup("eager", 6.0))),
     Point("distillation_loss", "full", "full", BF16, targets=(speedup("compile", 1.5),)),
     Point("distillation_loss[kd+ce]", "full", "full"),
     Point("cross_entropy", "full", "full", targets=(speedup("compile", 1.5),)),
     Point("distillation_loss", "quick", "gpu_quick", BF16, "cuda"),
     Point("cross_entropy", "quick", "gpu_quick", BF16, "cuda"),
-    Point("distillation_loss", "full", "gpu", BF16, "cuda", (speedup("compile", 1.3), speedup("liger", 1.0),
-                                                                  roofline(0.8))),
-    Point("distillation_loss[kd+ce]", "full", "gpu", BF16, "cuda", (speedup("liger", 1.0),)),
-    Point("distillation_loss[jsd+ce]", "full", "gpu", BF16, "cuda", (speedup("liger", 1.0),)),
-    Point("cross_entropy", "full", "gpu", BF16, "cuda", (speedup("liger", 1.0),)),
+    Point("distillation_loss", "full", "gpu", BF16, "cuda",
+          (speedup("compile", 1.3), roofline(0.8)) + _LIGER),
+    Point("distillation_loss[kd+ce]", "full", "gpu", BF16, "cuda", _LIGER),
+    Point("distillation_loss[jsd+ce]", "full", "gpu", BF16, "cuda", _LIGER),
+    Point("cross_entropy", "full", "gpu", BF16, "cuda", _LIGER),
 ]

@@ -36,7 +36,8 @@ class ExplicitClip(torch.nn.Module):
         self.rank, self.world = rank, world
 
     def forward(self, img, txt, scale):
-        all_img, all_txt = _gather_live(img, self.rank, self.world), _gather_live(txt, self.rank, self.world)
+        all_img = _gather_live(img, self.rank, self.world)
+        all_txt = _gather_live(txt, self.rank, self.world)
         logits = scale * all_img @ all_txt.T
         labels = torch.arange(logits.shape[0])
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -44,7 +45,8 @@ class ExplicitClip(torch.nn.Module):
 
 def _worker(rank, args, port):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=args.world)
     from pykernels._profiling import peak_cpu_bytes
     from pykernels.nn import ClipLoss, InfoNCELoss
 
@@ -73,7 +75,8 @@ def _worker(rank, args, port):
             times.append(time.perf_counter() - t0)
         peak = peak_cpu_bytes(step)
         if rank == 0:
-            print(f"| {name} | {1e3 * statistics.median(times):.0f} | {peak / 2**20:.1f} |", flush=True)
+            ms = 1e3 * statistics.median(times)
+            print(f"| {name} | {ms:.0f} | {peak / 2**20:.1f} |", flush=True)
     dist.destroy_process_group()
 
 

@@ -24,6 +24,7 @@ from .._profiling import peak_bytes
 from .case import Case, Point, as_float64, as_tuple
 
 ROUNDS = 5
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclasses.dataclass
@@ -144,16 +145,20 @@ def roofline_fn(case: Case, inputs: dict, dtype: torch.dtype, device: torch.devi
         return lambda: dst.copy_(src)
     if case.gemms is not None:
         mm_dtype = dtype if dtype != torch.float64 else torch.float32
-        mats = [(torch.randn(m, k, device=device, dtype=mm_dtype), torch.randn(k, n, device=device, dtype=mm_dtype),
-                 torch.empty(m, n, device=device, dtype=mm_dtype)) for m, k, n in case.gemms(inputs)]
+        def operands(m, k, n):
+            a = torch.randn(m, k, device=device, dtype=mm_dtype)
+            b = torch.randn(k, n, device=device, dtype=mm_dtype)
+            return a, b, torch.empty(m, n, device=device, dtype=mm_dtype)
+        mats = [operands(*shape) for shape in case.gemms(inputs)]
         return lambda: [torch.mm(a, b, out=c) for a, b, c in mats]
     return None
 
 
 def describe(inputs: dict, dtype: torch.dtype, forward_only: bool) -> tuple[str, str]:
     """(shape of the first tensor input, dtype name [+ " fwd" for inference ops])."""
-    first = next(v for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
-    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    first = next(v for v in inputs.values()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point())
+    name = DTYPE_NAMES.get(dtype, str(dtype))
     return "[" + ", ".join(map(str, first.shape)) + "]", name + (" fwd" if forward_only else "")
 
 
@@ -183,9 +188,11 @@ def _checked(name, fn, case, inputs, ws, want):
 
 
 def _reference(case: Case, inputs: dict, ws: list):
-    """The float64 reference's outputs and gradients, None when they do not fit in memory."""
+    """The float64 reference's (or the case's oracle's) outputs and gradients, None when
+    they do not fit in memory."""
+    exact = case.oracle or functools.partial(case.run, "reference")
     try:
-        return step(functools.partial(case.run, "reference"), as_float64(inputs), case.grads, ws)()
+        return step(exact, as_float64(inputs), case.grads, ws)()
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return None
@@ -197,8 +204,8 @@ def measure(family: str, case: Case, point: Point, device: torch.device, budget_
     torch._dynamo.reset()   # static shapes per Point: no recompilation limit across Points
     inputs = case.inputs(point.dtype, device, point.size)
     shape, dtype_name = describe(inputs, point.dtype, not case.grads)
-    with torch.no_grad():
-        ws = weights(as_tuple(case.eager(**inputs)), point.dtype)
+    with torch.no_grad():  # the output shapes, from the default backend
+        ws = weights(case(([*pykernels_backends(device), "reference"])[0], inputs), point.dtype)
     want = _reference(case, inputs, ws)
     rows, runs = [], {}
     for name, fn in providers(case, device, skip).items():
@@ -206,7 +213,7 @@ def measure(family: str, case: Case, point: Point, device: torch.device, budget_
             progress(0, f"{case.name}: {name}")
         row = Row(family, case.name, shape, dtype_name, name, pykernels=name in backends.NAMES)
         run, row.max_err, note = _checked(name, fn, case, inputs, ws, want)
-        row.note = note or ("" if want is not None else "no float64 reference: it does not fit in memory")
+        row.note = note or ("" if want is not None else "no float64 reference: out of memory")
         if run is not None:
             run()  # a second warm-up (compiled code, caches)
             row.peak_mb = peak_bytes(run, device) / 2 ** 20
@@ -235,5 +242,5 @@ def _fill(rows: list[Row], times: dict) -> None:
         r.x_eager = by_name["eager"].ms / r.ms
         r.x_compile = by_name["compile"].ms / r.ms if "compile" in by_name else float("nan")
         if r.pykernels and not math.isnan(r.max_err):
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[r.dtype.split()[0]]
+            dtype = next(d for d, n in DTYPE_NAMES.items() if n == r.dtype.split()[0])
             r.within_tolerance = r.max_err <= tolerance(dtype, by_name["eager"].max_err)

@@ -16,8 +16,8 @@ from .case import Case, Point, permutations, randn, roofline, speedup, tensor_by
 MASK_RATIO = 0.75
 # (N images, C, S: an S x S image, p: the patch size, D: the token width)
 IMAGES = {"tiny": (2, 3, 8, 4, 16), "small": (2, 3, 16, 4, 32), "check": (4, 3, 32, 8, 64),
-          "quick": (8, 3, 224, 16, 768), "full": (64, 3, 224, 16, 768), "gpu_quick": (64, 3, 224, 16, 768),
-          "gpu": (256, 3, 224, 16, 768)}
+          "quick": (8, 3, 224, 16, 768), "full": (64, 3, 224, 16, 768),
+          "gpu_quick": (64, 3, 224, 16, 768), "gpu": (256, 3, 224, 16, 768)}
 
 
 def _dims(size):
@@ -29,34 +29,36 @@ def _dims(size):
 
 def _tokens(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"x": randn((N, L, D), dtype, device, gen), "noise": torch.rand(N, L, generator=gen).to(device)}
+    return {"x": randn((N, L, D), dtype, device, gen),
+            "noise": torch.rand(N, L, generator=gen).to(device)}
 
 
 def _gather(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"imgs": randn((N, C, S, S), dtype, device, gen), "ids_keep": permutations(N, L, device, gen)[:, :K],
-            "patch_size": p}
+    return {"imgs": randn((N, C, S, S), dtype, device, gen),
+            "ids_keep": permutations(N, L, device, gen)[:, :K], "patch_size": p}
 
 
 def _unshuffle(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"x_visible": randn((N, K, D), dtype, device, gen), "mask_token": randn((D,), dtype, device, gen),
+    return {"x_visible": randn((N, K, D), dtype, device, gen),
+            "mask_token": randn((D,), dtype, device, gen),
             "ids_restore": permutations(N, L, device, gen)}
 
 
 def _loss(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
     mask = (permutations(N, L, device, gen) >= K).to(dtype)
-    return {"pred": randn((N, L, P), dtype, device, gen), "imgs": randn((N, C, S, S), dtype, device, gen),
-            "mask": mask, "patch_size": p}
+    return {"pred": randn((N, L, P), dtype, device, gen),
+            "imgs": randn((N, C, S, S), dtype, device, gen), "mask": mask, "patch_size": p}
 
 
 def _step(dtype, device, size, gen):
     d = _tokens(dtype, device, size, gen)
     N, C, S, p, D, L, K, P = _dims(size)
     d.update(mask_token=randn((D,), dtype, device, gen), pred=randn((N, L, P), dtype, device, gen),
-             imgs=randn((N, C, S, S), dtype, device, gen), grad_tokens=randn((N, L, D), dtype, device, gen),
-             patch_size=p)
+             imgs=randn((N, C, S, S), dtype, device, gen),
+             grad_tokens=randn((N, L, D), dtype, device, gen), patch_size=p)
     return d
 
 
@@ -156,51 +158,72 @@ def _peer_masking(device):
     return None if fns is None else fns[0]
 
 
+def _hf_gather(imgs, ids_keep, patch_size):
+    patches = hf_patchify(imgs, patch_size)
+    return torch.gather(patches, 1, ids_keep.unsqueeze(-1).repeat(1, 1, patches.shape[2]))
+
+
+def _hf_masked_loss(pred, imgs, mask, patch_size):
+    return hf_loss(pred, hf_patchify(imgs, patch_size), mask)
+
+
+def _pk_masking(be, x, noise):
+    return pk.random_masking(x, MASK_RATIO, noise=noise, backend=be)
+
+
+def _pk_gather(be, imgs, ids_keep, patch_size):
+    return pk.gather_patches(imgs, ids_keep, patch_size, backend=be)
+
+
+def _pk_unshuffle(be, x_visible, mask_token, ids_restore):
+    return pk.unshuffle_with_mask_tokens(x_visible, mask_token, ids_restore, backend=be)
+
+
+def _pk_loss(be, pred, imgs, mask, patch_size):
+    return pk.masked_patch_loss(pred, imgs, mask, patch_size, norm_pix_loss=True, backend=be)
+
+
 # ----------------------------------------------------------------------------- bytes
-def _step_bytes(d):
-    # masking (3 K + L token rows with its backward), unshuffle (2 (K + L)), the loss
+def _masking_bytes(d):
+    # gather K of L token rows (read, write); backward: read K rows, write all L
     kept, x = tensor_bytes(d["x"]) * (1 - MASK_RATIO), tensor_bytes(d["x"])
-    return (3 * kept + x) + 2 * (kept + x) + _loss_bytes(d)
+    return 3 * kept + x
 
 
 def _gather_bytes(d):
-    kept = tensor_bytes(d["imgs"]) * d["ids_keep"].shape[1] / (d["imgs"].shape[2] // d["patch_size"]) ** 2
-    return 2 * kept + kept + tensor_bytes(d["imgs"])  # gather; scatter the gradient into the image
+    # gather the kept pixels (read, write); backward: read them, write the whole image
+    imgs = tensor_bytes(d["imgs"])
+    kept = imgs * d["ids_keep"].shape[1] / (d["imgs"].shape[2] // d["patch_size"]) ** 2
+    return 3 * kept + imgs
 
 
 def _unshuffle_bytes(d):
+    # read K rows, write L; backward: read L, write K
     full = tensor_bytes(d["x_visible"]) * d["ids_restore"].shape[1] / d["x_visible"].shape[1]
-    return 2 * (tensor_bytes(d["x_visible"]) + full)  # forward and backward: read K rows, write L / the reverse
+    return 2 * (tensor_bytes(d["x_visible"]) + full)
 
 
 def _loss_bytes(d):
-    return 2 * tensor_bytes(d["pred"]) + tensor_bytes(d["imgs"])
+    return 2 * tensor_bytes(d["pred"]) + tensor_bytes(d["imgs"])  # read both, write pred's grad
 
 
-def _masking_bytes(d):
-    kept = tensor_bytes(d["x"]) * (1 - MASK_RATIO)
-    return 2 * kept + kept + tensor_bytes(d["x"])
+def _step_bytes(d):
+    kept, x = tensor_bytes(d["x"]) * (1 - MASK_RATIO), tensor_bytes(d["x"])
+    return _masking_bytes(d) + 2 * (kept + x) + _loss_bytes(d)
 
 
 CASES = [
-    Case("random_masking", _tokens, lambda be, x, noise: pk.random_masking(x, MASK_RATIO, noise=noise, backend=be),
-         grads=("x",), eager=hf_random_masking, peers={"transformers": _peer_masking}, bytes=_masking_bytes),
-    Case("gather_patches", _gather,
-         lambda be, imgs, ids_keep, patch_size: pk.gather_patches(imgs, ids_keep, patch_size, backend=be),
-         grads=("imgs",), bytes=_gather_bytes,
-         eager=lambda imgs, ids_keep, patch_size: torch.gather(
-             hf_patchify(imgs, patch_size), 1, ids_keep.unsqueeze(-1).repeat(1, 1, patch_size ** 2 * imgs.shape[1]))),
-    Case("unshuffle_with_mask_tokens", _unshuffle,
-         lambda be, x_visible, mask_token, ids_restore: pk.unshuffle_with_mask_tokens(
-             x_visible, mask_token, ids_restore, backend=be),
-         grads=("x_visible", "mask_token"), eager=hf_unshuffle, bytes=_unshuffle_bytes),
-    Case("masked_patch_loss[norm_pix]", _loss,
-         lambda be, pred, imgs, mask, patch_size: pk.masked_patch_loss(pred, imgs, mask, patch_size,
-                                                                       norm_pix_loss=True, backend=be),
-         grads=("pred",), bytes=_loss_bytes,
-         eager=lambda pred, imgs, mask, patch_size: hf_loss(pred, hf_patchify(imgs, patch_size), mask)),
+    Case("random_masking", _tokens, _pk_masking, grads=("x",), eager=hf_random_masking,
+         peers={"transformers": _peer_masking}, bytes=_masking_bytes),
+    Case("gather_patches", _gather, _pk_gather, grads=("imgs",), eager=_hf_gather,
+         bytes=_gather_bytes),
+    Case("unshuffle_with_mask_tokens", _unshuffle, _pk_unshuffle, grads=("x_visible", "mask_token"),
+         eager=hf_unshuffle, bytes=_unshuffle_bytes),
+    Case("masked_patch_loss[norm_pix]", _loss, _pk_loss, grads=("pred",), eager=_hf_masked_loss,
+         bytes=_loss_bytes),
     Case("mae_step", _step, _pk_step, grads=("x", "mask_token", "pred"),
-         eager=_step_with(hf_random_masking, hf_patchify), peers={"transformers": _peer_step}, bytes=_step_bytes),
+         eager=_step_with(hf_random_masking, hf_patchify), peers={"transformers": _peer_step},
+         bytes=_step_bytes),
 ]
 
 BF16 = torch.bfloat16
@@ -212,6 +235,7 @@ BENCH = [
     Point("unshuffle_with_mask_tokens", "full", "full"),
     Point("masked_patch_loss[norm_pix]", "full", "full"),
     Point("mae_step", "quick", "gpu_quick", BF16, "cuda"),
-    Point("mae_step", "full", "gpu", torch.float32, "cuda", (speedup("eager", 3.0), roofline(0.8))),
+    Point("mae_step", "full", "gpu", torch.float32, "cuda",
+          (speedup("eager", 3.0), roofline(0.8))),
     Point("mae_step", "full", "gpu", BF16, "cuda"),
 ]

@@ -17,7 +17,7 @@ from .case import Point, Target
 from .harness import Row
 
 COLUMNS = ("case", "provider", "ms", "x eager", "x compile", "roofline", "peak MB", "max err")
-WIDTHS = (32, 13, 9, 8, 10, 9, 9, 9)
+WIDTHS = (35, 13, 9, 8, 10, 9, 9, 9)
 
 
 def machine(device: torch.device) -> str:
@@ -28,8 +28,8 @@ def machine(device: torch.device) -> str:
 
 def header(device: torch.device, built: list[str]) -> str:
     import pykernels
-    return (f"pykernels {pykernels.__version__} | torch {torch.__version__} | {device.type}: {machine(device)} | "
-            f"backends built: {', '.join(built) or 'none'}")
+    return (f"pykernels {pykernels.__version__} | torch {torch.__version__} | "
+            f"{device.type}: {machine(device)} | backends built: {', '.join(built) or 'none'}")
 
 
 def _num(v: float, fmt: str) -> str:
@@ -69,8 +69,8 @@ def compact_table(family: str, rows: list[Row]) -> list[str]:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    cols = ("case", "shape", "dtype", "provider", "ms", "x eager", "x compile", "roofline", "peak MB",
-            "max err vs fp64", "note")
+    cols = ("case", "shape", "dtype", "provider", "ms", "x eager", "x compile", "roofline",
+            "peak MB", "max err vs fp64", "note")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.case, r.shape, r.dtype] + _cells(r) + [r.note]
@@ -98,8 +98,10 @@ def plot(rows: list[Row], path: str, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cases)), 4))
     width = 0.8 / len(provs)
     for i, p in enumerate(provs):
-        ys = [next((r.x_eager for r in rows if (r.case, r.shape, r.dtype) == c and r.provider == p), 0) for c in cases]
-        ax.bar([j + i * width for j in range(len(cases))], [0 if math.isnan(y) else y for y in ys], width, label=p)
+        ys = [next((r.x_eager for r in rows if (r.case, r.shape, r.dtype) == c and r.provider == p),
+                   0.0) for c in cases]
+        ax.bar([j + i * width for j in range(len(cases))], [0 if math.isnan(y) else y for y in ys],
+               width, label=p)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
     ax.set_xticklabels([f"{c}\n{s} {d}" for c, s, d in cases], fontsize=7)
     ax.set_ylabel("speedup over eager")
@@ -122,7 +124,7 @@ def _figure(target: Target, mine: Row, rows: list[Row]) -> tuple[bool, str] | No
         return None
     if target.kind == "speedup":
         got = other.ms / mine.ms
-        return (got >= target.value, f"{got:.2f}x {target.against}") if not math.isnan(got) else None
+        return None if math.isnan(got) else (got >= target.value, f"{got:.2f}x {target.against}")
     got = mine.peak_mb / other.peak_mb
     return (got <= target.value, f"peak {mine.peak_mb:.3g} MB = {got:.3f} x {target.against}'s "
             f"{other.peak_mb:.3g} MB") if not math.isnan(got) else None
@@ -139,16 +141,17 @@ def target_lines(point: Point, rows: list[Row], default: str) -> list[tuple[bool
             out.append((False, f"MISS {where}: no figure for {t.describe()}"))
         else:
             met, fig = res
-            out.append((met, f"{'MET ' if met else 'MISS'} {where}: {default} {fig} (target {t.describe()})"))
+            line = f"{'MET ' if met else 'MISS'} {where}: {default} {fig} (target {t.describe()})"
+            out.append((met, line))
     return out
 
 
 def legend(built: list[str]) -> list[str]:
     """Two lines saying what the providers and the columns are."""
-    return [f"providers: {'/'.join(built) or 'none'} = pykernels' backends; eager = the idiomatic PyTorch code; "
-            "compile = torch.compile of it; others: peers",
-            "ms: median fwd+bwd (fwd for inference ops); x: speedup; roofline: time of the copy or torch.mm "
-            "of the same work / ms"]
+    return [f"providers: {'/'.join(built) or 'none'} = pykernels' backends; eager = the idiomatic "
+            "PyTorch code; compile = torch.compile of it; others: peers",
+            "ms: median fwd+bwd (fwd for inference ops); x: speedup; roofline: time of the copy or "
+            "torch.mm of the same work / ms"]
 
 
 def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
@@ -162,7 +165,8 @@ def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
         xs = [getattr(r, col) for r in mine if getattr(r, col) > 0]
         if xs:
             gm = math.exp(statistics.fmean(math.log(x) for x in xs))
-            parts.append(f"{label} {gm:.2f}x{' geomean' if col == 'x_eager' else ''} ({min(xs):.2f}-{max(xs):.2f}x)")
+            mean = " geomean" if col == "x_eager" else ""
+            parts.append(f"{label} {gm:.2f}x{mean} ({min(xs):.2f}-{max(xs):.2f}x)")
     if targets:
         parts.append(f"targets met: {sum(m for m, _ in targets)} of {len(targets)}")
     return "verdict: " + "; ".join(parts)
@@ -172,7 +176,8 @@ def summary_markdown(device: torch.device, built: list[str], command: str, table
                      targets: list[tuple[bool, str]]) -> str:
     """Date, machine, command and the full tables: what benchmarks/RESULTS.md holds per device."""
     lines = [f"## {device.type}: {machine(device)}", "",
-             f"{datetime.date.today()} | torch {torch.__version__} | backends built: {', '.join(built)}", "",
+             f"{datetime.date.today()} | torch {torch.__version__} | "
+             f"backends built: {', '.join(built)}", "",
              f"`{command}`", ""]
     for family, rows in tables.items():
         lines += [f"### {family}", "", markdown_table(rows), ""]

@@ -1,4 +1,5 @@
-"""`python -m pykernels bench`: the backend check, then one table per family.
+"""Check every built backend against float64, then time each family's cases against
+the idiomatic PyTorch code (eager), torch.compile of it and the installed peers.
 
 --quick (what `make bench` runs): small sizes, a compact table per family, a one-line
 verdict; without it, the full sizes with their targets (MET / MISS). Full tables, CSV
@@ -18,7 +19,7 @@ import torch
 
 from ..ops import FAMILIES
 from . import family_module, report
-from .harness import measure, pykernels_backends
+from .harness import describe, measure, pykernels_backends
 
 # The "(no GPU) No CUDA runtime is found" warning of torch.utils.cpp_extension, which
 # torch.compile imports on a machine with a CUDA build of torch and no driver: no news to
@@ -30,21 +31,27 @@ BUDGET_S = {"quick": 0.8, "full": 4.0}   # timing per Point, shared by its provi
 def default_out() -> str:
     """benchmarks/results in a source checkout, else ./pykernels-bench-results."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.isdir(os.path.join(root, "benchmarks")) and os.path.exists(os.path.join(root, "setup.py")):
+    checkout = os.path.exists(os.path.join(root, "setup.py"))
+    if checkout and os.path.isdir(os.path.join(root, "benchmarks")):
         return os.path.join(root, "benchmarks", "results")
     return os.path.abspath("pykernels-bench-results")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pykernels bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pykernels bench",
+                                 description=" ".join(__doc__.split("\n\n")[0].split()))
     # (no choices=: argparse rejects an empty list against choices on some Pythons)
     ap.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
-    ap.add_argument("--quick", action="store_true", help="small sizes, compact tables (what `make bench` runs)")
-    ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    ap.add_argument("--out", help="folder for the full tables, CSV and plots (default: benchmarks/results in a "
-                                  "checkout, else ./pykernels-bench-results)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes, compact tables (what `make bench` runs)")
+    ap.add_argument("--device", choices=("cpu", "cuda"),
+                    help="default: cuda when available, else cpu")
+    ap.add_argument("--out", help="folder for the full tables, CSV and plots (default: benchmarks/"
+                                  "results in a checkout, else ./pykernels-bench-results)")
     ap.add_argument("--markdown", metavar="FILE", help="also write this device's section of FILE "
                                                          "(benchmarks/RESULTS.md)")
+    ap.add_argument("--list", action="store_true",
+                    help="list the points and their targets, run nothing")
     ap.add_argument("--no-check", action="store_true", help="skip the backend check")
     ap.add_argument("--skip", action="append", default=[], metavar="PROVIDER",
                     help="leave a provider out (compile, a backend or a peer; repeatable)")
@@ -84,14 +91,16 @@ def _case(module, name):
     return next(c for c in module.CASES if c.name == name)
 
 
-def run_family(family: str, module, mode: str, device: torch.device, log: list, ns) -> tuple[list, list]:
+def run_family(family: str, module, mode: str, device: torch.device, log: list,
+               ns) -> tuple[list, list]:
     """(rows, target lines) of one family's Points."""
     points = _points(module, mode, device)
     if ns.size:
         points = [dataclasses.replace(p, size=ns.size) for p in points]
     cases = [_case(module, p.case) for p in points]
-    steps = [len(pykernels_backends(device)) + 3 + len(c.peers) - len(set(ns.skip) & ({"compile"} | set(c.peers)))
-             for c in cases]  # backends, eager, compile, peers, the timing
+    # per Point: the backends, eager, compile, the peers, the timing
+    steps = [len(pykernels_backends(device)) + 3 + len(c.peers)
+             - len(set(ns.skip) & ({"compile"} | set(c.peers))) for c in cases]
     progress = _Progress(sum(steps), family)
     rows, targets = [], []
     default = pykernels_backends(device)[0] if pykernels_backends(device) else "reference"
@@ -115,6 +124,21 @@ def _write(family: str, rows: list, out: str, stem: str, title: str) -> None:
     report.plot(rows, os.path.join(out, f"{family}_{stem}.png"), f"{family}: {title}")
 
 
+def list_points(families, mode: str, device: torch.device) -> None:
+    """One line per Point: family, case, shape, dtype, targets (inputs built as fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for family in families:
+        module = family_module(family)
+        for p in _points(module, mode, device) if module is not None else []:
+            case = _case(module, p.case)
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                inputs = case.inputs(p.dtype, "cpu", p.size, requires_grad=False)
+            shape, dtype = describe(inputs, p.dtype, not case.grads)
+            targets = ", ".join(t.describe() for t in p.targets)
+            print(f"{family:<13}{p.case:<35}{shape + ' ' + dtype:<29}{targets}".rstrip())
+
+
 def _check(device: torch.device) -> int:
     from .. import _selfcheck
     return 1 if _selfcheck.run(device) else 0
@@ -126,13 +150,16 @@ def main(argv: list[str]) -> int:
     unknown = [f for f in ns.families if f not in FAMILIES]
     if unknown:
         ap.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
-    if ns.device == "cuda" and not torch.cuda.is_available():
+    device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mode = "quick" if ns.quick else "full"
+    if ns.list:
+        list_points(ns.families or FAMILIES, mode, device)
+        return 0
+    if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     t0 = time.time()
-    device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    mode = "quick" if ns.quick else "full"
     out = ns.out or default_out()
     os.makedirs(out, exist_ok=True)
     built = pykernels_backends(device)
@@ -150,12 +177,14 @@ def main(argv: list[str]) -> int:
             continue
         rows, lines = run_family(family, module, mode, device, log, ns)
         tables[family], targets = rows, targets + lines
-        print("\n" + "\n".join(report.compact_table(family, rows)) + "".join("\n" + t for _, t in lines), flush=True)
+        table = report.compact_table(family, rows) + [t for _, t in lines]
+        print("\n" + "\n".join(table), flush=True)
         _write(family, rows, out, stem, report.header(device, built))
     command = "python -m pykernels bench " + " ".join(argv)
     summary = report.summary_markdown(device, built, command.strip(), tables, targets)
     with open(os.path.join(out, f"summary_{stem}.md"), "w") as fh:
-        fh.write(summary + ("\n### warnings\n\n" + "\n".join(f"- {w}" for w in log) + "\n" if log else ""))
+        warned = "".join(f"- {w}\n" for w in log)
+        fh.write(summary + (f"\n### warnings\n\n{warned}" if log else ""))
     if ns.markdown:
         report.update_section(ns.markdown, device.type, summary)
     rows = [r for t in tables.values() for r in t]
