@@ -11,6 +11,7 @@
 # its own cap, and reports SKIPPED (budget) rather than overrun it. Knobs:
 #   GPU_CHECK_TESTS      test files to run (default: all of tests/)
 #   GPU_CHECK_TEST_S     cap of the test step (240)        GPU_CHECK_BENCH_S   cap of the benchmark (120)
+#   GPU_CHECK_BENCH_ARGS arguments of the benchmark (--quick; '' for the full GPU sizes and targets)
 #   GPU_CHECK_STEPS      optional steps (default "graphs memcheck racecheck huge")
 #   GPU_CHECK_WORKERS    pytest-xdist workers (8)
 set -uo pipefail
@@ -82,9 +83,10 @@ tail -1 "$OUT/tests.log" | tee -a "$OUT/summary.txt"; stamp "tests rc=$tests_rc"
 cap=$(left "${GPU_CHECK_BENCH_S:-120}")
 if (( cap >= 30 )); then
   stamp "quick benchmarks (up to ${cap}s)"
-  timeout "$cap" $PY -m pykernels bench --quick --device cuda --out "$OUT/results" > "$OUT/bench.log" 2>&1
+  timeout "$cap" $PY -m pykernels bench ${GPU_CHECK_BENCH_ARGS:---quick} --device cuda --out "$OUT/results" \
+    --markdown "$OUT/RESULTS_cuda.md" > "$OUT/bench.log" 2>&1
   bench_rc=$?; (( bench_rc )) && rc_all=1
-  tail -60 "$OUT/bench.log"; stamp "bench rc=$bench_rc"
+  tail -70 "$OUT/bench.log"; stamp "bench rc=$bench_rc"
 else
   stamp "quick benchmarks: SKIPPED (budget)"
 fi
