@@ -102,9 +102,11 @@ TORCH_LIBRARY(pykernels, m) {
   // grad [N, K, D] of x_visible -> grad x [N, L, D] (zeros at the removed tokens).
   m.def("random_masking_backward(Tensor grad, Tensor ids_restore) -> Tensor");
   // out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K else mask_token: [N, L, D].
-  m.def("unshuffle_with_mask_tokens(Tensor x_visible, Tensor mask_token, Tensor ids_restore) -> Tensor");
+  m.def("unshuffle_with_mask_tokens(Tensor x_visible, Tensor mask_token, "
+        "Tensor ids_restore) -> Tensor");
   // -> (grad x_visible [N, K, D], grad mask_token [D]: sum over the masked slots).
-  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, SymInt num_keep) -> (Tensor, Tensor)");
+  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, "
+        "SymInt num_keep) -> (Tensor, Tensor)");
   // imgs [N, C, H, W] -> the patches ids_keep [N, K] as [N, K, p*p*C], (p, q, c) order.
   m.def("gather_patches(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
   // grad [N, K, p*p*C] -> [N, C, H, W] image gradient (zeros outside the kept patches).
@@ -113,10 +115,11 @@ TORCH_LIBRARY(pykernels, m) {
   // sum(per_patch * mask) / sum(mask), per_patch = mean over p*p*C of (pred - target)^2, the
   // target patchified from imgs on the fly (norm_pix_loss: normalised by its mean and
   // unbiased variance + 1e-6); mask [N, L] of any float dtype. A scalar, accumulation dtype.
-  m.def("masked_patch_loss(Tensor pred, Tensor imgs, Tensor mask, int patch_size, bool norm_pix_loss) -> Tensor");
+  m.def("masked_patch_loss(Tensor pred, Tensor imgs, Tensor mask, int patch_size, "
+        "bool norm_pix_loss) -> Tensor");
   // grad: the loss's (a scalar) -> (grad pred, grad mask in mask's dtype).
-  m.def("masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor imgs, Tensor mask, int patch_size, "
-        "bool norm_pix_loss) -> (Tensor, Tensor)");
+  m.def("masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor imgs, Tensor mask, "
+        "int patch_size, bool norm_pix_loss) -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- diffusion
   // Tensors are [N, ...]: N samples; timesteps [N] int64/int32 index alphas_cumprod [T]
@@ -125,32 +128,38 @@ TORCH_LIBRARY(pykernels, m) {
   // sqrt(a) x0 + sqrt(1 - a) noise, x0's dtype.
   m.def("add_noise(Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
   // grad (any float dtype) -> (grad x0, grad noise) in grad's dtype.
-  m.def("add_noise_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) -> (Tensor, Tensor)");
+  m.def("add_noise_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) "
+        "-> (Tensor, Tensor)");
   // sqrt(a) noise - sqrt(1 - a) x0, x0's dtype.
   m.def("get_velocity(Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
-  m.def("get_velocity_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) -> (Tensor, Tensor)");
+  m.def("get_velocity_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) "
+        "-> (Tensor, Tensor)");
   // (model_output - target)^2, target noise / x0 / velocity by prediction_type; reduction
   // "mean" or "sum" (a scalar) or "none" (per element); accumulation dtype.
-  m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, "
-        "str prediction_type, str reduction) -> Tensor");
+  m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, "
+        "Tensor alphas_cumprod, str prediction_type, str reduction) -> Tensor");
   // grad: the loss's shape -> the gradients output_mask asks for (an empty tensor elsewhere).
-  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, "
-        "Tensor alphas_cumprod, str prediction_type, str reduction, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, "
+        "Tensor timesteps, Tensor alphas_cumprod, str prediction_type, str reduction, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // One DDPM ("fixed_small" variance) or DDIM sampler step per sample -> (prev_sample,
   // pred_original_sample), sample's dtype. threshold [N] (accumulation dtype): dynamic
   // thresholding with these per-sample limits; without it clip_sample clamps x0.
   m.def("ddpm_step(Tensor model_output, Tensor timesteps, Tensor sample, Tensor alphas_cumprod, "
-        "Tensor prev_timesteps, Tensor? noise, Tensor? threshold, str prediction_type, bool clip_sample, "
-        "float clip_sample_range) -> (Tensor, Tensor)");
+        "Tensor prev_timesteps, Tensor? noise, Tensor? threshold, str prediction_type, "
+        "bool clip_sample, float clip_sample_range) -> (Tensor, Tensor)");
   // -> (grad model_output, grad sample, grad threshold ([N], or [0] without threshold)).
-  m.def("ddpm_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, Tensor model_output, "
-        "Tensor timesteps, Tensor sample, Tensor alphas_cumprod, Tensor prev_timesteps, Tensor? threshold, "
-        "str prediction_type, bool clip_sample, float clip_sample_range) -> (Tensor, Tensor, Tensor)");
+  m.def("ddpm_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, "
+        "Tensor model_output, Tensor timesteps, Tensor sample, Tensor alphas_cumprod, "
+        "Tensor prev_timesteps, Tensor? threshold, str prediction_type, bool clip_sample, "
+        "float clip_sample_range) -> (Tensor, Tensor, Tensor)");
   m.def("ddim_step(Tensor model_output, Tensor timesteps, Tensor prev_timesteps, Tensor sample, "
-        "Tensor alphas_cumprod, float eta, Tensor? noise, Tensor? threshold, str prediction_type, bool clip_sample, "
-        "float clip_sample_range, bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor)");
-  m.def("ddim_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, Tensor model_output, "
-        "Tensor timesteps, Tensor prev_timesteps, Tensor sample, Tensor alphas_cumprod, float eta, Tensor? threshold, "
-        "str prediction_type, bool clip_sample, float clip_sample_range, bool use_clipped_model_output, "
+        "Tensor alphas_cumprod, float eta, Tensor? noise, Tensor? threshold, "
+        "str prediction_type, bool clip_sample, float clip_sample_range, "
+        "bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor)");
+  m.def("ddim_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, "
+        "Tensor model_output, Tensor timesteps, Tensor prev_timesteps, Tensor sample, "
+        "Tensor alphas_cumprod, float eta, Tensor? threshold, str prediction_type, "
+        "bool clip_sample, float clip_sample_range, bool use_clipped_model_output, "
         "float final_alpha_cumprod) -> (Tensor, Tensor, Tensor)");
 }

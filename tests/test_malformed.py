@@ -684,6 +684,15 @@ def direct_generic_rows(op: str) -> list[Row]:
     return rows
 
 
+def _any_float_rows(op: str, name: str, shape: tuple) -> list[Row]:
+    """A float argument of any float dtype, of `shape`: integer, wrong shape, another device."""
+    return [Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, rf"argument '{name}' must be float32"),
+            Row(op, f"{name} shape", {name: reshaped(shape[0], shape[1] - 1)}, ValueError,
+                rf"argument '{name}' must have shape \[{shape[0]}, {shape[1]}\]"),
+            Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
+                rf"argument '{name}' must be on the same device|on the same device as '{name}'")]
+
+
 def _direct_rows() -> list[Row]:
     rows = []
     for op in DIRECT:
@@ -759,13 +768,6 @@ def _direct_rows() -> list[Row]:
             r"argument 'mask_ratio' must be in \[0, 1\)"),
         Row("random_masking", "mask_ratio nan", {"mask_ratio": NAN}, ValueError,
             r"argument 'mask_ratio' must be in \[0, 1\)"),
-        # noise: any float dtype (its order is all that counts)
-        Row("random_masking", "noise int64", {"noise": as_dtype(torch.int64)}, TypeError,
-            r"argument 'noise' must be float32"),
-        Row("random_masking", "noise shape", {"noise": reshaped(2, 5)}, ValueError,
-            r"argument 'noise' must have shape \[2, 6\]"),
-        Row("random_masking", "noise on another device", {"noise": ON_OTHER}, ValueError,
-            r"argument 'noise' must be on the same device|on the same device as 'noise'"),
         Row("unshuffle_with_mask_tokens", "mask_token size", {"mask_token": reshaped(4)}, ValueError,
             r"argument 'mask_token' must have 3 elements"),
         Row("unshuffle_with_mask_tokens", "mask_token 2-D", {"mask_token": reshaped(1, 3)}, ValueError,
@@ -792,13 +794,6 @@ def _direct_rows() -> list[Row]:
         Row("masked_patch_loss", "pred 2-D", {"pred": reshaped(2, 48)}, ValueError,
             r"argument 'pred' must have (3 dimension|shape)"),
         Row("masked_patch_loss", "patch_size 0", {"patch_size": 0}, ValueError, r"argument 'patch_size' must be > 0"),
-        # mask: any float dtype (the op converts it)
-        Row("masked_patch_loss", "mask int64", {"mask": as_dtype(torch.int64)}, TypeError,
-            r"argument 'mask' must be float32"),
-        Row("masked_patch_loss", "mask shape", {"mask": reshaped(2, 5)}, ValueError,
-            r"argument 'mask' must have shape \[2, 4\]"),
-        Row("masked_patch_loss", "mask on another device", {"mask": ON_OTHER}, ValueError,
-            r"argument 'mask' must be on the same device|on the same device as 'mask'"),
         # ---------------------------------------------------------------- diffusion
         Row("add_noise", "noise shape", {"noise": reshaped(3, 5)}, ValueError, r"argument 'noise' must have the same shape"),
         Row("get_velocity", "x0 0-dim", {"x0": reshaped(), "noise": reshaped()}, ValueError,
@@ -814,6 +809,9 @@ def _direct_rows() -> list[Row]:
         Row("ddim_step", "final_alpha_cumprod 0", {"final_alpha_cumprod": 0.0}, ValueError,
             r"argument 'final_alpha_cumprod' must be in \(0, 1\]"),
     ]
+    # noise: any float dtype (its order is all that counts); mask: any float dtype (the op
+    # converts it)
+    rows += _any_float_rows("random_masking", "noise", (2, 6)) + _any_float_rows("masked_patch_loss", "mask", (2, 4))
     for op in ("ddpm_step", "ddim_step"):
         rows += [
             Row(op, "prediction_type x", {"prediction_type": "x"}, ValueError,

@@ -32,8 +32,8 @@ def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
 
 # ----------------------------------------------------------------------------- tokens
 @triton.jit
-def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr,
+                       ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[n, t] = SRC[n, i] for 0 <= i < S, FILL (or 0) for S <= i < hi, NaN otherwise;
     i = IDX[n, t]. Rows r = n*T + t."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -53,7 +53,8 @@ def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constex
         if HAS_FILL:
             f = tl.load(FILL + cols, mask=cm, other=0.0)
             v = tl.where(in_fill[:, None], f[None, :], v)
-        v = tl.where(bad[:, None], float("nan"), v.to(ACC))  # ACC: the interpreter has no bf16 NaN constant
+        # in ACC: the interpreter has no bf16 NaN constant
+        v = tl.where(bad[:, None], float("nan"), v.to(ACC))
         tl.store(OUT + out_row[:, None] + cols[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -88,20 +89,23 @@ def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L:
         lm = ls < L
         ids = tl.load(IDS + n * L + ls, mask=lm, other=0)
         sel = lm & (ids >= K) & (ids < L)
-        g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :], other=0.0)
+        g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :],
+                    other=0.0)
         acc += tl.sum(g.to(ACC), axis=0)
     tl.store(PART + n * D + cols, acc, mask=cm)
 
 
 @triton.jit
-def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
     """OUT[d] = sum over n of PART[n, d], tiles in n order."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
     acc = tl.zeros([BLOCK_D], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
-        p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :], mask=(ns < N)[:, None] & cm[None, :], other=0.0)
+        p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :],
+                    mask=(ns < N)[:, None] & cm[None, :], other=0.0)
         acc += tl.sum(p, axis=0)
     tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cm)
 
@@ -116,7 +120,8 @@ def _pixel(n, l, e, C, H, W, p, w):
     pj = q % p
     y0 = (l // w) * p
     x0 = (l % w) * p
-    return ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W + x0[:, None] + pj[None, :]
+    return ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W + x0[:,
+        None] + pj[None, :]
 
 
 @triton.jit
@@ -129,13 +134,15 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.cons
     n = (rows // K).to(tl.int64)
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
-    v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w), mask=m & valid[:, None], other=0.0)
+    v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w),
+                mask=m & valid[:, None], other=0.0)
     v = tl.where(valid[:, None], v.to(ACC), float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
+                           BLOCK: tl.constexpr):
     """Image gradient in image order: pixel of patch l gets G[n, k] (k = INV[n, l]),
     0 where k == K (patch not kept), NaN where k == -1 (repeated id)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -162,7 +169,8 @@ def _target(IMG, n, l, e, rm, P, C, H, W, p, w, ACC: tl.constexpr):
 
 
 @triton.jit
-def _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+def _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_P: tl.constexpr):
     """Pass 1: mean = sum(t) / P and rstd = 1 / sqrt(var + 1e-6) of each target patch,
     var = sum((t - mean)^2) / (P - 1) (unbiased, as torch.var), in two passes."""
     s = tl.zeros([BLOCK_R], dtype=ACC)
@@ -237,7 +245,8 @@ def invert_ids(ids: torch.Tensor, T: int) -> torch.Tensor:
         return inv
     block = 1024
     for mark in (False, True):
-        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](ids, inv, R, K, T, MARK=mark, BLOCK=block)
+        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](ids, inv, R, K, T, MARK=mark,
+                                                                 BLOCK=block)
     return inv
 
 
@@ -251,11 +260,13 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     part = torch.empty((N, D), dtype=acc_dtype(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=tl_acc_dtype(grad.dtype),
-                                                                          BLOCK_L=32, BLOCK_D=bd)
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K,
+            ACC=tl_acc_dtype(grad.dtype), BLOCK_L=32, BLOCK_D=bd)
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D,
+                                                        ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16,
+                                                        BLOCK_D=bd)
     return out
 
 
@@ -273,12 +284,13 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
     if out.numel() == 0:
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
-    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
-        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
+    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](imgs, ids,
+        out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
-def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
+def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int,
+                    W: int) -> torch.Tensor:
     grad = grad.contiguous()
     N, K, _ = grad.shape
     w, L, P = _geometry(C, H, W, p)
@@ -304,9 +316,9 @@ def _masked_patch_loss_rows(pred, imgs, p, norm, coef):
     if R == 0 or P == 0:  # P == 0 (no channels): a mean over nothing, NaN as torch gives
         return out.fill_(float("nan")), grad
     br, bp = _rows_block(P, pred.device.type == "cpu", cap=2048)
-    wrap_triton(masked_patch_loss_kernel)[(triton.cdiv(R, br),)](
-        pred, imgs, coef.contiguous() if backward else out, out, grad if backward else out, R, L, C, H, W, p, w, P,
-        NORM=norm, BACKWARD=backward, ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
+    wrap_triton(masked_patch_loss_kernel)[(triton.cdiv(R, br),)](pred, imgs,
+        coef.contiguous() if backward else out, out, grad if backward else out, R, L, C, H, W, p,
+        w, P, NORM=norm, BACKWARD=backward, ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out, grad
 
 

@@ -1,5 +1,7 @@
-// Diffusion family, shared by the CPU and CUDA kernels: the per-sample coefficient math
-// (__host__ __device__) and the argument checks of each op.
+// Diffusion family, shared by the CPU and CUDA builds: the per-sample coefficient math
+// (__host__ __device__), the argument checks, and the ops' wrappers (Ops, at the end),
+// which check their arguments and call the kernels of cpu/diffusion.cpp or
+// cuda/diffusion.cu.
 //
 // Every op views its tensors as N samples of D elements. Sample n reads a = alphas_cumprod
 // [timesteps[n]] (and a' for a sampler step's previous timestep), computes its
@@ -12,6 +14,7 @@
 //                 out = ox x0c + os s + om m + on z
 #pragma once
 #include <c10/macros/Macros.h>
+#include <torch/library.h>
 
 #include <array>
 #include <cmath>
@@ -142,7 +145,8 @@ PK_HD_INLINE Step<T> ddpm_step_coefs(int64_t prediction, T a, T ap, int64_t t) {
 template <typename T>
 PK_HD_INLINE T ddim_direction(T eta, T a, T ap, T sd) {
   const T one(1), e2 = eta * eta;
-  const T noisy = e2 > T(0) ? e2 * (a / ap) * ((one - ap) / (one - a)) : T(0);  // no 0 * inf at a' = 0
+  // no 0 * inf at a' = 0
+  const T noisy = e2 > T(0) ? e2 * (a / ap) * ((one - ap) / (one - a)) : T(0);
   T dir2 = (one - ap) * ((one - e2) + noisy);
   dir2 = sd != sd ? sd : dir2;                 // a NaN sd stays NaN
   return pk_sqrt(dir2 < T(0) ? T(0) : dir2);  // NaN stays NaN
@@ -264,6 +268,20 @@ PK_HD_INLINE T step_grad_element(const Step<T>& k, int64_t mode, T lim, T s, T m
   return gq;
 }
 
+// The alphas_cumprod table in the accumulation dtype and the timesteps as int64, as the
+// kernels read them.
+template <typename acc>
+struct Schedule {
+  at::Tensor table, t;
+  Schedule(const at::Tensor& table_, const at::Tensor& t_)
+      : table(table_.to(c10::CppTypeToScalarType<acc>::value).contiguous()),
+        t(t_.to(at::kLong).contiguous()) {}
+  // alphas_cumprod[t[n]], for CPU tensors.
+  acc alpha(int64_t n) const {
+    return alpha_at(table.const_data_ptr<acc>(), table.numel(), t.const_data_ptr<int64_t>()[n]);
+  }
+};
+
 // ------------------------------------------------------------------ argument checks
 inline void check_table(const char* op, const at::Tensor& table, const char* like_arg,
                         const at::Tensor& like) {
@@ -279,25 +297,28 @@ inline void check_table(const char* op, const at::Tensor& table, const char* lik
 // t: int64 or int32 [N] on like's device. On CPU, values in [0, T - 1] (prev timesteps:
 // any value below T, negatives meaning "final"); on CUDA that would need a host sync:
 // see alpha_at.
-inline void check_timesteps(const char* op, const char* arg, const at::Tensor& t, const char* like_arg,
-                            const at::Tensor& like, int64_t len, bool allow_negative) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": argument '", arg,
-                   "' must be an int64 or int32 tensor, got ", t.scalar_type());
+inline void check_timesteps(const char* op, const char* arg, const at::Tensor& t,
+                            const char* like_arg, const at::Tensor& like, int64_t len,
+                            bool allow_negative) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": argument '",
+                   arg, "' must be an int64 or int32 tensor, got ", t.scalar_type());
   check_same_device(op, arg, t, like_arg, like);
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == like.size(0), op, ": argument '", arg,
-                    "' must have shape [N] = [", like.size(0), "] (one per sample), got ", t.sizes());
+                    "' must have shape [N] = [", like.size(0), "] (one per sample), got ",
+                    t.sizes());
   if (!t.is_cpu()) return;
   const auto t64 = t.to(at::kLong).contiguous();
   const int64_t* p = t64.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < t64.numel(); ++i) {
-    TORCH_CHECK_INDEX((allow_negative || p[i] >= 0) && p[i] < len, op, ": argument '", arg, "' has ",
-                      p[i], ", outside [", allow_negative ? "-inf" : "0", ", ", len - 1, "] (at index ", i,
-                      "; alphas_cumprod has ", len, " entries)");
+    TORCH_CHECK_INDEX((allow_negative || p[i] >= 0) && p[i] < len, op, ": argument '", arg,
+                      "' has ", p[i], ", outside [", allow_negative ? "-inf" : "0", ", ", len - 1,
+                      "] (at index ", i, "; alphas_cumprod has ", len, " entries)");
   }
 }
 
 // x: a float tensor [N, ...] on `dev`; the others (name, tensor) of its shape, dtype, device.
-inline void check_samples(const char* op, const char* arg, const at::Tensor& x, at::DeviceType dev) {
+inline void check_samples(const char* op, const char* arg, const at::Tensor& x,
+                          at::DeviceType dev) {
   check_float(op, arg, x);
   check_device_type(op, arg, x, dev);
   check_min_dim(op, arg, x, 1);
@@ -330,8 +351,8 @@ inline bool is_elementwise(const char* op, c10::string_view reduction) {
 
 // ------------------------------------------------------------------ per-op checks
 // add_noise / get_velocity: x0 [N, ...], noise like x0, timesteps [N].
-inline void check_blend(const char* op, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t,
-                        const at::Tensor& table, at::DeviceType dev) {
+inline void check_blend(const char* op, const at::Tensor& x0, const at::Tensor& noise,
+                        const at::Tensor& t, const at::Tensor& table, at::DeviceType dev) {
   check_samples(op, "x0", x0, dev);
   check_like(op, "noise", noise, "x0", x0);
   check_table(op, table, "x0", x0);
@@ -347,8 +368,8 @@ inline void check_blend_backward(const char* op, const at::Tensor& grad, const a
 }
 
 inline void check_diffusion_loss(const char* op, const at::Tensor& m, const at::Tensor& x0,
-                                 const at::Tensor& noise, const at::Tensor& t, const at::Tensor& table,
-                                 at::DeviceType dev) {
+                                 const at::Tensor& noise, const at::Tensor& t,
+                                 const at::Tensor& table, at::DeviceType dev) {
   check_samples(op, "model_output", m, dev);
   check_like(op, "x0", x0, "model_output", m);
   check_like(op, "noise", noise, "model_output", m);
@@ -357,34 +378,38 @@ inline void check_diffusion_loss(const char* op, const at::Tensor& m, const at::
 }
 
 // The loss's gradient: per element (reduction "none") or a scalar, any float dtype.
-inline void check_loss_grad(const char* op, const at::Tensor& grad, const at::Tensor& m, bool elementwise) {
+inline void check_loss_grad(const char* op, const at::Tensor& grad, const at::Tensor& m,
+                            bool elementwise) {
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "model_output", m);
   TORCH_CHECK_VALUE(elementwise ? grad.sizes() == m.sizes() : grad.dim() == 0, op,
-                    ": argument 'grad' must have shape ", elementwise ? m.sizes() : at::IntArrayRef(),
-                    ", got ", grad.sizes());
+                    ": argument 'grad' must have shape ",
+                    elementwise ? m.sizes() : at::IntArrayRef(), ", got ", grad.sizes());
 }
 
 // A sampler step's tensors and parameters (noise: the forward only; threshold: the
 // per-sample dynamic-thresholding limit, in the accumulation dtype).
-inline void check_step(const char* op, const at::Tensor& m, const at::Tensor& s, const at::Tensor* noise,
-                       const at::Tensor& t, const at::Tensor& prev, const at::Tensor& table,
-                       const c10::optional<at::Tensor>& threshold, double clip_range, at::DeviceType dev) {
+inline void check_step(const char* op, const at::Tensor& m, const at::Tensor& s,
+                       const at::Tensor* noise, const at::Tensor& t, const at::Tensor& prev,
+                       const at::Tensor& table, const c10::optional<at::Tensor>& threshold,
+                       double clip_range, at::DeviceType dev) {
   check_samples(op, "sample", s, dev);
   check_like(op, "model_output", m, "sample", s);
   if (noise != nullptr) check_like(op, "noise", *noise, "sample", s);
-  TORCH_CHECK_VALUE(clip_range > 0, op, ": argument 'clip_sample_range' must be > 0, got ", clip_range);
+  TORCH_CHECK_VALUE(clip_range > 0, op, ": argument 'clip_sample_range' must be > 0, got ",
+                    clip_range);
   check_table(op, table, "sample", s);
   check_timesteps(op, "timesteps", t, "sample", s, table.size(0), false);
   check_timesteps(op, "prev_timesteps", prev, "sample", s, table.size(0), true);
   if (!threshold.has_value()) return;
   const auto& q = *threshold;
   TORCH_CHECK_TYPE(q.scalar_type() == at::toOpMathType(s.scalar_type()), op,
-                   ": argument 'threshold' must be in the accumulation dtype (float32, float64 for ",
-                   "float64 samples), got ", q.scalar_type());
+      ": argument 'threshold' must be in the accumulation dtype (float32, float64 for ",
+      "float64 samples), got ", q.scalar_type());
   check_same_device(op, "threshold", q, "sample", s);
   TORCH_CHECK_VALUE(q.dim() == 1 && q.size(0) == s.size(0), op,
-                    ": argument 'threshold' must have shape [N] = [", s.size(0), "], got ", q.sizes());
+                    ": argument 'threshold' must have shape [N] = [", s.size(0), "], got ",
+                    q.sizes());
 }
 
 // DDIM's own parameters.
@@ -395,25 +420,181 @@ inline void check_ddim(const char* op, double eta, double final_alpha) {
 }
 
 // The backward's two upstream gradients, each like the sample (dtype included).
-inline void check_step_grads(const char* op, const at::Tensor& gp, const at::Tensor& gx, const at::Tensor& s) {
+inline void check_step_grads(const char* op, const at::Tensor& gp, const at::Tensor& gx,
+                             const at::Tensor& s) {
   check_like(op, "grad_prev_sample", gp, "sample", s);
   check_like(op, "grad_pred_original_sample", gx, "sample", s);
 }
 
-// The step's parameters as the kernels take them.
-inline StepParams step_params(const char* op, bool ddim, c10::string_view prediction_type, bool clip_sample,
-                              double clip_range, double eta, bool use_clipped, double final_alpha,
-                              bool has_threshold) {
-  const int64_t clip = has_threshold ? kThreshold : (clip_sample ? kClip : kNoClip);
-  return {ddim, prediction_index(op, prediction_type), eta, final_alpha, ddim && use_clipped, clip, clip_range};
+// A step's checks (noise: the forward's, null for the backward) and its parameters as the
+// kernels take them.
+inline StepParams checked_step(const char* op, bool ddim, const at::Tensor& m, const at::Tensor& t,
+                               const at::Tensor& prev, const at::Tensor& s, const at::Tensor& table,
+                               const at::Tensor* noise, const c10::optional<at::Tensor>& threshold,
+                               c10::string_view prediction_type, bool clip_sample,
+                               double clip_range, double eta, bool use_clipped, double final_alpha,
+                               at::DeviceType dev) {
+  check_step(op, m, s, noise, t, prev, table, threshold, clip_range, dev);
+  if (ddim) check_ddim(op, eta, final_alpha);
+  const int64_t clip = threshold.has_value() ? kThreshold : (clip_sample ? kClip : kNoClip);
+  return {ddim, prediction_index(op, prediction_type), eta, final_alpha, ddim && use_clipped, clip,
+          clip_range};
 }
 
 // The three gradients of diffusion_loss_backward: like model_output where output_mask asks
 // for one, an empty tensor otherwise (inputs that do not require grad, usually x0 and noise).
 inline std::array<at::Tensor, 3> loss_grads(const at::Tensor& m, std::array<bool, 3> mask) {
   std::array<at::Tensor, 3> g;
-  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? at::empty(m.sizes(), m.options()) : at::empty({0}, m.options());
+  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? at::empty(m.sizes(), m.options()) : at::empty({0},
+      m.options());
   return g;
+}
+
+// ------------------------------------------------------------------ the ops
+// The coefficient functions as the functors the kernels take (host and device).
+struct AddNoiseCoefs {
+  template <typename T>
+  PK_HD_INLINE Coefs<T> operator()(T a) const { return add_noise_coefs(a); }
+};
+struct GetVelocityCoefs {
+  template <typename T>
+  PK_HD_INLINE Coefs<T> operator()(T a) const { return get_velocity_coefs(a); }
+};
+
+// The ops' wrappers, written once for the CPU and CUDA builds: each checks its arguments
+// (on the device type K::kDevice) and calls the kernels of K: blend, blend_backward,
+// target_error, target_error_backward, sampler_step and sampler_step_backward.
+template <typename K>
+struct Ops {
+  using T = at::Tensor;
+  using OptT = c10::optional<at::Tensor>;
+
+  static T add_noise(const T& x0, const T& noise, const T& timesteps, const T& alphas_cumprod) {
+    const char* op = "pykernels::add_noise";
+    check_blend(op, x0, noise, timesteps, alphas_cumprod, K::kDevice);
+    return K::blend(op, x0, noise, timesteps, alphas_cumprod, AddNoiseCoefs{});
+  }
+  static std::tuple<T, T> add_noise_backward(const T& grad, const T& timesteps,
+                                             const T& alphas_cumprod) {
+    const char* op = "pykernels::add_noise_backward";
+    check_blend_backward(op, grad, timesteps, alphas_cumprod, K::kDevice);
+    return K::blend_backward(op, grad, timesteps, alphas_cumprod, AddNoiseCoefs{});
+  }
+  static T get_velocity(const T& x0, const T& noise, const T& timesteps, const T& alphas_cumprod) {
+    const char* op = "pykernels::get_velocity";
+    check_blend(op, x0, noise, timesteps, alphas_cumprod, K::kDevice);
+    return K::blend(op, x0, noise, timesteps, alphas_cumprod, GetVelocityCoefs{});
+  }
+  static std::tuple<T, T> get_velocity_backward(const T& grad, const T& timesteps,
+                                                const T& alphas_cumprod) {
+    const char* op = "pykernels::get_velocity_backward";
+    check_blend_backward(op, grad, timesteps, alphas_cumprod, K::kDevice);
+    return K::blend_backward(op, grad, timesteps, alphas_cumprod, GetVelocityCoefs{});
+  }
+
+  // reduction "mean" divides the sum by numel (count), "sum" by 1.
+  static T diffusion_loss(const T& model_output, const T& x0, const T& noise, const T& timesteps,
+                          const T& alphas_cumprod, c10::string_view prediction_type,
+                          c10::string_view reduction) {
+    const char* op = "pykernels::diffusion_loss";
+    check_diffusion_loss(op, model_output, x0, noise, timesteps, alphas_cumprod, K::kDevice);
+    const int64_t prediction = prediction_index(op, prediction_type);
+    const bool elementwise = is_elementwise(op, reduction);
+    return K::target_error(op, model_output, x0, noise, timesteps, alphas_cumprod, prediction,
+                           elementwise, count(reduction, model_output));
+  }
+  static std::tuple<T, T, T> diffusion_loss_backward(
+      const T& grad, const T& model_output, const T& x0, const T& noise, const T& timesteps,
+      const T& alphas_cumprod, c10::string_view prediction_type, c10::string_view reduction,
+      std::array<bool, 3> output_mask) {
+    const char* op = "pykernels::diffusion_loss_backward";
+    check_diffusion_loss(op, model_output, x0, noise, timesteps, alphas_cumprod, K::kDevice);
+    const int64_t prediction = prediction_index(op, prediction_type);
+    const bool elementwise = is_elementwise(op, reduction);
+    check_loss_grad(op, grad, model_output, elementwise);
+    return K::target_error_backward(op, grad, model_output, x0, noise, timesteps, alphas_cumprod,
+                                    prediction, elementwise, count(reduction, model_output),
+                                    output_mask);
+  }
+
+  static std::tuple<T, T> ddpm_step(const T& model_output, const T& timesteps, const T& sample,
+                                    const T& alphas_cumprod, const T& prev_timesteps,
+                                    const OptT& noise, const OptT& threshold,
+                                    c10::string_view prediction_type, bool clip_sample,
+                                    double clip_sample_range) {
+    const char* op = "pykernels::ddpm_step";
+    const auto p = checked_step(op, false, model_output, timesteps, prev_timesteps, sample,
+                                alphas_cumprod, noise.has_value() ? &*noise : nullptr, threshold,
+                                prediction_type, clip_sample, clip_sample_range, 0.0, false, 1.0,
+                                K::kDevice);
+    return K::sampler_step(op, model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                           noise, threshold, p);
+  }
+  static std::tuple<T, T, T> ddpm_step_backward(
+      const T& grad_prev_sample, const T& grad_pred_original_sample, const T& model_output,
+      const T& timesteps, const T& sample, const T& alphas_cumprod, const T& prev_timesteps,
+      const OptT& threshold, c10::string_view prediction_type, bool clip_sample,
+      double clip_sample_range) {
+    const char* op = "pykernels::ddpm_step_backward";
+    const auto p = checked_step(op, false, model_output, timesteps, prev_timesteps, sample,
+                                alphas_cumprod, nullptr, threshold, prediction_type, clip_sample,
+                                clip_sample_range, 0.0, false, 1.0, K::kDevice);
+    check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
+    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample,
+                                    model_output, timesteps, prev_timesteps, sample,
+                                    alphas_cumprod, threshold, p);
+  }
+
+  static std::tuple<T, T> ddim_step(const T& model_output, const T& timesteps,
+                                    const T& prev_timesteps, const T& sample,
+                                    const T& alphas_cumprod, double eta, const OptT& noise,
+                                    const OptT& threshold, c10::string_view prediction_type,
+                                    bool clip_sample, double clip_sample_range,
+                                    bool use_clipped_model_output, double final_alpha_cumprod) {
+    const char* op = "pykernels::ddim_step";
+    const auto p = checked_step(op, true, model_output, timesteps, prev_timesteps, sample,
+                                alphas_cumprod, noise.has_value() ? &*noise : nullptr, threshold,
+                                prediction_type, clip_sample, clip_sample_range, eta,
+                                use_clipped_model_output, final_alpha_cumprod, K::kDevice);
+    return K::sampler_step(op, model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                           noise, threshold, p);
+  }
+  static std::tuple<T, T, T> ddim_step_backward(
+      const T& grad_prev_sample, const T& grad_pred_original_sample, const T& model_output,
+      const T& timesteps, const T& prev_timesteps, const T& sample, const T& alphas_cumprod,
+      double eta, const OptT& threshold, c10::string_view prediction_type, bool clip_sample,
+      double clip_sample_range, bool use_clipped_model_output, double final_alpha_cumprod) {
+    const char* op = "pykernels::ddim_step_backward";
+    const auto p = checked_step(op, true, model_output, timesteps, prev_timesteps, sample,
+                                alphas_cumprod, nullptr, threshold, prediction_type, clip_sample,
+                                clip_sample_range, eta, use_clipped_model_output,
+                                final_alpha_cumprod, K::kDevice);
+    check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
+    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample,
+                                    model_output, timesteps, prev_timesteps, sample,
+                                    alphas_cumprod, threshold, p);
+  }
+
+ private:
+  static double count(c10::string_view reduction, const T& x) {
+    return reduction == "mean" ? static_cast<double>(x.numel()) : 1.0;
+  }
+};
+
+// Every op of the family, for TORCH_LIBRARY_IMPL(pykernels, <device>, m).
+template <typename K>
+void register_ops(torch::Library& m) {
+  using O = Ops<K>;
+  m.impl("add_noise", &O::add_noise);
+  m.impl("add_noise_backward", &O::add_noise_backward);
+  m.impl("get_velocity", &O::get_velocity);
+  m.impl("get_velocity_backward", &O::get_velocity_backward);
+  m.impl("diffusion_loss", &O::diffusion_loss);
+  m.impl("diffusion_loss_backward", &O::diffusion_loss_backward);
+  m.impl("ddpm_step", &O::ddpm_step);
+  m.impl("ddpm_step_backward", &O::ddpm_step_backward);
+  m.impl("ddim_step", &O::ddim_step);
+  m.impl("ddim_step_backward", &O::ddim_step_backward);
 }
 
 }  // namespace diffusion

@@ -49,9 +49,9 @@ inline void check_random_masking(const char* op, const at::Tensor& x, const at::
   check_float_tensor(op, "x", x, 3, dev);
   check_float(op, "noise", noise);
   check_same_device(op, "noise", noise, "x", x);
-  TORCH_CHECK_VALUE(noise.dim() == 2 && noise.size(0) == x.size(0) && noise.size(1) == x.size(1), op,
-                    ": argument 'noise' must have shape [", x.size(0), ", ", x.size(1), "], got ",
-                    noise.sizes());
+  TORCH_CHECK_VALUE(noise.dim() == 2 && noise.size(0) == x.size(0) && noise.size(1) == x.size(1),
+                    op, ": argument 'noise' must have shape [", x.size(0), ", ", x.size(1),
+                    "], got ", noise.sizes());
   TORCH_CHECK_VALUE(mask_ratio >= 0 && mask_ratio < 1, op,
                     ": argument 'mask_ratio' must be in [0, 1), got ", mask_ratio);
 }
@@ -66,8 +66,9 @@ inline void check_random_masking_backward(const char* op, const at::Tensor& grad
 }
 
 // x_visible [N, K, D], mask_token [D] of its dtype, ids_restore [N, L], K <= L.
-inline void check_unshuffle(const char* op, const at::Tensor& x_visible, const at::Tensor& mask_token,
-                            const at::Tensor& ids_restore, at::DeviceType dev) {
+inline void check_unshuffle(const char* op, const at::Tensor& x_visible,
+                            const at::Tensor& mask_token, const at::Tensor& ids_restore,
+                            at::DeviceType dev) {
   check_float_tensor(op, "x_visible", x_visible, 3, dev);
   check_float(op, "mask_token", mask_token);
   check_same_device(op, "mask_token", mask_token, "x_visible", x_visible);
@@ -140,7 +141,8 @@ inline void check_masked_patch_loss(const char* op, const at::Tensor& pred, cons
 inline void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& pred) {
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "pred", pred);
-  TORCH_CHECK_VALUE(grad.dim() == 0, op, ": argument 'grad' must have shape [] (the loss is a scalar), got ",
+  TORCH_CHECK_VALUE(grad.dim() == 0, op,
+                    ": argument 'grad' must have shape [] (the loss is a scalar), got ",
                     grad.sizes());
 }
 

@@ -25,12 +25,15 @@ using namespace pykernels::diffusion;
 
 constexpr int64_t kChunk = 16384;
 
-inline int64_t chunks_per_sample(int64_t D) { return std::max<int64_t>(1, (D + kChunk - 1) / kChunk); }
+inline int64_t chunks_per_sample(int64_t D) {
+  return std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
+}
 
 // N samples of D elements each.
 struct Flat {
   int64_t N, D;
-  explicit Flat(const at::Tensor& x) : N(x.size(0)), D(x.size(0) == 0 ? 0 : x.numel() / x.size(0)) {}
+  explicit Flat(const at::Tensor& x)
+      : N(x.size(0)), D(x.size(0) == 0 ? 0 : x.numel() / x.size(0)) {}
 };
 
 // f(n, chunk, begin, end) for every chunk [begin, end) of every sample n.
@@ -45,15 +48,6 @@ inline void for_each_chunk(const Flat& fl, F&& f) {
   });
 }
 
-// The alphas_cumprod table in the accumulation dtype and int64 timesteps.
-template <typename acc>
-struct Schedule {
-  at::Tensor table, t;
-  Schedule(const at::Tensor& table_, const at::Tensor& t_)
-      : table(table_.to(c10::CppTypeToScalarType<acc>::value).contiguous()), t(t_.to(at::kLong).contiguous()) {}
-  acc alpha(int64_t n) const { return alpha_at(table.const_data_ptr<acc>(), table.numel(), t.const_data_ptr<int64_t>()[n]); }
-};
-
 // The sum of [N, C] chunk partials in order, in double (a handful of numbers per sample).
 template <typename acc>
 inline double sum_partials(const std::vector<acc>& partial) {
@@ -62,179 +56,11 @@ inline double sum_partials(const std::vector<acc>& partial) {
   return s;
 }
 
-// ------------------------------------------------------------------------------ blend
-// out[n, i] = cx x[n, i] + cy y[n, i], (cx, cy) = coefs(alphas_cumprod[t[n]]), in x's dtype.
-template <typename CoefFn>
-at::Tensor blend(const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& t, const at::Tensor& table,
-                 CoefFn coefs) {
-  const auto x = x_.contiguous(), y = y_.contiguous();
-  auto out = at::empty(x.sizes(), x.options());
-  const Flat fl(x);
-  PK_DISPATCH_FLOATING(x.scalar_type(), "blend_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(table, t);
-    const scalar_t *px = x.const_data_ptr<scalar_t>(), *py = y.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
-      const Coefs<acc> k = coefs(sched.alpha(n));
-      const int64_t o = n * fl.D;
-      run_vectorised([&]() __attribute__((always_inline)) {
-        for (int64_t i = o + b; i < o + e; ++i)
-          po[i] = static_cast<scalar_t>(k.cx * static_cast<acc>(px[i]) + k.cy * static_cast<acc>(py[i]));
-      });
-    });
-  });
-  return out;
-}
-
-// (grad_x, grad_y) = (cx grad, cy grad), in grad's dtype.
-template <typename CoefFn>
-std::tuple<at::Tensor, at::Tensor> blend_backward(const at::Tensor& grad_, const at::Tensor& t,
-                                                  const at::Tensor& table, CoefFn coefs) {
-  const auto grad = grad_.contiguous();
-  auto gx = at::empty(grad.sizes(), grad.options()), gy = at::empty(grad.sizes(), grad.options());
-  const Flat fl(grad);
-  PK_DISPATCH_FLOATING(grad.scalar_type(), "blend_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(table, t);
-    const scalar_t* pg = grad.const_data_ptr<scalar_t>();
-    scalar_t *ox = gx.data_ptr<scalar_t>(), *oy = gy.data_ptr<scalar_t>();
-    for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
-      const Coefs<acc> k = coefs(sched.alpha(n));
-      const int64_t o = n * fl.D;
-      run_vectorised([&]() __attribute__((always_inline)) {
-        for (int64_t i = o + b; i < o + e; ++i) {
-          ox[i] = static_cast<scalar_t>(k.cx * static_cast<acc>(pg[i]));
-          oy[i] = static_cast<scalar_t>(k.cy * static_cast<acc>(pg[i]));
-        }
-      });
-    });
-  });
-  return {gx, gy};
-}
-
-constexpr auto kAddNoise = [](auto a) { return add_noise_coefs(a); };
-constexpr auto kGetVelocity = [](auto a) { return get_velocity_coefs(a); };
-
-at::Tensor add_noise_cpu(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps,
-                         const at::Tensor& alphas_cumprod) {
-  check_blend("pykernels::add_noise", x0, noise, timesteps, alphas_cumprod, at::kCPU);
-  return blend(x0, noise, timesteps, alphas_cumprod, kAddNoise);
-}
-
-std::tuple<at::Tensor, at::Tensor> add_noise_backward_cpu(const at::Tensor& grad, const at::Tensor& timesteps,
-                                                          const at::Tensor& alphas_cumprod) {
-  check_blend_backward("pykernels::add_noise_backward", grad, timesteps, alphas_cumprod, at::kCPU);
-  return blend_backward(grad, timesteps, alphas_cumprod, kAddNoise);
-}
-
-at::Tensor get_velocity_cpu(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps,
-                            const at::Tensor& alphas_cumprod) {
-  check_blend("pykernels::get_velocity", x0, noise, timesteps, alphas_cumprod, at::kCPU);
-  return blend(x0, noise, timesteps, alphas_cumprod, kGetVelocity);
-}
-
-std::tuple<at::Tensor, at::Tensor> get_velocity_backward_cpu(const at::Tensor& grad, const at::Tensor& timesteps,
-                                                             const at::Tensor& alphas_cumprod) {
-  check_blend_backward("pykernels::get_velocity_backward", grad, timesteps, alphas_cumprod, at::kCPU);
-  return blend_backward(grad, timesteps, alphas_cumprod, kGetVelocity);
-}
-
 // ------------------------------------------------------------------------------ target_error
 // d = m - (tx x0 + tn noise) of one element.
 template <typename acc, typename scalar_t>
 PK_CPU_INLINE acc target_diff(const Coefs<acc>& k, scalar_t m, scalar_t x0, scalar_t z) {
   return static_cast<acc>(m) - (k.cx * static_cast<acc>(x0) + k.cy * static_cast<acc>(z));
-}
-
-// diffusion_loss: d^2 per element (reduction "none", accumulation dtype), else their mean
-// or sum (a scalar: per-chunk sums added in order).
-at::Tensor diffusion_loss_cpu(const at::Tensor& m_, const at::Tensor& x0_, const at::Tensor& noise_,
-                              const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
-                              c10::string_view prediction_type, c10::string_view reduction) {
-  const char* op = "pykernels::diffusion_loss";
-  check_diffusion_loss(op, m_, x0_, noise_, timesteps, alphas_cumprod, at::kCPU);
-  const int64_t prediction = prediction_index(op, prediction_type);
-  const bool elementwise = is_elementwise(op, reduction);
-  const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
-  const auto accT = at::toOpMathType(m.scalar_type());
-  auto out = elementwise ? at::empty(m.sizes(), m.options().dtype(accT)) : at::empty({}, m.options().dtype(accT));
-  const Flat fl(m);
-  PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(alphas_cumprod, timesteps);
-    const int64_t C = chunks_per_sample(fl.D);
-    std::vector<acc> partial(fl.N * C, acc(0));
-    const scalar_t *pm = m.const_data_ptr<scalar_t>(), *px = x0.const_data_ptr<scalar_t>(),
-                   *pn = nz.const_data_ptr<scalar_t>();
-    acc* po = elementwise ? out.data_ptr<acc>() : nullptr;
-    for_each_chunk(fl, [&](int64_t n, int64_t c, int64_t b, int64_t e) {
-      const Coefs<acc> k = diffusion_loss_coefs(prediction, sched.alpha(n));
-      const int64_t o = n * fl.D + b;
-      run_vectorised([&]() __attribute__((always_inline)) {
-        auto sq = [&](int64_t i) {
-          const acc d = target_diff(k, pm[o + i], px[o + i], pn[o + i]);
-          return d * d;
-        };
-        if (po != nullptr)
-          for (int64_t i = 0; i < e - b; ++i) po[o + i] = sq(i);
-        partial[n * C + c] = lane_sum<acc>(e - b, sq);
-      });
-    });
-    if (!elementwise) {
-      const double total = sum_partials(partial);
-      out.fill_(static_cast<acc>(reduction == "mean" ? total / static_cast<double>(m.numel()) : total));
-    }
-  });
-  return out;
-}
-
-// With d = m - target and g the gradient of d^2 (per element; or the scalar's, over numel
-// for "mean"): grad_m = 2 g d, grad_x0 = -2 g d tx, grad_noise = -2 g d tn. Only the
-// gradients output_mask asks for are computed (usually model_output's alone).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_loss_backward_cpu(
-    const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& x0_, const at::Tensor& noise_,
-    const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, c10::string_view prediction_type,
-    c10::string_view reduction, std::array<bool, 3> output_mask) {
-  const char* op = "pykernels::diffusion_loss_backward";
-  check_diffusion_loss(op, m_, x0_, noise_, timesteps, alphas_cumprod, at::kCPU);
-  const int64_t prediction = prediction_index(op, prediction_type);
-  const bool elementwise = is_elementwise(op, reduction);
-  check_loss_grad(op, grad_, m_, elementwise);
-  const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
-  const auto grads = loss_grads(m, output_mask);
-  const Flat fl(m);
-  PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(alphas_cumprod, timesteps);
-    const auto g = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    const acc* pg = elementwise ? g.const_data_ptr<acc>() : nullptr;
-    const acc g0 = elementwise ? acc(0)
-                               : static_cast<acc>(g.item<double>() / (reduction == "mean" ? double(m.numel()) : 1.0));
-    const scalar_t *pm = m.const_data_ptr<scalar_t>(), *px = x0.const_data_ptr<scalar_t>(),
-                   *pn = nz.const_data_ptr<scalar_t>();
-    scalar_t *om = output_mask[0] ? grads[0].data_ptr<scalar_t>() : nullptr,
-             *ox = output_mask[1] ? grads[1].data_ptr<scalar_t>() : nullptr,
-             *on = output_mask[2] ? grads[2].data_ptr<scalar_t>() : nullptr;
-    const bool only_m = om != nullptr && ox == nullptr && on == nullptr;  // the usual case
-    for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
-      const Coefs<acc> k = diffusion_loss_coefs(prediction, sched.alpha(n));
-      run_vectorised([&]() __attribute__((always_inline)) {
-        auto h = [&](int64_t i) { return acc(2) * (pg != nullptr ? pg[i] : g0) * target_diff(k, pm[i], px[i], pn[i]); };
-        if (only_m) {  // a loop without per-element branches, so that it vectorises
-          for (int64_t i = n * fl.D + b; i < n * fl.D + e; ++i) om[i] = static_cast<scalar_t>(h(i));
-          return;
-        }
-        for (int64_t i = n * fl.D + b; i < n * fl.D + e; ++i) {
-          const acc hi = h(i);
-          if (om != nullptr) om[i] = static_cast<scalar_t>(hi);
-          if (ox != nullptr) ox[i] = static_cast<scalar_t>(-k.cx * hi);
-          if (on != nullptr) on[i] = static_cast<scalar_t>(-k.cy * hi);
-        }
-      });
-    });
-  });
-  return {grads[0], grads[1], grads[2]};
 }
 
 // ------------------------------------------------------------------------------ sampler_step
@@ -247,7 +73,8 @@ PK_CPU_INLINE void step_span(const Step<acc>& k, acc lim, const scalar_t* __rest
                              scalar_t* __restrict__ out, scalar_t* __restrict__ x0, int64_t len) {
   for (int64_t i = 0; i < len; ++i) {
     acc c;
-    acc r = step_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]), static_cast<acc>(m[i]), c);
+    acc r = step_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]),
+                                       static_cast<acc>(m[i]), c);
     if constexpr (kNoisy) r += k.on * static_cast<acc>(z[i]);
     out[i] = static_cast<scalar_t>(r);
     x0[i] = static_cast<scalar_t>(c);
@@ -257,8 +84,9 @@ PK_CPU_INLINE void step_span(const Step<acc>& k, acc lim, const scalar_t* __rest
 // step_span for a run-time clip mode; use_clipped_model_output only changes the clipped
 // modes' loops (reclip: see Step).
 template <bool kNoisy, typename scalar_t, typename acc>
-PK_CPU_INLINE void step_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s, const scalar_t* m,
-                             const scalar_t* z, scalar_t* out, scalar_t* x0, int64_t len) {
+PK_CPU_INLINE void step_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s,
+                             const scalar_t* m, const scalar_t* z, scalar_t* out, scalar_t* x0,
+                             int64_t len) {
   switch (mode) {
     case kNoClip: return step_span<kNoClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
     case kClip:
@@ -280,8 +108,9 @@ PK_CPU_INLINE acc step_grad_span(const Step<acc>& k, acc lim, const scalar_t* __
   acc sq = 0;
   for (int64_t i = 0; i < len; ++i) {
     acc g_m, g_s;
-    sq += step_grad_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]), static_cast<acc>(m[i]),
-                                          static_cast<acc>(gp[i]), static_cast<acc>(gx[i]), g_m, g_s);
+    sq += step_grad_element<acc, kReclip>(k, kMode, lim, static_cast<acc>(s[i]),
+                                          static_cast<acc>(m[i]), static_cast<acc>(gp[i]),
+                                          static_cast<acc>(gx[i]), g_m, g_s);
     gm[i] = static_cast<scalar_t>(g_m);
     gs[i] = static_cast<scalar_t>(g_s);
   }
@@ -289,8 +118,9 @@ PK_CPU_INLINE acc step_grad_span(const Step<acc>& k, acc lim, const scalar_t* __
 }
 
 template <typename scalar_t, typename acc>
-PK_CPU_INLINE acc step_grad_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s, const scalar_t* m,
-                                 const scalar_t* gp, const scalar_t* gx, scalar_t* gm, scalar_t* gs, int64_t len) {
+PK_CPU_INLINE acc step_grad_span(int64_t mode, const Step<acc>& k, acc lim, const scalar_t* s,
+                                 const scalar_t* m, const scalar_t* gp, const scalar_t* gx,
+                                 scalar_t* gm, scalar_t* gs, int64_t len) {
   switch (mode) {
     case kNoClip: return step_grad_span<kNoClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
     case kClip:
@@ -302,156 +132,233 @@ PK_CPU_INLINE acc step_grad_span(int64_t mode, const Step<acc>& k, acc lim, cons
   }
 }
 
-// (prev_sample, pred_original_sample) of a DDPM or DDIM step (p.ddim), sample's dtype.
-std::tuple<at::Tensor, at::Tensor> sampler_step(const at::Tensor& m_, const at::Tensor& t_, const at::Tensor& prev_,
-                                                const at::Tensor& s_, const at::Tensor& table,
-                                                const c10::optional<at::Tensor>& noise,
-                                                const c10::optional<at::Tensor>& threshold, const StepParams& p) {
-  const auto m = m_.contiguous(), s = s_.contiguous(), prev = prev_.to(at::kLong).contiguous();
-  const auto nz = noise.has_value() ? noise->contiguous() : at::Tensor();
-  const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
-  auto out = at::empty(s.sizes(), s.options()), x0c = at::empty(s.sizes(), s.options());
-  const Flat fl(s);
-  PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(table, t_);
-    const scalar_t *pm = m.const_data_ptr<scalar_t>(), *ps = s.const_data_ptr<scalar_t>();
-    const scalar_t* pn = nz.defined() ? nz.const_data_ptr<scalar_t>() : nullptr;
-    const acc* pq = q.defined() ? q.const_data_ptr<acc>() : nullptr;
-    const int64_t* pp = prev.const_data_ptr<int64_t>();
-    scalar_t *po = out.data_ptr<scalar_t>(), *px = x0c.data_ptr<scalar_t>();
-    for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
-      const auto k = step_coefs_at<acc>(p, sched.table.const_data_ptr<acc>(), sched.table.numel(),
-                                        sched.t.const_data_ptr<int64_t>()[n], pp[n]);
-      const acc lim = pq != nullptr ? pq[n] : acc(p.clip_range);
-      const bool noisy = pn != nullptr && k.on != acc(0);  // DDPM t = 0, DDIM eta = 0: noise not read
-      const int64_t o = n * fl.D + b;
-      run_vectorised([&]() __attribute__((always_inline)) {
-        if (noisy) step_span<true>(p.clip_mode, k, lim, ps + o, pm + o, pn + o, po + o, px + o, e - b);
-        else step_span<false>(p.clip_mode, k, lim, ps + o, pm + o, pn, po + o, px + o, e - b);
+// The kernels that the ops' wrappers (common/diffusion_args.h's Ops) call on CPU tensors.
+struct Kernels {
+  static constexpr at::DeviceType kDevice = at::kCPU;
+
+  // ---------------------------------------------------------------------------- blend
+  // out[n, i] = cx x[n, i] + cy y[n, i], (cx, cy) = coefs(alphas_cumprod[t[n]]), x's dtype.
+  template <typename CoefFn>
+  static at::Tensor blend(const char*, const at::Tensor& x_, const at::Tensor& y_,
+                          const at::Tensor& t, const at::Tensor& table, CoefFn coefs) {
+    const auto x = x_.contiguous(), y = y_.contiguous();
+    auto out = at::empty(x.sizes(), x.options());
+    const Flat fl(x);
+    PK_DISPATCH_FLOATING(x.scalar_type(), "blend_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(table, t);
+      const scalar_t *px = x.const_data_ptr<scalar_t>(), *py = y.const_data_ptr<scalar_t>();
+      scalar_t* po = out.data_ptr<scalar_t>();
+      for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
+        const Coefs<acc> k = coefs(sched.alpha(n));
+        const int64_t o = n * fl.D;
+        run_vectorised([&]() __attribute__((always_inline)) {
+          for (int64_t i = o + b; i < o + e; ++i)
+            po[i] = static_cast<scalar_t>(k.cx * static_cast<acc>(px[i]) +
+                                          k.cy * static_cast<acc>(py[i]));
+        });
       });
     });
-  });
-  return {out, x0c};
-}
+    return out;
+  }
 
-// (grad_model_output, grad_sample, grad_threshold: [N] per-sample sums, or [0] without a
-// threshold) of a step; see step_grad_element.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_backward(
-    const at::Tensor& gp_, const at::Tensor& gx_, const at::Tensor& m_, const at::Tensor& t_, const at::Tensor& prev_,
-    const at::Tensor& s_, const at::Tensor& table, const c10::optional<at::Tensor>& threshold, const StepParams& p) {
-  const auto m = m_.contiguous(), s = s_.contiguous(), gp = gp_.contiguous(), gx = gx_.contiguous();
-  const auto prev = prev_.to(at::kLong).contiguous();
-  const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
-  auto gm = at::empty(s.sizes(), s.options()), gs = at::empty(s.sizes(), s.options());
-  at::Tensor gq;
-  const Flat fl(s);
-  PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const Schedule<acc> sched(table, t_);
-    const int64_t C = chunks_per_sample(fl.D);
-    std::vector<acc> partial(q.defined() ? fl.N * C : 0, acc(0));
-    const scalar_t *pm = m.const_data_ptr<scalar_t>(), *ps = s.const_data_ptr<scalar_t>();
-    const scalar_t *pgp = gp.const_data_ptr<scalar_t>(), *pgx = gx.const_data_ptr<scalar_t>();
-    const acc* pq = q.defined() ? q.const_data_ptr<acc>() : nullptr;
-    const int64_t* pp = prev.const_data_ptr<int64_t>();
-    scalar_t *om = gm.data_ptr<scalar_t>(), *os = gs.data_ptr<scalar_t>();
-    for_each_chunk(fl, [&](int64_t n, int64_t c, int64_t b, int64_t e) {
-      const auto k = step_coefs_at<acc>(p, sched.table.const_data_ptr<acc>(), sched.table.numel(),
-                                        sched.t.const_data_ptr<int64_t>()[n], pp[n]);
-      const acc lim = pq != nullptr ? pq[n] : acc(p.clip_range);
-      const int64_t o = n * fl.D + b;
-      run_vectorised([&]() __attribute__((always_inline)) {
-        const acc sq = step_grad_span(p.clip_mode, k, lim, ps + o, pm + o, pgp + o, pgx + o, om + o, os + o, e - b);
-        if (pq != nullptr) partial[n * C + c] = sq / lim;
+  // (grad_x, grad_y) = (cx grad, cy grad), in grad's dtype.
+  template <typename CoefFn>
+  static std::tuple<at::Tensor, at::Tensor> blend_backward(const char*, const at::Tensor& grad_,
+                                                           const at::Tensor& t,
+                                                           const at::Tensor& table, CoefFn coefs) {
+    const auto grad = grad_.contiguous();
+    auto gx = at::empty(grad.sizes(), grad.options()), gy = at::empty(grad.sizes(), grad.options());
+    const Flat fl(grad);
+    PK_DISPATCH_FLOATING(grad.scalar_type(), "blend_backward_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(table, t);
+      const scalar_t* pg = grad.const_data_ptr<scalar_t>();
+      scalar_t *ox = gx.data_ptr<scalar_t>(), *oy = gy.data_ptr<scalar_t>();
+      for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
+        const Coefs<acc> k = coefs(sched.alpha(n));
+        const int64_t o = n * fl.D;
+        run_vectorised([&]() __attribute__((always_inline)) {
+          for (int64_t i = o + b; i < o + e; ++i) {
+            ox[i] = static_cast<scalar_t>(k.cx * static_cast<acc>(pg[i]));
+            oy[i] = static_cast<scalar_t>(k.cy * static_cast<acc>(pg[i]));
+          }
+        });
       });
     });
-    gq = at::empty({q.defined() ? fl.N : 0}, s.options().dtype(c10::CppTypeToScalarType<acc>::value));
-    acc* pgq = gq.data_ptr<acc>();
-    for (int64_t n = 0; n < gq.numel(); ++n) {  // chunk sums in order
-      acc sum = 0;
-      for (int64_t c = 0; c < C; ++c) sum += partial[n * C + c];
-      pgq[n] = sum;
-    }
-  });
-  return {gm, gs, gq};
-}
+    return {gx, gy};
+  }
 
-std::tuple<at::Tensor, at::Tensor> ddpm_step_cpu(const at::Tensor& model_output, const at::Tensor& timesteps,
-                                                 const at::Tensor& sample, const at::Tensor& alphas_cumprod,
-                                                 const at::Tensor& prev_timesteps,
-                                                 const c10::optional<at::Tensor>& noise,
-                                                 const c10::optional<at::Tensor>& threshold,
-                                                 c10::string_view prediction_type, bool clip_sample,
-                                                 double clip_sample_range) {
-  const char* op = "pykernels::ddpm_step";
-  check_step(op, model_output, sample, noise.has_value() ? &*noise : nullptr, timesteps, prev_timesteps,
-             alphas_cumprod, threshold, clip_sample_range, at::kCPU);
-  const auto p = step_params(op, false, prediction_type, clip_sample, clip_sample_range, 0.0, false, 1.0,
-                             threshold.has_value());
-  return sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise, threshold, p);
-}
+  // ---------------------------------------------------------------------------- target_error
+  // d^2 per element (elementwise, accumulation dtype), else sum(d^2) / count (a scalar: the
+  // per-chunk sums added in order).
+  static at::Tensor target_error(const char*, const at::Tensor& m_, const at::Tensor& x0_,
+                                 const at::Tensor& noise_, const at::Tensor& timesteps,
+                                 const at::Tensor& alphas_cumprod, int64_t prediction,
+                                 bool elementwise, double count) {
+    const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
+    const auto accT = at::toOpMathType(m.scalar_type());
+    auto out = at::empty(elementwise ? m.sizes() : at::IntArrayRef(), m.options().dtype(accT));
+    const Flat fl(m);
+    PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(alphas_cumprod, timesteps);
+      const int64_t C = chunks_per_sample(fl.D);
+      std::vector<acc> partial(fl.N * C, acc(0));
+      const scalar_t *pm = m.const_data_ptr<scalar_t>(), *px = x0.const_data_ptr<scalar_t>(),
+                     *pn = nz.const_data_ptr<scalar_t>();
+      acc* po = elementwise ? out.data_ptr<acc>() : nullptr;
+      for_each_chunk(fl, [&](int64_t n, int64_t c, int64_t b, int64_t e) {
+        const Coefs<acc> k = diffusion_loss_coefs(prediction, sched.alpha(n));
+        const int64_t o = n * fl.D + b;
+        run_vectorised([&]() __attribute__((always_inline)) {
+          auto sq = [&](int64_t i) {
+            const acc d = target_diff(k, pm[o + i], px[o + i], pn[o + i]);
+            return d * d;
+          };
+          if (po != nullptr)
+            for (int64_t i = 0; i < e - b; ++i) po[o + i] = sq(i);
+          partial[n * C + c] = lane_sum<acc>(e - b, sq);
+        });
+      });
+      if (!elementwise) out.fill_(static_cast<acc>(sum_partials(partial) / count));
+    });
+    return out;
+  }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ddpm_step_backward_cpu(
-    const at::Tensor& grad_prev_sample, const at::Tensor& grad_pred_original_sample, const at::Tensor& model_output,
-    const at::Tensor& timesteps, const at::Tensor& sample, const at::Tensor& alphas_cumprod,
-    const at::Tensor& prev_timesteps, const c10::optional<at::Tensor>& threshold, c10::string_view prediction_type,
-    bool clip_sample, double clip_sample_range) {
-  const char* op = "pykernels::ddpm_step_backward";
-  check_step(op, model_output, sample, nullptr, timesteps, prev_timesteps, alphas_cumprod, threshold,
-             clip_sample_range, at::kCPU);
-  check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
-  const auto p = step_params(op, false, prediction_type, clip_sample, clip_sample_range, 0.0, false, 1.0,
-                             threshold.has_value());
-  return sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                               prev_timesteps, sample, alphas_cumprod, threshold, p);
-}
+  // With d = m - target and g the gradient of d^2 (per element; or the scalar's over
+  // count): grad_m = 2 g d, grad_x0 = -2 g d tx, grad_noise = -2 g d tn. Only the gradients
+  // output_mask asks for are computed (usually model_output's alone).
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> target_error_backward(
+      const char*, const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& x0_,
+      const at::Tensor& noise_, const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
+      int64_t prediction, bool elementwise, double count, std::array<bool, 3> output_mask) {
+    const auto m = m_.contiguous(), x0 = x0_.contiguous(), nz = noise_.contiguous();
+    const auto grads = loss_grads(m, output_mask);
+    const Flat fl(m);
+    PK_DISPATCH_FLOATING(m.scalar_type(), "diffusion_loss_backward_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(alphas_cumprod, timesteps);
+      const auto g = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+      const acc* pg = elementwise ? g.const_data_ptr<acc>() : nullptr;
+      const acc g0 = elementwise ? acc(0) : static_cast<acc>(g.item<double>() / count);
+      const scalar_t *pm = m.const_data_ptr<scalar_t>(), *px = x0.const_data_ptr<scalar_t>(),
+                     *pn = nz.const_data_ptr<scalar_t>();
+      scalar_t *om = output_mask[0] ? grads[0].data_ptr<scalar_t>() : nullptr,
+               *ox = output_mask[1] ? grads[1].data_ptr<scalar_t>() : nullptr,
+               *on = output_mask[2] ? grads[2].data_ptr<scalar_t>() : nullptr;
+      const bool only_m = om != nullptr && ox == nullptr && on == nullptr;  // the usual case
+      for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
+        const Coefs<acc> k = diffusion_loss_coefs(prediction, sched.alpha(n));
+        run_vectorised([&]() __attribute__((always_inline)) {
+          auto h = [&](int64_t i) {
+            return acc(2) * (pg != nullptr ? pg[i] : g0) * target_diff(k, pm[i], px[i], pn[i]);
+          };
+          if (only_m) {  // a loop without per-element branches, so that it vectorises
+            for (int64_t i = n * fl.D + b; i < n * fl.D + e; ++i)
+              om[i] = static_cast<scalar_t>(h(i));
+            return;
+          }
+          for (int64_t i = n * fl.D + b; i < n * fl.D + e; ++i) {
+            const acc hi = h(i);
+            if (om != nullptr) om[i] = static_cast<scalar_t>(hi);
+            if (ox != nullptr) ox[i] = static_cast<scalar_t>(-k.cx * hi);
+            if (on != nullptr) on[i] = static_cast<scalar_t>(-k.cy * hi);
+          }
+        });
+      });
+    });
+    return {grads[0], grads[1], grads[2]};
+  }
 
-std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(
-    const at::Tensor& model_output, const at::Tensor& timesteps, const at::Tensor& prev_timesteps,
-    const at::Tensor& sample, const at::Tensor& alphas_cumprod, double eta, const c10::optional<at::Tensor>& noise,
-    const c10::optional<at::Tensor>& threshold, c10::string_view prediction_type, bool clip_sample,
-    double clip_sample_range, bool use_clipped_model_output, double final_alpha_cumprod) {
-  const char* op = "pykernels::ddim_step";
-  check_step(op, model_output, sample, noise.has_value() ? &*noise : nullptr, timesteps, prev_timesteps,
-             alphas_cumprod, threshold, clip_sample_range, at::kCPU);
-  check_ddim(op, eta, final_alpha_cumprod);
-  const auto p = step_params(op, true, prediction_type, clip_sample, clip_sample_range, eta,
-                             use_clipped_model_output, final_alpha_cumprod, threshold.has_value());
-  return sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise, threshold, p);
-}
+  // ---------------------------------------------------------------------------- sampler_step
+  // (prev_sample, pred_original_sample) of a DDPM or DDIM step (p.ddim), sample's dtype.
+  static std::tuple<at::Tensor, at::Tensor> sampler_step(
+      const char*, const at::Tensor& m_, const at::Tensor& t_, const at::Tensor& prev_,
+      const at::Tensor& s_, const at::Tensor& table, const c10::optional<at::Tensor>& noise,
+      const c10::optional<at::Tensor>& threshold, const StepParams& p) {
+    const auto m = m_.contiguous(), s = s_.contiguous(), prev = prev_.to(at::kLong).contiguous();
+    const auto nz = noise.has_value() ? noise->contiguous() : at::Tensor();
+    const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
+    auto out = at::empty(s.sizes(), s.options()), x0c = at::empty(s.sizes(), s.options());
+    const Flat fl(s);
+    PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(table, t_);
+      const scalar_t *pm = m.const_data_ptr<scalar_t>(), *ps = s.const_data_ptr<scalar_t>();
+      const scalar_t* pn = nz.defined() ? nz.const_data_ptr<scalar_t>() : nullptr;
+      const acc* pq = q.defined() ? q.const_data_ptr<acc>() : nullptr;
+      const int64_t* pp = prev.const_data_ptr<int64_t>();
+      scalar_t *po = out.data_ptr<scalar_t>(), *px = x0c.data_ptr<scalar_t>();
+      for_each_chunk(fl, [&](int64_t n, int64_t, int64_t b, int64_t e) {
+        const auto k = step_coefs_at<acc>(p, sched.table.const_data_ptr<acc>(), sched.table.numel(),
+                                          sched.t.const_data_ptr<int64_t>()[n], pp[n]);
+        const acc lim = pq != nullptr ? pq[n] : acc(p.clip_range);
+        // DDPM at t = 0 and DDIM at eta = 0 do not read the noise
+        const bool noisy = pn != nullptr && k.on != acc(0);
+        const int64_t o = n * fl.D + b;
+        run_vectorised([&]() __attribute__((always_inline)) {
+          if (noisy)
+            step_span<true>(p.clip_mode, k, lim, ps + o, pm + o, pn + o, po + o, px + o, e - b);
+          else
+            step_span<false>(p.clip_mode, k, lim, ps + o, pm + o, pn, po + o, px + o, e - b);
+        });
+      });
+    });
+    return {out, x0c};
+  }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ddim_step_backward_cpu(
-    const at::Tensor& grad_prev_sample, const at::Tensor& grad_pred_original_sample, const at::Tensor& model_output,
-    const at::Tensor& timesteps, const at::Tensor& prev_timesteps, const at::Tensor& sample,
-    const at::Tensor& alphas_cumprod, double eta, const c10::optional<at::Tensor>& threshold,
-    c10::string_view prediction_type, bool clip_sample, double clip_sample_range, bool use_clipped_model_output,
-    double final_alpha_cumprod) {
-  const char* op = "pykernels::ddim_step_backward";
-  check_step(op, model_output, sample, nullptr, timesteps, prev_timesteps, alphas_cumprod, threshold,
-             clip_sample_range, at::kCPU);
-  check_ddim(op, eta, final_alpha_cumprod);
-  check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
-  const auto p = step_params(op, true, prediction_type, clip_sample, clip_sample_range, eta,
-                             use_clipped_model_output, final_alpha_cumprod, threshold.has_value());
-  return sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                               prev_timesteps, sample, alphas_cumprod, threshold, p);
-}
+  // (grad_model_output, grad_sample, grad_threshold: [N] per-sample sums, or [0] without a
+  // threshold) of a step; see step_grad_element.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> sampler_step_backward(
+      const char*, const at::Tensor& gp_, const at::Tensor& gx_, const at::Tensor& m_,
+      const at::Tensor& t_, const at::Tensor& prev_, const at::Tensor& s_, const at::Tensor& table,
+      const c10::optional<at::Tensor>& threshold, const StepParams& p) {
+    const auto m = m_.contiguous(), s = s_.contiguous();
+    const auto gp = gp_.contiguous(), gx = gx_.contiguous();
+    const auto prev = prev_.to(at::kLong).contiguous();
+    const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
+    auto gm = at::empty(s.sizes(), s.options()), gs = at::empty(s.sizes(), s.options());
+    at::Tensor gq;
+    const Flat fl(s);
+    PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_backward_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const Schedule<acc> sched(table, t_);
+      const int64_t C = chunks_per_sample(fl.D);
+      std::vector<acc> partial(q.defined() ? fl.N * C : 0, acc(0));
+      const scalar_t *pm = m.const_data_ptr<scalar_t>(), *ps = s.const_data_ptr<scalar_t>();
+      const scalar_t *pgp = gp.const_data_ptr<scalar_t>(), *pgx = gx.const_data_ptr<scalar_t>();
+      const acc* pq = q.defined() ? q.const_data_ptr<acc>() : nullptr;
+      const int64_t* pp = prev.const_data_ptr<int64_t>();
+      scalar_t *om = gm.data_ptr<scalar_t>(), *os = gs.data_ptr<scalar_t>();
+      for_each_chunk(fl, [&](int64_t n, int64_t c, int64_t b, int64_t e) {
+        const auto k = step_coefs_at<acc>(p, sched.table.const_data_ptr<acc>(), sched.table.numel(),
+                                          sched.t.const_data_ptr<int64_t>()[n], pp[n]);
+        const acc lim = pq != nullptr ? pq[n] : acc(p.clip_range);
+        const int64_t o = n * fl.D + b;
+        run_vectorised([&]() __attribute__((always_inline)) {
+          const acc sq = step_grad_span(p.clip_mode, k, lim, ps + o, pm + o, pgp + o, pgx + o,
+                                        om + o, os + o, e - b);
+          if (pq != nullptr) partial[n * C + c] = sq / lim;
+        });
+      });
+      gq = at::empty({q.defined() ? fl.N : 0},
+                     s.options().dtype(c10::CppTypeToScalarType<acc>::value));
+      acc* pgq = gq.data_ptr<acc>();
+      for (int64_t n = 0; n < gq.numel(); ++n) {  // chunk sums in order
+        acc sum = 0;
+        for (int64_t c = 0; c < C; ++c) sum += partial[n * C + c];
+        pgq[n] = sum;
+      }
+    });
+    return {gm, gs, gq};
+  }
+};
 
 }  // namespace
 }  // namespace cpu
 }  // namespace pykernels
 
 TORCH_LIBRARY_IMPL(pykernels, CPU, m) {
-  using namespace pykernels::cpu;
-  m.impl("add_noise", &add_noise_cpu);
-  m.impl("add_noise_backward", &add_noise_backward_cpu);
-  m.impl("get_velocity", &get_velocity_cpu);
-  m.impl("get_velocity_backward", &get_velocity_backward_cpu);
-  m.impl("diffusion_loss", &diffusion_loss_cpu);
-  m.impl("diffusion_loss_backward", &diffusion_loss_backward_cpu);
-  m.impl("ddpm_step", &ddpm_step_cpu);
-  m.impl("ddpm_step_backward", &ddpm_step_backward_cpu);
-  m.impl("ddim_step", &ddim_step_cpu);
-  m.impl("ddim_step_backward", &ddim_step_backward_cpu);
+  pykernels::diffusion::register_ops<pykernels::cpu::Kernels>(m);
 }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_loops.h"
@@ -68,7 +69,8 @@ void gather_rows(const at::Tensor& src, const int64_t* idx, int64_t idx_stride, 
 // Pass 1, per sample: ids_shuffle[n] = the stable argsort of noise[n], NaN last as in
 // torch.sort; ids_restore[n, ids_shuffle[n, k]] = k.
 template <typename noise_t>
-void shuffle_ids(const noise_t* noise, int64_t N, int64_t L, int64_t* ids_shuffle, int64_t* ids_restore) {
+void shuffle_ids(const noise_t* noise, int64_t N, int64_t L, int64_t* ids_shuffle,
+                 int64_t* ids_restore) {
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const noise_t* u = noise + n * L;
@@ -90,7 +92,8 @@ void removed_mask(const int64_t* ids_restore, int64_t count, int64_t K, scalar_t
 }
 
 // Pass 3 (gather_rows): x_visible[n, k] = x[n, ids_shuffle[n, k]], k < K.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cpu(const at::Tensor& x_, double mask_ratio,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cpu(const at::Tensor& x_,
+                                                                  double mask_ratio,
                                                                   const at::Tensor& noise_) {
   check_random_masking("pykernels::random_masking", x_, noise_, mask_ratio, at::kCPU);
   const auto x = x_.contiguous(), noise = noise_.contiguous();
@@ -123,7 +126,8 @@ at::Tensor random_masking_backward_cpu(const at::Tensor& grad_, const at::Tensor
 
 // ---------------------------------------------------------------------------- unshuffle
 // out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K, else mask_token.
-at::Tensor unshuffle_with_mask_tokens_cpu(const at::Tensor& x_visible_, const at::Tensor& mask_token_,
+at::Tensor unshuffle_with_mask_tokens_cpu(const at::Tensor& x_visible_,
+                                          const at::Tensor& mask_token_,
                                           const at::Tensor& ids_restore_) {
   const char* op = "pykernels::unshuffle_with_mask_tokens";
   check_unshuffle(op, x_visible_, mask_token_, ids_restore_, at::kCPU);
@@ -164,8 +168,7 @@ void mask_token_grad(const scalar_t* grad, const int64_t* ids, int64_t N, int64_
 // Pass 1: grad_x_visible[n, r] = grad[n, l] where ids_restore[n, l] = r < K (a permutation:
 // every row written once). Pass 2: mask_token_grad.
 std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const at::Tensor& grad_,
-                                                                           const at::Tensor& ids_restore_,
-                                                                           int64_t num_keep) {
+    const at::Tensor& ids_restore_, int64_t num_keep) {
   const char* op = "pykernels::unshuffle_with_mask_tokens_backward";
   check_unshuffle_backward(op, grad_, ids_restore_, num_keep, at::kCPU);
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
@@ -180,10 +183,12 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const
   char* px = static_cast<char*>(grad_x_visible.data_ptr());
   at::parallel_for(0, N * L, row_grain(D), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      if (pi[r] < K) std::memcpy(px + ((r / L) * K + pi[r]) * row_bytes, pg + r * row_bytes, row_bytes);
+      if (pi[r] < K) std::memcpy(px + ((r / L) * K + pi[r]) * row_bytes, pg + r * row_bytes,
+                                 row_bytes);
   });
   PK_DISPATCH_FLOATING(grad.scalar_type(), "unshuffle_with_mask_tokens_backward_cpu", [&] {
-    mask_token_grad(grad.const_data_ptr<scalar_t>(), pi, N, L, D, K, grad_mask_token.data_ptr<scalar_t>());
+    mask_token_grad(grad.const_data_ptr<scalar_t>(), pi, N, L, D, K,
+                    grad_mask_token.data_ptr<scalar_t>());
   });
   return {grad_x_visible, grad_mask_token};
 }
@@ -193,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const
 struct PatchGeom {
   int64_t C, H, W, p, h, w, L, P;
   PatchGeom(int64_t C_, int64_t H_, int64_t W_, int64_t p_)
-      : C(C_), H(H_), W(W_), p(p_), h(H_ / p_), w(W_ / p_), L((H_ / p_) * (W_ / p_)), P(p_ * p_ * C_) {}
+      : C(C_), H(H_), W(W_), p(p_), h(H_ / p_), w(W_ / p_), L(h * w), P(p_ * p_ * C_) {}
   // Offset of the first pixel of row pi of channel c of the patch.
   int64_t pixel(int64_t n, int64_t l, int64_t c, int64_t pi) const {
     return ((n * C + c) * H + (l / w) * p + pi) * W + (l % w) * p;
@@ -204,7 +209,8 @@ struct PatchGeom {
 // patch in patchify's element order. kC: C as a compile-time constant (1 or 3, the common
 // cases, whose interleaved stores vectorise), or 0 to read g.C.
 template <int kC, typename scalar_t, typename out_t>
-PK_CPU_INLINE void load_patch(const scalar_t* img, const PatchGeom& g, int64_t n, int64_t l, out_t* dst) {
+PK_CPU_INLINE void load_patch(const scalar_t* img, const PatchGeom& g, int64_t n, int64_t l,
+                              out_t* dst) {
   const int64_t C = kC > 0 ? kC : g.C;
   for (int64_t pi = 0; pi < g.p; ++pi) {
     out_t* d = dst + pi * g.p * C;
@@ -215,7 +221,8 @@ PK_CPU_INLINE void load_patch(const scalar_t* img, const PatchGeom& g, int64_t n
   }
 }
 
-at::Tensor gather_patches_cpu(const at::Tensor& imgs_, const at::Tensor& ids_keep_, int64_t patch_size) {
+at::Tensor gather_patches_cpu(const at::Tensor& imgs_, const at::Tensor& ids_keep_,
+                              int64_t patch_size) {
   const char* op = "pykernels::gather_patches";
   check_gather_patches(op, imgs_, ids_keep_, patch_size, at::kCPU);
   const auto imgs = imgs_.contiguous(), ids = ids_keep_.contiguous();
@@ -237,8 +244,8 @@ at::Tensor gather_patches_cpu(const at::Tensor& imgs_, const at::Tensor& ids_kee
 
 // The image gradient in image order, one task per image row (n, c, y): pixels of a kept
 // patch get their element of grad, the others 0; every pixel is written once.
-at::Tensor gather_patches_backward_cpu(const at::Tensor& grad_, const at::Tensor& ids_keep_, int64_t p,
-                                       int64_t C, int64_t H, int64_t W) {
+at::Tensor gather_patches_backward_cpu(const at::Tensor& grad_, const at::Tensor& ids_keep_,
+                                       int64_t p, int64_t C, int64_t H, int64_t W) {
   const char* op = "pykernels::gather_patches_backward";
   check_gather_patches_backward(op, grad_, ids_keep_, p, C, H, W, at::kCPU);
   const auto grad = grad_.contiguous(), ids = ids_keep_.contiguous();
@@ -308,10 +315,11 @@ PK_CPU_INLINE acc patch_error(const scalar_t* x, const acc* t, int64_t P, Target
 // patch by patch interleaves 16 p-pixel runs of each of C planes: too many streams for
 // the hardware prefetcher, and the loss was memory-latency bound).
 template <int kC, typename scalar_t, typename acc>
-PK_CPU_INLINE void load_patch_row(const scalar_t* img, const PatchGeom& g, int64_t n, int64_t i, acc* buf) {
+PK_CPU_INLINE void load_patch_row(const scalar_t* img, const PatchGeom& g, int64_t n, int64_t i,
+                                  acc* buf) {
   const int64_t C = kC > 0 ? kC : g.C, plane = g.H * g.W;
   for (int64_t pi = 0; pi < g.p; ++pi) {
-    const scalar_t* src = img + (n * C * g.H + i * g.p + pi) * g.W;  // image row i*p + pi, channel 0
+    const scalar_t* src = img + (n * C * g.H + i * g.p + pi) * g.W;  // row i*p + pi, channel 0
     for (int64_t j = 0; j < g.w; ++j) {
       acc* d = buf + j * g.P + pi * g.p * C;
       const scalar_t* s = src + j * g.p;
@@ -325,8 +333,9 @@ PK_CPU_INLINE void load_patch_row(const scalar_t* img, const PatchGeom& g, int64
 // per_patch[r] = mean_e (x - normalised t)^2 and, with grad_pred, grad_pred[r] = k[r] (x -
 // normalised t), k[r] = coef * mask[r].
 template <int kC, typename scalar_t, typename acc = acc_t<scalar_t>>
-void patch_rows(const scalar_t* pred, const scalar_t* img, const PatchGeom& g, bool norm, int64_t begin,
-                int64_t end, acc* per_patch, const acc* mask, acc coef, scalar_t* grad_pred) {
+void patch_rows(const scalar_t* pred, const scalar_t* img, const PatchGeom& g, bool norm,
+                int64_t begin, int64_t end, acc* per_patch, const acc* mask, acc coef,
+                scalar_t* grad_pred) {
   std::vector<acc> buf(g.w * g.P);
   run_vectorised([&]() __attribute__((always_inline)) {
     for (int64_t row = begin; row < end; ++row) {
@@ -345,14 +354,18 @@ void patch_rows(const scalar_t* pred, const scalar_t* img, const PatchGeom& g, b
 // patch_rows over every row of patches, in parallel, with C a compile-time constant where
 // common.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-void patch_errors(const at::Tensor& pred, const at::Tensor& imgs, int64_t p, bool norm, acc* per_patch,
-                  const acc* mask, acc coef, scalar_t* grad_pred) {
+void patch_errors(const at::Tensor& pred, const at::Tensor& imgs, int64_t p, bool norm,
+                  acc* per_patch, const acc* mask, acc coef, scalar_t* grad_pred) {
   const PatchGeom g(imgs.size(1), imgs.size(2), imgs.size(3), p);
   const scalar_t *x = pred.const_data_ptr<scalar_t>(), *img = imgs.const_data_ptr<scalar_t>();
   at::parallel_for(0, imgs.size(0) * g.h, row_grain(g.w * g.P), [&](int64_t begin, int64_t end) {
-    if (g.C == 3) patch_rows<3, scalar_t, acc>(x, img, g, norm, begin, end, per_patch, mask, coef, grad_pred);
-    else if (g.C == 1) patch_rows<1, scalar_t, acc>(x, img, g, norm, begin, end, per_patch, mask, coef, grad_pred);
-    else patch_rows<0, scalar_t, acc>(x, img, g, norm, begin, end, per_patch, mask, coef, grad_pred);
+    auto rows = [&](auto c) {  // c: C as a compile-time constant (0: not one)
+      patch_rows<decltype(c)::value, scalar_t, acc>(x, img, g, norm, begin, end, per_patch, mask,
+                                                    coef, grad_pred);
+    };
+    if (g.C == 3) rows(std::integral_constant<int, 3>{});
+    else if (g.C == 1) rows(std::integral_constant<int, 1>{});
+    else rows(std::integral_constant<int, 0>{});
   });
 }
 
@@ -370,9 +383,10 @@ std::pair<double, double> masked_sums(const acc* per_patch, const acc* mask, int
 
 // loss = sum_r per_patch[r] mask[r] / sum_r mask[r] (NaN when no patch is masked, as MAE's
 // formula gives), in the accumulation dtype.
-at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_, const at::Tensor& imgs_, const at::Tensor& mask_,
-                                 int64_t patch_size, bool norm_pix_loss) {
-  check_masked_patch_loss("pykernels::masked_patch_loss", pred_, imgs_, mask_, patch_size, at::kCPU);
+at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_, const at::Tensor& imgs_,
+                                 const at::Tensor& mask_, int64_t patch_size, bool norm_pix_loss) {
+  check_masked_patch_loss("pykernels::masked_patch_loss", pred_, imgs_, mask_, patch_size,
+                          at::kCPU);
   const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
   const auto accT = at::toOpMathType(pred.scalar_type());
   const auto mask = mask_.to(accT).contiguous();
@@ -380,7 +394,8 @@ at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_, const at::Tensor& imgs
   PK_DISPATCH_FLOATING(pred.scalar_type(), "masked_patch_loss_cpu", [&] {
     using acc = acc_t<scalar_t>;
     std::vector<acc> per_patch(mask.numel());
-    patch_errors<scalar_t, acc>(pred, imgs, patch_size, norm_pix_loss, per_patch.data(), nullptr, acc(0), nullptr);
+    patch_errors<scalar_t, acc>(pred, imgs, patch_size, norm_pix_loss, per_patch.data(), nullptr,
+                                acc(0), nullptr);
     const auto [num, den] = masked_sums(per_patch.data(), mask.const_data_ptr<acc>(), mask.numel());
     loss.fill_(static_cast<acc>(num / den));
   });
@@ -390,9 +405,12 @@ at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_, const at::Tensor& imgs
 // With w = grad / sum(mask):
 //   grad_pred[r, e] = 2 w mask[r] / P (x - normalised t)     (the loss of patch r is a mean over P)
 //   grad_mask[r]    = w (per_patch[r] - loss)
-std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& pred_,
-                                                                  const at::Tensor& imgs_, const at::Tensor& mask_,
-                                                                  int64_t patch_size, bool norm_pix_loss) {
+std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(const at::Tensor& grad,
+                                                                  const at::Tensor& pred_,
+                                                                  const at::Tensor& imgs_,
+                                                                  const at::Tensor& mask_,
+                                                                  int64_t patch_size,
+                                                                  bool norm_pix_loss) {
   const char* op = "pykernels::masked_patch_loss_backward";
   check_masked_patch_loss(op, pred_, imgs_, mask_, patch_size, at::kCPU);
   check_scalar_grad(op, grad, pred_);
@@ -411,10 +429,12 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(const at::Tens
     const double w = g / den;
     std::vector<acc> per_patch(R);
     patch_errors<scalar_t, acc>(pred, imgs, patch_size, norm_pix_loss, per_patch.data(), m,
-                           static_cast<acc>(2 * w / static_cast<double>(P)), grad_pred.data_ptr<scalar_t>());
+                                static_cast<acc>(2 * w / static_cast<double>(P)),
+                                grad_pred.data_ptr<scalar_t>());
     const double loss = masked_sums(per_patch.data(), m, R).first / den;
     acc* gm = grad_mask.data_ptr<acc>();
-    for (int64_t r = 0; r < R; ++r) gm[r] = static_cast<acc>(w * (static_cast<double>(per_patch[r]) - loss));
+    for (int64_t r = 0; r < R; ++r)
+      gm[r] = static_cast<acc>(w * (static_cast<double>(per_patch[r]) - loss));
   });
   return {grad_pred, grad_mask.to(mask_.scalar_type())};
 }

@@ -8,7 +8,7 @@
 //   gather_patches_kernel     gather_patches; scatter_patches_kernel its backward
 //   masked_patch_loss_kernel  masked_patch_loss's per-patch terms (the masked mean is ATen's)
 // No host synchronisation, so ids are not validated on the host: a row whose id is out of
-// range is written as NaN, and a repeated id (found while inverting the ids for a backward)
+// range is written as NaN, and a repeated id (seen when a backward inverts the ids)
 // gives NaN gradient rows. Token gathers are one warp per row with 16-byte packs where
 // aligned; patch gathers one block per patch (forward) or image row (backward), with 32-bit
 // index math inside a patch and int64 offsets; the per-patch loss is one warp per patch.
@@ -49,10 +49,10 @@ inline int64_t elem_blocks(int64_t n) { return row_blocks(n, kThreads); }
 // out[n, t] = src[n, i] (0 <= i < S), fill or 0 (S <= i < hi), NaN otherwise;
 // i = idx[n * idx_stride + t].
 template <typename scalar_t, bool kPacked>
-__global__ void gather_rows_kernel(const scalar_t* __restrict__ src, const int64_t* __restrict__ idx,
-                                   int64_t idx_stride, const scalar_t* __restrict__ fill,
-                                   scalar_t* __restrict__ out, int64_t R, int64_t T, int64_t S, int64_t D,
-                                   int64_t hi) {
+__global__ void gather_rows_kernel(const scalar_t* __restrict__ src,
+                                   const int64_t* __restrict__ idx, int64_t idx_stride,
+                                   const scalar_t* __restrict__ fill, scalar_t* __restrict__ out,
+                                   int64_t R, int64_t T, int64_t S, int64_t D, int64_t hi) {
   PK_FOR_EACH_ROW(R) {
     const int64_t i = idx[(r / T) * idx_stride + r % T];
     const scalar_t* from = nullptr;
@@ -77,8 +77,8 @@ __global__ void gather_rows_kernel(const scalar_t* __restrict__ src, const int64
 
 // inv[n, ids[n, k]] = k for ids in [0, T) (mark = false); then (mark = true) a slot
 // whose value is not this k was claimed by another k too: it becomes -1.
-__global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv, int64_t R, int64_t K,
-                                  int64_t T, bool mark) {
+__global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv, int64_t R,
+                                  int64_t K, int64_t T, bool mark) {
   PK_FOR_EACH_ELEM(r, R) {
     const int64_t v = ids[r], k = r % K;
     if (v < 0 || v >= T) continue;
@@ -90,7 +90,8 @@ __global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv,
 
 // part[n, d] = sum over l in order with K <= ids[n, l] < L of g[n, l, d].
 template <typename scalar_t>
-__global__ void mask_token_partial_kernel(const scalar_t* __restrict__ g, const int64_t* __restrict__ ids,
+__global__ void mask_token_partial_kernel(const scalar_t* __restrict__ g,
+                                          const int64_t* __restrict__ ids,
                                           acc_t<scalar_t>* __restrict__ part, int64_t L, int64_t D,
                                           int64_t K) {
   using acc = acc_t<scalar_t>;
@@ -105,8 +106,8 @@ __global__ void mask_token_partial_kernel(const scalar_t* __restrict__ g, const 
 }
 
 template <typename scalar_t>
-__global__ void sum_rows_kernel(const acc_t<scalar_t>* __restrict__ part, scalar_t* __restrict__ out,
-                                int64_t N, int64_t D) {
+__global__ void sum_rows_kernel(const acc_t<scalar_t>* __restrict__ part,
+                                scalar_t* __restrict__ out, int64_t N, int64_t D) {
   PK_FOR_EACH_ELEM(d, D) {
     acc_t<scalar_t> s = 0;
     for (int64_t n = 0; n < N; ++n) s += part[n * D + d];
@@ -116,8 +117,9 @@ __global__ void sum_rows_kernel(const acc_t<scalar_t>* __restrict__ part, scalar
 
 // ids_restore[n, ids_shuffle[n, k]] = k and mask[n, ids_shuffle[n, k]] = (k >= K), r = n*L + k.
 template <typename scalar_t>
-__global__ void restore_ids_kernel(const int64_t* __restrict__ ids_shuffle, int64_t* __restrict__ ids_restore,
-                                   scalar_t* __restrict__ mask, int64_t R, int64_t L, int64_t K) {
+__global__ void restore_ids_kernel(const int64_t* __restrict__ ids_shuffle,
+                                   int64_t* __restrict__ ids_restore, scalar_t* __restrict__ mask,
+                                   int64_t R, int64_t L, int64_t K) {
   PK_FOR_EACH_ELEM(r, R) {
     const int64_t k = r % L, slot = (r - k) + ids_shuffle[r];
     ids_restore[slot] = k;
@@ -127,8 +129,8 @@ __global__ void restore_ids_kernel(const int64_t* __restrict__ ids_shuffle, int6
 
 // out [N, T, D] = gather_rows_kernel(src [N, S, D], idx [N, >= T] with row stride idx.stride(0)).
 template <typename scalar_t>
-void launch_gather_rows(const at::Tensor& src, const at::Tensor& idx, const scalar_t* fill, at::Tensor& out,
-                        int64_t hi) {
+void launch_gather_rows(const at::Tensor& src, const at::Tensor& idx, const scalar_t* fill,
+                        at::Tensor& out, int64_t hi) {
   const int64_t N = src.size(0), S = src.size(1), D = src.size(2), T = out.size(1), R = N * T;
   if (out.numel() == 0) return;
   const scalar_t* ps = src.const_data_ptr<scalar_t>();
@@ -139,8 +141,10 @@ void launch_gather_rows(const at::Tensor& src, const at::Tensor& idx, const scal
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t* pi = idx.const_data_ptr<int64_t>();
   const int64_t stride = idx.stride(0);
-  if (packed) gather_rows_kernel<scalar_t, true><<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R, T, S, D, hi);
-  else gather_rows_kernel<scalar_t, false><<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R, T, S, D, hi);
+  if (packed) gather_rows_kernel<scalar_t, true><<<grid, block, 0, stream>>>(ps, pi, stride, fill,
+                                                                             po, R, T, S, D, hi);
+  else gather_rows_kernel<scalar_t, false><<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R,
+                                                                       T, S, D, hi);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -152,7 +156,8 @@ at::Tensor invert_ids(const at::Tensor& ids, int64_t T) {
   auto stream = at::cuda::getCurrentCUDAStream();
   for (bool mark : {false, true}) {
     invert_ids_kernel<<<elem_blocks(R), kThreads, 0, stream>>>(ids.const_data_ptr<int64_t>(),
-                                                               inv.data_ptr<int64_t>(), R, K, T, mark);
+                                                               inv.data_ptr<int64_t>(), R, K, T,
+                                                               mark);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return inv;
@@ -160,20 +165,24 @@ at::Tensor invert_ids(const at::Tensor& ids, int64_t T) {
 
 // Pass 1: ids_shuffle = the stable sort of noise per sample (ATen's, NaN last); pass 2
 // restore_ids_kernel; pass 3: x_visible = x gathered by the first K of ids_shuffle.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cuda(const at::Tensor& x_, double mask_ratio,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cuda(const at::Tensor& x_,
+                                                                   double mask_ratio,
                                                                    const at::Tensor& noise) {
   check_random_masking("pykernels::random_masking", x_, noise, mask_ratio, at::kCUDA);
   const c10::cuda::CUDAGuard guard(x_.device());
   const auto x = x_.contiguous();
   const int64_t N = x.size(0), L = x.size(1), K = num_keep(L, mask_ratio), R = N * L;
-  const auto ids_shuffle = std::get<1>(noise.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false)).contiguous();
+  const auto ids_shuffle = std::get<1>(noise.sort(/*stable=*/true, /*dim=*/1,
+                                                  /*descending=*/false)).contiguous();
   auto ids_restore = at::empty({N, L}, ids_shuffle.options());
   auto mask = at::empty({N, L}, x.options());
   auto x_visible = at::empty({N, K, x.size(2)}, x.options());
   PK_DISPATCH_FLOATING(x.scalar_type(), "random_masking_cuda", [&] {
     if (R > 0) {
-      restore_ids_kernel<scalar_t><<<elem_blocks(R), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          ids_shuffle.const_data_ptr<int64_t>(), ids_restore.data_ptr<int64_t>(), mask.data_ptr<scalar_t>(), R, L, K);
+      auto stream = at::cuda::getCurrentCUDAStream();
+      restore_ids_kernel<scalar_t><<<elem_blocks(R), kThreads, 0, stream>>>(
+          ids_shuffle.const_data_ptr<int64_t>(), ids_restore.data_ptr<int64_t>(),
+          mask.data_ptr<scalar_t>(), R, L, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     launch_gather_rows<scalar_t>(x, ids_shuffle, nullptr, x_visible, L);
@@ -183,7 +192,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cuda(const at::Ten
 
 // grad_x[n, l] = grad[n, ids_restore[n, l]] for kept tokens (< K), zeros for removed ones.
 at::Tensor random_masking_backward_cuda(const at::Tensor& grad_, const at::Tensor& ids_restore_) {
-  check_random_masking_backward("pykernels::random_masking_backward", grad_, ids_restore_, at::kCUDA);
+  check_random_masking_backward("pykernels::random_masking_backward", grad_, ids_restore_,
+                                at::kCUDA);
   const c10::cuda::CUDAGuard guard(grad_.device());
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
   const int64_t L = ids.size(1);
@@ -194,11 +204,14 @@ at::Tensor random_masking_backward_cuda(const at::Tensor& grad_, const at::Tenso
   return out;
 }
 
-at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x_visible_, const at::Tensor& mask_token_,
+at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x_visible_,
+                                           const at::Tensor& mask_token_,
                                            const at::Tensor& ids_restore_) {
-  check_unshuffle("pykernels::unshuffle_with_mask_tokens", x_visible_, mask_token_, ids_restore_, at::kCUDA);
+  check_unshuffle("pykernels::unshuffle_with_mask_tokens", x_visible_, mask_token_, ids_restore_,
+                  at::kCUDA);
   const c10::cuda::CUDAGuard guard(x_visible_.device());
-  const auto xv = x_visible_.contiguous(), token = mask_token_.contiguous(), ids = ids_restore_.contiguous();
+  const auto xv = x_visible_.contiguous(), token = mask_token_.contiguous();
+  const auto ids = ids_restore_.contiguous();
   const int64_t L = ids.size(1);
   auto out = at::empty({xv.size(0), L, xv.size(2)}, xv.options());
   PK_DISPATCH_FLOATING(xv.scalar_type(), "unshuffle_with_mask_tokens_cuda", [&] {
@@ -209,9 +222,10 @@ at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x_visible_, const a
 
 // Pass 1: grad_x_visible = grad gathered by the inverse of ids_restore; pass 2: the mask
 // token's gradient, per-sample sums over its slots, then a sum over samples.
-std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(const at::Tensor& grad_,
-                                                                            const at::Tensor& ids_, int64_t K) {
-  check_unshuffle_backward("pykernels::unshuffle_with_mask_tokens_backward", grad_, ids_, K, at::kCUDA);
+std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(
+    const at::Tensor& grad_, const at::Tensor& ids_, int64_t K) {
+  check_unshuffle_backward("pykernels::unshuffle_with_mask_tokens_backward", grad_, ids_, K,
+                           at::kCUDA);
   const int64_t N = grad_.size(0), L = grad_.size(1), D = grad_.size(2);
   const c10::cuda::CUDAGuard guard(grad_.device());
   const auto grad = grad_.contiguous(), ids = ids_.contiguous();
@@ -226,13 +240,14 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(cons
     if (N > 0 && L > 0) {
       const dim3 grid(N, (D + kThreads - 1) / kThreads);
       mask_token_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), part.data_ptr<acc_t<scalar_t>>(), L, D, K);
+          grad.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(),
+          part.data_ptr<acc_t<scalar_t>>(), L, D, K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       part.zero_();
     }
-    sum_rows_kernel<scalar_t><<<elem_blocks(D), kThreads, 0, stream>>>(part.const_data_ptr<acc_t<scalar_t>>(),
-                                                                       gm.data_ptr<scalar_t>(), N, D);
+    sum_rows_kernel<scalar_t><<<elem_blocks(D), kThreads, 0, stream>>>(
+        part.const_data_ptr<acc_t<scalar_t>>(), gm.data_ptr<scalar_t>(), N, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, gm};
@@ -265,8 +280,9 @@ __device__ __forceinline__ int64_t patch_elem(const Geom& g, int e) {
 
 // One block per output patch row r = n*K + k (grid-stride); threads over its elements.
 template <typename scalar_t>
-__global__ void gather_patches_kernel(const scalar_t* __restrict__ img, const int64_t* __restrict__ ids,
-                                      scalar_t* __restrict__ out, int64_t R, int64_t K, Geom g) {
+__global__ void gather_patches_kernel(const scalar_t* __restrict__ img,
+                                      const int64_t* __restrict__ ids, scalar_t* __restrict__ out,
+                                      int64_t R, int64_t K, Geom g) {
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const int64_t id = ids[r];
     const bool ok = id >= 0 && id < g.L;
@@ -281,8 +297,9 @@ __global__ void gather_patches_kernel(const scalar_t* __restrict__ img, const in
 // its id was repeated (inv == -1).
 // One block per image row (n, c, y), grid-stride; threads over its pixels x.
 template <typename scalar_t>
-__global__ void scatter_patches_kernel(const scalar_t* __restrict__ grad, const int64_t* __restrict__ inv,
-                                       scalar_t* __restrict__ out, int64_t rows, int64_t K, Geom g) {
+__global__ void scatter_patches_kernel(const scalar_t* __restrict__ grad,
+                                       const int64_t* __restrict__ inv, scalar_t* __restrict__ out,
+                                       int64_t rows, int64_t K, Geom g) {
   const int p = int(g.p);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t y = row % g.H, c = (row / g.H) % g.C, n = row / (g.H * g.C);
@@ -309,15 +326,17 @@ at::Tensor gather_patches_cuda(const at::Tensor& imgs_, const at::Tensor& ids_, 
   auto out = at::empty({imgs.size(0), K, g.P}, imgs.options());
   if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(imgs.scalar_type(), "gather_patches_cuda", [&] {
-    gather_patches_kernel<scalar_t><<<row_blocks(R, 1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        imgs.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), R, K, g);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    gather_patches_kernel<scalar_t><<<row_blocks(R, 1), kThreads, 0, stream>>>(
+        imgs.const_data_ptr<scalar_t>(), ids.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), R,
+        K, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-at::Tensor gather_patches_backward_cuda(const at::Tensor& grad_, const at::Tensor& ids_, int64_t p, int64_t C,
-                                        int64_t H, int64_t W) {
+at::Tensor gather_patches_backward_cuda(const at::Tensor& grad_, const at::Tensor& ids_, int64_t p,
+                                        int64_t C, int64_t H, int64_t W) {
   const char* op = "pykernels::gather_patches_backward";
   check_gather_patches_backward(op, grad_, ids_, p, C, H, W, at::kCUDA);
   const c10::cuda::CUDAGuard guard(grad_.device());
@@ -328,9 +347,10 @@ at::Tensor gather_patches_backward_cuda(const at::Tensor& grad_, const at::Tenso
   const int64_t rows = grad.size(0) * C * H;
   if (out.numel() == 0) return out;
   PK_DISPATCH_FLOATING(grad.scalar_type(), "gather_patches_backward_cuda", [&] {
-    scatter_patches_kernel<scalar_t><<<row_blocks(rows, 1), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad.const_data_ptr<scalar_t>(), inv.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(), rows,
-        ids.size(1), g);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    scatter_patches_kernel<scalar_t><<<row_blocks(rows, 1), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), inv.const_data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
+        rows, ids.size(1), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -363,20 +383,24 @@ __device__ TargetNorm<acc> target_norm(const scalar_t* t, const Geom& g, int lan
 // target_norm (norm_pix_loss); pass 2 per_patch[r] = mean_e (pred[r, e] - tn[e])^2, tn the
 // normalised target, and (kBackward) grad_pred[r, e] = coef[r] (pred[r, e] - tn[e]).
 template <typename scalar_t, bool kBackward>
-__global__ void masked_patch_loss_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ img,
+__global__ void masked_patch_loss_kernel(const scalar_t* __restrict__ pred,
+                                         const scalar_t* __restrict__ img,
                                          const acc_t<scalar_t>* __restrict__ coef,
-                                         acc_t<scalar_t>* __restrict__ per_patch, scalar_t* __restrict__ grad_pred,
-                                         int64_t R, Geom g, bool norm) {
+                                         acc_t<scalar_t>* __restrict__ per_patch,
+                                         scalar_t* __restrict__ grad_pred, int64_t R, Geom g,
+                                         bool norm) {
   using acc = acc_t<scalar_t>;
   PK_FOR_EACH_ROW(R) {
     const scalar_t* t = img + patch_base(g, r / g.L, r % g.L);
-    const TargetNorm<acc> tn = norm ? target_norm<scalar_t>(t, g, lane) : TargetNorm<acc>{acc(0), acc(1)};
+    const TargetNorm<acc> tn = norm ? target_norm<scalar_t>(t, g, lane) : TargetNorm<acc>{acc(0),
+                                                                                          acc(1)};
     const scalar_t* x = pred + r * g.P;
     const acc k = kBackward ? coef[r] : acc(0);
     const int P = int(g.P);
     acc s = 0;
     for (int e = lane; e < P; e += kWarp) {
-      const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(t[patch_elem(g, e)]) - tn.mean) * tn.rstd;
+      const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(t[patch_elem(g,
+          e)]) - tn.mean) * tn.rstd;
       if (kBackward) grad_pred[r * g.P + e] = static_cast<scalar_t>(k * d);
       s += d * d;
     }
@@ -386,10 +410,12 @@ __global__ void masked_patch_loss_kernel(const scalar_t* __restrict__ pred, cons
 }
 
 // per_patch [N, L] (accumulation dtype) and, with coef, grad_pred.
-at::Tensor launch_masked_patch_loss(const char* op, const at::Tensor& pred, const at::Tensor& imgs, int64_t p,
-                                    bool norm, const at::Tensor& coef, at::Tensor* grad_pred) {
+at::Tensor launch_masked_patch_loss(const char* op, const at::Tensor& pred, const at::Tensor& imgs,
+                                    int64_t p, bool norm, const at::Tensor& coef,
+                                    at::Tensor* grad_pred) {
   const Geom g = geom(op, imgs.size(1), imgs.size(2), imgs.size(3), p);
-  auto per_patch = at::empty({pred.size(0), pred.size(1)}, pred.options().dtype(at::toOpMathType(pred.scalar_type())));
+  auto per_patch = at::empty({pred.size(0), pred.size(1)},
+                             pred.options().dtype(at::toOpMathType(pred.scalar_type())));
   const int64_t R = per_patch.numel();
   if (R == 0) return per_patch;
   const dim3 grid(row_blocks(R, kRowsPerBlock)), block(kRowsPerBlock * kWarp);
@@ -398,12 +424,13 @@ at::Tensor launch_masked_patch_loss(const char* op, const at::Tensor& pred, cons
     using acc = acc_t<scalar_t>;
     if (grad_pred == nullptr) {
       masked_patch_loss_kernel<scalar_t, false><<<grid, block, 0, stream>>>(
-          pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(), nullptr, per_patch.data_ptr<acc>(),
-          nullptr, R, g, norm);
+          pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(), nullptr,
+          per_patch.data_ptr<acc>(), nullptr, R, g, norm);
     } else {
       masked_patch_loss_kernel<scalar_t, true><<<grid, block, 0, stream>>>(
-          pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(), coef.const_data_ptr<acc>(),
-          per_patch.data_ptr<acc>(), grad_pred->data_ptr<scalar_t>(), R, g, norm);
+          pred.const_data_ptr<scalar_t>(), imgs.const_data_ptr<scalar_t>(),
+          coef.const_data_ptr<acc>(), per_patch.data_ptr<acc>(), grad_pred->data_ptr<scalar_t>(), R,
+          g, norm);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -411,8 +438,8 @@ at::Tensor launch_masked_patch_loss(const char* op, const at::Tensor& pred, cons
 }
 
 // loss = sum(per_patch * mask) / sum(mask) (ATen's reductions: no host sync, no atomics).
-at::Tensor masked_patch_loss_cuda(const at::Tensor& pred_, const at::Tensor& imgs_, const at::Tensor& mask,
-                                  int64_t p, bool norm) {
+at::Tensor masked_patch_loss_cuda(const at::Tensor& pred_, const at::Tensor& imgs_,
+                                  const at::Tensor& mask, int64_t p, bool norm) {
   const char* op = "pykernels::masked_patch_loss";
   check_masked_patch_loss(op, pred_, imgs_, mask, p, at::kCUDA);
   const c10::cuda::CUDAGuard guard(pred_.device());
@@ -422,9 +449,12 @@ at::Tensor masked_patch_loss_cuda(const at::Tensor& pred_, const at::Tensor& img
   return (per_patch * m).sum() / m.sum();
 }
 
-// With w = grad / sum(mask): grad_pred = 2 w mask / P (pred - tn), grad_mask = w (per_patch - loss).
-std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& pred_,
-                                                                   const at::Tensor& imgs_, const at::Tensor& mask,
+// With w = grad / sum(mask): grad_pred = 2 w mask / P (pred - tn), grad_mask = w (per_patch -
+// loss).
+std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cuda(const at::Tensor& grad,
+                                                                   const at::Tensor& pred_,
+                                                                   const at::Tensor& imgs_,
+                                                                   const at::Tensor& mask,
                                                                    int64_t p, bool norm) {
   const char* op = "pykernels::masked_patch_loss_backward";
   check_masked_patch_loss(op, pred_, imgs_, mask, p, at::kCUDA);

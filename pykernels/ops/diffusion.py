@@ -46,12 +46,14 @@ def _check_samples(fn: str, *named) -> None:
 
 def _check_table(fn: str, table, like_name: str, like: Tensor) -> None:
     if not isinstance(table, Tensor):
-        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be a torch.Tensor, got {type(table).__name__}")
+        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be a torch.Tensor, got "
+                        f"{type(table).__name__}")
     if table.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be float32 (or float64), got {table.dtype}")
+        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be float32 (or float64), got "
+                        f"{table.dtype}")
     if table.dim() != 1 or table.shape[0] == 0:
-        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], got shape "
-                         f"{tuple(table.shape)}")
+        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
+                         f"got shape {tuple(table.shape)}")
     chk.same_device(fn, (like_name, like), ("alphas_cumprod", table))
 
 
@@ -64,8 +66,9 @@ def _check_range(fn: str, name: str, t: Tensor, T: int, allow_negative: bool) ->
     lo, hi = min(vals), max(vals)
     if (lo < 0 and not allow_negative) or hi >= T:
         bad = lo if lo < 0 and not allow_negative else hi
-        raise IndexError(f"{fn}: argument '{name}' has {bad}, outside [{'-inf' if allow_negative else 0}, "
-                         f"{T - 1}] (alphas_cumprod has {T} entries)")
+        lo_ok = "-inf" if allow_negative else 0
+        raise IndexError(f"{fn}: argument '{name}' has {bad}, outside [{lo_ok}, {T - 1}] "
+                         f"(alphas_cumprod has {T} entries)")
 
 
 def _check_timesteps_op(fn: str, name: str, t, like_name: str, like: Tensor) -> None:
@@ -77,8 +80,8 @@ def _check_timesteps_op(fn: str, name: str, t, like_name: str, like: Tensor) -> 
         raise TypeError(f"{fn}: argument '{name}' must be an int64 or int32 tensor, got {what}")
     chk.same_device(fn, (like_name, like), (name, t))
     if tuple(t.shape) != (like.shape[0],):
-        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{like.shape[0]}] (one per sample), "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{like.shape[0]}] (one "
+                         f"per sample), got {tuple(t.shape)}")
 
 
 def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: bool = False,
@@ -89,17 +92,20 @@ def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: b
     N = like.shape[0]
     if isinstance(t, int) and not isinstance(t, bool):
         if not (allow_negative or t >= 0) or t >= T:
-            raise IndexError(f"{fn}: argument '{name}' is {t}, outside [{'-inf' if allow_negative else 0}, {T - 1}]")
+            lo_ok = "-inf" if allow_negative else 0
+            raise IndexError(f"{fn}: argument '{name}' is {t}, outside [{lo_ok}, {T - 1}]")
         return torch.full((N,), t, dtype=torch.int64, device=like.device)
     if not isinstance(t, Tensor):
-        raise TypeError(f"{fn}: argument '{name}' must be an int or an integer tensor [N], got {type(t).__name__}")
+        raise TypeError(f"{fn}: argument '{name}' must be an int or an integer tensor [N], got "
+                        f"{type(t).__name__}")
     if t.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{fn}: argument '{name}' must be an int64 or int32 tensor, got {t.dtype}")
     chk.same_device(fn, ("sample", like), (name, t))
     if t.dim() == 0:
         t = t.expand(N)
     if t.shape != (N,):
-        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{N}] (one per sample), got {tuple(t.shape)}")
+        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{N}] (one per sample), "
+                         f"got {tuple(t.shape)}")
     if check_range:
         _check_range(fn, name, t, T, allow_negative)
     return t
@@ -107,18 +113,20 @@ def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: b
 
 def _check_threshold(fn: str, q, sample: Tensor) -> None:
     if q.dtype != acc_dtype(sample.dtype):
-        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype ({acc_dtype(sample.dtype)}), "
-                        f"got {q.dtype}")
+        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype "
+                        f"({acc_dtype(sample.dtype)}), got {q.dtype}")
     chk.same_device(fn, ("sample", sample), ("threshold", q))
     if tuple(q.shape) != (sample.shape[0],):
-        raise ValueError(f"{fn}: argument 'threshold' must have shape [N] = [{sample.shape[0]}], got {tuple(q.shape)}")
+        raise ValueError(f"{fn}: argument 'threshold' must have shape [N] = [{sample.shape[0]}], "
+                         f"got {tuple(q.shape)}")
 
 
 def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=0.0, final=1.0):
     chk.positive(fn, "clip_sample_range", clip_sample_range)
     if thresholding:
         if not 0 <= ratio <= 1:
-            raise ValueError(f"{fn}: argument 'dynamic_thresholding_ratio' must be in [0, 1], got {ratio}")
+            raise ValueError(f"{fn}: argument 'dynamic_thresholding_ratio' must be in [0, 1], "
+                             f"got {ratio}")
         chk.positive(fn, "sample_max_value", max_value)
     if not eta >= 0:
         raise ValueError(f"{fn}: argument 'eta' must be >= 0, got {eta}")
@@ -126,8 +134,9 @@ def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=
         raise ValueError(f"{fn}: argument 'final_alpha_cumprod' must be in (0, 1], got {final}")
 
 
-def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise, threshold,
-                   prediction_type, clip_sample_range, eta=0.0, final_alpha_cumprod=1.0) -> None:
+def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise,
+                   threshold, prediction_type, clip_sample_range, eta=0.0,
+                   final_alpha_cumprod=1.0) -> None:
     """The checks the C++ step ops make, for the Triton ops and their backward ops (noise
     None there): a wrong table or timestep shape would read out of bounds."""
     _check_samples(fn, ("sample", sample), ("model_output", model_output),
@@ -176,13 +185,13 @@ def _step_grads_fake(model_output, threshold):
             model_output.new_empty((n,), dtype=acc_dtype(model_output.dtype)))
 
 
-def _ddpm_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps, sample,
-                             alphas_cumprod, prev_timesteps, threshold, *args):
+def _ddpm_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
+                             sample, alphas_cumprod, prev_timesteps, threshold, *args):
     return _step_grads_fake(model_output, threshold)
 
 
-def _ddim_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps, prev_timesteps,
-                             sample, alphas_cumprod, eta, threshold, *args):
+def _ddim_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
+                             prev_timesteps, sample, alphas_cumprod, eta, threshold, *args):
     return _step_grads_fake(model_output, threshold)
 
 
@@ -209,26 +218,24 @@ if triton_available():
         _check_table(fn, alphas_cumprod, "grad", grad)
         _check_timesteps_op(fn, "timesteps", timesteps, "grad", grad)
 
-    @triton_op("pykernels::add_noise_triton", mutates_args=())
-    def _add_noise_triton(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-        _check_blend_op("pykernels::add_noise_triton", x0, noise, timesteps, alphas_cumprod)
-        return tk.blend(x0, noise, timesteps, alphas_cumprod, "add_noise")
+    def _define_blend_ops(name: str) -> None:
+        """The Triton ops of add_noise or get_velocity (`name`): the blend kernel with that
+        op's coefficients, and its backward."""
+        fn, fn_backward = f"pykernels::{name}_triton", f"pykernels::{name}_backward_triton"
 
-    @triton_op("pykernels::add_noise_backward_triton", mutates_args=())
-    def _add_noise_backward_triton(grad: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
-        _check_blend_backward_op("pykernels::add_noise_backward_triton", grad, timesteps, alphas_cumprod)
-        return tk.blend_backward(grad, timesteps, alphas_cumprod, "add_noise")
+        @triton_op(fn, mutates_args=())
+        def forward(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
+            _check_blend_op(fn, x0, noise, timesteps, alphas_cumprod)
+            return tk.blend(x0, noise, timesteps, alphas_cumprod, name)
 
-    @triton_op("pykernels::get_velocity_triton", mutates_args=())
-    def _get_velocity_triton(x0: Tensor, noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
-        _check_blend_op("pykernels::get_velocity_triton", x0, noise, timesteps, alphas_cumprod)
-        return tk.blend(x0, noise, timesteps, alphas_cumprod, "get_velocity")
+        @triton_op(fn_backward, mutates_args=())
+        def backward(grad: Tensor, timesteps: Tensor,
+                     alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
+            _check_blend_backward_op(fn_backward, grad, timesteps, alphas_cumprod)
+            return tk.blend_backward(grad, timesteps, alphas_cumprod, name)
 
-    @triton_op("pykernels::get_velocity_backward_triton", mutates_args=())
-    def _get_velocity_backward_triton(grad: Tensor, timesteps: Tensor,
-                                      alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
-        _check_blend_backward_op("pykernels::get_velocity_backward_triton", grad, timesteps, alphas_cumprod)
-        return tk.blend_backward(grad, timesteps, alphas_cumprod, "get_velocity")
+    for _name in ("add_noise", "get_velocity"):
+        _define_blend_ops(_name)
 
     def _check_loss_op(fn: str, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
                        reduction) -> None:
@@ -240,72 +247,88 @@ if triton_available():
 
     @triton_op("pykernels::diffusion_loss_triton", mutates_args=())
     def _diffusion_loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor,
-                               alphas_cumprod: Tensor, prediction_type: str, reduction: str) -> Tensor:
-        _check_loss_op("pykernels::diffusion_loss_triton", model_output, x0, noise, timesteps, alphas_cumprod,
-                       prediction_type, reduction)
-        return tk.diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction)
+                               alphas_cumprod: Tensor, prediction_type: str,
+                               reduction: str) -> Tensor:
+        _check_loss_op("pykernels::diffusion_loss_triton", model_output, x0, noise, timesteps,
+                       alphas_cumprod, prediction_type, reduction)
+        return tk.diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod,
+                                 prediction_type, reduction)
 
     @triton_op("pykernels::diffusion_loss_backward_triton", mutates_args=())
-    def _diffusion_loss_backward_triton(grad: Tensor, model_output: Tensor, x0: Tensor, noise: Tensor,
-                                        timesteps: Tensor, alphas_cumprod: Tensor, prediction_type: str,
-                                        reduction: str, output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    def _diffusion_loss_backward_triton(grad: Tensor, model_output: Tensor, x0: Tensor,
+                                        noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
+                                        prediction_type: str, reduction: str,
+                                        output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::diffusion_loss_backward_triton"
-        _check_loss_op(fn, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction)
+        _check_loss_op(fn, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
+                       reduction)
         chk.grad(fn, grad, model_output.shape if reduction == "none" else (), model_output)
         if len(output_mask) != 3:
-            # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser: a RuntimeError too.
-            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per input), "
-                               f"got {len(output_mask)}")
-        return tk.diffusion_loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
-                                          reduction, output_mask)
+            # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser: a
+            # RuntimeError too.
+            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per "
+                               f"input), got {len(output_mask)}")
+        return tk.diffusion_loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod,
+                                          prediction_type, reduction, output_mask)
 
     @triton_op("pykernels::ddpm_step_triton", mutates_args=())
-    def _ddpm_step_triton(model_output: Tensor, timesteps: Tensor, sample: Tensor, alphas_cumprod: Tensor,
-                          prev_timesteps: Tensor, noise: Tensor | None, threshold: Tensor | None,
-                          prediction_type: str, clip_sample: bool, clip_sample_range: float) -> tuple[Tensor, Tensor]:
-        _check_step_op("pykernels::ddpm_step_triton", model_output, timesteps, prev_timesteps, sample,
-                       alphas_cumprod, noise, threshold, prediction_type, clip_sample_range)
-        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise, threshold,
-                               tk.StepParams(False, prediction_type, clip_sample, clip_sample_range))
+    def _ddpm_step_triton(model_output: Tensor, timesteps: Tensor, sample: Tensor,
+                          alphas_cumprod: Tensor, prev_timesteps: Tensor, noise: Tensor | None,
+                          threshold: Tensor | None, prediction_type: str, clip_sample: bool,
+                          clip_sample_range: float) -> tuple[Tensor, Tensor]:
+        _check_step_op("pykernels::ddpm_step_triton", model_output, timesteps, prev_timesteps,
+                       sample, alphas_cumprod, noise, threshold, prediction_type, clip_sample_range)
+        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                               noise, threshold, tk.StepParams(False, prediction_type, clip_sample,
+                               clip_sample_range))
 
     @triton_op("pykernels::ddpm_step_backward_triton", mutates_args=())
     def _ddpm_step_backward_triton(grad_prev_sample: Tensor, grad_pred_original_sample: Tensor,
-                                   model_output: Tensor, timesteps: Tensor, sample: Tensor, alphas_cumprod: Tensor,
-                                   prev_timesteps: Tensor, threshold: Tensor | None, prediction_type: str,
-                                   clip_sample: bool, clip_sample_range: float) -> tuple[Tensor, Tensor, Tensor]:
+                                   model_output: Tensor, timesteps: Tensor, sample: Tensor,
+                                   alphas_cumprod: Tensor, prev_timesteps: Tensor,
+                                   threshold: Tensor | None, prediction_type: str,
+                                   clip_sample: bool,
+                                   clip_sample_range: float) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::ddpm_step_backward_triton"
-        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None, threshold,
-                       prediction_type, clip_sample_range)
+        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None,
+                       threshold, prediction_type, clip_sample_range)
         _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                                        prev_timesteps, sample, alphas_cumprod, threshold,
-                                        tk.StepParams(False, prediction_type, clip_sample, clip_sample_range))
+        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output,
+                                        timesteps, prev_timesteps, sample, alphas_cumprod,
+                                        threshold, tk.StepParams(False, prediction_type,
+                                        clip_sample, clip_sample_range))
 
     @triton_op("pykernels::ddim_step_triton", mutates_args=())
-    def _ddim_step_triton(model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor, sample: Tensor,
-                          alphas_cumprod: Tensor, eta: float, noise: Tensor | None, threshold: Tensor | None,
-                          prediction_type: str, clip_sample: bool, clip_sample_range: float,
-                          use_clipped_model_output: bool, final_alpha_cumprod: float) -> tuple[Tensor, Tensor]:
-        _check_step_op("pykernels::ddim_step_triton", model_output, timesteps, prev_timesteps, sample,
-                       alphas_cumprod, noise, threshold, prediction_type, clip_sample_range, eta, final_alpha_cumprod)
-        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise, threshold,
-                               tk.StepParams(True, prediction_type, clip_sample, clip_sample_range, eta,
-                                             use_clipped_model_output, final_alpha_cumprod))
+    def _ddim_step_triton(model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor,
+                          sample: Tensor, alphas_cumprod: Tensor, eta: float, noise: Tensor | None,
+                          threshold: Tensor | None, prediction_type: str, clip_sample: bool,
+                          clip_sample_range: float, use_clipped_model_output: bool,
+                          final_alpha_cumprod: float) -> tuple[Tensor, Tensor]:
+        _check_step_op("pykernels::ddim_step_triton", model_output, timesteps, prev_timesteps,
+                       sample, alphas_cumprod, noise, threshold, prediction_type,
+                       clip_sample_range, eta, final_alpha_cumprod)
+        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                               noise, threshold, tk.StepParams(True, prediction_type, clip_sample,
+                               clip_sample_range, eta, use_clipped_model_output,
+                               final_alpha_cumprod))
 
     @triton_op("pykernels::ddim_step_backward_triton", mutates_args=())
     def _ddim_step_backward_triton(grad_prev_sample: Tensor, grad_pred_original_sample: Tensor,
-                                   model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor, sample: Tensor,
-                                   alphas_cumprod: Tensor, eta: float, threshold: Tensor | None, prediction_type: str,
-                                   clip_sample: bool, clip_sample_range: float, use_clipped_model_output: bool,
+                                   model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor,
+                                   sample: Tensor, alphas_cumprod: Tensor, eta: float,
+                                   threshold: Tensor | None, prediction_type: str,
+                                   clip_sample: bool, clip_sample_range: float,
+                                   use_clipped_model_output: bool,
                                    final_alpha_cumprod: float) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::ddim_step_backward_triton"
-        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None, threshold,
-                       prediction_type, clip_sample_range, eta, final_alpha_cumprod)
+        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None,
+                       threshold, prediction_type, clip_sample_range, eta, final_alpha_cumprod)
         _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                                        prev_timesteps, sample, alphas_cumprod, threshold,
-                                        tk.StepParams(True, prediction_type, clip_sample, clip_sample_range, eta,
-                                                      use_clipped_model_output, final_alpha_cumprod))
+        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output,
+                                        timesteps, prev_timesteps, sample, alphas_cumprod,
+                                        threshold, tk.StepParams(True, prediction_type,
+                                        clip_sample, clip_sample_range, eta,
+                                        use_clipped_model_output, final_alpha_cumprod))
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -349,7 +372,8 @@ def _register_step_autograd(name: str, sample: int, noise: int, threshold: int) 
         args = list(ctx.args)
         for i, t in zip(ctx.slots, ctx.saved_tensors):
             args[i] = t
-        grad_m, grad_s, grad_q = ops(name + "_backward")(grad_prev_sample, grad_pred_original_sample, *args)
+        grad_m, grad_s, grad_q = ops(name + "_backward")(grad_prev_sample,
+                                                         grad_pred_original_sample, *args)
         grads = [None] * ctx.n_inputs
         grads[0], grads[sample] = grad_m, grad_s
         if ctx.has_threshold:
@@ -367,15 +391,16 @@ _register_step_autograd("ddim_step", sample=3, noise=6, threshold=7)
 
 
 # ----------------------------------------------------------------------------- public API
-def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
-                  beta_end: float = 0.02) -> Tensor:
+def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                  beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """alphas_cumprod [num_train_timesteps] (float32, CPU) of a beta schedule: "linear",
     "scaled_linear" (linear in sqrt(beta), latent diffusion) or "squaredcos_cap_v2" (the
     GLIDE cosine schedule), identical to diffusers' schedulers. Move it to the samples'
     device once: every op indexes it there."""
     fn = "pykernels.make_schedule"
     if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int):
-        raise TypeError(f"{fn}: argument 'num_train_timesteps' must be an int, got {type(num_train_timesteps).__name__}")
+        raise TypeError(f"{fn}: argument 'num_train_timesteps' must be an int, got "
+                        f"{type(num_train_timesteps).__name__}")
     chk.positive(fn, "num_train_timesteps", num_train_timesteps)
     chk.choice(fn, "beta_schedule", beta_schedule, BETA_SCHEDULES)
     if beta_schedule != "squaredcos_cap_v2":
@@ -387,7 +412,8 @@ def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear"
     return ref.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end)
 
 
-def _resolve(fn: str, backend, like: Tensor, alphas_cumprod, *timesteps) -> tuple[str, list[Tensor]]:
+def _resolve(fn: str, backend, like: Tensor, alphas_cumprod, *timesteps) -> tuple[str,
+                                                                                  list[Tensor]]:
     """(backend, the timesteps as int tensors [N]): (name, value, allow_negative) triples.
     The cpu backend's ops range-check CPU timesteps themselves."""
     _check_table(fn, alphas_cumprod, "sample", like)
@@ -397,7 +423,8 @@ def _resolve(fn: str, backend, like: Tensor, alphas_cumprod, *timesteps) -> tupl
                   for n, t, neg in timesteps]
 
 
-def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, backend) -> Tensor:
+def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor,
+           backend) -> Tensor:
     _check_samples(fn, ("x0", x0), ("noise", noise))
     name, (t,) = _resolve(fn, backend, x0, alphas_cumprod, ("timesteps", timesteps, False))
     if name == "reference":
@@ -406,7 +433,8 @@ def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor
 
 
 @chk.autocast_rule("x0", "noise")
-def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *, backend: str | None = None) -> Tensor:
+def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
+              backend: str | None = None) -> Tensor:
     """Forward diffusion: sqrt(a_t) x0 + sqrt(1 - a_t) noise, a_t = alphas_cumprod[t] per
     sample (timesteps [N], x0 and noise [N, ...]). Coefficients in float32 from the table
     (so an fp16 sample at t = 0 really gets noise); output in x0's dtype. Gradients to
@@ -422,8 +450,9 @@ def get_velocity(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *
 
 
 @chk.autocast_rule("model_output", "x0", "noise")
-def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
-                   prediction_type: str = "epsilon", reduction: str = "mean", backend: str | None = None) -> Tensor:
+def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps,
+                   alphas_cumprod: Tensor, *, prediction_type: str = "epsilon",
+                   reduction: str = "mean", backend: str | None = None) -> Tensor:
     """Mean squared error of model_output against the training target (noise for
     "epsilon", x0 for "sample", the velocity for "v_prediction"), target and error in
     one pass. reduction "mean" / "sum" over every element, or "none" (per element).
@@ -432,10 +461,13 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps, a
     _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
-    name, (t,) = _resolve(fn, backend, model_output, alphas_cumprod, ("timesteps", timesteps, False))
+    name, (t,) = _resolve(fn, backend, model_output, alphas_cumprod,
+                          ("timesteps", timesteps, False))
     if name == "reference":
-        return ref.diffusion_loss(model_output, x0, noise, t, alphas_cumprod, prediction_type, reduction)
-    return op("diffusion_loss", name)(model_output, x0, noise, t, alphas_cumprod, prediction_type, reduction)
+        return ref.diffusion_loss(model_output, x0, noise, t, alphas_cumprod, prediction_type,
+                                  reduction)
+    return op("diffusion_loss", name)(model_output, x0, noise, t, alphas_cumprod, prediction_type,
+                                      reduction)
 
 
 def _noise(fn: str, noise, generator, like: Tensor):
@@ -447,7 +479,8 @@ def _noise(fn: str, noise, generator, like: Tensor):
     return z.to(like.device)
 
 
-def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | None, thresholding: bool):
+def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | None,
+                        thresholding: bool):
     """(model_output, sample, noise, dtype to round the outputs to or None) for a step.
     With thresholding, x0's gradient is the difference of the clip's path and the
     threshold's (through the quantile), each up to 1/sqrt(a) times the result (2e4 at
@@ -461,7 +494,19 @@ def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | No
     if not (thresholding and half and torch.is_grad_enabled()
             and (model_output.requires_grad or sample.requires_grad)):
         return model_output, sample, noise, None
-    return model_output.float(), sample.float(), None if noise is None else noise.float(), sample.dtype
+    z = None if noise is None else noise.float()
+    return model_output.float(), sample.float(), z, sample.dtype
+
+
+def _fused_step(model_output, sample, noise, timesteps, alphas_cumprod, prediction_type,
+                thresholding, ratio, max_value, call):
+    """A step on a fused backend: call(model_output, sample, noise, threshold) runs its op,
+    with the dynamic threshold when asked (in float32 where _threshold_operands says so)."""
+    m, s, z, out_dtype = _threshold_operands(model_output, sample, noise, thresholding)
+    q = _threshold(m, timesteps, s, alphas_cumprod, prediction_type, ratio,
+                   max_value) if thresholding else None
+    out = call(m, s, z, q)
+    return out if out_dtype is None else tuple(o.to(out_dtype) for o in out)
 
 
 def _threshold(model_output, timesteps, sample, alphas_cumprod, prediction_type, ratio, max_value):
@@ -474,9 +519,10 @@ def _threshold(model_output, timesteps, sample, alphas_cumprod, prediction_type,
 
 @chk.autocast_rule("model_output", "sample", "noise")
 def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: Tensor, *,
-              prev_timesteps=None, noise: Tensor | None = None, generator: torch.Generator | None = None,
-              prediction_type: str = "epsilon", clip_sample: bool = True, clip_sample_range: float = 1.0,
-              thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+              prev_timesteps=None, noise: Tensor | None = None,
+              generator: torch.Generator | None = None, prediction_type: str = "epsilon",
+              clip_sample: bool = True, clip_sample_range: float = 1.0, thresholding: bool = False,
+              dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
               backend: str | None = None) -> tuple[Tensor, Tensor]:
     """One DDPM ancestral step per sample -> (prev_sample, pred_original_sample): the math
     of diffusers' DDPMScheduler.step with variance_type "fixed_small". prev_timesteps
@@ -487,30 +533,36 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
     fn = "pykernels.ddpm_step"
     _check_samples(fn, ("sample", sample), ("model_output", model_output))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
-    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
+    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio,
+                     sample_max_value)
     given_prev = [] if prev_timesteps is None else [("prev_timesteps", prev_timesteps, True)]
-    name, ts = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False), *given_prev)
+    name, ts = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False),
+                        *given_prev)
     t, prev = ts[0], ts[1] if given_prev else ts[0] - 1
     z = _noise(fn, noise, generator, sample)
-    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=clip_sample_range)
+    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample,
+              clip_sample_range=clip_sample_range)
     if name == "reference":
         return ref.ddpm_step(model_output, t, sample, alphas_cumprod, prev_timesteps=prev, noise=z,
-                             thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+                             thresholding=thresholding,
+                             dynamic_thresholding_ratio=dynamic_thresholding_ratio,
                              sample_max_value=sample_max_value, **kw)
-    m, s, z, out_dtype = _threshold_operands(model_output, sample, z, thresholding)
-    q = _threshold(m, t, s, alphas_cumprod, prediction_type, dynamic_thresholding_ratio,
-                   sample_max_value) if thresholding else None
-    out = op("ddpm_step", name)(m, t, s, alphas_cumprod, prev, z, q, prediction_type, bool(clip_sample),
-                                float(clip_sample_range))
-    return out if out_dtype is None else tuple(o.to(out_dtype) for o in out)
+    return _fused_step(
+        model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
+        dynamic_thresholding_ratio, sample_max_value,
+        lambda m, s, z, q: op("ddpm_step", name)(m, t, s, alphas_cumprod, prev, z, q,
+                                                 prediction_type, bool(clip_sample),
+                                                 float(clip_sample_range)))
 
 
 @chk.autocast_rule("model_output", "sample", "noise")
-def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor, alphas_cumprod: Tensor, *,
-              eta: float = 0.0, noise: Tensor | None = None, generator: torch.Generator | None = None,
-              prediction_type: str = "epsilon", clip_sample: bool = False, clip_sample_range: float = 1.0,
-              thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
-              use_clipped_model_output: bool = False, final_alpha_cumprod: float = 1.0,
+def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
+              alphas_cumprod: Tensor, *, eta: float = 0.0, noise: Tensor | None = None,
+              generator: torch.Generator | None = None, prediction_type: str = "epsilon",
+              clip_sample: bool = False, clip_sample_range: float = 1.0,
+              thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+              sample_max_value: float = 1.0, use_clipped_model_output: bool = False,
+              final_alpha_cumprod: float = 1.0,
               backend: str | None = None) -> tuple[Tensor, Tensor]:
     """One DDIM step per sample -> (prev_sample, pred_original_sample): the math of
     diffusers' DDIMScheduler.step. prev_timesteps < 0 use final_alpha_cumprod. eta > 0
@@ -521,23 +573,28 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor, a
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
         raise TypeError(f"{fn}: argument 'eta' must be a number, got {type(eta).__name__}")
-    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value,
-                     eta, final_alpha_cumprod)
+    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio,
+                     sample_max_value, eta, final_alpha_cumprod)
     name, (t, prev) = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False),
                                ("prev_timesteps", prev_timesteps, True))
     z = _noise(fn, noise, generator, sample) if eta > 0 else None
-    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=clip_sample_range,
-              use_clipped_model_output=use_clipped_model_output, final_alpha_cumprod=final_alpha_cumprod)
+    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample,
+              clip_sample_range=clip_sample_range,
+              use_clipped_model_output=use_clipped_model_output,
+              final_alpha_cumprod=final_alpha_cumprod)
     if name == "reference":
         return ref.ddim_step(model_output, t, prev, sample, alphas_cumprod, eta=eta, noise=z,
-                             thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+                             thresholding=thresholding,
+                             dynamic_thresholding_ratio=dynamic_thresholding_ratio,
                              sample_max_value=sample_max_value, **kw)
-    m, s, z, out_dtype = _threshold_operands(model_output, sample, z, thresholding)
-    q = _threshold(m, t, s, alphas_cumprod, prediction_type, dynamic_thresholding_ratio,
-                   sample_max_value) if thresholding else None
-    out = op("ddim_step", name)(m, t, prev, s, alphas_cumprod, float(eta), z, q, prediction_type, bool(clip_sample),
-                                float(clip_sample_range), bool(use_clipped_model_output), float(final_alpha_cumprod))
-    return out if out_dtype is None else tuple(o.to(out_dtype) for o in out)
+    return _fused_step(
+        model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
+        dynamic_thresholding_ratio, sample_max_value,
+        lambda m, s, z, q: op("ddim_step", name)(m, t, prev, s, alphas_cumprod, float(eta), z, q,
+                                                 prediction_type, bool(clip_sample),
+                                                 float(clip_sample_range),
+                                                 bool(use_clipped_model_output),
+                                                 float(final_alpha_cumprod)))
 
 
 # ----------------------------------------------------------------------------- self-check
@@ -558,14 +615,12 @@ def _rand_step(device, dtype):
     return m, s
 
 
-SELFCHECK = [
-    ("add_noise [4, 4, 16, 16]", _rand_step,
-     lambda be, a, b: add_noise(a, b, torch.tensor([0, 1, 500, 999], device=a.device), _table(a.device), backend=be)),
-    ("diffusion_loss v_prediction", _rand_step,
-     lambda be, a, b: diffusion_loss(a, b, b.detach(), torch.tensor([0, 1, 500, 999], device=a.device),
-                                     _table(a.device), prediction_type="v_prediction", backend=be)),
-    ("ddim_step eta=0", _rand_step,
-     lambda be, a, b: ddim_step(a, torch.tensor([999, 500, 20, 0], device=a.device),
-                                torch.tensor([979, 480, 0, -20], device=a.device), b, _table(a.device),
-                                backend=be)[0]),
-]
+SELFCHECK = [("add_noise [4, 4, 16, 16]", _rand_step, lambda be, a,
+              b: add_noise(a, b, torch.tensor([0, 1, 500, 999], device=a.device), _table(a.device),
+              backend=be)), ("diffusion_loss v_prediction", _rand_step, lambda be, a,
+              b: diffusion_loss(a, b, b.detach(), torch.tensor([0, 1, 500, 999], device=a.device),
+              _table(a.device), prediction_type="v_prediction", backend=be)),
+              ("ddim_step eta=0", _rand_step, lambda be, a,
+              b: ddim_step(a, torch.tensor([999, 500, 20, 0], device=a.device),
+              torch.tensor([979, 480, 0, -20], device=a.device), b, _table(a.device),
+              backend=be)[0]), ]

@@ -29,7 +29,8 @@ def _check_ids(fn: str, name: str, ids, ref_name: str, ref_t) -> None:
         raise TypeError(f"{fn}: argument '{name}' must be an int64 tensor, got {ids.dtype}")
     chk.same_device(fn, (ref_name, ref_t), (name, ids))
     if ids.dim() != 2 or ids.shape[0] != ref_t.shape[0]:
-        raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got {tuple(ids.shape)}")
+        raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got "
+                         f"{tuple(ids.shape)}")
 
 
 def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
@@ -43,15 +44,16 @@ def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
 
 def _check_patch_size(fn: str, patch_size) -> None:
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):
-        raise TypeError(f"{fn}: argument 'patch_size' must be an int, got {type(patch_size).__name__}")
+        raise TypeError(f"{fn}: argument 'patch_size' must be an int, got "
+                        f"{type(patch_size).__name__}")
     if patch_size <= 0:
         raise ValueError(f"{fn}: argument 'patch_size' must be > 0, got {patch_size}")
 
 
 def _check_divides(fn: str, patch_size: int, H, W) -> None:
     if H % patch_size or W % patch_size:
-        raise ValueError(f"{fn}: image height and width must be multiples of 'patch_size' ({patch_size}), "
-                         f"got {H} x {W}")
+        raise ValueError(f"{fn}: image height and width must be multiples of 'patch_size' "
+                         f"({patch_size}), got {H} x {W}")
 
 
 def _check_image(fn: str, imgs, patch_size) -> None:
@@ -62,7 +64,8 @@ def _check_image(fn: str, imgs, patch_size) -> None:
 
 def _check_ratio(fn: str, mask_ratio) -> None:
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
-        raise TypeError(f"{fn}: argument 'mask_ratio' must be a number, got {type(mask_ratio).__name__}")
+        raise TypeError(f"{fn}: argument 'mask_ratio' must be a number, got "
+                        f"{type(mask_ratio).__name__}")
     if not 0 <= mask_ratio < 1:  # also rejects NaN
         raise ValueError(f"{fn}: argument 'mask_ratio' must be in [0, 1), got {mask_ratio}")
 
@@ -72,7 +75,8 @@ def _check_noise(fn: str, noise, x) -> None:
     _check_rank(fn, "noise", noise, 2, lambda: f"[{N}, {L}]")
     chk.same_device(fn, ("x", x), ("noise", noise))
     if tuple(noise.shape) != (N, L):
-        raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got {tuple(noise.shape)}")
+        raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got "
+                         f"{tuple(noise.shape)}")
 
 
 def _check_unshuffle(fn: str, x_visible, mask_token, ids_restore) -> None:
@@ -82,12 +86,13 @@ def _check_unshuffle(fn: str, x_visible, mask_token, ids_restore) -> None:
     chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
     D = x_visible.shape[2]
     if mask_token.numel() != D or (mask_token.dim() and mask_token.shape[-1] != D):
-        raise ValueError(f"{fn}: argument 'mask_token' must have {D} elements (shape [D] or [1, 1, D]), "
-                         f"got shape {tuple(mask_token.shape)}")
+        raise ValueError(f"{fn}: argument 'mask_token' must have {D} elements (shape [D] or [1, "
+                         f"1, D]), got shape {tuple(mask_token.shape)}")
     _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
     if ids_restore.shape[1] < x_visible.shape[1]:
-        raise ValueError(f"{fn}: argument 'ids_restore' [N, L] must have L >= K = {x_visible.shape[1]} "
-                         f"(the visible tokens), got {tuple(ids_restore.shape)}")
+        raise ValueError(f"{fn}: argument 'ids_restore' [N, L] must have L >= K = "
+                         f"{x_visible.shape[1]} (the visible tokens), got "
+                         f"{tuple(ids_restore.shape)}")
 
 
 def _check_masked_patch_loss(fn: str, pred, imgs, mask, patch_size) -> None:
@@ -99,12 +104,14 @@ def _check_masked_patch_loss(fn: str, pred, imgs, mask, patch_size) -> None:
     N, C, H, W = imgs.shape
     L, P = (H // patch_size) * (W // patch_size), patch_size * patch_size * C
     if tuple(pred.shape) != (N, L, P):
-        raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' {tuple(imgs.shape)} "
-                         f"and patch_size {patch_size}, got {tuple(pred.shape)}")
+        raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' "
+                         f"{tuple(imgs.shape)} and patch_size {patch_size}, got "
+                         f"{tuple(pred.shape)}")
     _check_rank(fn, "mask", mask, 2, lambda: f"[{N}, {L}]")
     chk.same_device(fn, ("pred", pred), ("mask", mask))
     if tuple(mask.shape) != (N, L):
-        raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got {tuple(mask.shape)}")
+        raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got "
+                         f"{tuple(mask.shape)}")
 
 
 # ----------------------------------------------------------------------------- fakes
@@ -123,11 +130,13 @@ def _unshuffle_fake(x_visible, mask_token, ids_restore):
 
 
 def _unshuffle_backward_fake(grad, ids_restore, num_keep):
-    return grad.new_empty((grad.shape[0], num_keep, grad.shape[2])), grad.new_empty((grad.shape[2],))
+    return grad.new_empty((grad.shape[0], num_keep,
+                           grad.shape[2])), grad.new_empty((grad.shape[2],))
 
 
 def _gather_patches_fake(imgs, ids_keep, patch_size):
-    return imgs.new_empty((imgs.shape[0], ids_keep.shape[1], patch_size * patch_size * imgs.shape[1]))
+    return imgs.new_empty((imgs.shape[0], ids_keep.shape[1],
+                           patch_size * patch_size * imgs.shape[1]))
 
 
 def _gather_patches_backward_fake(grad, ids_keep, patch_size, channels, height, width):
@@ -157,7 +166,9 @@ if triton_available():
     from ..triton_kernels import mae as tk
 
     @triton_op("pykernels::random_masking_triton", mutates_args=())
-    def _random_masking_triton(x: Tensor, mask_ratio: float, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _random_masking_triton(x: Tensor, mask_ratio: float, noise: Tensor) -> tuple[Tensor,
+                                                                                     Tensor,
+                                                                                     Tensor]:
         fn = "pykernels::random_masking_triton"
         _check_rank(fn, "x", x, 3, "[N, L, D]")
         _check_ratio(fn, mask_ratio)
@@ -187,21 +198,25 @@ if triton_available():
         chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
         if mask_token.shape[0] != x_visible.shape[2]:  # the kernel reads D elements of it
-            raise ValueError(f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} elements (the D of "
-                             f"'x_visible'), got {mask_token.shape[0]}")
+            raise ValueError(f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} "
+                             f"elements (the D of 'x_visible'), got {mask_token.shape[0]}")
         if x_visible.shape[1] > ids_restore.shape[1]:
-            raise ValueError(f"{fn}: argument 'x_visible' has {x_visible.shape[1]} tokens, more than the "
-                             f"L = {ids_restore.shape[1]} of 'ids_restore'")
+            raise ValueError(f"{fn}: argument 'x_visible' has {x_visible.shape[1]} tokens, more "
+                             f"than the L = {ids_restore.shape[1]} of 'ids_restore'")
         return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
-    def _unshuffle_backward_triton(grad: Tensor, ids_restore: Tensor, num_keep: int) -> tuple[Tensor, Tensor]:
+    def _unshuffle_backward_triton(grad: Tensor, ids_restore: Tensor,
+                                   num_keep: int) -> tuple[Tensor, Tensor]:
         fn = "pykernels::unshuffle_with_mask_tokens_backward_triton"
         _check_ids_grad(fn, grad, "[N, L, D]", "ids_restore", ids_restore, 1)
         if not 0 <= num_keep <= grad.shape[1]:
-            raise ValueError(f"{fn}: argument 'num_keep' must be in [0, {grad.shape[1]}], got {num_keep}")
+            raise ValueError(f"{fn}: argument 'num_keep' must be in [0, {grad.shape[1]}], got "
+                             f"{num_keep}")
         inv = tk.invert_ids(ids_restore, num_keep)
-        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(grad, ids_restore, num_keep)
+        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(grad,
+                                                                                      ids_restore,
+                                                                                      num_keep)
 
     @triton_op("pykernels::gather_patches_triton", mutates_args=())
     def _gather_patches_triton(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
@@ -211,8 +226,8 @@ if triton_available():
         return tk.gather_patches(imgs, ids_keep, patch_size)
 
     @triton_op("pykernels::gather_patches_backward_triton", mutates_args=())
-    def _gather_patches_backward_triton(grad: Tensor, ids_keep: Tensor, patch_size: int, channels: int,
-                                        height: int, width: int) -> Tensor:
+    def _gather_patches_backward_triton(grad: Tensor, ids_keep: Tensor, patch_size: int,
+                                        channels: int, height: int, width: int) -> Tensor:
         fn = "pykernels::gather_patches_backward_triton"
         _check_ids_grad(fn, grad, "[N, K, p*p*C]", "ids_keep", ids_keep)
         if not channels > 0:
@@ -222,32 +237,37 @@ if triton_available():
         _check_patch_size(fn, patch_size)
         _check_divides(fn, patch_size, height, width)
         P = patch_size * patch_size * channels
-        if grad.shape[1] != ids_keep.shape[1] or grad.shape[2] != P:  # the kernel reads P values per kept patch
-            raise ValueError(f"{fn}: argument 'grad' must have shape [{grad.shape[0]}, {ids_keep.shape[1]}, {P}], "
-                             f"got {tuple(grad.shape)}")
+        # the kernel reads P values per kept patch
+        if grad.shape[1] != ids_keep.shape[1] or grad.shape[2] != P:
+            raise ValueError(f"{fn}: argument 'grad' must have shape [{grad.shape[0]}, "
+                             f"{ids_keep.shape[1]}, {P}], got {tuple(grad.shape)}")
         inv = tk.invert_ids(ids_keep, (height // patch_size) * (width // patch_size))
         return tk.scatter_patches(grad, inv, patch_size, channels, height, width)
 
     @triton_op("pykernels::masked_patch_loss_triton", mutates_args=())
     def _masked_patch_loss_triton(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
                                   norm_pix_loss: bool) -> Tensor:
-        _check_masked_patch_loss("pykernels::masked_patch_loss_triton", pred, imgs, mask, patch_size)
+        _check_masked_patch_loss("pykernels::masked_patch_loss_triton", pred, imgs, mask,
+                                 patch_size)
         per_patch = tk.masked_patch_loss_rows(pred, imgs, patch_size, norm_pix_loss)
         m = mask.to(per_patch.dtype)
         return (per_patch * m).sum() / m.sum()
 
     @triton_op("pykernels::masked_patch_loss_backward_triton", mutates_args=())
-    def _masked_patch_loss_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
+    def _masked_patch_loss_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, mask: Tensor,
+                                           patch_size: int,
                                            norm_pix_loss: bool) -> tuple[Tensor, Tensor]:
         fn = "pykernels::masked_patch_loss_backward_triton"
         _check_masked_patch_loss(fn, pred, imgs, mask, patch_size)
         chk.grad(fn, grad, (), pred)  # the loss is a scalar
-        # w = grad / sum(mask); grad_pred = 2 w mask / P (x - target); grad_mask = w (per_patch - loss)
+        # w = grad / sum(mask): grad_pred = 2 w mask / P (x - target),
+        # grad_mask = w (per_patch - loss)
         m = mask.to(acc_dtype(pred.dtype))
         total = m.sum()
         w = grad.to(m.dtype) / total
         coef = (2.0 / pred.shape[2]) * w * m
-        grad_pred, per_patch = tk.masked_patch_loss_rows_backward(coef, pred, imgs, patch_size, norm_pix_loss)
+        grad_pred, per_patch = tk.masked_patch_loss_rows_backward(coef, pred, imgs, patch_size,
+                                                                  norm_pix_loss)
         loss = (per_patch * m).sum() / total
         return grad_pred, (w * (per_patch - loss)).to(mask.dtype)
 
@@ -286,7 +306,8 @@ def _unshuffle_setup(ctx, inputs, output):
 
 def _unshuffle_backward(ops, ctx, grad):
     (ids_restore,) = ctx.saved_tensors
-    grad_x_visible, grad_mask_token = ops("unshuffle_with_mask_tokens_backward")(grad, ids_restore, ctx.num_keep)
+    grad_x_visible, grad_mask_token = ops("unshuffle_with_mask_tokens_backward")(grad, ids_restore,
+                                                                                 ctx.num_keep)
     return grad_x_visible, grad_mask_token, None
 
 
@@ -338,14 +359,16 @@ def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) 
     _check_patch_size(fn, patch_size)
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
-    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)):
-        raise ValueError(f"{fn}: argument 'image_size' must be a positive int or (H, W), got {image_size!r}")
+    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or not all(isinstance(v,
+        int) and not isinstance(v, bool) and v > 0 for v in image_size)):
+        raise ValueError(f"{fn}: argument 'image_size' must be a positive int or (H, W), got "
+                         f"{image_size!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
         raise ValueError(f"{fn}: argument 'channels' must be a positive int, got {channels!r}")
     H, W = image_size
     if H % patch_size or W % patch_size:
-        raise ValueError(f"{fn}: argument 'image_size' must be multiples of 'patch_size' ({patch_size}), got {H} x {W}")
+        raise ValueError(f"{fn}: argument 'image_size' must be multiples of 'patch_size' "
+                         f"({patch_size}), got {H} x {W}")
     want = (H // patch_size * (W // patch_size), patch_size * patch_size * channels)
     if tuple(patches.shape[1:]) != want:
         raise ValueError(f"{fn}: argument 'patches' must have shape [N, {want[0]}, {want[1]}] for "
@@ -380,7 +403,8 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
 
 
 @chk.autocast_rule("imgs")
-def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: str | None = None) -> Tensor:
+def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *,
+                   backend: str | None = None) -> Tensor:
     """patchify(imgs)[n, ids_keep[n, k]] for images [N, C, H, W] and ids_keep [N, K]:
     the visible patches [N, K, p*p*C], read straight from the image (the other patches
     are never touched). Gradients flow to imgs."""
@@ -391,7 +415,8 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: 
     if name == "reference":
         return ref.gather_patches(imgs, ids_keep, patch_size)
     if name == "triton":  # CPU tensors raise on every backend (cpu: in C++); CUDA ones poison
-        ref.check_ids(fn, "ids_keep", ids_keep, (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size))
+        ref.check_ids(fn, "ids_keep", ids_keep,
+                      (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size))
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
@@ -414,8 +439,8 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
 
 
 @chk.autocast_rule("pred", "imgs")
-def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *, norm_pix_loss: bool = False,
-                      backend: str | None = None) -> Tensor:
+def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *,
+                      norm_pix_loss: bool = False, backend: str | None = None) -> Tensor:
     """MAE's reconstruction loss: per patch the mean over p*p*C of (pred - target)^2,
     target = patchify(imgs) computed on the fly (with norm_pix_loss: each target patch
     minus its mean over its unbiased std, sqrt(var + 1e-6)); then
@@ -426,7 +451,8 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
     fn = "pykernels.masked_patch_loss"
     _check_masked_patch_loss(fn, pred, imgs, mask, patch_size)
     if not isinstance(norm_pix_loss, bool):
-        raise TypeError(f"{fn}: argument 'norm_pix_loss' must be a bool, got {type(norm_pix_loss).__name__}")
+        raise TypeError(f"{fn}: argument 'norm_pix_loss' must be a bool, got "
+                        f"{type(norm_pix_loss).__name__}")
     name = backends.resolve(backend, pred.device, fn)
     if name == "reference":
         return ref.masked_patch_loss(pred, imgs, mask, patch_size, norm_pix_loss)
@@ -435,7 +461,8 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
 
 # ----------------------------------------------------------------------------- self-check
 def _masking_inputs(device, dtype):
-    return (torch.randn(4, 49, 40, device=device).to(dtype).requires_grad_(), torch.rand(4, 49, device=device))
+    return (torch.randn(4, 49, 40, device=device).to(dtype).requires_grad_(),
+            torch.rand(4, 49, device=device))
 
 
 def _pipeline_inputs(device, dtype):

@@ -40,7 +40,8 @@ def check_ids(fn: str, name: str, ids: torch.Tensor, hi: int, distinct: bool = T
     if distinct:
         s = ids.sort(dim=1).values
         if bool((s[:, 1:] == s[:, :-1]).any()):
-            raise ValueError(f"{fn}: argument '{name}' has a duplicate id in a row; ids must be distinct")
+            raise ValueError(f"{fn}: argument '{name}' has a duplicate id in a row; ids must be "
+                             f"distinct")
 
 
 def num_keep(L: int, mask_ratio: float) -> int:
@@ -104,7 +105,8 @@ def unshuffle_with_mask_tokens(x_visible: torch.Tensor, mask_token: torch.Tensor
     return torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, D))
 
 
-def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int, norm_pix_loss: bool = False) -> torch.Tensor:
+def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int,
+               norm_pix_loss: bool = False) -> torch.Tensor:
     """masked_patch_loss's per-patch mean squared error [N, L], in the accumulation dtype."""
     acc = acc_dtype(pred.dtype)
     target = patchify(imgs.to(acc), patch_size)
