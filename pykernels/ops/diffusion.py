@@ -540,13 +540,12 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
                         *given_prev)
     t, prev = ts[0], ts[1] if given_prev else ts[0] - 1
     z = _noise(fn, noise, generator, sample)
-    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample,
-              clip_sample_range=clip_sample_range)
     if name == "reference":
         return ref.ddpm_step(model_output, t, sample, alphas_cumprod, prev_timesteps=prev, noise=z,
-                             thresholding=thresholding,
+                             prediction_type=prediction_type, clip_sample=clip_sample,
+                             clip_sample_range=clip_sample_range, thresholding=thresholding,
                              dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-                             sample_max_value=sample_max_value, **kw)
+                             sample_max_value=sample_max_value)
     return _fused_step(
         model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
         dynamic_thresholding_ratio, sample_max_value,
@@ -578,15 +577,14 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
     name, (t, prev) = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False),
                                ("prev_timesteps", prev_timesteps, True))
     z = _noise(fn, noise, generator, sample) if eta > 0 else None
-    kw = dict(prediction_type=prediction_type, clip_sample=clip_sample,
-              clip_sample_range=clip_sample_range,
-              use_clipped_model_output=use_clipped_model_output,
-              final_alpha_cumprod=final_alpha_cumprod)
     if name == "reference":
         return ref.ddim_step(model_output, t, prev, sample, alphas_cumprod, eta=eta, noise=z,
-                             thresholding=thresholding,
+                             prediction_type=prediction_type, clip_sample=clip_sample,
+                             clip_sample_range=clip_sample_range, thresholding=thresholding,
                              dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-                             sample_max_value=sample_max_value, **kw)
+                             sample_max_value=sample_max_value,
+                             use_clipped_model_output=use_clipped_model_output,
+                             final_alpha_cumprod=final_alpha_cumprod)
     return _fused_step(
         model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
         dynamic_thresholding_ratio, sample_max_value,
