@@ -67,7 +67,8 @@ class _FusedMixin:
         t = timesteps.to(original_samples.device).reshape(-1).to(torch.int64)
         return _ops.add_noise(original_samples, noise, t, self._pk_table(original_samples.device))
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.IntTensor) -> torch.Tensor:
         t = timesteps.to(sample.device).reshape(-1).to(torch.int64)
         return _ops.get_velocity(sample, noise, t, self._pk_table(sample.device))
 
@@ -89,24 +90,29 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
 
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
-        learned = self.variance_type in ("learned", "learned_range") and model_output.shape[1] == sample.shape[1] * 2
+        learned = self.variance_type in ("learned",
+            "learned_range") and model_output.shape[1] == sample.shape[1] * 2
         if self.variance_type != "fixed_small" or learned:
-            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+            return super().step(model_output, timestep, sample, generator=generator,
+                                return_dict=return_dict)
         t = self._pk_timesteps(timestep, sample)
         prev = self._pk_prev_timestep(t, sample.device)
-        host_zero = isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and timestep.device.type == "cpu"
-                                                  and timestep.numel() == 1)
+        host_zero = isinstance(timestep, int) or (isinstance(timestep,
+            torch.Tensor) and timestep.device.type == "cpu" and timestep.numel() == 1)
         if host_zero and int(timestep) <= 0:  # as diffusers: no draw at t = 0
             noise = torch.zeros_like(sample)
         else:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
+            noise = randn_tensor(model_output.shape, generator=generator,
+                                 device=model_output.device, dtype=model_output.dtype)
         c = self.config
-        prev_sample, x0 = _ops.ddpm_step(
-            model_output, t, sample, self._pk_table(sample.device), prev_timesteps=prev, noise=noise,
-            prediction_type=c.prediction_type, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
-            thresholding=c.thresholding, dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-            sample_max_value=c.sample_max_value)
+        prev_sample, x0 = _ops.ddpm_step(model_output, t, sample, self._pk_table(sample.device),
+                                         prev_timesteps=prev, noise=noise,
+                                         prediction_type=c.prediction_type,
+                                         clip_sample=c.clip_sample,
+                                         clip_sample_range=c.clip_sample_range,
+                                         thresholding=c.thresholding,
+                                         dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+                                         sample_max_value=c.sample_max_value)
         if not return_dict:
             return (prev_sample, x0)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -115,29 +121,33 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
 class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
     """diffusers' DDIMScheduler with a fused `step`."""
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
-             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
-             variance_noise: torch.Tensor | None = None, return_dict: bool = True):
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+             eta: float = 0.0, use_clipped_model_output: bool = False,
+             generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
+             return_dict: bool = True):
         if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler"
-            )
+            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
+                             "after creating the scheduler")
         t = self._pk_timesteps(timestep, sample)
         prev = t - self.config.num_train_timesteps // self.num_inference_steps
         if eta > 0:
             if variance_noise is not None and generator is not None:
-                raise ValueError("Cannot pass both generator and variance_noise. Please make sure that either "
-                                 "`generator` or `variance_noise` stays `None`.")
+                raise ValueError("Cannot pass both generator and variance_noise. Please make sure "
+                                 "that either `generator` or `variance_noise` stays `None`.")
             if variance_noise is None:
-                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                              dtype=model_output.dtype)
+                variance_noise = randn_tensor(model_output.shape, generator=generator,
+                                              device=model_output.device, dtype=model_output.dtype)
         c = self.config
-        prev_sample, x0 = _ops.ddim_step(
-            model_output, t, prev, sample, self._pk_table(sample.device), eta=float(eta), noise=variance_noise,
-            prediction_type=c.prediction_type, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
-            thresholding=c.thresholding, dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-            sample_max_value=c.sample_max_value, use_clipped_model_output=use_clipped_model_output,
-            final_alpha_cumprod=float(self.final_alpha_cumprod))
+        prev_sample, x0 = _ops.ddim_step(model_output, t, prev, sample,
+                                         self._pk_table(sample.device), eta=float(eta),
+                                         noise=variance_noise, prediction_type=c.prediction_type,
+                                         clip_sample=c.clip_sample,
+                                         clip_sample_range=c.clip_sample_range,
+                                         thresholding=c.thresholding,
+                                         dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+                                         sample_max_value=c.sample_max_value,
+                                         use_clipped_model_output=use_clipped_model_output,
+                                         final_alpha_cumprod=float(self.final_alpha_cumprod))
         if not return_dict:
             return (prev_sample, x0)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
