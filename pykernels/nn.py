@@ -288,8 +288,8 @@ class FlowMatchingLoss(nn.Module):
     c(sigma) mean((model_output - (noise - x0))^2) per sample, with c from the SD3 loss
     weighting ("none", "sigma_sqrt", "cosmap") and precondition_outputs."""
 
-    def __init__(self, weighting_scheme: str = "none", precondition_outputs: bool = False, reduction: str = "mean",
-                 *, backend: str | None = None):
+    def __init__(self, weighting_scheme: str = "none", precondition_outputs: bool = False,
+                 reduction: str = "mean", *, backend: str | None = None):
         super().__init__()
         self.weighting_scheme, self.precondition_outputs = weighting_scheme, precondition_outputs
         self.reduction, self.backend = reduction, backend
@@ -301,5 +301,5 @@ class FlowMatchingLoss(nn.Module):
                                                  reduction=self.reduction, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return (f"weighting_scheme={self.weighting_scheme!r}, precondition_outputs={self.precondition_outputs}, "
-                f"reduction={self.reduction!r}")
+        return (f"weighting_scheme={self.weighting_scheme!r}, "
+                f"precondition_outputs={self.precondition_outputs}, reduction={self.reduction!r}")

@@ -382,7 +382,8 @@ def test_sd3_training_step_matches_diffusers(backend, scheme, precondition, dtyp
     for k, what in ((0, "loss"), (1, "grad")):
         want = results["oracle"][k]
         baseline = rel_err(results["diffusers"][k], want)
-        assert_close(results["fused"][k], want, dtype, baseline=results["diffusers"][k], what=f"{what} ({baseline:.2g})")
+        assert_close(results["fused"][k], want, dtype, baseline=results["diffusers"][k],
+                     what=f"{what} (diffusers' error {baseline:.2g})")
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])

@@ -107,9 +107,9 @@ def loss_kernel(M, X0, NZ, S, PART, XT, D, C, WEIGHTING: tl.constexpr, PRECONDIT
 
 
 @triton.jit
-def loss_bwd_kernel(G, GXT, M, X0, NZ, S, GM, GX, GN, D, WEIGHTING: tl.constexpr, PRECONDITION: tl.constexpr,
-                    HAS_GXT: tl.constexpr, GRAD_M: tl.constexpr, GRAD_X: tl.constexpr, GRAD_N: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def loss_bwd_kernel(G, GXT, M, X0, NZ, S, GM, GX, GN, D, WEIGHTING: tl.constexpr,
+                    PRECONDITION: tl.constexpr, HAS_GXT: tl.constexpr, GRAD_M: tl.constexpr,
+                    GRAD_X: tl.constexpr, GRAD_N: tl.constexpr, BLOCK: tl.constexpr):
     n, offs, mask = _sample_block(D, BLOCK)
     sigma = tl.load(S + n)
     d, x0, eps = _velocity_error(M, X0, NZ, offs, mask, sigma.dtype)
@@ -186,11 +186,14 @@ def flow_matching_loss(model_output, x0, noise, sigmas, weighting: int, precondi
     part = torch.empty((N, C), dtype=s.dtype, device=m.device)
     noisy = torch.empty(m.shape if return_noisy else (0,), dtype=m.dtype, device=m.device)
     if N * C:
-        wrap_triton(loss_kernel)[(N, C)](m, x0, noise, s, part, noisy if return_noisy else part, D, C,
-                                         WEIGHTING=weighting, PRECONDITION=bool(precondition_outputs),
+        xt = noisy if return_noisy else part  # not written without return_noisy
+        wrap_triton(loss_kernel)[(N, C)](m, x0, noise, s, part, xt, D, C, WEIGHTING=weighting,
+                                         PRECONDITION=bool(precondition_outputs),
                                          NOISY=bool(return_noisy), BLOCK=BLOCK)
     loss = part.sum(1)
-    return (loss.fill_(float("nan")) if D == 0 else loss), noisy  # a mean over no elements, as torch
+    if D == 0:
+        loss.fill_(float("nan"))  # a mean over no elements, as torch's
+    return loss, noisy
 
 
 def flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigmas, weighting: int,
@@ -198,13 +201,14 @@ def flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigma
     """(grad model_output, grad x0, grad noise); an empty tensor where output_mask is False."""
     m, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
     s, g = _acc(sigmas, m), _acc(grad, m)
-    gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device) for want in output_mask)
+    gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device)
+                  for want in output_mask)
     N, D, C, BLOCK = _geometry(m)
     gxt = grad_noisy.contiguous() if grad_noisy is not None else m
     if N * C:
-        wrap_triton(loss_bwd_kernel)[(N, C)](g, gxt, m, x0, noise, s, gm, gx, gn, D, WEIGHTING=weighting,
-                                             PRECONDITION=bool(precondition_outputs),
-                                             HAS_GXT=grad_noisy is not None, GRAD_M=bool(output_mask[0]),
-                                             GRAD_X=bool(output_mask[1]), GRAD_N=bool(output_mask[2]),
-                                             BLOCK=BLOCK)
+        wrap_triton(loss_bwd_kernel)[(N, C)](
+            g, gxt, m, x0, noise, s, gm, gx, gn, D, WEIGHTING=weighting,
+            PRECONDITION=bool(precondition_outputs), HAS_GXT=grad_noisy is not None,
+            GRAD_M=bool(output_mask[0]), GRAD_X=bool(output_mask[1]), GRAD_N=bool(output_mask[2]),
+            BLOCK=BLOCK)
     return gm, gx, gn

@@ -27,9 +27,8 @@ constexpr double kPi = 3.14159265358979323846;
 inline int64_t weighting_from_name(const char* op, const std::string& name) {
   if (name == "none") return kNone;
   if (name == "sigma_sqrt") return kSigmaSqrt;
-  TORCH_CHECK_VALUE(name == "cosmap", op,
-                    ": argument 'weighting_scheme' must be one of ('none', 'sigma_sqrt', 'cosmap'), got '",
-                    name, "'");
+  TORCH_CHECK_VALUE(name == "cosmap", op, ": argument 'weighting_scheme' must be one of ",
+                    "('none', 'sigma_sqrt', 'cosmap'), got '", name, "'");
   return kCosmap;
 }
 

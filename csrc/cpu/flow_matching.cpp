@@ -33,6 +33,8 @@ const FlowKernels& flow_kernels();
 namespace {
 
 using namespace pykernels::flow_matching;
+using Tensor = at::Tensor;
+using Tensors2 = std::tuple<Tensor, Tensor>;
 
 // The kernels: the AVX2 + FMA build where the CPU has it, else the baseline build.
 const FlowKernels& kernels() {
@@ -43,30 +45,31 @@ const FlowKernels& kernels() {
 }
 
 // Per-sample values ([N] sigmas, the loss gradient) in the accumulation dtype of x.
-inline at::Tensor acc_copy(const at::Tensor& t, const at::Tensor& x) {
+inline Tensor acc_copy(const Tensor& t, const Tensor& x) {
   return t.to(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
 }
 
-inline at::Tensor empty_like_or_none(const at::Tensor& x, bool want) {
-  return want ? at::empty(x.sizes(), x.options()) : at::Tensor();
+// An output like x, or an undefined tensor (an output nobody asked for).
+inline Tensor output_like(const Tensor& x, bool want) {
+  return want ? at::empty(x.sizes(), x.options()) : Tensor();
 }
 
 // ------------------------------------------------------------------------------ interpolate
-at::Tensor flow_interpolate_cpu(const at::Tensor& x0_, const at::Tensor& noise_, const at::Tensor& sigmas) {
+Tensor flow_interpolate_cpu(const Tensor& x0_, const Tensor& noise_, const Tensor& sigmas) {
   check_interpolate("pykernels::flow_interpolate", x0_, noise_, sigmas, at::kCPU);
   const auto x0 = x0_.contiguous(), noise = noise_.contiguous();
-  auto out = at::empty(x0.sizes(), x0.options());
+  auto out = output_like(x0, true);
   kernels().interpolate(x0, noise, acc_copy(sigmas, x0), out);
   return out;
 }
 
 // grad [N, ...] in x0's dtype -> (grad_x0, grad_noise) = ((1 - sigma) grad, sigma grad).
-std::tuple<at::Tensor, at::Tensor> flow_interpolate_backward_cpu(const at::Tensor& grad_, const at::Tensor& sigmas) {
+Tensors2 flow_interpolate_backward_cpu(const Tensor& grad_, const Tensor& sigmas) {
   const char* op = "pykernels::flow_interpolate_backward";
   check_samples(op, "grad", grad_, at::kCPU);
   check_sigmas(op, "sigmas", sigmas, "grad", grad_);
   const auto grad = grad_.contiguous();
-  auto gx = at::empty(grad.sizes(), grad.options()), gn = at::empty(grad.sizes(), grad.options());
+  auto gx = output_like(grad, true), gn = output_like(grad, true);
   kernels().interpolate_backward(grad, acc_copy(sigmas, grad), gx, gn);
   return {gx, gn};
 }
@@ -74,62 +77,64 @@ std::tuple<at::Tensor, at::Tensor> flow_interpolate_backward_cpu(const at::Tenso
 // ------------------------------------------------------------------------------ loss
 // -> (per-sample losses c(sigma) mean_i d_i^2 [N] in the accumulation dtype, x_t in the
 // input dtype when return_noisy, else an empty tensor).
-std::tuple<at::Tensor, at::Tensor> flow_matching_loss_cpu(const at::Tensor& m_, const at::Tensor& x0_,
-                                                          const at::Tensor& noise_, const at::Tensor& sigmas_,
-                                                          c10::string_view weighting_scheme,
-                                                          bool precondition_outputs, bool return_noisy) {
+Tensors2 flow_matching_loss_cpu(const Tensor& m_, const Tensor& x0_, const Tensor& noise_,
+                                const Tensor& sigmas_, c10::string_view weighting_scheme,
+                                bool precondition_outputs, bool return_noisy) {
   const int64_t weighting = check_loss("pykernels::flow_matching_loss", m_, x0_, noise_, sigmas_,
                                        std::string(weighting_scheme), at::kCPU);
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), noise = noise_.contiguous();
   const auto sigmas = acc_copy(sigmas_, m);
   const int64_t N = m.size(0), D = N == 0 ? 0 : m.numel() / N;
-  auto partial = at::empty({N, std::max<int64_t>(1, (D + kFlowChunk - 1) / kFlowChunk)}, sigmas.options());
-  auto noisy = empty_like_or_none(m, return_noisy);
+  auto partial = at::empty({N, flow_chunks(D)}, sigmas.options());
+  auto noisy = output_like(m, return_noisy);
   kernels().loss(m, x0, noise, sigmas, {weighting, precondition_outputs}, partial, noisy);
   return {partial.sum(1), return_noisy ? noisy : at::empty({0}, m.options())};
 }
 
 // grad [N] (of the per-sample losses), grad_noisy (of x_t, or none) -> the gradients of
 // model_output, x0, noise where output_mask asks for them (else empty tensors).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_matching_loss_backward_cpu(
-    const at::Tensor& grad, const c10::optional<at::Tensor>& grad_noisy_, const at::Tensor& m_,
-    const at::Tensor& x0_, const at::Tensor& noise_, const at::Tensor& sigmas, c10::string_view weighting_scheme,
-    bool precondition_outputs, std::array<bool, 3> output_mask) {
+std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cpu(
+    const Tensor& grad, const c10::optional<Tensor>& grad_noisy_, const Tensor& m_,
+    const Tensor& x0_, const Tensor& noise_, const Tensor& sigmas,
+    c10::string_view weighting_scheme, bool precondition_outputs,
+    std::array<bool, 3> output_mask) {
   const char* op = "pykernels::flow_matching_loss_backward";
-  const int64_t weighting = check_loss(op, m_, x0_, noise_, sigmas, std::string(weighting_scheme), at::kCPU);
+  const int64_t weighting =
+      check_loss(op, m_, x0_, noise_, sigmas, std::string(weighting_scheme), at::kCPU);
   check_grad(op, "grad", grad, m_.sizes().slice(0, 1), "model_output", m_);
   if (grad_noisy_.has_value()) check_like(op, "grad_noisy", *grad_noisy_, "model_output", m_);
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), noise = noise_.contiguous();
-  const auto grad_noisy = grad_noisy_.has_value() ? grad_noisy_->contiguous() : at::Tensor();
-  std::array<at::Tensor, 3> out;
-  for (int i = 0; i < 3; ++i) out[i] = empty_like_or_none(m, output_mask[i]);
+  const auto grad_noisy = grad_noisy_.has_value() ? grad_noisy_->contiguous() : Tensor();
+  std::array<Tensor, 3> out;
+  for (int i = 0; i < 3; ++i) out[i] = output_like(m, output_mask[i]);
   kernels().loss_backward(acc_copy(grad, m), grad_noisy, m, x0, noise, acc_copy(sigmas, m),
                           {weighting, precondition_outputs}, out);
-  for (int i = 0; i < 3; ++i) {
-    if (!out[i].defined()) out[i] = at::empty({0}, m.options());
+  for (auto& g : out) {
+    if (!g.defined()) g = at::empty({0}, m.options());
   }
   return {out[0], out[1], out[2]};
 }
 
 // ------------------------------------------------------------------------------ Euler step
-at::Tensor flow_match_euler_step_cpu(const at::Tensor& m_, const at::Tensor& sample_, const at::Tensor& sigmas,
-                                     const at::Tensor& sigmas_next) {
-  check_euler_step("pykernels::flow_match_euler_step", m_, sample_, sigmas, sigmas_next, at::kCPU);
+Tensor flow_match_euler_step_cpu(const Tensor& m_, const Tensor& sample_, const Tensor& sigmas,
+                                 const Tensor& sigmas_next) {
+  check_euler_step("pykernels::flow_match_euler_step", m_, sample_, sigmas, sigmas_next,
+                   at::kCPU);
   const auto m = m_.contiguous(), sample = sample_.contiguous();
-  auto out = at::empty(sample.sizes(), sample.options());
+  auto out = output_like(sample, true);
   kernels().euler_step(m, sample, acc_copy(sigmas, sample), acc_copy(sigmas_next, sample), out);
   return out;
 }
 
 // grad [N, ...] -> grad_model_output = (sigma_next - sigma) grad (grad_sample is grad).
-at::Tensor flow_match_euler_step_backward_cpu(const at::Tensor& grad_, const at::Tensor& sigmas,
-                                              const at::Tensor& sigmas_next) {
+Tensor flow_match_euler_step_backward_cpu(const Tensor& grad_, const Tensor& sigmas,
+                                          const Tensor& sigmas_next) {
   const char* op = "pykernels::flow_match_euler_step_backward";
   check_samples(op, "grad", grad_, at::kCPU);
   check_sigmas(op, "sigmas", sigmas, "grad", grad_);
   check_sigmas(op, "sigmas_next", sigmas_next, "grad", grad_);
   const auto grad = grad_.contiguous();
-  auto gm = at::empty(grad.sizes(), grad.options());
+  auto gm = output_like(grad, true);
   kernels().euler_step_backward(grad, acc_copy(sigmas, grad), acc_copy(sigmas_next, grad), gm);
   return gm;
 }

@@ -1,21 +1,21 @@
 // The CPU kernels of the flow-matching family, compiled once per CPU capability: included
 // by flow_matching.cpp (baseline flags, namespace `generic`) and by flow_matching_avx2.cpp
 // (AVX2 + FMA, namespace `avx2`), which define PK_FLOW_NS first. flow_matching.cpp picks
-// one at run time (the baseline at::vec is scalar code: 4x slower on these streams).
+// one at run time (the baseline at::vec is scalar code: 2-4x slower on these streams).
 // No include guard around the kernels: each translation unit includes this once.
 //
 // Tensors are [N, D] (N samples, sigmas [N] in the accumulation type). The work is split
-// into fixed chunks of kChunk elements of one sample (at::parallel_for over N x chunks); a
-// chunk computes its sample's coefficients once, then streams the elements in blocks of
-// at::vec vectors of the accumulation type (Block: half types are widened on load and
-// rounded once on store). Per-sample sums are summed per chunk in a fixed order and the chunks added in
-// order: results do not depend on the thread count. The passes, with a = 1 - sigma,
-// b = sigma, dt = sigma_next - sigma and d = m - (eps - x0):
-//   axpby       out = p x + q y        (interpolate: p = a, q = b; Euler step: p = 1, q = dt)
-//   scale_pair  gx = p g, gy = q g     (interpolate backward: p = a, q = b)
-//   scale       gm = dt g              (Euler step backward; the sample's gradient is g)
-//   loss_sum    sum_i d_i^2, and x_t = a x0 + b eps when asked
-//   loss_grad   h = k d (k = 2 c(sigma) g_n / D): gm = h, gx0 = h + a gx_t, geps = b gx_t - h
+// into fixed chunks of kFlowChunk elements of one sample (at::parallel_for over N x
+// chunks); a chunk computes its sample's coefficients once, then streams the elements in
+// blocks of at::vec vectors of the accumulation type (Block: half types are widened on
+// load and rounded once on store). Per-sample sums are summed per chunk in a fixed order
+// and the chunks added in order: results do not depend on the thread count. The passes,
+// with a = 1 - sigma, b = sigma, dt = sigma_next - sigma and d = m - (eps - x0):
+//   axpby       out = p x + q y     (interpolate: p = a, q = b; Euler step: p = 1, q = dt)
+//   scale_pair  gx = p g, gy = q g  (interpolate backward: p = a, q = b)
+//   scale       gm = dt g           (Euler step backward; the sample's gradient is g)
+//   loss_sum    sum_i d_i^2 (and x_t = a x0 + b eps by axpby, when asked)
+//   loss_grad   h = k d, k = 2 c(sigma) g_n / D: gm = h, gx0 = h + a gx_t, geps = b gx_t - h
 #ifndef PK_FLOW_NS
 #error "define PK_FLOW_NS before including cpu/flow_matching_kernels.h"
 #endif
@@ -24,24 +24,25 @@
 #define PK_FLOW_MATCHING_KERNEL_TABLE
 namespace pykernels {
 namespace cpu {
+using FlowTensor = const at::Tensor&;
+
 // The kernels of one build. Tensors are contiguous, outputs allocated by the caller;
 // sigmas, sigmas_next, grad (of the loss) and partial are in the accumulation dtype. An
 // undefined tensor is an output nobody asked for (or the absent gradient of x_t).
 struct FlowKernels {
-  void (*interpolate)(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& sigmas,
-                      const at::Tensor& out);
-  void (*interpolate_backward)(const at::Tensor& grad, const at::Tensor& sigmas, const at::Tensor& grad_x0,
-                               const at::Tensor& grad_noise);
+  void (*interpolate)(FlowTensor x0, FlowTensor noise, FlowTensor sigmas, FlowTensor out);
+  void (*interpolate_backward)(FlowTensor grad, FlowTensor sigmas, FlowTensor grad_x0,
+                               FlowTensor grad_noise);
   // partial [N, C]: c(sigma) sum_i d_i^2 / D over each chunk; noisy: x_t or undefined.
-  void (*loss)(const at::Tensor& m, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& sigmas,
-               flow_matching::LossArgs args, const at::Tensor& partial, const at::Tensor& noisy);
-  void (*loss_backward)(const at::Tensor& grad, const at::Tensor& grad_noisy, const at::Tensor& m,
-                        const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& sigmas,
-                        flow_matching::LossArgs args, const std::array<at::Tensor, 3>& out);
-  void (*euler_step)(const at::Tensor& m, const at::Tensor& sample, const at::Tensor& sigmas,
-                     const at::Tensor& sigmas_next, const at::Tensor& out);
-  void (*euler_step_backward)(const at::Tensor& grad, const at::Tensor& sigmas, const at::Tensor& sigmas_next,
-                              const at::Tensor& grad_m);
+  void (*loss)(FlowTensor m, FlowTensor x0, FlowTensor noise, FlowTensor sigmas,
+               flow_matching::LossArgs args, FlowTensor partial, FlowTensor noisy);
+  void (*loss_backward)(FlowTensor grad, FlowTensor grad_noisy, FlowTensor m, FlowTensor x0,
+                        FlowTensor noise, FlowTensor sigmas, flow_matching::LossArgs args,
+                        const std::array<at::Tensor, 3>& out);
+  void (*euler_step)(FlowTensor m, FlowTensor sample, FlowTensor sigmas, FlowTensor sigmas_next,
+                     FlowTensor out);
+  void (*euler_step_backward)(FlowTensor grad, FlowTensor sigmas, FlowTensor sigmas_next,
+                              FlowTensor grad_m);
 };
 
 constexpr int64_t kFlowChunk = 16384;
@@ -50,6 +51,10 @@ constexpr int64_t kFlowChunk = 16384;
 struct FlowSamples {
   int64_t N, D, C;
 };
+
+inline int64_t flow_chunks(int64_t D) {
+  return std::max<int64_t>(1, (D + kFlowChunk - 1) / kFlowChunk);
+}
 }  // namespace cpu
 }  // namespace pykernels
 #endif
@@ -67,9 +72,9 @@ using flow_matching::loss_weight;
 static_assert(at::vec::Vectorized<float>::size() == 8, "the AVX2 build got baseline at::vec");
 #endif
 
-inline FlowSamples samples_of(const at::Tensor& x) {
+inline FlowSamples samples_of(FlowTensor x) {
   const int64_t N = x.size(0), D = N == 0 ? 0 : x.numel() / N;
-  return {N, D, std::max<int64_t>(1, (D + kFlowChunk - 1) / kFlowChunk)};
+  return {N, D, flow_chunks(D)};
 }
 
 // f(n, c, begin, end) for chunk c = [begin, end) of sample n, every chunk of every sample.
@@ -104,7 +109,8 @@ struct Block {
       return load(buf, kSize);
     }
     if constexpr (kReduced) {
-      const auto [lo, hi] = at::vec::convert_to_float<scalar_t>(at::vec::Vectorized<scalar_t>::loadu(p));
+      const auto raw = at::vec::Vectorized<scalar_t>::loadu(p);
+      const auto [lo, hi] = at::vec::convert_to_float<scalar_t>(raw);
       return {{lo, hi}};
     } else {
       return {{Vec::loadu(p)}};
@@ -117,7 +123,11 @@ struct Block {
       v[0].store(p, len);
     }
   }
-  static Block fill(acc x) { Block b; b.v.fill(Vec(x)); return b; }
+  static Block fill(acc x) {
+    Block b;
+    b.v.fill(Vec(x));
+    return b;
+  }
 };
 
 // out.v[k] = f(in.v[k]...) for each vector of the blocks.
@@ -140,18 +150,20 @@ inline void for_each_block(int64_t size, F&& f) {
 // ------------------------------------------------------------------------------ passes
 // out = p x + q y
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void axpby(const scalar_t* x, const scalar_t* y, acc p, acc q, scalar_t* out, int64_t size) {
+inline void axpby(const scalar_t* x, const scalar_t* y, acc p, acc q, scalar_t* out,
+                  int64_t size) {
   using B = Block<scalar_t>;
   const typename B::Vec vp(p), vq(q);
+  const auto f = [&](const auto& a, const auto& b) { return vp * a + vq * b; };
   for_each_block<scalar_t>(size, [&](int64_t i, int64_t len) {
-    map<scalar_t>([&](const auto& a, const auto& b) { return vp * a + vq * b; }, B::load(x + i, len),
-                  B::load(y + i, len)).store(out + i, len);
+    map<scalar_t>(f, B::load(x + i, len), B::load(y + i, len)).store(out + i, len);
   });
 }
 
 // gx = p g, gy = q g
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void scale_pair(const scalar_t* g, acc p, acc q, scalar_t* gx, scalar_t* gy, int64_t size) {
+inline void scale_pair(const scalar_t* g, acc p, acc q, scalar_t* gx, scalar_t* gy,
+                       int64_t size) {
   using B = Block<scalar_t>;
   const typename B::Vec vp(p), vq(q);
   for_each_block<scalar_t>(size, [&](int64_t i, int64_t len) {
@@ -173,11 +185,11 @@ inline void scale(const scalar_t* g, acc p, scalar_t* out, int64_t size) {
 
 // d = m - (eps - x0) of the block at i
 template <typename scalar_t>
-inline Block<scalar_t> velocity_error(const scalar_t* m, const scalar_t* x0, const scalar_t* eps, int64_t i,
-                                      int64_t len) {
+inline Block<scalar_t> velocity_error(const scalar_t* m, const scalar_t* x0, const scalar_t* eps,
+                                      int64_t i, int64_t len) {
   using B = Block<scalar_t>;
-  return map<scalar_t>([](const auto& mm, const auto& x, const auto& e) { return mm - (e - x); },
-                       B::load(m + i, len), B::load(x0 + i, len), B::load(eps + i, len));
+  const auto f = [](const auto& mm, const auto& x, const auto& e) { return mm - (e - x); };
+  return map<scalar_t>(f, B::load(m + i, len), B::load(x0 + i, len), B::load(eps + i, len));
 }
 
 // sum_i d_i^2 in four interleaved vector sums (one running sum would wait on the FMA
@@ -193,7 +205,10 @@ inline acc loss_sum(const scalar_t* m, const scalar_t* x0, const scalar_t* eps, 
   for (; i + kPer * B::kSize <= size; i += kPer * B::kSize) {
     for (int j = 0; j < kPer; ++j) {
       const B d = velocity_error(m, x0, eps, i + j * B::kSize, B::kSize);
-      for (int k = 0; k < B::kVecs; ++k) sum[j * B::kVecs + k] = at::vec::fmadd(d.v[k], d.v[k], sum[j * B::kVecs + k]);
+      for (int k = 0; k < B::kVecs; ++k) {
+        V& s = sum[j * B::kVecs + k];
+        s = at::vec::fmadd(d.v[k], d.v[k], s);
+      }
     }
   }
   for_each_block<scalar_t>(size - i, [&](int64_t j, int64_t len) {
@@ -201,7 +216,7 @@ inline acc loss_sum(const scalar_t* m, const scalar_t* x0, const scalar_t* eps, 
     for (int k = 0; k < B::kVecs; ++k) sum[k] = at::vec::fmadd(d.v[k], d.v[k], sum[k]);
   });
   const V total = (sum[0] + sum[1]) + (sum[2] + sum[3]);
-  return at::vec::vec_reduce_all<acc>([](V& u, V& v) { return u + v; }, total);
+  return at::vec::vec_reduce_all<acc>([](V& u, V& w) { return u + w; }, total);
 }
 
 // The gradients of one chunk: null where nobody asked for one; gx_t null when x_t was
@@ -214,32 +229,29 @@ struct LossGrads {
 
 // h = k d: gm = h, gx0 = h + a gx_t, geps = b gx_t - h (the null checks are per block).
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void loss_grad(const scalar_t* m, const scalar_t* x0, const scalar_t* eps, acc k, acc a, acc b,
-                      const LossGrads<scalar_t>& g, int64_t size) {
+inline void loss_grad(const scalar_t* m, const scalar_t* x0, const scalar_t* eps, acc k, acc a,
+                      acc b, const LossGrads<scalar_t>& g, int64_t size) {
   using B = Block<scalar_t>;
   const typename B::Vec vk(k), va(a), vb(b);
+  const auto to_x0 = [&](const auto& h, const auto& t) { return at::vec::fmadd(va, t, h); };
+  const auto to_eps = [&](const auto& h, const auto& t) { return at::vec::fmsub(vb, t, h); };
   for_each_block<scalar_t>(size, [&](int64_t i, int64_t len) {
-    const B h = map<scalar_t>([&](const auto& d) { return vk * d; }, velocity_error(m, x0, eps, i, len));
+    const B d = velocity_error(m, x0, eps, i, len);
+    const B h = map<scalar_t>([&](const auto& e) { return vk * e; }, d);
     if (g.gm != nullptr) h.store(g.gm + i, len);
     const B gxt = g.gx_t != nullptr ? B::load(g.gx_t + i, len) : B::fill(acc(0));
-    if (g.gx0 != nullptr) {
-      map<scalar_t>([&](const auto& hh, const auto& t) { return at::vec::fmadd(va, t, hh); }, h, gxt)
-          .store(g.gx0 + i, len);
-    }
-    if (g.geps != nullptr) {
-      map<scalar_t>([&](const auto& hh, const auto& t) { return at::vec::fmsub(vb, t, hh); }, h, gxt)
-          .store(g.geps + i, len);
-    }
+    if (g.gx0 != nullptr) map<scalar_t>(to_x0, h, gxt).store(g.gx0 + i, len);
+    if (g.geps != nullptr) map<scalar_t>(to_eps, h, gxt).store(g.geps + i, len);
   });
 }
 
 template <typename T>
-inline T* ptr_or_null(const at::Tensor& t) {
+inline T* ptr_or_null(FlowTensor t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 // ------------------------------------------------------------------------------ kernels
-void interpolate(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& sigmas, const at::Tensor& out) {
+void interpolate(FlowTensor x0, FlowTensor noise, FlowTensor sigmas, FlowTensor out) {
   const FlowSamples s = samples_of(x0);
   PK_DISPATCH_FLOATING(x0.scalar_type(), "flow_interpolate_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -253,8 +265,8 @@ void interpolate(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor
   });
 }
 
-void interpolate_backward(const at::Tensor& grad, const at::Tensor& sigmas, const at::Tensor& grad_x0,
-                          const at::Tensor& grad_noise) {
+void interpolate_backward(FlowTensor grad, FlowTensor sigmas, FlowTensor grad_x0,
+                          FlowTensor grad_noise) {
   const FlowSamples s = samples_of(grad);
   PK_DISPATCH_FLOATING(grad.scalar_type(), "flow_interpolate_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -268,8 +280,8 @@ void interpolate_backward(const at::Tensor& grad, const at::Tensor& sigmas, cons
   });
 }
 
-void loss(const at::Tensor& m, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& sigmas,
-          LossArgs args, const at::Tensor& partial, const at::Tensor& noisy) {
+void loss(FlowTensor m, FlowTensor x0, FlowTensor noise, FlowTensor sigmas, LossArgs args,
+          FlowTensor partial, FlowTensor noisy) {
   const FlowSamples s = samples_of(m);
   PK_DISPATCH_FLOATING(m.scalar_type(), "flow_matching_loss_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -283,13 +295,14 @@ void loss(const at::Tensor& m, const at::Tensor& x0, const at::Tensor& noise, co
       // x_t in its own pass over the chunk, which is still in cache (16384 elements)
       if (pxt != nullptr) axpby<scalar_t>(px + o, pn + o, acc(1) - ps[n], ps[n], pxt + o, e - b);
       const acc sum = loss_sum<scalar_t>(pm + o, px + o, pn + o, e - b);
-      pp[n * s.C + c] = loss_weight<acc>(args.weighting, args.precondition, ps[n]) * sum / acc(s.D);
+      const acc c_n = loss_weight<acc>(args.weighting, args.precondition, ps[n]);
+      pp[n * s.C + c] = c_n * sum / acc(s.D);
     });
   });
 }
 
-void loss_backward(const at::Tensor& grad, const at::Tensor& grad_noisy, const at::Tensor& m, const at::Tensor& x0,
-                   const at::Tensor& noise, const at::Tensor& sigmas, LossArgs args,
+void loss_backward(FlowTensor grad, FlowTensor grad_noisy, FlowTensor m, FlowTensor x0,
+                   FlowTensor noise, FlowTensor sigmas, LossArgs args,
                    const std::array<at::Tensor, 3>& out) {
   const FlowSamples s = samples_of(m);
   PK_DISPATCH_FLOATING(m.scalar_type(), "flow_matching_loss_backward_cpu", [&] {
@@ -300,18 +313,20 @@ void loss_backward(const at::Tensor& grad, const at::Tensor& grad_noisy, const a
     const scalar_t* pgxt = grad_noisy.defined() ? grad_noisy.const_data_ptr<scalar_t>() : nullptr;
     scalar_t *pgm = ptr_or_null<scalar_t>(out[0]), *pgx = ptr_or_null<scalar_t>(out[1]),
              *pge = ptr_or_null<scalar_t>(out[2]);
+    const auto at_chunk = [](auto* p, int64_t o) { return p != nullptr ? p + o : nullptr; };
     for_each_chunk(s, [&](int64_t n, int64_t, int64_t b, int64_t e) {
       const int64_t o = n * s.D + b;
-      const acc k = acc(2) * loss_weight<acc>(args.weighting, args.precondition, ps[n]) * pg[n] / acc(s.D);
-      const LossGrads<scalar_t> g{pgxt ? pgxt + o : nullptr, pgm ? pgm + o : nullptr, pgx ? pgx + o : nullptr,
-                                  pge ? pge + o : nullptr};
+      const acc c_n = loss_weight<acc>(args.weighting, args.precondition, ps[n]);
+      const acc k = acc(2) * c_n * pg[n] / acc(s.D);
+      const LossGrads<scalar_t> g{at_chunk(pgxt, o), at_chunk(pgm, o), at_chunk(pgx, o),
+                                  at_chunk(pge, o)};
       loss_grad<scalar_t>(pm + o, px + o, pn + o, k, acc(1) - ps[n], ps[n], g, e - b);
     });
   });
 }
 
-void euler_step(const at::Tensor& m, const at::Tensor& sample, const at::Tensor& sigmas,
-                const at::Tensor& sigmas_next, const at::Tensor& out) {
+void euler_step(FlowTensor m, FlowTensor sample, FlowTensor sigmas, FlowTensor sigmas_next,
+                FlowTensor out) {
   const FlowSamples s = samples_of(sample);
   PK_DISPATCH_FLOATING(sample.scalar_type(), "flow_match_euler_step_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -325,8 +340,8 @@ void euler_step(const at::Tensor& m, const at::Tensor& sample, const at::Tensor&
   });
 }
 
-void euler_step_backward(const at::Tensor& grad, const at::Tensor& sigmas, const at::Tensor& sigmas_next,
-                         const at::Tensor& grad_m) {
+void euler_step_backward(FlowTensor grad, FlowTensor sigmas, FlowTensor sigmas_next,
+                         FlowTensor grad_m) {
   const FlowSamples s = samples_of(grad);
   PK_DISPATCH_FLOATING(grad.scalar_type(), "flow_match_euler_step_backward_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -344,7 +359,7 @@ void euler_step_backward(const at::Tensor& grad, const at::Tensor& sigmas, const
 
 const FlowKernels& flow_kernels() {
   static const FlowKernels k{&interpolate, &interpolate_backward, &loss,
-                             &loss_backward, &euler_step, &euler_step_backward};
+                             &loss_backward, &euler_step,  &euler_step_backward};
   return k;
 }
 

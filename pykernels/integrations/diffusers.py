@@ -170,10 +170,11 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
     - a timestep that is not in the schedule, or a step past its end, gives NaN samples
       where diffusers raises an IndexError after a host read.
 
-    Constructor, config, `set_timesteps` (shift, dynamic shifting with `mu`, shift_terminal,
-    Karras / exponential / beta sigmas, invert_sigmas), `scale_noise` and the output type
-    are diffusers'. Options the fused step does not implement raise NotImplementedError
-    naming the option: the config's `stochastic_sampling`, `step(per_token_timesteps=)`.
+    Constructor, config, `set_timesteps` (shift, dynamic shifting with `mu`,
+    shift_terminal, Karras / exponential / beta sigmas, invert_sigmas), `scale_noise` and
+    the output type are diffusers'. Options the fused step does not implement raise
+    NotImplementedError naming the option: the config's `stochastic_sampling`,
+    `step(per_token_timesteps=)`.
     """
 
     _PK_UNSUPPORTED_CONFIG = ("stochastic_sampling",)
@@ -189,8 +190,9 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
             value = getattr(self.config, name, None)
             if value:
                 raise NotImplementedError(
-                    f"FusedFlowMatchEulerDiscreteScheduler: config option '{name}' = {value!r} is not supported by "
-                    f"the fused step; use diffusers' FlowMatchEulerDiscreteScheduler for it")
+                    f"FusedFlowMatchEulerDiscreteScheduler: config option '{name}' = {value!r} is "
+                    f"not supported by the fused step; use diffusers' "
+                    f"FlowMatchEulerDiscreteScheduler for it")
 
     @property
     def step_index(self):
@@ -221,45 +223,58 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         idx = ((match.cumsum(1) == nth[:, None]) & match).to(torch.int32).argmax(1)
         return torch.where(count > 0, idx, timesteps.shape[0] + 1)
 
+    def _pk_counter(self, t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """This step's index from the device counter (started at begin_index, or where
+        the first timestep is in the schedule), which then moves on by one."""
+        device = timesteps.device
+        if self._pk_index is None or self._pk_index.device != device:
+            if self.begin_index is not None:
+                self._pk_index = torch.full((), self.begin_index, dtype=torch.int64, device=device)
+            else:
+                self._pk_index = self._pk_lookup(t.reshape(1), timesteps)[0]
+        index = self._pk_index.clone()
+        self._pk_index.add_(1)
+        return index
+
     def _pk_step_sigmas(self, timestep, sample: torch.Tensor):
-        """(sigma, sigma_next) for this step: 0-dim tensors (the counter) or [batch]
+        """(sigma, sigma_next) of this step: 0-dim tensors (the counter) or [batch]
         (per-sample timesteps), NaN where the step has no valid index."""
         device = sample.device
         sigmas, timesteps = self._pk_tables(device)
         t = torch.as_tensor(timestep, device=device)
         if t.numel() > 1:
             if t.numel() != sample.shape[0]:
-                raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' must be one "
-                                 f"timestep or one per sample ({sample.shape[0]}), got shape {tuple(t.shape)}")
+                raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' "
+                                 f"must be one timestep or one per sample ({sample.shape[0]}), "
+                                 f"got shape {tuple(t.shape)}")
             index = self._pk_lookup(t.reshape(-1), timesteps)
         else:
-            if self._pk_index is None or self._pk_index.device != device:
-                self._pk_index = (torch.full((), self.begin_index, dtype=torch.int64, device=device)
-                                  if self.begin_index is not None else self._pk_lookup(t.reshape(1), timesteps)[0])
-            index = self._pk_index.clone()
-            self._pk_index.add_(1)
+            index = self._pk_counter(t, timesteps)
         last = sigmas.shape[0] - 2  # the last index with a next sigma
         i = index.clamp(0, last)
         valid = (index >= 0) & (index <= last)
         nan = torch.full((), float("nan"), device=device)
-        return torch.where(valid, torch.take(sigmas, i), nan), torch.where(valid, torch.take(sigmas, i + 1), nan)
+        sigma = torch.where(valid, torch.take(sigmas, i), nan)
+        return sigma, torch.where(valid, torch.take(sigmas, i + 1), nan)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
-             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-             generator: torch.Generator | None = None, per_token_timesteps: torch.Tensor | None = None,
-             return_dict: bool = True):
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+             s_noise: float = 1.0, generator: torch.Generator | None = None,
+             per_token_timesteps: torch.Tensor | None = None, return_dict: bool = True):
+        fn = "FusedFlowMatchEulerDiscreteScheduler.step"
         if isinstance(timestep, (int, bool)) or (isinstance(timestep, torch.Tensor)
                                                  and not timestep.is_floating_point()):
-            raise ValueError("FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' must be a value of "
-                             "scheduler.timesteps (a float), not an integer index")
+            raise ValueError(f"{fn}: argument 'timestep' must be a value of scheduler.timesteps "
+                             f"(a float), not an integer index")
         self._pk_check_config()
         if per_token_timesteps is not None:
-            raise NotImplementedError("FusedFlowMatchEulerDiscreteScheduler.step: argument 'per_token_timesteps' "
-                                      "is not supported by the fused step; pass one timestep per sample instead")
+            raise NotImplementedError(f"{fn}: argument 'per_token_timesteps' is not supported by "
+                                      f"the fused step; pass one timestep per sample instead")
         sigma, sigma_next = self._pk_step_sigmas(timestep, sample)
         # diffusers steps in float32 from the sample and returns model_output's dtype
         wide = torch.promote_types(model_output.dtype, sample.dtype)
-        prev_sample = _flow_ops.flow_match_euler_step(model_output.to(wide), sample.to(wide), sigma, sigma_next)
+        prev_sample = _flow_ops.flow_match_euler_step(model_output.to(wide), sample.to(wide),
+                                                      sigma, sigma_next)
         prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:
             return (prev_sample,)

@@ -44,14 +44,17 @@ def _interpolate_backward_fake(grad, sigmas):
     return grad.new_empty(grad.shape), grad.new_empty(grad.shape)
 
 
-def _loss_fake(model_output, x0, noise, sigmas, weighting_scheme, precondition_outputs, return_noisy):
+def _loss_fake(model_output, x0, noise, sigmas, weighting_scheme, precondition_outputs,
+               return_noisy):
     m = model_output
-    return m.new_empty(m.shape[:1], dtype=acc_dtype(m.dtype)), m.new_empty(m.shape if return_noisy else (0,))
+    noisy = m.new_empty(m.shape if return_noisy else (0,))
+    return m.new_empty(m.shape[:1], dtype=acc_dtype(m.dtype)), noisy
 
 
-def _loss_backward_fake(grad, grad_noisy, model_output, x0, noise, sigmas, weighting_scheme, precondition_outputs,
-                        output_mask):
-    return tuple(model_output.new_empty(model_output.shape if want else (0,)) for want in output_mask)
+def _loss_backward_fake(grad, grad_noisy, model_output, x0, noise, sigmas, weighting_scheme,
+                        precondition_outputs, output_mask):
+    m = model_output
+    return tuple(m.new_empty(m.shape if want else (0,)) for want in output_mask)
 
 
 def _euler_step_fake(model_output, sample, sigmas, sigmas_next):
@@ -84,48 +87,55 @@ if triton_available():
         return tk.flow_interpolate(x0, noise, sigmas)
 
     @triton_op("pykernels::flow_interpolate_backward_triton", mutates_args=())
-    def _flow_interpolate_backward_triton(grad: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    def _flow_interpolate_backward_triton(grad: Tensor,
+                                          sigmas: Tensor) -> tuple[Tensor, Tensor]:
         fn = "pykernels::flow_interpolate_backward_triton"
         _check_samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas))
         return tk.flow_interpolate_backward(grad, sigmas)
 
     @triton_op("pykernels::flow_matching_loss_triton", mutates_args=())
-    def _flow_matching_loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas: Tensor,
-                                   weighting_scheme: str, precondition_outputs: bool,
+    def _flow_matching_loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor,
+                                   sigmas: Tensor, weighting_scheme: str,
+                                   precondition_outputs: bool,
                                    return_noisy: bool) -> tuple[Tensor, Tensor]:
         fn = "pykernels::flow_matching_loss_triton"
         _check_loss_op(fn, model_output, x0, noise, sigmas, weighting_scheme)
-        return tk.flow_matching_loss(model_output, x0, noise, sigmas, _weighting(weighting_scheme),
-                                     precondition_outputs, return_noisy)
+        return tk.flow_matching_loss(model_output, x0, noise, sigmas,
+                                     _weighting(weighting_scheme), precondition_outputs,
+                                     return_noisy)
 
     @triton_op("pykernels::flow_matching_loss_backward_triton", mutates_args=())
-    def _flow_matching_loss_backward_triton(grad: Tensor, grad_noisy: Tensor | None, model_output: Tensor,
-                                            x0: Tensor, noise: Tensor, sigmas: Tensor, weighting_scheme: str,
-                                            precondition_outputs: bool,
-                                            output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    def _flow_matching_loss_backward_triton(
+            grad: Tensor, grad_noisy: Tensor | None, model_output: Tensor, x0: Tensor,
+            noise: Tensor, sigmas: Tensor, weighting_scheme: str, precondition_outputs: bool,
+            output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::flow_matching_loss_backward_triton"
         _check_loss_op(fn, model_output, x0, noise, sigmas, weighting_scheme)
         chk.grad(fn, grad, model_output.shape[:1], model_output)
         if grad_noisy is not None:
             _check_samples(fn, ("model_output", model_output), ("grad_noisy", grad_noisy))
         if len(output_mask) != 3:
-            # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser: a RuntimeError too.
-            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per input), "
-                               f"got {len(output_mask)}")
+            # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser:
+            # a RuntimeError too.
+            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per "
+                               f"input), got {len(output_mask)}")
         return tk.flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigmas,
-                                              _weighting(weighting_scheme), precondition_outputs, output_mask)
+                                              _weighting(weighting_scheme), precondition_outputs,
+                                              output_mask)
 
     @triton_op("pykernels::flow_match_euler_step_triton", mutates_args=())
     def _flow_match_euler_step_triton(model_output: Tensor, sample: Tensor, sigmas: Tensor,
                                       sigmas_next: Tensor) -> Tensor:
         fn = "pykernels::flow_match_euler_step_triton"
         _check_samples(fn, ("sample", sample), ("model_output", model_output))
-        _check_op_sigmas(fn, ("sample", sample), ("sigmas", sigmas), ("sigmas_next", sigmas_next))
+        _check_op_sigmas(fn, ("sample", sample), ("sigmas", sigmas),
+                         ("sigmas_next", sigmas_next))
         return tk.flow_match_euler_step(model_output, sample, sigmas, sigmas_next)
 
     @triton_op("pykernels::flow_match_euler_step_backward_triton", mutates_args=())
-    def _flow_match_euler_step_backward_triton(grad: Tensor, sigmas: Tensor, sigmas_next: Tensor) -> Tensor:
+    def _flow_match_euler_step_backward_triton(grad: Tensor, sigmas: Tensor,
+                                               sigmas_next: Tensor) -> Tensor:
         fn = "pykernels::flow_match_euler_step_backward_triton"
         _check_samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas), ("sigmas_next", sigmas_next))
@@ -174,8 +184,9 @@ def _euler_step_setup(ctx, inputs, output):
 def _euler_step_backward(ops, ctx, grad):
     # out = sample + dt model_output in one dtype: the sample's gradient is grad itself.
     sigmas, sigmas_next = ctx.saved_tensors
-    grad_m = ops("flow_match_euler_step_backward")(grad, sigmas, sigmas_next) if ctx.needs_input_grad[0] else None
-    return grad_m, grad if ctx.needs_input_grad[1] else None, None, None
+    want_m, want_sample = ctx.needs_input_grad[:2]
+    grad_m = ops("flow_match_euler_step_backward")(grad, sigmas, sigmas_next) if want_m else None
+    return grad_m, grad if want_sample else None, None, None
 
 
 register_autograd("flow_interpolate", _interpolate_setup, _interpolate_backward)
@@ -202,7 +213,8 @@ def _check_sigma_range(fn: str, name: str, s: Tensor) -> None:
     bad = ((flat < 0) | (flat > 1)).nonzero()
     if bad.numel():
         i = int(bad[0, 0])
-        raise ValueError(f"{fn}: argument '{name}' has {flat[i].item()} at index {i}, outside [0, 1]")
+        raise ValueError(f"{fn}: argument '{name}' has {flat[i].item()} at index {i}, "
+                         f"outside [0, 1]")
 
 
 def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
@@ -212,8 +224,8 @@ def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
         chk.tensor(fn, name, s)
         chk.same_device(fn, like, (name, s))
         if tuple(s.shape) != (x.shape[0],):
-            raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{x.shape[0]}] (one per sample), "
-                             f"got {tuple(s.shape)}")
+            raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{x.shape[0]}] "
+                             f"(one per sample), got {tuple(s.shape)}")
         _check_sigma_range(fn, name, s)
 
 
@@ -231,12 +243,12 @@ def _sigmas(fn: str, name: str, sigmas, samples: tuple[str, Tensor]) -> Tensor:
     chk.tensor(fn, name, sigmas)
     chk.same_device(fn, samples, (name, sigmas))
     if sigmas.requires_grad:
-        raise ValueError(f"{fn}: argument '{name}' must not require grad (the ops have no gradient with "
-                         f"respect to the noise levels): pass sigmas.detach()")
+        raise ValueError(f"{fn}: argument '{name}' must not require grad (the ops have no "
+                         f"gradient with respect to the noise levels): pass {name}.detach()")
     if not _per_sample_shape(tuple(sigmas.shape), tuple(like.shape)):
-        raise ValueError(f"{fn}: argument '{name}' must hold one noise level per sample: a scalar, [N] or "
-                         f"[N, 1, ..., 1] with N = {N} for samples of shape {tuple(like.shape)}, got shape "
-                         f"{tuple(sigmas.shape)}")
+        raise ValueError(f"{fn}: argument '{name}' must hold one noise level per sample: a "
+                         f"scalar, [N] or [N, 1, ..., 1] with N = {N} for samples of shape "
+                         f"{tuple(like.shape)}, got shape {tuple(sigmas.shape)}")
     _check_sigma_range(fn, name, sigmas)
     return sigmas.reshape(-1).expand(N) if sigmas.numel() == 1 else sigmas.reshape(N)
 
@@ -274,8 +286,9 @@ def flow_interpolate(x0: Tensor, noise: Tensor, sigmas, *, backend: str | None =
 
 
 @chk.autocast_rule("model_output", "x0", "noise")
-def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, *, weighting_scheme: str = "none",
-                       precondition_outputs: bool = False, reduction: str = "mean", return_noisy: bool = False,
+def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, *,
+                       weighting_scheme: str = "none", precondition_outputs: bool = False,
+                       reduction: str = "mean", return_noisy: bool = False,
                        backend: str | None = None):
     """The SD3 / Flux rectified-flow training loss, as diffusers' training scripts compute
     it, in one pass that never writes x_t: target noise - x0 for the prediction
@@ -289,12 +302,15 @@ def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, 
     _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
     chk.choice(fn, "weighting_scheme", weighting_scheme, WEIGHTING_SCHEMES)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
-    pre, noisy = _flag(fn, "precondition_outputs", precondition_outputs), _flag(fn, "return_noisy", return_noisy)
+    pre = _flag(fn, "precondition_outputs", precondition_outputs)
+    noisy = _flag(fn, "return_noisy", return_noisy)
     s = _sigmas(fn, "sigmas", sigmas, ("model_output", model_output))
     name = backends.resolve(backend, model_output.device, fn)
     if name == "reference":
-        return ref.flow_matching_loss(model_output, x0, noise, s, weighting_scheme, pre, reduction, noisy)
-    loss, x_t = op("flow_matching_loss", name)(model_output, x0, noise, s, weighting_scheme, pre, noisy)
+        return ref.flow_matching_loss(model_output, x0, noise, s, weighting_scheme, pre, reduction,
+                                      noisy)
+    loss, x_t = op("flow_matching_loss", name)(model_output, x0, noise, s, weighting_scheme, pre,
+                                               noisy)
     loss = loss.mean() if reduction == "mean" else loss
     return (loss, x_t) if noisy else loss
 
@@ -316,10 +332,11 @@ def flow_match_euler_step(model_output: Tensor, sample: Tensor, sigmas, sigmas_n
     return op("flow_match_euler_step", name)(model_output, sample, s, s_next)
 
 
-def sample_flow_timesteps(batch_size: int, *, weighting_scheme: str = "logit_normal", logit_mean: float = 0.0,
-                          logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0,
-                          num_train_timesteps: int = 1000, generator: torch.Generator | None = None,
-                          device=None, u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def sample_flow_timesteps(batch_size: int, *, weighting_scheme: str = "logit_normal",
+                          logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
+                          shift: float = 1.0, num_train_timesteps: int = 1000,
+                          generator: torch.Generator | None = None, device=None,
+                          u: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(timesteps, sigmas) [batch_size] float32 for a flow-matching training step: u
     drawn from SD3's density ("logit_normal": sigmoid of N(logit_mean, logit_std);
     "mode": mode_scale's density; "uniform"), with the same draws from `generator` as
@@ -336,13 +353,29 @@ def sample_flow_timesteps(batch_size: int, *, weighting_scheme: str = "logit_nor
     chk.positive(fn, "shift", shift)
     if u is None:
         _check_density(fn, weighting_scheme, logit_mean, logit_std, mode_scale)
-        u = ref.timestep_density(weighting_scheme, batch_size, logit_mean, logit_std, mode_scale, device, generator)
+        u = ref.timestep_density(weighting_scheme, batch_size, logit_mean, logit_std, mode_scale,
+                                 device, generator)
     else:
         chk.tensor(fn, "u", u)
         if tuple(u.shape) != (batch_size,):
-            raise ValueError(f"{fn}: argument 'u' must have shape [batch_size] = [{batch_size}], got {tuple(u.shape)}")
+            raise ValueError(f"{fn}: argument 'u' must have shape [batch_size] = [{batch_size}], "
+                             f"got {tuple(u.shape)}")
         _check_sigma_range(fn, "u", u)
-    return ref.timesteps_for_density(u, num_train_timesteps, shift)
+    return ref.timesteps_for_density(u, *_schedule(num_train_timesteps, float(shift), u.device))
+
+
+_SCHEDULES: dict = {}
+
+
+def _schedule(num_train_timesteps: int, shift: float, device: torch.device):
+    """shifted_schedule's tables, built once per (T, shift, device) and reused: a training
+    loop asks for the same ones every step (the lookup then indexes into them)."""
+    key = (num_train_timesteps, shift, str(device))
+    if key not in _SCHEDULES:
+        if len(_SCHEDULES) >= 16:
+            _SCHEDULES.clear()
+        _SCHEDULES[key] = ref.shifted_schedule(num_train_timesteps, shift, device)
+    return _SCHEDULES[key]
 
 
 def _check_count(fn: str, name: str, value, minimum: int) -> None:
@@ -362,25 +395,26 @@ def _check_density(fn: str, weighting_scheme: str, logit_mean, logit_std, mode_s
     chk.positive(fn, "logit_std", logit_std)
     lo, hi = MODE_SCALE_RANGE
     if weighting_scheme == "mode" and not lo <= mode_scale <= hi:
-        raise ValueError(f"{fn}: argument 'mode_scale' must be in [{lo}, {hi:.4f}] (where the density maps [0, 1] "
-                         f"onto [0, 1]), got {mode_scale}")
+        raise ValueError(f"{fn}: argument 'mode_scale' must be in [{lo}, {hi:.4f}] (where the "
+                         f"density maps [0, 1] onto [0, 1]), got {mode_scale}")
 
 
 # ----------------------------------------------------------------------------- min-SNR
 def _check_snr_args(fn: str, timesteps, alphas_cumprod) -> None:
     chk.tensor(fn, "alphas_cumprod", alphas_cumprod)
     if alphas_cumprod.dim() != 1 or alphas_cumprod.shape[0] == 0:
-        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], got shape "
-                         f"{tuple(alphas_cumprod.shape)}")
+        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
+                         f"got shape {tuple(alphas_cumprod.shape)}")
     chk.tensor(fn, "timesteps", timesteps, floating=False)
     if timesteps.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{fn}: argument 'timesteps' must be an int64 or int32 tensor, got {timesteps.dtype}")
+        raise TypeError(f"{fn}: argument 'timesteps' must be an int64 or int32 tensor, "
+                        f"got {timesteps.dtype}")
     T = alphas_cumprod.shape[0]
     if timesteps.device.type == "cpu" and not torch.compiler.is_compiling() and timesteps.numel():
         lo, hi = int(timesteps.min()), int(timesteps.max())
         if lo < 0 or hi >= T:
-            raise IndexError(f"{fn}: argument 'timesteps' has {lo if lo < 0 else hi}, outside [0, {T - 1}] "
-                             f"(alphas_cumprod has {T} entries)")
+            raise IndexError(f"{fn}: argument 'timesteps' has {lo if lo < 0 else hi}, outside "
+                             f"[0, {T - 1}] (alphas_cumprod has {T} entries)")
 
 
 def compute_snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
@@ -411,7 +445,8 @@ def min_snr_weights(timesteps: Tensor, alphas_cumprod: Tensor, gamma: float,
 # ----------------------------------------------------------------------------- self-check
 def _training_inputs(device, dtype):
     g = torch.Generator().manual_seed(0)
-    m, x0, noise = (torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    m, x0, noise = (torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype)
+                    for _ in range(3))
     return m.requires_grad_(), x0, noise
 
 
@@ -423,7 +458,8 @@ SELFCHECK = [
     ("flow_interpolate [4, 4, 16, 16]", _training_inputs,
      lambda be, m, x0, noise: flow_interpolate(m, noise, _sigmas_for(m.device), backend=be)),
     ("flow_matching_loss cosmap preconditioned", _training_inputs,
-     lambda be, m, x0, noise: flow_matching_loss(m, x0, noise, _sigmas_for(m.device), weighting_scheme="cosmap",
+     lambda be, m, x0, noise: flow_matching_loss(m, x0, noise, _sigmas_for(m.device),
+                                                 weighting_scheme="cosmap",
                                                  precondition_outputs=True, backend=be)),
     ("flow_match_euler_step", _training_inputs,
      lambda be, m, x0, noise: flow_match_euler_step(m, x0, _sigmas_for(m.device), 0.1, backend=be)),

@@ -13,7 +13,8 @@ float64 inputs); outputs keep the input dtype, losses come back in float32 (floa
 The weight c(sigma) folds the SD3 loss weighting w(sigma) (diffusers'
 compute_loss_weighting_for_sd3) and the preconditioning together:
 
-    w: "none" 1,  "sigma_sqrt" 1 / max(sigma, SIGMA_SQRT_MIN)^2,  "cosmap" 2 / (pi (1 - 2 sigma + 2 sigma^2))
+    w: "none" 1,  "sigma_sqrt" 1 / max(sigma, SIGMA_SQRT_MIN)^2,
+       "cosmap" 2 / (pi (1 - 2 sigma + 2 sigma^2))
     c = w                    without preconditioning (target eps - x0, prediction m)
     c = w sigma^2            with precondition_outputs: the prediction -sigma m + x_t
                              against the target x0 differs by -sigma d, so its squared
@@ -69,8 +70,8 @@ def flow_interpolate(x0, noise, sigmas):
     return ((1 - s) * x0.to(acc) + s * noise.to(acc)).to(x0.dtype)
 
 
-def flow_matching_loss(model_output, x0, noise, sigmas, weighting_scheme="none", precondition_outputs=False,
-                       reduction="mean", return_noisy=False):
+def flow_matching_loss(model_output, x0, noise, sigmas, weighting_scheme="none",
+                       precondition_outputs=False, reduction="mean", return_noisy=False):
     """Per-sample (reduction "none") or mean loss in the accumulation dtype; with
     return_noisy, (loss, x_t)."""
     acc = acc_dtype(model_output.dtype)
@@ -99,15 +100,17 @@ def shifted_schedule(num_train_timesteps: int = 1000, shift: float = 1.0, device
     return sigmas * T, sigmas
 
 
-def timestep_density(weighting_scheme: str, batch_size: int, logit_mean: float = 0.0, logit_std: float = 1.0,
-                     mode_scale: float = 1.29, device=None, generator=None) -> torch.Tensor:
+def timestep_density(weighting_scheme: str, batch_size: int, logit_mean: float = 0.0,
+                     logit_std: float = 1.0, mode_scale: float = 1.29, device=None,
+                     generator=None) -> torch.Tensor:
     """u [batch_size] in [0, 1] drawn from the scheme's density, with the same draws from
     `generator` as diffusers' compute_density_for_timestep_sampling:
     logit_normal sigmoid(N(logit_mean, logit_std)); mode 1 - u - s (cos^2(pi u / 2) - 1 + u)
     for uniform u; uniform u."""
     device = "cpu" if device is None else device
     if weighting_scheme == "logit_normal":
-        u = torch.normal(mean=logit_mean, std=logit_std, size=(batch_size,), device=device, generator=generator)
+        u = torch.normal(mean=logit_mean, std=logit_std, size=(batch_size,), device=device,
+                         generator=generator)
         return torch.sigmoid(u)
     u = torch.rand(size=(batch_size,), device=device, generator=generator)
     if weighting_scheme == "mode":
@@ -115,12 +118,13 @@ def timestep_density(weighting_scheme: str, batch_size: int, logit_mean: float =
     return u
 
 
-def timesteps_for_density(u: torch.Tensor, num_train_timesteps: int = 1000, shift: float = 1.0):
-    """(timesteps, sigmas) of density samples u: index floor(u T) of the shifted schedule,
-    as diffusers' training scripts look them up. u = 1 (the "mode" density at a uniform
-    draw of 0) would index one past the table: it is clamped to the last entry."""
-    timesteps, sigmas = shifted_schedule(num_train_timesteps, shift, u.device)
-    idx = (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+def timesteps_for_density(u: torch.Tensor, timesteps: torch.Tensor, sigmas: torch.Tensor):
+    """(timesteps, sigmas) of density samples u: index floor(u T) of the schedule
+    (shifted_schedule's tables, T entries), as diffusers' training scripts look them up.
+    u = 1 (the "mode" density at a uniform draw of 0) would index one past the table: it
+    is clamped to the last entry."""
+    T = timesteps.shape[0]
+    idx = (u * T).long().clamp(0, T - 1)
     return timesteps[idx], sigmas[idx]
 
 
