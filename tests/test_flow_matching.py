@@ -716,10 +716,16 @@ OPS_BAD = [  # direct torch.ops.pykernels calls (C++ and Triton ops check their 
 ]
 
 
+# sigma values: read by the CPU ops (the Triton and CUDA ops read nothing back)
+VALUE_CHECKS = {i for i, (_, _, text) in enumerate(OPS_BAD) if "' has " in text}
+
+
 @pytest.mark.parametrize("case", range(len(OPS_BAD)))
 @pytest.mark.parametrize("backend", [p for p in CPP_BACKENDS + TRITON_BACKENDS if p.id != "cuda"])
 def test_bad_input_torch_ops(case, backend):
     call, exc, text = OPS_BAD[case]
+    if case in VALUE_CHECKS and backend != "cpu":
+        pytest.skip("the values of sigmas are checked by the public functions and the CPU ops")
     with pytest.raises(exc, match=text):
         call(lambda name: fm_ops.op(name, backend))
 

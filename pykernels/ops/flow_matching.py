@@ -218,7 +218,9 @@ def _check_sigma_range(fn: str, name: str, s: Tensor) -> None:
 
 
 def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
-    """The C++ ops' checks of their per-sample sigmas [N], for the Triton ops."""
+    """The C++ ops' checks of their per-sample sigmas [N], for the Triton ops: metadata
+    only (the values are the public functions' to check; the Triton ops read no tensor
+    back to the host, as the CUDA kernels)."""
     ref_name, x = like
     for name, s in named:
         chk.tensor(fn, name, s)
@@ -226,7 +228,6 @@ def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
         if tuple(s.shape) != (x.shape[0],):
             raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{x.shape[0]}] "
                              f"(one per sample), got {tuple(s.shape)}")
-        _check_sigma_range(fn, name, s)
 
 
 def _sigmas(fn: str, name: str, sigmas, samples: tuple[str, Tensor]) -> Tensor:
