@@ -9,6 +9,7 @@
 #pragma once
 #include <c10/macros/Macros.h>
 
+#include <initializer_list>
 #include <string>
 
 #include "common/checks.h"
@@ -55,74 +56,91 @@ C10_HOST_DEVICE inline T loss_weight(int64_t weighting, bool precondition, T sig
 }
 
 // ------------------------------------------------------------------ argument checks
-// x: a float tensor [N, ...] on a device of type `dev`.
-inline void check_samples(const char* op, const char* arg, const at::Tensor& x,
-                          at::DeviceType dev) {
-  check_float(op, arg, x);
-  check_device_type(op, arg, x, dev);
-  check_min_dim(op, arg, x, 1);
-}
+// A tensor argument and its name.
+struct Named {
+  const char* arg;
+  const at::Tensor& t;
+};
 
-// y: the same device, dtype and shape as x.
-inline void check_like(const char* op, const char* arg, const at::Tensor& y, const char* ref_arg,
-                       const at::Tensor& x) {
-  check_same_device(op, arg, y, ref_arg, x);
-  check_same_dtype(op, arg, y, ref_arg, x);
-  check_same_shape(op, arg, y, ref_arg, x);
-}
-
-// Per-sample noise levels: a float tensor [N] on x's device, each value in [0, 1]. The
-// values are read on CPU only; on CUDA reading them back would synchronise with the
-// device (a NaN passes: it propagates to the results like any NaN input).
-inline void check_sigmas(const char* op, const char* arg, const at::Tensor& s, const char* ref_arg,
-                         const at::Tensor& x) {
-  check_float(op, arg, s);
-  check_same_device(op, arg, s, ref_arg, x);
-  TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == x.size(0), op, ": argument '", arg,
-                    "' must have shape [N] = [", x.size(0), "] (one per sample), got ", s.sizes());
-  if (!s.is_cpu()) return;
-  const auto s64 = s.to(at::kDouble).contiguous();
-  const double* p = s64.const_data_ptr<double>();
-  for (int64_t i = 0; i < s64.numel(); ++i) {
-    TORCH_CHECK_VALUE(!(p[i] < 0.0 || p[i] > 1.0), op, ": argument '", arg, "' has ", p[i],
-                      " at index ", i, ", outside [0, 1]");
+// Samples [N, ...]: the first a float tensor with at least one dimension on a device of
+// type `dev`, each other one on its device, with its dtype and shape.
+inline void check_samples(const char* op, at::DeviceType dev, std::initializer_list<Named> named) {
+  const Named& lead = *named.begin();
+  check_float(op, lead.arg, lead.t);
+  check_device_type(op, lead.arg, lead.t, dev);
+  check_min_dim(op, lead.arg, lead.t, 1);
+  for (const Named& x : named) {
+    check_same_device(op, x.arg, x.t, lead.arg, lead.t);
+    check_same_dtype(op, x.arg, x.t, lead.arg, lead.t);
+    check_same_shape(op, x.arg, x.t, lead.arg, lead.t);
   }
 }
 
-// grad: a float tensor of `shape` on x's device (any float dtype: the op converts it).
-inline void check_grad(const char* op, const char* arg, const at::Tensor& g, at::IntArrayRef shape,
-                       const char* ref_arg, const at::Tensor& x) {
-  check_float(op, arg, g);
-  check_same_device(op, arg, g, ref_arg, x);
-  TORCH_CHECK_VALUE(g.sizes() == shape, op, ": argument '", arg, "' must have shape ", shape,
-                    ", got ", g.sizes());
+// Per-sample noise levels: float tensors [N] on the samples' device, each value in [0, 1].
+// The values are read on CPU only; on CUDA reading them back would synchronise with the
+// device (a NaN passes: it propagates to the results like any NaN input).
+inline void check_sigmas(const char* op, Named samples, std::initializer_list<Named> sigmas) {
+  const int64_t N = samples.t.size(0);
+  for (const Named& s : sigmas) {
+    check_float(op, s.arg, s.t);
+    check_same_device(op, s.arg, s.t, samples.arg, samples.t);
+    TORCH_CHECK_VALUE(s.t.dim() == 1 && s.t.size(0) == N, op, ": argument '", s.arg,
+                      "' must have shape [N] = [", N, "] (one per sample), got ", s.t.sizes());
+    if (!s.t.is_cpu()) continue;
+    const auto s64 = s.t.to(at::kDouble).contiguous();
+    const double* p = s64.const_data_ptr<double>();
+    for (int64_t i = 0; i < N; ++i) {
+      TORCH_CHECK_VALUE(!(p[i] < 0.0 || p[i] > 1.0), op, ": argument '", s.arg, "' has ", p[i],
+                        " at index ", i, ", outside [0, 1]");
+    }
+  }
 }
 
 // ------------------------------------------------------------------ per-op checks
 inline void check_interpolate(const char* op, const at::Tensor& x0, const at::Tensor& noise,
                               const at::Tensor& sigmas, at::DeviceType dev) {
-  check_samples(op, "x0", x0, dev);
-  check_like(op, "noise", noise, "x0", x0);
-  check_sigmas(op, "sigmas", sigmas, "x0", x0);
+  check_samples(op, dev, {{"x0", x0}, {"noise", noise}});
+  check_sigmas(op, {"x0", x0}, {{"sigmas", sigmas}});
 }
 
 inline int64_t check_loss(const char* op, const at::Tensor& m, const at::Tensor& x0,
                           const at::Tensor& noise, const at::Tensor& sigmas,
                           const std::string& weighting_scheme, at::DeviceType dev) {
-  check_samples(op, "model_output", m, dev);
-  check_like(op, "x0", x0, "model_output", m);
-  check_like(op, "noise", noise, "model_output", m);
-  check_sigmas(op, "sigmas", sigmas, "model_output", m);
+  check_samples(op, dev, {{"model_output", m}, {"x0", x0}, {"noise", noise}});
+  check_sigmas(op, {"model_output", m}, {{"sigmas", sigmas}});
   return weighting_from_name(op, weighting_scheme);
+}
+
+// The loss's checks, and grad [N] (any float dtype: the op converts it) and grad_noisy
+// (x_t's gradient: like model_output) on model_output's device.
+inline int64_t check_loss_backward(const char* op, const at::Tensor& grad,
+                                   const c10::optional<at::Tensor>& grad_noisy,
+                                   const at::Tensor& m, const at::Tensor& x0,
+                                   const at::Tensor& noise, const at::Tensor& sigmas,
+                                   const std::string& weighting_scheme, at::DeviceType dev) {
+  const int64_t weighting = check_loss(op, m, x0, noise, sigmas, weighting_scheme, dev);
+  check_float(op, "grad", grad);
+  check_same_device(op, "grad", grad, "model_output", m);
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == m.size(0), op,
+                    ": argument 'grad' must have shape [", m.size(0), "], got ", grad.sizes());
+  if (grad_noisy.has_value()) {
+    check_samples(op, dev, {{"model_output", m}, {"grad_noisy", *grad_noisy}});
+  }
+  return weighting;
 }
 
 inline void check_euler_step(const char* op, const at::Tensor& m, const at::Tensor& sample,
                              const at::Tensor& sigmas, const at::Tensor& sigmas_next,
                              at::DeviceType dev) {
-  check_samples(op, "sample", sample, dev);
-  check_like(op, "model_output", m, "sample", sample);
-  check_sigmas(op, "sigmas", sigmas, "sample", sample);
-  check_sigmas(op, "sigmas_next", sigmas_next, "sample", sample);
+  check_samples(op, dev, {{"sample", sample}, {"model_output", m}});
+  check_sigmas(op, {"sample", sample}, {{"sigmas", sigmas}, {"sigmas_next", sigmas_next}});
+}
+
+// The element-wise backward ops: grad [N, ...] (its dtype is the gradients') and sigmas.
+inline void check_scale_backward(const char* op, const at::Tensor& grad,
+                                 std::initializer_list<Named> sigmas, at::DeviceType dev) {
+  check_samples(op, dev, {{"grad", grad}});
+  check_sigmas(op, {"grad", grad}, sigmas);
 }
 
 }  // namespace flow_matching

@@ -65,9 +65,8 @@ Tensor flow_interpolate_cpu(const Tensor& x0_, const Tensor& noise_, const Tenso
 
 // grad [N, ...] in x0's dtype -> (grad_x0, grad_noise) = ((1 - sigma) grad, sigma grad).
 Tensors2 flow_interpolate_backward_cpu(const Tensor& grad_, const Tensor& sigmas) {
-  const char* op = "pykernels::flow_interpolate_backward";
-  check_samples(op, "grad", grad_, at::kCPU);
-  check_sigmas(op, "sigmas", sigmas, "grad", grad_);
+  check_scale_backward("pykernels::flow_interpolate_backward", grad_, {{"sigmas", sigmas}},
+                       at::kCPU);
   const auto grad = grad_.contiguous();
   auto gx = output_like(grad, true), gn = output_like(grad, true);
   kernels().interpolate_backward(grad, acc_copy(sigmas, grad), gx, gn);
@@ -98,11 +97,9 @@ std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cpu(
     const Tensor& x0_, const Tensor& noise_, const Tensor& sigmas,
     c10::string_view weighting_scheme, bool precondition_outputs,
     std::array<bool, 3> output_mask) {
-  const char* op = "pykernels::flow_matching_loss_backward";
   const int64_t weighting =
-      check_loss(op, m_, x0_, noise_, sigmas, std::string(weighting_scheme), at::kCPU);
-  check_grad(op, "grad", grad, m_.sizes().slice(0, 1), "model_output", m_);
-  if (grad_noisy_.has_value()) check_like(op, "grad_noisy", *grad_noisy_, "model_output", m_);
+      check_loss_backward("pykernels::flow_matching_loss_backward", grad, grad_noisy_, m_, x0_,
+                          noise_, sigmas, std::string(weighting_scheme), at::kCPU);
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), noise = noise_.contiguous();
   const auto grad_noisy = grad_noisy_.has_value() ? grad_noisy_->contiguous() : Tensor();
   std::array<Tensor, 3> out;
@@ -129,10 +126,8 @@ Tensor flow_match_euler_step_cpu(const Tensor& m_, const Tensor& sample_, const 
 // grad [N, ...] -> grad_model_output = (sigma_next - sigma) grad (grad_sample is grad).
 Tensor flow_match_euler_step_backward_cpu(const Tensor& grad_, const Tensor& sigmas,
                                           const Tensor& sigmas_next) {
-  const char* op = "pykernels::flow_match_euler_step_backward";
-  check_samples(op, "grad", grad_, at::kCPU);
-  check_sigmas(op, "sigmas", sigmas, "grad", grad_);
-  check_sigmas(op, "sigmas_next", sigmas_next, "grad", grad_);
+  check_scale_backward("pykernels::flow_match_euler_step_backward", grad_,
+                       {{"sigmas", sigmas}, {"sigmas_next", sigmas_next}}, at::kCPU);
   const auto grad = grad_.contiguous();
   auto gm = output_like(grad, true);
   kernels().euler_step_backward(grad, acc_copy(sigmas, grad), acc_copy(sigmas_next, grad), gm);

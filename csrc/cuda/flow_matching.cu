@@ -16,6 +16,8 @@
 
 #include <limits>
 
+#include <cub/block/block_reduce.cuh>
+
 #include "common/cuda_utils.cuh"
 #include "common/flow_matching_args.h"
 
@@ -51,20 +53,6 @@ __device__ __forceinline__ void for_elements(int64_t D, F f) {
   }
 }
 
-// Sum of v over the block in a fixed order; valid in thread 0.
-template <typename acc>
-__device__ __forceinline__ acc block_sum(acc v) {
-  __shared__ acc warps[kThreads / kWarp];
-  v = warp_sum(v);
-  if (threadIdx.x % kWarp == 0) warps[threadIdx.x / kWarp] = v;
-  __syncthreads();
-  acc s = 0;
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int w = 0; w < kThreads / kWarp; ++w) s += warps[w];
-  }
-  return s;
-}
 
 // ------------------------------------------------------------------------------ kernels
 // out = p x + q y with (p, q) = (1 - sigma, sigma), or (1, sigma_next - sigma) when
@@ -118,7 +106,10 @@ __global__ void loss_kernel(const scalar_t* __restrict__ m, const scalar_t* __re
       noisy[i] = static_cast<scalar_t>(xt);
     }
   });
-  sum = block_sum(sum);
+  // CUB's block reduction adds in a fixed tree for a fixed block size: deterministic
+  using Reduce = cub::BlockReduce<acc, kThreads>;
+  __shared__ typename Reduce::TempStorage scratch;
+  sum = Reduce(scratch).Sum(sum);
   if (threadIdx.x == 0) {
     const acc c = loss_weight<acc>(args.weighting, args.precondition, s);
     partial[int64_t(blockIdx.x) * gridDim.y + blockIdx.y] = c * sum / acc(D);
@@ -202,10 +193,13 @@ Tensor axpby(const char* op, const Tensor& x_, const Tensor& y_, const Tensor& s
 
 std::tuple<Tensor, Tensor> scale_pair(const char* op, const Tensor& grad_, const Tensor& sigmas_,
                                       const Tensor& sigmas_next_) {
-  check_samples(op, "grad", grad_, at::kCUDA);
-  check_sigmas(op, "sigmas", sigmas_, "grad", grad_);
   const bool euler = sigmas_next_.defined();
-  if (euler) check_sigmas(op, "sigmas_next", sigmas_next_, "grad", grad_);
+  if (euler) {
+    check_scale_backward(op, grad_, {{"sigmas", sigmas_}, {"sigmas_next", sigmas_next_}},
+                         at::kCUDA);
+  } else {
+    check_scale_backward(op, grad_, {{"sigmas", sigmas_}}, at::kCUDA);
+  }
   const c10::cuda::CUDAGuard guard(grad_.device());
   const auto grad = grad_.contiguous();
   const auto sigmas = acc_copy(sigmas_, grad);
@@ -277,10 +271,8 @@ std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cuda(
     c10::string_view weighting_scheme, bool precondition_outputs,
     std::array<bool, 3> output_mask) {
   const char* op = "pykernels::flow_matching_loss_backward";
-  const int64_t weighting =
-      check_loss(op, m_, x0_, noise_, sigmas_, std::string(weighting_scheme), at::kCUDA);
-  check_grad(op, "grad", grad_, m_.sizes().slice(0, 1), "model_output", m_);
-  if (grad_noisy_.has_value()) check_like(op, "grad_noisy", *grad_noisy_, "model_output", m_);
+  const int64_t weighting = check_loss_backward(op, grad_, grad_noisy_, m_, x0_, noise_, sigmas_,
+                                                std::string(weighting_scheme), at::kCUDA);
   const c10::cuda::CUDAGuard guard(m_.device());
   const auto m = m_.contiguous(), x0 = x0_.contiguous(), noise = noise_.contiguous();
   const auto grad = acc_copy(grad_, m), sigmas = acc_copy(sigmas_, m);
