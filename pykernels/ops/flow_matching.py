@@ -441,27 +441,3 @@ def min_snr_weights(timesteps: Tensor, alphas_cumprod: Tensor, gamma: float,
     chk.positive(fn, "gamma", gamma)
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     return ref.min_snr_weights(timesteps, alphas_cumprod, float(gamma), prediction_type)
-
-
-# ----------------------------------------------------------------------------- self-check
-def _training_inputs(device, dtype):
-    g = torch.Generator().manual_seed(0)
-    m, x0, noise = (torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype)
-                    for _ in range(3))
-    return m.requires_grad_(), x0, noise
-
-
-def _sigmas_for(device):
-    return torch.tensor([0.0, 0.25, 0.9, 1.0], device=device)
-
-
-SELFCHECK = [
-    ("flow_interpolate [4, 4, 16, 16]", _training_inputs,
-     lambda be, m, x0, noise: flow_interpolate(m, noise, _sigmas_for(m.device), backend=be)),
-    ("flow_matching_loss cosmap preconditioned", _training_inputs,
-     lambda be, m, x0, noise: flow_matching_loss(m, x0, noise, _sigmas_for(m.device),
-                                                 weighting_scheme="cosmap",
-                                                 precondition_outputs=True, backend=be)),
-    ("flow_match_euler_step", _training_inputs,
-     lambda be, m, x0, noise: flow_match_euler_step(m, x0, _sigmas_for(m.device), 0.1, backend=be)),
-]
