@@ -72,7 +72,8 @@ def _step(dtype, device, size, gen):
 
 def _loop(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"sample": randn((N, C, S, S), dtype, device, gen), "schedule": sampling_schedule(device)}
+    return {"sample": randn((N, C, S, S), dtype, device, gen),
+            "schedule": sampling_schedule(device)}
 
 
 # ----------------------------------------------------------------------------- the script's code
