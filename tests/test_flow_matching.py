@@ -499,6 +499,9 @@ def test_drop_in_unsupported_options_raise():
         fused.step(x, 3, x)
     with pytest.raises(ValueError, match="timestep"):
         fused.step(x, fused.timesteps[:3], x)
+    fused.set_begin_index(4)  # one past the 4 steps
+    with pytest.raises(ValueError, match="begin_index 4 is outside"):
+        fused.step(x, t, x)
 
 
 class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):

@@ -78,9 +78,14 @@ inline FlowSamples samples_of(FlowTensor x) {
 }
 
 // f(n, c, begin, end) for chunk c = [begin, end) of sample n, every chunk of every sample.
+// A task gets at least ~32K elements (ATen's grain): small tensors run on the calling
+// thread, where waking the pool would cost more than the work (and, on a loaded machine,
+// waits for a descheduled thread).
 template <typename F>
 inline void for_each_chunk(const FlowSamples& s, F&& f) {
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t first, int64_t last) {
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(s.D, kFlowChunk));
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / per_chunk);
+  at::parallel_for(0, s.N * s.C, grain, [&](int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i) {
       const int64_t n = i / s.C, c = i % s.C;
       f(n, c, c * kFlowChunk, std::min(s.D, (c + 1) * kFlowChunk));

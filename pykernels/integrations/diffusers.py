@@ -206,11 +206,15 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         self._pk_cache = None
 
     def _pk_tables(self, device: torch.device):
-        """(sigmas float32, timesteps) of the current schedule on `device`, copied once."""
+        """(sigma, sigma_next, timesteps) tables of the current schedule on `device`, built
+        once: entry i holds step i's sigmas, and the entries past the last step are NaN
+        (a step index there: a step past the end, or a timestep not in the schedule)."""
         if self._pk_cache is None or self._pk_cache[0] != device:
-            self._pk_cache = (device, self.sigmas.to(device=device, dtype=torch.float32),
+            sigmas = self.sigmas.to(device=device, dtype=torch.float32)
+            nan = torch.full((2,), float("nan"), device=device)
+            self._pk_cache = (device, torch.cat([sigmas[:-1], nan]), torch.cat([sigmas[1:], nan]),
                               self.timesteps.to(device))
-        return self._pk_cache[1], self._pk_cache[2]
+        return self._pk_cache[1:]
 
     @staticmethod
     def _pk_lookup(t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -220,7 +224,7 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         match = timesteps.reshape(1, -1) == t.reshape(-1, 1)
         count = match.sum(1)
         nth = torch.where(count > 1, 2, 1)
-        idx = ((match.cumsum(1) == nth[:, None]) & match).to(torch.int32).argmax(1)
+        idx = ((match.cumsum(1) == nth[:, None]) & match).to(torch.int64).argmax(1)
         return torch.where(count > 0, idx, timesteps.shape[0] + 1)
 
     def _pk_counter(self, t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -229,19 +233,22 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         device = timesteps.device
         if self._pk_index is None or self._pk_index.device != device:
             if self.begin_index is not None:
+                if not 0 <= self.begin_index < timesteps.shape[0]:
+                    raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler: begin_index "
+                                     f"{self.begin_index} is outside the schedule's "
+                                     f"{timesteps.shape[0]} steps")
                 self._pk_index = torch.full((), self.begin_index, dtype=torch.int64, device=device)
             else:
                 self._pk_index = self._pk_lookup(t.reshape(1), timesteps)[0]
-        index = self._pk_index.clone()
+        index = self._pk_index.clamp(max=timesteps.shape[0])  # past the end: the NaN entry
         self._pk_index.add_(1)
         return index
 
     def _pk_step_sigmas(self, timestep, sample: torch.Tensor):
         """(sigma, sigma_next) of this step: 0-dim tensors (the counter) or [batch]
         (per-sample timesteps), NaN where the step has no valid index."""
-        device = sample.device
-        sigmas, timesteps = self._pk_tables(device)
-        t = torch.as_tensor(timestep, device=device)
+        sigma, sigma_next, timesteps = self._pk_tables(sample.device)
+        t = torch.as_tensor(timestep, device=sample.device)
         if t.numel() > 1:
             if t.numel() != sample.shape[0]:
                 raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' "
@@ -250,12 +257,7 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
             index = self._pk_lookup(t.reshape(-1), timesteps)
         else:
             index = self._pk_counter(t, timesteps)
-        last = sigmas.shape[0] - 2  # the last index with a next sigma
-        i = index.clamp(0, last)
-        valid = (index >= 0) & (index <= last)
-        nan = torch.full((), float("nan"), device=device)
-        sigma = torch.where(valid, torch.take(sigmas, i), nan)
-        return sigma, torch.where(valid, torch.take(sigmas, i + 1), nan)
+        return torch.take(sigma, index), torch.take(sigma_next, index)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),

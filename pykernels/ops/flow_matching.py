@@ -209,10 +209,10 @@ def _check_sigma_range(fn: str, name: str, s: Tensor) -> None:
     propagates to the results like any NaN input."""
     if s.device.type != "cpu" or torch.compiler.is_compiling() or s.numel() == 0:
         return
-    flat = s.detach().reshape(-1)
-    bad = ((flat < 0) | (flat > 1)).nonzero()
-    if bad.numel():
-        i = int(bad[0, 0])
+    lo, hi = (s.item(),) * 2 if s.numel() == 1 else (v.item() for v in torch.aminmax(s))
+    if lo < 0 or hi > 1:  # (a NaN compares false)
+        flat = s.reshape(-1)
+        i = int(((flat < 0) | (flat > 1)).nonzero()[0, 0])
         raise ValueError(f"{fn}: argument '{name}' has {flat[i].item()} at index {i}, "
                          f"outside [0, 1]")
 
@@ -251,6 +251,8 @@ def _sigmas(fn: str, name: str, sigmas, samples: tuple[str, Tensor]) -> Tensor:
                          f"scalar, [N] or [N, 1, ..., 1] with N = {N} for samples of shape "
                          f"{tuple(like.shape)}, got shape {tuple(sigmas.shape)}")
     _check_sigma_range(fn, name, sigmas)
+    if sigmas.dim() == 1 and sigmas.shape[0] == N:
+        return sigmas
     return sigmas.reshape(-1).expand(N) if sigmas.numel() == 1 else sigmas.reshape(N)
 
 
