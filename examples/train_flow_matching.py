@@ -170,8 +170,7 @@ def plot(data, samples, runs, args):
         smooth = losses.unfold(0, min(50, len(losses)), 1).mean(1)  # a running mean over 50 steps
         axes[3].plot(smooth, lw=1.6 if ops == "reference" else 1.0, ls="-" if ops == "reference" else "--",
                      label=f"{ops} ops")
-    axes[3].set(title="flow-matching loss (running mean of 50 steps), same seed", xlabel="step",
-                ylabel="loss")
+    axes[3].set(title="loss, same seed", xlabel="step", ylabel="loss (running mean of 50 steps)")
     axes[3].legend()
     save(fig, args, "flow_matching_samples.png")
 
