@@ -162,4 +162,28 @@ TORCH_LIBRARY(pykernels, m) {
         "Tensor alphas_cumprod, float eta, Tensor? threshold, str prediction_type, "
         "bool clip_sample, float clip_sample_range, bool use_clipped_model_output, "
         "float final_alpha_cumprod) -> (Tensor, Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- flow_matching
+  // Tensors are [N, ...]: N samples, one noise level per sample in sigmas [N] (any float
+  // dtype, used in the accumulation dtype; values in [0, 1], checked on CPU). See
+  // pykernels/reference/flow_matching.py for the math.
+  // x_t = (1 - sigma) x0 + sigma noise, x0's dtype.
+  m.def("flow_interpolate(Tensor x0, Tensor noise, Tensor sigmas) -> Tensor");
+  // grad: x_t's shape and dtype -> (grad_x0, grad_noise).
+  m.def("flow_interpolate_backward(Tensor grad, Tensor sigmas) -> (Tensor, Tensor)");
+  // (per-sample losses c(sigma) mean_i (model_output - (noise - x0))^2 [N] in the
+  // accumulation dtype, x_t when return_noisy else an empty tensor); weighting_scheme
+  // "none" | "sigma_sqrt" | "cosmap" and precondition_outputs give c(sigma).
+  m.def("flow_matching_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor sigmas, "
+        "str weighting_scheme, bool precondition_outputs, bool return_noisy) -> (Tensor, Tensor)");
+  // grad [N], grad_noisy (x_t's gradient, if x_t was returned) -> gradients of
+  // model_output, x0, noise (an empty tensor where output_mask is false).
+  m.def("flow_matching_loss_backward(Tensor grad, Tensor? grad_noisy, Tensor model_output, "
+        "Tensor x0, Tensor noise, Tensor sigmas, str weighting_scheme, bool precondition_outputs, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // sample + (sigmas_next - sigmas) model_output, computed in the accumulation dtype.
+  m.def("flow_match_euler_step(Tensor model_output, Tensor sample, Tensor sigmas, "
+        "Tensor sigmas_next) -> Tensor");
+  // grad -> grad_model_output = (sigmas_next - sigmas) grad (the sample's gradient is grad).
+  m.def("flow_match_euler_step_backward(Tensor grad, Tensor sigmas, Tensor sigmas_next) -> Tensor");
 }

@@ -325,6 +325,73 @@ def _rows() -> list[Row]:
 ROWS = _rows()
 
 
+# ---------------------------------------------------------------- flow_matching
+def _sigmas(*values):
+    return lambda d: torch.tensor(values, device=d.dev)
+
+
+ARGS.update({
+    "flow_interpolate_backward": lambda d: [("grad", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0))],
+    "flow_matching_loss_backward": lambda d: [("grad", f(d, 3)), ("grad_noisy", f(d, 3, 4)),
+                                              ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
+                                              ("noise", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0)),
+                                              ("weighting_scheme", "cosmap"), ("precondition_outputs", True),
+                                              ("output_mask", [True, True, True])],
+    "flow_match_euler_step_backward": lambda d: [("grad", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0)),
+                                                 ("sigmas_next", _sigmas(0.0, 0.2, 0.9))],
+})
+# The gradients of flow_interpolate_backward and flow_match_euler_step_backward come back
+# in grad's dtype (autograd passes the output's, which is the inputs'): no other dtype.
+GRAD_DTYPE_IS_OUTPUT_DTYPE = {"ddpm_step_backward", "ddim_step_backward", "flow_interpolate_backward", "flow_match_euler_step_backward"}
+
+
+def _flow_sigma_rows(op: str, names=("sigmas",)) -> list[Row]:
+    rows = []
+    for name in names:
+        rows += [
+            Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, rf"argument '{name}' must be float32"),
+            Row(op, f"{name} one short", {name: Mut(lambda x, d: x[:2])}, ValueError,
+                rf"argument '{name}' must have shape \[N\] = \[3\]"),
+            Row(op, f"{name} 2-D", {name: Mut(lambda x, d: x[:, None])}, ValueError,
+                rf"argument '{name}' must have shape \[N\]"),
+            Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
+                rf"argument '{name}' must be on the same device|on the same device as '{name}'"),
+            Row(op, f"{name} above 1", {name: Mut(lambda x, d: x + 0.5)}, ValueError,
+                rf"argument '{name}' has 1\.\d+ at index 2, outside \[0, 1\]", backends=("cpu",)),
+        ]
+    return rows
+
+
+def _flow_grad_rows(op: str) -> list[Row]:
+    """The upstream gradient of an element-wise backward op: it sets the samples' shape."""
+    return [
+        Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad bool", {"grad": as_dtype(torch.bool)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad 0-dim", {"grad": reshaped()}, ValueError, r"argument 'grad' must have at least 1 dimension"),
+        Row(op, "grad other batch", {"grad": reshaped(2, 4)}, ValueError, r"argument 'sigmas' must have shape"),
+    ]
+
+
+_op = "flow_matching_loss_backward"
+ROWS += (_flow_grad_rows("flow_interpolate_backward") + _flow_sigma_rows("flow_interpolate_backward")
+         + _flow_grad_rows("flow_match_euler_step_backward")
+         + _flow_sigma_rows("flow_match_euler_step_backward", ("sigmas", "sigmas_next"))
+         + _grad_rows(_op, (3,)) + _flow_sigma_rows(_op) + [
+             Row(_op, "grad per element", {"grad": reshaped(3, 4)}, ValueError, grad_shape(3)),
+             Row(_op, "grad_noisy float64", {"grad_noisy": as_dtype(torch.float64)}, TypeError,
+                 r"argument 'grad_noisy' must have the same dtype"),
+             Row(_op, "grad_noisy other shape", {"grad_noisy": reshaped(3, 5)}, ValueError,
+                 r"argument 'grad_noisy' must have the same shape"),
+             Row(_op, "x0 other shape", {"x0": reshaped(3, 5)}, ValueError, r"argument 'x0' must have the same shape"),
+             Row(_op, "noise float64", {"noise": as_dtype(torch.float64)}, TypeError,
+                 r"argument 'noise' must have the same dtype"),
+             Row(_op, "weighting_scheme a density", {"weighting_scheme": "logit_normal"}, ValueError,
+                 r"argument 'weighting_scheme' must be one of"),
+             Row(_op, "output_mask of 2", {"output_mask": [True, True]}, RuntimeError,
+                 r"argument 'output_mask' must have 3 elements|List with 2 elements to a fixed-size array of size 3"),
+         ])
+
+
 def _params():
     return [pytest.param(row, p.values[0], id=f"{row.id}-{p.values[0]}", marks=p.marks)
             for row in ROWS for p in FUSED_BACKENDS if not row.backends or p.values[0] in row.backends]
@@ -401,6 +468,15 @@ def _autograd(name: str, backend: str, a: list):
         noise_at = 5 if name == "ddpm_step_backward" else 6
         outs = fwd(name[:-len("_backward")])(*b[:noise_at], None, *b[noise_at:])
         return grad(outs, (m, s_, q), (a[0], a[1]))
+    if name == "flow_interpolate_backward":
+        x0, noise = _needs_grad(a[0], f(dev_for(backend), *a[0].shape))
+        return grad(fwd("flow_interpolate")(x0, noise, a[1]), (x0, noise), a[0])
+    if name == "flow_matching_loss_backward":  # the loss and x_t, both with a gradient
+        ins = _needs_grad(*a[2:5])
+        return grad(fwd("flow_matching_loss")(*ins, *a[5:8], True), ins, (a[0], a[1]))
+    if name == "flow_match_euler_step_backward":
+        m, sample = _needs_grad(a[0], f(dev_for(backend), *a[0].shape))
+        return grad(fwd("flow_match_euler_step")(m, sample, a[1], a[2]), (m,), a[0])
     raise AssertionError(name)
 
 
@@ -424,7 +500,7 @@ def _good_params():
     return [pytest.param(name, p.values[0], g64, id=f"{name}-{p.values[0]}{'-grad_float64' if g64 else ''}",
                          marks=p.marks)
             for name in ARGS for p in FUSED_BACKENDS
-            for g64 in ((False,) if name in ("ddpm_step_backward", "ddim_step_backward") else (False, True))]
+            for g64 in ((False,) if name in GRAD_DTYPE_IS_OUTPUT_DTYPE else (False, True))]
 
 
 @pytest.mark.parametrize("name, backend, grad_float64", _good_params())
