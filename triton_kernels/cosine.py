@@ -57,42 +57,62 @@ def rowwise_fwd_kernel(X1, X2, OUT, R, D, eps, MODE: tl.constexpr, ACC: tl.const
 
 
 @triton.jit
-def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """g1 = k11 x1 + k12 x2, g2 = k21 x1 + k22 x2 per row; the k's from the row's stats."""
-    row0 = tl.program_id(0) * BLOCK_R
-    P1, rows, rmask = _row_pointers(X1, row0, R, D, BLOCK_R)
-    P2, _, _ = _row_pointers(X2, row0, R, D, BLOCK_R)
-    g = tl.load(G + rows, mask=rmask, other=0.0).to(ACC)
-    if MODE == 2:  # d|x1 - x2|^2 = 2 (x1 - x2) (dx1 - dx2)
+def _grad_coefs(g, dot, s1, s2, eps, MODE: tl.constexpr):
+    """(k11, k12, k21, k22) of g * d(out)/d(x1, x2) per row:
+    MODE 2: d|x1 - x2|^2 = 2 (x1 - x2) (dx1 - dx2);
+    MODE 0, 1: dc/dx1 = x2 / (a b) - [n1 > eps] c x1 / a^2 (symmetric for x2),
+    a = max(n1, eps), b = max(n2, eps); MODE 1 (1 - c) negates g."""
+    if MODE == 2:
         k11 = 2.0 * g
-        k12 = -k11
-        k21 = -k11
-        k22 = k11
-    else:  # dc/dx1 = x2 / (a b) - [n1 > eps] c x1 / a^2, a = max(n1, eps), b = max(n2, eps)
-        if MODE == 1:
-            g = -g
-        dot, s1, s2, _ = _dot_and_squares(P1, P2, rmask, D, ACC, BLOCK_R, BLOCK_D)
-        n1 = tl.sqrt(s1)
-        n2 = tl.sqrt(s2)
-        a = tl.maximum(n1, eps)
-        b = tl.maximum(n2, eps)
-        c = dot / (a * b)
-        k12 = g / (a * b)
-        k21 = k12
-        k11 = tl.where(n1 > eps, -g * c / (a * a), 0.0)
-        k22 = tl.where(n2 > eps, -g * c / (b * b), 0.0)
-    Q1, _, _ = _row_pointers(G1, row0, R, D, BLOCK_R)
-    Q2, _, _ = _row_pointers(G2, row0, R, D, BLOCK_R)
+        return k11, -k11, -k11, k11
+    if MODE == 1:
+        g = -g
+    n1 = tl.sqrt(s1)
+    n2 = tl.sqrt(s2)
+    a = tl.maximum(n1, eps)
+    b = tl.maximum(n2, eps)
+    c = dot / (a * b)
+    k12 = g / (a * b)
+    k11 = tl.where(n1 > eps, -g * c / (a * a), 0.0)
+    k22 = tl.where(n2 > eps, -g * c / (b * b), 0.0)
+    return k11, k12, k12, k22
+
+
+@triton.jit
+def _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1: tl.constexpr,
+                WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pass write_pair: g1 = k11 x1 + k12 x2 (WRITE_1), g2 = k21 x1 + k22 x2 (WRITE_2)."""
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         m = rmask[:, None] & (cols[None, :] < D)
         x1 = tl.load(P1 + cols[None, :], mask=m, other=0.0).to(ACC)
         x2 = tl.load(P2 + cols[None, :], mask=m, other=0.0).to(ACC)
-        g1 = k11[:, None] * x1 + k12[:, None] * x2
-        g2 = k21[:, None] * x1 + k22[:, None] * x2
-        tl.store(Q1 + cols[None, :], g1.to(G1.dtype.element_ty), mask=m)
-        tl.store(Q2 + cols[None, :], g2.to(G2.dtype.element_ty), mask=m)
+        if WRITE_1:
+            g1 = k11[:, None] * x1 + k12[:, None] * x2
+            tl.store(Q1 + cols[None, :], g1.to(Q1.dtype.element_ty), mask=m)
+        if WRITE_2:
+            g2 = k21[:, None] * x1 + k22[:, None] * x2
+            tl.store(Q2 + cols[None, :], g2.to(Q2.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, WRITE_1: tl.constexpr,
+                       WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    """The gradients of a block of rows: the rows' stats (_dot_and_squares), their
+    coefficients (_grad_coefs), then _write_pair."""
+    row0 = tl.program_id(0) * BLOCK_R
+    P1, rows, rmask = _row_pointers(X1, row0, R, D, BLOCK_R)
+    P2, _, _ = _row_pointers(X2, row0, R, D, BLOCK_R)
+    g = tl.load(G + rows, mask=rmask, other=0.0).to(ACC)
+    if MODE == 2:
+        k11, k12, k21, k22 = _grad_coefs(g, g, g, g, eps, MODE)
+    else:
+        dot, s1, s2, _ = _dot_and_squares(P1, P2, rmask, D, ACC, BLOCK_R, BLOCK_D)
+        k11, k12, k21, k22 = _grad_coefs(g, dot, s1, s2, eps, MODE)
+    Q1, _, _ = _row_pointers(G1, row0, R, D, BLOCK_R)
+    Q2, _, _ = _row_pointers(G2, row0, R, D, BLOCK_R)
+    _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1, WRITE_2, ACC, BLOCK_D)
 
 
 @triton.jit
@@ -198,16 +218,20 @@ def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -
     return out
 
 
-def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int):
+def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int,
+                     mask: tuple[bool, bool]):
+    """(grad x1, grad x2), each empty where `mask` is False."""
     x1, x2 = x1.contiguous(), x2.contiguous()
-    g1, g2 = torch.empty_like(x1), torch.empty_like(x2)
+    g1 = torch.empty_like(x1) if mask[0] else x1.new_empty(0)
+    g2 = torch.empty_like(x2) if mask[1] else x2.new_empty(0)
     R, D = rows_of(x1)
-    if R == 0:
+    if R == 0 or not (mask[0] or mask[1]):
         return g1, g2
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_bwd_kernel)[_row_grid(R, br)](
-        grad.contiguous(), x1, x2, g1, g2, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype),
-        BLOCK_R=br, BLOCK_D=bd)
+        grad.contiguous(), x1, x2, g1 if mask[0] else x1, g2 if mask[1] else x2, R, D, eps,
+        MODE=mode, WRITE_1=mask[0], WRITE_2=mask[1], ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br,
+        BLOCK_D=bd)
     return g1, g2
 
 

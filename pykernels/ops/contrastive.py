@@ -16,7 +16,7 @@ from .. import _checks as chk
 from .. import backends
 from .._precision import acc_dtype
 from ..reference import contrastive as ref
-from ._registry import op, register_cpp, triton_available
+from ._registry import op, register_autograd, register_cpp, triton_available
 
 REDUCTIONS = ("mean", "sum", "none")
 NORMALIZE_EPS = ref.NORMALIZE_EPS
@@ -102,26 +102,7 @@ def _backward_fake(grad, image_features, text_features, logit_scale, labels, row
     return torch.empty_like(image_features), torch.empty_like(text_features), torch.empty_like(logit_scale)
 
 
-def _register_autograd(backend: str) -> None:
-    def setup_context(ctx, inputs, output):
-        image_features, text_features, logit_scale, labels, symmetric, normalize = inputs
-        _, row_lse, col_lse = output
-        ctx.save_for_backward(image_features, text_features, logit_scale, labels, row_lse, col_lse)
-        ctx.symmetric, ctx.normalize = symmetric, normalize
-        ctx.mark_non_differentiable(row_lse, col_lse)
-
-    def backward(ctx, grad, _grad_row_lse, _grad_col_lse):
-        i, t, s, labels, row_lse, col_lse = ctx.saved_tensors
-        di, dt, ds = op("info_nce_loss_backward", backend)(grad, i, t, s, labels, row_lse, col_lse,
-                                                           ctx.symmetric, ctx.normalize)
-        return di, dt, ds, None, None, None
-
-    target = "pykernels::info_nce_loss_triton" if backend == "triton" else "pykernels::info_nce_loss"
-    torch.library.register_autograd(target, backward, setup_context=setup_context)
-
-
-if register_cpp("info_nce_loss", _forward_fake, _backward_fake):
-    _register_autograd("cpp")
+register_cpp("info_nce_loss", _forward_fake, _backward_fake)
 
 # ----------------------------------------------------------------------------- Triton ops
 if triton_available():
@@ -193,7 +174,24 @@ if triton_available():
         ds = ds.to(logit_scale.dtype).reshape(logit_scale.shape)
         return di.to(i0.dtype), dt.to(t0.dtype), ds
 
-    _register_autograd("triton")
+
+
+def _setup_context(ctx, inputs, output):
+    image_features, text_features, logit_scale, labels, symmetric, normalize = inputs
+    _, row_lse, col_lse = output
+    ctx.save_for_backward(image_features, text_features, logit_scale, labels, row_lse, col_lse)
+    ctx.symmetric, ctx.normalize = symmetric, normalize
+    ctx.mark_non_differentiable(row_lse, col_lse)
+
+
+def _backward(ops, ctx, grad, _grad_row_lse, _grad_col_lse):
+    i, t, s, labels, row_lse, col_lse = ctx.saved_tensors
+    di, dt, ds = ops("info_nce_loss_backward")(grad, i, t, s, labels, row_lse, col_lse, ctx.symmetric,
+                                               ctx.normalize)
+    return di, dt, ds, None, None, None
+
+
+register_autograd("info_nce_loss", _setup_context, _backward)
 
 
 # ----------------------------------------------------------------------------- public API
