@@ -1,21 +1,23 @@
 // CPU ops of the contrastive family: the fused InfoNCE / CLIP loss.
 //
-// The [N, M] logit matrix L = logit_scale I_hat T_hat^T is never stored. Image rows are
-// taken in tiles of R rows; per tile, one BLAS product fills x = I_hat_tile T^T (R x M, the
-// accumulation dtype) and the epilogues of cpu/contrastive_kernels.h read it:
-//   forward:  row log-sum-exps and positive logits (image -> text), and per column a running
-//             (max, sum of exp) merged tile after tile (text -> image);
-//   backward: the tile is recomputed (bit for bit: the same products in the same tiles) and
-//             overwritten with dLoss/dx, then dI_hat += dx T and dT += dx^T I_hat.
-// With normalize, the image tile is normalised on the fly and the text side's 1 / |T_j| is
-// folded into the logits (col_scale), so no normalised copy of either side is stored and
+// The [N, M] logit matrix L = logit_scale I_hat T_hat^T is never stored. It is taken in blocks
+// of R image rows x C text rows; per block, one BLAS product gives x = I_hat[rows] T[cols]^T
+// (the accumulation dtype) and the epilogues of cpu/contrastive_kernels.h read it:
+//   forward:  per row and per column a running (max, sum of exp), merged block after block
+//             (image -> text and text -> image log-sum-exps), and the positive logits;
+//   backward: the block is recomputed (bit for bit: the same products on the same blocks)
+//             and overwritten with dLoss/dx, then dI_hat[rows] += dx T[cols] and
+//             dT[cols] += dx^T I_hat[rows].
+// With normalize, the image rows are normalised block by block and the text side's 1 / |T_j|
+// is folded into the logits (col_scale), so no normalised copy of either side is stored and
 // the text gradient comes out already divided by |T_j| (normalize_rows_backward_'s prescaled).
-// Memory: one tile (contrastive_tile_rows) plus O((N + M) D). Tiles and sums run in a fixed
-// order: results do not depend on the thread count beyond what the BLAS library does.
-// The epilogues are built twice (baseline and AVX2 + FMA, contrastive_avx2.cpp); tiles()
-// picks one at run time.
+// Memory: one block and its two products (blocking()) plus O((N + M) D). Blocks and sums run
+// in a fixed order: results do not depend on the thread count beyond what the BLAS library
+// does. The epilogues are built twice (baseline and AVX2 + FMA, contrastive_avx2.cpp);
+// epilogues() picks one at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -38,9 +40,11 @@ namespace cpu {
 #ifdef PK_HAVE_AVX2_BUILD
 namespace avx2 {  // contrastive_avx2.cpp
 template <typename acc>
-void forward_tile(const acc* x, int64_t rows, int64_t M, int64_t r0, const ForwardArgs<acc>& f);
+void forward_block(const acc* x, int64_t rows, int64_t C, int64_t r0, int64_t c0,
+                   const ForwardArgs<acc>& f);
 template <typename acc>
-void gradient_tile(acc* x, int64_t rows, int64_t M, int64_t r0, const GradientArgs<acc>& g);
+void gradient_block(acc* x, int64_t rows, int64_t C, int64_t r0, int64_t c0,
+                    const GradientArgs<acc>& g);
 }  // namespace avx2
 #endif
 
@@ -48,37 +52,79 @@ namespace {
 
 constexpr double kNormalizeEps = 1e-12;  // F.normalize's eps; the max(|x|, eps) rule
 
-// Rows per tile: R x M accumulation-type elements, the only O(N M)-shaped memory the op
-// allocates. 2^21 elements (8 MB in float32) keep the backward's peak, the two feature
-// gradients plus one tile, near a tenth of what the [N, M] logits and their gradient take
-// (N = M = 8192, D = 512: 41 MB against 512 MB), while each BLAS product still has >= 64
-// rows (fewer cost up to 2x in matmul time).
-int64_t contrastive_tile_rows(int64_t N, int64_t M) {
-  const int64_t rows = (int64_t(1) << 21) / std::max<int64_t>(M, 1);
-  return std::max<int64_t>(1, std::min<int64_t>(std::clamp<int64_t>(rows, 64, 1024), N));
+// The blocks of the [N, M] logits: R rows x C columns, R C <= 2^21 elements (8 MB in float32),
+// so the backward's peak, the two feature gradients plus a block and its products, stays
+// near a tenth of what the [N, M] logits and their gradient take (N = M = 8192, D = 512:
+// about 45 MB against 512 MB). C <= 2048 columns keeps each product large enough for the BLAS
+// library's full speed.
+struct Blocking {
+  int64_t R, C;
+};
+
+Blocking blocking(int64_t N, int64_t M) {
+  const int64_t C = std::max<int64_t>(1, std::min<int64_t>(M, 2048));
+  return {std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 21) / C)), C};
+}
+
+// f(r0, rows, c0, cols) for every block, row blocks outer, in a fixed order.
+template <typename F>
+void for_each_block(int64_t N, int64_t M, F&& f) {
+  const Blocking b = blocking(N, M);
+  for (int64_t r0 = 0; r0 < N; r0 += b.R) {
+    for (int64_t c0 = 0; c0 < M; c0 += b.C) f(r0, std::min(b.R, N - r0), c0, std::min(b.C, M - c0));
+  }
 }
 
 // The epilogues: the AVX2 + FMA build where the CPU has it, else the baseline build.
 template <typename acc>
-struct Tiles {
-  void (*forward)(const acc*, int64_t, int64_t, int64_t, const ForwardArgs<acc>&);
-  void (*gradient)(acc*, int64_t, int64_t, int64_t, const GradientArgs<acc>&);
+struct Epilogues {
+  void (*forward)(const acc*, int64_t, int64_t, int64_t, int64_t, const ForwardArgs<acc>&);
+  void (*gradient)(acc*, int64_t, int64_t, int64_t, int64_t, const GradientArgs<acc>&);
 };
 
 template <typename acc>
-const Tiles<acc>& tiles() {
+const Epilogues<acc>& epilogues() {
 #ifdef PK_HAVE_AVX2_BUILD
   if (use_avx2()) {
-    static const Tiles<acc> t{&avx2::forward_tile<acc>, &avx2::gradient_tile<acc>};
-    return t;
+    static const Epilogues<acc> e{&avx2::forward_block<acc>, &avx2::gradient_block<acc>};
+    return e;
   }
 #endif
-  static const Tiles<acc> t{&generic::forward_tile<acc>, &generic::gradient_tile<acc>};
-  return t;
+  static const Epilogues<acc> e{&generic::forward_block<acc>, &generic::gradient_block<acc>};
+  return e;
 }
 
-// a b^T for a [R, K] and b [M, K] (b may be a transposed view).
-at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) { return at::mm(a, b.t()); }
+// oneDNN's matmul as PyTorch registers it (mkldnn::_linear_pointwise(X, W, ...) = X W^T, the
+// op Inductor's CPU path runs linear layers with), when this PyTorch build has it.
+const std::optional<c10::OperatorHandle>& onednn_linear() {
+  static const auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+  return handle;
+}
+
+// a b^T for a [R, K] and b [M, K] (either may be a transposed view), contiguous. float32
+// runs on oneDNN where PyTorch has it: on CPUs where MKL takes its AVX2 path (AMD), oneDNN's
+// AVX-512 kernels ran these block shapes 1.5-2x faster than at::mm. Elsewhere at::mm.
+at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
+  const auto& linear = onednn_linear();
+  if (linear.has_value() && a.scalar_type() == at::kFloat && a.numel() > 0 && b.numel() > 0) {
+    std::vector<c10::IValue> stack{a, b, c10::IValue(), c10::IValue("none"),
+                                   c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                   c10::IValue()};
+    linear->callBoxed(&stack);
+    return stack[0].toTensor().contiguous();
+  }
+  return at::mm(a, b.t());
+}
+
+// out = a b^T (first) or out += a b^T.
+void add_matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool first) {
+  const auto p = matmul_nt(a, b);
+  if (first) {
+    out.copy_(p);
+  } else {
+    out.add_(p);
+  }
+}
 
 // The features of one side in the accumulation dtype, contiguous, with 1 / max(|row|, eps)
 // per row (normalize) or ones, and the logit scale per column: scale * inv.
@@ -92,8 +138,8 @@ Side prepare(const at::Tensor& features, bool normalize) {
   return {x, inv};
 }
 
-// The image rows [r0, r0 + rows), normalised when asked: the left factor of the tile.
-at::Tensor image_tile(const Side& img, int64_t r0, int64_t rows, bool normalize) {
+// The image rows [r0, r0 + rows), normalised when asked: the left factor of a block.
+at::Tensor image_rows(const Side& img, int64_t r0, int64_t rows, bool normalize) {
   const auto rows_x = img.x.narrow(0, r0, rows);
   return normalize ? rows_x * img.inv.narrow(0, r0, rows).unsqueeze(1) : rows_x;
 }
@@ -106,21 +152,19 @@ void check_labels_in_range(const char* op, const at::Tensor& labels, int64_t M) 
   }
 }
 
-// Losses from the stats: l_i2t = (m_i - pos_i) + log_sum_i (not lse - pos, which would lose
-// |lse| eps of a small loss); l_t2i = (cm_y - pos_i) + log(cs_y) at y = labels[i]. The
-// log-sum-exps are returned in float64 as m + log_sum (see split_lse).
+// Losses from the stats: l_i2t = (m_i - pos_i) + log s_i (not lse - pos, which would lose
+// |lse| eps of a small loss); l_t2i = (cm_y - pos_i) + log cs_y at y = labels[i]. The
+// log-sum-exps are returned in float64 as m + log s (see split_lse).
 template <typename acc>
 void write_losses(const ForwardArgs<acc>& f, int64_t N, int64_t M, acc* loss, double* row_lse,
                   double* col_lse) {
   for (int64_t i = 0; i < N; ++i) {
-    loss[i] = (f.row_max[i] - f.pos[i]) + f.row_log_sum[i];
-    row_lse[i] = double(f.row_max[i]) + double(f.row_log_sum[i]);
+    const acc log_sum = std::log(f.row_sum[i]);
+    loss[i] = (f.row_max[i] - f.pos[i]) + log_sum;
+    row_lse[i] = double(f.row_max[i]) + double(log_sum);
   }
   if (f.col_max == nullptr) return;
-  for (int64_t j = 0; j < M; ++j) {
-    col_lse[j] = N == 0 ? -std::numeric_limits<double>::infinity()
-                        : double(f.col_max[j]) + double(std::log(f.col_sum[j]));
-  }
+  for (int64_t j = 0; j < M; ++j) col_lse[j] = double(f.col_max[j]) + double(std::log(f.col_sum[j]));
   for (int64_t i = 0; i < N; ++i) {
     const int64_t y = f.labels[i];
     loss[N + i] = (f.col_max[y] - f.pos[i]) + std::log(f.col_sum[y]);
@@ -131,17 +175,20 @@ template <typename acc>
 void forward_impl(const Side& img, const Side& txt, const at::Tensor& col_scale,
                   const int64_t* labels, bool symmetric, bool normalize, acc* loss,
                   double* row_lse, double* col_lse) {
-  const int64_t N = img.x.size(0), M = txt.x.size(0), R = contrastive_tile_rows(N, M);
-  std::vector<acc> row_max(N), row_log_sum(N), pos(N), cm(symmetric ? M : 0),
-      cs(symmetric ? M : 0);
+  const int64_t N = img.x.size(0), M = txt.x.size(0);
+  const acc ninf = -std::numeric_limits<acc>::infinity();
+  // running stats start empty (max -inf, sum 0): what a row or column without logits keeps
+  std::vector<acc> row_max(N, ninf), row_sum(N, 0), pos(N), cm(symmetric ? M : 0, ninf),
+      cs(symmetric ? M : 0, 0);
   const ForwardArgs<acc> f{col_scale.const_data_ptr<acc>(), labels, row_max.data(),
-                           row_log_sum.data(), pos.data(), symmetric ? cm.data() : nullptr,
+                           row_sum.data(), pos.data(), symmetric ? cm.data() : nullptr,
                            symmetric ? cs.data() : nullptr};
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rows = std::min(R, N - r0);
-    const auto x = matmul_nt(image_tile(img, r0, rows, normalize), txt.x).contiguous();
-    tiles<acc>().forward(x.const_data_ptr<acc>(), rows, M, r0, f);
-  }
+  at::Tensor left;
+  for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    if (c0 == 0) left = image_rows(img, r0, rows, normalize);
+    const auto x = matmul_nt(left, txt.x.narrow(0, c0, cols));
+    epilogues<acc>().forward(x.const_data_ptr<acc>(), rows, cols, r0, c0, f);
+  });
   write_losses(f, N, M, loss, row_lse, col_lse);
 }
 
@@ -166,26 +213,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(
   return {loss, row_lse, col_lse};
 }
 
-// The backward's tile loop: per tile, recompute x, turn it into dLoss/dx (gradient_tile),
-// then dI_hat[tile] = dx T and dT += dx^T I_hat[tile] (with normalize: dLoss/dT_hat / |T_j|,
-// since dx carries col_scale). Returns d(logit_scale) = sum_i dscale_rows[i], in row order.
+// The backward's block loop: per block, recompute x, turn it into dLoss/dx (gradient_block),
+// then dI_hat[rows] += dx T[cols] and dT[cols] += dx^T I_hat[rows] (with normalize: dLoss/dT_hat
+// / |T_j|, since dx carries col_scale). Returns d(logit_scale), summed in row order.
 template <typename acc>
 acc backward_impl(const Side& img, const Side& txt, const GradientArgs<acc>& g, bool normalize,
                   at::Tensor& dI, at::Tensor& dT) {
-  const int64_t N = img.x.size(0), M = txt.x.size(0), R = contrastive_tile_rows(N, M);
+  const int64_t N = img.x.size(0), M = txt.x.size(0);
   if (N == 0) dT.zero_();
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rows = std::min(R, N - r0);
-    const auto left = image_tile(img, r0, rows, normalize);
-    auto x = matmul_nt(left, txt.x).contiguous();  // bit for bit the forward's tile
-    tiles<acc>().gradient(x.data_ptr<acc>(), rows, M, r0, g);
-    dI.narrow(0, r0, rows).copy_(matmul_nt(x, txt.x.t()));
-    if (r0 == 0) {  // at::addmm_ accumulates in place (oneDNN would need an [M, D] temporary)
-      at::mm_out(dT, x.t(), left);
-    } else {
-      dT.addmm_(x.t(), left);
-    }
-  }
+  if (M == 0) dI.zero_();
+  at::Tensor left;
+  for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    if (c0 == 0) left = image_rows(img, r0, rows, normalize);
+    const auto t = txt.x.narrow(0, c0, cols);
+    auto x = matmul_nt(left, t);  // bit for bit the forward's block
+    epilogues<acc>().gradient(x.data_ptr<acc>(), rows, cols, r0, c0, g);
+    add_matmul_nt(dI.narrow(0, r0, rows), x, t.t(), c0 == 0);
+    add_matmul_nt(dT.narrow(0, c0, cols), x.t(), left.t(), r0 == 0);
+  });
   acc dscale = 0;
   for (int64_t i = 0; i < N; ++i) dscale += g.dscale_rows[i];
   return dscale;
