@@ -84,16 +84,17 @@ TORCH_LIBRARY(pykernels, m) {
   // ---------------------------------------------------------------- contrastive
   // Fused InfoNCE / CLIP loss, L = logit_scale * I T^T never stored. image_features
   // [N, D], text_features [M, D], logit_scale a one-element tensor, labels int64 [N]
-  // (positive pair (i, labels[i])). Returns, in the accumulation dtype:
+  // (positive pair (i, labels[i])). Returns, in the accumulation dtype (the lse in float64):
   //   loss    [K, N]: row 0 image->text CE per pair, row 1 (symmetric, K = 2) text->image;
   //   row_lse [N]:    logsumexp_j L[i, j];   col_lse [M] (symmetric) or [0]: logsumexp_i L[i, j].
   // normalize: features are first divided by max(|x|, 1e-12). Labels out of range:
   // IndexError on CPU; NaN losses on CUDA (no host sync to check them).
-  m.def("info_nce_loss(Tensor image_features, Tensor text_features, Tensor logit_scale, Tensor labels, "
-        "bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def("info_nce_loss(Tensor image_features, Tensor text_features, Tensor logit_scale, "
+        "Tensor labels, bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
   // grad [K, N] (of loss); returns grads of image_features, text_features, logit_scale.
-  m.def("info_nce_loss_backward(Tensor grad, Tensor image_features, Tensor text_features, Tensor logit_scale, "
-        "Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def("info_nce_loss_backward(Tensor grad, Tensor image_features, Tensor text_features, "
+        "Tensor logit_scale, Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, "
+        "bool normalize) -> (Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- mae
   // Tokens x [N, L, D] and ids [N, K] (int64). Out-of-range or repeated ids raise on

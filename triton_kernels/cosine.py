@@ -151,13 +151,15 @@ def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.co
         m = rmask[:, None] & (cols[None, :] < D)
         x = tl.load(P + cols[None, :], mask=m, other=0.0).to(ACC)
         gy = tl.load(PG + cols[None, :], mask=m, other=0.0).to(ACC)
-        tl.store(Q + cols[None, :], (kx[:, None] * x + kg[:, None] * gy).to(GX.dtype.element_ty), mask=m)
+        gx = kx[:, None] * x + kg[:, None] * gy
+        tl.store(Q + cols[None, :], gx.to(GX.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def scaled_matmul_kernel(A, B, C, RS, CS, M, N, K,
                          s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
-                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                         UPCAST: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          GROUP_M: tl.constexpr):
     """C[z] = diag(RS[z]) A[z] B[z] diag(CS[z]) (scales only when SCALE), fp32 accumulate.
@@ -207,7 +209,8 @@ def _row_grid(R, block_r):
 def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -> torch.Tensor:
     """Cosine (mode 0, input dtype) or feature distance (modes 1, 2, accumulation dtype)."""
     x1, x2 = x1.contiguous(), x2.contiguous()
-    out_dtype = x1.dtype if mode == MODE_COS else (torch.float64 if x1.dtype == torch.float64 else torch.float32)
+    acc = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    out_dtype = x1.dtype if mode == MODE_COS else acc
     out = torch.empty(x1.shape[:-1], dtype=out_dtype, device=x1.device)
     R, D = out.numel(), x1.shape[-1]
     if R == 0:
@@ -244,7 +247,8 @@ def normalize(x: torch.Tensor, eps: float, write_y: bool):
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_kernel)[_row_grid(R, br)](
-            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
+            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br,
+            BLOCK_D=bd)
     return (y if write_y else None), inv
 
 
@@ -267,7 +271,8 @@ def _matmul_blocks(dtype: torch.dtype, on_cpu: bool):
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 
 
-def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None, allow_tf32=False,
+def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None,
+                  allow_tf32=False,
                   out_dtype=None):
     """a [Z, M, K] @ b [Z, K, N] (any strides) -> [Z, M, N] in `out_dtype` (default a's
     dtype), optionally scaled by row_scale [Z, M] and col_scale [Z, N] (float32) in the
@@ -287,5 +292,6 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=No
     wrap_triton(scaled_matmul_kernel)[grid](
         a, b, c, rs, cs, M, N, K, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
         b.stride(2), c.stride(0), c.stride(1), c.stride(2), SCALE=scale,
-        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device), **blocks)
+        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device),
+        **blocks)
     return c

@@ -27,7 +27,8 @@ inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at:
   check_float(op, "logit_scale", scale);
   check_same_device(op, "logit_scale", scale, "image_features", img);
   TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,
-                    ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), got shape ",
+                    ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
+                    "got shape ",
                     scale.sizes());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
                    ": argument 'labels' must be int64, got ", labels.scalar_type());
@@ -64,7 +65,8 @@ inline void check_info_nce_loss_backward(const char* op, const at::Tensor& grad,
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == N, op,
                     ": argument 'grad' must have shape [", K, ", ", N, "], got ", grad.sizes());
   check_same_device(op, "row_lse", row_lse, "image_features", img);
-  check_float(op, "row_lse", row_lse);  // read as float64; an integer or bool one was converted silently
+  // read as float64: an integer or bool one would be converted silently
+  check_float(op, "row_lse", row_lse);
   TORCH_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == N, op,
                     ": argument 'row_lse' must have shape [", N, "], got ", row_lse.sizes());
   check_same_device(op, "col_lse", col_lse, "image_features", img);

@@ -164,7 +164,9 @@ void write_losses(const ForwardArgs<acc>& f, int64_t N, int64_t M, acc* loss, do
     row_lse[i] = double(f.row_max[i]) + double(log_sum);
   }
   if (f.col_max == nullptr) return;
-  for (int64_t j = 0; j < M; ++j) col_lse[j] = double(f.col_max[j]) + double(std::log(f.col_sum[j]));
+  for (int64_t j = 0; j < M; ++j) {
+    col_lse[j] = double(f.col_max[j]) + double(std::log(f.col_sum[j]));
+  }
   for (int64_t i = 0; i < N; ++i) {
     const int64_t y = f.labels[i];
     loss[N + i] = (f.col_max[y] - f.pos[i]) + std::log(f.col_sum[y]);

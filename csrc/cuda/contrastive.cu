@@ -31,8 +31,8 @@ constexpr double kNormalizeEps = 1e-12;
 constexpr int64_t kTileElems = int64_t(1) << 25;
 
 int64_t tile_rows(int64_t N, int64_t M) {
-  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(kTileElems / std::max<int64_t>(M, 1), 64),
-                                                std::max<int64_t>(N, 1)));
+  const int64_t rows = std::max<int64_t>(kTileElems / std::max<int64_t>(M, 1), 64);
+  return std::max<int64_t>(1, std::min<int64_t>(rows, std::max<int64_t>(N, 1)));
 }
 
 // L = scale * x rounded once. nvcc would fuse the product into a following subtraction (one
@@ -44,7 +44,9 @@ __device__ __forceinline__ double logit(double scale, double x) { return __dmul_
 template <typename T>
 __device__ __forceinline__ T warp_max(T v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
   return v;
 }
 
@@ -65,10 +67,12 @@ __device__ T block_reduce(T v, T* smem) {
   return smem[0];
 }
 
-// Block r: row r0 + r of the logits, from tile row r (M raw dot products).
+// Block r: row r0 + r of the logits, from tile row r (M raw dot products): m = max_j L,
+// row_lse = m + log sum_j exp(L - m), pos = L[y], loss = (m - pos) + log sum.
 template <typename acc>
-__global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r0, const int64_t* __restrict__ y,
-                                 const acc* __restrict__ scale_p, double* __restrict__ row_lse, acc* __restrict__ pos,
+__global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r0,
+                                 const int64_t* __restrict__ y, const acc* __restrict__ scale_p,
+                                 double* __restrict__ row_lse, acc* __restrict__ pos,
                                  acc* __restrict__ loss) {
   __shared__ acc smem[kThreads / kWarp];
   const int64_t r = blockIdx.x, i = r0 + r;
@@ -92,12 +96,15 @@ __global__ void row_stats_kernel(const acc* __restrict__ S, int64_t M, int64_t r
   }
 }
 
-// Thread per column j: this tile's max and sum of exp, merged into the running stats.
+// Thread per column j: this tile's max and sum of exp, merged into the running stats:
+//   m' = max(m, m_t),  s' = s exp(m - m') + s_t exp(m_t - m').
 template <typename acc>
-__global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_t M, const acc* __restrict__ scale_p,
-                                 acc* __restrict__ cm, acc* __restrict__ cs, bool first) {
+__global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_t M,
+                                 const acc* __restrict__ scale_p, acc* __restrict__ cm,
+                                 acc* __restrict__ cs, bool first) {
   const acc scale = *scale_p;
-  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < M; j += int64_t(gridDim.x) * blockDim.x) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < M; j += stride) {
     acc m = -INFINITY, s = 0;
     for (int64_t r = 0; r < rows; ++r) m = max(m, logit(scale, S[r * M + j]));
     const acc shift = m == acc(-INFINITY) ? acc(0) : m;
@@ -117,10 +124,12 @@ __global__ void col_stats_kernel(const acc* __restrict__ S, int64_t rows, int64_
 // col_lse[j] = cm + log(cs); loss_t2i[i] = (cm - pos[i]) + log(cs) at j = y[i] (NaN: label
 // out of range).
 template <typename acc>
-__global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __restrict__ cm, const acc* __restrict__ cs,
-                                const int64_t* __restrict__ y, const acc* __restrict__ pos,
-                                double* __restrict__ col_lse, acc* __restrict__ loss_t2i) {
-  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x) {
+__global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __restrict__ cm,
+                                const acc* __restrict__ cs, const int64_t* __restrict__ y,
+                                const acc* __restrict__ pos, double* __restrict__ col_lse,
+                                acc* __restrict__ loss_t2i) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < K; k += stride) {
     if (k < M) col_lse[k] = double(cm[k]) + double(log(cs[k]));
     if (k < N) {
       const int64_t yi = y[k];
@@ -131,8 +140,8 @@ __global__ void finalize_kernel(int64_t N, int64_t M, int64_t K, const acc* __re
 
 // c[j] = sum of w[i] over the i with y[i] == j, in row order.
 template <typename acc>
-__global__ void column_weight_kernel(const int64_t* __restrict__ y, const acc* __restrict__ w, int64_t N, int64_t M,
-                                     acc* __restrict__ c) {
+__global__ void column_weight_kernel(const int64_t* __restrict__ y, const acc* __restrict__ w,
+                                     int64_t N, int64_t M, acc* __restrict__ c) {
   __shared__ int64_t ys[kThreads];
   __shared__ acc ws[kThreads];
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -151,16 +160,19 @@ __global__ void column_weight_kernel(const int64_t* __restrict__ y, const acc* _
 
 // Block r: tile row r becomes G = scale * dLoss/dL,
 //   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),
-// each lse given as hi + lo (split_lse), written to G (which may alias S); dscale_rows[i] = sum_j dL_j * raw_j.
+// each lse given as hi + lo (split_lse), written to G (which may alias S);
+// dscale_rows[i] = sum_j dL_j * raw_j.
 template <typename acc, typename out_t>
-__global__ void grad_kernel(const acc* S, out_t* G, int64_t M, int64_t r0, const int64_t* __restrict__ y,
-                            const acc* __restrict__ scale_p, const acc* __restrict__ ga, const acc* __restrict__ gb,
-                            const acc* __restrict__ c, const acc* __restrict__ row_hi, const acc* __restrict__ row_lo,
-                            const acc* __restrict__ col_hi, const acc* __restrict__ col_lo,
-                            acc* __restrict__ dscale_rows) {
+__global__ void grad_kernel(const acc* S, out_t* G, int64_t M, int64_t r0,
+                            const int64_t* __restrict__ y, const acc* __restrict__ scale_p,
+                            const acc* __restrict__ ga, const acc* __restrict__ gb,
+                            const acc* __restrict__ c, const acc* __restrict__ row_hi,
+                            const acc* __restrict__ row_lo, const acc* __restrict__ col_hi,
+                            const acc* __restrict__ col_lo, acc* __restrict__ dscale_rows) {
   __shared__ acc smem[kThreads / kWarp];
   const int64_t r = blockIdx.x, i = r0 + r;
-  const acc scale = *scale_p, a = ga[i], b = gb != nullptr ? gb[i] : acc(0), rl_hi = row_hi[i], rl_lo = row_lo[i];
+  const acc scale = *scale_p, a = ga[i], b = gb != nullptr ? gb[i] : acc(0);
+  const acc rl_hi = row_hi[i], rl_lo = row_lo[i];
   const int64_t yi = y[i];
   acc part = 0;
   for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
@@ -194,7 +206,8 @@ at::Tensor prepare(const at::Tensor& x, bool normalize) {
 }
 
 int blocks_for(int64_t n) {
-  return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20)));
+  const int64_t need = (n + kThreads - 1) / kThreads;
+  return int(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(1) << 20)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
@@ -214,7 +227,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
   const auto I = prepare(image_features, normalize), T = prepare(text_features, normalize);
   const auto scale = logit_scale.to(acc_type).reshape({1});
   auto tile = at::empty({R, M}, opts);
-  auto cm = at::full({symmetric ? M : 0}, -INFINITY, opts), cs = at::zeros({symmetric ? M : 0}, opts);
+  auto cm = at::full({symmetric ? M : 0}, -INFINITY, opts);
+  auto cs = at::zeros({symmetric ? M : 0}, opts);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_cuda", [&] {
     using acc = scalar_t;
@@ -223,8 +237,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
       auto S = tile.narrow(0, 0, rows);
       mm_acc_out(S, I.narrow(0, r0, rows), T.t());
       row_stats_kernel<acc><<<unsigned(rows), kThreads, 0, stream>>>(
-          S.const_data_ptr<acc>(), M, r0, labels.const_data_ptr<int64_t>(), scale.const_data_ptr<acc>(),
-          row_lse.data_ptr<double>(), pos.data_ptr<acc>(), loss.data_ptr<acc>());
+          S.const_data_ptr<acc>(), M, r0, labels.const_data_ptr<int64_t>(),
+          scale.const_data_ptr<acc>(), row_lse.data_ptr<double>(), pos.data_ptr<acc>(),
+          loss.data_ptr<acc>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (symmetric && M > 0) {
         col_stats_kernel<acc><<<blocks_for(M), kThreads, 0, stream>>>(
@@ -328,7 +343,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
                     normalize ? normalize_rows(T0, kNormalizeEps) : T0,
                     logit_scale.to(acc_type).reshape({1}), labels.contiguous(),
                     grad.to(acc_type).contiguous(), at::empty({symmetric ? M : 0}, opts),
-                    row_split.first, row_split.second, col_split.first, col_split.second, symmetric};
+                    row_split.first, row_split.second, col_split.first, col_split.second,
+                    symmetric};
   auto dI = at::empty_like(in.I);
   auto dT_acc = at::zeros({M, in.T.size(1)}, opts);
   auto dscale_rows = at::empty({N}, opts);

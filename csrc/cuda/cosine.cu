@@ -150,7 +150,8 @@ __global__ void normalize_kernel(const scalar_t* __restrict__ x, scalar_t* __res
 
 // gx = gy / a - [n > eps] x (x . gy) / (n^2 a), a = max(n, eps): the gradient of normalize.
 template <typename scalar_t, bool kPacked>
-__global__ void normalize_bwd_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
+__global__ void normalize_bwd_kernel(const scalar_t* __restrict__ gy,
+                                     const scalar_t* __restrict__ x,
                                      scalar_t* __restrict__ gx, int64_t rows, int64_t D,
                                      acc_t<scalar_t> eps) {
   using acc = acc_t<scalar_t>;
@@ -189,7 +190,8 @@ at::Tensor rowwise_forward(const at::Tensor& x1_, const at::Tensor& x2_, double 
   PK_DISPATCH_FLOATING(x1.scalar_type(), "rowwise_forward_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t *p1 = x1.const_data_ptr<scalar_t>(), *p2 = x2.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {p1, p2}, [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+    launch_rows<scalar_t>(rows, D, {p1, p2}, [&](auto packed, dim3 grid, dim3 block,
+                                                 cudaStream_t s) {
       if (mode == kCos) {
         rowwise_fwd_kernel<scalar_t, scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
             p1, p2, out.data_ptr<scalar_t>(), rows, D, acc(eps), mode);
@@ -236,7 +238,8 @@ at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
   PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_cuda", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     scalar_t* py = y.data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {px, py}, [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+    launch_rows<scalar_t>(rows, D, {px, py}, [&](auto packed, dim3 grid, dim3 block,
+                                                 cudaStream_t s) {
       normalize_kernel<scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
           px, py, rows, D, acc_t<scalar_t>(eps));
     });
@@ -251,7 +254,8 @@ at::Tensor normalize_rows_backward(const at::Tensor& gy_, const at::Tensor& x_, 
   PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_backward_cuda", [&] {
     const scalar_t *px = x.const_data_ptr<scalar_t>(), *pg = gy.const_data_ptr<scalar_t>();
     scalar_t* po = gx.data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {px, pg, po}, [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+    launch_rows<scalar_t>(rows, D, {px, pg, po}, [&](auto packed, dim3 grid, dim3 block,
+                                                     cudaStream_t s) {
       normalize_bwd_kernel<scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
           pg, px, po, rows, D, acc_t<scalar_t>(eps));
     });

@@ -10,5 +10,5 @@ collectives.py, and is exported below.
 from .collectives import all_gather_with_grad, gather_features, group_rank_and_size
 from .contrastive import MODES, REDUCTIONS, info_nce_loss
 
-__all__ = ["info_nce_loss", "all_gather_with_grad", "gather_features", "group_rank_and_size", "MODES",
-           "REDUCTIONS"]
+__all__ = ["info_nce_loss", "all_gather_with_grad", "gather_features", "group_rank_and_size",
+           "MODES", "REDUCTIONS"]

@@ -9,13 +9,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+
 # ----------------------------------------------------------------------------- groups
 def group_rank_and_size(group=None) -> tuple[int, int]:
     """(rank, world size) in `group`; (0, 1) when torch.distributed is not initialised."""
     if not (dist.is_available() and dist.is_initialized()):
         if group is not None:
-            raise RuntimeError("pykernels.distributed: a process_group was given but torch.distributed is not "
-                               "initialised")
+            raise RuntimeError("pykernels.distributed: a process_group was given but "
+                               "torch.distributed is not initialised")
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
@@ -25,7 +26,7 @@ def global_rank(group, group_rank: int) -> int:
     return group_rank if group is None else dist.get_global_rank(group, group_rank)
 
 
-# ----------------------------------------------------------------------------- collectives with autograd
+# ----------------------------------------------------------------------------- collectives
 class AllGather(torch.autograd.Function):
     """cat of every rank's tensor along dim 0. Backward: each rank gets the sum over ranks
     of the gradient of its own slice (as torch.distributed.nn.all_gather)."""
@@ -88,7 +89,6 @@ def all_gather_with_grad(x: Tensor, group=None) -> Tensor:
     return AllGather.apply(x, group)
 
 
-
 # ----------------------------------------------------------------------------- ring
 class Ring:
     """Point-to-point exchange with the ring neighbours: send to rank + 1, receive from
@@ -105,8 +105,10 @@ class Ring:
         cannot be matched with one another. `pending` keeps the sent tensors alive until
         `finish`."""
         received = [torch.empty_like(t) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(tensors)]
-        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i) for i, r in enumerate(received)]
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i)
+               for i, t in enumerate(tensors)]
+        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i)
+                for i, r in enumerate(received)]
         pending.append((dist.batch_isend_irecv(ops), tensors))
         return received
 
@@ -120,7 +122,7 @@ class Ring:
         pending.clear()
 
 
-# ----------------------------------------------------------------------------- open_clip-style gather
+# ----------------------------------------------------------------------------- open_clip gather
 def gather_features(image_features: Tensor, text_features: Tensor, local_loss: bool = False,
                     gather_with_grad: bool = False, rank: int = 0, world_size: int = 1, group=None):
     """open_clip's feature gathering, with its gradient rules: with gather_with_grad the
@@ -128,7 +130,8 @@ def gather_features(image_features: Tensor, text_features: Tensor, local_loss: b
     they are constants, except that for the global (not local) loss this rank's own slot
     is its live tensor."""
     if gather_with_grad:
-        return all_gather_with_grad(image_features, group), all_gather_with_grad(text_features, group)
+        return (all_gather_with_grad(image_features, group),
+                all_gather_with_grad(text_features, group))
     gathered = []
     for x in (image_features, text_features):
         parts = [torch.empty_like(x) for _ in range(world_size)]

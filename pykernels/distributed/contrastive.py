@@ -43,7 +43,8 @@ from ..ops._registry import op as _op
 from ..ops.contrastive import info_nce_loss as _fused  # the single-process fused op
 from ..ops.contrastive import split_lse
 from ..reference.contrastive import normalized
-from .collectives import AllReduceGrad, AllReduceSum, Ring, all_gather_with_grad, group_rank_and_size
+from .collectives import (AllReduceGrad, AllReduceSum, Ring, all_gather_with_grad,
+                          group_rank_and_size)
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
@@ -61,14 +62,15 @@ def _check_local(image_features, text_features, logit_scale, logit_bias, mode, r
         if x.dim() != 2:
             raise ValueError(f"{_FN}: argument '{name}' must be [n, D], got shape {tuple(x.shape)}")
     if logit_scale.numel() != 1 or logit_scale.dim() > 1:
-        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
-                         f"got shape {tuple(logit_scale.shape)}")
-    named = [("image_features", image_features), ("text_features", text_features), ("logit_scale", logit_scale)]
+        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or "
+                         f"[1]), got shape {tuple(logit_scale.shape)}")
+    named = [("image_features", image_features), ("text_features", text_features),
+             ("logit_scale", logit_scale)]
     if logit_bias is not None:
         _checks.tensor(_FN, "logit_bias", logit_bias)
         if logit_bias.numel() != 1 or logit_bias.dim() > 1:
-            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] or [1]), "
-                             f"got shape {tuple(logit_bias.shape)}")
+            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] "
+                             f"or [1]), got shape {tuple(logit_bias.shape)}")
         named.append(("logit_bias", logit_bias))
     _checks.same_device(_FN, *named)
     _checks.same_dtype(_FN, *named[:2])
@@ -83,7 +85,8 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
     every = mine.new_empty(world, 4)
     dist.all_gather(list(every.unbind(0)), mine, group=group)
     shapes = [tuple(r) for r in every.tolist()]
-    if any(s != shapes[0] for s in shapes) or shapes[0][0] != shapes[0][2] or shapes[0][1] != shapes[0][3]:
+    first = shapes[0]
+    if any(s != first for s in shapes) or first[0] != first[2] or first[1] != first[3]:
         raise ValueError(
             f"{_FN}: every rank must pass image_features and text_features of one shape [n, D] "
             f"(same n and D on all ranks); got (image shape, text shape) per rank: "
@@ -92,7 +95,8 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
 
 
 # ----------------------------------------------------------------------------- gather mode
-def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, backend):
+def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction,
+                 backend):
     n = img.shape[0]
     scale = AllReduceGrad.apply(scale, group)
     bias = None if bias is None else AllReduceGrad.apply(bias, group)
@@ -134,14 +138,14 @@ class _Tile:
         block): also the positives L[i, i], float64, the values the LSEs were taken over (a
         separate dot product would round differently, at logits of 1e3 by a small loss)."""
         if self.kernel is not None:
-            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric,
-                                                               False)
+            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img),
+                                                               self.symmetric, False)
             pos = row - loss[0].double() if with_pos else None  # loss = lse - L[i, i]
             return row, (col if self.symmetric else None), pos
         row, col, pos = [], None, []
         for rows, _, logits in self._chunks(img, blk, scale):
             row.append(_lse64(logits, 1))
-            if with_pos:  # chunk row r is row rows.start + r: its positive sits at column rows.start + r
+            if with_pos:  # chunk row r is row rows.start + r, its positive at column rows.start + r
                 pos.append(logits.diagonal(rows.start).double())
             if self.symmetric:
                 part = _lse64(logits, 0)
@@ -238,7 +242,8 @@ class _RingInfoNCE(torch.autograd.Function):
         if world > 1:
             dist.all_reduce(partial, group=group)
         partial = partial.to(acc_dtype(img.dtype))
-        ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
+        ctx.save_for_backward(img, txt, scale, row_lse,
+                              col_lse if symmetric else row_lse.new_empty(0))
         ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
 
@@ -260,7 +265,8 @@ class _RingInfoNCE(torch.autograd.Function):
             # the block and its column LSE are read-only: send them on while we work
             incoming = None
             if k < world - 1:
-                incoming = ring.start([block, block_lse] if symmetric else [block], _TAG_BLOCK, pending)
+                travelling = [block, block_lse] if symmetric else [block]
+                incoming = ring.start(travelling, _TAG_BLOCK, pending)
             gi, gb, gs = tile.grad(img, block, scale, row_lse, block_lse, a, c)
             d_img = gi if d_img is None else d_img.add_(gi)
             d_scale = gs if d_scale is None else d_scale + gs
@@ -278,7 +284,8 @@ class _RingInfoNCE(torch.autograd.Function):
         d_scale = d_scale - w_pos * _row_dots(img.to(acc), txt.to(acc)).sum()
         if world > 1:
             dist.all_reduce(d_scale, group=group)
-        return (d_img.to(img.dtype), d_txt.to(txt.dtype), d_scale.reshape(scale.shape).to(scale.dtype),
+        return (d_img.to(img.dtype), d_txt.to(txt.dtype),
+                d_scale.reshape(scale.shape).to(scale.dtype),
                 None, None, None, None, None, None)
 
 
@@ -321,27 +328,32 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     """
     _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}")
+        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, "
+                        f"got {type(chunk_size).__name__}")
     _checks.positive(_FN, "chunk_size", chunk_size)
     rank, world = group_rank_and_size(process_group)
     if world > 1 and check_sizes:
         _check_sizes_across_ranks(image_features, text_features, process_group, world)
     elif image_features.shape != text_features.shape:
         raise ValueError(
-            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape [n, D], "
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape "
+            f"[n, D], "
             f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
         )
     if world == 1 and mode == "gather":
-        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias, symmetric=symmetric,
+        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias,
+                      symmetric=symmetric,
                       normalize=normalize, reduction=reduction, backend=backend)
     if mode == "gather":
-        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group, rank, world,
+        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group,
+                            rank, world,
                             symmetric, normalize, reduction, backend)
     if normalize:  # row-local, so it is done before the ring, with autograd
         image_features, text_features = normalized(image_features), normalized(text_features)
     kernel = backends.resolve(backend, image_features.device, _FN)
     tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
-    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank, world,
+    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank,
+                              world,
                               symmetric, reduction, tile)
     if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
         loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)

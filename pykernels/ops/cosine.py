@@ -97,8 +97,9 @@ if triton_available():
         return tk.rowwise_forward(x1, x2, eps, tk.MODE_COS)
 
     @triton_op("pykernels::cosine_similarity_backward_triton", mutates_args=())
-    def _cosine_similarity_backward_triton(grad: Tensor, x1: Tensor, x2: Tensor, eps: float,
-                                           output_mask: list[bool]) -> tuple[Tensor, Tensor]:
+    def _cosine_similarity_backward_triton(
+            grad: Tensor, x1: Tensor, x2: Tensor, eps: float,
+            output_mask: list[bool]) -> tuple[Tensor, Tensor]:
         fn = "pykernels::cosine_similarity_backward_triton"
         _check_rowwise_op(fn, "x1", x1, "x2", x2, eps)
         chk.grad(fn, grad, x1.shape[:-1], x1)  # the kernel reads one value per row
@@ -112,9 +113,9 @@ if triton_available():
         return tk.rowwise_forward(student, teacher, eps, _triton_mode(kind))
 
     @triton_op("pykernels::feature_distillation_loss_backward_triton", mutates_args=())
-    def _feature_distillation_loss_backward_triton(grad: Tensor, student: Tensor, teacher: Tensor,
-                                                   kind: str, eps: float,
-                                                   output_mask: list[bool]) -> tuple[Tensor, Tensor]:
+    def _feature_distillation_loss_backward_triton(
+            grad: Tensor, student: Tensor, teacher: Tensor, kind: str, eps: float,
+            output_mask: list[bool]) -> tuple[Tensor, Tensor]:
         fn = "pykernels::feature_distillation_loss_backward_triton"
         _check_rowwise_op(fn, "student", student, "teacher", teacher, eps, kind)
         chk.grad(fn, grad, student.shape[:-1], student)

@@ -55,8 +55,9 @@ def normalized(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
 
 
-def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                    logit_bias: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                    logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None,
+                    normalize: bool = False) -> torch.Tensor:
     """The [N, M] logit matrix in the accumulation dtype."""
     acc = acc_dtype(image_features.dtype)
     i, t = image_features.to(acc), text_features.to(acc)
@@ -68,9 +69,10 @@ def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor, l
     return logits
 
 
-def info_nce_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, *,
-                  labels: torch.Tensor | None = None, logit_bias: torch.Tensor | None = None,
-                  symmetric: bool = True, normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
+def info_nce_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                  logit_scale: torch.Tensor, *, labels: torch.Tensor | None = None,
+                  logit_bias: torch.Tensor | None = None, symmetric: bool = True,
+                  normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
     N = image_features.shape[0]
     logits = info_nce_logits(image_features, text_features, logit_scale, logit_bias, normalize)
     targets = torch.arange(N, device=logits.device)
