@@ -101,28 +101,38 @@ const std::optional<c10::OperatorHandle>& onednn_linear() {
   return handle;
 }
 
-// a b^T for a [R, K] and b [M, K] (either may be a transposed view), contiguous. float32
-// runs on oneDNN where PyTorch has it: on CPUs where MKL takes its AVX2 path (AMD), oneDNN's
-// AVX-512 kernels ran these block shapes 1.5-2x faster than at::mm. Elsewhere at::mm.
-at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
-  const auto& linear = onednn_linear();
-  if (linear.has_value() && a.scalar_type() == at::kFloat && a.numel() > 0 && b.numel() > 0) {
-    std::vector<c10::IValue> stack{a, b, c10::IValue(), c10::IValue("none"),
-                                   c10::IValue(c10::List<std::optional<at::Scalar>>()),
-                                   c10::IValue()};
-    linear->callBoxed(&stack);
-    return stack[0].toTensor().contiguous();
-  }
-  return at::mm(a, b.t());
+// Whether a b^T runs on oneDNN: float32, where PyTorch has it, for products of at least 2^26
+// multiply-adds. On CPUs where MKL takes its AVX2 path (AMD), oneDNN's AVX-512 kernels ran the
+// block products 1.5-2x faster than at::mm; on small products its weight reorders (about two
+// operands' worth of temporary memory) and set-up cost more than they save.
+bool on_onednn(const at::Tensor& a, const at::Tensor& b) {
+  return onednn_linear().has_value() && a.scalar_type() == at::kFloat &&
+         a.size(0) * a.size(1) * b.size(0) >= (int64_t(1) << 26);
 }
 
-// out = a b^T (first) or out += a b^T; out may be a strided view.
+// a b^T for a [R, K] and b [M, K] (either may be a transposed view), contiguous.
+at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
+  if (!on_onednn(a, b)) return at::mm(a, b.t());
+  std::vector<c10::IValue> stack{a, b, c10::IValue(), c10::IValue("none"),
+                                 c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                 c10::IValue()};
+  onednn_linear()->callBoxed(&stack);
+  return stack[0].toTensor().contiguous();
+}
+
+// out = a b^T (first) or out += a b^T; out may be a strided view. at::mm_out and addmm_ write
+// into out directly; oneDNN returns a new tensor, which is copied or added.
 void add_matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool first) {
-  const auto p = matmul_nt(a, b);
-  if (first) {
-    out.copy_(p);
+  if (!on_onednn(a, b)) {
+    if (first) {
+      at::mm_out(out, a, b.t());
+    } else {
+      out.addmm_(a, b.t());
+    }
+  } else if (first) {
+    out.copy_(matmul_nt(a, b));
   } else {
-    out.add_(p);
+    out.add_(matmul_nt(a, b));
   }
 }
 
