@@ -479,7 +479,8 @@ def test_all_masked_row_is_nan_on_triton_and_cuda_kernels(backend):
     s, t = randn(3, 10, device=dev, seed=158), randn(3, 10, device=dev, seed=159)
     t[1] = NEG_INF
     name = "distillation_loss_triton" if backend == "triton" else "distillation_loss"
-    loss, gs, gt = getattr(torch.ops.pykernels, name)(s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, True)
+    loss, gs, gt = getattr(torch.ops.pykernels, name)(s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, True,
+                                                      1.0)
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     assert torch.isnan(gs[1]).all() and torch.isfinite(gs[[0, 2]]).all() and torch.isfinite(gt[[0, 2]]).all()
 
@@ -644,6 +645,40 @@ def test_in_place_scaling_only_when_the_graph_is_freed(backend):
         torch.autograd.grad(loss, [s, t], w)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("reduction", ["batchmean", "sum"])
+def test_gradient_of_the_reduced_loss(backend, reduction):
+    """The forward writes the gradient of grad_scale * (row loss), grad_scale the weight
+    "batchmean" gives a row (1 / counted rows): a plain backward returns it as written, and
+    any other upstream gradient (retained graph, a weighted loss) is scaled to match."""
+    dev = backend_device(backend)
+    s = randn(6, 300, device=dev, seed=97, requires_grad=True)
+    t = randn(6, 300, device=dev, seed=98)
+    y = _labels((6,), 300, dev, seed=99, ignored=(2,))
+    kw = dict(temperature=2.0, labels=y, hard_weight=0.5, reduction=reduction)
+    s64 = s.detach().double().requires_grad_()
+    want, = torch.autograd.grad(pk.distillation_loss(s64, t.double(), backend="reference", **kw), [s64])
+    for weight, retain in ((1.0, True), (1.0, False), (0.5, False)):
+        loss = pk.distillation_loss(s, t, backend=backend, **kw)
+        got, = torch.autograd.grad(weight * loss, [s], retain_graph=retain)
+        assert_close(got, weight * want, torch.float32, what=f"grad, weight {weight}, retain_graph={retain}")
+
+
+def test_direct_op_keeps_its_gradient_outputs():
+    """A backward that frees the graph scales the saved gradient in place only when the
+    caller dropped the op's gradient outputs (the public functions); a direct caller of the
+    op keeps them as the forward wrote them."""
+    if "cpu" not in pk.backends.available(torch.device("cpu")):
+        pytest.skip("pykernels._C not built")
+    s, t = randn(4, 30, seed=100, requires_grad=True), randn(4, 30, seed=101)
+    loss, gs, _ = torch.ops.pykernels.distillation_loss(s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, False,
+                                                        0.25)
+    before = gs.detach().clone()
+    g, = torch.autograd.grad(loss, [s], torch.full_like(loss, 3.0))
+    assert torch.equal(gs, before)
+    torch.testing.assert_close(g, before * 12.0)
+
+
 def test_bad_labels_raise_on_cpu_tensors():
     s, t = randn(3, 10, seed=95), randn(3, 10, seed=96)
     for backend in [b for b in ("cpu", "reference", "triton") if b in pk.backends.available(torch.device("cpu"))]:
@@ -663,7 +698,7 @@ def test_bad_label_gives_nan_row_on_triton_and_cuda_kernels(backend):
     s = randn(3, 10, device=dev, seed=97)
     y = torch.tensor([1, 12, 2], device=dev)
     name = "cross_entropy_triton" if backend == "triton" else "cross_entropy"
-    loss, g = getattr(torch.ops.pykernels, name)(s, y, -100, 0.0, True)
+    loss, g = getattr(torch.ops.pykernels, name)(s, y, -100, 0.0, True, 1.0)
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     assert torch.isnan(g[1]).all() and torch.isfinite(g[[0, 2]]).all()
 
@@ -694,11 +729,11 @@ def _opcheck_cases(dev):
     g = randn(4, device=dev, seed=113)
     rg = lambda x: x.clone().requires_grad_()  # noqa: E731
     return [
-        ("distillation_loss", (rg(s), rg(t), y, 2.0, 1.0, 0.5, 0.0, -100, 0.1, True, True)),
-        ("distillation_loss", (rg(s), t, None, 0.5, 1.0, 0.0, 0.5, -100, 0.0, True, False)),
-        ("distillation_loss", (s, t, y, 1.0, 0.5, 0.5, 1.0, -100, 0.0, False, False)),
-        ("cross_entropy", (rg(s), y, -100, 0.1, True)),
-        ("soft_target_cross_entropy", (rg(s), rg(q), 2.0, True, True)),
+        ("distillation_loss", (rg(s), rg(t), y, 2.0, 1.0, 0.5, 0.0, -100, 0.1, True, True, 1.0)),
+        ("distillation_loss", (rg(s), t, None, 0.5, 1.0, 0.0, 0.5, -100, 0.0, True, False, 0.25)),
+        ("distillation_loss", (s, t, y, 1.0, 0.5, 0.5, 1.0, -100, 0.0, False, False, 1.0)),
+        ("cross_entropy", (rg(s), y, -100, 0.1, True, 1.0 / 3)),
+        ("soft_target_cross_entropy", (rg(s), rg(q), 2.0, True, True, 0.5)),
         ("distillation_scale_grad", (g, s)),
         ("distillation_scale_grad_inplace", (g, s.clone())),
     ]
@@ -779,20 +814,25 @@ def test_bad_input_public(case):
         call()
 
 
+_F = (False, False, 1.0)  # grad flags and grad_scale
 OPS_BAD = [
-    (lambda o: o.distillation_loss(_S, torch.ones(2, 6), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, False, False), ValueError,
+    (lambda o: o.distillation_loss(_S, torch.ones(2, 6), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError,
      "'teacher_logits'"),
-    (lambda o: o.distillation_loss(_S.long(), _T.long(), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, False, False), TypeError,
+    (lambda o: o.distillation_loss(_S.long(), _T.long(), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), TypeError,
      "'student_logits'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 0.0, 1.0, 0.0, 0.0, -100, 0.0, False, False), ValueError, "'temperature'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 2.0, -100, 0.0, False, False), ValueError, "'beta'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 1.0, 0.0, -100, 0.0, False, False), ValueError, "'hard_weight'"),
-    (lambda o: o.distillation_loss(_S, _T, torch.tensor([1, 5]), 1.0, 1.0, 1.0, 0.0, -100, 0.0, False, False), IndexError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, -3]), -100, 0.0, False), IndexError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1]), -100, 0.0, False), ValueError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, 2], dtype=torch.int32), -100, 0.0, False), TypeError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, _Y, -100, 1.5, False), ValueError, "'label_smoothing'"),
-    (lambda o: o.soft_target_cross_entropy(_S, torch.ones(2, 4), 1.0, False, False), ValueError, "'target_probs'"),
+    (lambda o: o.distillation_loss(_S, _T, None, 0.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError, "'temperature'"),
+    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 2.0, -100, 0.0, *_F), ValueError, "'beta'"),
+    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), ValueError, "'hard_weight'"),
+    (lambda o: o.distillation_loss(_S, _T, torch.tensor([1, 5]), 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), IndexError,
+     "'labels'"),
+    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, False, False, math.inf),
+     ValueError, "'grad_scale'"),
+    (lambda o: o.cross_entropy(_S, torch.tensor([1, -3]), -100, 0.0, False, 1.0), IndexError, "'labels'"),
+    (lambda o: o.cross_entropy(_S, torch.tensor([1]), -100, 0.0, False, 1.0), ValueError, "'labels'"),
+    (lambda o: o.cross_entropy(_S, torch.tensor([1, 2], dtype=torch.int32), -100, 0.0, False, 1.0), TypeError,
+     "'labels'"),
+    (lambda o: o.cross_entropy(_S, _Y, -100, 1.5, False, 1.0), ValueError, "'label_smoothing'"),
+    (lambda o: o.soft_target_cross_entropy(_S, torch.ones(2, 4), 1.0, *_F), ValueError, "'target_probs'"),
     (lambda o: o.distillation_scale_grad(torch.ones(3), _S), ValueError, "'grad'"),
     (lambda o: o.distillation_scale_grad_inplace(torch.ones(3), _S.clone()), ValueError, "'grad'"),
     (lambda o: o.distillation_scale_grad_inplace(torch.ones(2), torch.ones(4, 2).t()), ValueError,

@@ -342,7 +342,7 @@ def _autograd(name: str, backend: str, a: list):
     if name in SCALE_OPS:  # the saved gradient of cross_entropy's rows, scaled by the upstream one
         (logits,) = _needs_grad(a[1])
         labels = torch.tensor([0, 4, 2], device=logits.device)
-        loss, saved = fwd("cross_entropy")(logits, labels, -100, 0.0, True)
+        loss, saved = fwd("cross_entropy")(logits, labels, -100, 0.0, True, 1.0)
         a[1].copy_(saved.detach())  # the op scales the saved gradient
         return grad(loss, (logits,), a[0])
     if name == "gather_tokens_backward":

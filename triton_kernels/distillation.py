@@ -97,7 +97,8 @@ def _row_sums(S, T_, base, V, inv_t, MODE: tl.constexpr, HARD1: tl.constexpr, SM
             w = _zero_where(qs, w - qs * sh_s) + tl.sum(_zero_where(q, q * ds), 0)
             qs += tl.sum(q, 0)
         if HARD1:
-            z1 = tl.exp(-_shift(ms, ms_new, 1.0)) * z1 + tl.sum(tl.exp(s - _finite_or_zero(ms_new)), 0)
+            z1 = tl.exp(-_shift(ms, ms_new, 1.0)) * z1
+            z1 += tl.sum(tl.exp(s - _finite_or_zero(ms_new)), 0)
         if SMOOTH:
             ss += tl.sum(tl.where(msk, s, 0.0), 0)
         za = tl.exp(-sh_s) * za + tl.sum(e, 0)
@@ -112,7 +113,8 @@ def _log1p(x):
     u = 1.0 + x
     um1 = u - 1.0
     special = (um1 == 0.0) | (x == float("inf"))
-    return tl.where(special, tl.where(um1 == 0.0, x, u), tl.log(u) * x / tl.where(special, 1.0, um1))
+    r = tl.log(u) * x / tl.where(special, 1.0, um1)
+    return tl.where(special, tl.where(um1 == 0.0, x, u), r)
 
 
 @triton.jit
@@ -121,7 +123,8 @@ def _expm1(x):
     u = tl.exp(x)
     um1 = u - 1.0
     special = (um1 == 0.0) | (um1 == -1.0) | (x == float("inf"))  # no 0 / 0, no inf / inf
-    return tl.where(um1 == 0.0, x, tl.where(special, um1, um1 * x / tl.log(tl.where(special, 2.0, u))))
+    r = um1 * x / tl.log(tl.where(special, 2.0, u))
+    return tl.where(um1 == 0.0, x, tl.where(special, um1, r))
 
 
 @triton.jit
@@ -153,8 +156,8 @@ def _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR: tl.constexpr):
 
 
 @triton.jit
-def _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, log_1b, MIRROR: tl.constexpr,
-              ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+def _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, log_1b,
+              MIRROR: tl.constexpr, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
     """Pass 2: KS = sum p_S log(p_S / m), KT = sum p_T log(p_T / m)."""
     offs = tl.arange(0, BLOCK_V)
     ks = tl.zeros([], ACC)
@@ -196,7 +199,8 @@ def _row_loss(MODE: tl.constexpr, HARD: tl.constexpr, SMOOTH: tl.constexpr, lza,
 
 
 @triton.jit
-def _soft_grads(ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt, log_b, log_1b):
+def _soft_grads(ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt,
+                log_b, log_1b):
     """The soft term's (d loss / d s, d loss / d t) from p_S, p_T and x = log p_T - log p_S
     (c = soft_weight T): KL: c (p_S - p_T), c p_T (x - KL); reverse KL: c p_S (-x - KL),
     c (p_T - p_S); JSD: c (1 - beta) p_S (log(p_S / m) - KS), c beta p_T (log(p_T / m) - KT).
@@ -230,21 +234,23 @@ def _write_rest(G, base, rest, rest_abs, n_max, i_max, dominant):
     p_j (a_j - sum_k p_k a_k) cancel at an element that holds almost all the probability;
     written where the maximum is unique, holds more than half of the probability (dominant),
     the others do not cancel among themselves (their sum is at least 1/4 of their
-    magnitudes) and the sum is finite (test_confident_rows_gradient_meets_the_precision_contract)."""
+    magnitudes) and the sum is finite
+    (test_confident_rows_gradient_meets_the_precision_contract)."""
     finite = (rest == rest) & (tl.abs(rest) < float("inf"))
     if (n_max == 1) & dominant & finite & (4.0 * tl.abs(rest) >= rest_abs):
         tl.store(G + base + i_max, (-rest).to(G.dtype.element_ty))
 
 
 @triton.jit
-def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt, inv_t, c,
-               beta, omb, log_b, log_1b, hw, ls, MODE: tl.constexpr, MIRROR: tl.constexpr, HARD: tl.constexpr,
-               HARD1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
+def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt,
+               inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE: tl.constexpr,
+               MIRROR: tl.constexpr, HARD: tl.constexpr, HARD1: tl.constexpr,
+               GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
                BLOCK_V: tl.constexpr):
     """Pass 3: d loss / d s into GS and d loss / d t into GT (_soft_grads; soft-target CE:
     (Q p_S - q) / T and, for the target, -log p_S, 0 where q = 0 on a masked logit; the hard
-    term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])); nan on a nan row. The
-    forms p (a - mean a) go through _write_rest."""
+    term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])), times grad_scale; nan
+    on a nan row. The forms p (a - mean a) go through _write_rest."""
     REST_S: tl.constexpr = ((MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)) and GRAD_S
     REST_T: tl.constexpr = ((MODE == MODE_KL) | (MODE == MODE_JSD)) and GRAD_T
     offs = tl.arange(0, BLOCK_V)
@@ -268,8 +274,8 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
         if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
             t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
             dt = (t - mt) * inv_t
-            g, h = _soft_grads(ps, tl.exp(dt - lzb), (dt - ds) - lzba, MODE, MIRROR, c, beta, omb, kl, ks, kt,
-                               log_b, log_1b)
+            g, h = _soft_grads(ps, tl.exp(dt - lzb), (dt - ds) - lzba, MODE, MIRROR, c, beta, omb,
+                               kl, ks, kt, log_b, log_1b)
         if MODE == MODE_TARGET_PROBS:
             q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
             g = (ps * qs - q) * inv_t
@@ -279,8 +285,8 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
             if HARD1:
                 p1 = tl.exp(s - ms - lz1)
             g += hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
-        g = tl.where(nan_row, float("nan"), g)
-        h = tl.where(nan_row, float("nan"), h)
+        g = tl.where(nan_row, float("nan"), g * grad_scale)
+        h = tl.where(nan_row, float("nan"), h * grad_scale)
         if GRAD_S:
             tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
         if GRAD_T:
@@ -303,7 +309,8 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
 
 
 @triton.jit
-def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, BLOCK_V: tl.constexpr):
+def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
+              BLOCK_V: tl.constexpr):
     """An ignored row: loss 0 and gradient 0."""
     tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
     offs = tl.arange(0, BLOCK_V)
@@ -316,15 +323,15 @@ def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.const
 
 
 @triton.jit
-def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta, omb, log_b, log_1b, ls,
-                        ignore_index, MODE: tl.constexpr, MIRROR: tl.constexpr, HARD: tl.constexpr,
-                        HAS_LABELS: tl.constexpr,
-                        HARD1: tl.constexpr, SMOOTH: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
+def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta, omb, log_b, log_1b,
+                        ls, grad_scale, ignore_index, MODE: tl.constexpr, MIRROR: tl.constexpr,
+                        HARD: tl.constexpr, HAS_LABELS: tl.constexpr, HARD1: tl.constexpr,
+                        SMOOTH: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_V: tl.constexpr):
     """One row of any op of the family. MODE: the soft term (MIRROR: JSD with beta > 1/2);
     HARD: the hard term, HARD1 with
     its own softmax at T = 1 (T != 1); SMOOTH: label smoothing; GRAD_S, GRAD_T: which
-    gradients to write."""
+    gradients to write, those of grad_scale * (row loss)."""
     row = tl.program_id(0).to(tl.int64)
     base = row * V
     counted = True
@@ -337,7 +344,8 @@ def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta,
             bad = (label < 0) | (label >= V)
             y = tl.where(bad, 0, label)
     if counted:
-        ms, mt, za, zb, w, qs, z1, ss = _row_sums(S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC, BLOCK_V)
+        ms, mt, za, zb, w, qs, z1, ss = _row_sums(S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC,
+                                                  BLOCK_V)
         lza = tl.log(za)
         lzb = tl.log(zb)
         lzba = tl.log(zb / za)  # one rounding of the ratio, not a difference of two logs
@@ -347,20 +355,22 @@ def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta,
         ks = tl.zeros([], ACC)
         kt = tl.zeros([], ACC)
         if MODE == MODE_JSD:
-            ks, kt = _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, log_1b, MIRROR,
-                               ACC, BLOCK_V)
+            ks, kt = _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b,
+                               log_1b, MIRROR, ACC, BLOCK_V)
         s_y = tl.load(S + base + y).to(ACC)
         kl = w / zb - lzba
         if MODE == MODE_REVERSE_KL:
             kl = w / za + lzba
-        loss = _row_loss(MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta, omb, hw, ls)
+        loss = _row_loss(MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta,
+                         omb, hw, ls)
         nan_row = bad | (ms == float("-inf"))
         if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
             nan_row = nan_row | (mt == float("-inf"))
         tl.store(LOSS + row, tl.where(nan_row, float("nan"), loss).to(LOSS.dtype.element_ty))
         if GRAD_S or GRAD_T:
-            _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt, inv_t, c,
-                       beta, omb, log_b, log_1b, hw, ls, MODE, MIRROR, HARD, HARD1, GRAD_S, GRAD_T, ACC, BLOCK_V)
+            _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks,
+                       kt, inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE, MIRROR,
+                       HARD, HARD1, GRAD_S, GRAD_T, ACC, BLOCK_V)
     else:  # an ignored row drops out of every term
         _zero_row(LOSS, GS, GT, row, base, V, GRAD_S, GRAD_T, BLOCK_V)
 
@@ -376,7 +386,8 @@ def scale_grad_kernel(G, X, OUT, V, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
         msk = cols < V
         x = tl.load(X + row * V + cols, mask=msk, other=0.0).to(ACC)
         # an exact zero stays zero (an ignored row, even under an inf upstream gradient)
-        tl.store(OUT + row * V + cols, tl.where(x == 0, 0.0, g * x).to(OUT.dtype.element_ty), mask=msk)
+        y = tl.where(x == 0, 0.0, g * x)
+        tl.store(OUT + row * V + cols, y.to(OUT.dtype.element_ty), mask=msk)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -395,12 +406,12 @@ def _mode(teacher, target_probs: bool, beta: float) -> int:
     return mode.value
 
 
-def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0, beta=0.0,
-                      ignore_index=-100, label_smoothing=0.0, target_probs=False, grad_logits=False,
-                      grad_teacher=False):
+def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0,
+                      beta=0.0, ignore_index=-100, label_smoothing=0.0, target_probs=False,
+                      grad_logits=False, grad_teacher=False, grad_scale=1.0):
     """(per-row loss, grad w.r.t. logits or an empty tensor, grad w.r.t. teacher or an empty
     tensor). teacher: teacher logits (soft term), target probabilities (target_probs=True),
-    or None (cross entropy)."""
+    or None (cross entropy). The gradients are those of grad_scale * (row loss)."""
     s = logits.contiguous()
     t = teacher.contiguous() if teacher is not None else None
     acc = torch.float64 if s.dtype == torch.float64 else torch.float32
@@ -419,21 +430,24 @@ def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0
         s, t if t is not None else s, labels.contiguous() if labels is not None else loss, loss,
         gs if grad_logits else loss, gt if grad_teacher else loss, V,
         *map(f32_arg, (1.0 / T, soft_weight * T, soft_weight * T * T, hard_weight, b, 1.0 - b,
-                       math.log(b) if jsd else 0.0, math.log1p(-b) if jsd else 0.0, label_smoothing)),
-        int(ignore_index), MODE=_mode(t, target_probs, b), MIRROR=b > 0.5, HARD=hard, HAS_LABELS=labels is not None,
-        HARD1=hard and T != 1.0, SMOOTH=hard and label_smoothing != 0, GRAD_S=bool(grad_logits),
-        GRAD_T=bool(grad_teacher), ACC=tl_acc_dtype(s.dtype), BLOCK_V=_block_v(V, on_cpu),
-        num_warps=1 if on_cpu else 8)
+                       math.log(b) if jsd else 0.0, math.log1p(-b) if jsd else 0.0,
+                       label_smoothing, grad_scale)),
+        int(ignore_index), MODE=_mode(t, target_probs, b), MIRROR=b > 0.5, HARD=hard,
+        HAS_LABELS=labels is not None, HARD1=hard and T != 1.0,
+        SMOOTH=hard and label_smoothing != 0, GRAD_S=bool(grad_logits), GRAD_T=bool(grad_teacher),
+        ACC=tl_acc_dtype(s.dtype), BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
     return loss, gs, gt
 
 
-def scale_grad(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def scale_grad(grad: torch.Tensor, x: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """grad[r] * x[r, :] into a new tensor, or into `out` (contiguous, may be x itself)."""
     x = x.contiguous()
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     R, V = rows_of(x)
     if R:
-        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=tl_acc_dtype(x.dtype),
+        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V,
+                                             ACC=tl_acc_dtype(x.dtype),
                                              BLOCK_V=_block_v(V, x.device.type == "cpu"))
     return out

@@ -92,7 +92,16 @@ struct DistillationSettings {
   bool hard = false;         // the hard term (labels) is computed
   bool grad_logits = false;  // write the gradient w.r.t. the first input
   bool grad_teacher = false; // write the gradient w.r.t. the second input
+  // The gradients written are those of grad_scale * (row loss): the weight the public
+  // function's reduction gives each row, where it knows it, so that a plain backward finds
+  // the gradient ready and makes no second pass over it.
+  double grad_scale = 1.0;
 };
+
+inline void check_grad_scale(DistillationSettings& st, double grad_scale) {
+  check_finite(st.op, "grad_scale", grad_scale);
+  st.grad_scale = grad_scale;
+}
 
 // The inputs and outputs of one kernel call, on any device: contiguous inputs (teacher
 // and labels may be undefined), per-row losses in the accumulation dtype, and the
@@ -125,7 +134,7 @@ inline DistillationSettings distillation_loss_settings(
     at::DeviceType dev, const at::Tensor& student_logits, const at::Tensor& teacher_logits,
     const at::Tensor& labels, double temperature, double soft_weight, double hard_weight,
     double beta, int64_t ignore_index, double label_smoothing, bool grad_student_logits,
-    bool grad_teacher_logits) {
+    bool grad_teacher_logits, double grad_scale) {
   DistillationSettings st;
   st.op = "pykernels::distillation_loss";
   st.logits_arg = "student_logits";
@@ -151,12 +160,14 @@ inline DistillationSettings distillation_loss_settings(
   st.hard = labels.defined() && hard_weight != 0;
   st.grad_logits = grad_student_logits;
   st.grad_teacher = grad_teacher_logits;
+  check_grad_scale(st, grad_scale);
   return st;
 }
 
 inline DistillationSettings cross_entropy_settings(at::DeviceType dev, const at::Tensor& logits,
                                                    const at::Tensor& labels, int64_t ignore_index,
-                                                   double label_smoothing, bool grad_logits) {
+                                                   double label_smoothing, bool grad_logits,
+                                                   double grad_scale) {
   DistillationSettings st;
   st.op = "pykernels::cross_entropy";
   st.logits_arg = "logits";
@@ -168,12 +179,13 @@ inline DistillationSettings cross_entropy_settings(at::DeviceType dev, const at:
   st.ignore_index = ignore_index;
   st.hard = true;
   st.grad_logits = grad_logits;
+  check_grad_scale(st, grad_scale);
   return st;
 }
 
 inline DistillationSettings soft_target_cross_entropy_settings(
     at::DeviceType dev, const at::Tensor& logits, const at::Tensor& target_probs,
-    double temperature, bool grad_logits, bool grad_target_probs) {
+    double temperature, bool grad_logits, bool grad_target_probs, double grad_scale) {
   DistillationSettings st;
   st.op = "pykernels::soft_target_cross_entropy";
   st.logits_arg = "logits";
@@ -185,6 +197,7 @@ inline DistillationSettings soft_target_cross_entropy_settings(
   st.soft = SoftTarget::kTargetProbs;
   st.grad_logits = grad_logits;
   st.grad_teacher = grad_target_probs;
+  check_grad_scale(st, grad_scale);
   return st;
 }
 

@@ -18,7 +18,7 @@
 #include <vector>
 
 #ifdef __linux__
-#include <sys/mman.h>
+#include <sys/mman.h>  // madvise (map_pages)
 #endif
 
 #include "common/cpu_capability.h"
@@ -90,28 +90,12 @@ void report_masked_row(const DistillationSettings& st, const DistillationTensors
   }
 }
 
-// Asks Linux to back a new [rows, V] gradient with 2 MB pages where transparent huge pages
-// are enabled (madvise mode): its first write then takes one page fault per 2 MB instead of
-// one per 4 KB, which for a [4096, 32000] float32 gradient was more than half of the op's
-// time. Only the whole 2 MB pages inside the tensor are advised; a hint, never an error.
-void advise_huge_pages(const at::Tensor& x) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kPage = uintptr_t(2) << 20;
-  if (x.nbytes() < 4 * kPage) return;
-  const auto p = reinterpret_cast<uintptr_t>(x.data_ptr());
-  const uintptr_t begin = (p + kPage - 1) & ~(kPage - 1), end = (p + x.nbytes()) & ~(kPage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
-
 // Checks the label values (on the host: these are CPU tensors), then runs the kernel.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
                                                                  const at::Tensor& logits,
                                                                  const at::Tensor& teacher,
                                                                  const at::Tensor& labels) {
   const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
-  advise_huge_pages(c.grad_logits);
-  advise_huge_pages(c.grad_teacher);
   if (c.labels.defined()) check_label_values(st, c.labels, c.V);
   if (!kernels().distillation_rows(st, c)) report_masked_row(st, c);
   return {c.loss, c.grad_logits, c.grad_teacher};
@@ -121,30 +105,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cpu(
     const at::Tensor& student_logits, const at::Tensor& teacher_logits,
     const c10::optional<at::Tensor>& labels, double temperature, double soft_weight,
     double hard_weight, double beta, int64_t ignore_index, double label_smoothing,
-    bool grad_student_logits, bool grad_teacher_logits) {
+    bool grad_student_logits, bool grad_teacher_logits, double grad_scale) {
   const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
   const auto st = distillation_loss_settings(at::kCPU, student_logits, teacher_logits, y,
                                              temperature, soft_weight, hard_weight, beta,
                                              ignore_index, label_smoothing, grad_student_logits,
-                                             grad_teacher_logits);
+                                             grad_teacher_logits, grad_scale);
   return distillation_rows(st, student_logits, teacher_logits, y);
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& logits,
                                                      const at::Tensor& labels,
                                                      int64_t ignore_index, double label_smoothing,
-                                                     bool grad_logits) {
+                                                     bool grad_logits, double grad_scale) {
   const auto st = cross_entropy_settings(at::kCPU, logits, labels, ignore_index, label_smoothing,
-                                         grad_logits);
+                                         grad_logits, grad_scale);
   auto [loss, grad, unused] = distillation_rows(st, logits, at::Tensor(), labels);
   return {loss, grad};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target_probs, double temperature,
-    bool grad_logits, bool grad_target_probs) {
+    bool grad_logits, bool grad_target_probs, double grad_scale) {
   const auto st = soft_target_cross_entropy_settings(at::kCPU, logits, target_probs, temperature,
-                                                     grad_logits, grad_target_probs);
+                                                     grad_logits, grad_target_probs, grad_scale);
   return distillation_rows(st, logits, target_probs, at::Tensor());
 }
 
@@ -152,7 +136,6 @@ at::Tensor distillation_scale_grad_cpu(const at::Tensor& grad, const at::Tensor&
   check_scale_grad("pykernels::distillation_scale_grad", grad, x, at::kCPU);
   const auto xc = x.contiguous();
   auto out = at::empty_like(xc);
-  advise_huge_pages(out);
   kernels().scale_grad(grad, xc, out);
   return out;
 }

@@ -12,6 +12,10 @@
 #include <tuple>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>  // madvise (map_pages)
+#endif
+
 #include "common/cpu_capability.h"
 #include "common/dispatch.h"
 #include "common/distillation_args.h"

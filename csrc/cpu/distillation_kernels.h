@@ -6,20 +6,22 @@
 // build) and includes this header with the baseline flags (namespace `generic`);
 // cpu/distillation_avx2.cpp includes it again inside an AVX2 + FMA region (namespace
 // `avx2`; docs/design.md, "CPU builds per instruction set"). The baseline build's at::vec
-// is scalar (one std::exp per element, about 5x slower); the op runs the AVX2 build on any
-// CPU that has AVX2, FMA and F16C. No include guard: each file includes this header once.
+// is scalar (one std::exp per element, several times slower); the op runs the AVX2 build on
+// any CPU that has AVX2, FMA and F16C. No include guard: each file includes this header once.
 //
 // Each thread takes whole rows, in at::vec vectors of the accumulation dtype (float32;
 // float64 for float64 inputs; bfloat16 and float16 are widened on load), in a fixed order
-// (deterministic). The passes over one row:
-//   row_maxima  ms = max_j s_j, mt = max_j t_j                 (reads the row from memory)
-//   row_sums    ds = (s - ms) / T, dt = (t - mt) / T, e = exp(ds), f = exp(dt):
-//               Za = sum e, Zb = sum f and the soft term's sum (RowSums); e, f go to
-//               per-thread scratch rows (the row is in L2 cache from here on)
+// (deterministic). The passes over one row, in blocks of kBlock elements:
+//   row_sums    online softmax statistics: per block, the block's maxima raise the running
+//               maxima ms, mt (the sums so far are rescaled), then with ds = (s - ms) / T,
+//               dt = (t - mt) / T, e = exp(ds), f = exp(dt): Za = sum e, Zb = sum f and the
+//               soft term's sum (RowSums). e, f go to per-thread scratch rows, relative to the
+//               block's maxima. This is the one pass that reads the row from memory.
 //   jsd_sums    (0 < beta < 1 only) KS = sum p_S log(p_S / m), KT = sum p_T log(p_T / m)
 //   row_loss    the row's loss from the sums (scalar)
-//   row_grads   d loss / d logits (and d loss / d teacher), written in the forward so that
-//               the backward only scales it by the upstream gradient (scale_grad)
+//   row_grads   d loss / d logits (and d loss / d teacher) from the scratch rows (the row is
+//               in L2 cache), written in the forward so that the backward only scales it by
+//               the upstream gradient (scale_grad)
 // Masked vocabularies: a logit of -inf is a probability of exactly 0, and every term that
 // probability weighs is 0 (0 log 0 = 0), never 0 * -inf = nan (zero_where).
 #ifndef PK_DISTILLATION_NS
@@ -45,25 +47,27 @@ inline Soft soft_of(const DistillationSettings& st) {
   return st.beta == 0 ? Soft::kForwardKL : st.beta == 1 ? Soft::kReverseKL : Soft::kJSD;
 }
 
-// exp(x), 0 below ln(FLT_MIN) (and for -inf). float: about 2 ulp for the cost of at::vec's
+// exp(x) for x <= 88, 0 for x < -88 (and -inf). float: about 2 ulp for the cost of at::vec's
 // exp_u20, whose 20 ulp in the softmax weights of close distributions came to several times
 // PyTorch's own float32 error (test_fuzz_distillation): Cody-Waite reduction x = n ln2 + r,
-// exp(r) = 1 + r + r^2 P(r) with Cephes' expf polynomial, times 2^n from the exponent bits.
+// exp(r) = 1 + r + r^2 P(r) with Cephes' expf polynomial, times 2^n from the exponent bits
+// (n = -127 below -88 gives the bits of 0).
 template <typename Vec>
 inline Vec vexp(const Vec& x) {
   if constexpr (std::is_same_v<typename Vec::value_type, float>) {
-    const Vec lo(-87.3365478515625f), y = at::vec::clamp(x, lo, Vec(88.0f));
+    const Vec y = at::vec::clamp_min(x, Vec(-88.0f));
     const Vec n = (y * Vec(1.44269504088896341f)).round();
-    const Vec r = at::vec::fnmadd(n, Vec(-2.12194440e-4f), at::vec::fnmadd(n, Vec(0.693359375f), y));
+    const Vec r_hi = at::vec::fnmadd(n, Vec(0.693359375f), y);  // ln 2 in two parts
+    const Vec r = at::vec::fnmadd(n, Vec(-2.12194440e-4f), r_hi);
     Vec poly(1.9875691500e-4f);
     for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f,
                           5.0000001201e-1f}) {
       poly = at::vec::fmadd(poly, r, Vec(c));
     }
     poly = at::vec::fmadd(poly, r * r, r + Vec(1.0f));
-    using Int = at::vec::Vectorized<int32_t>;
-    const Int bits = (at::vec::convert_to_int_of_same_size(n) + Int(127)) << Int(23);
-    return Vec::blendv(poly * at::vec::cast<float>(bits), Vec(0), x < lo);
+    // 2^n: the float bits (n + 127) 2^23, formed exactly in float (|n| <= 127)
+    const Vec biased = at::vec::fmadd(n, Vec(8388608.0f), Vec(1065353216.0f));
+    return poly * at::vec::cast<float>(at::vec::convert_to_int_of_same_size(biased));
   } else {
     return x.exp();
   }
@@ -97,6 +101,7 @@ struct RowParams {
   acc beta = 0, omb = 0;             // beta and 1 - beta (from the float64 setting)
   acc log_b = 0, log_1b = 0;         // log beta, log(1 - beta)
   bool mirror = false;               // beta > 1/2 (jsd_ratios)
+  acc grad_scale = 1;                // the gradients written are those of grad_scale * loss
   bool hard = false, hard1 = false;  // the hard term; with its own softmax (T != 1)
   bool smooth = false;               // the hard term's label smoothing
 };
@@ -118,17 +123,17 @@ RowParams<acc> row_params(const DistillationSettings& st, int64_t V) {
   p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
   p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
   p.mirror = st.beta > 0.5;
+  p.grad_scale = acc(st.grad_scale);
   p.hard = st.hard;
   p.hard1 = st.hard && st.temperature != 1.0;
   p.smooth = st.hard && st.label_smoothing != 0;
   return p;
 }
 
-// Sums over a row in vectors, two-level: each block of kBlock elements is summed on its
-// own and then added to the total, so a row of 262144 elements rounds like one of 4096.
+// Vector sums over a row, two-level: each block of a row is summed on its own and then added
+// to the total, so a row of 262144 elements rounds like one of kBlock.
 template <typename Vec, size_t N>
 struct BlockSums {
-  static constexpr int64_t kBlock = 4096;
   std::array<Vec, N> block, total;
   BlockSums() {
     block.fill(Vec(0));
@@ -144,7 +149,7 @@ struct BlockSums {
   typename Vec::value_type sum(size_t k) const { return vsum(total[k]); }
 };
 
-// The sums of one row, relative to the maxima ms, mt (ds, dt, e, f as in the header).
+// The sums of one row, relative to its maxima ms, mt (ds, dt, e, f as in the header).
 template <typename acc>
 struct RowSums {
   acc ms = 0, mt = 0;
@@ -153,9 +158,29 @@ struct RowSums {
   acc w = 0;   // kForwardKL: sum f (dt - ds); kReverseKL: sum e (ds - dt); kTargetProbs: sum q ds
   acc q = 0;   // kTargetProbs: sum q
   acc z1 = 1, lz1 = 0;  // the hard term's softmax at T = 1: sum exp(s - ms) and its log
-  acc ssum = 0;         // label smoothing: sum (s - ms)
+  acc ssum = 0;         // label smoothing: sum s
   acc ks = 0, kt = 0;   // kJSD: KL(p_S || m), KL(p_T || m)
 };
+
+// (new - old) / T for a maximum that grows from old to new: 0 when it did not change (also
+// -inf to -inf), +inf from -inf (the sums so far are 0, or +inf terms that stay +inf).
+template <typename acc>
+inline acc shift(acc old_m, acc new_m, acc inv_t) {
+  return new_m == old_m ? acc(0) : (new_m - old_m) * inv_t;
+}
+
+// A running maximum to subtract: 0 while it is -inf (every logit so far is -inf, and
+// x - 0 = -inf gives exp = 0 where x - m would be nan).
+template <typename acc>
+inline acc finite_or_zero(acc m) {
+  return m == -std::numeric_limits<acc>::infinity() ? acc(0) : m;
+}
+
+// The larger of a running maximum and a block's, nan once either is nan.
+template <typename acc>
+inline acc grow(acc m, acc block_max) {
+  return (block_max > m || std::isnan(block_max)) ? block_max : m;
+}
 
 // Each gradient row sums to 0 (the loss does not change when every logit of the row moves by
 // the same amount), so the element at the row's maximum can be minus the sum of the others.
@@ -197,41 +222,64 @@ struct RestOfRowT {
   }
 };
 
+// Per-thread scratch of DistillationRow: e, f and the hard term's exp(s - ms) for a row (V
+// each), and the maxima each block's e, f were taken against.
+template <typename acc>
+struct Scratch {
+  std::vector<acc> data;
+  acc *es, *et, *e1, *bms, *bmt;
+  Scratch(int64_t V, int64_t blocks) : data(3 * V + 2 * blocks) {
+    es = data.data();
+    et = es + V;
+    e1 = et + V;
+    bms = e1 + V;
+    bmt = bms + blocks;
+  }
+};
+
+// Maps the pages of a new output row in one call (Linux 5.14+; a hint, never an error),
+// just before the row is written, so its freshly zeroed pages are still in cache: otherwise
+// each 4 KB page of a new [rows, V] gradient costs a page fault at its first write, which
+// for a [4096, 32000] float32 gradient took about as long as the kernel.
+inline void map_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  const uintptr_t page = 4096, a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t begin = (a + page - 1) & ~(page - 1), end = (a + bytes) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#endif
+}
+
 // One row of the family's kernel. s: the logits; t: teacher logits, target probabilities or
-// nothing (kSoft); es, et, e1: the thread's scratch rows (V accumulators each).
+// nothing (kSoft).
 template <typename scalar_t, Soft kSoft>
 struct DistillationRow {
   using acc = acc_t<scalar_t>;
   using IO = VecIO<scalar_t>;
   using Vec = typename IO::Vec;
+  using RestOfRow = RestOfRowT<Vec>;
   static constexpr int64_t W = IO::kWidth;
+  static constexpr int64_t kBlock = 1024;  // elements per block: 4 KB of float32 per input
   static constexpr bool kTeacherLogits =
       kSoft == Soft::kForwardKL || kSoft == Soft::kReverseKL || kSoft == Soft::kJSD;
   static constexpr acc kNegInf = -std::numeric_limits<acc>::infinity();
   static constexpr bool kHalf = !std::is_same_v<scalar_t, acc>;  // bfloat16, float16
   static constexpr int64_t kLine = 64 / sizeof(scalar_t);          // elements per cache line
-  using RestOfRow = RestOfRowT<Vec>;
 
   const RowParams<acc>& p;
-  acc *es, *et, *e1;
+  const Scratch<acc>& sc;
 
-  // f(i, n) for each vector of the row: n = W, then a tail of n < W elements.
+  static int64_t blocks(int64_t V) { return (V + kBlock - 1) / kBlock; }
+  // f(k, begin, end) for each block k of the row.
   template <typename F>
-  void for_each_vector(F&& f) const {
-    int64_t i = 0;
-    for (; i + W <= p.V; i += W) f(i, W);
-    if (i < p.V) f(i, p.V - i);
+  void for_each_block(F&& f) const {
+    for (int64_t k = 0, b = 0; b < p.V; ++k, b += kBlock) f(k, b, std::min(p.V, b + kBlock));
   }
-  // The same, flushing `sums` after every block of BlockSums::kBlock elements.
-  template <typename S, typename F>
-  void for_each_vector(S& sums, F&& f) const {
-    for (int64_t b = 0; b < p.V; b += S::kBlock) {
-      const int64_t end = std::min(p.V, b + S::kBlock);
-      int64_t i = b;
-      for (; i + W <= end; i += W) f(i, W);
-      if (i < end) f(i, end - i);
-      sums.flush();
-    }
+  // f(i, n) for each vector of [begin, end): n = W, then a tail of n < W elements.
+  template <typename F>
+  static void for_each_vector(int64_t begin, int64_t end, F&& f) {
+    int64_t i = begin;
+    for (; i + W <= end; i += W) f(i, W);
+    if (i < end) f(i, end - i);
   }
   // n elements from x, the rest of the vector `fill`.
   static Vec load(const scalar_t* x, int64_t n, acc fill) {
@@ -239,52 +287,41 @@ struct DistillationRow {
   }
   static Vec load_acc(const acc* x, int64_t n) { return n == W ? Vec::loadu(x) : Vec::loadu(x, n); }
 
-  // The thread's next row into L2 while this one computes: row_maxima then finds it there
-  // rather than waiting on memory (the rows of a thread are consecutive).
-  static void prefetch_next(const scalar_t* next_s, const scalar_t* next_t, int64_t i) {
-    if (next_s != nullptr) __builtin_prefetch(next_s + i, 0, 2);
-    if (next_t != nullptr) __builtin_prefetch(next_t + i, 0, 2);
-  }
-
-  // ---- row_maxima: the largest logit (-inf for an all-masked row, nan if any is nan)
-  acc row_max(const scalar_t* x) const {
+  // The largest of x[begin, end) (-inf when all are -inf, nan when one is nan).
+  static acc block_max(const scalar_t* x, int64_t begin, int64_t end) {
     Vec m(kNegInf);
-    for_each_vector([&](int64_t i, int64_t n) { m = at::vec::maximum(m, load(x + i, n, kNegInf)); });
+    for_each_vector(begin, end, [&](int64_t i, int64_t n) {
+      m = at::vec::maximum(m, load(x + i, n, kNegInf));
+    });
     return vmax(m);
   }
 
-  // ---- row_sums: Za = sum e, Zb = sum f, the soft term's sum w, and the hard term's
-  // Z1 = sum exp(s - ms), sum (s - ms). Tails load as -inf logits (e = f = 0) and 0 targets.
+  // Block [begin, end) of the thread's next row into L2 while this row computes: the next
+  // row's block maxima then read cache rather than wait for memory.
+  static void prefetch_block(const scalar_t* next_s, const scalar_t* next_t, int64_t begin,
+                             int64_t end) {
+    for (int64_t i = begin; i < end; i += kLine) {
+      if (next_s != nullptr) __builtin_prefetch(next_s + i, 0, 2);
+      if (next_t != nullptr) __builtin_prefetch(next_t + i, 0, 2);
+    }
+  }
+
+  // ---- row_sums: per block, raise the maxima (rescale), then add the block's e, f terms.
+  // Sums b: 0 Za, 1 Zb, 2 w, 3 Q, 4 Z1 = sum exp(s - ms), 5 sum s.
   void row_sums(const scalar_t* s, const scalar_t* t, RowSums<acc>& r, const scalar_t* next_s,
                 const scalar_t* next_t) const {
-    const Vec vms(r.ms), vmt(r.mt), vinv(p.inv_t);
-    BlockSums<Vec, 6> b;  // za, zb, w, q, z1, ssum
-    for_each_vector(b, [&](int64_t i, int64_t n) {
-      if (i % kLine == 0) prefetch_next(next_s, next_t, i);
-      const Vec x = load(s + i, n, kNegInf);
-      const Vec ds = (x - vms) * vinv;
-      const Vec e = vexp(ds);
-      e.store(es + i, n);
-      b[0] += e;
-      if constexpr (kTeacherLogits) {
-        const Vec dt = (load(t + i, n, kNegInf) - vmt) * vinv;
-        const Vec f = vexp(dt);
-        f.store(et + i, n);
-        b[1] += f;
-        if constexpr (kSoft == Soft::kForwardKL) b[2] += zero_where(f, f * (dt - ds));
-        if constexpr (kSoft == Soft::kReverseKL) b[2] += zero_where(e, e * (ds - dt));
-      }
-      if constexpr (kSoft == Soft::kTargetProbs) {
-        const Vec q = load(t + i, n, 0);
-        b[3] += q;
-        b[2] += zero_where(q, q * ds);
-      }
-      if (p.hard1) {
-        const Vec g = vexp(x - vms);
-        g.store(e1 + i, n);
-        b[4] += g;
-      }
-      if (p.smooth) b[5] += Vec::set(Vec(0), x - vms, n);
+    BlockSums<Vec, 6> b;
+    r.ms = kNegInf;
+    r.mt = kTeacherLogits ? kNegInf : acc(0);
+    for_each_block([&](int64_t k, int64_t begin, int64_t end) {
+      const acc ms = grow(r.ms, block_max(s, begin, end));
+      const acc mt = kTeacherLogits ? grow(r.mt, block_max(t, begin, end)) : acc(0);
+      if (ms != r.ms || mt != r.mt) rescale(b, r, ms, mt);
+      sc.bms[k] = r.ms = ms;
+      sc.bmt[k] = r.mt = mt;
+      prefetch_block(next_s, next_t, begin, end);
+      block_sums(s, t, begin, end, r, b);
+      b.flush();
     });
     r.za = b.sum(0);
     r.lza = std::log(r.za);
@@ -298,6 +335,90 @@ struct DistillationRow {
     r.z1 = p.hard1 ? b.sum(4) : r.za;
     r.lz1 = p.hard1 ? std::log(r.z1) : r.lza;
     r.ssum = b.sum(5);
+  }
+
+  // The sums so far, taken against the maxima r.ms, r.mt, re-expressed against ms >= r.ms,
+  // mt >= r.mt: sums of exponentials scale by exp(-sh); w also takes the shift of its
+  // log-ratio, e.g. sum f (dt - ds) becomes exp(-sh_t) (w + Zb (sh_s - sh_t)). A sum that
+  // is 0 stays 0 (no 0 * inf).
+  void rescale(BlockSums<Vec, 6>& b, const RowSums<acc>& r, acc ms, acc mt) const {
+    const acc sh_s = shift(r.ms, ms, p.inv_t), sh_t = shift(r.mt, mt, p.inv_t);
+    const Vec a_s(std::exp(-sh_s)), a_t(std::exp(-sh_t));
+    auto& z = b.total;
+    if constexpr (kSoft == Soft::kForwardKL) {
+      z[2] = zero_where(z[1], a_t * (z[2] + z[1] * Vec(sh_s - sh_t)));
+    }
+    if constexpr (kSoft == Soft::kReverseKL) {
+      z[2] = zero_where(z[0], a_s * (z[2] + z[0] * Vec(sh_t - sh_s)));
+    }
+    if constexpr (kSoft == Soft::kTargetProbs) z[2] = zero_where(z[3], z[2] - z[3] * Vec(sh_s));
+    z[0] = z[0] * a_s;
+    z[1] = z[1] * a_t;
+    if (p.hard1) z[4] = z[4] * Vec(std::exp(-shift(r.ms, ms, acc(1))));
+  }
+
+  // One block's terms, against the maxima r.ms, r.mt, into b's block sums. Tails load as
+  // -inf logits (e = f = 0) and 0 targets. The sums are locals, and the hard term's (Z1,
+  // sum s) have a loop of their own: a sum updated under a run-time flag stays live through
+  // the loop, and with the exponential's constants that no longer fits in 16 registers.
+  void block_sums(const scalar_t* s, const scalar_t* t, int64_t begin, int64_t end,
+                  const RowSums<acc>& r, BlockSums<Vec, 6>& b) const {
+    const Vec vms(finite_or_zero(r.ms)), vmt(finite_or_zero(r.mt)), vinv(p.inv_t);
+    Vec za(0), zb(0), w(0), q(0);
+    for_each_vector(begin, end, [&](int64_t i, int64_t n) {
+      const Vec ds = (load(s + i, n, kNegInf) - vms) * vinv;
+      const Vec e = vexp(ds);
+      e.store(sc.es + i, n);
+      za += e;
+      if constexpr (kTeacherLogits) {
+        const Vec dt = (load(t + i, n, kNegInf) - vmt) * vinv;
+        const Vec f = vexp(dt);
+        f.store(sc.et + i, n);
+        zb += f;
+        if constexpr (kSoft == Soft::kForwardKL) w += zero_where(f, f * (dt - ds));
+        if constexpr (kSoft == Soft::kReverseKL) w += zero_where(e, e * (ds - dt));
+      }
+      if constexpr (kSoft == Soft::kTargetProbs) {
+        const Vec qv = load(t + i, n, 0);
+        q += qv;
+        w += zero_where(qv, qv * ds);
+      }
+    });
+    b[0] = za;
+    b[1] = zb;
+    b[2] = w;
+    b[3] = q;
+    if (p.hard1 || p.smooth) hard_block_sums(s, begin, end, r, b);
+  }
+
+  // The hard term's block sums: Z1 = sum exp(s - ms) (T != 1; exp(s - ms) to scratch) and
+  // sum s (label smoothing).
+  void hard_block_sums(const scalar_t* s, int64_t begin, int64_t end, const RowSums<acc>& r,
+                       BlockSums<Vec, 6>& b) const {
+    const Vec vms(finite_or_zero(r.ms));
+    Vec z1(0), ss(0);
+    for_each_vector(begin, end, [&](int64_t i, int64_t n) {
+      const Vec x = load(s + i, n, kNegInf);
+      if (p.hard1) {
+        const Vec g = vexp(x - vms);
+        g.store(sc.e1 + i, n);
+        z1 += g;
+      }
+      if (p.smooth) ss += Vec::set(Vec(0), x, n);
+    });
+    b[4] = z1;
+    b[5] = ss;
+  }
+
+  // Per block k: the factors that take its scratch e, f (e1) to probabilities,
+  // exp((block maximum - row maximum) / T) / Z.
+  struct BlockScale {
+    Vec ps, pt, p1;
+  };
+  BlockScale block_scale(int64_t k, const RowSums<acc>& r) const {
+    return {Vec(std::exp(-shift(sc.bms[k], r.ms, p.inv_t)) / r.za),
+            Vec(std::exp(-shift(sc.bmt[k], r.mt, p.inv_t)) / r.zb),
+            Vec(std::exp(-shift(sc.bms[k], r.ms, acc(1))) / r.z1)};
   }
 
   // (log p_S - log m, log p_T - log m), m = beta p_T + (1 - beta) p_S, from
@@ -330,15 +451,18 @@ struct DistillationRow {
   // ---- jsd_sums: KS = sum p_S (log p_S - log m), KT = sum p_T (log p_T - log m)
   void jsd_sums(const scalar_t* s, const scalar_t* t, RowSums<acc>& r) const {
     const Vec vms(r.ms), vmt(r.mt), vinv(p.inv_t), lzba(r.lzba);
-    const Vec iza(1 / r.za), izb(1 / r.zb);
     BlockSums<Vec, 2> b;
-    for_each_vector(b, [&](int64_t i, int64_t n) {
-      const Vec ds = (load(s + i, n, kNegInf) - vms) * vinv;
-      const Vec dt = (load(t + i, n, kNegInf) - vmt) * vinv;
-      const auto [ls_m, lt_m] = jsd_ratios((dt - ds) - lzba);
-      const Vec ps = load_acc(es + i, n) * iza, pt = load_acc(et + i, n) * izb;
-      b[0] += zero_where(ps, ps * ls_m);
-      b[1] += zero_where(pt, pt * lt_m);
+    for_each_block([&](int64_t k, int64_t begin, int64_t end) {
+      const BlockScale bs = block_scale(k, r);
+      for_each_vector(begin, end, [&](int64_t i, int64_t n) {
+        const Vec ds = (load(s + i, n, kNegInf) - vms) * vinv;
+        const Vec dt = (load(t + i, n, kNegInf) - vmt) * vinv;
+        const auto [ls_m, lt_m] = jsd_ratios((dt - ds) - lzba);
+        const Vec ps = load_acc(sc.es + i, n) * bs.ps, pt = load_acc(sc.et + i, n) * bs.pt;
+        b[0] += zero_where(ps, ps * ls_m);
+        b[1] += zero_where(pt, pt * lt_m);
+      });
+      b.flush();
     });
     r.ks = b.sum(0);
     r.kt = b.sum(1);
@@ -347,7 +471,7 @@ struct DistillationRow {
   // ---- row_loss: soft_weight T^2 D + soft-target CE + hard_weight CE, with
   // KL(p_T || p_S) = w / Zb - log(Zb / Za), KL(p_S || p_T) = w / Za + log(Zb / Za),
   // JSD = beta KT + (1 - beta) KS; soft-target CE = Q log Za - sum q ds;
-  // CE = (1 - ls) (log Z1 - (s_y - ms)) + ls (log Z1 - sum (s - ms) / V).
+  // CE = (1 - ls) (log Z1 - (s_y - ms)) + ls (log Z1 + ms - sum s / V).
   static acc kl(const RowSums<acc>& r) {
     return kSoft == Soft::kForwardKL ? r.w / r.zb - r.lzba : r.w / r.za + r.lzba;
   }
@@ -361,7 +485,7 @@ struct DistillationRow {
       const acc nll = r.lz1 - (static_cast<acc>(s[y]) - r.ms);
       // without smoothing the mean over classes is not formed: a -inf logit would make it
       // inf, and 0 * inf = nan (F.cross_entropy's value; test_masked_vocabulary_*)
-      const acc smooth = p.smooth ? p.ls * (r.lz1 - r.ssum / acc(p.V)) : acc(0);
+      const acc smooth = p.smooth ? p.ls * (r.lz1 + r.ms - r.ssum / acc(p.V)) : acc(0);
       loss += p.hw * ((1 - p.ls) * nll + smooth);
     }
     return loss;
@@ -381,35 +505,44 @@ struct DistillationRow {
                  scalar_t* gs, scalar_t* gt) const {
     constexpr bool kRestS = kSoft == Soft::kReverseKL || kSoft == Soft::kJSD;
     constexpr bool kRestT = kSoft == Soft::kForwardKL || kSoft == Soft::kJSD;
-    const Vec vms(r.ms), vmt(r.mt), vinv(p.inv_t), iza(1 / r.za), izb(1 / r.zb);
+    const Vec vms(r.ms), vmt(r.mt);
     RestOfRow rest_s, rest_t;
-    for_each_vector([&](int64_t i, int64_t n) {
-      const Vec e = load_acc(es + i, n);
-      Vec g(0), h(0);
-      if constexpr (kTeacherLogits) {
-        const Vec f = load_acc(et + i, n);
-        soft_grads(s + i, t + i, n, e * iza, f * izb, r, g, h, gt != nullptr);
-      }
-      if constexpr (kSoft == Soft::kTargetProbs) target_probs_grads(s + i, t + i, n, e * iza, r, g, h);
-      if (p.hard) g = hard_grad(g, i, n, y, r, e * iza);
-      if constexpr (kRestS) rest_s.add(g, load(s + i, n, kNegInf) == vms, i, n);
-      if constexpr (kRestT) {
-        if (gt != nullptr) rest_t.add(h, load(t + i, n, kNegInf) == vmt, i, n);
-      }
-      if constexpr (kHalf) {
-        g.store(es + i, n);
-        h.store(et + i, n);
-      } else {
-        if (gs != nullptr) IO::store(gs + i, g, n);
-        if (gt != nullptr) IO::store(gt + i, h, n);
-      }
+    for_each_block([&](int64_t k, int64_t begin, int64_t end) {
+      const BlockScale bs = block_scale(k, r);
+      for_each_vector(begin, end, [&](int64_t i, int64_t n) {
+        const Vec ps = load_acc(sc.es + i, n) * bs.ps;
+        Vec g(0), h(0);
+        if constexpr (kTeacherLogits) {
+          const Vec pt = load_acc(sc.et + i, n) * bs.pt;
+          soft_grads(s + i, t + i, n, ps, pt, r, g, h, gt != nullptr);
+        }
+        if constexpr (kSoft == Soft::kTargetProbs) target_probs_grads(s + i, t + i, n, ps, r, g, h);
+        if (p.hard) g = hard_grad(g, i, n, y, ps, bs.p1);
+        g = g * Vec(p.grad_scale);
+        h = h * Vec(p.grad_scale);
+        if constexpr (kRestS) rest_s.add(g, load(s + i, n, kNegInf) == vms, i, n);
+        if constexpr (kRestT) {
+          if (gt != nullptr) rest_t.add(h, load(t + i, n, kNegInf) == vmt, i, n);
+        }
+        store_grads(g, h, i, n, gs, gt);
+      });
     });
     // the maximum's probability is 1 / Za (1 / Zb), or 1 / Z1 for the hard term's softmax
-    if (gs != nullptr) rest_s.write(r.za < 2 || (p.hard1 && r.z1 < 2), kHalf ? nullptr : gs, es);
-    if (gt != nullptr) rest_t.write(r.zb < 2, kHalf ? nullptr : gt, et);
+    if (gs != nullptr) rest_s.write(r.za < 2 || (p.hard1 && r.z1 < 2), kHalf ? nullptr : gs, sc.es);
+    if (gt != nullptr) rest_t.write(r.zb < 2, kHalf ? nullptr : gt, sc.et);
     if constexpr (kHalf) {
-      if (gs != nullptr) at::vec::convert(es, gs, p.V);
-      if (gt != nullptr) at::vec::convert(et, gt, p.V);
+      if (gs != nullptr) at::vec::convert(sc.es, gs, p.V);
+      if (gt != nullptr) at::vec::convert(sc.et, gt, p.V);
+    }
+  }
+
+  void store_grads(const Vec& g, const Vec& h, int64_t i, int64_t n, scalar_t* gs, scalar_t* gt) const {
+    if constexpr (kHalf) {
+      g.store(sc.es + i, n);
+      h.store(sc.et + i, n);
+    } else {
+      if (gs != nullptr) IO::store(gs + i, g, n);
+      if (gt != nullptr) IO::store(gt + i, h, n);
     }
   }
 
@@ -445,10 +578,11 @@ struct DistillationRow {
     h = Vec::blendv(Vec(r.lza) - ds, Vec(0), (q == Vec(0)) & (ds == Vec(kNegInf)));
   }
 
-  // g + hard_weight (p1 - ls / V - (1 - ls) [j == y]) for the vector at i; ps: softmax(s / T)
-  Vec hard_grad(const Vec& g, int64_t i, int64_t n, int64_t y, const RowSums<acc>& r,
-                const Vec& ps) const {
-    const Vec p1 = p.hard1 ? load_acc(e1 + i, n) * Vec(1 / r.z1) : ps;
+  // g + hard_weight (p1 - ls / V - (1 - ls) [j == y]) for the vector at i; ps: softmax(s / T),
+  // p1_scale: block_scale's factor for the scratch exp(s - ms) when T != 1.
+  Vec hard_grad(const Vec& g, int64_t i, int64_t n, int64_t y, const Vec& ps,
+                const Vec& p1_scale) const {
+    const Vec p1 = p.hard1 ? load_acc(sc.e1 + i, n) * p1_scale : ps;
     Vec out = at::vec::fmadd(Vec(p.hw), p1 - Vec(p.ls_v), g);
     if (y >= i && y < i + n) {
       acc buf[W];
@@ -465,15 +599,15 @@ struct DistillationRow {
   bool run(const scalar_t* s, const scalar_t* t, int64_t y, acc& loss, scalar_t* gs,
            scalar_t* gt, const scalar_t* next_s, const scalar_t* next_t) const {
     RowSums<acc> r;
-    r.ms = row_max(s);
-    if constexpr (kTeacherLogits) r.mt = row_max(t);
+    row_sums(s, t, r, next_s, next_t);
     if (!std::isfinite(r.ms) || !std::isfinite(r.mt)) {
       fill_row(std::numeric_limits<acc>::quiet_NaN(), loss, gs, gt);
       return r.ms != kNegInf && r.mt != kNegInf;
     }
-    row_sums(s, t, r, next_s, next_t);
     if constexpr (kSoft == Soft::kJSD) jsd_sums(s, t, r);
     loss = row_loss(r, s, y);
+    if (gs != nullptr) map_pages(gs, p.V * sizeof(scalar_t));
+    if (gt != nullptr) map_pages(gt, p.V * sizeof(scalar_t));
     if (gs != nullptr || gt != nullptr) row_grads(s, t, y, r, gs, gt);
     return true;
   }
@@ -500,9 +634,8 @@ bool run_rows(const DistillationSettings& st, const DistillationTensors& c) {
   scalar_t* pgt = st.grad_teacher ? c.grad_teacher.data_ptr<scalar_t>() : nullptr;
   std::atomic<bool> ok{true};
   at::parallel_for(0, c.rows, row_grain(V), [&](int64_t begin, int64_t end) {
-    std::vector<acc> scratch((p.hard1 ? 3 : 2) * V);
-    const DistillationRow<scalar_t, kSoft> k{p, scratch.data(), scratch.data() + V,
-                                             scratch.data() + (p.hard1 ? 2 * V : 0)};
+    const Scratch<acc> scratch(V, DistillationRow<scalar_t, kSoft>::blocks(V));
+    const DistillationRow<scalar_t, kSoft> k{p, scratch};
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* gs = pgs ? pgs + r * V : nullptr;
       scalar_t* gt = pgt ? pgt + r * V : nullptr;

@@ -51,6 +51,7 @@ __device__ __forceinline__ acc zero_where(acc p, acc v) {
 template <typename acc>
 struct Params {
   acc inv_t, c, c_t, hw, ls, beta, omb, log_b, log_1b;  // c = soft_weight T, c_t = soft_weight T^2
+  acc grad_scale;  // the gradients written are those of grad_scale * (row loss)
   int64_t ignore_index;
   int mode;
   bool hard, hard1, smooth, mirror, has_labels;  // hard1: T != 1; mirror: beta > 1/2
@@ -372,7 +373,8 @@ struct Rest {
   // Block-wide; every thread must call it. at: the maximum's index (shared memory).
   template <typename scalar_t>
   __device__ void write(scalar_t* g, const int64_t* at, bool dominant, acc* smem) {
-    const acc s = block_sum(sum, smem), mag = block_sum(magnitude, smem), n = block_sum(n_max, smem);
+    const acc s = block_sum(sum, smem), mag = block_sum(magnitude, smem);
+    const acc n = block_sum(n_max, smem);
     if (threadIdx.x == 0 && n == acc(1) && dominant && isfinite(s) && 4 * fabs(s) >= mag) {
       g[*at] = static_cast<scalar_t>(-s);  // block_sum's barriers order the loop's stores first
     }
@@ -395,6 +397,8 @@ __device__ void row_grads(const scalar_t* s, const scalar_t* t, scalar_t* gs, sc
 #pragma unroll
     for (int k = 0; k < P; ++k) {
       element_grads(xs[k], xt[k], j0 + k == y, r, p, V, g[k], h[k]);
+      g[k] *= p.grad_scale;
+      h[k] *= p.grad_scale;
       if (nan_row) g[k] = h[k] = acc(NAN);
       if (rest_s) tally_s.add(xs[k], r.st.ms, g[k], j0 + k, &smem_at[0]);
       if (rest_t) tally_t.add(xt[k], r.st.mt, h[k], j0 + k, &smem_at[1]);
@@ -421,7 +425,8 @@ template <typename scalar_t, bool kPacked>
 __global__ void distillation_kernel(const scalar_t* __restrict__ S, const scalar_t* __restrict__ T_,
                                     const int64_t* __restrict__ labels,
                                     acc_t<scalar_t>* __restrict__ loss, scalar_t* __restrict__ GS,
-                                    scalar_t* __restrict__ GT, int64_t V, Params<acc_t<scalar_t>> p) {
+                                    scalar_t* __restrict__ GT, int64_t V,
+                                    Params<acc_t<scalar_t>> p) {
   using acc = acc_t<scalar_t>;
   __shared__ State<acc> smem_state[kMaxWarps];
   __shared__ acc smem_sum[kMaxWarps];
@@ -486,6 +491,7 @@ Params<acc> params_of(const DistillationSettings& st, bool has_labels) {
   const bool jsd = st.beta > 0 && st.beta < 1;
   p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
   p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
+  p.grad_scale = acc(st.grad_scale);
   p.ignore_index = st.ignore_index;
   p.mode = st.soft == SoftTarget::kTargetProbs ? kTargetProbs
            : st.soft == SoftTarget::kNone      ? kNone
@@ -516,17 +522,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const Distillat
     const int64_t* pl = c.labels.defined() ? c.labels.const_data_ptr<int64_t>() : nullptr;
     scalar_t* pgs = st.grad_logits ? c.grad_logits.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgt = st.grad_teacher ? c.grad_teacher.data_ptr<scalar_t>() : nullptr;
-    const bool packed = packable<scalar_t>(ps, c.V) && (pt == nullptr || packable<scalar_t>(pt, c.V)) &&
-                        (pgs == nullptr || packable<scalar_t>(pgs, c.V)) &&
-                        (pgt == nullptr || packable<scalar_t>(pgt, c.V));
+    auto fits = [&](const void* x) { return x == nullptr || packable<scalar_t>(x, c.V); };
+    const bool packed = fits(ps) && fits(pt) && fits(pgs) && fits(pgt);
     const auto stream = at::cuda::getCurrentCUDAStream();
     const dim3 grid(static_cast<unsigned>(c.rows));
     const int threads = threads_for(c.V);
     acc* loss = c.loss.data_ptr<acc>();
     if (packed) {
-      distillation_kernel<scalar_t, true><<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
+      distillation_kernel<scalar_t, true>
+          <<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
     } else {
-      distillation_kernel<scalar_t, false><<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
+      distillation_kernel<scalar_t, false>
+          <<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -537,30 +544,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cuda(
     const at::Tensor& student_logits, const at::Tensor& teacher_logits,
     const c10::optional<at::Tensor>& labels, double temperature, double soft_weight,
     double hard_weight, double beta, int64_t ignore_index, double label_smoothing,
-    bool grad_student_logits, bool grad_teacher_logits) {
+    bool grad_student_logits, bool grad_teacher_logits, double grad_scale) {
   const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
   const auto st = distillation_loss_settings(at::kCUDA, student_logits, teacher_logits, y,
                                              temperature, soft_weight, hard_weight, beta,
                                              ignore_index, label_smoothing, grad_student_logits,
-                                             grad_teacher_logits);
+                                             grad_teacher_logits, grad_scale);
   return distillation_rows(st, student_logits, teacher_logits, y);
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(const at::Tensor& logits,
                                                       const at::Tensor& labels,
                                                       int64_t ignore_index, double label_smoothing,
-                                                      bool grad_logits) {
+                                                      bool grad_logits, double grad_scale) {
   const auto st = cross_entropy_settings(at::kCUDA, logits, labels, ignore_index, label_smoothing,
-                                         grad_logits);
+                                         grad_logits, grad_scale);
   auto [loss, grad, unused] = distillation_rows(st, logits, at::Tensor(), labels);
   return {loss, grad};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target_probs, double temperature,
-    bool grad_logits, bool grad_target_probs) {
+    bool grad_logits, bool grad_target_probs, double grad_scale) {
   const auto st = soft_target_cross_entropy_settings(at::kCUDA, logits, target_probs, temperature,
-                                                     grad_logits, grad_target_probs);
+                                                     grad_logits, grad_target_probs, grad_scale);
   return distillation_rows(st, logits, target_probs, at::Tensor());
 }
 

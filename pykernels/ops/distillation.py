@@ -3,17 +3,21 @@ divergences), cross entropy, and soft-target cross entropy.
 
 One kernel per backend serves the three ops (csrc/cpu/distillation_kernels.h,
 csrc/cuda/distillation.cu, triton_kernels/distillation.py). Each op returns per-row losses
-and, computed in the same pass over the logits, the gradient of each row's loss w.r.t. the
-inputs whose grad_* flag is set (decided here from requires_grad, which is static under
-torch.compile). The autograd backward only scales the saved gradient by the upstream
-gradient of each row (pykernels::distillation_scale_grad): the logits are never read
-again. When nothing can read the saved gradient afterwards (an eager backward without
-retain_graph) it is scaled in place (distillation_scale_grad_inplace), so the op's extra
-memory is one gradient plus per-row values. The math is in pykernels/reference/distillation.py.
+and, computed in the same pass over the logits, the gradient of grad_scale * (each row's
+loss) w.r.t. the inputs whose grad_* flag is set (decided here from requires_grad, which is
+static under torch.compile). grad_scale is the weight the reduction gives each row where it
+is known on the host (_grad_scale). The autograd backward only scales the saved gradient by
+the upstream gradient of each row over grad_scale (pykernels::distillation_scale_grad): the
+logits are never read again, and a plain loss.backward() finds the gradient ready. When
+nothing can read the saved gradient afterwards (an eager backward without retain_graph) it
+is scaled in place (distillation_scale_grad_inplace), so the op's extra memory is one
+gradient plus per-row values. The math is in pykernels/reference/distillation.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -45,7 +49,8 @@ def _check_like(fn: str, name: str, x, ref_name: str, ref_x) -> None:
 
 def _check_labels(fn: str, labels, logits_name: str, logits) -> None:
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, got {type(labels).__name__}")
+        raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, "
+                        f"got {type(labels).__name__}")
     if labels.dtype != torch.int64:
         raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
     chk.same_device(fn, (logits_name, logits), ("labels", labels))
@@ -104,6 +109,19 @@ def _wants_grad(x: Tensor) -> bool:
     return x.requires_grad and torch.is_grad_enabled()
 
 
+def _grad_scale(reduction: str, logits: Tensor, labels, ignore_index: int) -> float:
+    """The weight the reduction gives each row's loss, where the host knows it without a
+    device synchronisation: 1 / (counted rows) for "batchmean" / "mean" on CPU tensors, as
+    the division in the accumulation dtype that the reduction's autograd makes (so that the
+    upstream gradient of a plain loss.backward() equals it exactly); else 1."""
+    if reduction in ("none", "sum") or logits.device.type != "cpu" or torch.compiler.is_compiling():
+        return 1.0
+    rows = logits.numel() // logits.shape[-1]
+    count = rows if labels is None else int((labels != ignore_index).sum())
+    one = torch.ones((), dtype=acc_dtype(logits.dtype))
+    return float(one / count) if count > 0 else 1.0
+
+
 # ----------------------------------------------------------------------------- C++ ops
 def _grad_like(x: Tensor, wanted: bool) -> Tensor:
     return x.new_empty(x.shape) if wanted else x.new_empty((0,))
@@ -115,17 +133,19 @@ def _rows_like(x: Tensor) -> Tensor:
 
 def _distillation_loss_fake(student_logits, teacher_logits, labels, temperature, soft_weight,
                             hard_weight, beta, ignore_index, label_smoothing, grad_student_logits,
-                            grad_teacher_logits):
+                            grad_teacher_logits, grad_scale):
     return (_rows_like(student_logits), _grad_like(student_logits, grad_student_logits),
             _grad_like(student_logits, grad_teacher_logits))
 
 
-def _cross_entropy_fake(logits, labels, ignore_index, label_smoothing, grad_logits):
+def _cross_entropy_fake(logits, labels, ignore_index, label_smoothing, grad_logits, grad_scale):
     return _rows_like(logits), _grad_like(logits, grad_logits)
 
 
-def _soft_target_cross_entropy_fake(logits, target_probs, temperature, grad_logits, grad_target_probs):
-    return _rows_like(logits), _grad_like(logits, grad_logits), _grad_like(logits, grad_target_probs)
+def _soft_target_cross_entropy_fake(logits, target_probs, temperature, grad_logits,
+                                    grad_target_probs, grad_scale):
+    return (_rows_like(logits), _grad_like(logits, grad_logits),
+            _grad_like(logits, grad_target_probs))
 
 
 register_cpp("distillation_loss", _distillation_loss_fake)
@@ -141,41 +161,53 @@ if triton_available():
     from ..triton_kernels import distillation as tk
 
     @triton_op("pykernels::distillation_loss_triton", mutates_args=())
-    def _distillation_loss_triton(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None,
-                                  temperature: float, soft_weight: float, hard_weight: float, beta: float,
-                                  ignore_index: int, label_smoothing: float, grad_student_logits: bool,
-                                  grad_teacher_logits: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _distillation_loss_triton(student_logits: Tensor, teacher_logits: Tensor,
+                                  labels: Tensor | None, temperature: float, soft_weight: float,
+                                  hard_weight: float, beta: float, ignore_index: int,
+                                  label_smoothing: float, grad_student_logits: bool,
+                                  grad_teacher_logits: bool,
+                                  grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::distillation_loss_triton"
         _check_logits(fn, "student_logits", student_logits)
         _check_like(fn, "teacher_logits", teacher_logits, "student_logits", student_logits)
         if labels is not None:
             _check_labels(fn, labels, "student_logits", student_logits)
-        _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing)
+        _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta,
+                                     label_smoothing)
+        _number(fn, "grad_scale", grad_scale)
         return tk.distillation_rows(student_logits, teacher_logits, labels, temperature=temperature,
                                     soft_weight=soft_weight, hard_weight=hard_weight, beta=beta,
                                     ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                    grad_logits=grad_student_logits, grad_teacher=grad_teacher_logits)
+                                    grad_logits=grad_student_logits,
+                                    grad_teacher=grad_teacher_logits, grad_scale=grad_scale)
 
     @triton_op("pykernels::cross_entropy_triton", mutates_args=())
-    def _cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int, label_smoothing: float,
-                              grad_logits: bool) -> tuple[Tensor, Tensor]:
+    def _cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int,
+                              label_smoothing: float, grad_logits: bool,
+                              grad_scale: float) -> tuple[Tensor, Tensor]:
         fn = "pykernels::cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_labels(fn, labels, "logits", logits)
         _number(fn, "label_smoothing", label_smoothing, 0, 1)
-        loss, grad, _ = tk.distillation_rows(logits, None, labels, hard_weight=1.0, ignore_index=ignore_index,
-                                             label_smoothing=label_smoothing, grad_logits=grad_logits)
+        _number(fn, "grad_scale", grad_scale)
+        loss, grad, _ = tk.distillation_rows(logits, None, labels, hard_weight=1.0,
+                                             ignore_index=ignore_index,
+                                             label_smoothing=label_smoothing,
+                                             grad_logits=grad_logits, grad_scale=grad_scale)
         return loss, grad
 
     @triton_op("pykernels::soft_target_cross_entropy_triton", mutates_args=())
-    def _soft_target_cross_entropy_triton(logits: Tensor, target_probs: Tensor, temperature: float,
-                                          grad_logits: bool, grad_target_probs: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _soft_target_cross_entropy_triton(
+            logits: Tensor, target_probs: Tensor, temperature: float, grad_logits: bool,
+            grad_target_probs: bool, grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::soft_target_cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_like(fn, "target_probs", target_probs, "logits", logits)
         _temperature(fn, temperature)
-        return tk.distillation_rows(logits, target_probs, None, temperature=temperature, target_probs=True,
-                                    grad_logits=grad_logits, grad_teacher=grad_target_probs)
+        _number(fn, "grad_scale", grad_scale)
+        return tk.distillation_rows(logits, target_probs, None, temperature=temperature,
+                                    target_probs=True, grad_logits=grad_logits,
+                                    grad_teacher=grad_target_probs, grad_scale=grad_scale)
 
     def _check_scale_grad(fn: str, grad, x) -> None:
         """x: a saved per-row gradient [..., V]; grad: one upstream value per row (the kernel
@@ -198,6 +230,22 @@ if triton_available():
 
 
 # ----------------------------------------------------------------------------- autograd
+_CALLER = threading.local()
+
+
+@contextlib.contextmanager
+def _gradient_outputs_dropped():
+    """Around an op call whose caller drops the op's gradient outputs (the public functions
+    below): only then may the backward scale them in place. A direct caller of
+    torch.ops.pykernels.* keeps them, and they stay as the forward wrote them."""
+    before = getattr(_CALLER, "drops_outputs", False)
+    _CALLER.drops_outputs = True
+    try:
+        yield
+    finally:
+        _CALLER.drops_outputs = before
+
+
 def _saved_grad_is_dead(saved: Tensor) -> bool:
     """True when this backward is the last use of `saved`: an eager backward that frees the
     graph after it (no retain_graph / create_graph), on a real tensor (not traced)."""
@@ -205,10 +253,21 @@ def _saved_grad_is_dead(saved: Tensor) -> bool:
             and not torch._C._autograd._get_current_graph_task_keep_graph())
 
 
+def _upstream(grad_rows: Tensor, grad_scale: float) -> Tensor | None:
+    """The factor each saved gradient row still needs: grad_rows / grad_scale, or None when
+    that is 1 for every row (a plain loss.backward() of a "batchmean" or "sum" loss on CPU,
+    checked on the host only where that is no device synchronisation)."""
+    if (not torch.compiler.is_compiling() and type(grad_rows) is torch.Tensor  # not traced
+            and grad_rows.device.type == "cpu" and bool((grad_rows == grad_scale).all())):
+        return None
+    return grad_rows if grad_scale == 1.0 else grad_rows / grad_scale
+
+
 def _register_scaled_grad_autograd(name: str, slots) -> None:
-    """Autograd of op `name`: the saved gradient outputs scaled by the upstream gradient of
-    each row. slots: (input index, index of its grad_* flag, index of its saved gradient
-    among the outputs) for each differentiable input."""
+    """Autograd of op `name`: the saved gradient outputs, which are those of
+    grad_scale * (row loss), scaled by the upstream gradient of each row over grad_scale (the
+    op's last argument). slots: (input index, index of its grad_* flag, index of its saved
+    gradient among the outputs) for each differentiable input."""
 
     def setup_context(ctx, inputs, output):
         # The gradient outputs get no upstream gradient; materialising one would allocate
@@ -216,6 +275,8 @@ def _register_scaled_grad_autograd(name: str, slots) -> None:
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*output[1:])
         ctx.flags = [inputs[flag] for _, flag, _ in slots]
+        ctx.grad_scale = inputs[-1]
+        ctx.in_place = getattr(_CALLER, "drops_outputs", False)
         ctx.n_inputs = len(inputs)
 
     def backward(ops, ctx, grad_rows, *unused):
@@ -223,19 +284,25 @@ def _register_scaled_grad_autograd(name: str, slots) -> None:
         grads = [None] * ctx.n_inputs
         if grad_rows is None:  # the loss itself was not used
             return tuple(grads)
+        factor = _upstream(grad_rows, ctx.grad_scale)
         for (i, _, o), computed in zip(slots, ctx.flags):
             if ctx.needs_input_grad[i]:
                 if not computed:
-                    raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its grad flag was False")
-                x = saved[o - 1]
-                if _saved_grad_is_dead(x):
-                    ops("distillation_scale_grad_inplace")(grad_rows, x)
-                    grads[i] = x
-                else:
-                    grads[i] = ops("distillation_scale_grad")(grad_rows, x)
+                    raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its "
+                                       "grad flag was False")
+                grads[i] = _scaled(ops, factor, saved[o - 1], ctx.in_place)
         return tuple(grads)
 
     register_autograd(name, setup_context, backward)
+
+
+def _scaled(ops, factor: Tensor | None, x: Tensor, in_place: bool) -> Tensor:
+    """x scaled by factor per row (None: by 1), in place when nothing reads x afterwards."""
+    if in_place and _saved_grad_is_dead(x):
+        if factor is not None:
+            ops("distillation_scale_grad_inplace")(factor, x)
+        return x
+    return x.clone() if factor is None else ops("distillation_scale_grad")(factor, x)
 
 
 _register_scaled_grad_autograd("distillation_loss", [(0, 9, 1), (1, 10, 2)])
@@ -246,9 +313,10 @@ _register_scaled_grad_autograd("soft_target_cross_entropy", [(0, 3, 1), (1, 4, 2
 # ----------------------------------------------------------------------------- public API
 @chk.autocast_rule("student_logits", "teacher_logits")
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
-                      labels: Tensor | None = None, soft_weight: float = 1.0, hard_weight: float = 0.0,
-                      beta: float = 0.0, ignore_index: int = -100, label_smoothing: float = 0.0,
-                      reduction: str = "batchmean", backend: str | None = None) -> Tensor:
+                      labels: Tensor | None = None, soft_weight: float = 1.0,
+                      hard_weight: float = 0.0, beta: float = 0.0, ignore_index: int = -100,
+                      label_smoothing: float = 0.0, reduction: str = "batchmean",
+                      backend: str | None = None) -> Tensor:
     """Knowledge-distillation loss over rows of [..., V] logits.
 
     loss = soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels), with
@@ -265,26 +333,32 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, tempera
     if labels is not None:
         _check_labels(fn, labels, "student_logits", student_logits)
     if hard_weight != 0 and labels is None:
-        raise ValueError(f"{fn}: argument 'labels' is required when hard_weight != 0 (got hard_weight={hard_weight})")
-    _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing)
+        raise ValueError(f"{fn}: argument 'labels' is required when hard_weight != 0 "
+                         f"(got hard_weight={hard_weight})")
+    _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta,
+                                 label_smoothing)
     _integer(fn, "ignore_index", ignore_index)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
     name = backends.resolve(backend, student_logits.device, fn)
     _check_values(fn, name, labels, ignore_index, student_logits.shape[-1],
                   ("student_logits", student_logits), ("teacher_logits", teacher_logits))
     if name == "reference":
-        return ref.distillation_loss(student_logits, teacher_logits, temperature, labels, soft_weight, hard_weight,
-                                     beta, ignore_index, label_smoothing, reduction)
-    rows, _, _ = op("distillation_loss", name)(
-        student_logits, teacher_logits, labels, float(temperature), float(soft_weight), float(hard_weight),
-        float(beta), ignore_index, float(label_smoothing), _wants_grad(student_logits),
-        _wants_grad(teacher_logits))
+        return ref.distillation_loss(student_logits, teacher_logits, temperature, labels,
+                                     soft_weight, hard_weight, beta, ignore_index, label_smoothing,
+                                     reduction)
+    w = _grad_scale(reduction, student_logits, labels, ignore_index)
+    with _gradient_outputs_dropped():
+        rows, _, _ = op("distillation_loss", name)(
+            student_logits, teacher_logits, labels, float(temperature), float(soft_weight),
+            float(hard_weight), float(beta), ignore_index, float(label_smoothing),
+            _wants_grad(student_logits), _wants_grad(teacher_logits), w)
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
 @chk.autocast_rule("logits")
-def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100, label_smoothing: float = 0.0,
-                  reduction: str = "mean", backend: str | None = None) -> Tensor:
+def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, reduction: str = "mean",
+                  backend: str | None = None) -> Tensor:
     """torch.nn.functional.cross_entropy for [..., V] logits (classes last) and int64 labels
     [...]: same values, label smoothing, ignore_index, and "mean" over the counted rows
     (nan when every row is ignored, as torch gives). -inf logits at classes other than the
@@ -299,7 +373,10 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100, l
     _check_values(fn, name, labels, ignore_index, logits.shape[-1], ("logits", logits))
     if name == "reference":
         return ref.cross_entropy(logits, labels, ignore_index, label_smoothing, reduction)
-    rows, _ = op("cross_entropy", name)(logits, labels, ignore_index, float(label_smoothing), _wants_grad(logits))
+    w = _grad_scale(reduction, logits, labels, ignore_index)
+    with _gradient_outputs_dropped():
+        rows, _ = op("cross_entropy", name)(logits, labels, ignore_index, float(label_smoothing),
+                                            _wants_grad(logits), w)
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
@@ -319,8 +396,11 @@ def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperatu
     _check_values(fn, name, None, -100, logits.shape[-1], ("logits", logits))
     if name == "reference":
         return ref.soft_target_cross_entropy(logits, target_probs, temperature, reduction)
-    rows, _, _ = op("soft_target_cross_entropy", name)(logits, target_probs, float(temperature),
-                                                       _wants_grad(logits), _wants_grad(target_probs))
+    w = _grad_scale(reduction, logits, None, -100)
+    with _gradient_outputs_dropped():
+        rows, _, _ = op("soft_target_cross_entropy", name)(
+            logits, target_probs, float(temperature), _wants_grad(logits), _wants_grad(target_probs),
+            w)
     return ref.reduce(rows, reduction)
 
 
@@ -349,8 +429,8 @@ SELFCHECK = [
     ("distillation_loss KL T=2 [64, 1000]", _kd_inputs((64, 1000), False),
      lambda be, s, t: distillation_loss(s, t, temperature=2.0, backend=be)),
     ("distillation_loss JSD + hard [64, 1000]", _kd_inputs((64, 1000), True),
-     lambda be, s, t, y: distillation_loss(s, t, temperature=4.0, labels=y, beta=0.5, hard_weight=0.5,
-                                           label_smoothing=0.1, backend=be)),
+     lambda be, s, t, y: distillation_loss(s, t, temperature=4.0, labels=y, beta=0.5,
+                                           hard_weight=0.5, label_smoothing=0.1, backend=be)),
     ("cross_entropy [64, 1000]", _kd_inputs((64, 1000), True),
      lambda be, s, t, y: cross_entropy(s, y, label_smoothing=0.1, backend=be)),
     ("soft_target_cross_entropy [64, 1000]", _probs_inputs((64, 1000)),

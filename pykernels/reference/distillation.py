@@ -4,9 +4,11 @@ Rows are all leading dims of [..., V] logits; V (the vocabulary / classes) is th
 With p = softmax(logits / T) for the student (p_S) and the teacher (p_T):
 
     soft(row)  = T^2 * D_beta(p_T || p_S)
-                 beta = 0:     KL(p_T || p_S)       (Hinton; F.kl_div(log p_S, log p_T, log_target=True))
+                 beta = 0:     KL(p_T || p_S)   (Hinton; F.kl_div(log_softmax(s / T),
+                                                    log_softmax(t / T), log_target=True))
                  beta = 1:     KL(p_S || p_T)       (reverse KL)
-                 0 < beta < 1: beta KL(p_T || m) + (1 - beta) KL(p_S || m),  m = beta p_T + (1 - beta) p_S
+                 0 < beta < 1: beta KL(p_T || m) + (1 - beta) KL(p_S || m),
+                               m = beta p_T + (1 - beta) p_S
                                (generalised Jensen-Shannon; log m through logaddexp, never log 0)
     hard(row)  = (1 - ls) * (-log q_y) + ls * mean_j(-log q_j),  q = softmax(student logits), T = 1
                  (F.cross_entropy's label smoothing)
@@ -64,10 +66,11 @@ def _weighted_sum(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return (p * torch.where(p == 0, 0.0, r)).sum(-1)
 
 
-def divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                beta: float = 0.0, precise: bool = True) -> torch.Tensor:
     """T^2 * D_beta(p_T || p_S) per row."""
-    ls, lt = _log_softmax(student, temperature, precise), _log_softmax(teacher, temperature, precise)
+    ls = _log_softmax(student_logits, temperature, precise)
+    lt = _log_softmax(teacher_logits, temperature, precise)
     if beta == 0:
         d = _weighted_sum(lt.exp(), lt - ls)
     elif beta == 1:
@@ -142,9 +145,9 @@ def check_masked_rows(x: torch.Tensor, labels: torch.Tensor | None, ignore_index
         masked &= labels != ignore_index
     if bool(masked.any()):
         row = int(masked.reshape(-1).nonzero()[0])
-        raise ValueError(f"{fn}: argument '{name}' has a row whose logits are all -inf (row {row} of the "
-                         "flattened rows): it has no probability distribution; give such rows the "
-                         "label ignore_index")
+        raise ValueError(f"{fn}: argument '{name}' has a row whose logits are all -inf (row {row} "
+                         "of the flattened rows): it has no probability distribution; give such "
+                         "rows the label ignore_index")
 
 
 def _counted_only(x: torch.Tensor, labels: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
@@ -165,7 +168,10 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     # Without smoothing the mean over classes is not formed at all (as in F.cross_entropy):
     # a -inf logit of another class leaves the loss finite instead of 0 * inf = nan.
-    ce = nll if label_smoothing == 0 else (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
+    if label_smoothing != 0:
+        ce = (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
+    else:
+        ce = nll
     ce = torch.where(bad, torch.full_like(ce, math.nan), ce)
     return torch.where(counted, ce, torch.zeros_like(ce))
 
@@ -185,22 +191,25 @@ def counted_rows(labels: torch.Tensor | None, ignore_index: int, dtype: torch.dt
     return None if labels is None else (labels != ignore_index).sum().to(dtype)
 
 
-def distillation_rows(student, teacher, temperature=1.0, labels=None, soft_weight=1.0, hard_weight=0.0,
-                      beta=0.0, ignore_index=-100, label_smoothing=0.0, precise=True) -> torch.Tensor:
-    s, t = _counted_only(student, labels, ignore_index), _counted_only(teacher, labels, ignore_index)
+def distillation_rows(student_logits, teacher_logits, temperature=1.0, labels=None, soft_weight=1.0,
+                      hard_weight=0.0, beta=0.0, ignore_index=-100, label_smoothing=0.0,
+                      precise=True) -> torch.Tensor:
+    s = _counted_only(student_logits, labels, ignore_index)
+    t = _counted_only(teacher_logits, labels, ignore_index)
     rows = soft_weight * divergence(s, t, temperature, beta, precise)
     if labels is not None:
         if hard_weight != 0:
-            rows = rows + hard_weight * hard_cross_entropy(student, labels, ignore_index, label_smoothing, precise)
+            ce = hard_cross_entropy(student_logits, labels, ignore_index, label_smoothing, precise)
+            rows = rows + hard_weight * ce
         rows = torch.where(labels != ignore_index, rows, torch.zeros_like(rows))
     return rows
 
 
-def distillation_loss(student, teacher, temperature=1.0, labels=None, soft_weight=1.0, hard_weight=0.0,
-                      beta=0.0, ignore_index=-100, label_smoothing=0.0, reduction="batchmean",
-                      precise=True) -> torch.Tensor:
-    rows = distillation_rows(student, teacher, temperature, labels, soft_weight, hard_weight, beta,
-                             ignore_index, label_smoothing, precise)
+def distillation_loss(student_logits, teacher_logits, temperature=1.0, labels=None, soft_weight=1.0,
+                      hard_weight=0.0, beta=0.0, ignore_index=-100, label_smoothing=0.0,
+                      reduction="batchmean", precise=True) -> torch.Tensor:
+    rows = distillation_rows(student_logits, teacher_logits, temperature, labels, soft_weight,
+                             hard_weight, beta, ignore_index, label_smoothing, precise)
     return reduce(rows, reduction, counted_rows(labels, ignore_index, rows.dtype))
 
 
