@@ -42,16 +42,15 @@ def conditioned(temperature, *logits):
     """Whether the gradient is checked: logits / T spanning at most ~60 (scale / T <= 10).
     Past that, row probabilities of e^-60 and less enter the gradient as differences of
     float32 numbers that round to 1: every float32 formulation loses digits there and the
-    relative error is rounding luck (the long fuzz run found 1% errors at T = 0.05 on
-    two classes, where the reference's own float32 error was 0.05%). Outputs always."""
+    relative error is rounding luck (1% errors at T = 0.05 on two classes, where the
+    reference's own float32 error is 0.05%). Outputs always."""
     return all(x.scale / temperature <= 10 for x in logits)
 
 
 def _not_uniform(q) -> bool:
-    """A "probs" target sharp enough that its rows are not uniform. (Its rows are the
-    view's: when they were softmaxes of the leaf's last dim, a transposed view of a leaf
-    whose softmax dim had size 1 was all ones, and one of size 2 summed to 1 over rows,
-    which against expanded tiny logits is a zero gradient: the long fuzz run drew both.)"""
+    """A "probs" target sharp enough that its rows are not uniform: a uniform target
+    against tiny (so uniform) logits is a zero gradient, which no relative error judges.
+    (Its rows are the view's, not the leaf's: Spec.values64.)"""
     return q.scale >= 1
 
 
@@ -66,8 +65,7 @@ def cross_entropy_terms(x, y, ignore_index, smoothing, reduction):
     """compare's grad_terms for cross_entropy: each logit's gradient w (softmax - target) is
     a difference of terms w softmax and w target that cancel where the softmax is close to
     the target (label_smoothing = 1 on logits of 1e-3: softmax - 1/V of 7e-4 from terms of
-    1/3, the long fuzz run of 2026-12-02: 4.8e-5 against a limit of 4.4e-5, PyTorch's own
-    float32 error 2.2e-5)."""
+    1/3)."""
     def terms(leaves64, ws):
         leaf = leaves64[0].detach().requires_grad_()
         view = x.view(leaf)
@@ -133,11 +131,10 @@ def test_cross_entropy(backend, data):
              label_smoothing=smoothing, reduction=reduction)
     # label_smoothing = 1 makes the target uniform, and the gradient softmax - 1/V is then
     # (x - mean x) / V: against logits of 1e-30 that is far below the rounding of 1/V in
-    # the float64 reference itself (the long fuzz run found a float64 reference of 2e-17
-    # against an exact 1e-31). Outputs only there. So also for expanded logits (every row
-    # the same) under an equal weight per row (mean, sum): the leaf's gradient is
-    # sum_r (softmax - onehot(y_r)), which cancels to ~0 when the labels spread like the
-    # softmax (the ci profile drew two rows labelled 0 and 1 on logits of 1e-3).
+    # the float64 reference itself (2e-17 against an exact 1e-31). Outputs only there. So
+    # also for expanded logits (every row the same) under an equal weight per row (mean,
+    # sum): the leaf's gradient is sum_r (softmax - onehot(y_r)), which cancels to ~0 when
+    # the labels spread like the softmax (two rows labelled 0 and 1 on logits of 1e-3).
     dev = backend_device(backend)
     y = y.to(dev)
     compare(lambda u: pk.cross_entropy(x.view(u), y, ignore_index=ignore_index, label_smoothing=smoothing,

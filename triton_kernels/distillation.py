@@ -251,8 +251,8 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
     (Q p_S - q) / T and, for the target, -log p_S, 0 where q = 0 on a masked logit; the hard
     term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])), times grad_scale; nan
     on a nan row. The forms p (a - mean a) go through _write_rest."""
-    REST_S: tl.constexpr = ((MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)) and GRAD_S
-    REST_T: tl.constexpr = ((MODE == MODE_KL) | (MODE == MODE_JSD)) and GRAD_T
+    REST_S: tl.constexpr = ((MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)) & GRAD_S
+    REST_T: tl.constexpr = ((MODE == MODE_KL) | (MODE == MODE_JSD)) & GRAD_T
     offs = tl.arange(0, BLOCK_V)
     rs = tl.zeros([], ACC)
     rs_abs = tl.zeros([], ACC)
@@ -329,9 +329,8 @@ def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta,
                         SMOOTH: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_V: tl.constexpr):
     """One row of any op of the family. MODE: the soft term (MIRROR: JSD with beta > 1/2);
-    HARD: the hard term, HARD1 with
-    its own softmax at T = 1 (T != 1); SMOOTH: label smoothing; GRAD_S, GRAD_T: which
-    gradients to write, those of grad_scale * (row loss)."""
+    HARD: the hard term, HARD1 with its own softmax at T = 1 (T != 1); SMOOTH: label
+    smoothing; GRAD_S, GRAD_T: which gradients to write, those of grad_scale * (row loss)."""
     row = tl.program_id(0).to(tl.int64)
     base = row * V
     counted = True

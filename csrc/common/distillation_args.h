@@ -3,6 +3,7 @@
 // public functions' (student_logits, teacher_logits, logits, target_probs, labels, ...).
 #pragma once
 #include <cmath>
+#include <tuple>
 
 #include <ATen/OpMathType.h>
 
@@ -128,6 +129,23 @@ inline DistillationTensors distillation_tensors(const DistillationSettings& st,
   return c;
 }
 
+// The settings of an op with a second input (teacher logits or target probabilities), after
+// the checks they share.
+inline DistillationSettings settings_with_teacher(const char* op, const char* logits_arg,
+                                                  const char* teacher_arg, at::DeviceType dev,
+                                                  const at::Tensor& logits,
+                                                  const at::Tensor& teacher, double temperature) {
+  DistillationSettings st;
+  st.op = op;
+  st.logits_arg = logits_arg;
+  st.teacher_arg = teacher_arg;
+  check_logits(op, logits_arg, logits, dev);
+  check_like(op, teacher_arg, teacher, logits_arg, logits);
+  check_temperature(op, temperature);
+  st.temperature = temperature;
+  return st;
+}
+
 // The checks and settings of each op, shared by the CPU and CUDA wrappers (dev: the device
 // type the kernel runs on).
 inline DistillationSettings distillation_loss_settings(
@@ -135,13 +153,9 @@ inline DistillationSettings distillation_loss_settings(
     const at::Tensor& labels, double temperature, double soft_weight, double hard_weight,
     double beta, int64_t ignore_index, double label_smoothing, bool grad_student_logits,
     bool grad_teacher_logits, double grad_scale) {
-  DistillationSettings st;
-  st.op = "pykernels::distillation_loss";
-  st.logits_arg = "student_logits";
-  st.teacher_arg = "teacher_logits";
-  check_logits(st.op, st.logits_arg, student_logits, dev);
-  check_like(st.op, st.teacher_arg, teacher_logits, st.logits_arg, student_logits);
-  check_temperature(st.op, temperature);
+  DistillationSettings st =
+      settings_with_teacher("pykernels::distillation_loss", "student_logits", "teacher_logits",
+                            dev, student_logits, teacher_logits, temperature);
   check_finite(st.op, "soft_weight", soft_weight);
   check_finite(st.op, "hard_weight", hard_weight);
   check_unit_interval(st.op, "beta", beta);
@@ -150,7 +164,6 @@ inline DistillationSettings distillation_loss_settings(
   TORCH_CHECK_VALUE(labels.defined() || hard_weight == 0, st.op,
                     ": argument 'hard_weight' must be 0 when no labels are given, got ",
                     hard_weight);
-  st.temperature = temperature;
   st.soft_weight = soft_weight;
   st.hard_weight = hard_weight;
   st.beta = beta;
@@ -186,19 +199,58 @@ inline DistillationSettings cross_entropy_settings(at::DeviceType dev, const at:
 inline DistillationSettings soft_target_cross_entropy_settings(
     at::DeviceType dev, const at::Tensor& logits, const at::Tensor& target_probs,
     double temperature, bool grad_logits, bool grad_target_probs, double grad_scale) {
-  DistillationSettings st;
-  st.op = "pykernels::soft_target_cross_entropy";
-  st.logits_arg = "logits";
-  st.teacher_arg = "target_probs";
-  check_logits(st.op, st.logits_arg, logits, dev);
-  check_like(st.op, st.teacher_arg, target_probs, st.logits_arg, logits);
-  check_temperature(st.op, temperature);
-  st.temperature = temperature;
+  DistillationSettings st =
+      settings_with_teacher("pykernels::soft_target_cross_entropy", "logits", "target_probs", dev,
+                            logits, target_probs, temperature);
   st.soft = SoftTarget::kTargetProbs;
   st.grad_logits = grad_logits;
   st.grad_teacher = grad_target_probs;
   check_grad_scale(st, grad_scale);
   return st;
 }
+
+// The family's three ops on one device type: the checks and settings above, then
+// Rows::run(settings, logits, teacher, labels) -> (per-row losses, gradient w.r.t. the
+// logits, gradient w.r.t. the teacher), the device's kernel. Registered by cpu/distillation.cpp
+// and cuda/distillation.cu.
+template <at::DeviceType kDevice, typename Rows>
+struct DistillationOps {
+  using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+  static Outputs distillation_loss(const at::Tensor& student_logits,
+                                   const at::Tensor& teacher_logits,
+                                   const c10::optional<at::Tensor>& labels, double temperature,
+                                   double soft_weight, double hard_weight, double beta,
+                                   int64_t ignore_index, double label_smoothing,
+                                   bool grad_student_logits, bool grad_teacher_logits,
+                                   double grad_scale) {
+    const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
+    const auto st = distillation_loss_settings(kDevice, student_logits, teacher_logits, y,
+                                               temperature, soft_weight, hard_weight, beta,
+                                               ignore_index, label_smoothing, grad_student_logits,
+                                               grad_teacher_logits, grad_scale);
+    return Rows::run(st, student_logits, teacher_logits, y);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& logits,
+                                                          const at::Tensor& labels,
+                                                          int64_t ignore_index,
+                                                          double label_smoothing,
+                                                          bool grad_logits, double grad_scale) {
+    const auto st = cross_entropy_settings(kDevice, logits, labels, ignore_index, label_smoothing,
+                                           grad_logits, grad_scale);
+    auto [loss, grad, unused] = Rows::run(st, logits, at::Tensor(), labels);
+    return {loss, grad};
+  }
+
+  static Outputs soft_target_cross_entropy(const at::Tensor& logits,
+                                           const at::Tensor& target_probs, double temperature,
+                                           bool grad_logits, bool grad_target_probs,
+                                           double grad_scale) {
+    const auto st = soft_target_cross_entropy_settings(kDevice, logits, target_probs, temperature,
+                                                       grad_logits, grad_target_probs, grad_scale);
+    return Rows::run(st, logits, target_probs, at::Tensor());
+  }
+};
 
 }  // namespace pykernels

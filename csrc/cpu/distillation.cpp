@@ -91,46 +91,18 @@ void report_masked_row(const DistillationSettings& st, const DistillationTensors
 }
 
 // Checks the label values (on the host: these are CPU tensors), then runs the kernel.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
-                                                                 const at::Tensor& logits,
-                                                                 const at::Tensor& teacher,
-                                                                 const at::Tensor& labels) {
-  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
-  if (c.labels.defined()) check_label_values(st, c.labels, c.V);
-  if (!kernels().distillation_rows(st, c)) report_masked_row(st, c);
-  return {c.loss, c.grad_logits, c.grad_teacher};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cpu(
-    const at::Tensor& student_logits, const at::Tensor& teacher_logits,
-    const c10::optional<at::Tensor>& labels, double temperature, double soft_weight,
-    double hard_weight, double beta, int64_t ignore_index, double label_smoothing,
-    bool grad_student_logits, bool grad_teacher_logits, double grad_scale) {
-  const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
-  const auto st = distillation_loss_settings(at::kCPU, student_logits, teacher_logits, y,
-                                             temperature, soft_weight, hard_weight, beta,
-                                             ignore_index, label_smoothing, grad_student_logits,
-                                             grad_teacher_logits, grad_scale);
-  return distillation_rows(st, student_logits, teacher_logits, y);
-}
-
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(const at::Tensor& logits,
-                                                     const at::Tensor& labels,
-                                                     int64_t ignore_index, double label_smoothing,
-                                                     bool grad_logits, double grad_scale) {
-  const auto st = cross_entropy_settings(at::kCPU, logits, labels, ignore_index, label_smoothing,
-                                         grad_logits, grad_scale);
-  auto [loss, grad, unused] = distillation_rows(st, logits, at::Tensor(), labels);
-  return {loss, grad};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cpu(
-    const at::Tensor& logits, const at::Tensor& target_probs, double temperature,
-    bool grad_logits, bool grad_target_probs, double grad_scale) {
-  const auto st = soft_target_cross_entropy_settings(at::kCPU, logits, target_probs, temperature,
-                                                     grad_logits, grad_target_probs, grad_scale);
-  return distillation_rows(st, logits, target_probs, at::Tensor());
-}
+struct Rows {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const DistillationSettings& st,
+                                                            const at::Tensor& logits,
+                                                            const at::Tensor& teacher,
+                                                            const at::Tensor& labels) {
+    const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
+    if (c.labels.defined()) check_label_values(st, c.labels, c.V);
+    if (!kernels().distillation_rows(st, c)) report_masked_row(st, c);
+    return {c.loss, c.grad_logits, c.grad_teacher};
+  }
+};
+using Ops = DistillationOps<at::kCPU, Rows>;
 
 at::Tensor distillation_scale_grad_cpu(const at::Tensor& grad, const at::Tensor& x) {
   check_scale_grad("pykernels::distillation_scale_grad", grad, x, at::kCPU);
@@ -151,9 +123,9 @@ void distillation_scale_grad_inplace_cpu(const at::Tensor& grad, const at::Tenso
 
 TORCH_LIBRARY_IMPL(pykernels, CPU, m) {
   using namespace pykernels::cpu;
-  m.impl("distillation_loss", &distillation_loss_cpu);
-  m.impl("cross_entropy", &cross_entropy_cpu);
-  m.impl("soft_target_cross_entropy", &soft_target_cross_entropy_cpu);
+  m.impl("distillation_loss", &Ops::distillation_loss);
+  m.impl("cross_entropy", &Ops::cross_entropy);
+  m.impl("soft_target_cross_entropy", &Ops::soft_target_cross_entropy);
   m.impl("distillation_scale_grad", &distillation_scale_grad_cpu);
   m.impl("distillation_scale_grad_inplace", &distillation_scale_grad_inplace_cpu);
 }

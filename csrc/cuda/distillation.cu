@@ -506,10 +506,12 @@ Params<acc> params_of(const DistillationSettings& st, bool has_labels) {
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
-                                                                 const at::Tensor& logits,
-                                                                 const at::Tensor& teacher,
-                                                                 const at::Tensor& labels) {
+// Launches the kernel over every row (labels are not read on the host: that would
+// synchronise).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_rows(const DistillationSettings& st,
+                                                           const at::Tensor& logits,
+                                                           const at::Tensor& teacher,
+                                                           const at::Tensor& labels) {
   c10::cuda::CUDAGuard guard(logits.device());
   const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
   if (c.rows == 0) return {c.loss, c.grad_logits, c.grad_teacher};
@@ -540,36 +542,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const Distillat
   return {c.loss, c.grad_logits, c.grad_teacher};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cuda(
-    const at::Tensor& student_logits, const at::Tensor& teacher_logits,
-    const c10::optional<at::Tensor>& labels, double temperature, double soft_weight,
-    double hard_weight, double beta, int64_t ignore_index, double label_smoothing,
-    bool grad_student_logits, bool grad_teacher_logits, double grad_scale) {
-  const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
-  const auto st = distillation_loss_settings(at::kCUDA, student_logits, teacher_logits, y,
-                                             temperature, soft_weight, hard_weight, beta,
-                                             ignore_index, label_smoothing, grad_student_logits,
-                                             grad_teacher_logits, grad_scale);
-  return distillation_rows(st, student_logits, teacher_logits, y);
-}
-
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(const at::Tensor& logits,
-                                                      const at::Tensor& labels,
-                                                      int64_t ignore_index, double label_smoothing,
-                                                      bool grad_logits, double grad_scale) {
-  const auto st = cross_entropy_settings(at::kCUDA, logits, labels, ignore_index, label_smoothing,
-                                         grad_logits, grad_scale);
-  auto [loss, grad, unused] = distillation_rows(st, logits, at::Tensor(), labels);
-  return {loss, grad};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cuda(
-    const at::Tensor& logits, const at::Tensor& target_probs, double temperature,
-    bool grad_logits, bool grad_target_probs, double grad_scale) {
-  const auto st = soft_target_cross_entropy_settings(at::kCUDA, logits, target_probs, temperature,
-                                                     grad_logits, grad_target_probs, grad_scale);
-  return distillation_rows(st, logits, target_probs, at::Tensor());
-}
+struct Rows {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const DistillationSettings& st,
+                                                            const at::Tensor& logits,
+                                                            const at::Tensor& teacher,
+                                                            const at::Tensor& labels) {
+    return launch_rows(st, logits, teacher, labels);
+  }
+};
+using Ops = DistillationOps<at::kCUDA, Rows>;
 
 // out = grad * x row by row; x and out are contiguous, out may be x.
 void scale_grad(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& out) {
@@ -607,9 +588,9 @@ void distillation_scale_grad_inplace_cuda(const at::Tensor& grad, const at::Tens
 
 TORCH_LIBRARY_IMPL(pykernels, CUDA, m) {
   using namespace pykernels::cuda;
-  m.impl("distillation_loss", &distillation_loss_cuda);
-  m.impl("cross_entropy", &cross_entropy_cuda);
-  m.impl("soft_target_cross_entropy", &soft_target_cross_entropy_cuda);
+  m.impl("distillation_loss", &Ops::distillation_loss);
+  m.impl("cross_entropy", &Ops::cross_entropy);
+  m.impl("soft_target_cross_entropy", &Ops::soft_target_cross_entropy);
   m.impl("distillation_scale_grad", &distillation_scale_grad_cuda);
   m.impl("distillation_scale_grad_inplace", &distillation_scale_grad_inplace_cuda);
 }
