@@ -61,25 +61,28 @@ TORCH_LIBRARY(pykernels, m) {
 
   // ---------------------------------------------------------------- distillation
   // Per-row losses of [..., V] logits, float32 (float64 for float64), shape [...], and the
-  // gradient of each row's loss w.r.t. the inputs, computed in the same pass over the row
-  // (an empty tensor where its flag is false). The autograd backward scales the saved
-  // gradients by the upstream per-row gradient with distillation_scale_grad.
-  //   row loss = soft_weight T^2 D_beta(p_T || p_S) + hard_weight CE(student, label),
+  // gradient of grad_scale * (each row's loss) w.r.t. the inputs whose grad_* flag is true,
+  // computed in the same pass over the row (an empty tensor where the flag is false). The
+  // autograd backward scales the saved gradients by the upstream per-row gradient over
+  // grad_scale (distillation_scale_grad); none is needed where they are equal.
+  //   row loss = soft_weight T^2 D_beta(p_T || p_S) + hard_weight CE(student_logits, label),
   //   p = softmax(logits / T); 0 for rows whose label is ignore_index. Labels: int64 [...].
-  m.def("distillation_loss(Tensor student, Tensor teacher, Tensor? labels, float temperature, "
-        "float soft_weight, float hard_weight, float beta, int ignore_index, float label_smoothing, "
-        "bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // A -inf logit is a probability of 0 (a masked vocabulary; docs/distillation.md).
+  m.def("distillation_loss(Tensor student_logits, Tensor teacher_logits, Tensor? labels, "
+        "float temperature, float soft_weight, float hard_weight, float beta, int ignore_index, "
+        "float label_smoothing, bool grad_student_logits, bool grad_teacher_logits, "
+        "float grad_scale) -> (Tensor, Tensor, Tensor)");
   // Cross entropy at T = 1 with label smoothing (F.cross_entropy's definition), per row.
   m.def("cross_entropy(Tensor logits, Tensor labels, int ignore_index, float label_smoothing, "
-        "bool grad_logits) -> (Tensor, Tensor)");
-  // -sum_j target_j log softmax(logits / T)_j per row; target: probabilities like logits.
-  m.def("soft_target_cross_entropy(Tensor logits, Tensor target, float temperature, bool grad_logits, "
-        "bool grad_target) -> (Tensor, Tensor, Tensor)");
+        "bool grad_logits, float grad_scale) -> (Tensor, Tensor)");
+  // -sum_j target_probs_j log softmax(logits / T)_j per row.
+  m.def("soft_target_cross_entropy(Tensor logits, Tensor target_probs, float temperature, "
+        "bool grad_logits, bool grad_target_probs, float grad_scale) -> (Tensor, Tensor, Tensor)");
   // out[..., j] = grad[...] * x[..., j] in x's dtype: the backward of the three ops above.
   m.def("distillation_scale_grad(Tensor grad, Tensor x) -> Tensor");
   // The same, in place on a contiguous x: the backward uses it when the saved gradient is
   // dead afterwards (no retain_graph), so that peak memory is one gradient, not two.
-  m.def("distillation_scale_grad_(Tensor grad, Tensor(a!) x) -> ()");
+  m.def("distillation_scale_grad_inplace(Tensor grad, Tensor(a!) x) -> ()");
 
   // ---------------------------------------------------------------- contrastive
   // Fused InfoNCE / CLIP loss, L = logit_scale * I T^T never stored. image_features

@@ -42,7 +42,7 @@ ARGS = {
                                          ("labels", ints(d, [1, 0, 3, 2])), ("row_lse", f(d, 4).double()),
                                          ("col_lse", f(d, 4).double()), ("symmetric", True), ("normalize", True)],
     "distillation_scale_grad": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
-    "distillation_scale_grad_": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
+    "distillation_scale_grad_inplace": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "random_masking_backward": lambda d: [("grad", f(d, 2, 2, 3)),
                                           ("ids_restore", ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]]))],
     "unshuffle_with_mask_tokens_backward": lambda d: [("grad", f(d, 2, 4, 3)),
@@ -103,7 +103,7 @@ def grad_shape(*dims) -> str:
     return r"argument 'grad' must have shape " + shape(*dims)
 
 
-SCALE_OPS = ("distillation_scale_grad", "distillation_scale_grad_")
+SCALE_OPS = ("distillation_scale_grad", "distillation_scale_grad_inplace")
 
 
 def _grad_rows(op: str, shape_: tuple, name: str = "grad", *, short: bool = True,
@@ -206,7 +206,7 @@ def _rows() -> list[Row]:
             Row(op, "x 0-dim", {"x": reshaped(), "grad": reshaped()}, ValueError,
                 r"argument 'x' must have at least 1 dimension"),
         ]
-    rows.append(Row("distillation_scale_grad_", "x not contiguous",
+    rows.append(Row("distillation_scale_grad_inplace", "x not contiguous",
                     {"x": Mut(lambda x, d: torch.zeros(5, 3, device=x.device).t())}, ValueError,
                     r"argument 'x' must be contiguous"))
     # ---------------------------------------------------------------- mae
@@ -439,7 +439,7 @@ def _autograd(name: str, backend: str, a: list):
     if name in SCALE_OPS:  # the saved gradient of cross_entropy's rows, scaled by the upstream one
         (logits,) = _needs_grad(a[1])
         labels = torch.tensor([0, 4, 2], device=logits.device)
-        loss, saved = fwd("cross_entropy")(logits, labels, -100, 0.0, True)
+        loss, saved = fwd("cross_entropy")(logits, labels, -100, 0.0, True, 1.0)
         a[1].copy_(saved.detach())  # the op scales the saved gradient
         return grad(loss, (logits,), a[0])
     if name == "random_masking_backward":
@@ -486,7 +486,7 @@ def _autograd(name: str, backend: str, a: list):
 
 def _direct(name: str, backend: str, a: list):
     out = op_for(name, backend)(*a)
-    if name == "distillation_scale_grad_":  # in place: the result is x
+    if name == "distillation_scale_grad_inplace":  # in place: the result is x
         assert out is None
         return (a[1],)
     if name == "diffusion_loss_backward":
@@ -536,7 +536,7 @@ def test_scale_grad_checks_do_not_touch_x_when_they_refuse():
         x = f(d, 3, 5)
         before = x.clone()
         with pytest.raises(ValueError, match=grad_shape(3)):
-            op_for("distillation_scale_grad_", backend)(f(d, 2), x)
+            op_for("distillation_scale_grad_inplace", backend)(f(d, 2), x)
         assert torch.equal(x, before)
 
 

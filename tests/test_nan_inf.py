@@ -75,11 +75,12 @@ def _torch_equivalents():
     """(case name, PyTorch's composition of the op from the case's inputs)."""
     def kd(i):
         s, t, y, T = i["student"], i["teacher"], i["labels"], 2.0
-        # KL(p_T || p_S) with log-probability targets (log_target=True): a -inf teacher
-        # logit gives exp(-inf) * (-inf - log p_S) = nan, where probability targets
-        # (F.kl_div's default, 0 log 0 = 0) would give 0. Decided and documented.
-        kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="none",
-                      log_target=True).sum(-1) * T * T
+        # KL(p_T || p_S) with log-probability targets (log_target=True), where a -inf teacher
+        # logit (a masked class: probability 0) adds 0, as 0 log 0 = 0; F.kl_div alone gives
+        # exp(-inf) * (-inf - log p_S) = nan there (docs/distillation.md, masked vocabularies).
+        lt = F.log_softmax(t / T, -1)
+        kl = F.kl_div(F.log_softmax(s / T, -1), lt, reduction="none", log_target=True)
+        kl = torch.where(torch.isneginf(lt), 0.0, kl).sum(-1) * T * T
         ce = F.cross_entropy(s, y, reduction="none")
         rows = torch.where(y != -100, kl + 0.5 * ce, 0.0)
         return rows.sum() / (y != -100).sum()

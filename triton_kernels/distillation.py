@@ -1,14 +1,19 @@
-"""Triton kernels of the distillation family: one program per row, looping over V in
-BLOCK_V chunks.
+"""Triton kernels of the distillation family: distillation_loss, cross_entropy and
+soft_target_cross_entropy are one kernel (distillation_kernel), one program per row, looping
+over V in BLOCK_V chunks; scale_grad_kernel is the backward of all three.
 
-    pass 1  online softmax statistics of the student (and teacher) at temperature T: running
-            maxima, sums of exp((x - max) / T) and the KL numerators, rescaled whenever a
-            maximum grows; the hard term's sum at T = 1 rides along;
-    pass 2  (0 < beta < 1 only) KL(p_S || m), KL(p_T || m) with log m by logaddexp;
-    pass 3  the gradient of the row's loss w.r.t. the student (and teacher), so that the
-            backward is a scaling by the upstream gradient (scale_grad_kernel).
-All in float32 (float64 for float64). Row offsets are int64. A label out of [0, V) other
-than ignore_index gives a nan loss and gradient row (checking it would synchronise).
+    _row_sums   pass 1, online softmax statistics: running maxima ms, mt of the student and
+                teacher logits, Za = sum exp((s - ms) / T), Zb = sum exp((t - mt) / T) and the
+                soft term's sum w, rescaled whenever a maximum grows; the hard term's
+                Z1 = sum exp(s - ms) and sum s ride along
+    _jsd_sums   pass 2 (0 < beta < 1 only): KL(p_S || m), KL(p_T || m)
+    _row_loss   the row's loss from those sums
+    _row_grads  pass 3: d loss / d logits (and teacher), written in the forward so that the
+                backward only scales it by the upstream gradient (scale_grad_kernel)
+All in float32 (float64 for float64). Row offsets are int64. Masked vocabularies: a logit of
+-inf is a probability of 0 and every term that probability weighs is 0 (0 log 0 = 0). A
+counted row whose maximum is -inf (all masked), or whose label is outside [0, V), gives a
+nan loss and gradient row: checking would synchronise with the host.
 """
 import math
 
@@ -17,24 +22,94 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import tl_acc_dtype, f32_arg, rows_of
+from ._common import f32_arg, rows_of, tl_acc_dtype
 
-MODE_KL, MODE_REVERSE_KL, MODE_JSD = 0, 1, 2
+# The soft term a row computes (distillation_kernel's MODE).
+MODE_NONE = tl.constexpr(0)          # cross_entropy: the hard term alone
+MODE_KL = tl.constexpr(1)            # KL(p_T || p_S), beta = 0
+MODE_REVERSE_KL = tl.constexpr(2)    # KL(p_S || p_T), beta = 1
+MODE_JSD = tl.constexpr(3)           # generalised Jensen-Shannon, 0 < beta < 1
+MODE_TARGET_PROBS = tl.constexpr(4)  # soft_target_cross_entropy
 
 
 @triton.jit
-def _expm1(x):
-    """exp(x) - 1 to a few ulps near 0 (Kahan: (u - 1) x / log u with u = exp(x))."""
-    u = tl.exp(x)
-    um1 = u - 1.0
-    special = (um1 == 0.0) | (um1 == -1.0) | (x == float("inf"))  # x, -1, inf: no 0 / 0, no inf / inf
-    r = um1 * x / tl.log(tl.where(special, 2.0, u))
-    return tl.where(um1 == 0.0, x, tl.where(special, um1, r))
+def _shift(old_max, new_max, inv_t):
+    """(new_max - old_max) / T, 0 when the maximum did not change (also -inf to -inf)."""
+    return tl.where(new_max == old_max, 0.0, (new_max - old_max) * inv_t)
+
+
+@triton.jit
+def _finite_or_zero(m):
+    """A running maximum to subtract: 0 while it is -inf (then every logit so far is -inf,
+    and x - 0 = -inf gives exp = 0 where x - m would be nan)."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _zero_where(p, v):
+    """v, or 0 where the probability p is 0: 0 log 0 = 0, whatever v is (-inf or nan)."""
+    return tl.where(p == 0.0, 0.0, v)
+
+
+@triton.jit
+def _row_sums(S, T_, base, V, inv_t, MODE: tl.constexpr, HARD1: tl.constexpr, SMOOTH: tl.constexpr,
+              ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Pass 1: (ms, mt, za, zb, w, qs, z1, ss) with ds = (s - ms) / T, dt = (t - mt) / T,
+    e = exp(ds), f = exp(dt): za = sum e, zb = sum f, qs = sum q, z1 = sum exp(s - ms),
+    ss = sum s, and w = sum f (dt - ds) (MODE_KL), sum e (ds - dt) (MODE_REVERSE_KL) or
+    sum q ds (MODE_TARGET_PROBS). When a maximum grows by sh = (new - old) / T, sums of
+    exponentials scale by exp(-sh), and w by the same factor after adding the shift of its
+    log-ratio: sum f (dt - ds) becomes exp(-sh_t) (w + zb (sh_s - sh_t))."""
+    TEACHER: tl.constexpr = (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)
+    offs = tl.arange(0, BLOCK_V)
+    ms = tl.full([], float("-inf"), ACC)
+    mt = tl.full([], float("-inf"), ACC)
+    za = tl.zeros([], ACC)
+    zb = tl.zeros([], ACC)
+    w = tl.zeros([], ACC)
+    qs = tl.zeros([], ACC)
+    z1 = tl.zeros([], ACC)
+    ss = tl.zeros([], ACC)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + offs
+        msk = cols < V
+        s = tl.load(S + base + cols, mask=msk, other=float("-inf")).to(ACC)
+        ms_new = tl.maximum(ms, tl.max(s, 0))
+        sh_s = _shift(ms, ms_new, inv_t)
+        ds = (s - _finite_or_zero(ms_new)) * inv_t
+        e = tl.exp(ds)
+        if TEACHER:
+            t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
+            mt_new = tl.maximum(mt, tl.max(t, 0))
+            sh_t = _shift(mt, mt_new, inv_t)
+            dt = (t - _finite_or_zero(mt_new)) * inv_t
+            f = tl.exp(dt)
+            if MODE == MODE_KL:
+                w = _zero_where(zb, tl.exp(-sh_t) * (w + zb * (sh_s - sh_t)))
+                w += tl.sum(_zero_where(f, f * (dt - ds)), 0)
+            if MODE == MODE_REVERSE_KL:
+                w = _zero_where(za, tl.exp(-sh_s) * (w + za * (sh_t - sh_s)))
+                w += tl.sum(_zero_where(e, e * (ds - dt)), 0)
+            zb = tl.exp(-sh_t) * zb + tl.sum(f, 0)
+            mt = mt_new
+        if MODE == MODE_TARGET_PROBS:
+            q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+            w = _zero_where(qs, w - qs * sh_s) + tl.sum(_zero_where(q, q * ds), 0)
+            qs += tl.sum(q, 0)
+        if HARD1:
+            z1 = tl.exp(-_shift(ms, ms_new, 1.0)) * z1
+            z1 += tl.sum(tl.exp(s - _finite_or_zero(ms_new)), 0)
+        if SMOOTH:
+            ss += tl.sum(tl.where(msk, s, 0.0), 0)
+        za = tl.exp(-sh_s) * za + tl.sum(e, 0)
+        ms = ms_new
+    return ms, mt, za, zb, w, qs, z1, ss
 
 
 @triton.jit
 def _log1p(x):
-    """log(1 + x) to a few ulps near 0 (Kahan: log(u) x / (u - 1) with u = 1 + x)."""
+    """log(1 + x) for x > -1 to a few ulps, also where 1 + x rounds to 1 (Kahan: with
+    u = 1 + x, log(u) x / (u - 1) cancels u's rounding)."""
     u = 1.0 + x
     um1 = u - 1.0
     special = (um1 == 0.0) | (x == float("inf"))
@@ -43,252 +118,260 @@ def _log1p(x):
 
 
 @triton.jit
-def _exp_diff(a, b, ea, eb):
-    """exp(a) - exp(b), given ea = exp(a) and eb = exp(b): eb expm1(a - b) where a and b
-    are close (no cancellation), ea - eb elsewhere (expm1 could overflow against an eb of 0)."""
-    near = tl.abs(a - b) < 1.0
-    return tl.where(near, eb * _expm1(tl.where(near, a - b, 0.0)), ea - eb)
+def _expm1(x):
+    """exp(x) - 1 to a few ulps near 0 (Kahan: (u - 1) x / log u with u = exp(x))."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    special = (um1 == 0.0) | (um1 == -1.0) | (x == float("inf"))  # no 0 / 0, no inf / inf
+    r = um1 * x / tl.log(tl.where(special, 2.0, u))
+    return tl.where(um1 == 0.0, x, tl.where(special, um1, r))
 
 
 @triton.jit
-def _jsd_logs(x, beta, omb, log_b, log_1b):
-    """(log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S, from
-    x = log p_T - log p_S alone (formed without the log zb - log za cancellation). Near
-    x = 0 (close distributions, where log m - log p_S cancelled: 2.6e-5 off in float32,
-    fuzz): log(m / p_S) = log1p(beta expm1(x)). Elsewhere log m is the larger of
-    log(beta p_T), log((1 - beta) p_S) plus e = log1p(exp(-|d|)), d = x + log(beta / (1 - beta)),
-    and each ratio is a difference taken exactly (log p_S - logaddexp lost log(1 - beta)
-    below p_S's rounding: a loss of 9e-39 for 3.3e-38 at beta = 1e-38, fuzz)."""
-    near = tl.abs(x) < 1.0
-    xn = tl.where(near, x, 0.0)
-    # beta > 1/2: the mirror image, log(m / p_T) = log1p((1 - beta) expm1(-x)), with
-    # omb = 1 - beta from the host's float64 (a float32 beta of 1 - 1e-7 is 1, and the
-    # loss of beta = 1 - 1e-16 was 3.7% off, fuzz)
-    # one log1p / expm1 per element: w = log(m / p_S), or log(m / p_T) for the mirror image
-    mirror = beta > 0.5
-    w = _log1p(tl.where(mirror, omb, beta) * _expm1(tl.where(mirror, -xn, xn)))
-    ls_near = tl.where(mirror, -w - xn, -w)
-    lt_near = tl.where(mirror, -w, xn - w)
+def _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR: tl.constexpr):
+    """(log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S from
+    x = log p_T - log p_S. Close distributions (|x| < 1), where log m - log p cancels:
+    log(m / p_S) = log1p(beta expm1(x)), or (MIRROR: beta > 1/2) its mirror image
+    log(m / p_T) = log1p((1 - beta) expm1(-x)), omb = 1 - beta from the host's float64.
+    Elsewhere logaddexp: log m is the larger of log(beta p_T), log((1 - beta) p_S) plus
+    log1p(exp(-|d|)), d = x + log(beta / (1 - beta)), each ratio a difference of exact terms.
+    A masked side (x = +-inf) has ratio -inf, dropped by _zero_where; the other side's is
+    then exactly -log beta or -log(1 - beta)."""
     d = x + (log_b - log_1b)
     e = _log1p(tl.exp(-tl.abs(d)))
     up = d >= 0.0
-    ls_far = tl.where(up, -x - log_b, -log_1b) - e
-    lt_far = tl.where(up, -log_b, x - log_1b) - e
-    return tl.where(near, ls_near, ls_far), tl.where(near, lt_near, lt_far)
+    near = tl.abs(x) < 1.0
+    xn = tl.where(near, x, 0.0)
+    if MIRROR:
+        v = _log1p(omb * _expm1(-xn))
+        ls_near = -v - xn
+        lt_near = -v
+    else:
+        u = _log1p(beta * _expm1(xn))
+        ls_near = -u
+        lt_near = xn - u
+    ls_m = tl.where(near, ls_near, tl.where(up, -x - log_b, -log_1b) - e)
+    lt_m = tl.where(near, lt_near, tl.where(up, -log_b, x - log_1b) - e)
+    return ls_m, lt_m
 
 
 @triton.jit
-def _take_rest(n_max, dominant, rest, rest_abs):
-    """Whether the row's maximum takes minus the sum of the other elements' gradients: it is
-    unique, holds more than half of the probability (where its own formula cancels) and the
-    others do not cancel among themselves (their sum is at least 1/4 of their magnitudes);
-    a NaN or inf keeps the element's own formula."""
+def _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, log_1b,
+              MIRROR: tl.constexpr, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Pass 2: KS = sum p_S log(p_S / m), KT = sum p_T log(p_T / m)."""
+    offs = tl.arange(0, BLOCK_V)
+    ks = tl.zeros([], ACC)
+    kt = tl.zeros([], ACC)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + offs
+        msk = cols < V
+        ds = (tl.load(S + base + cols, mask=msk, other=float("-inf")).to(ACC) - ms) * inv_t
+        dt = (tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC) - mt) * inv_t
+        ls_m, lt_m = _jsd_ratios((dt - ds) - lzba, beta, omb, log_b, log_1b, MIRROR)
+        ps = tl.exp(ds - lza)
+        pt = tl.exp(dt - lzb)
+        ks += tl.sum(_zero_where(ps, ps * ls_m), 0)
+        kt += tl.sum(_zero_where(pt, pt * lt_m), 0)
+    return ks, kt
+
+
+@triton.jit
+def _row_loss(MODE: tl.constexpr, HARD: tl.constexpr, SMOOTH: tl.constexpr, lza, kl, w, qs,
+              ks, kt, lz1, ms, s_y, ss, V, c_t, beta, omb, hw, ls):
+    """soft_weight T^2 D + soft-target CE + hard_weight CE, with KL(p_T || p_S) =
+    w / Zb - log(Zb / Za), KL(p_S || p_T) = w / Za + log(Zb / Za) (kl),
+    JSD = beta KT + (1 - beta) KS, soft-target CE = Q log Za - sum q ds,
+    CE = (1 - ls) (log Z1 - (s_y - ms)) + ls (log Z1 + ms - sum s / V)."""
+    loss = tl.zeros_like(lza)
+    if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL):
+        loss = c_t * kl
+    if MODE == MODE_JSD:
+        loss = c_t * (beta * kt + omb * ks)
+    if MODE == MODE_TARGET_PROBS:
+        loss = qs * lza - w
+    if HARD:
+        nll = lz1 - (s_y - ms)
+        if SMOOTH:  # without smoothing no mean over classes: a -inf logit would make it inf
+            loss += hw * ((1.0 - ls) * nll + ls * (lz1 + ms - ss / V))
+        else:
+            loss += hw * nll
+    return loss
+
+
+@triton.jit
+def _soft_grads(ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt,
+                log_b, log_1b):
+    """The soft term's (d loss / d s, d loss / d t) from p_S, p_T and x = log p_T - log p_S
+    (c = soft_weight T): KL: c (p_S - p_T), c p_T (x - KL); reverse KL: c p_S (-x - KL),
+    c (p_T - p_S); JSD: c (1 - beta) p_S (log(p_S / m) - KS), c beta p_T (log(p_T / m) - KT).
+    Probability-0 terms are 0."""
+    if MODE == MODE_KL:
+        g = c * (ps - pt)
+        h = _zero_where(pt, c * pt * (x - kl))
+    elif MODE == MODE_REVERSE_KL:
+        g = _zero_where(ps, c * ps * (-x - kl))
+        h = c * (pt - ps)
+    else:
+        ls_m, lt_m = _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR)
+        g = _zero_where(ps, c * omb * ps * (ls_m - ks))
+        h = _zero_where(pt, c * beta * pt * (lt_m - kt))
+    return g, h
+
+
+@triton.jit
+def _rest_of_row(g, top, msk, cols):
+    """This chunk's part of _write_rest's sums: (sum of g off the maximum, sum of |g| off it,
+    lanes at the maximum, the sum of their indices)."""
+    other = msk & ~top
+    return (tl.sum(tl.where(other, g, 0.0), 0), tl.sum(tl.where(other, tl.abs(g), 0.0), 0),
+            tl.sum(top.to(tl.int32), 0), tl.sum(tl.where(top, cols, 0), 0))
+
+
+@triton.jit
+def _write_rest(G, base, rest, rest_abs, n_max, i_max, dominant):
+    """Each gradient row sums to 0 (the loss does not move when every logit of the row does),
+    so the element at the row's maximum can be minus the sum of the others. Forms
+    p_j (a_j - sum_k p_k a_k) cancel at an element that holds almost all the probability;
+    written where the maximum is unique, holds more than half of the probability (dominant),
+    the others do not cancel among themselves (their sum is at least 1/4 of their
+    magnitudes) and the sum is finite
+    (test_confident_rows_gradient_meets_the_precision_contract)."""
     finite = (rest == rest) & (tl.abs(rest) < float("inf"))
-    return (n_max == 1) & dominant & finite & (4.0 * tl.abs(rest) >= rest_abs)
+    if (n_max == 1) & dominant & finite & (4.0 * tl.abs(rest) >= rest_abs):
+        tl.store(G + base + i_max, (-rest).to(G.dtype.element_ty))
 
 
 @triton.jit
-def distill_kernel(S, T_, LAB, LOSS, GS, GT, V, inv_t, temp, sw, hw, beta, omb, log_b, log_1b, ls, ignore_index,
-                   SOFT: tl.constexpr, HARD: tl.constexpr, PROBS: tl.constexpr, HAS_LABELS: tl.constexpr,
-                   MODE: tl.constexpr, SHARE1: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
-                   ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt,
+               inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE: tl.constexpr,
+               MIRROR: tl.constexpr, HARD: tl.constexpr, HARD1: tl.constexpr,
+               GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_V: tl.constexpr):
+    """Pass 3: d loss / d s into GS and d loss / d t into GT (_soft_grads; soft-target CE:
+    (Q p_S - q) / T and, for the target, -log p_S, 0 where q = 0 on a masked logit; the hard
+    term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])), times grad_scale; nan
+    on a nan row. The forms p (a - mean a) go through _write_rest."""
+    REST_S: tl.constexpr = ((MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)) & GRAD_S
+    REST_T: tl.constexpr = ((MODE == MODE_KL) | (MODE == MODE_JSD)) & GRAD_T
+    offs = tl.arange(0, BLOCK_V)
+    rs = tl.zeros([], ACC)
+    rs_abs = tl.zeros([], ACC)
+    rt = tl.zeros([], ACC)
+    rt_abs = tl.zeros([], ACC)
+    ns = tl.zeros([], tl.int32)
+    nt = tl.zeros([], tl.int32)
+    i_s = tl.zeros([], tl.int32)
+    i_t = tl.zeros([], tl.int32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + offs
+        msk = cols < V
+        s = tl.load(S + base + cols, mask=msk, other=float("-inf")).to(ACC)
+        ds = (s - ms) * inv_t
+        ps = tl.exp(ds - lza)
+        g = tl.zeros([BLOCK_V], ACC)
+        h = tl.zeros([BLOCK_V], ACC)
+        t = tl.zeros([BLOCK_V], ACC)
+        if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
+            t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
+            dt = (t - mt) * inv_t
+            g, h = _soft_grads(ps, tl.exp(dt - lzb), (dt - ds) - lzba, MODE, MIRROR, c, beta, omb,
+                               kl, ks, kt, log_b, log_1b)
+        if MODE == MODE_TARGET_PROBS:
+            q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+            g = (ps * qs - q) * inv_t
+            h = tl.where((q == 0.0) & (ds == float("-inf")), 0.0, lza - ds)
+        if HARD:
+            p1 = ps
+            if HARD1:
+                p1 = tl.exp(s - ms - lz1)
+            g += hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
+        g = tl.where(nan_row, float("nan"), g * grad_scale)
+        h = tl.where(nan_row, float("nan"), h * grad_scale)
+        if GRAD_S:
+            tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
+        if GRAD_T:
+            tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
+        if REST_S:
+            a, b, n, i = _rest_of_row(g, msk & (s == ms), msk, cols)
+            rs, rs_abs, ns, i_s = rs + a, rs_abs + b, ns + n, i_s + i
+        if REST_T:
+            a, b, n, i = _rest_of_row(h, msk & (t == mt), msk, cols)
+            rt, rt_abs, nt, i_t = rt + a, rt_abs + b, nt + n, i_t + i
+    tl.debug_barrier()  # the loop's stores come first: the maximum is written again
+    ln2 = 0.6931471805599453  # the maximum's probability is 1 / Za > 1/2 where log Za < log 2
+    if REST_S:
+        dominant = lza < ln2
+        if HARD1:
+            dominant = dominant | (lz1 < ln2)
+        _write_rest(GS, base, rs, rs_abs, ns, i_s, dominant)
+    if REST_T:
+        _write_rest(GT, base, rt, rt_abs, nt, i_t, lzb < ln2)
+
+
+@triton.jit
+def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
+              BLOCK_V: tl.constexpr):
+    """An ignored row: loss 0 and gradient 0."""
+    tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
+    offs = tl.arange(0, BLOCK_V)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + offs
+        if GRAD_S:
+            tl.store(GS + base + cols, tl.zeros([BLOCK_V], GS.dtype.element_ty), mask=cols < V)
+        if GRAD_T:
+            tl.store(GT + base + cols, tl.zeros([BLOCK_V], GT.dtype.element_ty), mask=cols < V)
+
+
+@triton.jit
+def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta, omb, log_b, log_1b,
+                        ls, grad_scale, ignore_index, MODE: tl.constexpr, MIRROR: tl.constexpr,
+                        HARD: tl.constexpr, HAS_LABELS: tl.constexpr, HARD1: tl.constexpr,
+                        SMOOTH: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
+                        ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One row of any op of the family. MODE: the soft term (MIRROR: JSD with beta > 1/2);
+    HARD: the hard term, HARD1 with its own softmax at T = 1 (T != 1); SMOOTH: label
+    smoothing; GRAD_S, GRAD_T: which gradients to write, those of grad_scale * (row loss)."""
     row = tl.program_id(0).to(tl.int64)
     base = row * V
-    offs = tl.arange(0, BLOCK_V)
     counted = True
     bad = False
     y = 0
     if HAS_LABELS:
-        lab = tl.load(LAB + row)
-        counted = lab != ignore_index
+        label = tl.load(LABELS + row)
+        counted = label != ignore_index
         if HARD:
-            bad = counted & ((lab < 0) | (lab >= V))
-            y = tl.where(bad | ~counted, 0, lab)
+            bad = (label < 0) | (label >= V)
+            y = tl.where(bad, 0, label)
     if counted:
-        # ---- pass 1: maxima start at the first chunk's, so every rescaling factor is finite
-        ninf = float("-inf")
-        ms = tl.max(tl.load(S + base + offs, mask=offs < V, other=ninf).to(ACC), 0)
-        mt = ms
-        if SOFT:
-            mt = tl.max(tl.load(T_ + base + offs, mask=offs < V, other=ninf).to(ACC), 0)
-        za = tl.zeros([], ACC)
-        zb = tl.zeros([], ACC)
-        wf = tl.zeros([], ACC)   # sum f (dt - ds)
-        wr = tl.zeros([], ACC)   # sum e (ds - dt)
-        dd = tl.zeros([], ACC)   # sum (f - e) by _exp_diff = zb - za without the cancellation
-        qs = tl.zeros([], ACC)
-        wq = tl.zeros([], ACC)   # sum q ds
-        z1 = tl.zeros([], ACC)
-        ssum = tl.zeros([], ACC)
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + offs
-            msk = cols < V
-            s = tl.load(S + base + cols, mask=msk, other=ninf).to(ACC)
-            ms_new = tl.maximum(ms, tl.max(s, 0))
-            dsh = (ms_new - ms) * inv_t
-            ds = tl.where(msk, (s - ms_new) * inv_t, 0.0)
-            e = tl.where(msk, tl.exp(ds), 0.0)
-            if SOFT:
-                t = tl.load(T_ + base + cols, mask=msk, other=ninf).to(ACC)
-                mt_new = tl.maximum(mt, tl.max(t, 0))
-                dth = (mt_new - mt) * inv_t
-                dt = tl.where(msk, (t - mt_new) * inv_t, 0.0)
-                f = tl.where(msk, tl.exp(dt), 0.0)
-                a_t = tl.exp(-dth)
-                a_s = tl.exp(-dsh)
-                wf = a_t * (wf + zb * (dsh - dth)) + tl.sum(f * (dt - ds), 0)
-                wr = a_s * (wr + za * (dth - dsh)) + tl.sum(e * (ds - dt), 0)
-                # zb - za after the rescaling: a_t zb - a_s za = a_t (zb - za) + (a_t - a_s) za
-                dd = a_t * dd + _exp_diff(-dth, -dsh, a_t, a_s) * za + tl.sum(tl.where(msk, _exp_diff(dt, ds, f, e), 0.0), 0)
-                zb = a_t * zb + tl.sum(f, 0)
-                mt = mt_new
-            if PROBS:
-                q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
-                wq = wq - qs * dsh + tl.sum(q * ds, 0)
-                qs += tl.sum(q, 0)
-            if HARD:
-                if not SHARE1:
-                    z1 = tl.exp(ms - ms_new) * z1 + tl.sum(tl.where(msk, tl.exp(s - ms_new), 0.0), 0)
-                ssum += tl.sum(tl.where(msk, s, 0.0), 0)
-            za = tl.exp(-dsh) * za + tl.sum(e, 0)
-            ms = ms_new
+        ms, mt, za, zb, w, qs, z1, ss = _row_sums(S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC,
+                                                  BLOCK_V)
         lza = tl.log(za)
-        lzb = tl.zeros([], ACC)
-        lzba = tl.zeros([], ACC)  # log(zb / za)
-        klf = tl.zeros([], ACC)
-        klr = tl.zeros([], ACC)
-        if SOFT:
-            lzb = tl.log(zb)
-            # log(zb / za): log1p(dd / za) for close distributions (zb / za in [1/2, 2]), where
-            # lzb - lza cancels (a KL of 1e-8 with 1e-7 of rounding); elsewhere dd cancels and
-            # the log of the ratio is better (the CPU kernel's log_ratio; docs/distillation.md,
-            # "Precision for close distributions")
-            ratio = zb / za
-            near = (ratio >= 0.5) & (ratio <= 2.0)
-            lzba = tl.where(near, _log1p(dd / za), tl.log(tl.where(near, 1.0, ratio)))
-            klf = wf / zb - lzba
-            klr = wr / za + lzba
-        # ---- pass 2: generalised JSD terms
+        lzb = tl.log(zb)
+        lzba = tl.log(zb / za)  # one rounding of the ratio, not a difference of two logs
+        lz1 = lza
+        if HARD1:
+            lz1 = tl.log(z1)
         ks = tl.zeros([], ACC)
         kt = tl.zeros([], ACC)
-        if SOFT:
-            if MODE == 2:
-                for v0 in range(0, V, BLOCK_V):
-                    cols = v0 + offs
-                    msk = cols < V
-                    ds = (tl.load(S + base + cols, mask=msk, other=0.0).to(ACC) - ms) * inv_t
-                    dt = (tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC) - mt) * inv_t
-                    ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, omb, log_b, log_1b)
-                    ks += tl.sum(tl.where(msk, tl.exp(ds - lza) * ls_m, 0.0), 0)
-                    kt += tl.sum(tl.where(msk, tl.exp(dt - lzb) * lt_m, 0.0), 0)
-        loss = tl.zeros([], ACC)
-        if SOFT:
-            if MODE == 0:
-                d = klf
-            elif MODE == 1:
-                d = klr
-            else:
-                d = beta * kt + omb * ks
-            loss += sw * temp * temp * d
-        if PROBS:
-            loss += qs * lza - wq
-        if HARD:
-            lz1 = lza
-            if not SHARE1:
-                lz1 = tl.log(z1)
-            s_y = tl.load(S + base + y).to(ACC)
-            nll = lz1 + (ms - s_y)
-            smooth = lz1 + ms - ssum / V
-            # ls = 0: no smoothing term at all (a -inf logit makes it inf, and 0 * inf = nan)
-            loss += hw * ((1.0 - ls) * nll + tl.where(ls != 0.0, ls * smooth, 0.0))
-            loss = tl.where(bad, float("nan"), loss)
-        tl.store(LOSS + row, loss.to(LOSS.dtype.element_ty))
-        # ---- pass 3: gradients
+        if MODE == MODE_JSD:
+            ks, kt = _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b,
+                               log_1b, MIRROR, ACC, BLOCK_V)
+        s_y = tl.load(S + base + y).to(ACC)
+        kl = w / zb - lzba
+        if MODE == MODE_REVERSE_KL:
+            kl = w / za + lzba
+        loss = _row_loss(MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta,
+                         omb, hw, ls)
+        nan_row = bad | (ms == float("-inf"))
+        if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
+            nan_row = nan_row | (mt == float("-inf"))
+        tl.store(LOSS + row, tl.where(nan_row, float("nan"), loss).to(LOSS.dtype.element_ty))
         if GRAD_S or GRAD_T:
-            c = sw * temp
-            # Each gradient row sums to 0 (the loss is invariant to a shift of the logits),
-            # so the element at a row's unique maximum is minus the sum of the others. Its
-            # own formula cancels when it holds most of the mass (a reverse KL of two
-            # confident rows: 47% off in float32, fuzz): see _take_rest. Sums over the
-            # non-maximal elements, and of their magnitudes:
-            gs_rest = tl.zeros([], ACC)
-            gt_rest = tl.zeros([], ACC)
-            gs_abs = tl.zeros([], ACC)
-            gt_abs = tl.zeros([], ACC)
-            n_smax = tl.zeros([], tl.int32)
-            n_tmax = tl.zeros([], tl.int32)
-            i_smax = tl.zeros([], tl.int32)
-            i_tmax = tl.zeros([], tl.int32)
-            for v0 in range(0, V, BLOCK_V):
-                cols = v0 + offs
-                msk = cols < V
-                s = tl.load(S + base + cols, mask=msk, other=0.0).to(ACC)
-                ds = (s - ms) * inv_t
-                lps = ds - lza
-                ps = tl.exp(lps)
-                g = tl.zeros([BLOCK_V], ACC)
-                h = tl.zeros([BLOCK_V], ACC)
-                if SOFT:
-                    t = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
-                    dt = (t - mt) * inv_t
-                    lpt = dt - lzb
-                    pt = tl.exp(lpt)
-                    if MODE == 0:
-                        g = c * (ps - pt)
-                        h = c * pt * (lpt - lps - klf)
-                    elif MODE == 1:
-                        g = c * ps * (lps - lpt - klr)
-                        h = c * (pt - ps)
-                    else:
-                        ls_m, lt_m = _jsd_logs((dt - ds) - lzba, beta, omb, log_b, log_1b)
-                        g = c * omb * ps * (ls_m - ks)
-                        h = c * beta * pt * (lt_m - kt)
-                if PROBS:
-                    q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
-                    g = (ps * qs - q) * inv_t
-                    h = lza - ds
-                if HARD:
-                    p1 = ps
-                    if not SHARE1:
-                        p1 = tl.exp(s - ms - lz1)
-                    g += hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
-                    g = tl.where(bad, float("nan"), g)
-                if GRAD_S:
-                    tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
-                    top = msk & (s == ms)
-                    gs_rest += tl.sum(tl.where(msk & ~top, g, 0.0), 0)
-                    gs_abs += tl.sum(tl.where(msk & ~top, tl.abs(g), 0.0), 0)
-                    n_smax += tl.sum(top.to(tl.int32), 0)
-                    i_smax += tl.sum(tl.where(top, cols, 0), 0)
-                if GRAD_T:
-                    tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
-                    if SOFT:
-                        top = msk & (t == mt)  # t: the teacher logits loaded above
-                        gt_rest += tl.sum(tl.where(msk & ~top, h, 0.0), 0)
-                        gt_abs += tl.sum(tl.where(msk & ~top, tl.abs(h), 0.0), 0)
-                        n_tmax += tl.sum(top.to(tl.int32), 0)
-                        i_tmax += tl.sum(tl.where(top, cols, 0), 0)
-            tl.debug_barrier()  # the loop's stores come first: the maxima are written again
-            if GRAD_S:
-                # the maximum's probability: 1 / za, or 1 / z1 for the hard term's softmax
-                dominant = lza < 0.6931471805599453
-                if HARD:
-                    dominant = dominant | (lz1 < 0.6931471805599453)
-                if _take_rest(n_smax, dominant, gs_rest, gs_abs):
-                    tl.store(GS + base + i_smax, (-gs_rest).to(GS.dtype.element_ty))
-            if GRAD_T:
-                if SOFT:  # a gradient with respect to logits (not to probabilities)
-                    if _take_rest(n_tmax, lzb < 0.6931471805599453, gt_rest, gt_abs):
-                        tl.store(GT + base + i_tmax, (-gt_rest).to(GT.dtype.element_ty))
+            _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks,
+                       kt, inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE, MIRROR,
+                       HARD, HARD1, GRAD_S, GRAD_T, ACC, BLOCK_V)
     else:  # an ignored row drops out of every term
-        tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + offs
-            msk = cols < V
-            if GRAD_S:
-                tl.store(GS + base + cols, tl.zeros([BLOCK_V], GS.dtype.element_ty), mask=msk)
-            if GRAD_T:
-                tl.store(GT + base + cols, tl.zeros([BLOCK_V], GT.dtype.element_ty), mask=msk)
+        _zero_row(LOSS, GS, GT, row, base, V, GRAD_S, GRAD_T, BLOCK_V)
 
 
 @triton.jit
@@ -302,7 +385,8 @@ def scale_grad_kernel(G, X, OUT, V, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
         msk = cols < V
         x = tl.load(X + row * V + cols, mask=msk, other=0.0).to(ACC)
         # an exact zero stays zero (an ignored row, even under an inf upstream gradient)
-        tl.store(OUT + row * V + cols, tl.where(x == 0, 0.0, g * x).to(OUT.dtype.element_ty), mask=msk)
+        y = tl.where(x == 0, 0.0, g * x)
+        tl.store(OUT + row * V + cols, y.to(OUT.dtype.element_ty), mask=msk)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -311,45 +395,58 @@ def _block_v(V: int, on_cpu: bool) -> int:
     return min(triton.next_power_of_2(V), cap)
 
 
-def _mode(beta: float) -> int:
-    return MODE_KL if beta == 0 else MODE_REVERSE_KL if beta == 1 else MODE_JSD
+def _mode(teacher, target_probs: bool, beta: float) -> int:
+    if teacher is None:
+        mode = MODE_NONE
+    elif target_probs:
+        mode = MODE_TARGET_PROBS
+    else:
+        mode = MODE_KL if beta == 0 else MODE_REVERSE_KL if beta == 1 else MODE_JSD
+    return mode.value
 
 
-def distill_rows(student, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0, beta=0.0,
-                 ignore_index=-100, label_smoothing=0.0, probs=False, grad_s=False, grad_t=False):
-    """(per-row loss, grad w.r.t. student or an empty tensor, grad w.r.t. teacher or an empty
-    tensor). teacher: logits (soft term), probabilities (probs=True), or None."""
-    s = student.contiguous()
+def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0,
+                      beta=0.0, ignore_index=-100, label_smoothing=0.0, target_probs=False,
+                      grad_logits=False, grad_teacher=False, grad_scale=1.0):
+    """(per-row loss, grad w.r.t. logits or an empty tensor, grad w.r.t. teacher or an empty
+    tensor). teacher: teacher logits (soft term), target probabilities (target_probs=True),
+    or None (cross entropy). The gradients are those of grad_scale * (row loss)."""
+    s = logits.contiguous()
     t = teacher.contiguous() if teacher is not None else None
     acc = torch.float64 if s.dtype == torch.float64 else torch.float32
     loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
-    gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_s else s.new_empty((0,))
-    gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_t else s.new_empty((0,))
+    gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_logits else s.new_empty((0,))
+    gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_teacher else s.new_empty((0,))
     R, V = rows_of(s)
     if R == 0:
         return loss, gs, gt
-    soft = t is not None and not probs
     hard = labels is not None and hard_weight != 0
-    lab = labels.contiguous() if labels is not None else loss
-    on_cpu = s.device.type == "cpu"
     b = float(beta)
-    wrap_triton(distill_kernel)[(R,)](
-        s, t if t is not None else s, lab, loss, gs if grad_s else loss, gt if grad_t else loss, V,
-        *map(f32_arg, (1.0 / temperature, temperature, soft_weight, hard_weight, b, 1.0 - b,
-                       math.log(b) if 0 < b < 1 else 0.0, math.log1p(-b) if 0 < b < 1 else 0.0, label_smoothing)),
-        int(ignore_index), SOFT=soft, HARD=hard, PROBS=bool(probs), HAS_LABELS=labels is not None, MODE=_mode(b),
-        SHARE1=float(temperature) == 1.0, GRAD_S=bool(grad_s), GRAD_T=bool(grad_t), ACC=tl_acc_dtype(s.dtype),
-        BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
+    jsd = 0 < b < 1
+    T = float(temperature)
+    on_cpu = s.device.type == "cpu"
+    wrap_triton(distillation_kernel)[(R,)](
+        s, t if t is not None else s, labels.contiguous() if labels is not None else loss, loss,
+        gs if grad_logits else loss, gt if grad_teacher else loss, V,
+        *map(f32_arg, (1.0 / T, soft_weight * T, soft_weight * T * T, hard_weight, b, 1.0 - b,
+                       math.log(b) if jsd else 0.0, math.log1p(-b) if jsd else 0.0,
+                       label_smoothing, grad_scale)),
+        int(ignore_index), MODE=_mode(t, target_probs, b), MIRROR=b > 0.5, HARD=hard,
+        HAS_LABELS=labels is not None, HARD1=hard and T != 1.0,
+        SMOOTH=hard and label_smoothing != 0, GRAD_S=bool(grad_logits), GRAD_T=bool(grad_teacher),
+        ACC=tl_acc_dtype(s.dtype), BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
     return loss, gs, gt
 
 
-def scale_grad(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def scale_grad(grad: torch.Tensor, x: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """grad[r] * x[r, :] into a new tensor, or into `out` (contiguous, may be x itself)."""
     x = x.contiguous()
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     R, V = rows_of(x)
     if R:
-        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V, ACC=tl_acc_dtype(x.dtype),
+        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V,
+                                             ACC=tl_acc_dtype(x.dtype),
                                              BLOCK_V=_block_v(V, x.device.type == "cpu"))
     return out

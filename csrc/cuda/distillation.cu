@@ -1,14 +1,20 @@
-// CUDA kernels of the distillation family: one block per row (V up to 262144 and more),
-// 16-byte packed loads when the rows allow it, int64 offsets, fp32 accumulation.
+// CUDA kernels of the distillation family: distillation_loss, cross_entropy and
+// soft_target_cross_entropy are one kernel (distillation_kernel), one block per row (V up to
+// 262144 and more), 16-byte packed loads when the rows allow it, int64 offsets, float32
+// accumulation (float64 for float64); scale_grad_kernel is the backward of all three.
 //
-//   pass 1  every thread keeps an online softmax state of its slice of the row (maxima of
-//           the student and teacher logits, sums of exp((x - max) / T), the KL numerators,
-//           the hard term's sum at T = 1), rescaled when a maximum grows; the states are
-//           merged by a fixed shuffle tree and then across warps (deterministic);
-//   pass 2  (0 < beta < 1 only) KL(p_S || m) and KL(p_T || m), log m by logaddexp;
-//   pass 3  the gradient of the row's loss, so that the backward only scales it.
-// A label outside [0, V) other than ignore_index gives a nan loss and gradient row: the
-// kernel never reads out of bounds and never synchronises with the host to report it.
+//   row_state   pass 1: each thread keeps online softmax statistics of its slice of the row
+//               (State), rescaled when a maximum grows, merged by a fixed shuffle tree and
+//               then across warps (deterministic)
+//   jsd_sums    pass 2 (0 < beta < 1 only): KL(p_S || m), KL(p_T || m)
+//   row_loss    the row's loss from those sums (thread 0)
+//   row_grads   pass 3: d loss / d logits (and teacher), written in the forward so that the
+//               backward only scales it by the upstream gradient
+// Masked vocabularies: a logit of -inf is a probability of 0 and every term that probability
+// weighs is 0 (0 log 0 = 0). A counted row whose maximum is -inf (all masked), or whose
+// label is outside [0, V), gets a nan loss and gradient row: the kernel never reads out of
+// bounds and never synchronises with the host to report it. The math is the CPU kernel's
+// (cpu/distillation_kernels.h).
 #include <torch/library.h>
 
 #include <cmath>
@@ -22,6 +28,8 @@ namespace cuda {
 namespace {
 
 constexpr int kMaxWarps = 32;
+// The soft term a row computes.
+enum Mode : int { kNone = 0, kForwardKL = 1, kReverseKL = 2, kJSD = 3, kTargetProbs = 4 };
 
 // Math in the accumulation type (expf for float, exp for double, ...).
 __device__ __forceinline__ float dexp(float x) { return expf(x); }
@@ -29,97 +37,124 @@ __device__ __forceinline__ double dexp(double x) { return exp(x); }
 __device__ __forceinline__ float dlog(float x) { return logf(x); }
 __device__ __forceinline__ double dlog(double x) { return log(x); }
 __device__ __forceinline__ float dlog1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double dlog1p(double x) { return log1p(x); }
 __device__ __forceinline__ float dexpm1(float x) { return expm1f(x); }
 __device__ __forceinline__ double dexpm1(double x) { return expm1(x); }
 
-// exp(a) - exp(b), given ea = exp(a) and eb = exp(b): eb expm1(a - b) where a and b are
-// close (no cancellation), ea - eb elsewhere (expm1 may overflow against an eb of 0).
+// v, or 0 where the probability p is 0: 0 log 0 = 0, whatever v is (-inf or nan).
 template <typename acc>
-__device__ __forceinline__ acc exp_diff(acc a, acc b, acc ea, acc eb) {
-  return fabs(a - b) < acc(1) ? eb * dexpm1(a - b) : ea - eb;
+__device__ __forceinline__ acc zero_where(acc p, acc v) {
+  return p == acc(0) ? acc(0) : v;
 }
-__device__ __forceinline__ double dlog1p(double x) { return log1p(x); }
 
 // Plain-value copy of the settings a kernel needs.
 template <typename acc>
 struct Params {
-  acc invT, T, sw, hw, beta, omb, log_b, log_1b, ls;
+  acc inv_t, c, c_t, hw, ls, beta, omb, log_b, log_1b;  // c = soft_weight T, c_t = soft_weight T^2
+  acc grad_scale;  // the gradients written are those of grad_scale * (row loss)
   int64_t ignore_index;
-  bool soft, hard, probs, share1, has_labels;
-  int mode;  // 0 KL(p_T || p_S), 1 KL(p_S || p_T), 2 generalised JSD
+  int mode;
+  bool hard, hard1, smooth, mirror, has_labels;  // hard1: T != 1; mirror: beta > 1/2
 };
 
-// Online statistics of (a slice of) a row, relative to the maxima ms, mt:
-//   za = sum exp(ds), zb = sum exp(dt), wf = sum exp(dt) (dt - ds), wr = sum exp(ds) (ds - dt),
-//   qs = sum q, wq = sum q ds, z1 = sum exp(s - ms), ss = sum s;  ds = (s - ms) / T, dt = (t - mt) / T;
-//   d = sum (exp(dt) - exp(ds)) by exp_diff = zb - za without the cancellation (log(zb / za) = log1p(d / za)).
+// Online statistics of (a slice of) a row, relative to its maxima ms, mt, with
+// ds = (s - ms) / T, dt = (t - mt) / T, e = exp(ds), f = exp(dt):
+//   za = sum e, zb = sum f, qs = sum q, z1 = sum exp(s - ms), ss = sum s, and
+//   w = sum f (dt - ds) (kForwardKL), sum e (ds - dt) (kReverseKL), sum q ds (kTargetProbs).
 template <typename acc>
 struct State {
-  acc ms, mt, za, zb, wf, wr, qs, wq, z1, ss, d;
+  acc ms, mt, za, zb, w, qs, z1, ss;
 };
 
 template <typename acc>
-__device__ __forceinline__ State<acc> empty_state(bool soft) {
+__device__ __forceinline__ State<acc> empty_state(int mode) {
   const acc ninf = -std::numeric_limits<acc>::infinity();
-  // Without a teacher mt stays 0 so that its shift is 0, never inf - inf.
-  return {ninf, soft ? ninf : acc(0), 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const bool teacher = mode == kForwardKL || mode == kReverseKL || mode == kJSD;
+  // Without a teacher mt stays 0, so that its shift is always 0.
+  return {ninf, teacher ? ninf : acc(0), 0, 0, 0, 0, 0, 0};
 }
 
-// Re-expresses st relative to larger maxima (ms_new >= st.ms, mt_new >= st.mt).
+// (new - old) / T, 0 when the maximum did not change (also -inf to -inf).
 template <typename acc>
-__device__ __forceinline__ void shift(State<acc>& st, acc ms_new, acc mt_new, acc invT) {
-  if (st.ms == -std::numeric_limits<acc>::infinity()) {  // empty: every sum is 0
-    st.ms = ms_new;
-    st.mt = mt_new;
-    return;
+__device__ __forceinline__ acc shift(acc old_m, acc new_m, acc inv_t) {
+  return new_m == old_m ? acc(0) : (new_m - old_m) * inv_t;
+}
+
+// A running maximum to subtract: 0 while it is -inf (every logit so far is -inf, and
+// x - 0 = -inf gives exp = 0 where x - m would be nan).
+template <typename acc>
+__device__ __forceinline__ acc finite_or_zero(acc m) {
+  return m == -std::numeric_limits<acc>::infinity() ? acc(0) : m;
+}
+
+// Re-expresses st relative to larger maxima ms >= st.ms, mt >= st.mt: sums of exponentials
+// scale by exp(-sh); w also takes the shift of its log-ratio, e.g. sum f (dt - ds) becomes
+// exp(-sh_t) (w + zb (sh_s - sh_t)). A sum that is 0 stays 0 (no 0 * inf).
+template <typename acc>
+__device__ __forceinline__ void rescale(State<acc>& st, acc ms, acc mt, const Params<acc>& p) {
+  if (ms == st.ms && mt == st.mt) return;  // the common case once the maxima are found
+  const acc sh_s = shift(st.ms, ms, p.inv_t), sh_t = shift(st.mt, mt, p.inv_t);
+  const acc a_s = dexp(-sh_s), a_t = dexp(-sh_t);
+  if (p.mode == kForwardKL) st.w = st.zb == acc(0) ? acc(0) : a_t * (st.w + st.zb * (sh_s - sh_t));
+  if (p.mode == kReverseKL) st.w = st.za == acc(0) ? acc(0) : a_s * (st.w + st.za * (sh_t - sh_s));
+  if (p.mode == kTargetProbs) st.w = st.qs == acc(0) ? acc(0) : st.w - st.qs * sh_s;
+  st.za *= a_s;
+  st.zb *= a_t;
+  st.z1 *= dexp(-shift(st.ms, ms, acc(1)));
+  st.ms = ms;
+  st.mt = mt;
+}
+
+// Adds element (s, t) to st, whose maxima already cover it.
+template <typename acc>
+__device__ __forceinline__ void add_element(State<acc>& st, acc s, acc t, const Params<acc>& p) {
+  const acc ds = (s - finite_or_zero(st.ms)) * p.inv_t, e = dexp(ds);
+  st.za += e;
+  if (p.mode == kForwardKL || p.mode == kReverseKL || p.mode == kJSD) {
+    const acc dt = (t - finite_or_zero(st.mt)) * p.inv_t, f = dexp(dt);
+    st.zb += f;
+    if (p.mode == kForwardKL) st.w += zero_where(f, f * (dt - ds));
+    if (p.mode == kReverseKL) st.w += zero_where(e, e * (ds - dt));
   }
-  if (ms_new == st.ms && mt_new == st.mt) return;
-  const acc dsh = (ms_new - st.ms) * invT, dth = (mt_new - st.mt) * invT;
-  const acc as = dexp(-dsh), at = dexp(-dth);
-  st.wf = at * (st.wf + st.zb * (dsh - dth));
-  st.wr = as * (st.wr + st.za * (dth - dsh));
-  st.wq = st.wq - st.qs * dsh;
-  // zb - za rescaled: at zb - as za = at (zb - za) + (at - as) za
-  st.d = at * st.d + exp_diff(-dth, -dsh, at, as) * st.za;
-  st.za *= as;
-  st.zb *= at;
-  st.z1 *= dexp(st.ms - ms_new);
-  st.ms = ms_new;
-  st.mt = mt_new;
+  if (p.mode == kTargetProbs) {
+    st.qs += t;
+    st.w += zero_where(t, t * ds);
+  }
+  if (p.hard1) st.z1 += dexp(s - finite_or_zero(st.ms));
+  if (p.smooth) st.ss += s;
 }
 
 // Symmetric in a and b (so every lane of a shuffle tree gets the same bits).
 template <typename acc>
-__device__ __forceinline__ State<acc> merge(State<acc> a, State<acc> b, acc invT) {
+__device__ __forceinline__ State<acc> merge(State<acc> a, State<acc> b, const Params<acc>& p) {
   const acc ms = a.ms > b.ms ? a.ms : b.ms, mt = a.mt > b.mt ? a.mt : b.mt;
-  shift(a, ms, mt, invT);
-  shift(b, ms, mt, invT);
-  return {ms, mt, a.za + b.za, a.zb + b.zb, a.wf + b.wf, a.wr + b.wr, a.qs + b.qs, a.wq + b.wq,
-          a.z1 + b.z1, a.ss + b.ss, a.d + b.d};
+  rescale(a, ms, mt, p);
+  rescale(b, ms, mt, p);
+  return {ms, mt, a.za + b.za, a.zb + b.zb, a.w + b.w, a.qs + b.qs, a.z1 + b.z1, a.ss + b.ss};
 }
 
 template <typename acc>
 __device__ __forceinline__ State<acc> shfl_state(const State<acc>& s, int offset) {
   auto f = [&](acc v) { return __shfl_xor_sync(0xffffffffu, v, offset); };
-  return {f(s.ms), f(s.mt), f(s.za), f(s.zb), f(s.wf), f(s.wr), f(s.qs), f(s.wq), f(s.z1), f(s.ss), f(s.d)};
+  return {f(s.ms), f(s.mt), f(s.za), f(s.zb), f(s.w), f(s.qs), f(s.z1), f(s.ss)};
 }
 
 template <typename acc>
-__device__ __forceinline__ State<acc> warp_merge(State<acc> st, acc invT) {
+__device__ __forceinline__ State<acc> warp_merge(State<acc> st, const Params<acc>& p) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) st = merge(st, shfl_state(st, offset), invT);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) st = merge(st, shfl_state(st, offset), p);
   return st;
 }
 
 // The whole block's state, on every thread. smem: kMaxWarps states.
 template <typename acc>
-__device__ State<acc> block_merge(State<acc> st, acc invT, bool soft, State<acc>* smem) {
+__device__ State<acc> block_merge(State<acc> st, const Params<acc>& p, State<acc>* smem) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
-  st = warp_merge(st, invT);
+  st = warp_merge(st, p);
   if (lane == 0) smem[warp] = st;
   __syncthreads();
   if (warp == 0) {
-    st = warp_merge(lane < nwarps ? smem[lane] : empty_state<acc>(soft), invT);
+    st = warp_merge(lane < nwarps ? smem[lane] : empty_state<acc>(p.mode), p);
     if (lane == 0) smem[0] = st;
   }
   __syncthreads();
@@ -144,8 +179,8 @@ __device__ acc block_sum(acc v, acc* smem) {
   return v;
 }
 
-// f(j0, n, s[], t[]) for each group of n consecutive elements this thread owns: 16-byte packs
-// when kPacked, single elements otherwise. t is read only when given.
+// f(j0, xs[], xt[]) for each group of P consecutive elements this thread owns: 16-byte packs
+// when kPacked, single elements otherwise. t is read only when given (else xt is -inf).
 template <typename scalar_t, bool kPacked, typename F>
 __device__ __forceinline__ void for_groups(const scalar_t* s, const scalar_t* t, int64_t V, F f) {
   using acc = acc_t<scalar_t>;
@@ -154,16 +189,16 @@ __device__ __forceinline__ void for_groups(const scalar_t* s, const scalar_t* t,
     acc xs[P], xt[P];
     if constexpr (kPacked) {
       const Pack<scalar_t> ps = *reinterpret_cast<const Pack<scalar_t>*>(s + j);
+      Pack<scalar_t> pt;
+      if (t != nullptr) pt = *reinterpret_cast<const Pack<scalar_t>*>(t + j);
 #pragma unroll
-      for (int k = 0; k < P; ++k) xs[k] = static_cast<acc>(ps.v[k]);
-      if (t != nullptr) {
-        const Pack<scalar_t> pt = *reinterpret_cast<const Pack<scalar_t>*>(t + j);
-#pragma unroll
-        for (int k = 0; k < P; ++k) xt[k] = static_cast<acc>(pt.v[k]);
+      for (int k = 0; k < P; ++k) {
+        xs[k] = static_cast<acc>(ps.v[k]);
+        xt[k] = t != nullptr ? static_cast<acc>(pt.v[k]) : -std::numeric_limits<acc>::infinity();
       }
     } else {
       xs[0] = static_cast<acc>(s[j]);
-      if (t != nullptr) xt[0] = static_cast<acc>(t[j]);
+      xt[0] = t != nullptr ? static_cast<acc>(t[j]) : -std::numeric_limits<acc>::infinity();
     }
     f(j, xs, xt);
   }
@@ -181,220 +216,256 @@ __device__ __forceinline__ void store_group(scalar_t* out, int64_t j, const acc_
   }
 }
 
-// ls_m = log p_S - log m, lt_m = log p_T - log m for m = beta p_T + (1 - beta) p_S, from
-// x = log p_T - log p_S alone (formed without the log zb - log za cancellation). Near x = 0
-// (close distributions, where log m - log p_S cancelled) log(m / p_S) = log1p(beta expm1(x)).
-// Elsewhere log m is the larger of log(beta p_T), log((1 - beta) p_S) plus
-// e = log1p(exp(-|d|)), d = x + log(beta / (1 - beta)), and each ratio is a difference taken
-// exactly (log p_S - logaddexp lost log(1 - beta) below p_S's rounding; see the CPU kernel).
-template <typename acc, typename P>
-__device__ __forceinline__ void jsd_logs(acc x, const P& p, acc& ls_m, acc& lt_m) {
-  if (fabs(x) < acc(1) && p.beta > acc(0.5)) {  // the mirror image, from omb = 1 - beta in float64
-    const acc v = dlog1p(p.omb * dexpm1(-x));    // log(m / p_T): a float32 beta of 1 - 1e-7 is 1
-    ls_m = -v - x;
-    lt_m = -v;
-  } else if (fabs(x) < acc(1)) {
-    const acc u = dlog1p(acc(p.beta) * dexpm1(x));  // log(m / p_S)
-    ls_m = -u;
-    lt_m = x - u;
-  } else {
-    const acc lb = acc(p.log_b), l1b = acc(p.log_1b), d = x + (lb - l1b);
-    const acc e = dlog1p(dexp(-fabs(d)));
-    ls_m = (d >= acc(0) ? -x - lb : -l1b) - e;
-    lt_m = (d >= acc(0) ? -lb : x - l1b) - e;
-  }
-}
-
-// Each gradient row sums to 0 (the loss is invariant to a shift of the logits), so the
-// element at a row's maximum can be minus the sum of the others: where the maximum is
-// unique (n_max == 1), holds more than half of the probability (dominant: there its own
-// formula cancels) and the others do not cancel among themselves; a NaN or inf keeps the
-// element's own formula. The same rule as the CPU (take_rest) and Triton (_take_rest) kernels.
-template <typename acc>
-__device__ __forceinline__ bool take_rest(acc n_max, bool dominant, acc rest, acc rest_abs) {
-  return n_max == acc(1) && dominant && isfinite(rest) && 4 * fabs(rest) >= rest_abs;
-}
-
-// Element j (logit x, gradient g) into take_rest's sums over the non-maximal elements, or,
-// at the row maximum m, counted and its index kept.
-template <typename acc>
-__device__ __forceinline__ void tally(acc x, acc m, acc g, int64_t j, acc& n, acc& rest, acc& rest_abs,
-                                      int64_t& at) {
-  if (x == m) {
-    n += 1;
-    at = j;
-  } else {
-    rest += g;
-    rest_abs += fabs(g);
-  }
-}
-
+// ---- row_state: pass 1 over this thread's slice, then the block's merged State.
 template <typename scalar_t, bool kPacked>
-__global__ void distill_kernel(const scalar_t* __restrict__ S, const scalar_t* __restrict__ T_,
-                               const int64_t* __restrict__ labels, acc_t<scalar_t>* __restrict__ loss,
-                               scalar_t* __restrict__ GS, scalar_t* __restrict__ GT, int64_t V,
-                               Params<acc_t<scalar_t>> p) {
+__device__ State<acc_t<scalar_t>> row_state(const scalar_t* s, const scalar_t* t, int64_t V,
+                                            const Params<acc_t<scalar_t>>& p,
+                                            State<acc_t<scalar_t>>* smem) {
   using acc = acc_t<scalar_t>;
   constexpr int P = kPacked ? Pack<scalar_t>::kSize : 1;
-  __shared__ State<acc> smem_state[kMaxWarps];
-  __shared__ acc smem_sum[kMaxWarps];
-  __shared__ int64_t smem_max_at[2];  // the row maxima's index, when unique (student, teacher)
-  const int64_t row = blockIdx.x;
-  const int64_t base = row * V;
-  const scalar_t* s = S + base;
-  const scalar_t* t = (p.soft || p.probs) ? T_ + base : nullptr;
-  scalar_t* gs = GS ? GS + base : nullptr;
-  scalar_t* gt = GT ? GT + base : nullptr;
-  const int64_t lab = p.has_labels ? labels[row] : 0;
-  if (p.has_labels && lab == p.ignore_index) {  // drops out of every term
-    if (threadIdx.x == 0) loss[row] = acc(0);
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      if (gs) gs[j] = scalar_t(0);
-      if (gt) gt[j] = scalar_t(0);
-    }
-    return;
-  }
-  const bool bad = p.hard && (lab < 0 || lab >= V);
-  const int64_t y = (p.hard && !bad) ? lab : 0;
-
-  // ---- pass 1
-  State<acc> st = empty_state<acc>(p.soft);
+  const bool teacher = p.mode == kForwardKL || p.mode == kReverseKL || p.mode == kJSD;
+  State<acc> st = empty_state<acc>(p.mode);
   for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t, const acc* xs, const acc* xt) {
     acc ms = st.ms, mt = st.mt;
 #pragma unroll
     for (int k = 0; k < P; ++k) {
       ms = xs[k] > ms ? xs[k] : ms;
-      if (p.soft) mt = xt[k] > mt ? xt[k] : mt;
+      if (teacher) mt = xt[k] > mt ? xt[k] : mt;
     }
-    shift(st, ms, mt, p.invT);
+    rescale(st, ms, mt, p);
+#pragma unroll
+    for (int k = 0; k < P; ++k) add_element(st, xs[k], xt[k], p);
+  });
+  return block_merge(st, p, smem);
+}
+
+// (log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S, from
+// x = log p_T - log p_S. Close distributions (|x| < 1), where log m - log p cancels:
+// log(m / p_S) = log1p(beta expm1(x)), or (mirror: beta > 1/2) its mirror image
+// log(m / p_T) = log1p((1 - beta) expm1(-x)), 1 - beta from the host's float64. Elsewhere
+// logaddexp: log m is the larger of log(beta p_T), log((1 - beta) p_S) plus
+// log1p(exp(-|d|)), d = x + log(beta / (1 - beta)), each ratio a difference of exact terms.
+// A masked side (x = +-inf) has ratio -inf (weighed by 0); the other's is -log beta or
+// -log(1 - beta).
+template <typename acc>
+__device__ __forceinline__ void jsd_ratios(acc x, const Params<acc>& p, acc& ls_m, acc& lt_m) {
+  if (fabs(x) < acc(1) && p.mirror) {
+    const acc v = dlog1p(p.omb * dexpm1(-x));
+    ls_m = -v - x;
+    lt_m = -v;
+  } else if (fabs(x) < acc(1)) {
+    const acc u = dlog1p(p.beta * dexpm1(x));
+    ls_m = -u;
+    lt_m = x - u;
+  } else {
+    const acc d = x + (p.log_b - p.log_1b), e = dlog1p(dexp(-fabs(d)));
+    ls_m = (d >= acc(0) ? -x - p.log_b : -p.log_1b) - e;
+    lt_m = (d >= acc(0) ? -p.log_b : x - p.log_1b) - e;
+  }
+}
+
+// The row's sums after pass 1 (and pass 2), and their logs.
+template <typename acc>
+struct RowSums {
+  State<acc> st;
+  acc lza, lzb, lzba, lz1, kl, ks, kt;  // lzba = log(Zb / Za): one rounding of the ratio
+};
+
+// ---- jsd_sums: KS = sum p_S log(p_S / m), KT = sum p_T log(p_T / m) (block sums).
+template <typename scalar_t, bool kPacked>
+__device__ void jsd_sums(const scalar_t* s, const scalar_t* t, int64_t V,
+                         const Params<acc_t<scalar_t>>& p, RowSums<acc_t<scalar_t>>& r,
+                         acc_t<scalar_t>* smem) {
+  using acc = acc_t<scalar_t>;
+  constexpr int P = kPacked ? Pack<scalar_t>::kSize : 1;
+  acc ks = 0, kt = 0;
+  for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t, const acc* xs, const acc* xt) {
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      const acc ds = (xs[k] - ms) * p.invT, e = dexp(ds);
-      st.za += e;
-      if (p.soft) {
-        const acc dt = (xt[k] - mt) * p.invT, f = dexp(dt);
-        st.zb += f;
-        st.wf += f * (dt - ds);
-        st.wr += e * (ds - dt);
-        st.d += exp_diff(dt, ds, f, e);
-      }
-      if (p.probs) {
-        st.qs += xt[k];
-        st.wq += xt[k] * ds;
-      }
-      if (p.hard) {
-        if (!p.share1) st.z1 += dexp(xs[k] - ms);
-        st.ss += xs[k];
-      }
+      const acc ds = (xs[k] - r.st.ms) * p.inv_t, dt = (xt[k] - r.st.mt) * p.inv_t;
+      acc ls_m, lt_m;
+      jsd_ratios((dt - ds) - r.lzba, p, ls_m, lt_m);
+      const acc ps = dexp(ds - r.lza), pt = dexp(dt - r.lzb);
+      ks += zero_where(ps, ps * ls_m);
+      kt += zero_where(pt, pt * lt_m);
     }
   });
-  st = block_merge(st, p.invT, p.soft, smem_state);
-  const acc ms = st.ms, mt = st.mt;
-  const acc lza = dlog(st.za), lzb = p.soft ? dlog(st.zb) : acc(0);
-  // log(zb / za): log1p(d / za) for close distributions (zb / za in [1/2, 2]), where
-  // lzb - lza cancels; elsewhere d cancels and the log of the ratio is better (the CPU
-  // kernel's log_ratio; docs/distillation.md, "Precision for close distributions")
-  const acc ratio = st.zb / st.za;
-  const acc lzba = !p.soft ? acc(0) : (ratio >= acc(0.5) && ratio <= acc(2)) ? dlog1p(st.d / st.za) : dlog(ratio);
-  const acc klf = p.soft ? st.wf / st.zb - lzba : acc(0);
-  const acc klr = p.soft ? st.wr / st.za + lzba : acc(0);
-  const acc lz1 = p.share1 ? lza : dlog(st.z1);
+  r.ks = block_sum(ks, smem);
+  r.kt = block_sum(kt, smem);
+}
 
-  // ---- pass 2 (generalised JSD)
-  acc ks = 0, kt = 0;
-  if (p.soft && p.mode == 2) {
-    for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t, const acc* xs, const acc* xt) {
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        const acc ds = (xs[k] - ms) * p.invT, dt = (xt[k] - mt) * p.invT;
-        acc ls_m, lt_m;
-        jsd_logs((dt - ds) - lzba, p, ls_m, lt_m);
-        ks += dexp(ds - lza) * ls_m;
-        kt += dexp(dt - lzb) * lt_m;
-      }
-    });
-    ks = block_sum(ks, smem_sum);
-    kt = block_sum(kt, smem_sum);
+// ---- row_loss: soft_weight T^2 D + soft-target CE + hard_weight CE, with
+// KL(p_T || p_S) = w / Zb - log(Zb / Za), KL(p_S || p_T) = w / Za + log(Zb / Za) (r.kl),
+// JSD = beta KT + (1 - beta) KS, soft-target CE = Q log Za - sum q ds,
+// CE = (1 - ls) (log Z1 - (s_y - ms)) + ls (log Z1 + ms - sum s / V).
+template <typename acc>
+__device__ acc row_loss(const RowSums<acc>& r, const Params<acc>& p, acc s_y, int64_t V) {
+  acc loss = 0;
+  if (p.mode == kForwardKL || p.mode == kReverseKL) loss = p.c_t * r.kl;
+  if (p.mode == kJSD) loss = p.c_t * (p.beta * r.kt + p.omb * r.ks);
+  if (p.mode == kTargetProbs) loss = r.st.qs * r.lza - r.st.w;
+  if (p.hard) {
+    const acc nll = r.lz1 - (s_y - r.st.ms);
+    // without smoothing no mean over classes: a -inf logit would make it inf, 0 * inf = nan
+    const acc smooth = p.smooth ? p.ls * (r.lz1 + r.st.ms - r.st.ss / acc(V)) : acc(0);
+    loss += p.hw * ((1 - p.ls) * nll + smooth);
   }
+  return loss;
+}
 
-  if (threadIdx.x == 0) {
-    acc l = 0;
-    if (p.soft) {
-      const acc d = p.mode == 0 ? klf : p.mode == 1 ? klr : p.beta * kt + p.omb * ks;
-      l += p.sw * p.T * p.T * d;
+// One element's (d loss / d s, d loss / d t), c = soft_weight T:
+//   kForwardKL   c (p_S - p_T);                      teacher c p_T (x - KL)
+//   kReverseKL   c p_S (-x - KL);                    teacher c (p_T - p_S)
+//   kJSD         c (1 - beta) p_S (log(p_S/m) - KS); teacher c beta p_T (log(p_T/m) - KT)
+//   kTargetProbs (Q p_S - q) / T;                    target  -log p_S (0 for q = 0 on -inf)
+//   hard term    + hard_weight (p1 - ls / V - (1 - ls) [j == y]),  p1 = softmax(s)
+// with x = log p_T - log p_S; probability-0 terms are 0.
+template <typename acc>
+__device__ __forceinline__ void element_grads(acc s, acc t, bool is_label, const RowSums<acc>& r,
+                                              const Params<acc>& p, int64_t V, acc& g, acc& h) {
+  const acc ds = (s - r.st.ms) * p.inv_t, ps = dexp(ds - r.lza);
+  g = 0;
+  h = 0;
+  if (p.mode == kForwardKL || p.mode == kReverseKL || p.mode == kJSD) {
+    const acc dt = (t - r.st.mt) * p.inv_t, pt = dexp(dt - r.lzb), x = (dt - ds) - r.lzba;
+    if (p.mode == kForwardKL) {
+      g = p.c * (ps - pt);
+      h = zero_where(pt, p.c * pt * (x - r.kl));
+    } else if (p.mode == kReverseKL) {
+      g = zero_where(ps, p.c * ps * (-x - r.kl));
+      h = p.c * (pt - ps);
+    } else {
+      acc ls_m, lt_m;
+      jsd_ratios(x, p, ls_m, lt_m);
+      g = zero_where(ps, p.c * p.omb * ps * (ls_m - r.ks));
+      h = zero_where(pt, p.c * p.beta * pt * (lt_m - r.kt));
     }
-    if (p.probs) l += st.qs * lza - st.wq;
-    if (p.hard) {
-      const acc nll = lz1 + (ms - static_cast<acc>(s[y]));
-      const acc smooth = lz1 + ms - st.ss / acc(V);
-      // ls = 0: no smoothing term at all (a -inf logit makes it inf, and 0 * inf = nan)
-      l += p.hw * ((1 - p.ls) * nll + (p.ls != acc(0) ? p.ls * smooth : acc(0)));
-      if (bad) l = acc(NAN);
-    }
-    loss[row] = l;
   }
+  if (p.mode == kTargetProbs) {
+    g = (ps * r.st.qs - t) * p.inv_t;
+    h = (t == acc(0) && ds == -std::numeric_limits<acc>::infinity()) ? acc(0) : r.lza - ds;
+  }
+  if (p.hard) {
+    const acc p1 = p.hard1 ? dexp(s - r.st.ms - r.lz1) : ps;
+    g += p.hw * (p1 - p.ls / acc(V)) - (is_label ? p.hw * (1 - p.ls) : acc(0));
+  }
+}
 
-  // ---- pass 3: gradients
-  if (gs == nullptr && gt == nullptr) return;
-  const acc c = p.sw * p.T;
-  const bool teacher_logits = gt != nullptr && p.soft;  // not probabilities: the rows sum to 0
-  acc rest_s = 0, abs_s = 0, n_s = 0, rest_t = 0, abs_t = 0, n_t = 0;  // over the non-maximal elements
+// Each gradient row sums to 0 (the loss does not move when every logit of the row does), so
+// the element at the row's maximum can be minus the sum of the others. Forms
+// p_j (a_j - sum_k p_k a_k) (a reverse KL's student, a KL's teacher) cancel at an element
+// that holds almost all the probability. Rest tallies the other elements; write() takes
+// minus their sum where the maximum is unique, holds more than half of the probability
+// (dominant), the others do not cancel among themselves (their sum is at least 1/4 of their
+// magnitudes) and the sum is finite. The same rule as the CPU and Triton kernels.
+template <typename acc>
+struct Rest {
+  acc sum = 0, magnitude = 0, n_max = 0;
+  __device__ void add(acc x, acc m, acc g, int64_t j, int64_t* at) {
+    if (x == m) {
+      n_max += 1;
+      *at = j;  // the only writer when the maximum is unique
+    } else {
+      sum += g;
+      magnitude += fabs(g);
+    }
+  }
+  // Block-wide; every thread must call it. at: the maximum's index (shared memory).
+  template <typename scalar_t>
+  __device__ void write(scalar_t* g, const int64_t* at, bool dominant, acc* smem) {
+    const acc s = block_sum(sum, smem), mag = block_sum(magnitude, smem);
+    const acc n = block_sum(n_max, smem);
+    if (threadIdx.x == 0 && n == acc(1) && dominant && isfinite(s) && 4 * fabs(s) >= mag) {
+      g[*at] = static_cast<scalar_t>(-s);  // block_sum's barriers order the loop's stores first
+    }
+  }
+};
+
+// ---- row_grads: pass 3, gradients into gs / gt (each may be null); nan on a nan row.
+template <typename scalar_t, bool kPacked>
+__device__ void row_grads(const scalar_t* s, const scalar_t* t, scalar_t* gs, scalar_t* gt,
+                          int64_t V, int64_t y, bool nan_row, const RowSums<acc_t<scalar_t>>& r,
+                          const Params<acc_t<scalar_t>>& p, acc_t<scalar_t>* smem,
+                          int64_t* smem_at) {
+  using acc = acc_t<scalar_t>;
+  constexpr int P = kPacked ? Pack<scalar_t>::kSize : 1;
+  const bool rest_s = gs != nullptr && (p.mode == kReverseKL || p.mode == kJSD);
+  const bool rest_t = gt != nullptr && (p.mode == kForwardKL || p.mode == kJSD);
+  Rest<acc> tally_s, tally_t;
   for_groups<scalar_t, kPacked>(s, t, V, [&](int64_t j0, const acc* xs, const acc* xt) {
     acc g[P], h[P];
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      const acc ds = (xs[k] - ms) * p.invT, lps = ds - lza, ps = dexp(lps);
-      acc gk = 0, hk = 0;
-      if (p.soft) {
-        const acc lpt = (xt[k] - mt) * p.invT - lzb, pt = dexp(lpt);
-        if (p.mode == 0) {
-          gk = c * (ps - pt);
-          hk = c * pt * (lpt - lps - klf);
-        } else if (p.mode == 1) {
-          gk = c * ps * (lps - lpt - klr);
-          hk = c * (pt - ps);
-        } else {
-          acc ls_m, lt_m;
-          jsd_logs(((xt[k] - mt) * p.invT - ds) - lzba, p, ls_m, lt_m);
-          gk = c * p.omb * ps * (ls_m - ks);
-          hk = c * p.beta * pt * (lt_m - kt);
-        }
-      }
-      if (p.probs) {
-        gk = (ps * st.qs - xt[k]) * p.invT;
-        hk = lza - ds;
-      }
-      if (p.hard) {
-        const acc p1 = p.share1 ? ps : dexp(xs[k] - ms - lz1);
-        gk += p.hw * (p1 - p.ls / acc(V));
-        if (j0 + k == y) gk -= p.hw * (1 - p.ls);
-        if (bad) gk = acc(NAN);
-      }
-      g[k] = gk;
-      h[k] = hk;
-      tally(xs[k], ms, gk, j0 + k, n_s, rest_s, abs_s, smem_max_at[0]);
-      if (teacher_logits) tally(xt[k], mt, hk, j0 + k, n_t, rest_t, abs_t, smem_max_at[1]);
+      element_grads(xs[k], xt[k], j0 + k == y, r, p, V, g[k], h[k]);
+      g[k] *= p.grad_scale;
+      h[k] *= p.grad_scale;
+      if (nan_row) g[k] = h[k] = acc(NAN);
+      if (rest_s) tally_s.add(xs[k], r.st.ms, g[k], j0 + k, &smem_at[0]);
+      if (rest_t) tally_t.add(xt[k], r.st.mt, h[k], j0 + k, &smem_at[1]);
     }
-    if (gs) store_group<scalar_t, kPacked>(gs, j0, g);
-    if (gt) store_group<scalar_t, kPacked>(gt, j0, h);
+    if (gs != nullptr) store_group<scalar_t, kPacked>(gs, j0, g);
+    if (gt != nullptr) store_group<scalar_t, kPacked>(gt, j0, h);
   });
-  // block_sum's barriers order the stores above before the maximum is written again
-  auto write_max = [&](scalar_t* g, int which, acc rest, acc rest_abs, acc n, bool dominant) {
-    rest = block_sum(rest, smem_sum);
-    rest_abs = block_sum(rest_abs, smem_sum);
-    n = block_sum(n, smem_sum);
-    if (threadIdx.x == 0 && take_rest(n, dominant, rest, rest_abs)) g[smem_max_at[which]] = scalar_t(-rest);
-  };
-  constexpr acc kLn2 = acc(0.6931471805599453);
-  // the maximum's probability: 1 / za (1 / zb for the teacher), or 1 / z1 for the hard term's softmax
-  if (gs) write_max(gs, 0, rest_s, abs_s, n_s, lza < kLn2 || (p.hard && lz1 < kLn2));
-  if (teacher_logits) write_max(gt, 1, rest_t, abs_t, n_t, lzb < kLn2);
+  constexpr acc kLn2 = acc(0.6931471805599453);  // the maximum's probability 1 / Z > 1/2
+  if (rest_s) tally_s.write(gs, &smem_at[0], r.lza < kLn2 || (p.hard1 && r.lz1 < kLn2), smem);
+  if (rest_t) tally_t.write(gt, &smem_at[1], r.lzb < kLn2, smem);
+}
+
+// An ignored row drops out of every term: loss 0, gradients 0.
+template <typename scalar_t>
+__device__ void zero_row(acc_t<scalar_t>* loss, scalar_t* gs, scalar_t* gt, int64_t V) {
+  if (threadIdx.x == 0) *loss = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    if (gs != nullptr) gs[j] = scalar_t(0);
+    if (gt != nullptr) gt[j] = scalar_t(0);
+  }
+}
+
+template <typename scalar_t, bool kPacked>
+__global__ void distillation_kernel(const scalar_t* __restrict__ S, const scalar_t* __restrict__ T_,
+                                    const int64_t* __restrict__ labels,
+                                    acc_t<scalar_t>* __restrict__ loss, scalar_t* __restrict__ GS,
+                                    scalar_t* __restrict__ GT, int64_t V,
+                                    Params<acc_t<scalar_t>> p) {
+  using acc = acc_t<scalar_t>;
+  __shared__ State<acc> smem_state[kMaxWarps];
+  __shared__ acc smem_sum[kMaxWarps];
+  __shared__ int64_t smem_at[2];  // the row maxima's index, when unique (student, teacher)
+  const int64_t row = blockIdx.x, base = row * V;
+  const scalar_t* s = S + base;
+  const scalar_t* t = p.mode == kNone ? nullptr : T_ + base;
+  scalar_t* gs = GS != nullptr ? GS + base : nullptr;
+  scalar_t* gt = GT != nullptr ? GT + base : nullptr;
+  const int64_t label = p.has_labels ? labels[row] : 0;
+  if (p.has_labels && label == p.ignore_index) return zero_row(loss + row, gs, gt, V);
+  const bool bad = p.hard && (label < 0 || label >= V);
+  const int64_t y = p.hard && !bad ? label : -1;
+
+  RowSums<acc> r;
+  r.st = row_state<scalar_t, kPacked>(s, t, V, p, smem_state);
+  const acc ninf = -std::numeric_limits<acc>::infinity();
+  const bool teacher = p.mode == kForwardKL || p.mode == kReverseKL || p.mode == kJSD;
+  const bool nan_row = bad || r.st.ms == ninf || (teacher && r.st.mt == ninf);
+  r.lza = dlog(r.st.za);
+  r.lzb = dlog(r.st.zb);
+  r.lzba = dlog(r.st.zb / r.st.za);
+  r.lz1 = p.hard1 ? dlog(r.st.z1) : r.lza;
+  r.kl = p.mode == kReverseKL ? r.st.w / r.st.za + r.lzba : r.st.w / r.st.zb - r.lzba;
+  r.ks = r.kt = 0;
+  if (p.mode == kJSD) jsd_sums<scalar_t, kPacked>(s, t, V, p, r, smem_sum);
+  if (threadIdx.x == 0) {
+    const acc s_y = y >= 0 ? static_cast<acc>(s[y]) : acc(0);
+    loss[row] = nan_row ? acc(NAN) : row_loss(r, p, s_y, V);
+  }
+  if (gs != nullptr || gt != nullptr) {
+    row_grads<scalar_t, kPacked>(s, t, gs, gt, V, y, nan_row, r, p, smem_sum, smem_at);
+  }
 }
 
 // x and out may be the same buffer (the in-place op): no __restrict__ on them.
 template <typename scalar_t>
-__global__ void scale_grad_kernel(const acc_t<scalar_t>* __restrict__ grad, const scalar_t* x, scalar_t* out,
-                                  int64_t V) {
+__global__ void scale_grad_kernel(const acc_t<scalar_t>* __restrict__ grad, const scalar_t* x,
+                                  scalar_t* out, int64_t V) {
   using acc = acc_t<scalar_t>;
   const int64_t row = blockIdx.x;
   const acc g = grad[row];
@@ -405,96 +476,92 @@ __global__ void scale_grad_kernel(const acc_t<scalar_t>* __restrict__ grad, cons
   }
 }
 
-int threads_for(int64_t V) {
-  return V >= 32768 ? 1024 : V >= 8192 ? 512 : V >= 2048 ? 256 : 128;
+int threads_for(int64_t V) { return V >= 32768 ? 1024 : V >= 8192 ? 512 : V >= 2048 ? 256 : 128; }
+
+template <typename acc>
+Params<acc> params_of(const DistillationSettings& st, bool has_labels) {
+  Params<acc> p;
+  p.inv_t = acc(1.0 / st.temperature);
+  p.c = acc(st.soft_weight * st.temperature);
+  p.c_t = acc(st.soft_weight * st.temperature * st.temperature);
+  p.hw = acc(st.hard_weight);
+  p.ls = acc(st.label_smoothing);
+  p.beta = acc(st.beta);
+  p.omb = acc(1.0 - st.beta);
+  const bool jsd = st.beta > 0 && st.beta < 1;
+  p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
+  p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
+  p.grad_scale = acc(st.grad_scale);
+  p.ignore_index = st.ignore_index;
+  p.mode = st.soft == SoftTarget::kTargetProbs ? kTargetProbs
+           : st.soft == SoftTarget::kNone      ? kNone
+           : st.beta == 0                      ? kForwardKL
+           : st.beta == 1                      ? kReverseKL
+                                               : kJSD;
+  p.hard = st.hard;
+  p.hard1 = st.hard && st.temperature != 1.0;
+  p.smooth = st.hard && st.label_smoothing != 0;
+  p.mirror = st.beta > 0.5;
+  p.has_labels = has_labels;
+  return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_rows(const DistillSettings& st, const at::Tensor& s_,
-                                                        const at::Tensor& t_, const at::Tensor& labels_) {
-  c10::cuda::CUDAGuard guard(s_.device());
-  const DistillCall c = distill_call(st, s_, t_, labels_);
-  const at::Tensor &s = c.s, &t = c.t, &labels = c.labels, &out = c.loss, &gs = c.grad_s, &gt = c.grad_t;
-  const int64_t V = c.V, rows = c.rows;
-  if (rows == 0) return {out, gs, gt};
-  TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "pykernels: too many rows: ", rows);
-  PK_DISPATCH_FLOATING(s.scalar_type(), "distillation_cuda", [&] {
+// Launches the kernel over every row (labels are not read on the host: that would
+// synchronise).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_rows(const DistillationSettings& st,
+                                                           const at::Tensor& logits,
+                                                           const at::Tensor& teacher,
+                                                           const at::Tensor& labels) {
+  c10::cuda::CUDAGuard guard(logits.device());
+  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
+  if (c.rows == 0) return {c.loss, c.grad_logits, c.grad_teacher};
+  TORCH_CHECK(c.rows <= std::numeric_limits<int32_t>::max(), st.op, ": too many rows: ", c.rows);
+  PK_DISPATCH_FLOATING(c.logits.scalar_type(), "distillation_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    Params<acc> p;
-    p.invT = acc(1.0 / st.temperature);
-    p.T = acc(st.temperature);
-    p.sw = acc(st.soft_weight);
-    p.hw = acc(st.hard_weight);
-    p.beta = acc(st.beta);
-    p.omb = acc(1.0 - st.beta);
-    const bool jsd = st.beta > 0 && st.beta < 1;
-    p.log_b = jsd ? acc(std::log(st.beta)) : acc(0);
-    p.log_1b = jsd ? acc(std::log1p(-st.beta)) : acc(0);
-    p.ls = acc(st.label_smoothing);
-    p.ignore_index = st.ignore_index;
-    p.soft = st.soft;
-    p.hard = st.hard;
-    p.probs = st.probs;
-    p.share1 = st.temperature == 1.0;
-    p.has_labels = labels.defined();
-    p.mode = st.beta == 0 ? 0 : st.beta == 1 ? 1 : 2;
-    const scalar_t* ps = s.const_data_ptr<scalar_t>();
-    const scalar_t* pt = t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t* pl = labels.defined() ? labels.const_data_ptr<int64_t>() : nullptr;
-    scalar_t* pgs = st.grad_s ? gs.data_ptr<scalar_t>() : nullptr;
-    scalar_t* pgt = st.grad_t ? gt.data_ptr<scalar_t>() : nullptr;
-    const bool packed = packable<scalar_t>(ps, V) && (pt == nullptr || packable<scalar_t>(pt, V)) &&
-                        (pgs == nullptr || packable<scalar_t>(pgs, V)) &&
-                        (pgt == nullptr || packable<scalar_t>(pgt, V));
+    const Params<acc> p = params_of<acc>(st, c.labels.defined());
+    const scalar_t* ps = c.logits.const_data_ptr<scalar_t>();
+    const scalar_t* pt = c.teacher.defined() ? c.teacher.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t* pl = c.labels.defined() ? c.labels.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* pgs = st.grad_logits ? c.grad_logits.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pgt = st.grad_teacher ? c.grad_teacher.data_ptr<scalar_t>() : nullptr;
+    auto fits = [&](const void* x) { return x == nullptr || packable<scalar_t>(x, c.V); };
+    const bool packed = fits(ps) && fits(pt) && fits(pgs) && fits(pgt);
     const auto stream = at::cuda::getCurrentCUDAStream();
-    const int threads = threads_for(V);
+    const dim3 grid(static_cast<unsigned>(c.rows));
+    const int threads = threads_for(c.V);
+    acc* loss = c.loss.data_ptr<acc>();
     if (packed) {
-      distill_kernel<scalar_t, true><<<rows, threads, 0, stream>>>(ps, pt, pl, out.data_ptr<acc>(), pgs, pgt, V, p);
+      distillation_kernel<scalar_t, true>
+          <<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
     } else {
-      distill_kernel<scalar_t, false><<<rows, threads, 0, stream>>>(ps, pt, pl, out.data_ptr<acc>(), pgs, pgt, V, p);
+      distillation_kernel<scalar_t, false>
+          <<<grid, threads, 0, stream>>>(ps, pt, pl, loss, pgs, pgt, c.V, p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, gs, gt};
+  return {c.loss, c.grad_logits, c.grad_teacher};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_loss_cuda(
-    const at::Tensor& student, const at::Tensor& teacher, const c10::optional<at::Tensor>& labels,
-    double temperature, double soft_weight, double hard_weight, double beta, int64_t ignore_index,
-    double label_smoothing, bool grad_student, bool grad_teacher) {
-  const char* op = "pykernels::distillation_loss";
-  const bool has_labels = labels.has_value() && labels->defined();
-  const at::Tensor y = has_labels ? *labels : at::Tensor();
-  const auto st = kd_settings(op, at::kCUDA, student, teacher, has_labels, y, temperature, soft_weight, hard_weight,
-                              beta, ignore_index, label_smoothing, grad_student, grad_teacher);
-  return run_rows(st, student, teacher, y);
-}
-
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(const at::Tensor& logits, const at::Tensor& labels,
-                                                      int64_t ignore_index, double label_smoothing,
-                                                      bool grad_logits) {
-  const char* op = "pykernels::cross_entropy";
-  const auto st = ce_settings(op, at::kCUDA, logits, labels, ignore_index, label_smoothing, grad_logits);
-  auto [loss, g, unused] = run_rows(st, logits, at::Tensor(), labels);
-  return {loss, g};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_cross_entropy_cuda(
-    const at::Tensor& logits, const at::Tensor& target, double temperature, bool grad_logits,
-    bool grad_target) {
-  const char* op = "pykernels::soft_target_cross_entropy";
-  const auto st = soft_target_settings(op, at::kCUDA, logits, target, temperature, grad_logits, grad_target);
-  return run_rows(st, logits, target, at::Tensor());
-}
+struct Rows {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const DistillationSettings& st,
+                                                            const at::Tensor& logits,
+                                                            const at::Tensor& teacher,
+                                                            const at::Tensor& labels) {
+    return launch_rows(st, logits, teacher, labels);
+  }
+};
+using Ops = DistillationOps<at::kCUDA, Rows>;
 
 // out = grad * x row by row; x and out are contiguous, out may be x.
-void scale_rows(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& out) {
+void scale_grad(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& out) {
   const int64_t V = x.size(-1), rows = V == 0 ? 0 : x.numel() / V;
   if (rows == 0) return;
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "pykernels: too many rows: ", rows);
   PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    scale_grad_kernel<scalar_t><<<rows, threads_for(V), 0, at::cuda::getCurrentCUDAStream()>>>(
+    scale_grad_kernel<scalar_t><<<static_cast<unsigned>(rows), threads_for(V), 0,
+                                  at::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<acc>(), x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -505,14 +572,14 @@ at::Tensor distillation_scale_grad_cuda(const at::Tensor& grad, const at::Tensor
   c10::cuda::CUDAGuard guard(x_.device());
   const auto x = x_.contiguous();
   auto out = at::empty_like(x);
-  scale_rows(grad, x, out);
+  scale_grad(grad, x, out);
   return out;
 }
 
 void distillation_scale_grad_inplace_cuda(const at::Tensor& grad, const at::Tensor& x) {
-  check_scale_grad_inplace("pykernels::distillation_scale_grad_", grad, x, at::kCUDA);
+  check_scale_grad_inplace("pykernels::distillation_scale_grad_inplace", grad, x, at::kCUDA);
   c10::cuda::CUDAGuard guard(x.device());
-  scale_rows(grad, x, x);
+  scale_grad(grad, x, x);
 }
 
 }  // namespace
@@ -521,9 +588,9 @@ void distillation_scale_grad_inplace_cuda(const at::Tensor& grad, const at::Tens
 
 TORCH_LIBRARY_IMPL(pykernels, CUDA, m) {
   using namespace pykernels::cuda;
-  m.impl("distillation_loss", &distillation_loss_cuda);
-  m.impl("cross_entropy", &cross_entropy_cuda);
-  m.impl("soft_target_cross_entropy", &soft_target_cross_entropy_cuda);
+  m.impl("distillation_loss", &Ops::distillation_loss);
+  m.impl("cross_entropy", &Ops::cross_entropy);
+  m.impl("soft_target_cross_entropy", &Ops::soft_target_cross_entropy);
   m.impl("distillation_scale_grad", &distillation_scale_grad_cuda);
-  m.impl("distillation_scale_grad_", &distillation_scale_grad_inplace_cuda);
+  m.impl("distillation_scale_grad_inplace", &distillation_scale_grad_inplace_cuda);
 }
