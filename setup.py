@@ -138,10 +138,15 @@ def _extension():
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += ["-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi"]
     include_dirs = [os.path.join(ROOT, "csrc")]
+    # Archives linked into _C.so keep their symbols private. Some toolchains link a static
+    # libstdc++; its stream and locale symbols, half bound to the copy torch loaded, crash
+    # the formatting of numbers into error messages (benchmarks/gpu_check.sh's smoke step
+    # and tests/test_malformed.py on cuda catch it).
+    link = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
     if not with_cuda:
         _write_build_info(None)
         return CppExtension("pykernels._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx})
+                            extra_compile_args={"cxx": cxx}, extra_link_args=link)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     # Torch's CUDA headers include the math libraries' headers (cusparse.h, cublas_v2.h).
     # A bare nvcc toolkit may lack them; torch's pip dependencies ship them. They go
@@ -153,7 +158,8 @@ def _extension():
     nvcc += ["--expt-relaxed-constexpr", "-DPYKERNELS_WITH_CUDA"] + extra_inc
     _write_build_info(os.environ["TORCH_CUDA_ARCH_LIST"])
     return CUDAExtension("pykernels._C", sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx + ["-DPYKERNELS_WITH_CUDA"], "nvcc": nvcc})
+                         extra_compile_args={"cxx": cxx + ["-DPYKERNELS_WITH_CUDA"], "nvcc": nvcc},
+                         extra_link_args=link)
 
 
 def _build_ext():

@@ -30,12 +30,19 @@ rc_all=0
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/summary.txt" 2>&1
 
+# ------------------------------------------------------------------------------ peers
+# The machine has no network: peers (liger-kernel, cut-cross-entropy, open_clip) come as
+# wheels in .whl/ when the caller carries them, installed into a private folder.
+if ls .whl/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_check_site .whl/*.whl \
+    >> "$OUT/summary.txt" 2>&1 && export PYTHONPATH=$PYTHONPATH:/tmp/gpu_check_site
+fi
+
 # ------------------------------------------------------------------------------ build
 # The error path: a direct op call with bad arguments formats numbers, sizes and devices
 # into its message. A toolchain that links a static libstdc++ into the extension crashes
-# there (that copy's stream code meets the locale data of the libstdc++ torch loaded). So
-# the build prefers the system compiler, then the default one with the static copy's
-# symbols kept private, then the default one as it is; the first whose error path works wins.
+# there unless that copy's symbols stay private (setup.py links with --exclude-libs). If the
+# error path still crashes, the build is redone with the system compiler.
 smoke() {
   $PY - > "$OUT/smoke.log" 2>&1 <<'PYEOF'
 import torch, pykernels  # noqa: F401
@@ -58,13 +65,12 @@ build() {  # label, then env assignments
   if ! env "$@" $PY setup.py build_ext --inplace >> "$OUT/build.log" 2>&1; then
     tail -30 "$OUT/build.log"; stamp "BUILD FAILED ($label)"; return 1
   fi
-  smoke && return 0
+  smoke && { cat "$OUT/smoke.log" >> "$OUT/summary.txt"; return 0; }
   stamp "error path crashed (rc=$?) with the $label build"; tail -3 "$OUT/smoke.log"; return 1
 }
 echo "CC=${CC:-} CXX=${CXX:-} c++=$(command -v c++) g++=$(command -v g++)" >> "$OUT/summary.txt"
-{ [[ -x /usr/bin/g++ ]] && build "system compiler /usr/bin/g++" CC=/usr/bin/gcc CXX=/usr/bin/g++; } \
-  || build "static libstdc++ kept private" LDFLAGS="${LDFLAGS:-} -Wl,--exclude-libs,ALL" \
-  || build default \
+build default \
+  || { [[ -x /usr/bin/g++ ]] && build "system compiler /usr/bin/g++" CC=/usr/bin/gcc CXX=/usr/bin/g++; } \
   || { stamp "no working build"; exit 1; }
 $PY -m pykernels info 2>&1 | tee -a "$OUT/summary.txt"
 
