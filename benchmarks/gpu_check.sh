@@ -79,10 +79,13 @@ $PY -m pykernels info 2>&1 | tee -a "$OUT/summary.txt"
 # Triton JIT compiles over the host's cores.
 stamp "tests (CUDA and Triton on the GPU)"
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n ${GPU_CHECK_WORKERS:-8}")
-timeout "$(left "${GPU_CHECK_TEST_S:-240}")" $PY -m pytest -q ${GPU_CHECK_TESTS:-tests} -m "not slow" \
-  -k "cuda or triton" -p no:cacheprovider $XDIST -rfE > "$OUT/tests.log" 2>&1
+# -v writes each test's verdict as it ends, and SIGINT on the time limit makes pytest print
+# its summary of what ran: a run cut short still names its failures.
+timeout -s INT -k 20 "$(left "${GPU_CHECK_TEST_S:-240}")" $PY -m pytest -v ${GPU_CHECK_TESTS:-tests} \
+  -m "not slow" -k "cuda or triton" -p no:cacheprovider $XDIST -rfE --tb=short > "$OUT/tests.log" 2>&1
 tests_rc=$?; (( tests_rc )) && rc_all=1
-grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | cut -c1-200 | head -40 | tee -a "$OUT/summary.txt"
+grep -E "(FAILED|ERROR) tests/" "$OUT/tests.log" | sed -E 's/^\[gw[0-9]+\] \[ *[0-9]+%\] //' | sort -u \
+  | cut -c1-200 | head -60 | tee -a "$OUT/summary.txt"
 tail -1 "$OUT/tests.log" | tee -a "$OUT/summary.txt"; stamp "tests rc=$tests_rc"
 
 # ------------------------------------------------------------------------------ benchmark
