@@ -62,8 +62,11 @@ def _extra_calls(dtype):
     teacher = torch.randn(3, 10, generator=g).to(dtype)
     yield pk.distillation_loss(logits, teacher, temperature=2.0, beta=1.0, labels=torch.tensor([1, -100, 3]),
                                hard_weight=0.3, label_smoothing=0.1, soft_weight=0.0, backend="triton")
-    yield pk.cross_entropy(logits, torch.tensor([1, -100, 3]), label_smoothing=0.1, reduction="none",
-                           backend="triton").sum()
+    # Row weights other than the loss's own scale make the backward launch scale_grad_kernel
+    # (a plain sum's gradient is already in the saved rows, and on CPU tensors none is launched).
+    rows = pk.cross_entropy(logits, torch.tensor([1, -100, 3]), label_smoothing=0.1, reduction="none",
+                            backend="triton")
+    yield (rows * torch.tensor([1.0, 2.0, 3.0], dtype=rows.dtype)).sum()
 
 
 def _record(monkeypatch):
