@@ -29,11 +29,30 @@ def _c_stderr_silenced():
         os.close(devnull)
 
 
+_PRIMED = False
+
+
+def _prime_unknown_block_warning(profile, activities) -> None:
+    """Frees, silenced, a block allocated before a profile started. PyTorch's CPU allocator
+    warns once per process ("Memory block of unknown size was allocated before the
+    profiling started") the first time that happens, and a measured function that frees an
+    older tensor would print it; after this it never does."""
+    global _PRIMED
+    if _PRIMED:
+        return
+    block = torch.empty(1024)
+    with _c_stderr_silenced():
+        with profile(activities=activities, profile_memory=True):
+            del block
+    _PRIMED = True
+
+
 def peak_cpu_bytes(fn) -> int:
     """Peak bytes held by CPU tensors allocated while fn() runs, from the profiler's
     allocation and free events (tensors alive before the call do not count)."""
     from torch.profiler import ProfilerActivity, profile
 
+    _prime_unknown_block_warning(profile, [ProfilerActivity.CPU])
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _c_stderr_silenced():
         prof.__enter__()

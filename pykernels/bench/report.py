@@ -17,7 +17,7 @@ from .case import Point, Target
 from .harness import Row
 
 COLUMNS = ("case", "provider", "ms", "x eager", "x compile", "roofline", "peak MB", "max err")
-WIDTHS = (35, 13, 9, 8, 10, 9, 9, 9)
+WIDTHS = (40, 13, 9, 8, 10, 9, 9, 9)
 
 
 def machine(device: torch.device) -> str:
@@ -148,8 +148,8 @@ def target_lines(point: Point, rows: list[Row], default: str) -> list[tuple[bool
 
 def legend(built: list[str]) -> list[str]:
     """Two lines saying what the providers and the columns are."""
-    return [f"providers: {'/'.join(built) or 'none'} = pykernels' backends; eager = the idiomatic "
-            "PyTorch code; compile = torch.compile of it; others: peers",
+    return [f"providers: {'/'.join(built) or 'none'} = pykernels; eager = the idiomatic PyTorch code; "
+            "compile = torch.compile of it; others: peers",
             "ms: median fwd+bwd (fwd for inference ops); x: speedup; roofline: time of the copy or "
             "torch.mm of the same work / ms"]
 
