@@ -21,6 +21,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/output_memory.h"
 #include "common/dispatch.h"
 
 // Per-element helpers are force-inlined: the CPU loops that call them must vectorise.
@@ -445,7 +446,7 @@ inline StepParams checked_step(const char* op, bool ddim, const at::Tensor& m, c
 // for one, an empty tensor otherwise (inputs that do not require grad, usually x0 and noise).
 inline std::array<at::Tensor, 3> loss_grads(const at::Tensor& m, std::array<bool, 3> mask) {
   std::array<at::Tensor, 3> g;
-  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? at::empty(m.sizes(), m.options()) : at::empty({0},
+  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? empty_output(m.sizes(), m.options()) : at::empty({0},
       m.options());
   return g;
 }

@@ -8,6 +8,7 @@
 #include <ATen/OpMathType.h>
 
 #include "common/checks.h"
+#include "common/output_memory.h"
 
 namespace pykernels {
 
@@ -122,8 +123,8 @@ inline DistillationTensors distillation_tensors(const DistillationSettings& st,
   c.labels = labels.defined() ? labels.contiguous() : labels;
   const auto acc = at::toOpMathType(c.logits.scalar_type());
   c.loss = at::empty(c.logits.sizes().slice(0, c.logits.dim() - 1), c.logits.options().dtype(acc));
-  c.grad_logits = st.grad_logits ? at::empty_like(c.logits) : at::empty({0}, c.logits.options());
-  c.grad_teacher = st.grad_teacher ? at::empty_like(c.teacher) : at::empty({0}, c.logits.options());
+  c.grad_logits = st.grad_logits ? empty_output_like(c.logits) : at::empty({0}, c.logits.options());
+  c.grad_teacher = st.grad_teacher ? empty_output_like(c.teacher) : at::empty({0}, c.logits.options());
   c.V = c.logits.size(-1);
   c.rows = c.loss.numel();
   return c;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/contrastive_args.h"
+#include "common/output_memory.h"
 #include "common/cpu_capability.h"
 #include "common/cpu_vec.h"
 #include "common/normalize.h"
@@ -266,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cpu(
   const auto col_scale = txt.inv * scale;
   const auto grad = grad_.to(acc_type).contiguous();
   const auto row_split = split_lse(row_lse, acc_type), col_split = split_lse(col_lse, acc_type);
-  auto dI = at::empty_like(img.x), dT = at::empty_like(txt.x);
+  auto dI = empty_output_like(img.x), dT = empty_output_like(txt.x);
   auto dscale_rows = at::empty({N}, img.x.options());
   at::Tensor dscale;
   AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_backward_cpu", [&] {

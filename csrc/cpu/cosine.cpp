@@ -15,6 +15,7 @@
 #include "common/cpu_capability.h"
 #include "common/cpu_vec.h"
 #include "common/normalize.h"
+#include "common/output_memory.h"
 
 #define PK_COSINE_NS generic
 #include "cpu/cosine_kernels.h"
@@ -70,8 +71,8 @@ std::tuple<at::Tensor, at::Tensor> rowwise_backward(const at::Tensor& grad, cons
                                                     const at::Tensor& x2_, double eps, RowOp op,
                                                     GradMask mask) {
   const auto x1 = x1_.contiguous(), x2 = x2_.contiguous();
-  at::Tensor g1 = mask[0] ? at::empty_like(x1) : at::Tensor();
-  at::Tensor g2 = mask[1] ? at::empty_like(x2) : at::Tensor();
+  at::Tensor g1 = mask[0] ? empty_output_like(x1) : at::Tensor();
+  at::Tensor g2 = mask[1] ? empty_output_like(x2) : at::Tensor();
   if (x1.numel() > 0) {
     const auto g = grad.to(at::toOpMathType(x1.scalar_type())).contiguous();
     kernels().rowwise_backward(g, x1, x2, eps, op, g1, g2);
@@ -134,7 +135,7 @@ at::Tensor row_inverse_norms(const at::Tensor& x_, double eps) {
 
 at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
   const auto x = x_.contiguous();
-  auto y = at::empty_like(x);
+  auto y = empty_output_like(x);
   at::Tensor none;
   if (x.numel() > 0) kernels().normalize(x, eps, none, y);
   return y;
@@ -142,7 +143,7 @@ at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
 
 at::Tensor normalize_rows_backward(const at::Tensor& gy, const at::Tensor& x_, double eps) {
   const auto x = x_.contiguous(), g = gy.to(x.scalar_type()).contiguous();
-  auto gx = at::empty_like(x);
+  auto gx = empty_output_like(x);
   if (x.numel() > 0) kernels().normalize_backward(g, x, eps, /*prescaled=*/false, gx);
   return gx;
 }

@@ -15,6 +15,7 @@
 
 #include "common/cpu_loops.h"
 #include "common/diffusion_args.h"
+#include "common/output_memory.h"
 #include "common/dispatch.h"
 
 namespace pykernels {
@@ -142,7 +143,7 @@ struct Kernels {
   static at::Tensor blend(const char*, const at::Tensor& x_, const at::Tensor& y_,
                           const at::Tensor& t, const at::Tensor& table, CoefFn coefs) {
     const auto x = x_.contiguous(), y = y_.contiguous();
-    auto out = at::empty(x.sizes(), x.options());
+    auto out = empty_output(x.sizes(), x.options());
     const Flat fl(x);
     PK_DISPATCH_FLOATING(x.scalar_type(), "blend_cpu", [&] {
       using acc = acc_t<scalar_t>;
@@ -168,7 +169,7 @@ struct Kernels {
                                                            const at::Tensor& t,
                                                            const at::Tensor& table, CoefFn coefs) {
     const auto grad = grad_.contiguous();
-    auto gx = at::empty(grad.sizes(), grad.options()), gy = at::empty(grad.sizes(), grad.options());
+    auto gx = empty_output(grad.sizes(), grad.options()), gy = empty_output(grad.sizes(), grad.options());
     const Flat fl(grad);
     PK_DISPATCH_FLOATING(grad.scalar_type(), "blend_backward_cpu", [&] {
       using acc = acc_t<scalar_t>;
@@ -280,7 +281,7 @@ struct Kernels {
     const auto m = m_.contiguous(), s = s_.contiguous(), prev = prev_.to(at::kLong).contiguous();
     const auto nz = noise.has_value() ? noise->contiguous() : at::Tensor();
     const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
-    auto out = at::empty(s.sizes(), s.options()), x0c = at::empty(s.sizes(), s.options());
+    auto out = empty_output(s.sizes(), s.options()), x0c = empty_output(s.sizes(), s.options());
     const Flat fl(s);
     PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_cpu", [&] {
       using acc = acc_t<scalar_t>;
@@ -318,7 +319,7 @@ struct Kernels {
     const auto gp = gp_.contiguous(), gx = gx_.contiguous();
     const auto prev = prev_.to(at::kLong).contiguous();
     const auto q = threshold.has_value() ? threshold->contiguous() : at::Tensor();
-    auto gm = at::empty(s.sizes(), s.options()), gs = at::empty(s.sizes(), s.options());
+    auto gm = empty_output(s.sizes(), s.options()), gs = empty_output(s.sizes(), s.options());
     at::Tensor gq;
     const Flat fl(s);
     PK_DISPATCH_FLOATING(s.scalar_type(), "sampler_step_backward_cpu", [&] {

@@ -25,6 +25,7 @@
 #include "common/cpu_vec.h"
 #include "common/dispatch.h"
 #include "common/distillation_args.h"
+#include "common/output_memory.h"
 
 #define PK_DISTILLATION_NS generic
 #include "cpu/distillation_kernels.h"
@@ -107,7 +108,7 @@ using Ops = DistillationOps<at::kCPU, Rows>;
 at::Tensor distillation_scale_grad_cpu(const at::Tensor& grad, const at::Tensor& x) {
   check_scale_grad("pykernels::distillation_scale_grad", grad, x, at::kCPU);
   const auto xc = x.contiguous();
-  auto out = at::empty_like(xc);
+  auto out = empty_output_like(xc);
   kernels().scale_grad(grad, xc, out);
   return out;
 }

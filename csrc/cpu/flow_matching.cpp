@@ -17,6 +17,7 @@
 #include "common/cpu_capability.h"
 #include "common/dispatch.h"
 #include "common/flow_matching_args.h"
+#include "common/output_memory.h"
 
 #define PK_FLOW_NS generic
 #include "cpu/flow_matching_kernels.h"
@@ -51,7 +52,7 @@ inline Tensor acc_copy(const Tensor& t, const Tensor& x) {
 
 // An output like x, or an undefined tensor (an output nobody asked for).
 inline Tensor output_like(const Tensor& x, bool want) {
-  return want ? at::empty(x.sizes(), x.options()) : Tensor();
+  return want ? empty_output(x.sizes(), x.options()) : Tensor();
 }
 
 // ------------------------------------------------------------------------------ interpolate

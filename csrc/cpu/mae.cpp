@@ -19,6 +19,7 @@
 #include "common/cpu_loops.h"
 #include "common/cpu_vec.h"
 #include "common/mae_args.h"
+#include "common/output_memory.h"
 
 namespace pykernels {
 namespace cpu {
@@ -101,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cpu(const at::Tens
   auto ids_shuffle = at::empty({N, L}, noise.options().dtype(at::kLong));
   auto ids_restore = at::empty({N, L}, ids_shuffle.options());
   auto mask = at::empty({N, L}, x.options());
-  auto x_visible = at::empty({N, K, x.size(2)}, x.options());
+  auto x_visible = empty_output({N, K, x.size(2)}, x.options());
   PK_DISPATCH_FLOATING(noise.scalar_type(), "random_masking_cpu", [&] {
     shuffle_ids(noise.const_data_ptr<scalar_t>(), N, L, ids_shuffle.data_ptr<int64_t>(),
                 ids_restore.data_ptr<int64_t>());
@@ -119,7 +120,7 @@ at::Tensor random_masking_backward_cpu(const at::Tensor& grad_, const at::Tensor
   check_random_masking_backward(op, grad_, ids_restore_, at::kCPU);
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
   check_ids_values(op, "ids_restore", ids, ids.size(1));
-  auto out = at::empty({grad.size(0), ids.size(1), grad.size(2)}, grad.options());
+  auto out = empty_output({grad.size(0), ids.size(1), grad.size(2)}, grad.options());
   gather_rows(grad, ids.const_data_ptr<int64_t>(), ids.size(1), nullptr, out);
   return out;
 }
@@ -134,7 +135,7 @@ at::Tensor unshuffle_with_mask_tokens_cpu(const at::Tensor& x_visible_,
   const auto xv = x_visible_.contiguous(), token = mask_token_.contiguous();
   const auto ids = ids_restore_.contiguous();
   check_ids_values(op, "ids_restore", ids, ids.size(1));
-  auto out = at::empty({xv.size(0), ids.size(1), xv.size(2)}, xv.options());
+  auto out = empty_output({xv.size(0), ids.size(1), xv.size(2)}, xv.options());
   gather_rows(xv, ids.const_data_ptr<int64_t>(), ids.size(1), token.const_data_ptr(), out);
   return out;
 }
@@ -174,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
   const int64_t N = grad.size(0), L = grad.size(1), D = grad.size(2), K = num_keep;
   check_ids_values(op, "ids_restore", ids, L);
-  auto grad_x_visible = at::empty({N, K, D}, grad.options());
+  auto grad_x_visible = empty_output({N, K, D}, grad.options());
   auto grad_mask_token = at::empty({D}, grad.options());
   if (D == 0) return {grad_x_visible, grad_mask_token};
   const int64_t* pi = ids.const_data_ptr<int64_t>();
@@ -229,7 +230,7 @@ at::Tensor gather_patches_cpu(const at::Tensor& imgs_, const at::Tensor& ids_kee
   const PatchGeom g(imgs.size(1), imgs.size(2), imgs.size(3), patch_size);
   const int64_t N = imgs.size(0), K = ids.size(1);
   check_ids_values(op, "ids_keep", ids, g.L);
-  auto out = at::empty({N, K, g.P}, imgs.options());
+  auto out = empty_output({N, K, g.P}, imgs.options());
   if (out.numel() == 0) return out;
   const int64_t* pi = ids.const_data_ptr<int64_t>();
   PK_DISPATCH_FLOATING(imgs.scalar_type(), "gather_patches_cpu", [&] {
@@ -252,7 +253,7 @@ at::Tensor gather_patches_backward_cpu(const at::Tensor& grad_, const at::Tensor
   const PatchGeom g(C, H, W, p);
   const int64_t N = grad.size(0), K = ids.size(1);
   check_ids_values(op, "ids_keep", ids, g.L);
-  auto out = at::empty({N, C, H, W}, grad.options());
+  auto out = empty_output({N, C, H, W}, grad.options());
   if (out.numel() == 0) return out;
   std::vector<int64_t> inv(N * g.L, -1);  // inv[n, ids_keep[n, k]] = k, -1 where not kept
   const int64_t* pk = ids.const_data_ptr<int64_t>();
@@ -417,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(const at::Tens
   const auto pred = pred_.contiguous(), imgs = imgs_.contiguous();
   const auto accT = at::toOpMathType(pred.scalar_type());
   const auto mask = mask_.to(accT).contiguous();
-  auto grad_pred = at::empty_like(pred);
+  auto grad_pred = empty_output_like(pred);
   auto grad_mask = at::empty(mask.sizes(), mask.options());
   const double g = grad.item<double>();
   PK_DISPATCH_FLOATING(pred.scalar_type(), "masked_patch_loss_backward_cpu", [&] {
