@@ -1,9 +1,13 @@
 # Everything on a fresh machine goes through these targets:
 #   make bench   set up .venv, build, check every backend against the reference, print the quick benchmark
 #   make test    set up .venv, build, run the test suite
-# Knobs: PYTHON (the interpreter that makes .venv), PYKERNELS_CUDA, CUDA_HOME, MAX_JOBS, TORCH.
+# Knobs: PYTHON (the interpreter that makes .venv), PYKERNELS_CUDA, CUDA_HOME, MAX_JOBS, TORCH,
+# TORCHVISION (the release that matches TORCH; open_clip needs it).
 PYTHON ?= python3
 TORCH ?= torch==2.14.1
+TORCHVISION ?= torchvision==0.29.1
+# The peers the benchmarks compare with and the tests check against (optional for users).
+PEERS ?= diffusers transformers liger-kernel cut-cross-entropy open_clip_torch
 VENV := .venv
 PY := $(VENV)/bin/python
 export MAX_JOBS ?= 2
@@ -15,7 +19,8 @@ all: test
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy pytest hypothesis ninja matplotlib setuptools wheel diffusers
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest hypothesis ninja matplotlib tqdm setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)" "$(TORCHVISION)" $(PEERS)
 	touch $@
 
 setup: $(VENV)/.deps

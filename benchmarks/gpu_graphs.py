@@ -4,7 +4,9 @@ Each op is captured once (forward and backward) on static inputs, the inputs are
 refilled in place and the graph replayed: the outputs and gradients must equal an eager
 run on the new values, bitwise. A capture fails if an op synchronises with the host
 (.item(), nonzero(), a Python branch on a value). Last, a 50-step DDIM sampling loop with
-per-sample timesteps is captured as one graph and compared with the eager loop.
+per-sample timesteps is captured as one graph and compared with the eager loop, and on a
+GPU with diffusers installed, the captured loop is timed against diffusers'
+DDIMScheduler.step loop on the same model outputs.
 
     python benchmarks/gpu_graphs.py            # on a GPU
     python benchmarks/gpu_graphs.py --dry-run  # CPU: the same code paths, no capture
@@ -33,7 +35,9 @@ def _fwd_bwd(case, backend, inputs, ws):
     outs = [o for o in case(backend, inputs)]
     diff = [o for o in outs if o.is_floating_point() and o.requires_grad]
     leaves = [inputs[k] for k in case.grads]
-    grads = list(torch.autograd.grad(diff, leaves, ws[: len(diff)], allow_unused=True)) if diff and leaves else []
+    grads = []
+    if diff and leaves:
+        grads = list(torch.autograd.grad(diff, leaves, ws[: len(diff)], allow_unused=True))
     return [o.detach() for o in outs] + [g for g in grads if g is not None]
 
 
@@ -102,13 +106,56 @@ def check_ddim(backend, device, dry_run):
     return None if torch.equal(got[0], want[0]) else "50-step DDIM loop differs from eager"
 
 
+def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
+    """One line: 50 DDIM steps of [64, 4, 128, 128] fp32 on fixed model outputs, pykernels
+    captured in a CUDA graph against diffusers' DDIMScheduler.step loop (eager)."""
+    try:
+        import diffusers
+    except ImportError:
+        return "ddim loop timing: diffusers is not installed"
+    from pykernels.bench.harness import interleaved_ms
+
+    gen = torch.Generator().manual_seed(0)
+    m, x0 = (torch.randn(shape, generator=gen).cuda() for _ in range(2))
+    sch = diffusers.DDIMScheduler(clip_sample=False)
+    sch.set_timesteps(steps, device="cuda")
+    table = pk.make_schedule().cuda()
+    stride = 1000 // steps
+    ts = [tuple(torch.full((shape[0],), int(t) - d, device="cuda") for d in (0, stride))
+          for t in sch.timesteps]
+
+    def ours():
+        x = x0
+        for t, p in ts:
+            x, _ = pk.ddim_step(m, t, p, x, table)
+        return [x]
+
+    def theirs():
+        x = x0
+        for t in sch.timesteps:
+            x = sch.step(m, t, x).prev_sample
+        return x
+
+    replay, static = _capture(ours, dry_run=False)
+    replay()
+    want = theirs()
+    err = ((static[0] - want).norm() / want.norm()).item()
+    ms = interleaved_ms({"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"),
+                        4.0)
+    return (f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, "
+            f"pykernels eager {ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph "
+            f"{ms['diffusers'] / ms['graph']:.2f}x diffusers; rel err vs diffusers {err:.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dry-run", action="store_true", help="CPU: run the code paths without capture")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU: run the code paths without capture")
     args = ap.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
     device = "cpu" if dry else "cuda"
-    backends = ["cpu"] if dry else [b for b in ("cuda", "triton") if pk.backends.why_unavailable(b) is None]
+    backends = ["cpu"] if dry else [b for b in ("cuda", "triton")
+                                     if pk.backends.why_unavailable(b) is None]
     ok = failed = 0
     for backend in backends:
         jobs = [(c.name, lambda c=c: check_case(c, backend, device, dry)) for c in CASES
@@ -122,9 +169,15 @@ def main():
                 traceback.print_exc(file=sys.stderr)
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize() if not dry else None
-            print(f"GRAPH {'OK  ' if err is None else 'FAIL'} {backend:7s} {name}{'' if err is None else ': ' + err}")
+            why = "" if err is None else ": " + err
+            print(f"GRAPH {'OK  ' if err is None else 'FAIL'} {backend:7s} {name}{why}")
             ok, failed = ok + (err is None), failed + (err is not None)
     print(f"graphs{' (dry run, no capture)' if dry else ''}: {ok} ok, {failed} failed")
+    if not dry:
+        try:
+            print(time_ddim_loop())
+        except Exception as e:  # the timing is a report, not a check
+            print(f"ddim loop timing failed: {type(e).__name__}: {e}")
     return 1 if failed else 0
 
 

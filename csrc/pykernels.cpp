@@ -95,45 +95,98 @@ TORCH_LIBRARY(pykernels, m) {
         "Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- mae
-  // Tokens x [N, L, D] and ids [N, K] (int64). Out-of-range or repeated ids raise on
-  // CPU; on CUDA (no host sync) an out-of-range id yields a NaN output row and a
-  // repeated id a NaN gradient row. See docs/mae.md.
-  // x [N, L, D] -> x[n, ids_keep[n, k]]: [N, K, D] (random_masking's fused gather).
-  m.def("gather_tokens(Tensor x, Tensor ids_keep) -> Tensor");
-  // grad [N, K, D] -> [N, L, D]: grad rows put back at ids_keep, zeros elsewhere.
-  m.def("gather_tokens_backward(Tensor grad, Tensor ids_keep, SymInt num_tokens) -> Tensor");
+  // pykernels/reference/mae.py has the math. Ids are int64; out-of-range or repeated ids
+  // raise on CPU; on CUDA (no host sync) an out-of-range id yields a NaN output row and a
+  // repeated id a NaN gradient row (docs/mae.md).
+  // x [N, L, D], noise [N, L] -> (x_visible [N, K, D]: the K = int(L (1 - mask_ratio)) tokens
+  // of smallest noise in ascending order (stable, NaN last), mask [N, L] in x's dtype
+  // (1 = removed), ids_restore [N, L]).
+  m.def("random_masking(Tensor x, float mask_ratio, Tensor noise) -> (Tensor, Tensor, Tensor)");
+  // grad [N, K, D] of x_visible -> grad x [N, L, D] (zeros at the removed tokens).
+  m.def("random_masking_backward(Tensor grad, Tensor ids_restore) -> Tensor");
   // out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K else mask_token: [N, L, D].
-  m.def("unshuffle_with_mask_tokens(Tensor x_visible, Tensor mask_token, Tensor ids_restore) -> Tensor");
+  m.def("unshuffle_with_mask_tokens(Tensor x_visible, Tensor mask_token, "
+        "Tensor ids_restore) -> Tensor");
   // -> (grad x_visible [N, K, D], grad mask_token [D]: sum over the masked slots).
-  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, SymInt num_keep) -> (Tensor, Tensor)");
+  m.def("unshuffle_with_mask_tokens_backward(Tensor grad, Tensor ids_restore, "
+        "SymInt num_keep) -> (Tensor, Tensor)");
   // imgs [N, C, H, W] -> the patches ids_keep [N, K] as [N, K, p*p*C], (p, q, c) order.
   m.def("gather_patches(Tensor imgs, Tensor ids_keep, int patch_size) -> Tensor");
   // grad [N, K, p*p*C] -> [N, C, H, W] image gradient (zeros outside the kept patches).
-  m.def("gather_patches_backward(Tensor grad, Tensor ids_keep, int patch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
-  // Per-patch mean of (pred - target)^2, target patchified from imgs on the fly and
-  // (norm_pix_loss) normalised by its mean and unbiased variance + 1e-6: [N, L], accumulation dtype.
-  m.def("patch_mse(Tensor pred, Tensor imgs, int patch_size, bool norm_pix_loss) -> Tensor");
-  // grad [N, L] (accumulation dtype) -> grad pred [N, L, p*p*C].
-  m.def("patch_mse_backward(Tensor grad, Tensor pred, Tensor imgs, int patch_size, bool norm_pix_loss) -> Tensor");
+  m.def("gather_patches_backward(Tensor grad, Tensor ids_keep, int patch_size, SymInt channels, "
+        "SymInt height, SymInt width) -> Tensor");
+  // sum(per_patch * mask) / sum(mask), per_patch = mean over p*p*C of (pred - target)^2, the
+  // target patchified from imgs on the fly (norm_pix_loss: normalised by its mean and
+  // unbiased variance + 1e-6); mask [N, L] of any float dtype. A scalar, accumulation dtype.
+  m.def("masked_patch_loss(Tensor pred, Tensor imgs, Tensor mask, int patch_size, "
+        "bool norm_pix_loss) -> Tensor");
+  // grad: the loss's (a scalar) -> (grad pred, grad mask in mask's dtype).
+  m.def("masked_patch_loss_backward(Tensor grad, Tensor pred, Tensor imgs, Tensor mask, "
+        "int patch_size, bool norm_pix_loss) -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- diffusion
   // Tensors are [N, ...]: N samples; timesteps [N] int64/int32 index alphas_cumprod [T]
-  // (float32, or float64), coefficients in the accumulation dtype. See
-  // pykernels/reference/diffusion.py for the math and common/diffusion_args.h for kinds.
-  // out = cx(t) x + cy(t) y; kind 0 add_noise (x0, noise), 1 velocity (x0, noise),
-  // 2/3/4 predicted x0 (sample, model_output) for epsilon/sample/v_prediction. Kinds 0-1
-  // keep the input dtype, kinds 2-4 return the accumulation dtype.
-  m.def("diffusion_mix(Tensor x, Tensor y, Tensor timesteps, Tensor alphas_cumprod, int kind) -> Tensor");
-  // grad: out's shape and dtype; returns (grad_x, grad_y) in x's dtype.
-  m.def("diffusion_mix_backward(Tensor grad, Tensor x, Tensor timesteps, Tensor alphas_cumprod, int kind) -> (Tensor, Tensor)");
-  // (model_output - target)^2, target by prediction 0 epsilon, 1 sample, 2 v_prediction;
-  // elementwise: per element, else per-sample sums [N]; accumulation dtype.
-  m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise) -> Tensor");
-  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod, int prediction, bool elementwise, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  // One DDPM (kind 0, "fixed_small" variance) or DDIM (kind 1) sampler step per sample ->
-  // (prev_sample, pred_original_sample), sample dtype. threshold [N] (accumulation dtype):
-  // dynamic thresholding with these per-sample limits, else clip_sample clamps x0.
-  m.def("diffusion_step(Tensor model_output, Tensor sample, Tensor? noise, Tensor timesteps, Tensor prev_timesteps, Tensor alphas_cumprod, Tensor? threshold, int kind, int prediction, bool clip_sample, float clip_sample_range, float eta, bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor)");
-  // -> (grad_model_output, grad_sample, grad_threshold ([N], or [0] without threshold)).
-  m.def("diffusion_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, Tensor model_output, Tensor sample, Tensor timesteps, Tensor prev_timesteps, Tensor alphas_cumprod, Tensor? threshold, int kind, int prediction, bool clip_sample, float clip_sample_range, float eta, bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor, Tensor)");
+  // (float32, or float64), coefficients in the accumulation dtype.
+  // pykernels/reference/diffusion.py has the math, common/diffusion_args.h the coefficients.
+  // sqrt(a) x0 + sqrt(1 - a) noise, x0's dtype.
+  m.def("add_noise(Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
+  // grad (any float dtype) -> (grad x0, grad noise) in grad's dtype.
+  m.def("add_noise_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) "
+        "-> (Tensor, Tensor)");
+  // sqrt(a) noise - sqrt(1 - a) x0, x0's dtype.
+  m.def("get_velocity(Tensor x0, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
+  m.def("get_velocity_backward(Tensor grad, Tensor timesteps, Tensor alphas_cumprod) "
+        "-> (Tensor, Tensor)");
+  // (model_output - target)^2, target noise / x0 / velocity by prediction_type; reduction
+  // "mean" or "sum" (a scalar) or "none" (per element); accumulation dtype.
+  m.def("diffusion_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor timesteps, "
+        "Tensor alphas_cumprod, str prediction_type, str reduction) -> Tensor");
+  // grad: the loss's shape -> the gradients output_mask asks for (an empty tensor elsewhere).
+  m.def("diffusion_loss_backward(Tensor grad, Tensor model_output, Tensor x0, Tensor noise, "
+        "Tensor timesteps, Tensor alphas_cumprod, str prediction_type, str reduction, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // One DDPM ("fixed_small" variance) or DDIM sampler step per sample -> (prev_sample,
+  // pred_original_sample), sample's dtype. threshold [N] (accumulation dtype): dynamic
+  // thresholding with these per-sample limits; without it clip_sample clamps x0.
+  m.def("ddpm_step(Tensor model_output, Tensor timesteps, Tensor sample, Tensor alphas_cumprod, "
+        "Tensor prev_timesteps, Tensor? noise, Tensor? threshold, str prediction_type, "
+        "bool clip_sample, float clip_sample_range) -> (Tensor, Tensor)");
+  // -> (grad model_output, grad sample, grad threshold ([N], or [0] without threshold)).
+  m.def("ddpm_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, "
+        "Tensor model_output, Tensor timesteps, Tensor sample, Tensor alphas_cumprod, "
+        "Tensor prev_timesteps, Tensor? threshold, str prediction_type, bool clip_sample, "
+        "float clip_sample_range) -> (Tensor, Tensor, Tensor)");
+  m.def("ddim_step(Tensor model_output, Tensor timesteps, Tensor prev_timesteps, Tensor sample, "
+        "Tensor alphas_cumprod, float eta, Tensor? noise, Tensor? threshold, "
+        "str prediction_type, bool clip_sample, float clip_sample_range, "
+        "bool use_clipped_model_output, float final_alpha_cumprod) -> (Tensor, Tensor)");
+  m.def("ddim_step_backward(Tensor grad_prev_sample, Tensor grad_pred_original_sample, "
+        "Tensor model_output, Tensor timesteps, Tensor prev_timesteps, Tensor sample, "
+        "Tensor alphas_cumprod, float eta, Tensor? threshold, str prediction_type, "
+        "bool clip_sample, float clip_sample_range, bool use_clipped_model_output, "
+        "float final_alpha_cumprod) -> (Tensor, Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- flow_matching
+  // Tensors are [N, ...]: N samples, one noise level per sample in sigmas [N] (any float
+  // dtype, used in the accumulation dtype; values in [0, 1], checked on CPU). See
+  // pykernels/reference/flow_matching.py for the math.
+  // x_t = (1 - sigma) x0 + sigma noise, x0's dtype.
+  m.def("flow_interpolate(Tensor x0, Tensor noise, Tensor sigmas) -> Tensor");
+  // grad: x_t's shape and dtype -> (grad_x0, grad_noise).
+  m.def("flow_interpolate_backward(Tensor grad, Tensor sigmas) -> (Tensor, Tensor)");
+  // (per-sample losses c(sigma) mean_i (model_output - (noise - x0))^2 [N] in the
+  // accumulation dtype, x_t when return_noisy else an empty tensor); weighting_scheme
+  // "none" | "sigma_sqrt" | "cosmap" and precondition_outputs give c(sigma).
+  m.def("flow_matching_loss(Tensor model_output, Tensor x0, Tensor noise, Tensor sigmas, "
+        "str weighting_scheme, bool precondition_outputs, bool return_noisy) -> (Tensor, Tensor)");
+  // grad [N], grad_noisy (x_t's gradient, if x_t was returned) -> gradients of
+  // model_output, x0, noise (an empty tensor where output_mask is false).
+  m.def("flow_matching_loss_backward(Tensor grad, Tensor? grad_noisy, Tensor model_output, "
+        "Tensor x0, Tensor noise, Tensor sigmas, str weighting_scheme, bool precondition_outputs, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // sample + (sigmas_next - sigmas) model_output, computed in the accumulation dtype.
+  m.def("flow_match_euler_step(Tensor model_output, Tensor sample, Tensor sigmas, "
+        "Tensor sigmas_next) -> Tensor");
+  // grad -> grad_model_output = (sigmas_next - sigmas) grad (the sample's gradient is grad).
+  m.def("flow_match_euler_step_backward(Tensor grad, Tensor sigmas, Tensor sigmas_next) -> Tensor");
 }

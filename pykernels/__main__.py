@@ -1,18 +1,15 @@
 """pykernels command line.
 
   python -m pykernels info                 versions, built backends, CUDA archs
-  python -m pykernels check                every available backend against the reference
-  python -m pykernels bench [FAMILY ...] [--quick] [--device cpu|cuda]
-                                           check, then the benchmark tables (all families by default)
+  python -m pykernels check [-v]           every built backend against the float64 reference
+                                           (one summary line; -v lists every case)
+  python -m pykernels bench [FAMILY ...] [--quick] [--device cpu|cuda] [--out DIR]
+                                           check, then one benchmark table per family
+                                           (all families by default; bench --help for more)
 """
 from __future__ import annotations
 
-import os
-import runpy
 import sys
-
-from pykernels.ops import FAMILIES
-BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
 def info() -> None:
@@ -27,7 +24,8 @@ def info() -> None:
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'})")
     try:
         import triton
-        print(f"triton    {triton.__version__} (interpreter {'on' if backends.triton_interpreted() else 'off'})")
+        interpreter = "on" if backends.triton_interpreted() else "off"
+        print(f"triton    {triton.__version__} (interpreter {interpreter})")
     except ImportError:
         print("triton    not installed")
     archs = "-"
@@ -46,47 +44,23 @@ def info() -> None:
         print(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")
 
 
-def check() -> int:
-    """Every available backend against the reference on small inputs of each family."""
+def check(args: list[str]) -> int:
+    """Every built backend against the float64 reference on small inputs of each case."""
     import torch
 
     from pykernels import _selfcheck
 
+    if any(a not in ("-v", "--verbose") for a in args):
+        print(f"usage: python -m pykernels check [-v]; got {' '.join(args)}", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    failures = _selfcheck.run(device)
-    return 1 if failures else 0
+    return 1 if _selfcheck.run(device, verbose=bool(args)) else 0
 
 
 def bench(args: list[str]) -> int:
-    import argparse
+    from pykernels.bench.run import main as bench_main
 
-    ap = argparse.ArgumentParser(prog="python -m pykernels bench")
-    # (no choices=: argparse rejects an empty list against choices on some Pythons)
-    ap.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
-    ap.add_argument("--quick", action="store_true", help="fewer, smaller cases")
-    ap.add_argument("--device", choices=("cpu", "cuda"))
-    ap.add_argument("--out", help="folder for CSV and PNG (default benchmarks/results)")
-    ns = ap.parse_args(args)
-    unknown = [f for f in ns.families if f not in FAMILIES]
-    if unknown:
-        ap.error(f"unknown family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
-    if not os.path.isdir(BENCH_DIR):
-        print(f"benchmarks/ not found next to the package ({BENCH_DIR}); run from a source checkout", file=sys.stderr)
-        return 2
-    status = check()
-    if status:
-        print("backend check failed: not benchmarking", file=sys.stderr)
-        return status
-    passthrough = (["--quick"] if ns.quick else []) + (["--device", ns.device] if ns.device else []) \
-        + (["--out", ns.out] if ns.out else [])
-    for fam in ns.families or FAMILIES:
-        path = os.path.join(BENCH_DIR, f"bench_{fam}.py")
-        if not os.path.exists(path):
-            print(f"(no benchmark for {fam} yet)")
-            continue
-        sys.argv = [path] + passthrough
-        runpy.run_path(path, run_name="__main__")
-    return 0
+    return bench_main(args)
 
 
 def main(argv: list[str]) -> int:
@@ -98,7 +72,7 @@ def main(argv: list[str]) -> int:
         info()
         return 0
     if cmd == "check":
-        return check()
+        return check(rest)
     if cmd == "bench":
         return bench(rest)
     print(f"unknown command {cmd!r}\n{__doc__}", file=sys.stderr)

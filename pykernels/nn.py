@@ -276,3 +276,30 @@ class InfoNCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}"
+
+
+# ----------------------------------------------------------------------------- flow matching
+from .ops import flow_matching as _flow_matching  # noqa: E402
+
+
+class FlowMatchingLoss(nn.Module):
+    """The SD3 / Flux rectified-flow training loss (pykernels.flow_matching_loss):
+    forward(model_output, x0, noise, sigmas) = the mean over the batch of
+    c(sigma) mean((model_output - (noise - x0))^2) per sample, with c from the SD3 loss
+    weighting ("none", "sigma_sqrt", "cosmap") and precondition_outputs."""
+
+    def __init__(self, weighting_scheme: str = "none", precondition_outputs: bool = False,
+                 reduction: str = "mean", *, backend: str | None = None):
+        super().__init__()
+        self.weighting_scheme, self.precondition_outputs = weighting_scheme, precondition_outputs
+        self.reduction, self.backend = reduction, backend
+
+    def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, sigmas) -> Tensor:
+        return _flow_matching.flow_matching_loss(model_output, x0, noise, sigmas,
+                                                 weighting_scheme=self.weighting_scheme,
+                                                 precondition_outputs=self.precondition_outputs,
+                                                 reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"weighting_scheme={self.weighting_scheme!r}, "
+                f"precondition_outputs={self.precondition_outputs}, reduction={self.reduction!r}")

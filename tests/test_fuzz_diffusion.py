@@ -176,7 +176,7 @@ def test_ddim_step(backend, data):
     # The table is a leaf without gradient, so the checker's rounding sensitivity moves the
     # schedule too: with final_alpha_cumprod = alphas_cumprod[t] the model output's
     # coefficient is 0 in exact math and a rounding of the alphas in any float32
-    # formulation (the long fuzz run: a sample of 1e-30 against 1e-3 * that rounding).
+    # formulation (a sample of 1e-30 against 1e-3 times that rounding).
     compare(lambda a, b, tab: pk.ddim_step(m.view(a), t_arg, prev, s.view(b), tab, backend=backend, **noise_kw,
                                            **kw),
             lambda a, b, tab: ref.ddim_step(m.view(a), t, prev, s.view(b), tab, noise=z if eta > 0 else None, **kw),
@@ -186,11 +186,10 @@ def test_ddim_step(backend, data):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
 def test_ddim_towards_noise_with_eta_zero(backend, pred):
-    """Regression (found by test_ddim_step): when a' < a (prev_timesteps > timesteps, or
-    final_alpha_cumprod below alphas_cumprod[t]) the DDIM variance is negative. eta = 0
-    needs no sigma: x' = sqrt(a') x0 + sqrt(1 - a') eps (DDIM inversion). The reference
-    gave NaN there (0 * sqrt(var)); the CPU/CUDA/Triton kernels clamped the NaN away and
-    dropped the direction term. eta > 0 has no real sigma: NaN everywhere."""
+    """When a' < a (prev_timesteps > timesteps, or final_alpha_cumprod below
+    alphas_cumprod[t]) the DDIM variance is negative. eta = 0 needs no sigma:
+    x' = sqrt(a') x0 + sqrt(1 - a') eps (DDIM inversion), without a 0 * sqrt(var) (NaN) and
+    with the direction term kept. eta > 0 has no real sigma: NaN everywhere."""
     dev = backend_device(backend)
     tab = pk.make_schedule(1000).to(dev)
     m = torch.tensor([[0.3, -0.2], [1.5, 0.1]], dtype=torch.float64 if backend in ("cpu", "reference") else torch.float32,

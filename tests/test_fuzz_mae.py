@@ -158,8 +158,8 @@ def mask_grad_tolerance(pred, target, mask, p, norm, dtype):
     """The mask's gradient (l_k - loss) / sum(mask) is a difference of patch losses l_k
     that are each rounded in the accumulation dtype: known to ~eps (|l_k| + |loss|) /
     sum(mask) per element, whatever the formulation (PyTorch's included). Patch losses
-    nearly equal make that a large relative error (the long fuzz run: norm_pix_loss,
-    losses 0.7494 and 0.7510, a gradient 1.7e-4 off where PyTorch's was 2.5e-5 off).
+    nearly equal make that a large relative error (norm_pix_loss losses of 0.7494 and
+    0.7510: a gradient 1.7e-4 off where PyTorch's is 2.5e-5 off).
     The tolerance: the dtype's, or 16 such roundings, capped at 1 (NaN, Inf, a wrong
     shape still fail)."""
     l64 = ref.patch_loss(pred.detach().double(), target.double(), p, norm)

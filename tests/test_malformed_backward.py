@@ -2,7 +2,7 @@
 arguments, but torch.ops.pykernels.<name>_backward (C++: cpu, cuda) and
 <name>_backward_triton are public ops a user can call directly; so they check their
 arguments as the forward ops do, plus the upstream gradient(s): a float tensor (any float
-dtype: the kernels convert it; diffusion_step_backward: the sample's dtype) of the exact
+dtype: the kernels convert it; ddpm/ddim_step_backward: the sample's dtype) of the exact
 shape, on the inputs' device. Bad input raises the exception type of test_malformed.py
 (TypeError dtype, ValueError shape / device / value, IndexError an index out of range)
 with a message naming the argument, the same type on every backend.
@@ -40,29 +40,39 @@ ARGS = {
                                          ("col_lse", f(d, 4).double()), ("symmetric", True), ("normalize", True)],
     "distillation_scale_grad": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "distillation_scale_grad_inplace": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
-    "gather_tokens_backward": lambda d: [("grad", f(d, 2, 2, 3)), ("ids_keep", ints(d, [[0, 1], [5, 2]])),
-                                         ("num_tokens", 6)],
+    "random_masking_backward": lambda d: [("grad", f(d, 2, 2, 3)),
+                                          ("ids_restore", ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]]))],
     "unshuffle_with_mask_tokens_backward": lambda d: [("grad", f(d, 2, 4, 3)),
                                                       ("ids_restore", ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]])),
                                                       ("num_keep", 2)],
     "gather_patches_backward": lambda d: [("grad", f(d, 2, 2, 12)), ("ids_keep", ints(d, [[0, 1], [3, 2]])),
                                           ("patch_size", 2), ("channels", 3), ("height", 4), ("width", 4)],
-    "patch_mse_backward": lambda d: [("grad", f(d, 2, 4)), ("pred", f(d, 2, 4, 12)), ("imgs", f(d, 2, 3, 4, 4)),
-                                     ("patch_size", 2), ("norm_pix_loss", True)],
-    "diffusion_mix_backward": lambda d: [("grad", f(d, 3, 4)), ("x", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                         ("alphas_cumprod", _sched(d)), ("kind", 1)],
-    "diffusion_loss_backward": lambda d: [("grad", f(d, 3)), ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
+    "masked_patch_loss_backward": lambda d: [("grad", f(d)), ("pred", f(d, 2, 4, 12)), ("imgs", f(d, 2, 3, 4, 4)),
+                                             ("mask", ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float()),
+                                             ("patch_size", 2), ("norm_pix_loss", True)],
+    "add_noise_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
+                                     ("alphas_cumprod", _sched(d))],
+    "get_velocity_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
+                                        ("alphas_cumprod", _sched(d))],
+    "diffusion_loss_backward": lambda d: [("grad", f(d)), ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
                                           ("noise", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                          ("alphas_cumprod", _sched(d)), ("prediction", 2), ("elementwise", False),
-                                          ("output_mask", [True, True, True])],
-    "diffusion_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
-                                          ("model_output", f(d, 3, 4)), ("sample", f(d, 3, 4)),
-                                          ("timesteps", ints(d, [1, 5, 9])), ("prev_timesteps", ints(d, [0, 4, -1])),
-                                          ("alphas_cumprod", _sched(d)),
-                                          ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
-                                          ("kind", 1), ("prediction", 0), ("clip_sample", False),
-                                          ("clip_sample_range", 1.0), ("eta", 0.0), ("use_clipped_model_output", False),
-                                          ("final_alpha_cumprod", 1.0)],
+                                          ("alphas_cumprod", _sched(d)), ("prediction_type", "v_prediction"),
+                                          ("reduction", "mean"), ("output_mask", [True, True, True])],
+    "ddpm_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
+                                     ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
+                                     ("sample", f(d, 3, 4)), ("alphas_cumprod", _sched(d)),
+                                     ("prev_timesteps", ints(d, [0, 4, -1])),
+                                     ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
+                                     ("prediction_type", "epsilon"), ("clip_sample", False),
+                                     ("clip_sample_range", 1.0)],
+    "ddim_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
+                                     ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
+                                     ("prev_timesteps", ints(d, [0, 4, -1])), ("sample", f(d, 3, 4)),
+                                     ("alphas_cumprod", _sched(d)), ("eta", 0.0),
+                                     ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
+                                     ("prediction_type", "epsilon"), ("clip_sample", False),
+                                     ("clip_sample_range", 1.0), ("use_clipped_model_output", False),
+                                     ("final_alpha_cumprod", 1.0)],
 }
 
 
@@ -197,22 +207,22 @@ def _rows() -> list[Row]:
                     {"x": Mut(lambda x, d: torch.zeros(5, 3, device=x.device).t())}, ValueError,
                     r"argument 'x' must be contiguous"))
     # ---------------------------------------------------------------- mae
-    op = "gather_tokens_backward"
+    op = "random_masking_backward"
     rows += _grad_rows(op, (2, 2, 3), short=False, rank_msg=r"must have (3 dimension|shape)") + [
-        Row(op, "ids_keep int32", {"ids_keep": as_dtype(torch.int32)}, TypeError, r"argument 'ids_keep' must be an int64"),
-        Row(op, "ids_keep float", {"ids_keep": as_dtype(torch.float32)}, TypeError, r"argument 'ids_keep' must be an int64"),
-        Row(op, "ids_keep wrong batch", {"ids_keep": Mut(lambda x, d: x[:1])}, ValueError,
-            r"argument 'ids_keep' must have (2 rows|shape \[2, K\])"),
-        Row(op, "ids_keep one short", {"ids_keep": Mut(lambda x, d: x[:, :1])}, ValueError,
-            r"argument 'ids_keep' must have shape \[2, 2\]"),
-        Row(op, "ids_keep 1-D", {"ids_keep": Mut(lambda x, d: x[0])}, ValueError, r"argument 'ids_keep' must have"),
-        Row(op, "ids_keep on another device", {"ids_keep": ON_OTHER}, ValueError,
-            r"argument 'ids_keep' must be on the same device|on the same device as 'ids_keep'"),
-        Row(op, "num_tokens -1", {"num_tokens": -1}, ValueError, r"argument 'num_tokens' must be >= 0"),
-        Row(op, "ids_keep >= num_tokens", {"ids_keep": fill(6, 1)}, IndexError, r"argument 'ids_keep' has id 6",
+        Row(op, "grad more tokens than L", {"grad": reshaped(2, 5, 3)}, ValueError,
+            r"argument 'grad' has 5 tokens, more than the L = 4"),
+        Row(op, "ids_restore int32", {"ids_restore": as_dtype(torch.int32)}, TypeError,
+            r"argument 'ids_restore' must be an int64"),
+        Row(op, "ids_restore wrong batch", {"ids_restore": Mut(lambda x, d: x[:1])}, ValueError,
+            r"argument 'ids_restore' must have (2 rows|shape \[2, K\])"),
+        Row(op, "ids_restore 1-D", {"ids_restore": Mut(lambda x, d: x[0])}, ValueError,
+            r"argument 'ids_restore' must have"),
+        Row(op, "ids_restore on another device", {"ids_restore": ON_OTHER}, ValueError,
+            r"argument 'ids_restore' must be on the same device|on the same device as 'ids_restore'"),
+        Row(op, "ids_restore >= L", {"ids_restore": fill(4, 1)}, IndexError, r"argument 'ids_restore' has id 4",
             backends=("cpu",)),
-        Row(op, "ids_keep repeated", {"ids_keep": fill(0, 1)}, ValueError, r"argument 'ids_keep' repeats id 0",
-            backends=("cpu",)),
+        Row(op, "ids_restore repeated", {"ids_restore": fill(0, 1)}, ValueError,
+            r"argument 'ids_restore' repeats id 0", backends=("cpu",)),
     ]
     op = "unshuffle_with_mask_tokens_backward"
     rows += _grad_rows(op, (2, 4, 3), short=False, rank_msg=r"must have (3 dimension|shape)") + [
@@ -242,61 +252,144 @@ def _rows() -> list[Row]:
         Row(op, "patch_size does not divide", {"patch_size": 3}, ValueError, r"multiples of 'patch_size' \(3\)"),
         Row(op, "ids_keep >= L", {"ids_keep": fill(4, 1)}, IndexError, r"argument 'ids_keep' has id 4", backends=("cpu",)),
     ]
-    op = "patch_mse_backward"
-    rows += _grad_rows(op, (2, 4)) + [
-        Row(op, "grad per element", {"grad": reshaped(2, 4, 12)}, ValueError, grad_shape(2, 4)),
+    op = "masked_patch_loss_backward"
+    rows += [
+        Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad per patch", {"grad": reshaped(2, 4)}, ValueError, grad_shape()),
+        Row(op, "grad on another device", {"grad": ON_OTHER}, ValueError,
+            r"argument 'grad' must be (on the same device|a \w+ tensor)|on the same device as 'grad'"),
         Row(op, "pred other shape", {"pred": reshaped(2, 4, 11)}, ValueError, r"argument 'pred' must have shape \[2, 4, 12\]"),
         Row(op, "pred int64", {"pred": as_dtype(torch.int64)}, TypeError, r"argument 'pred' must be float32"),
         Row(op, "imgs float64", {"imgs": as_dtype(torch.float64)}, TypeError, r"argument 'imgs' must have the same dtype"),
         Row(op, "imgs 3-D", {"imgs": reshaped(3, 4, 4)}, ValueError, r"argument 'imgs' must have (4 dimension|shape)"),
+        Row(op, "mask shape", {"mask": reshaped(2, 5)}, ValueError, r"argument 'mask' must have shape \[2, 4\]"),
         Row(op, "patch_size 0", {"patch_size": 0}, ValueError, r"argument 'patch_size' must be > 0"),
     ]
     # ---------------------------------------------------------------- diffusion
-    op = "diffusion_mix_backward"
-    rows += _grad_rows(op, (3, 4)) + _timestep_rows(op) + [
-        Row(op, "x int64", {"x": as_dtype(torch.int64)}, TypeError, r"argument 'x' must be float32"),
-        Row(op, "x 0-dim", {"x": reshaped(), "grad": reshaped()}, ValueError, r"argument 'x' must have at least 1 dimension"),
-        Row(op, "kind 5", {"kind": 5}, ValueError, r"argument 'kind' must be in \[0, 4\]"),
-    ]
+    for op in ("add_noise_backward", "get_velocity_backward"):  # grad sets the shape: any [N, ...]
+        rows += _timestep_rows(op) + [
+            Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
+            Row(op, "grad bool", {"grad": as_dtype(torch.bool)}, TypeError, r"argument 'grad' must be float32"),
+            Row(op, "grad 0-dim", {"grad": reshaped()}, ValueError, r"argument 'grad' must have at least 1 dimension"),
+            Row(op, "grad of 2 samples", {"grad": reshaped(2, 4)}, ValueError,
+                r"argument 'timesteps' must have shape \[N\] = \[2\]"),
+            Row(op, "grad on another device", {"grad": ON_OTHER}, ValueError,
+                r"argument 'grad' must be (on the same device|a \w+ tensor)|on the same device as 'grad'"),
+        ]
     op = "diffusion_loss_backward"
-    rows += _grad_rows(op, (3,)) + _timestep_rows(op) + [
-        Row(op, "grad per element, not elementwise", {"grad": reshaped(3, 4)}, ValueError,
-            grad_shape(3)),
-        Row(op, "grad per sample, elementwise", {"elementwise": True}, ValueError,
-            grad_shape(3, 4)),
+    rows += [
+        Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad on another device", {"grad": ON_OTHER}, ValueError,
+            r"argument 'grad' must be (on the same device|a \w+ tensor)|on the same device as 'grad'"),
+    ] + _timestep_rows(op) + [
+        Row(op, "grad per element, reduction mean", {"grad": reshaped(3, 4)}, ValueError, grad_shape()),
+        Row(op, "grad a scalar, reduction none", {"reduction": "none"}, ValueError, grad_shape(3, 4)),
         Row(op, "x0 other shape", {"x0": reshaped(3, 5)}, ValueError, r"argument 'x0' must have the same shape"),
         Row(op, "noise float64", {"noise": as_dtype(torch.float64)}, TypeError, r"argument 'noise' must have the same dtype"),
-        Row(op, "prediction 3", {"prediction": 3}, ValueError, r"argument 'prediction' must be in \[0, 2\]"),
+        Row(op, "prediction_type eps", {"prediction_type": "eps"}, ValueError,
+            r"argument 'prediction_type' must be one of"),
+        Row(op, "reduction avg", {"reduction": "avg"}, ValueError, r"argument 'reduction' must be one of"),
         # the C++ schema's bool[3]: PyTorch's argument parser refuses it (a RuntimeError
         # that does not name the argument); the Triton op raises the same type, naming it
         Row(op, "output_mask of 2", {"output_mask": [True, True]}, RuntimeError,
             r"argument 'output_mask' must have 3 elements|List with 2 elements to a fixed-size array of size 3"),
     ]
-    op = "diffusion_step_backward"
-    for name in ("grad_prev_sample", "grad_pred_original_sample"):
-        rows += _grad_rows(op, (3, 4), name) + [
-            Row(op, f"{name} float64", {name: as_dtype(torch.float64)}, TypeError,
-                rf"argument '{name}' must have the same dtype"),
+    for op in ("ddpm_step_backward", "ddim_step_backward"):
+        for name in ("grad_prev_sample", "grad_pred_original_sample"):
+            rows += _grad_rows(op, (3, 4), name) + [
+                Row(op, f"{name} float64", {name: as_dtype(torch.float64)}, TypeError,
+                    rf"argument '{name}' must have the same dtype"),
+            ]
+        rows += _timestep_rows(op, ("timesteps", "prev_timesteps")) + [
+            Row(op, "model_output other shape", {"model_output": reshaped(3, 5)}, ValueError,
+                r"argument 'model_output' must have the same shape"),
+            Row(op, "sample int64", {"sample": as_dtype(torch.int64)}, TypeError, r"argument 'sample' must be float32"),
+            Row(op, "prediction_type x", {"prediction_type": "x"}, ValueError,
+                r"argument 'prediction_type' must be one of"),
+            Row(op, "clip_sample_range 0", {"clip_sample_range": 0.0}, ValueError,
+                r"argument 'clip_sample_range' must be > 0"),
+            Row(op, "threshold float16", {"threshold": as_dtype(torch.float16)}, TypeError,
+                r"argument 'threshold' must be in the accumulation dtype"),
+            Row(op, "threshold one short", {"threshold": Mut(lambda x, d: x[:2])}, ValueError,
+                r"argument 'threshold' must have shape \[N\] = \[3\]"),
         ]
-    rows += _timestep_rows(op, ("timesteps", "prev_timesteps")) + [
-        Row(op, "model_output other shape", {"model_output": reshaped(3, 5)}, ValueError,
-            r"argument 'model_output' must have the same shape"),
-        Row(op, "sample int64", {"sample": as_dtype(torch.int64)}, TypeError, r"argument 'sample' must be float32"),
-        Row(op, "kind 2", {"kind": 2}, ValueError, r"argument 'kind' must be in \[0, 1\]"),
-        Row(op, "prediction -1", {"prediction": -1}, ValueError, r"argument 'prediction' must be in \[0, 2\]"),
+    op = "ddim_step_backward"
+    rows += [
         Row(op, "eta negative", {"eta": -1.0}, ValueError, r"argument 'eta' must be >= 0"),
-        Row(op, "clip_sample_range 0", {"clip_sample_range": 0.0}, ValueError, r"argument 'clip_sample_range' must be > 0"),
         Row(op, "final_alpha_cumprod 2", {"final_alpha_cumprod": 2.0}, ValueError,
             r"argument 'final_alpha_cumprod' must be in \(0, 1\]"),
-        Row(op, "threshold float16", {"threshold": as_dtype(torch.float16)}, TypeError,
-            r"argument 'threshold' must be in the accumulation dtype"),
-        Row(op, "threshold one short", {"threshold": Mut(lambda x, d: x[:2])}, ValueError,
-            r"argument 'threshold' must have shape \[N\] = \[3\]"),
     ]
     return rows
 
 
 ROWS = _rows()
+
+
+# ---------------------------------------------------------------- flow_matching
+def _sigmas(*values):
+    return lambda d: torch.tensor(values, device=d.dev)
+
+
+ARGS.update({
+    "flow_interpolate_backward": lambda d: [("grad", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0))],
+    "flow_matching_loss_backward": lambda d: [("grad", f(d, 3)), ("grad_noisy", f(d, 3, 4)),
+                                              ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
+                                              ("noise", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0)),
+                                              ("weighting_scheme", "cosmap"), ("precondition_outputs", True),
+                                              ("output_mask", [True, True, True])],
+    "flow_match_euler_step_backward": lambda d: [("grad", f(d, 3, 4)), ("sigmas", _sigmas(0.0, 0.5, 1.0)),
+                                                 ("sigmas_next", _sigmas(0.0, 0.2, 0.9))],
+})
+# The gradients of flow_interpolate_backward and flow_match_euler_step_backward come back
+# in grad's dtype (autograd passes the output's, which is the inputs'): no other dtype.
+GRAD_DTYPE_IS_OUTPUT_DTYPE = {"ddpm_step_backward", "ddim_step_backward", "flow_interpolate_backward", "flow_match_euler_step_backward"}
+
+
+def _flow_sigma_rows(op: str, names=("sigmas",)) -> list[Row]:
+    rows = []
+    for name in names:
+        rows += [
+            Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, rf"argument '{name}' must be float32"),
+            Row(op, f"{name} one short", {name: Mut(lambda x, d: x[:2])}, ValueError,
+                rf"argument '{name}' must have shape \[N\] = \[3\]"),
+            Row(op, f"{name} 2-D", {name: Mut(lambda x, d: x[:, None])}, ValueError,
+                rf"argument '{name}' must have shape \[N\]"),
+            Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
+                rf"argument '{name}' must be on the same device|on the same device as '{name}'"),
+            Row(op, f"{name} above 1", {name: Mut(lambda x, d: x + 0.5)}, ValueError,
+                rf"argument '{name}' has 1\.\d+ at index 2, outside \[0, 1\]", backends=("cpu",)),
+        ]
+    return rows
+
+
+def _flow_grad_rows(op: str) -> list[Row]:
+    """The upstream gradient of an element-wise backward op: it sets the samples' shape."""
+    return [
+        Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad bool", {"grad": as_dtype(torch.bool)}, TypeError, r"argument 'grad' must be float32"),
+        Row(op, "grad 0-dim", {"grad": reshaped()}, ValueError, r"argument 'grad' must have at least 1 dimension"),
+        Row(op, "grad other batch", {"grad": reshaped(2, 4)}, ValueError, r"argument 'sigmas' must have shape"),
+    ]
+
+
+_op = "flow_matching_loss_backward"
+ROWS += (_flow_grad_rows("flow_interpolate_backward") + _flow_sigma_rows("flow_interpolate_backward")
+         + _flow_grad_rows("flow_match_euler_step_backward")
+         + _flow_sigma_rows("flow_match_euler_step_backward", ("sigmas", "sigmas_next"))
+         + _grad_rows(_op, (3,)) + _flow_sigma_rows(_op) + [
+             Row(_op, "grad per element", {"grad": reshaped(3, 4)}, ValueError, grad_shape(3)),
+             Row(_op, "grad_noisy float64", {"grad_noisy": as_dtype(torch.float64)}, TypeError,
+                 r"argument 'grad_noisy' must have the same dtype"),
+             Row(_op, "grad_noisy other shape", {"grad_noisy": reshaped(3, 5)}, ValueError,
+                 r"argument 'grad_noisy' must have the same shape"),
+             Row(_op, "x0 other shape", {"x0": reshaped(3, 5)}, ValueError, r"argument 'x0' must have the same shape"),
+             Row(_op, "noise float64", {"noise": as_dtype(torch.float64)}, TypeError,
+                 r"argument 'noise' must have the same dtype"),
+             Row(_op, "weighting_scheme a density", {"weighting_scheme": "logit_normal"}, ValueError,
+                 r"argument 'weighting_scheme' must be one of"),
+             Row(_op, "output_mask of 2", {"output_mask": [True, True]}, RuntimeError,
+                 r"argument 'output_mask' must have 3 elements|List with 2 elements to a fixed-size array of size 3"),
+         ])
 
 
 def _params():
@@ -345,28 +438,45 @@ def _autograd(name: str, backend: str, a: list):
         loss, saved = fwd("cross_entropy")(logits, labels, -100, 0.0, True, 1.0)
         a[1].copy_(saved.detach())  # the op scales the saved gradient
         return grad(loss, (logits,), a[0])
-    if name == "gather_tokens_backward":
-        (x,) = _needs_grad(f(dev_for(backend), 2, a[2], 3))
-        return grad(fwd("gather_tokens")(x, a[1]), (x,), a[0])
+    if name == "random_masking_backward":
+        (x,) = _needs_grad(f(dev_for(backend), 2, 4, 3))
+        noise = torch.tensor([[0.0, 0.1, 0.2, 0.3], [0.3, 0.2, 0.1, 0.0]], device=x.device)  # ids_restore = a[1]
+        x_visible, _, ids_restore = fwd("random_masking")(x, 0.5, noise)
+        assert torch.equal(ids_restore, a[1])
+        return grad(x_visible, (x,), a[0])
     if name == "unshuffle_with_mask_tokens_backward":
         xv, token = _needs_grad(f(dev_for(backend), 2, a[2], 3), f(dev_for(backend), 3))
         return grad(fwd("unshuffle_with_mask_tokens")(xv, token, a[1]), (xv, token), a[0])
     if name == "gather_patches_backward":
         (imgs,) = _needs_grad(f(dev_for(backend), 2, *a[3:6]))
         return grad(fwd("gather_patches")(imgs, a[1], a[2]), (imgs,), a[0])
-    if name == "patch_mse_backward":
-        (pred,) = _needs_grad(a[1])
-        return grad(fwd("patch_mse")(pred, *a[2:]), (pred,), a[0])
-    if name == "diffusion_mix_backward":
-        x, y = _needs_grad(a[1], f(dev_for(backend), *a[1].shape))
-        return grad(fwd("diffusion_mix")(x, y, *a[2:]), (x, y), a[0])
+    if name == "masked_patch_loss_backward":
+        pred, mask = _needs_grad(a[1], a[3])
+        return grad(fwd("masked_patch_loss")(pred, a[2], mask, *a[4:]), (pred, mask), a[0])
+    if name in ("add_noise_backward", "get_velocity_backward"):
+        x0, noise = _needs_grad(a[0], f(dev_for(backend), *a[0].shape))
+        return grad(fwd(name[:-len("_backward")])(x0, noise, *a[1:]), (x0, noise), a[0])
     if name == "diffusion_loss_backward":
         ins = _needs_grad(*a[1:4])
         return grad(fwd("diffusion_loss")(*ins, *a[4:8]), ins, a[0])
-    if name == "diffusion_step_backward":
-        m, s, q = _needs_grad(a[2], a[3], a[7])
-        outs = fwd("diffusion_step")(m, s, None, a[4], a[5], a[6], q, *a[8:])
-        return grad(outs, (m, s, q), (a[0], a[1]))
+    if name in ("ddpm_step_backward", "ddim_step_backward"):
+        b = list(a[2:])  # the forward's arguments without the noise
+        slot = {"model_output": 0, "sample": 2 if name == "ddpm_step_backward" else 3}
+        m, s_, q = _needs_grad(b[0], b[slot["sample"]], b[5 if name == "ddpm_step_backward" else 6])
+        b[0], b[slot["sample"]] = m, s_
+        b[5 if name == "ddpm_step_backward" else 6] = q
+        noise_at = 5 if name == "ddpm_step_backward" else 6
+        outs = fwd(name[:-len("_backward")])(*b[:noise_at], None, *b[noise_at:])
+        return grad(outs, (m, s_, q), (a[0], a[1]))
+    if name == "flow_interpolate_backward":
+        x0, noise = _needs_grad(a[0], f(dev_for(backend), *a[0].shape))
+        return grad(fwd("flow_interpolate")(x0, noise, a[1]), (x0, noise), a[0])
+    if name == "flow_matching_loss_backward":  # the loss and x_t, both with a gradient
+        ins = _needs_grad(*a[2:5])
+        return grad(fwd("flow_matching_loss")(*ins, *a[5:8], True), ins, (a[0], a[1]))
+    if name == "flow_match_euler_step_backward":
+        m, sample = _needs_grad(a[0], f(dev_for(backend), *a[0].shape))
+        return grad(fwd("flow_match_euler_step")(m, sample, a[1], a[2]), (m,), a[0])
     raise AssertionError(name)
 
 
@@ -380,14 +490,17 @@ def _direct(name: str, backend: str, a: list):
     return out if isinstance(out, tuple) else (out,)
 
 
-MOVES_GRAD = ("gather_tokens_backward", "unshuffle_with_mask_tokens_backward", "gather_patches_backward")
+# Ops whose gradients keep the upstream gradient's dtype: they move its values (gathers) or
+# scale them (add_noise, get_velocity).
+MOVES_GRAD = ("random_masking_backward", "unshuffle_with_mask_tokens_backward", "gather_patches_backward",
+              "add_noise_backward", "get_velocity_backward")
 
 
 def _good_params():
     return [pytest.param(name, p.values[0], g64, id=f"{name}-{p.values[0]}{'-grad_float64' if g64 else ''}",
                          marks=p.marks)
             for name in ARGS for p in FUSED_BACKENDS
-            for g64 in ((False,) if name == "diffusion_step_backward" else (False, True))]
+            for g64 in ((False,) if name in GRAD_DTYPE_IS_OUTPUT_DTYPE else (False, True))]
 
 
 @pytest.mark.parametrize("name, backend, grad_float64", _good_params())

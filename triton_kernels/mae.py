@@ -1,5 +1,13 @@
 """Triton kernels of the MAE family.
 
+    gather_rows_kernel         out[n, t] = src[n, idx[n, t]], a fill row or zeros: random_masking
+                               forward and backward, unshuffle_with_mask_tokens forward, and its
+                               backward's visible rows (through invert_ids_kernel)
+    mask_token_partial_kernel  unshuffle_with_mask_tokens' mask token gradient, per sample;
+    sum_rows_kernel            then summed over samples
+    gather_patches_kernel      gather_patches; scatter_patches_kernel its backward
+    masked_patch_loss_kernel   masked_patch_loss's per-patch terms (the masked mean is torch's)
+
 Index semantics (no host synchronisation, so no exceptions from ids): a row whose id
 is out of range is written as NaN; `invert_ids` marks a repeated id with -1, which
 the gathers that consume it also turn into NaN. Every sum runs in a fixed order
@@ -24,8 +32,8 @@ def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
 
 # ----------------------------------------------------------------------------- tokens
 @triton.jit
-def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr,
+                       ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """OUT[n, t] = SRC[n, i] for 0 <= i < S, FILL (or 0) for S <= i < hi, NaN otherwise;
     i = IDX[n, t]. Rows r = n*T + t."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -45,7 +53,8 @@ def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constex
         if HAS_FILL:
             f = tl.load(FILL + cols, mask=cm, other=0.0)
             v = tl.where(in_fill[:, None], f[None, :], v)
-        v = tl.where(bad[:, None], float("nan"), v.to(ACC))  # ACC: the interpreter has no bf16 NaN constant
+        # in ACC: the interpreter has no bf16 NaN constant
+        v = tl.where(bad[:, None], float("nan"), v.to(ACC))
         tl.store(OUT + out_row[:, None] + cols[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
@@ -80,20 +89,23 @@ def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L:
         lm = ls < L
         ids = tl.load(IDS + n * L + ls, mask=lm, other=0)
         sel = lm & (ids >= K) & (ids < L)
-        g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :], other=0.0)
+        g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :],
+                    other=0.0)
         acc += tl.sum(g.to(ACC), axis=0)
     tl.store(PART + n * D + cols, acc, mask=cm)
 
 
 @triton.jit
-def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
     """OUT[d] = sum over n of PART[n, d], tiles in n order."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
     acc = tl.zeros([BLOCK_D], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
-        p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :], mask=(ns < N)[:, None] & cm[None, :], other=0.0)
+        p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :],
+                    mask=(ns < N)[:, None] & cm[None, :], other=0.0)
         acc += tl.sum(p, axis=0)
     tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cm)
 
@@ -108,7 +120,8 @@ def _pixel(n, l, e, C, H, W, p, w):
     pj = q % p
     y0 = (l // w) * p
     x0 = (l % w) * p
-    return ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W + x0[:, None] + pj[None, :]
+    return ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W + x0[:,
+        None] + pj[None, :]
 
 
 @triton.jit
@@ -121,13 +134,15 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.cons
     n = (rows // K).to(tl.int64)
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
-    v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w), mask=m & valid[:, None], other=0.0)
+    v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w),
+                mask=m & valid[:, None], other=0.0)
     v = tl.where(valid[:, None], v.to(ACC), float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
+                           BLOCK: tl.constexpr):
     """Image gradient in image order: pixel of patch l gets G[n, k] (k = INV[n, l]),
     0 where k == K (patch not kept), NaN where k == -1 (repeated id)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -145,19 +160,39 @@ def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.c
     tl.store(OUT + idx, v.to(OUT.dtype.element_ty), mask=m)
 
 
-# ----------------------------------------------------------------------------- loss
+# ----------------------------------------------------------------------------- masked_patch_loss
 @triton.jit
 def _target(IMG, n, l, e, rm, P, C, H, W, p, w, ACC: tl.constexpr):
+    """Elements e of the target patches (n, l), in patchify's order, and their mask."""
     m = rm[:, None] & (e < P)[None, :]
     return tl.load(IMG + _pixel(n, l, e, C, H, W, p, w), mask=m, other=0.0).to(ACC), m
 
 
 @triton.jit
-def patch_mse_kernel(PRED, IMG, G, OUT, R, L, C, H, W, p, w, P, NORM: tl.constexpr, BACKWARD: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Forward: OUT[r] = mean_e (PRED[r, e] - t[e])^2. Backward: OUT[r, e] =
-    2 G[r] / P (PRED[r, e] - t[e]). t = the target patch r = n*L + l, normalised by
-    its mean and unbiased variance (+1e-6) when NORM."""
+def _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_P: tl.constexpr):
+    """Pass 1: mean = sum(t) / P and rstd = 1 / sqrt(var + 1e-6) of each target patch,
+    var = sum((t - mean)^2) / (P - 1) (unbiased, as torch.var), in two passes."""
+    s = tl.zeros([BLOCK_R], dtype=ACC)
+    for e0 in range(0, P, BLOCK_P):
+        t, m = _target(IMG, n, l, e0 + tl.arange(0, BLOCK_P), rm, P, C, H, W, p, w, ACC)
+        s += tl.sum(t, axis=1)
+    mean = s / P
+    ss = tl.zeros([BLOCK_R], dtype=ACC)
+    for e0 in range(0, P, BLOCK_P):
+        t, m = _target(IMG, n, l, e0 + tl.arange(0, BLOCK_P), rm, P, C, H, W, p, w, ACC)
+        d = tl.where(m, t - mean[:, None], 0.0)
+        ss += tl.sum(d * d, axis=1)
+    return mean, 1.0 / tl.sqrt(ss / (P - 1) + 1e-6)
+
+
+@triton.jit
+def masked_patch_loss_kernel(PRED, IMG, COEF, OUT, GRAD, R, L, C, H, W, p, w, P, NORM: tl.constexpr,
+                             BACKWARD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                             BLOCK_P: tl.constexpr):
+    """The per-patch terms of masked_patch_loss, patches r = n*L + l: pass 1 the target's
+    norm (_target_norm, when NORM), pass 2 OUT[r] = mean_e (PRED[r, e] - t[e])^2 with t the
+    normalised target and, BACKWARD, GRAD[r, e] = COEF[r] (PRED[r, e] - t[e])."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < R
     n = (rows // L).to(tl.int64)
@@ -165,19 +200,9 @@ def patch_mse_kernel(PRED, IMG, G, OUT, R, L, C, H, W, p, w, P, NORM: tl.constex
     mean = tl.zeros([BLOCK_R], dtype=ACC)
     rstd = tl.zeros([BLOCK_R], dtype=ACC) + 1.0
     if NORM:
-        s = tl.zeros([BLOCK_R], dtype=ACC)
-        for e0 in range(0, P, BLOCK_P):
-            t, m = _target(IMG, n, l, e0 + tl.arange(0, BLOCK_P), rm, P, C, H, W, p, w, ACC)
-            s += tl.sum(t, axis=1)
-        mean = s / P
-        ss = tl.zeros([BLOCK_R], dtype=ACC)
-        for e0 in range(0, P, BLOCK_P):
-            t, m = _target(IMG, n, l, e0 + tl.arange(0, BLOCK_P), rm, P, C, H, W, p, w, ACC)
-            d = tl.where(m, t - mean[:, None], 0.0)
-            ss += tl.sum(d * d, axis=1)
-        rstd = 1.0 / tl.sqrt(ss / (P - 1) + 1e-6)
+        mean, rstd = _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC, BLOCK_R, BLOCK_P)
     if BACKWARD:
-        k = 2.0 * tl.load(G + rows, mask=rm, other=0.0).to(ACC) / P
+        k = tl.load(COEF + rows, mask=rm, other=0.0).to(ACC)
     loss = tl.zeros([BLOCK_R], dtype=ACC)
     for e0 in range(0, P, BLOCK_P):
         e = e0 + tl.arange(0, BLOCK_P)
@@ -186,11 +211,9 @@ def patch_mse_kernel(PRED, IMG, G, OUT, R, L, C, H, W, p, w, P, NORM: tl.constex
         x = tl.load(PRED + ptr, mask=m, other=0.0).to(ACC)
         d = tl.where(m, x - (t - mean[:, None]) * rstd[:, None], 0.0)
         if BACKWARD:
-            tl.store(OUT + ptr, (k[:, None] * d).to(OUT.dtype.element_ty), mask=m)
-        else:
-            loss += tl.sum(d * d, axis=1)
-    if not BACKWARD:
-        tl.store(OUT + rows, (loss / P).to(OUT.dtype.element_ty), mask=rm)
+            tl.store(GRAD + ptr, (k[:, None] * d).to(GRAD.dtype.element_ty), mask=m)
+        loss += tl.sum(d * d, axis=1)
+    tl.store(OUT + rows, loss / P, mask=rm)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -222,7 +245,8 @@ def invert_ids(ids: torch.Tensor, T: int) -> torch.Tensor:
         return inv
     block = 1024
     for mark in (False, True):
-        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](ids, inv, R, K, T, MARK=mark, BLOCK=block)
+        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](ids, inv, R, K, T, MARK=mark,
+                                                                 BLOCK=block)
     return inv
 
 
@@ -236,11 +260,13 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     part = torch.empty((N, D), dtype=acc_dtype(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K, ACC=tl_acc_dtype(grad.dtype),
-                                                                          BLOCK_L=32, BLOCK_D=bd)
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K,
+            ACC=tl_acc_dtype(grad.dtype), BLOCK_L=32, BLOCK_D=bd)
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D, ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D,
+                                                        ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16,
+                                                        BLOCK_D=bd)
     return out
 
 
@@ -258,12 +284,13 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
     if out.numel() == 0:
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
-    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
-        imgs, ids, out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
+    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](imgs, ids,
+        out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
     return out
 
 
-def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int, W: int) -> torch.Tensor:
+def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int,
+                    W: int) -> torch.Tensor:
     grad = grad.contiguous()
     N, K, _ = grad.shape
     w, L, P = _geometry(C, H, W, p)
@@ -277,31 +304,30 @@ def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: in
     return out
 
 
-def _patch_mse(pred, imgs, p, norm, grad):
+def _masked_patch_loss_rows(pred, imgs, p, norm, coef):
+    """(per-patch losses [N, L] in the accumulation dtype, grad_pred or None)."""
     pred, imgs = pred.contiguous(), imgs.contiguous()
     N, C, H, W = imgs.shape
     w, L, P = _geometry(C, H, W, p)
-    backward = grad is not None
-    if backward:
-        out = torch.empty_like(pred)
-        grad = grad.contiguous()
-    else:
-        out = torch.empty((N, L), dtype=acc_dtype(pred.dtype), device=pred.device)
+    backward = coef is not None
+    grad = torch.empty_like(pred) if backward else None
+    out = torch.empty((N, L), dtype=acc_dtype(pred.dtype), device=pred.device)
     R = N * L
     if R == 0 or P == 0:  # P == 0 (no channels): a mean over nothing, NaN as torch gives
-        return out if backward else out.fill_(float("nan"))
+        return out.fill_(float("nan")), grad
     br, bp = _rows_block(P, pred.device.type == "cpu", cap=2048)
-    wrap_triton(patch_mse_kernel)[(triton.cdiv(R, br),)](
-        pred, imgs, grad if backward else out, out, R, L, C, H, W, p, w, P, NORM=norm, BACKWARD=backward,
-        ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
-    return out
+    wrap_triton(masked_patch_loss_kernel)[(triton.cdiv(R, br),)](pred, imgs,
+        coef.contiguous() if backward else out, out, grad if backward else out, R, L, C, H, W, p,
+        w, P, NORM=norm, BACKWARD=backward, ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
+    return out, grad
 
 
+def masked_patch_loss_rows(pred, imgs, p, norm):
+    """masked_patch_loss's per-patch losses [N, L] (accumulation dtype)."""
+    return _masked_patch_loss_rows(pred, imgs, p, norm, None)[0]
 
 
-def patch_mse(pred, imgs, p, norm):
-    return _patch_mse(pred, imgs, p, norm, None)
-
-
-def patch_mse_backward(grad, pred, imgs, p, norm):
-    return _patch_mse(pred, imgs, p, norm, grad)
+def masked_patch_loss_rows_backward(coef, pred, imgs, p, norm):
+    """(grad_pred = coef[r] (pred - target), the per-patch losses [N, L])."""
+    out, grad = _masked_patch_loss_rows(pred, imgs, p, norm, coef)
+    return grad, out

@@ -1,15 +1,18 @@
 """Reference of the MAE family: the masked autoencoder's data path as its authors
 released it (and as Hugging Face's ViTMAE implements it), written out plainly.
 
-    patchify      [N, C, H, W] -> [N, h*w, p*p*C], patch l = i*w + j, inner (pi*p + pj)*C + c
-    random_masking  ids_shuffle = argsort(noise) (ascending, stable: small noise is kept),
-                    ids_restore = argsort(ids_shuffle), ids_keep = ids_shuffle[:, :L_keep],
-                    L_keep = int(L * (1 - mask_ratio)), mask = 1 on removed tokens
-    unshuffle     cat([x_visible, mask_token repeated], 1) gathered by ids_restore
-    loss          per patch mean over p*p*C of (pred - target)^2, target optionally
-                  normalised by its mean and unbiased variance (+1e-6); averaged over the
-                  removed patches: sum(per_patch * mask) / sum(mask) (NaN when no patch
-                  is removed, as MAE's code gives)
+    patchify           [N, C, H, W] -> [N, h*w, p*p*C], patch l = i*w + j,
+                       element (pi*p + pj)*C + c
+    random_masking     ids_shuffle = argsort(noise) (ascending, stable: small noise is kept),
+                       ids_restore = argsort(ids_shuffle), ids_keep = ids_shuffle[:, :L_keep],
+                       L_keep = int(L * (1 - mask_ratio)), mask = 1 on removed tokens
+    gather_patches     patchify(imgs) gathered by ids_keep
+    unshuffle_with_mask_tokens
+                       cat([x_visible, mask_token repeated], 1) gathered by ids_restore
+    masked_patch_loss  per patch the mean over p*p*C of (pred - target)^2, target optionally
+                       normalised by its mean and unbiased variance (+1e-6); averaged over
+                       the removed patches: sum(per_patch * mask) / sum(mask) (NaN when no
+                       patch is removed, as MAE's code gives)
 
 Ids are checked eagerly on CPU tensors (IndexError out of range, ValueError for
 duplicates); on CUDA tensors torch.gather's own device assertions apply, since a check
@@ -37,7 +40,8 @@ def check_ids(fn: str, name: str, ids: torch.Tensor, hi: int, distinct: bool = T
     if distinct:
         s = ids.sort(dim=1).values
         if bool((s[:, 1:] == s[:, :-1]).any()):
-            raise ValueError(f"{fn}: argument '{name}' has a duplicate id in a row; ids must be distinct")
+            raise ValueError(f"{fn}: argument '{name}' has a duplicate id in a row; ids must be "
+                             f"distinct")
 
 
 def num_keep(L: int, mask_ratio: float) -> int:
@@ -64,17 +68,19 @@ def unpatchify(patches: torch.Tensor, patch_size: int, image_size, channels: int
     return x.reshape(N, C, H, W)
 
 
-def shuffle_ids(noise: torch.Tensor, L_keep: int):
-    """(ids_keep, ids_restore) from noise [N, L]: the kept tokens are the smallest noise."""
+def shuffle_ids(noise: torch.Tensor):
+    """(ids_shuffle, ids_restore) from noise [N, L]: the tokens in ascending noise (stable
+    order, NaN last) and the inverse permutation. The kept tokens are ids_shuffle[:, :L_keep]."""
     ids_shuffle = torch.argsort(noise, dim=1, stable=True)
     ids_restore = torch.argsort(ids_shuffle, dim=1, stable=True)
-    return ids_shuffle[:, :L_keep], ids_restore
+    return ids_shuffle, ids_restore
 
 
 def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor):
     N, L, D = x.shape
     L_keep = num_keep(L, mask_ratio)
-    ids_keep, ids_restore = shuffle_ids(noise, L_keep)
+    ids_shuffle, ids_restore = shuffle_ids(noise)
+    ids_keep = ids_shuffle[:, :L_keep]
     x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
     mask = torch.ones([N, L], device=x.device, dtype=x.dtype)
     mask[:, :L_keep] = 0
@@ -99,8 +105,9 @@ def unshuffle_with_mask_tokens(x_visible: torch.Tensor, mask_token: torch.Tensor
     return torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, D))
 
 
-def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int, norm_pix_loss: bool = False) -> torch.Tensor:
-    """Per-patch mean squared error [N, L], in the accumulation dtype."""
+def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int,
+               norm_pix_loss: bool = False) -> torch.Tensor:
+    """masked_patch_loss's per-patch mean squared error [N, L], in the accumulation dtype."""
     acc = acc_dtype(pred.dtype)
     target = patchify(imgs.to(acc), patch_size)
     if norm_pix_loss:

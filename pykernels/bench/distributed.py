@@ -1,6 +1,6 @@
 """Forward + backward time and peak memory of the distributed contrastive losses.
 
-    python benchmarks/bench_contrastive_distributed.py [--world 2] [--n 2048] [--dim 256]
+    python -m pykernels.bench.distributed [--world 2] [--n 2048] [--dim 256]
 
 Spawns `--world` CPU processes (gloo, one thread each); every rank holds n image and n
 text rows. Compares, on rank 0: explicit logits on the gathered batch (open_clip's
@@ -11,19 +11,14 @@ tensors allocated by one step). On a shared CPU machine read the ratios, not the
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-# benchmark the checkout this file lives in (the children inherit sys.path)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gather_live(x, rank, world):
@@ -41,7 +36,8 @@ class ExplicitClip(torch.nn.Module):
         self.rank, self.world = rank, world
 
     def forward(self, img, txt, scale):
-        all_img, all_txt = _gather_live(img, self.rank, self.world), _gather_live(txt, self.rank, self.world)
+        all_img = _gather_live(img, self.rank, self.world)
+        all_txt = _gather_live(txt, self.rank, self.world)
         logits = scale * all_img @ all_txt.T
         labels = torch.arange(logits.shape[0])
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -49,7 +45,8 @@ class ExplicitClip(torch.nn.Module):
 
 def _worker(rank, args, port):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=args.world)
     from pykernels._profiling import peak_cpu_bytes
     from pykernels.nn import ClipLoss, InfoNCELoss
 
@@ -78,7 +75,8 @@ def _worker(rank, args, port):
             times.append(time.perf_counter() - t0)
         peak = peak_cpu_bytes(step)
         if rank == 0:
-            print(f"| {name} | {1e3 * statistics.median(times):.0f} | {peak / 2**20:.1f} |", flush=True)
+            ms = 1e3 * statistics.median(times)
+            print(f"| {name} | {ms:.0f} | {peak / 2**20:.1f} |", flush=True)
     dist.destroy_process_group()
 
 
