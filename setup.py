@@ -168,7 +168,8 @@ setup(
     # source checkout the symlink pykernels/triton_kernels -> ../triton_kernels gives the
     # same import path without an install (and to each git worktree its own kernels).
     packages=["pykernels", "pykernels.ops", "pykernels.reference", "pykernels.models",
-              "pykernels.integrations", "pykernels.triton_kernels", "pykernels.bench"],
+              "pykernels.integrations", "pykernels.triton_kernels", "pykernels.bench",
+              "pykernels.distributed"],
     package_dir={"pykernels.triton_kernels": "triton_kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": _build_ext()},

@@ -45,15 +45,19 @@ TORCH_LIBRARY(pykernels, m) {
   // cos(x1, x2) over the last dim; each norm clamped to eps on its own, as
   // torch.nn.functional.cosine_similarity does. Output: input dtype, shape [...].
   m.def("cosine_similarity(Tensor x1, Tensor x2, float eps) -> Tensor");
-  // grad: [...] in the accumulation dtype.
-  m.def("cosine_similarity_backward(Tensor grad, Tensor x1, Tensor x2, float eps) -> (Tensor, Tensor)");
-  // Per-row distance of feature vectors, accumulation dtype, shape [...]:
-  //   kind "mse": ||student - teacher||^2;  kind "cosine": 1 - cos(student, teacher).
-  m.def("feature_distance(Tensor student, Tensor teacher, str kind, float eps) -> Tensor");
-  m.def("feature_distance_backward(Tensor grad, Tensor student, Tensor teacher, str kind, float eps) -> (Tensor, Tensor)");
+  // Backward ops of this family: grad (any float dtype) is the forward output's gradient;
+  // they return the gradient of each input, an empty tensor where output_mask is false.
+  m.def("cosine_similarity_backward(Tensor grad, Tensor x1, Tensor x2, float eps, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
+  // The per-row feature distillation loss, accumulation dtype, shape [...] (the Python
+  // function reduces it): kind "mse": |student - teacher|^2; "cosine": 1 - cos.
+  m.def("feature_distillation_loss(Tensor student, Tensor teacher, str kind, float eps) -> Tensor");
+  m.def("feature_distillation_loss_backward(Tensor grad, Tensor student, Tensor teacher, str kind, "
+        "float eps, bool[2] output_mask) -> (Tensor, Tensor)");
   // a [B, N, D], b [B, M, D] -> [B, N, M] cosine similarities, input dtype.
   m.def("pairwise_cosine_similarity(Tensor a, Tensor b, float eps) -> Tensor");
-  m.def("pairwise_cosine_similarity_backward(Tensor grad, Tensor a, Tensor b, float eps) -> (Tensor, Tensor)");
+  m.def("pairwise_cosine_similarity_backward(Tensor grad, Tensor a, Tensor b, float eps, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- distillation
   // Per-row losses of [..., V] logits, float32 (float64 for float64), shape [...], and the
@@ -83,16 +87,17 @@ TORCH_LIBRARY(pykernels, m) {
   // ---------------------------------------------------------------- contrastive
   // Fused InfoNCE / CLIP loss, L = logit_scale * I T^T never stored. image_features
   // [N, D], text_features [M, D], logit_scale a one-element tensor, labels int64 [N]
-  // (positive pair (i, labels[i])). Returns, in the accumulation dtype:
+  // (positive pair (i, labels[i])). Returns, in the accumulation dtype (the lse in float64):
   //   loss    [K, N]: row 0 image->text CE per pair, row 1 (symmetric, K = 2) text->image;
   //   row_lse [N]:    logsumexp_j L[i, j];   col_lse [M] (symmetric) or [0]: logsumexp_i L[i, j].
   // normalize: features are first divided by max(|x|, 1e-12). Labels out of range:
   // IndexError on CPU; NaN losses on CUDA (no host sync to check them).
-  m.def("info_nce_loss(Tensor image_features, Tensor text_features, Tensor logit_scale, Tensor labels, "
-        "bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def("info_nce_loss(Tensor image_features, Tensor text_features, Tensor logit_scale, "
+        "Tensor labels, bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
   // grad [K, N] (of loss); returns grads of image_features, text_features, logit_scale.
-  m.def("info_nce_loss_backward(Tensor grad, Tensor image_features, Tensor text_features, Tensor logit_scale, "
-        "Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def("info_nce_loss_backward(Tensor grad, Tensor image_features, Tensor text_features, "
+        "Tensor logit_scale, Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, "
+        "bool normalize) -> (Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- mae
   // pykernels/reference/mae.py has the math. Ids are int64; out-of-range or repeated ids

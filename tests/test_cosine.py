@@ -20,12 +20,12 @@ def test_reference_matches_closed_form_float64():
     want = torch.tensor([sum(a * b for a, b in zip(r1, r2)) / math.sqrt(sum(a * a for a in r1) * sum(b * b for b in r2))
                          for r1, r2 in zip(x1.tolist(), x2.tolist())], dtype=torch.float64)
     torch.testing.assert_close(ref.cosine_similarity(x1, x2), want, rtol=1e-12, atol=1e-12)
-    d = ref.feature_distance(x1, x2, "mse")
+    d = ref.feature_distillation_loss(x1, x2, "mse", "none")
     torch.testing.assert_close(d, torch.tensor([sum((a - b) ** 2 for a, b in zip(r1, r2)) for r1, r2 in zip(x1.tolist(), x2.tolist())],
                                                dtype=torch.float64))
-    # The seed's L_feature = 1/N sum_i |f_i^T - f_i^S|^2
+    # kind "mse", reduction "mean": 1/N sum_i |f_i^T - f_i^S|^2
     torch.testing.assert_close(ref.feature_distillation_loss(x1, x2), d.sum() / 7)
-    torch.testing.assert_close(ref.feature_distance(x1, x2, "cosine"), 1 - want)
+    torch.testing.assert_close(ref.feature_distillation_loss(x1, x2, "cosine", "none"), 1 - want)
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
@@ -254,12 +254,15 @@ def _opcheck_cases(dev, dtype=torch.float32):
     gp = randn(2, 5, 3, dtype=dtype, device=dev, seed=65)
     return [
         ("cosine_similarity", (x1.requires_grad_(), x2.requires_grad_(), 1e-8)),
-        ("cosine_similarity_backward", (g, x1.detach(), x2.detach(), 1e-8)),
-        ("feature_distance", (x1, x2, "mse", 1e-8)),
-        ("feature_distance", (x1, x2, "cosine", 1e-8)),
-        ("feature_distance_backward", (g, x1.detach(), x2.detach(), "cosine", 1e-8)),
+        ("cosine_similarity_backward", (g, x1.detach(), x2.detach(), 1e-8, [True, True])),
+        ("cosine_similarity_backward", (g, x1.detach(), x2.detach(), 1e-8, [False, True])),
+        ("feature_distillation_loss", (x1, x2, "mse", 1e-8)),
+        ("feature_distillation_loss", (x1, x2, "cosine", 1e-8)),
+        ("feature_distillation_loss_backward", (g, x1.detach(), x2.detach(), "cosine", 1e-8, [True, True])),
+        ("feature_distillation_loss_backward", (g, x1.detach(), x2.detach(), "mse", 1e-8, [True, False])),
         ("pairwise_cosine_similarity", (a.requires_grad_(), b.requires_grad_(), 1e-8)),
-        ("pairwise_cosine_similarity_backward", (gp, a.detach(), b.detach(), 1e-8)),
+        ("pairwise_cosine_similarity_backward", (gp, a.detach(), b.detach(), 1e-8, [True, True])),
+        ("pairwise_cosine_similarity_backward", (gp, a.detach(), b.detach(), 1e-8, [False, True])),
     ]
 
 
@@ -353,8 +356,9 @@ OPS_BAD = [
     (lambda o: o.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float64), 1e-8), TypeError, "'x2'"),
     (lambda o: o.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), 0.0), ValueError, "'eps'"),
     (lambda o: o.cosine_similarity(torch.tensor(1.0), torch.tensor(1.0), 1e-8), ValueError, "'x1'"),
-    (lambda o: o.cosine_similarity_backward(torch.ones(3), torch.ones(2, 3), torch.ones(2, 3), 1e-8), ValueError, "'grad'"),
-    (lambda o: o.feature_distance(torch.ones(2, 3), torch.ones(2, 3), "l1", 1e-8), ValueError, "'kind'"),
+    (lambda o: o.cosine_similarity_backward(torch.ones(3), torch.ones(2, 3), torch.ones(2, 3), 1e-8, [True, True]),
+     ValueError, "'grad'"),
+    (lambda o: o.feature_distillation_loss(torch.ones(2, 3), torch.ones(2, 3), "l1", 1e-8), ValueError, "'kind'"),
     (lambda o: o.pairwise_cosine_similarity(torch.ones(1, 2, 3), torch.ones(1, 2, 4), 1e-8), ValueError, "'a'"),
     (lambda o: o.pairwise_cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), 1e-8), ValueError, "'a'"),
 ]

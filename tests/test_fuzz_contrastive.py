@@ -54,8 +54,7 @@ def test_info_nce_loss(backend, data):
     describe(backend=backend, image=i, text=t, labels=None if y is None else y.tolist(), logit_scale=scale,
              logit_bias=bias, **{k: v for k, v in kw.items() if k != "labels"})
     # logit_bias shifts every logit of a softmax alike: its gradient is zero in exact math
-    # and the reference's is rounding noise (the long fuzz run: ours exactly 0 against
-    # 1e-17 in float64). It is compared as a constant here, and the fused backends' bias
+    # and the reference's is rounding noise (ours exactly 0 against 1e-17 in float64). It is compared as a constant here, and the fused backends' bias
     # gradient is checked for an exact 0 below.
     bias_grad = bias is not None and bias.requires_grad
     if bias_grad:
@@ -73,7 +72,7 @@ def test_info_nce_loss(backend, data):
     if dtype == torch.bfloat16 and backend in ("cuda", "triton"):
         # The GPU backward rounds dLoss/dL to bf16 for the tensor-core products (as
         # flash-attention's backward does): each gradient term is rounded twice, and on
-        # vectors of a few elements that does not average out (the fuzz run found 1.05%).
+        # vectors of a few elements that does not average out (1.05% seen).
         grad_tol = max(grad_tol, 2 * TOLERANCE[dtype])
     fused = call(lambda *a, **k: pk.info_nce_loss(*a, backend=backend, **k))
     outs = compare(fused, call(ref.info_nce_loss), leaves, dtype, what="info_nce_loss", backend=backend,
@@ -91,8 +90,8 @@ def half_operands_baseline(call, backend, dtype, normalize):
     precision: it normalizes the features into their own dtype and multiplies those (the
     tensor-core products; as open_clip's bf16 pipeline normalizes with F.normalize and
     multiplies in bf16), so its logits carry logit_scale times the features' rounding,
-    and a confident row's small loss that error relative (the long fuzz run: 6% on a
-    mean loss of 0.0019 at logit_scale 100). Its baseline is that pipeline in PyTorch:
+    and a confident row's small loss that error relative (6% on a mean loss of 0.0019 at
+    logit_scale 100). Its baseline is that pipeline in PyTorch:
     F.normalize in the dtype, then the reference without normalize. None: the reference."""
     if not (normalize and backend in ("cuda", "triton") and dtype in (torch.float16, torch.bfloat16)):
         return None
@@ -110,8 +109,8 @@ def gradient_terms(i, t, labels, N, kw):
     y of size 1 that cancel to the softmax's deviation from its target; dI = s * G T and
     dT = s * G^T I sum those over the other side's features. Features of 1e-30 have float32
     logits of 0 (underflow): every float32 run gives the rounding of 5 * fl(0.2) - 1 times
-    the features where the float64 gradient is 1e-47 (the long fuzz run: ours 2.7 times
-    PyTorch's noise, both far below eps times these terms)."""
+    the features where the float64 gradient is 1e-47 (ours 2.7 times PyTorch's noise, both
+    far below eps times these terms)."""
     def terms(leaves64, ws):
         a_leaf, b_leaf, s_leaf = (x.detach().requires_grad_(x.requires_grad) for x in leaves64[:3])
         I, T, s = i.view(a_leaf), t.view(b_leaf), s_leaf.reshape(())

@@ -613,7 +613,8 @@ def test_reference_raises_what_the_fused_backends_raise(row):
 # op -> [(argument, good value builder), ...] in schema order (csrc/pykernels.cpp)
 DIRECT = {
     "cosine_similarity": lambda d: [("x1", f(d, 3, 5)), ("x2", f(d, 3, 5)), ("eps", 1e-8)],
-    "feature_distance": lambda d: [("student", f(d, 3, 5)), ("teacher", f(d, 3, 5)), ("kind", "mse"), ("eps", 1e-8)],
+    "feature_distillation_loss": lambda d: [("student", f(d, 3, 5)), ("teacher", f(d, 3, 5)), ("kind", "mse"),
+                                            ("eps", 1e-8)],
     "pairwise_cosine_similarity": lambda d: [("a", f(d, 2, 3, 4)), ("b", f(d, 2, 5, 4)), ("eps", 1e-8)],
     "distillation_loss": lambda d: [("student_logits", f(d, 3, 5)), ("teacher_logits", f(d, 3, 5)),
                                     ("labels", ints(d, [0, 4, -100])), ("temperature", 2.0), ("soft_weight", 1.0),
@@ -653,7 +654,8 @@ DIRECT = {
                             ("use_clipped_model_output", False), ("final_alpha_cumprod", 1.0)],
 }
 DIRECT_FLOATS = {
-    "cosine_similarity": ["x1", "x2"], "feature_distance": ["student", "teacher"], "pairwise_cosine_similarity": ["a", "b"],
+    "cosine_similarity": ["x1", "x2"], "feature_distillation_loss": ["student", "teacher"],
+    "pairwise_cosine_similarity": ["a", "b"],
     "distillation_loss": ["student_logits", "teacher_logits"], "cross_entropy": ["logits"],
     "soft_target_cross_entropy": ["logits", "target_probs"],
     "info_nce_loss": ["image_features", "text_features", "logit_scale"], "random_masking": ["x"],
@@ -700,17 +702,17 @@ def _direct_rows() -> list[Row]:
     rows = []
     for op in DIRECT:
         rows += direct_generic_rows(op)
-    eps_ops = ("cosine_similarity", "feature_distance", "pairwise_cosine_similarity")
+    eps_ops = ("cosine_similarity", "feature_distillation_loss", "pairwise_cosine_similarity")
     for op in eps_ops:
         rows += [Row(op, "eps 0", {"eps": 0.0}, ValueError, r"argument 'eps' must be > 0"),
                  Row(op, "eps nan", {"eps": NAN}, ValueError, r"argument 'eps' must be > 0"),
                  Row(op, "eps a string", {"eps": "x"}, RuntimeError, r"Expected a value of type 'float' for argument 'eps'")]
-    for op, (n1, n2) in (("cosine_similarity", ("x1", "x2")), ("feature_distance", ("student", "teacher"))):
+    for op, (n1, n2) in (("cosine_similarity", ("x1", "x2")), ("feature_distillation_loss", ("student", "teacher"))):
         rows += [Row(op, "shape mismatch", {n2: reshaped(3, 4)}, ValueError, rf"argument '{n2}' must have the same shape"),
                  Row(op, f"{n1} 0-dim", {n1: Mut(lambda x, d: x[0, 0]), n2: Mut(lambda x, d: x[0, 0])}, ValueError,
                      rf"argument '{n1}' must have at least 1 dimension")]
     rows += [
-        Row("feature_distance", "bad kind", {"kind": "l1"}, ValueError, r"argument 'kind' must be"),
+        Row("feature_distillation_loss", "bad kind", {"kind": "l1"}, ValueError, r"argument 'kind' must be"),
         Row("pairwise_cosine_similarity", "a 2-D", {"a": reshaped(3, 4)}, ValueError, r"argument 'a' must have 3 dimension"),
         Row("pairwise_cosine_similarity", "b 4-D", {"b": reshaped(1, 2, 5, 4)}, ValueError,
             r"argument 'b' must have 3 dimension"),

@@ -29,11 +29,14 @@ from .test_malformed import ON_OTHER, Dev, Mut, Row, _sched, as_dtype, build, de
 # --------------------------------------------------------------------------- good arguments
 # backward op -> its arguments in schema order (csrc/pykernels.cpp), tiny shapes.
 ARGS = {
-    "cosine_similarity_backward": lambda d: [("grad", f(d, 3)), ("x1", f(d, 3, 5)), ("x2", f(d, 3, 5)), ("eps", 1e-8)],
-    "feature_distance_backward": lambda d: [("grad", f(d, 3)), ("student", f(d, 3, 5)), ("teacher", f(d, 3, 5)),
-                                            ("kind", "cosine"), ("eps", 1e-8)],
+    "cosine_similarity_backward": lambda d: [("grad", f(d, 3)), ("x1", f(d, 3, 5)), ("x2", f(d, 3, 5)), ("eps", 1e-8),
+                                             ("output_mask", [True, True])],
+    "feature_distillation_loss_backward": lambda d: [("grad", f(d, 3)), ("student", f(d, 3, 5)),
+                                                     ("teacher", f(d, 3, 5)), ("kind", "cosine"), ("eps", 1e-8),
+                                                     ("output_mask", [True, True])],
     "pairwise_cosine_similarity_backward": lambda d: [("grad", f(d, 2, 3, 5)), ("a", f(d, 2, 3, 4)),
-                                                      ("b", f(d, 2, 5, 4)), ("eps", 1e-8)],
+                                                      ("b", f(d, 2, 5, 4)), ("eps", 1e-8),
+                                                      ("output_mask", [True, True])],
     "info_nce_loss_backward": lambda d: [("grad", f(d, 2, 4)), ("image_features", f(d, 4, 6)),
                                          ("text_features", f(d, 4, 6)), ("logit_scale", torch.tensor(5.0, device=d.dev)),
                                          ("labels", ints(d, [1, 0, 3, 2])), ("row_lse", f(d, 4).double()),
@@ -150,7 +153,7 @@ def _rows() -> list[Row]:
         Row(op, "x2 other shape", {"x2": reshaped(3, 4)}, ValueError, r"argument 'x2' must have the same shape"),
         Row(op, "eps 0", {"eps": 0.0}, ValueError, r"argument 'eps' must be > 0"),
     ]
-    op = "feature_distance_backward"
+    op = "feature_distillation_loss_backward"
     rows += _grad_rows(op, (3,)) + [
         Row(op, "teacher int64", {"teacher": as_dtype(torch.int64)}, TypeError,
             r"argument 'teacher' must (be float32|have the same dtype)"),
@@ -424,9 +427,10 @@ def _autograd(name: str, backend: str, a: list):
     forward op of the same backend."""
     fwd = lambda n: op_for(n, backend)  # noqa: E731
     grad = lambda outs, ins, gs: torch.autograd.grad(outs, ins, gs, retain_graph=True)  # noqa: E731
-    if name in ("cosine_similarity_backward", "feature_distance_backward", "pairwise_cosine_similarity_backward"):
+    if name in ("cosine_similarity_backward", "feature_distillation_loss_backward",
+                "pairwise_cosine_similarity_backward"):
         x1, x2 = _needs_grad(a[1], a[2])
-        return grad(fwd(name[:-len("_backward")])(x1, x2, *a[3:]), (x1, x2), a[0])
+        return grad(fwd(name[:-len("_backward")])(x1, x2, *a[3:-1]), (x1, x2), a[0])
     if name == "info_nce_loss_backward":  # the log-sum-exps the forward saves
         i, t, scale = _needs_grad(a[1], a[2], a[3])
         loss, row_lse, col_lse = fwd("info_nce_loss")(i, t, scale, a[4], a[7], a[8])

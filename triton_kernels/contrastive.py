@@ -25,7 +25,10 @@ from ._common import tl_acc_dtype, dot_upcast
 def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_A: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(raw, L): raw[a, b] = <A[rows_a[a]], B[cols_b[b]]> over D, L = scale * raw."""
+    """(raw, L): raw[a, b] = <A[rows_a[a]], B[cols_b[b]]> over D, L = scale * raw rounded once.
+    The + 0.0 keeps that rounding: LLVM may fuse a product into a following subtraction
+    (exp(L - lse) as one FMA, L unrounded), and the kernels' maxima, log-sum-exps and
+    softmaxes would then see differently rounded logits (fused, it is fma(raw, scale, 0))."""
     raw = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
     dk = tl.arange(0, BLOCK_D)
     pa = A + rows_a.to(tl.int64)[:, None] * s_a + dk[None, :]
@@ -40,13 +43,14 @@ def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.conste
         raw = tl.dot(a, b, raw, input_precision=PRECISION, out_dtype=ACC)
         pa += BLOCK_D
         pb += BLOCK_D
-    return raw, raw * scale
+    return raw, raw * scale + 0.0
 
 
 @triton.jit
 def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
-               COLUMNS: tl.constexpr, HAS_POS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-               UPCAST: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+               COLUMNS: tl.constexpr, HAS_POS: tl.constexpr, ACC: tl.constexpr,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_A: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """The log-sum-exp of L = scale A B^T over each row (COLUMNS=False: a program owns
     BLOCK_A rows of A) or each column (COLUMNS: BLOCK_B rows of B), as MAX + LOGSUM (kept
     apart so that the loss (MAX - POS) + LOGSUM stays precise under large logits);
@@ -94,7 +98,8 @@ def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
         m_new = tl.maximum(m, tl.max(L, axis=ax_other))
         # rows whose logits so far are all -inf keep a zero shift (no -inf - -inf)
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - shift) + tl.sum(tl.exp(L - tl.expand_dims(shift, ax_other)), axis=ax_other)
+        e = tl.exp(L - tl.expand_dims(shift, ax_other))
+        s = s * tl.exp(m - shift) + tl.sum(e, axis=ax_other)
         m = m_new
         if HAS_POS:  # rows only
             pos += tl.sum(tl.where(other[None, :] == lab[:, None], L, 0.0), axis=1)
@@ -132,10 +137,12 @@ def _dlogits(L, rows, cols, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, 
 
 
 @triton.jit
-def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DX, DSCALE, NA, NB, D, s_a, s_b,
-                COLUMNS: tl.constexpr, USE_A: tl.constexpr, USE_B: tl.constexpr, WITH_DSCALE: tl.constexpr,
+def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DX, DSCALE,
+                NA, NB, D, s_a, s_b, COLUMNS: tl.constexpr, USE_A: tl.constexpr,
+                USE_B: tl.constexpr, WITH_DSCALE: tl.constexpr,
                 ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr,
+                BLOCK_B: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     """dA (COLUMNS=False) or dB (COLUMNS) for a block of its rows and one d-block:
     DA[a, d] = scale * sum_b G[a, b] B[b, d], DB[b, d] = scale * sum_a G[a, b] A[a, d]
@@ -162,17 +169,17 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_
     for o0 in range(0, n_other, step):
         if COLUMNS:
             other = o0 + tl.arange(0, BLOCK_A)
-            raw, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                                 BLOCK_A, BLOCK_B, BLOCK_D)
-            g = tl.trans(_dlogits(L, other, own, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
-                                  USE_A, USE_B, ACC))
+            raw, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
+                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
+            g = tl.trans(_dlogits(L, other, own, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO,
+                                  W_A, W_B, W_POS, USE_A, USE_B, ACC))
             px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
         else:
             other = o0 + tl.arange(0, BLOCK_B)
-            raw, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                                 BLOCK_A, BLOCK_B, BLOCK_D)
-            g = _dlogits(L, own, other, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
-                         USE_A, USE_B, ACC)
+            raw, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
+                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
+            g = _dlogits(L, own, other, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B,
+                         W_POS, USE_A, USE_B, ACC)
             if WITH_DSCALE:
                 dsc += tl.sum(g * raw, axis=1)
             px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
@@ -184,7 +191,8 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_
         else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
             acc = tl.dot(g.to(x.dtype), x, acc, input_precision=PRECISION, out_dtype=ACC)
     pdx = DX + own.to(tl.int64)[:, None] * D + dk[None, :]
-    tl.store(pdx, (acc * scale).to(DX.dtype.element_ty), mask=(own[:, None] < n_own) & (dk[None, :] < D))
+    dmask = (own[:, None] < n_own) & (dk[None, :] < D)
+    tl.store(pdx, (acc * scale).to(DX.dtype.element_ty), mask=dmask)
     if WITH_DSCALE:
         if pid_d == 0:
             tl.store(DSCALE + pid, tl.sum(dsc, axis=0).to(DSCALE.dtype.element_ty))
@@ -213,7 +221,8 @@ def _blocks(dtype: torch.dtype, D: int, on_cpu: bool) -> dict:
 
 
 def _precision(dtype, device):
-    tf32 = dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    tf32 = (dtype == torch.float32 and device.type == "cuda"
+            and torch.backends.cuda.matmul.allow_tf32)
     return "tf32" if tf32 else "ieee"
 
 
@@ -237,7 +246,8 @@ def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: tor
         blocks = _blocks(a.dtype, D, a.device.type == "cpu")
         grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),)
         wrap_triton(lse_kernel)[grid](
-            a, b, labels if labels is not None else mx, scale, mx, log_sum, pos, NA, NB, D, a.stride(0),
+            a, b, labels if labels is not None else mx, scale, mx, log_sum, pos, NA, NB, D,
+            a.stride(0),
             b.stride(0), COLUMNS=columns, HAS_POS=labels is not None, **_common(a), **blocks)
     return mx, log_sum, (pos if labels is not None else None)
 
@@ -264,12 +274,14 @@ def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, columns: bool,
     blocks = _blocks(a.dtype, D, on_cpu)
     cap = 32 if on_cpu else (128 if a.dtype in (torch.float16, torch.bfloat16) else 64)
     block_do = min(triton.next_power_of_2(max(D, 1)), cap)
-    grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]), max(1, triton.cdiv(D, block_do)))
+    grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),
+            max(1, triton.cdiv(D, block_do)))
     parts = torch.empty(grid[0], dtype=acc, device=a.device) if with_dscale else dx
     if n == 0:
         return dx, (parts.sum() if with_dscale else None)
     wrap_triton(grad_kernel)[grid](
-        a, b, labels, scale, *(lse_a if w_a is not None else (dx, dx)), *(lse_b if w_b is not None else (dx, dx)),
+        a, b, labels, scale, *(lse_a if w_a is not None else (dx, dx)),
+        *(lse_b if w_b is not None else (dx, dx)),
         w_a if w_a is not None else dx, w_b if w_b is not None else dx, w_pos, dx, parts, NA, NB, D,
         a.stride(0), b.stride(0), COLUMNS=columns, USE_A=w_a is not None, USE_B=w_b is not None,
         WITH_DSCALE=with_dscale, GRAD_F32=a.dtype == torch.float16,

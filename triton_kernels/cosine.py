@@ -57,42 +57,62 @@ def rowwise_fwd_kernel(X1, X2, OUT, R, D, eps, MODE: tl.constexpr, ACC: tl.const
 
 
 @triton.jit
-def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """g1 = k11 x1 + k12 x2, g2 = k21 x1 + k22 x2 per row; the k's from the row's stats."""
-    row0 = tl.program_id(0) * BLOCK_R
-    P1, rows, rmask = _row_pointers(X1, row0, R, D, BLOCK_R)
-    P2, _, _ = _row_pointers(X2, row0, R, D, BLOCK_R)
-    g = tl.load(G + rows, mask=rmask, other=0.0).to(ACC)
-    if MODE == 2:  # d|x1 - x2|^2 = 2 (x1 - x2) (dx1 - dx2)
+def _grad_coefs(g, dot, s1, s2, eps, MODE: tl.constexpr):
+    """(k11, k12, k21, k22) of g * d(out)/d(x1, x2) per row:
+    MODE 2: d|x1 - x2|^2 = 2 (x1 - x2) (dx1 - dx2);
+    MODE 0, 1: dc/dx1 = x2 / (a b) - [n1 > eps] c x1 / a^2 (symmetric for x2),
+    a = max(n1, eps), b = max(n2, eps); MODE 1 (1 - c) negates g."""
+    if MODE == 2:
         k11 = 2.0 * g
-        k12 = -k11
-        k21 = -k11
-        k22 = k11
-    else:  # dc/dx1 = x2 / (a b) - [n1 > eps] c x1 / a^2, a = max(n1, eps), b = max(n2, eps)
-        if MODE == 1:
-            g = -g
-        dot, s1, s2, _ = _dot_and_squares(P1, P2, rmask, D, ACC, BLOCK_R, BLOCK_D)
-        n1 = tl.sqrt(s1)
-        n2 = tl.sqrt(s2)
-        a = tl.maximum(n1, eps)
-        b = tl.maximum(n2, eps)
-        c = dot / (a * b)
-        k12 = g / (a * b)
-        k21 = k12
-        k11 = tl.where(n1 > eps, -g * c / (a * a), 0.0)
-        k22 = tl.where(n2 > eps, -g * c / (b * b), 0.0)
-    Q1, _, _ = _row_pointers(G1, row0, R, D, BLOCK_R)
-    Q2, _, _ = _row_pointers(G2, row0, R, D, BLOCK_R)
+        return k11, -k11, -k11, k11
+    if MODE == 1:
+        g = -g
+    n1 = tl.sqrt(s1)
+    n2 = tl.sqrt(s2)
+    a = tl.maximum(n1, eps)
+    b = tl.maximum(n2, eps)
+    c = dot / (a * b)
+    k12 = g / (a * b)
+    k11 = tl.where(n1 > eps, -g * c / (a * a), 0.0)
+    k22 = tl.where(n2 > eps, -g * c / (b * b), 0.0)
+    return k11, k12, k12, k22
+
+
+@triton.jit
+def _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1: tl.constexpr,
+                WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pass write_pair: g1 = k11 x1 + k12 x2 (WRITE_1), g2 = k21 x1 + k22 x2 (WRITE_2)."""
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         m = rmask[:, None] & (cols[None, :] < D)
         x1 = tl.load(P1 + cols[None, :], mask=m, other=0.0).to(ACC)
         x2 = tl.load(P2 + cols[None, :], mask=m, other=0.0).to(ACC)
-        g1 = k11[:, None] * x1 + k12[:, None] * x2
-        g2 = k21[:, None] * x1 + k22[:, None] * x2
-        tl.store(Q1 + cols[None, :], g1.to(G1.dtype.element_ty), mask=m)
-        tl.store(Q2 + cols[None, :], g2.to(G2.dtype.element_ty), mask=m)
+        if WRITE_1:
+            g1 = k11[:, None] * x1 + k12[:, None] * x2
+            tl.store(Q1 + cols[None, :], g1.to(Q1.dtype.element_ty), mask=m)
+        if WRITE_2:
+            g2 = k21[:, None] * x1 + k22[:, None] * x2
+            tl.store(Q2 + cols[None, :], g2.to(Q2.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, WRITE_1: tl.constexpr,
+                       WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    """The gradients of a block of rows: the rows' stats (_dot_and_squares), their
+    coefficients (_grad_coefs), then _write_pair."""
+    row0 = tl.program_id(0) * BLOCK_R
+    P1, rows, rmask = _row_pointers(X1, row0, R, D, BLOCK_R)
+    P2, _, _ = _row_pointers(X2, row0, R, D, BLOCK_R)
+    g = tl.load(G + rows, mask=rmask, other=0.0).to(ACC)
+    if MODE == 2:
+        k11, k12, k21, k22 = _grad_coefs(g, g, g, g, eps, MODE)
+    else:
+        dot, s1, s2, _ = _dot_and_squares(P1, P2, rmask, D, ACC, BLOCK_R, BLOCK_D)
+        k11, k12, k21, k22 = _grad_coefs(g, dot, s1, s2, eps, MODE)
+    Q1, _, _ = _row_pointers(G1, row0, R, D, BLOCK_R)
+    Q2, _, _ = _row_pointers(G2, row0, R, D, BLOCK_R)
+    _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1, WRITE_2, ACC, BLOCK_D)
 
 
 @triton.jit
@@ -131,13 +151,15 @@ def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.co
         m = rmask[:, None] & (cols[None, :] < D)
         x = tl.load(P + cols[None, :], mask=m, other=0.0).to(ACC)
         gy = tl.load(PG + cols[None, :], mask=m, other=0.0).to(ACC)
-        tl.store(Q + cols[None, :], (kx[:, None] * x + kg[:, None] * gy).to(GX.dtype.element_ty), mask=m)
+        gx = kx[:, None] * x + kg[:, None] * gy
+        tl.store(Q + cols[None, :], gx.to(GX.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def scaled_matmul_kernel(A, B, C, RS, CS, M, N, K,
                          s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
-                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                         UPCAST: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          GROUP_M: tl.constexpr):
     """C[z] = diag(RS[z]) A[z] B[z] diag(CS[z]) (scales only when SCALE), fp32 accumulate.
@@ -187,7 +209,8 @@ def _row_grid(R, block_r):
 def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -> torch.Tensor:
     """Cosine (mode 0, input dtype) or feature distance (modes 1, 2, accumulation dtype)."""
     x1, x2 = x1.contiguous(), x2.contiguous()
-    out_dtype = x1.dtype if mode == MODE_COS else (torch.float64 if x1.dtype == torch.float64 else torch.float32)
+    acc = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    out_dtype = x1.dtype if mode == MODE_COS else acc
     out = torch.empty(x1.shape[:-1], dtype=out_dtype, device=x1.device)
     R, D = out.numel(), x1.shape[-1]
     if R == 0:
@@ -198,16 +221,20 @@ def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -
     return out
 
 
-def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int):
+def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int,
+                     mask: tuple[bool, bool]):
+    """(grad x1, grad x2), each empty where `mask` is False."""
     x1, x2 = x1.contiguous(), x2.contiguous()
-    g1, g2 = torch.empty_like(x1), torch.empty_like(x2)
+    g1 = torch.empty_like(x1) if mask[0] else x1.new_empty(0)
+    g2 = torch.empty_like(x2) if mask[1] else x2.new_empty(0)
     R, D = rows_of(x1)
-    if R == 0:
+    if R == 0 or not (mask[0] or mask[1]):
         return g1, g2
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_bwd_kernel)[_row_grid(R, br)](
-        grad.contiguous(), x1, x2, g1, g2, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype),
-        BLOCK_R=br, BLOCK_D=bd)
+        grad.contiguous(), x1, x2, g1 if mask[0] else x1, g2 if mask[1] else x2, R, D, eps,
+        MODE=mode, WRITE_1=mask[0], WRITE_2=mask[1], ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br,
+        BLOCK_D=bd)
     return g1, g2
 
 
@@ -220,7 +247,8 @@ def normalize(x: torch.Tensor, eps: float, write_y: bool):
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_kernel)[_row_grid(R, br)](
-            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
+            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br,
+            BLOCK_D=bd)
     return (y if write_y else None), inv
 
 
@@ -243,7 +271,8 @@ def _matmul_blocks(dtype: torch.dtype, on_cpu: bool):
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 
 
-def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None, allow_tf32=False,
+def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None,
+                  allow_tf32=False,
                   out_dtype=None):
     """a [Z, M, K] @ b [Z, K, N] (any strides) -> [Z, M, N] in `out_dtype` (default a's
     dtype), optionally scaled by row_scale [Z, M] and col_scale [Z, N] (float32) in the
@@ -263,5 +292,6 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=No
     wrap_triton(scaled_matmul_kernel)[grid](
         a, b, c, rs, cs, M, N, K, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
         b.stride(2), c.stride(0), c.stride(1), c.stride(2), SCALE=scale,
-        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device), **blocks)
+        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device),
+        **blocks)
     return c

@@ -1,26 +1,20 @@
 // Argument checks of the contrastive family (info_nce_loss), shared by the CPU and CUDA
-// implementations, and the layout of the op's outputs.
+// wrappers (one call per wrapper), and split_lse, the backward's view of the saved
+// log-sum-exps.
 #pragma once
-#include <algorithm>
 #include <utility>
 
 #include "common/checks.h"
 
 namespace pykernels {
 
-// Row tiles of the [N, M] logit matrix for the CPU kernel: R x M accumulation-type
-// elements, the only O(N M)-shaped memory the fused op allocates. Capped at 2^23
-// elements (32 MB in float32) and at 1024 rows; at least 64 rows so that each BLAS call
-// stays efficient (fewer rows cost up to 2x in matmul time).
-inline int64_t contrastive_tile_rows(int64_t N, int64_t M) {
-  const int64_t rows = (int64_t(1) << 23) / std::max<int64_t>(M, 1);
-  return std::max<int64_t>(1, std::min<int64_t>(std::clamp<int64_t>(rows, 64, 1024), N));
-}
-
-// image [N, D], text [M, D]: same float dtype, same device of type dev; logit_scale: a
-// one-element float tensor (shape [] or [1]) on that device; labels: int64 [N] there.
-inline void check_info_nce(const char* op, const at::Tensor& img, const at::Tensor& txt,
-                           const at::Tensor& scale, const at::Tensor& labels, at::DeviceType dev) {
+// The arguments of info_nce_loss: image_features [N, D], text_features [M, D] of one float
+// dtype on one device of type dev; logit_scale a one-element float tensor (shape [] or [1])
+// there; labels int64 [N] there (their range is checked by the CPU op only: a GPU check
+// would sync with the host).
+inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
+                                const at::Tensor& scale, const at::Tensor& labels,
+                                at::DeviceType dev) {
   check_float(op, "image_features", img);
   check_device_type(op, "image_features", img, dev);
   check_same_device(op, "text_features", txt, "image_features", img);
@@ -33,7 +27,8 @@ inline void check_info_nce(const char* op, const at::Tensor& img, const at::Tens
   check_float(op, "logit_scale", scale);
   check_same_device(op, "logit_scale", scale, "image_features", img);
   TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,
-                    ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), got shape ",
+                    ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
+                    "got shape ",
                     scale.sizes());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
                    ": argument 'labels' must be int64, got ", labels.scalar_type());
@@ -55,18 +50,23 @@ inline std::pair<at::Tensor, at::Tensor> split_lse(const at::Tensor& lse, at::Sc
   return {hi, lo};
 }
 
-// The backward's extra inputs: grad [K, N] (K = 2 if symmetric else 1), row_lse [N],
-// col_lse [M] (symmetric) or [0] (any float dtype; the forward gives float64).
-inline void check_info_nce_backward(const char* op, const at::Tensor& grad, const at::Tensor& img,
-                                    const at::Tensor& txt, const at::Tensor& row_lse,
-                                    const at::Tensor& col_lse, bool symmetric) {
+// The arguments of info_nce_loss_backward: info_nce_loss's, then grad [K, N] (K = 2 if
+// symmetric else 1), row_lse [N], col_lse [M] (symmetric) or [0] (any float dtype; the
+// forward gives float64).
+inline void check_info_nce_loss_backward(const char* op, const at::Tensor& grad,
+                                         const at::Tensor& img, const at::Tensor& txt,
+                                         const at::Tensor& scale, const at::Tensor& labels,
+                                         const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                         bool symmetric, at::DeviceType dev) {
+  check_info_nce_loss(op, img, txt, scale, labels, dev);
   const int64_t K = symmetric ? 2 : 1, N = img.size(0), M = txt.size(0);
   check_same_device(op, "grad", grad, "image_features", img);
   check_float(op, "grad", grad);
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == N, op,
                     ": argument 'grad' must have shape [", K, ", ", N, "], got ", grad.sizes());
   check_same_device(op, "row_lse", row_lse, "image_features", img);
-  check_float(op, "row_lse", row_lse);  // read as float64; an integer or bool one was converted silently
+  // read as float64: an integer or bool one would be converted silently
+  check_float(op, "row_lse", row_lse);
   TORCH_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == N, op,
                     ": argument 'row_lse' must have shape [", N, "], got ", row_lse.sizes());
   check_same_device(op, "col_lse", col_lse, "image_features", img);

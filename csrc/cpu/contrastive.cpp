@@ -1,285 +1,294 @@
-// CPU kernels of the contrastive family: the fused InfoNCE / CLIP loss.
+// CPU ops of the contrastive family: the fused InfoNCE / CLIP loss.
 //
-// The [N, M] logit matrix L = scale * I T^T is never stored. Rows are processed in
-// tiles of R rows: one BLAS matmul (at::mm) fills an R x M buffer in the accumulation
-// dtype, and at::vec epilogues read it:
-//   forward:  row log-sum-exp (image -> text) and, per column, a running (max, sum of
-//             exp) merged tile after tile (text -> image); the positive logit of row i
-//             is the tile's element (i, labels[i]);
-//   backward: the tile is recomputed and overwritten with dLoss/dL (softmax minus
-//             one-hot, weighted by the upstream gradient), then dI = scale dL T and
-//             dT += scale dL^T I, and d(scale) = sum dL * (I T^T).
-// Memory: one tile (contrastive_tile_rows) plus O((N + M) D). Tiles run in a fixed
-// order and every sum has a fixed order: results do not depend on the thread count
-// beyond what the BLAS library does (deterministic for fixed shapes and threads).
+// The [N, M] logit matrix L = logit_scale I_hat T_hat^T is never stored. It is taken in blocks
+// of R image rows x C text rows; per block, one BLAS product gives x = I_hat[rows] T[cols]^T
+// (the accumulation dtype) and the epilogues of cpu/contrastive_kernels.h read it:
+//   forward:  per row and per column a running (max, sum of exp), merged block after block
+//             (image -> text and text -> image log-sum-exps), and the positive logits;
+//   backward: the block is recomputed (bit for bit: the same products on the same blocks)
+//             and overwritten with dLoss/dx, then dI_hat[rows] += dx T[cols] and
+//             dT[cols] += dx^T I_hat[rows].
+// With normalize, the image rows are normalised block by block and the text side's 1 / |T_j|
+// is folded into the logits (col_scale), so no normalised copy of either side is stored and
+// the text gradient comes out already divided by |T_j| (normalize_rows_backward_'s prescaled).
+// Memory: one block and its two products (blocking()) plus O((N + M) D). Blocks and sums run
+// in a fixed order: results do not depend on the thread count beyond what the BLAS library
+// does. The epilogues are built twice (baseline and AVX2 + FMA, contrastive_avx2.cpp);
+// epilogues() picks one at run time.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 #include "common/contrastive_args.h"
+#include "common/cpu_capability.h"
 #include "common/cpu_vec.h"
 #include "common/normalize.h"
 
+#define PK_CONTRASTIVE_NS generic
+#include "cpu/contrastive_kernels.h"
+
 namespace pykernels {
 namespace cpu {
+
+#ifdef PK_HAVE_AVX2_BUILD
+namespace avx2 {  // contrastive_avx2.cpp
+template <typename acc>
+void forward_block(const acc* x, int64_t rows, int64_t C, int64_t r0, int64_t c0,
+                   const ForwardArgs<acc>& f);
+template <typename acc>
+void gradient_block(acc* x, int64_t rows, int64_t C, int64_t r0, int64_t c0,
+                    const GradientArgs<acc>& g);
+}  // namespace avx2
+#endif
+
 namespace {
 
 constexpr double kNormalizeEps = 1e-12;  // F.normalize's eps; the max(|x|, eps) rule
 
-template <typename acc>
-using V = at::vec::Vectorized<acc>;
+// The blocks of the [N, M] logits: R rows x C columns, R C <= 2^21 elements (8 MB in float32),
+// so the backward's peak, the two feature gradients plus a block and its products, stays
+// under a tenth of what the [N, M] logits and their gradient take (N = M = 8192, D = 512: 49
+// MB against 512 MB for torch.compile of the composition). C <= 2048 columns keeps each
+// product large enough for the BLAS library's full speed.
+struct Blocking {
+  int64_t R, C;
+};
 
-template <typename acc>
-inline acc hmax(const V<acc>& v) {
-  return at::vec::vec_reduce_all<acc>([](V<acc>& a, V<acc>& b) { return at::vec::maximum(a, b); }, v);
+Blocking blocking(int64_t N, int64_t M) {
+  const int64_t C = std::max<int64_t>(1, std::min<int64_t>(M, 2048));
+  return {std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 21) / C)), C};
 }
 
-template <typename acc>
-inline acc hsum(const V<acc>& v) {
-  return at::vec::vec_reduce_all<acc>([](V<acc>& a, V<acc>& b) { return a + b; }, v);
+// f(r0, rows, c0, cols) for every block, row blocks outer, in a fixed order.
+template <typename F>
+void for_each_block(int64_t N, int64_t M, F&& f) {
+  const Blocking b = blocking(N, M);
+  for (int64_t r0 = 0; r0 < N; r0 += b.R) {
+    for (int64_t c0 = 0; c0 < M; c0 += b.C) f(r0, std::min(b.R, N - r0), c0, std::min(b.C, M - c0));
+  }
 }
 
-// log sum_j exp(scale * s[j]) over one row of n raw dot products.
-// A row's log-sum-exp as max + log(sum): the loss is formed as (max - positive) + log(sum),
-// which keeps the float32 precision of a small loss under large logits (lse - positive
-// would lose |lse| * eps); log_sum is 0 when max is not finite (lse = max then).
+// The epilogues: the AVX2 + FMA build where the CPU has it, else the baseline build.
 template <typename acc>
-struct Lse {
-  acc max, log_sum;
-  double value() const { return double(max) + double(log_sum); }  // float64: see split_lse
+struct Epilogues {
+  void (*forward)(const acc*, int64_t, int64_t, int64_t, int64_t, const ForwardArgs<acc>&);
+  void (*gradient)(acc*, int64_t, int64_t, int64_t, int64_t, const GradientArgs<acc>&);
 };
 
 template <typename acc>
-Lse<acc> row_logsumexp(const acc* s, int64_t n, acc scale) {
-  constexpr int64_t W = V<acc>::size();
-  const V<acc> vs(scale);
-  V<acc> vm(-std::numeric_limits<acc>::infinity());
-  int64_t j = 0;
-  for (; j + W <= n; j += W) vm = at::vec::maximum(vm, V<acc>::loadu(s + j) * vs);
-  acc m = hmax(vm);
-  for (; j < n; ++j) m = std::isnan(scale * s[j]) ? scale * s[j] : std::max(m, scale * s[j]);
-  if (!(m > -std::numeric_limits<acc>::infinity())) return {m, acc(0)};  // empty row, all -inf, or NaN
-  const V<acc> vmax(m);
-  V<acc> vsum(0);
-  for (j = 0; j + W <= n; j += W) vsum += (V<acc>::loadu(s + j) * vs - vmax).exp();
-  acc sum = hsum(vsum);
-  for (; j < n; ++j) sum += std::exp(scale * s[j] - m);
-  return {m, std::log(sum)};
+const Epilogues<acc>& epilogues() {
+#ifdef PK_HAVE_AVX2_BUILD
+  if (use_avx2()) {
+    static const Epilogues<acc> e{&avx2::forward_block<acc>, &avx2::gradient_block<acc>};
+    return e;
+  }
+#endif
+  static const Epilogues<acc> e{&generic::forward_block<acc>, &generic::gradient_block<acc>};
+  return e;
 }
 
-// Column statistics of one tile (rows x n, row stride n) merged into the running
-// per-column max cm and sum of exp(L - cm) cs. `first`: cm/cs are not set yet. Each
-// task owns a chunk of columns and walks the tile row by row (contiguous reads).
-template <typename acc>
-void merge_column_stats(const acc* s, int64_t rows, int64_t n, acc scale, bool first, acc* cm,
-                        acc* cs) {
-  constexpr int64_t W = V<acc>::size(), kChunk = 64 * W;
-  const acc ninf = -std::numeric_limits<acc>::infinity();
-  const V<acc> vs(scale), vninf(ninf), zero(0);
-  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t b0, int64_t b1) {
-    V<acc> tm[kChunk / W], ts[kChunk / W];
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t j0 = b * kChunk, w = std::min(kChunk, n - j0), nv = (w + W - 1) / W;
-      auto load = [&](int64_t r, int64_t k) {  // lanes past the chunk load zeros (dropped)
-        const int64_t j = j0 + k * W;
-        return V<acc>::loadu(s + r * n + j, std::min(W, n - j)) * vs;
-      };
-      for (int64_t k = 0; k < nv; ++k) tm[k] = vninf;
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < nv; ++k) tm[k] = at::vec::maximum(tm[k], load(r, k));
-      // Columns whose tile max is -inf (only -inf logits) get a zero shift: no -inf + inf.
-      for (int64_t k = 0; k < nv; ++k) {
-        tm[k] = V<acc>::blendv(tm[k], zero, tm[k] == vninf);
-        ts[k] = zero;
-      }
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < nv; ++k) ts[k] += (load(r, k) - tm[k]).exp();
-      for (int64_t k = 0; k < nv; ++k) {
-        const int64_t j = j0 + k * W, wk = std::min(W, n - j);
-        if (first) {
-          tm[k].store(cm + j, wk);
-          ts[k].store(cs + j, wk);
-          continue;
-        }
-        const V<acc> om = V<acc>::loadu(cm + j, wk), os = V<acc>::loadu(cs + j, wk);
-        const V<acc> nm = at::vec::maximum(om, tm[k]);
-        const V<acc> safe = V<acc>::blendv(nm, zero, nm == vninf);
-        (os * (om - safe).exp() + ts[k] * (tm[k] - safe).exp()).store(cs + j, wk);
-        nm.store(cm + j, wk);
-      }
+// oneDNN's matmul as PyTorch registers it (mkldnn::_linear_pointwise(X, W, ...) = X W^T, the
+// op Inductor's CPU path runs linear layers with), when this PyTorch build has it.
+const std::optional<c10::OperatorHandle>& onednn_linear() {
+  static const auto handle = c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
+  return handle;
+}
+
+// Whether a b^T runs on oneDNN: float32, where PyTorch has it, for products of at least 2^26
+// multiply-adds. On CPUs where MKL takes its AVX2 path (AMD), oneDNN's AVX-512 kernels ran the
+// block products 1.5-2x faster than at::mm; on small products its weight reorders (about two
+// operands' worth of temporary memory) and set-up cost more than they save.
+bool on_onednn(const at::Tensor& a, const at::Tensor& b) {
+  return onednn_linear().has_value() && a.scalar_type() == at::kFloat &&
+         a.size(0) * a.size(1) * b.size(0) >= (int64_t(1) << 26);
+}
+
+// a b^T for a [R, K] and b [M, K] (either may be a transposed view), contiguous.
+at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
+  if (!on_onednn(a, b)) return at::mm(a, b.t());
+  std::vector<c10::IValue> stack{a, b, c10::IValue(), c10::IValue("none"),
+                                 c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                 c10::IValue()};
+  onednn_linear()->callBoxed(&stack);
+  return stack[0].toTensor().contiguous();
+}
+
+// out = a b^T (first) or out += a b^T; out may be a strided view. at::mm_out and addmm_ write
+// into out directly; oneDNN returns a new tensor, which is copied or added.
+void add_matmul_nt(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool first) {
+  if (!on_onednn(a, b)) {
+    if (first) {
+      at::mm_out(out, a, b.t());
+    } else {
+      out.addmm_(a, b.t());
     }
-  });
+  } else if (first) {
+    out.copy_(matmul_nt(a, b));
+  } else {
+    out.add_(matmul_nt(a, b));
+  }
 }
 
-// Features in the accumulation dtype, contiguous, normalised when asked.
-at::Tensor prepare(const at::Tensor& x, bool normalize) {
-  auto a = x.to(at::toOpMathType(x.scalar_type())).contiguous();
-  return normalize ? normalize_rows(a, kNormalizeEps) : a;
+// The features of one side in the accumulation dtype, contiguous, with 1 / max(|row|, eps)
+// per row (normalize) or ones, and the logit scale per column: scale * inv.
+struct Side {
+  at::Tensor x, inv;
+};
+
+Side prepare(const at::Tensor& features, bool normalize) {
+  auto x = features.to(at::toOpMathType(features.scalar_type())).contiguous();
+  auto inv = normalize ? row_inverse_norms(x, kNormalizeEps) : at::ones({x.size(0)}, x.options());
+  return {x, inv};
+}
+
+// The image rows [r0, r0 + rows), normalised when asked: the left factor of a block.
+at::Tensor image_rows(const Side& img, int64_t r0, int64_t rows, bool normalize) {
+  const auto rows_x = img.x.narrow(0, r0, rows);
+  return normalize ? rows_x * img.inv.narrow(0, r0, rows).unsqueeze(1) : rows_x;
 }
 
 void check_labels_in_range(const char* op, const at::Tensor& labels, int64_t M) {
   const int64_t* y = labels.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < labels.numel(); ++i) {
-    TORCH_CHECK_INDEX(y[i] >= 0 && y[i] < M, op, ": argument 'labels' must hold indices in [0, ", M,
-                      ") of text_features rows, got labels[", i, "] = ", y[i]);
+    TORCH_CHECK_INDEX(y[i] >= 0 && y[i] < M, op, ": argument 'labels' must hold indices in [0, ",
+                      M, ") of text_features rows, got labels[", i, "] = ", y[i]);
+  }
+}
+
+// Losses from the stats: l_i2t = (m_i - pos_i) + log s_i (not lse - pos, which would lose
+// |lse| eps of a small loss); l_t2i = (cm_y - pos_i) + log cs_y at y = labels[i]. The
+// log-sum-exps are returned in float64 as m + log s (see split_lse).
+template <typename acc>
+void write_losses(const ForwardArgs<acc>& f, int64_t N, int64_t M, acc* loss, double* row_lse,
+                  double* col_lse) {
+  for (int64_t i = 0; i < N; ++i) {
+    const acc log_sum = std::log(f.row_sum[i]);
+    loss[i] = (f.row_max[i] - f.pos[i]) + log_sum;
+    row_lse[i] = double(f.row_max[i]) + double(log_sum);
+  }
+  if (f.col_max == nullptr) return;
+  for (int64_t j = 0; j < M; ++j) {
+    col_lse[j] = double(f.col_max[j]) + double(std::log(f.col_sum[j]));
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t y = f.labels[i];
+    loss[N + i] = (f.col_max[y] - f.pos[i]) + std::log(f.col_sum[y]);
   }
 }
 
 template <typename acc>
-void info_nce_forward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, const int64_t* y,
-                           bool symmetric, acc* loss, double* row_lse, double* col_lse) {
-  const int64_t N = I.size(0), M = T.size(0), R = contrastive_tile_rows(N, M);
-  std::vector<acc> pos(N), cm(symmetric ? M : 0), cs(symmetric ? M : 0);
-  auto tile = at::empty({R, M}, I.options());
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rows = std::min(R, N - r0);
-    auto S = tile.narrow(0, 0, rows);
-    at::mm_out(S, I.narrow(0, r0, rows), T.t());
-    const acc* s = S.const_data_ptr<acc>();
-    at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t i = r0 + r;
-        const Lse<acc> lse = row_logsumexp(s + r * M, M, scale);
-        pos[i] = scale * s[r * M + y[i]];
-        row_lse[i] = lse.value();
-        loss[i] = (lse.max - pos[i]) + lse.log_sum;
-      }
-    });
-    if (symmetric) merge_column_stats(s, rows, M, scale, r0 == 0, cm.data(), cs.data());
-  }
-  if (!symmetric) return;
-  for (int64_t j = 0; j < M; ++j)
-    col_lse[j] = N == 0 ? -std::numeric_limits<double>::infinity() : double(cm[j]) + double(std::log(cs[j]));
-  for (int64_t i = 0; i < N; ++i) loss[N + i] = (cm[y[i]] - pos[i]) + std::log(cs[y[i]]);
+void forward_impl(const Side& img, const Side& txt, const at::Tensor& col_scale,
+                  const int64_t* labels, bool symmetric, bool normalize, acc* loss,
+                  double* row_lse, double* col_lse) {
+  const int64_t N = img.x.size(0), M = txt.x.size(0);
+  const acc ninf = -std::numeric_limits<acc>::infinity();
+  // running stats start empty (max -inf, sum 0): what a row or column without logits keeps
+  std::vector<acc> row_max(N, ninf), row_sum(N, 0), pos(N), cm(symmetric ? M : 0, ninf),
+      cs(symmetric ? M : 0, 0);
+  const ForwardArgs<acc> f{col_scale.const_data_ptr<acc>(), labels, row_max.data(),
+                           row_sum.data(), pos.data(), symmetric ? cm.data() : nullptr,
+                           symmetric ? cs.data() : nullptr};
+  at::Tensor left;
+  for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    if (c0 == 0) left = image_rows(img, r0, rows, normalize);
+    const auto x = matmul_nt(left, txt.x.narrow(0, c0, cols));
+    epilogues<acc>().forward(x.const_data_ptr<acc>(), rows, cols, r0, c0, f);
+  });
+  write_losses(f, N, M, loss, row_lse, col_lse);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(
-    const at::Tensor& img, const at::Tensor& txt, const at::Tensor& logit_scale,
-    const at::Tensor& labels_, bool symmetric, bool normalize) {
+    const at::Tensor& image_features, const at::Tensor& text_features,
+    const at::Tensor& logit_scale, const at::Tensor& labels_, bool symmetric, bool normalize) {
   const char* op = "pykernels::info_nce_loss";
-  check_info_nce(op, img, txt, logit_scale, labels_, at::kCPU);
+  check_info_nce_loss(op, image_features, text_features, logit_scale, labels_, at::kCPU);
   const auto labels = labels_.contiguous();
-  const int64_t N = img.size(0), M = txt.size(0);
+  const int64_t N = image_features.size(0), M = text_features.size(0);
   check_labels_in_range(op, labels, M);
-  const auto acc_type = at::toOpMathType(img.scalar_type());
-  const auto opts = img.options().dtype(acc_type);
-  auto loss = at::empty({symmetric ? 2 : 1, N}, opts);
-  auto row_lse = at::empty({N}, opts.dtype(at::kDouble)), col_lse = at::empty({symmetric ? M : 0}, opts.dtype(at::kDouble));
-  const auto I = prepare(img, normalize), T = prepare(txt, normalize);
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_cpu", [&] {
-    info_nce_forward_impl<scalar_t>(I, T, logit_scale.item().to<scalar_t>(), labels.const_data_ptr<int64_t>(),
-                                    symmetric, loss.data_ptr<scalar_t>(), row_lse.data_ptr<double>(),
-                                    col_lse.data_ptr<double>());
+  const auto img = prepare(image_features, normalize), txt = prepare(text_features, normalize);
+  const auto col_scale = txt.inv * logit_scale.to(txt.x.scalar_type()).reshape({});
+  auto loss = at::empty({symmetric ? 2 : 1, N}, img.x.options());
+  const auto lse_opts = img.x.options().dtype(at::kDouble);
+  auto row_lse = at::empty({N}, lse_opts), col_lse = at::empty({symmetric ? M : 0}, lse_opts);
+  AT_DISPATCH_FLOATING_TYPES(img.x.scalar_type(), "info_nce_loss_cpu", [&] {
+    forward_impl<scalar_t>(img, txt, col_scale, labels.const_data_ptr<int64_t>(), symmetric,
+                           normalize, loss.data_ptr<scalar_t>(), row_lse.data_ptr<double>(),
+                           col_lse.data_ptr<double>());
   });
   return {loss, row_lse, col_lse};
 }
 
-// Overwrites one row s[0..M) of raw dot products with dLoss/dL and returns
-// sum_j dLoss/dL_j * s_j (this row's share of d(scale)):
-//   dL_j = a exp(L_j - rl) + c_j exp(L_j - cl_j) - [j == y] (a + b),   L_j = scale s_j,
-// with each lse given as hi + lo (split_lse).
+// The backward's block loop: per block, recompute x, turn it into dLoss/dx (gradient_block),
+// then dI_hat[rows] += dx T[cols] and dT[cols] += dx^T I_hat[rows] (with normalize: dLoss/dT_hat
+// / |T_j|, since dx carries col_scale). Returns d(logit_scale), summed in row order.
 template <typename acc>
-acc grad_row(acc* s, int64_t M, acc scale, acc a, acc b, acc rl_hi, acc rl_lo, const acc* c, const acc* cl_hi,
-             const acc* cl_lo, int64_t y) {
-  constexpr int64_t W = V<acc>::size();
-  const V<acc> vs(scale), va(a), vhi(rl_hi), vlo(rl_lo);
-  V<acc> vdot(0);
-  const acc s_pos = s[y];
-  for (int64_t j = 0; j < M; j += W) {
-    const int64_t w = std::min(W, M - j);
-    const V<acc> x = V<acc>::loadu(s + j, w), L = x * vs;
-    V<acc> d = va * ((L - vhi) - vlo).exp();
-    if (c != nullptr) {
-      const V<acc> x = (L - V<acc>::loadu(cl_hi + j, w)) - V<acc>::loadu(cl_lo + j, w);
-      d = at::vec::fmadd(V<acc>::loadu(c + j, w), x.exp(), d);
-    }
-    // Lanes past w load zeros and their d is dropped by the partial store; zero them
-    // out of the dot product too.
-    vdot = at::vec::fmadd(w == W ? d : V<acc>::set(V<acc>(0), d, w), x, vdot);
-    d.store(s + j, w);
-  }
-  s[y] -= a + b;
-  return hsum(vdot) - (a + b) * s_pos;
-}
-
-template <typename acc>
-acc info_nce_backward_impl(const at::Tensor& I, const at::Tensor& T, acc scale, const int64_t* y,
-                           const acc* ga, const acc* gb, const acc* row_hi, const acc* row_lo,
-                           const acc* col_hi, const acc* col_lo, at::Tensor& dI, at::Tensor& dT) {
-  const int64_t N = I.size(0), M = T.size(0), R = contrastive_tile_rows(N, M);
-  const bool symmetric = gb != nullptr;
-  // Column weights c_j = sum of the text -> image gradients of the pairs whose label is j,
-  // summed in row order (deterministic).
-  std::vector<acc> c(symmetric ? M : 0, acc(0)), dscale_rows(N);
-  for (int64_t i = 0; symmetric && i < N; ++i) c[y[i]] += gb[i];
-  auto tile = at::empty({R, M}, I.options());
+acc backward_impl(const Side& img, const Side& txt, const GradientArgs<acc>& g, bool normalize,
+                  at::Tensor& dI, at::Tensor& dT) {
+  const int64_t N = img.x.size(0), M = txt.x.size(0);
   if (N == 0) dT.zero_();
-  for (int64_t r0 = 0; r0 < N; r0 += R) {
-    const int64_t rows = std::min(R, N - r0);
-    auto S = tile.narrow(0, 0, rows);
-    const auto Ir = I.narrow(0, r0, rows);
-    at::mm_out(S, Ir, T.t());
-    acc* s = S.data_ptr<acc>();
-    at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t i = r0 + r;
-        dscale_rows[i] = grad_row<acc>(s + r * M, M, scale, ga[i], symmetric ? gb[i] : acc(0), row_hi[i],
-                                       row_lo[i], symmetric ? c.data() : nullptr, col_hi, col_lo, y[i]);
-      }
-    });
-    auto dIr = dI.narrow(0, r0, rows);
-    at::mm_out(dIr, S, T);
-    if (r0 == 0) {
-      at::mm_out(dT, S.t(), Ir);
-    } else {
-      dT.addmm_(S.t(), Ir);
-    }
-  }
-  dI.mul_(scale);
-  dT.mul_(scale);
+  if (M == 0) dI.zero_();
+  at::Tensor left;
+  for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    if (c0 == 0) left = image_rows(img, r0, rows, normalize);
+    const auto t = txt.x.narrow(0, c0, cols);
+    auto x = matmul_nt(left, t);  // bit for bit the forward's block
+    epilogues<acc>().gradient(x.data_ptr<acc>(), rows, cols, r0, c0, g);
+    add_matmul_nt(dI.narrow(0, r0, rows), x, t.t(), c0 == 0);
+    // dT[cols]^T += I_hat[rows]^T dx: the product with dx as the right factor needs no
+    // transposed copy of the block (dx^T as a left factor did: 8 MB more at the peak)
+    add_matmul_nt(dT.narrow(0, c0, cols).t(), left.t(), x.t(), r0 == 0);
+  });
   acc dscale = 0;
-  for (int64_t i = 0; i < N; ++i) dscale += dscale_rows[i];
+  for (int64_t i = 0; i < N; ++i) dscale += g.dscale_rows[i];
   return dscale;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cpu(
-    const at::Tensor& grad_, const at::Tensor& img, const at::Tensor& txt, const at::Tensor& logit_scale,
-    const at::Tensor& labels_, const at::Tensor& row_lse_, const at::Tensor& col_lse_, bool symmetric,
-    bool normalize) {
+    const at::Tensor& grad_, const at::Tensor& image_features, const at::Tensor& text_features,
+    const at::Tensor& logit_scale, const at::Tensor& labels_, const at::Tensor& row_lse,
+    const at::Tensor& col_lse, bool symmetric, bool normalize) {
   const char* op = "pykernels::info_nce_loss_backward";
-  check_info_nce(op, img, txt, logit_scale, labels_, at::kCPU);
-  check_info_nce_backward(op, grad_, img, txt, row_lse_, col_lse_, symmetric);
+  check_info_nce_loss_backward(op, grad_, image_features, text_features, logit_scale, labels_,
+                               row_lse, col_lse, symmetric, at::kCPU);
   const auto labels = labels_.contiguous();
-  const int64_t N = img.size(0), M = txt.size(0);
+  const int64_t N = image_features.size(0), M = text_features.size(0);
   check_labels_in_range(op, labels, M);
-  const auto acc_type = at::toOpMathType(img.scalar_type());
+  const auto img = prepare(image_features, normalize), txt = prepare(text_features, normalize);
+  const auto acc_type = img.x.scalar_type();
+  const auto scale = logit_scale.to(acc_type).reshape({});
+  const auto col_scale = txt.inv * scale;
   const auto grad = grad_.to(acc_type).contiguous();
-  // (no structured bindings: C++17 lambdas below cannot capture them)
-  const auto row_split = split_lse(row_lse_, acc_type), col_split = split_lse(col_lse_, acc_type);
-  const at::Tensor &row_hi = row_split.first, &row_lo = row_split.second;
-  const at::Tensor &col_hi = col_split.first, &col_lo = col_split.second;
-  const auto I0 = prepare(img, false), T0 = prepare(txt, false);
-  const auto I = normalize ? normalize_rows(I0, kNormalizeEps) : I0;
-  const auto T = normalize ? normalize_rows(T0, kNormalizeEps) : T0;
-  auto dI = at::empty_like(I), dT = at::empty_like(T);
-  auto dscale = at::empty_like(logit_scale);
+  const auto row_split = split_lse(row_lse, acc_type), col_split = split_lse(col_lse, acc_type);
+  auto dI = at::empty_like(img.x), dT = at::empty_like(txt.x);
+  auto dscale_rows = at::empty({N}, img.x.options());
+  at::Tensor dscale;
   AT_DISPATCH_FLOATING_TYPES(acc_type, "info_nce_loss_backward_cpu", [&] {
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t v = info_nce_backward_impl<scalar_t>(
-        I, T, logit_scale.item().to<scalar_t>(), labels.const_data_ptr<int64_t>(), g,
-        symmetric ? g + N : nullptr, row_hi.const_data_ptr<scalar_t>(), row_lo.const_data_ptr<scalar_t>(),
-        symmetric ? col_hi.const_data_ptr<scalar_t>() : nullptr,
-        symmetric ? col_lo.const_data_ptr<scalar_t>() : nullptr, dI, dT);
-    dscale.fill_(v);
+    using acc = scalar_t;
+    const acc* ga = grad.const_data_ptr<acc>();
+    const int64_t* y = labels.const_data_ptr<int64_t>();
+    // c_j = the sum of the text -> image weights b_i of the rows whose label is j, in row order
+    std::vector<acc> c(symmetric ? M : 0, acc(0));
+    for (int64_t i = 0; symmetric && i < N; ++i) c[y[i]] += ga[N + i];
+    const GradientArgs<acc> g{
+        col_scale.const_data_ptr<acc>(), txt.inv.const_data_ptr<acc>(), y, ga,
+        symmetric ? ga + N : nullptr, symmetric ? c.data() : nullptr,
+        row_split.first.const_data_ptr<acc>(),
+        row_split.second.const_data_ptr<acc>(), col_split.first.const_data_ptr<acc>(),
+        col_split.second.const_data_ptr<acc>(), dscale_rows.data_ptr<acc>()};
+    dscale = at::full_like(logit_scale, backward_impl<acc>(img, txt, g, normalize, dI, dT));
   });
   if (normalize) {
-    dI = normalize_rows_backward(dI, I0, kNormalizeEps);
-    dT = normalize_rows_backward(dT, T0, kNormalizeEps);
+    normalize_rows_backward_(dI, img.x, kNormalizeEps, /*prescaled=*/false);
+    normalize_rows_backward_(dT, txt.x, kNormalizeEps, /*prescaled=*/true);
   }
-  (void)M;
-  return {dI.to(img.scalar_type()), dT.to(txt.scalar_type()), dscale};
+  return {dI.to(image_features.scalar_type()), dT.to(text_features.scalar_type()), dscale};
 }
 
 }  // namespace

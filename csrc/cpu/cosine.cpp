@@ -1,318 +1,196 @@
-// CPU kernels of the cosine family: row-wise cosine similarity, feature distances and
-// pairwise cosine similarity. One task per block of rows (at::parallel_for); inside a
-// row, at::vec vectors in the accumulation dtype. Each row is reduced by one thread in
-// a fixed order, so results do not depend on the thread count.
+// CPU ops of the cosine family: cosine similarity, feature_distillation_loss (a row-wise
+// distance of two feature rows, hence here), pairwise cosine similarity, and the row
+// normalisation the contrastive family shares (common/normalize.h). The row kernels are in
+// cpu/cosine_kernels.h, built twice: here with the baseline flags (namespace generic) and in
+// cosine_avx2.cpp for AVX2 + FMA (namespace avx2); kernels() picks one at run time.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <array>
 #include <cmath>
+#include <tuple>
 
 #include "common/cosine_args.h"
+#include "common/cpu_capability.h"
 #include "common/cpu_vec.h"
 #include "common/normalize.h"
 
+#define PK_COSINE_NS generic
+#include "cpu/cosine_kernels.h"
+
 namespace pykernels {
 namespace cpu {
+
+#ifdef PK_HAVE_AVX2_BUILD
+namespace avx2 {  // cosine_avx2.cpp
+void rowwise_forward(const at::Tensor&, const at::Tensor&, double, RowOp, at::Tensor&);
+void rowwise_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, RowOp,
+                      at::Tensor&, at::Tensor&);
+void normalize(const at::Tensor&, double, at::Tensor&, at::Tensor&);
+void normalize_backward(const at::Tensor&, const at::Tensor&, double, bool, at::Tensor&);
+}  // namespace avx2
+#endif
+
 namespace {
 
-template <typename T>
-using Vec = typename VecIO<T>::Vec;
+// The kernels: the AVX2 + FMA build where the CPU has it, else the baseline build.
+struct Kernels {
+  void (*rowwise_forward)(const at::Tensor&, const at::Tensor&, double, RowOp, at::Tensor&);
+  void (*rowwise_backward)(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, RowOp,
+                           at::Tensor&, at::Tensor&);
+  void (*normalize)(const at::Tensor&, double, at::Tensor&, at::Tensor&);
+  void (*normalize_backward)(const at::Tensor&, const at::Tensor&, double, bool, at::Tensor&);
+};
 
-template <typename acc>
-inline acc vsum(const at::vec::Vectorized<acc>& v) {
-  return at::vec::vec_reduce_all<acc>(
-      [](at::vec::Vectorized<acc>& a, at::vec::Vectorized<acc>& b) { return a + b; }, v);
+const Kernels& kernels() {
+#ifdef PK_HAVE_AVX2_BUILD
+  if (use_avx2()) {
+    static const Kernels k{&avx2::rowwise_forward, &avx2::rowwise_backward, &avx2::normalize,
+                           &avx2::normalize_backward};
+    return k;
+  }
+#endif
+  static const Kernels k{&generic::rowwise_forward, &generic::rowwise_backward,
+                         &generic::normalize, &generic::normalize_backward};
+  return k;
 }
 
-// Applies f(a, b) to consecutive vectors of two rows; the tail is zero-padded.
-template <typename scalar_t, typename F>
-inline void for_each_vec(const scalar_t* x1, const scalar_t* x2, int64_t D, F&& f) {
-  using IO = VecIO<scalar_t>;
-  int64_t i = 0;
-  for (; i + IO::kWidth <= D; i += IO::kWidth) f(i, IO::kWidth, IO::load(x1 + i), IO::load(x2 + i));
-  if (i < D) f(i, D - i, IO::load(x1 + i, D - i), IO::load(x2 + i, D - i));
+// out [...] = op per row of x1, x2 [..., D]: x1's dtype for kCosine, else the accumulation dtype.
+at::Tensor rowwise_forward(const at::Tensor& x1_, const at::Tensor& x2_, double eps, RowOp op) {
+  const auto x1 = x1_.contiguous(), x2 = x2_.contiguous();
+  const auto dtype = op == RowOp::kCosine ? x1.scalar_type() : at::toOpMathType(x1.scalar_type());
+  auto out = at::empty(x1.sizes().slice(0, x1.dim() - 1), x1.options().dtype(dtype));
+  if (out.numel() > 0) kernels().rowwise_forward(x1, x2, eps, op, out);
+  return out;
 }
 
-// dot(x1, x2), |x1|^2, |x2|^2 of one row. Four independent accumulators per sum keep
-// the FMA units busy (one chain per sum would wait on FMA latency every step); they are
-// combined in a fixed order, so the result stays deterministic.
-template <typename scalar_t>
-inline std::array<acc_t<scalar_t>, 3> dot_and_squares(const scalar_t* x1, const scalar_t* x2,
-                                                      int64_t D) {
-  using IO = VecIO<scalar_t>;
-  using V = Vec<scalar_t>;
-  constexpr int64_t W = IO::kWidth, U = 4;
-  V d[U] = {V(0), V(0), V(0), V(0)}, s1[U] = {V(0), V(0), V(0), V(0)}, s2[U] = {V(0), V(0), V(0), V(0)};
-  int64_t i = 0;
-  for (; i + U * W <= D; i += U * W) {
-    for (int64_t u = 0; u < U; ++u) {
-      const V a = IO::load(x1 + i + u * W), b = IO::load(x2 + i + u * W);
-      d[u] = at::vec::fmadd(a, b, d[u]);
-      s1[u] = at::vec::fmadd(a, a, s1[u]);
-      s2[u] = at::vec::fmadd(b, b, s2[u]);
+// The gradients of a row-wise op: x's shape where output_mask asks for them, else empty.
+std::tuple<at::Tensor, at::Tensor> rowwise_backward(const at::Tensor& grad, const at::Tensor& x1_,
+                                                    const at::Tensor& x2_, double eps, RowOp op,
+                                                    GradMask mask) {
+  const auto x1 = x1_.contiguous(), x2 = x2_.contiguous();
+  at::Tensor g1 = mask[0] ? at::empty_like(x1) : at::Tensor();
+  at::Tensor g2 = mask[1] ? at::empty_like(x2) : at::Tensor();
+  if (x1.numel() > 0) {
+    const auto g = grad.to(at::toOpMathType(x1.scalar_type())).contiguous();
+    kernels().rowwise_backward(g, x1, x2, eps, op, g1, g2);
+  } else {
+    for (auto* t : {&g1, &g2}) {
+      if (t->defined()) t->zero_();
     }
   }
-  for_each_vec(x1 + i, x2 + i, D - i, [&](int64_t, int64_t, const V& a, const V& b) {
-    d[0] = at::vec::fmadd(a, b, d[0]);
-    s1[0] = at::vec::fmadd(a, a, s1[0]);
-    s2[0] = at::vec::fmadd(b, b, s2[0]);
-  });
-  return {vsum((d[0] + d[1]) + (d[2] + d[3])), vsum((s1[0] + s1[1]) + (s1[2] + s1[3])),
-          vsum((s2[0] + s2[1]) + (s2[2] + s2[3]))};
+  return {mask[0] ? g1 : at::empty({0}, x1.options()), mask[1] ? g2 : at::empty({0}, x2.options())};
 }
 
-// |x1 - x2|^2 of one row.
-template <typename scalar_t>
-inline acc_t<scalar_t> squared_distance(const scalar_t* x1, const scalar_t* x2, int64_t D) {
-  Vec<scalar_t> s(0);
-  for_each_vec(x1, x2, D, [&](int64_t, int64_t, const Vec<scalar_t>& a, const Vec<scalar_t>& b) {
-    auto diff = a - b;
-    s = at::vec::fmadd(diff, diff, s);
-  });
-  return vsum(s);
+RowOp feature_op(FeatureKind kind) {
+  return kind == FeatureKind::kMse ? RowOp::kSquaredDistance : RowOp::kOneMinusCosine;
 }
 
-// g1 = k11 x1 + k12 x2 and g2 = k21 x1 + k22 x2 for one row (every row-wise backward
-// in this family is of this form).
-template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void write_linear_pair(const scalar_t* x1, const scalar_t* x2, int64_t D, acc k11,
-                              acc k12, acc k21, acc k22, scalar_t* g1, scalar_t* g2) {
-  using IO = VecIO<scalar_t>;
-  const Vec<scalar_t> v11(k11), v12(k12), v21(k21), v22(k22);
-  for_each_vec(x1, x2, D, [&](int64_t i, int64_t n, const Vec<scalar_t>& a, const Vec<scalar_t>& b) {
-    IO::store(g1 + i, at::vec::fmadd(v11, a, v12 * b), n);
-    IO::store(g2 + i, at::vec::fmadd(v21, a, v22 * b), n);
-  });
+at::Tensor cosine_similarity_cpu(const at::Tensor& x1, const at::Tensor& x2, double eps) {
+  check_cosine_similarity("pykernels::cosine_similarity", x1, x2, eps, at::kCPU);
+  return rowwise_forward(x1, x2, eps, RowOp::kCosine);
 }
 
-// out = k1 x1 + k2 x2 for one row.
-template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void write_linear(const scalar_t* x1, const scalar_t* x2, int64_t D, acc k1, acc k2,
-                         scalar_t* out) {
-  using IO = VecIO<scalar_t>;
-  const Vec<scalar_t> v1(k1), v2(k2);
-  for_each_vec(x1, x2, D, [&](int64_t i, int64_t n, const Vec<scalar_t>& a, const Vec<scalar_t>& b) {
-    IO::store(out + i, at::vec::fmadd(v1, a, v2 * b), n);
-  });
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x1, const at::Tensor& x2, double eps,
+    GradMask output_mask) {
+  check_cosine_similarity_backward("pykernels::cosine_similarity_backward", grad, x1, x2, eps,
+                                   at::kCPU);
+  return rowwise_backward(grad, x1, x2, eps, RowOp::kCosine, output_mask);
 }
 
-// Coefficients of the cosine backward for one row, given upstream grad g:
-//   c = w / (a b), a = max(n1, eps), b = max(n2, eps)
-//   dc/dx1 = x2 / (a b) - [n1 > eps] c x1 / a^2   (and symmetrically for x2).
-template <typename acc>
-inline std::array<acc, 4> cosine_grad_coefs(acc g, acc w, acc ss1, acc ss2, acc eps) {
-  const acc n1 = std::sqrt(ss1), n2 = std::sqrt(ss2);
-  const acc a = std::max(n1, eps), b = std::max(n2, eps);
-  const acc c = w / (a * b);
-  const acc k11 = n1 > eps ? -g * c / (a * a) : acc(0);
-  const acc k22 = n2 > eps ? -g * c / (b * b) : acc(0);
-  const acc cross = g / (a * b);
-  return {k11, cross, cross, k22};
+// Per-row loss, accumulation dtype: |s - t|^2 ("mse") or 1 - cos(s, t) ("cosine").
+at::Tensor feature_distillation_loss_cpu(const at::Tensor& student, const at::Tensor& teacher,
+                                         c10::string_view kind, double eps) {
+  const FeatureKind k = check_feature_distillation_loss("pykernels::feature_distillation_loss",
+                                                        student, teacher, kind, eps, at::kCPU);
+  return rowwise_forward(student, teacher, eps, feature_op(k));
 }
 
-template <typename acc>
-inline acc cosine_value(acc w, acc ss1, acc ss2, acc eps) {
-  return w / (std::max(std::sqrt(ss1), eps) * std::max(std::sqrt(ss2), eps));
-}
-
-// Runs f(row) for every row in parallel.
-template <typename F>
-inline void for_each_row(int64_t rows, int64_t D, F&& f) {
-  at::parallel_for(0, rows, row_grain(D), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) f(r);
-  });
-}
-
-at::Tensor cosine_similarity_cpu(const at::Tensor& x1_, const at::Tensor& x2_, double eps) {
-  const char* op = "pykernels::cosine_similarity";
-  check_rowwise_pair(op, "x1", x1_, "x2", x2_, at::kCPU);
-  check_positive(op, "eps", eps);
-  const auto x1 = x1_.contiguous(), x2 = x2_.contiguous();
-  auto out = at::empty(x1.sizes().slice(0, x1.dim() - 1), x1.options());
-  const int64_t D = x1.size(-1), rows = out.numel();  // D == 0: every row is 0
-  if (out.numel() == 0) return out;
-  PK_DISPATCH_FLOATING(x1.scalar_type(), "cosine_similarity_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const scalar_t *p1 = x1.const_data_ptr<scalar_t>(), *p2 = x2.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    for_each_row(rows, D, [&](int64_t r) {
-      auto [w, ss1, ss2] = dot_and_squares(p1 + r * D, p2 + r * D, D);
-      po[r] = static_cast<scalar_t>(cosine_value<acc>(w, ss1, ss2, acc(eps)));
-    });
-  });
-  return out;
-}
-
-// sign = +1 for cos, -1 for the (1 - cos) feature distance.
-std::tuple<at::Tensor, at::Tensor> cosine_backward_impl(const at::Tensor& grad_,
-                                                        const at::Tensor& x1,
-                                                        const at::Tensor& x2, double eps,
-                                                        double sign) {
-  auto g1 = at::empty_like(x1), g2 = at::empty_like(x2);
-  const int64_t D = x1.size(-1), rows = D == 0 ? 0 : x1.numel() / D;
-  if (rows == 0) return {g1.zero_(), g2.zero_()};
-  PK_DISPATCH_FLOATING(x1.scalar_type(), "cosine_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    const acc* pg = grad.const_data_ptr<acc>();
-    const scalar_t *p1 = x1.const_data_ptr<scalar_t>(), *p2 = x2.const_data_ptr<scalar_t>();
-    scalar_t *o1 = g1.data_ptr<scalar_t>(), *o2 = g2.data_ptr<scalar_t>();
-    for_each_row(rows, D, [&](int64_t r) {
-      const scalar_t *a = p1 + r * D, *b = p2 + r * D;
-      auto [w, ss1, ss2] = dot_and_squares(a, b, D);
-      auto k = cosine_grad_coefs<acc>(acc(sign) * pg[r], w, ss1, ss2, acc(eps));
-      write_linear_pair(a, b, D, k[0], k[1], k[2], k[3], o1 + r * D, o2 + r * D);
-    });
-  });
-  return {g1, g2};
-}
-
-std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cpu(const at::Tensor& grad,
-                                                                  const at::Tensor& x1,
-                                                                  const at::Tensor& x2,
-                                                                  double eps) {
-  const char* op = "pykernels::cosine_similarity_backward";
-  check_rowwise_pair(op, "x1", x1, "x2", x2, at::kCPU);
-  check_row_grad(op, grad, x1);
-  check_positive(op, "eps", eps);
-  return cosine_backward_impl(grad, x1.contiguous(), x2.contiguous(), eps, 1.0);
-}
-
-at::Tensor feature_distance_cpu(const at::Tensor& s_, const at::Tensor& t_,
-                                c10::string_view kind_, double eps) {
-  const char* op = "pykernels::feature_distance";
-  check_rowwise_pair(op, "student", s_, "teacher", t_, at::kCPU);
-  const int kind = feature_kind(op, kind_);
-  check_positive(op, "eps", eps);
-  const auto s = s_.contiguous(), t = t_.contiguous();
-  const auto acc_type = at::toOpMathType(s.scalar_type());
-  auto out = at::empty(s.sizes().slice(0, s.dim() - 1), s.options().dtype(acc_type));
-  const int64_t D = s.size(-1), rows = out.numel();
-  if (out.numel() == 0) return out;
-  PK_DISPATCH_FLOATING(s.scalar_type(), "feature_distance_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const scalar_t *ps = s.const_data_ptr<scalar_t>(), *pt = t.const_data_ptr<scalar_t>();
-    acc* po = out.data_ptr<acc>();
-    for_each_row(rows, D, [&](int64_t r) {
-      if (kind == 0) {
-        po[r] = squared_distance(ps + r * D, pt + r * D, D);
-      } else {
-        auto [w, ss1, ss2] = dot_and_squares(ps + r * D, pt + r * D, D);
-        po[r] = acc(1) - cosine_value<acc>(w, ss1, ss2, acc(eps));
-      }
-    });
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> feature_distance_backward_cpu(const at::Tensor& grad_,
-                                                                 const at::Tensor& s_,
-                                                                 const at::Tensor& t_,
-                                                                 c10::string_view kind_,
-                                                                 double eps) {
-  const char* op = "pykernels::feature_distance_backward";
-  check_rowwise_pair(op, "student", s_, "teacher", t_, at::kCPU);
-  check_row_grad(op, grad_, s_);
-  const int kind = feature_kind(op, kind_);
-  check_positive(op, "eps", eps);
-  const auto s = s_.contiguous(), t = t_.contiguous();
-  if (kind == 1) return cosine_backward_impl(grad_, s, t, eps, -1.0);
-  // d|s - t|^2 = 2 (s - t) ds - 2 (s - t) dt
-  auto gs = at::empty_like(s), gt = at::empty_like(t);
-  const int64_t D = s.size(-1), rows = D == 0 ? 0 : s.numel() / D;
-  if (rows == 0) return {gs.zero_(), gt.zero_()};
-  PK_DISPATCH_FLOATING(s.scalar_type(), "feature_distance_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    const acc* pg = grad.const_data_ptr<acc>();
-    const scalar_t *ps = s.const_data_ptr<scalar_t>(), *pt = t.const_data_ptr<scalar_t>();
-    scalar_t *os = gs.data_ptr<scalar_t>(), *ot = gt.data_ptr<scalar_t>();
-    for_each_row(rows, D, [&](int64_t r) {
-      const acc k = 2 * pg[r];
-      write_linear_pair(ps + r * D, pt + r * D, D, k, -k, -k, k, os + r * D, ot + r * D);
-    });
-  });
-  return {gs, gt};
+std::tuple<at::Tensor, at::Tensor> feature_distillation_loss_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher,
+    c10::string_view kind, double eps, GradMask output_mask) {
+  const FeatureKind k = check_feature_distillation_loss_backward(
+      "pykernels::feature_distillation_loss_backward", grad, student, teacher, kind, eps,
+      at::kCPU);
+  return rowwise_backward(grad, student, teacher, eps, feature_op(k), output_mask);
 }
 
 }  // namespace
 
-// Rows of x divided by max(|row|, eps), in x's dtype (declared in common/normalize.h).
-at::Tensor normalize_rows(const at::Tensor& x, double eps) {
-  auto out = at::empty_like(x);
-  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
-  if (rows == 0) return out;
-  PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    using IO = VecIO<scalar_t>;
-    const scalar_t* px = x.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    for_each_row(rows, D, [&](int64_t r) {
-      const scalar_t* row = px + r * D;
-      const acc inv = acc(1) / std::max(std::sqrt(dot_and_squares(row, row, D)[0]), acc(eps));
-      const Vec<scalar_t> vinv(inv);
-      for_each_vec(row, row, D, [&](int64_t i, int64_t n, const Vec<scalar_t>& a, const Vec<scalar_t>&) {
-        IO::store(po + r * D + i, a * vinv, n);
-      });
-    });
-  });
-  return out;
+at::Tensor row_inverse_norms(const at::Tensor& x_, double eps) {
+  const auto x = x_.contiguous();
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  auto inv = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(acc_type));
+  at::Tensor none;
+  if (x.numel() > 0) {
+    kernels().normalize(x, eps, inv, none);
+  } else {
+    inv.fill_(1.0 / eps);  // D == 0: norms 0, clamped to eps
+  }
+  return inv;
 }
 
-// Gradient of x -> x / max(|x|, eps) per row, given the gradient gy of the output:
-//   gx = (gy - [n > eps] y (y . gy)) / max(n, eps),  y = x / n.
-at::Tensor normalize_rows_backward(const at::Tensor& gy, const at::Tensor& x, double eps) {
+at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
+  const auto x = x_.contiguous();
+  auto y = at::empty_like(x);
+  at::Tensor none;
+  if (x.numel() > 0) kernels().normalize(x, eps, none, y);
+  return y;
+}
+
+at::Tensor normalize_rows_backward(const at::Tensor& gy, const at::Tensor& x_, double eps) {
+  const auto x = x_.contiguous(), g = gy.to(x.scalar_type()).contiguous();
   auto gx = at::empty_like(x);
-  const int64_t D = x.size(-1), rows = D == 0 ? 0 : x.numel() / D;
-  if (rows == 0) return gx.zero_();
-  PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_backward_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const scalar_t *px = x.const_data_ptr<scalar_t>(), *pg = gy.const_data_ptr<scalar_t>();
-    scalar_t* po = gx.data_ptr<scalar_t>();
-    for_each_row(rows, D, [&](int64_t r) {
-      const scalar_t *xr = px + r * D, *gr = pg + r * D;
-      auto [xg, xx, gg] = dot_and_squares(xr, gr, D);
-      (void)gg;
-      const acc n = std::sqrt(xx), a = std::max(n, acc(eps));
-      const acc kx = n > eps ? -xg / (n * n * a) : acc(0);
-      write_linear(xr, gr, D, kx, acc(1) / a, po + r * D);
-    });
-  });
+  if (x.numel() > 0) kernels().normalize_backward(g, x, eps, /*prescaled=*/false, gx);
   return gx;
+}
+
+void normalize_rows_backward_(at::Tensor& g, const at::Tensor& x, double eps, bool prescaled) {
+  TORCH_CHECK(g.is_contiguous() && g.scalar_type() == x.scalar_type() && g.sizes() == x.sizes(),
+              "normalize_rows_backward_: g must be contiguous, of x's shape and dtype");
+  if (x.numel() > 0) kernels().normalize_backward(g, x.contiguous(), eps, prescaled, g);
 }
 
 namespace {
 
 // Half-precision inputs run in float32: their normalized rows, rounded to the half dtype
 // for the product, made a small cosine a cancellation of rounded terms (0.29% off at a
-// cosine of 0.0115 from float16 rows, fuzz), and CPU half products are no faster.
+// cosine of 0.0115 from float16 rows: test_fuzz_cosine), and CPU half products are no faster.
 at::Tensor in_acc(const at::Tensor& x) {
   return x.to(at::toOpMathType(x.scalar_type())).contiguous();
 }
 
+// out = a_hat b_hat^T (a_hat, b_hat: the normalised rows) with one BLAS product: normalising
+// the N + M rows first costs (N + M) D, scaling the N x M output would cost N M.
 at::Tensor pairwise_cosine_similarity_cpu(const at::Tensor& a, const at::Tensor& b, double eps) {
-  const char* op = "pykernels::pairwise_cosine_similarity";
-  check_pairwise(op, a, b, at::kCPU);
-  check_positive(op, "eps", eps);
-  // Normalising the N + M rows first costs (N + M) D; scaling the N x M output would
-  // cost N M, more whenever N M > (N + M) D, which is the usual case.
-  return at::matmul(normalize_rows(in_acc(a), eps), normalize_rows(in_acc(b), eps).transpose(1, 2))
-      .to(a.scalar_type());
+  check_pairwise_cosine_similarity("pykernels::pairwise_cosine_similarity", a, b, eps, at::kCPU);
+  const auto a_hat = normalize_rows(in_acc(a), eps), b_hat = normalize_rows(in_acc(b), eps);
+  auto out = at::empty({a.size(0), a.size(1), b.size(1)}, a_hat.options());
+  at::bmm_out(out, a_hat, b_hat.transpose(1, 2));
+  return out.to(a.scalar_type());
 }
 
+// out = a_hat b_hat^T: grad a_hat = G b_hat, grad b_hat = G^T a_hat, then through each
+// row's normalisation.
 std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& a_, const at::Tensor& b_, double eps) {
-  const char* op = "pykernels::pairwise_cosine_similarity_backward";
-  check_pairwise(op, a_, b_, at::kCPU);
-  check_positive(op, "eps", eps);
-  check_pairwise_grad(op, grad, a_, b_);
+    const at::Tensor& grad, const at::Tensor& a_, const at::Tensor& b_, double eps,
+    GradMask output_mask) {
+  check_pairwise_cosine_similarity_backward("pykernels::pairwise_cosine_similarity_backward",
+                                            grad, a_, b_, eps, at::kCPU);
   const auto a = in_acc(a_), b = in_acc(b_);
   const auto g = grad.to(a.scalar_type());
-  const auto ga_hat = at::matmul(g, normalize_rows(b, eps)).contiguous();
-  const auto gb_hat = at::matmul(g.transpose(1, 2), normalize_rows(a, eps)).contiguous();
-  return {normalize_rows_backward(ga_hat, a, eps).to(a_.scalar_type()),
-          normalize_rows_backward(gb_hat, b, eps).to(b_.scalar_type())};
+  at::Tensor ga = at::empty({0}, a_.options()), gb = at::empty({0}, b_.options());
+  if (output_mask[0]) {
+    const auto ga_hat = at::bmm(g, normalize_rows(b, eps));
+    ga = normalize_rows_backward(ga_hat, a, eps).to(a_.scalar_type());
+  }
+  if (output_mask[1]) {
+    const auto gb_hat = at::bmm(g.transpose(1, 2), normalize_rows(a, eps));
+    gb = normalize_rows_backward(gb_hat, b, eps).to(b_.scalar_type());
+  }
+  return {ga, gb};
 }
 
 }  // namespace
@@ -323,8 +201,8 @@ TORCH_LIBRARY_IMPL(pykernels, CPU, m) {
   using namespace pykernels::cpu;
   m.impl("cosine_similarity", &cosine_similarity_cpu);
   m.impl("cosine_similarity_backward", &cosine_similarity_backward_cpu);
-  m.impl("feature_distance", &feature_distance_cpu);
-  m.impl("feature_distance_backward", &feature_distance_backward_cpu);
+  m.impl("feature_distillation_loss", &feature_distillation_loss_cpu);
+  m.impl("feature_distillation_loss_backward", &feature_distillation_loss_backward_cpu);
   m.impl("pairwise_cosine_similarity", &pairwise_cosine_similarity_cpu);
   m.impl("pairwise_cosine_similarity_backward", &pairwise_cosine_similarity_backward_cpu);
 }

@@ -77,18 +77,3 @@ def register_autograd(name: str, setup_context: Callable, backward: Callable) ->
             torch.library.register_autograd(f"pykernels::{name}{suffix}", functools.partial(backward, ops),
                                             setup_context=setup_context)
 
-
-def register_pair_autograd(name: str, n_extra: int) -> None:
-    """Autograd for an op f(x1, x2, *extra) whose backward op is
-    f_backward(grad, x1, x2, *extra) -> (grad_x1, grad_x2); extra args get no grad."""
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.extra = inputs[2:]
-
-    def backward(ops, ctx, grad):
-        x1, x2 = ctx.saved_tensors
-        g1, g2 = ops(name + "_backward")(grad, x1, x2, *ctx.extra)
-        return (g1, g2) + (None,) * n_extra
-
-    register_autograd(name, setup_context, backward)

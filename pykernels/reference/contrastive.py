@@ -37,10 +37,10 @@ NORMALIZE_EPS = 1e-12
 def _dots(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """i t^T with every entry reduced over D the same way (elementwise products, summed):
     equal rows of t give equal logits, as the exact answer has them. mm rounds some columns
-    otherwise (the long fuzz run: three equal texts at logits of 1e8 gave log 3 + 1.5e-9 in
-    float64, where the fused CPU kernel had log 3). The float64 reference (the tests' exact
-    answer) takes this path, chunked over i's rows to keep the temporary near 2^24 elements;
-    lower precisions keep PyTorch's mm."""
+    otherwise (three equal texts at logits of 1e8 gave log 3 + 1.5e-9 in float64, where the
+    fused CPU kernel had log 3: test_fuzz_contrastive). The float64 reference (the tests'
+    exact answer) takes this path, chunked over i's rows to keep the temporary near 2^24
+    elements; lower precisions keep PyTorch's mm."""
     N, D = i.shape
     M = t.shape[0]
     if N == 0 or M == 0:
@@ -49,23 +49,30 @@ def _dots(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([(i[r:r + rows, None, :] * t[None, :, :]).sum(-1) for r in range(0, N, rows)])
 
 
-def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                    logit_bias: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    """x / max(|x|, 1e-12) per row, in the accumulation dtype (F.normalize's rule)."""
+    x = x.to(acc_dtype(x.dtype))
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
+
+
+def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor,
+                    logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None,
+                    normalize: bool = False) -> torch.Tensor:
     """The [N, M] logit matrix in the accumulation dtype."""
     acc = acc_dtype(image_features.dtype)
     i, t = image_features.to(acc), text_features.to(acc)
     if normalize:
-        i = i / torch.linalg.vector_norm(i, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
-        t = t / torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
+        i, t = normalized(i), normalized(t)
     logits = logit_scale.to(acc).reshape(()) * (_dots(i, t) if acc == torch.float64 else i @ t.T)
     if logit_bias is not None:
         logits = logits + logit_bias.to(acc).reshape(())
     return logits
 
 
-def info_nce_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, *,
-                  labels: torch.Tensor | None = None, logit_bias: torch.Tensor | None = None,
-                  symmetric: bool = True, normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
+def info_nce_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                  logit_scale: torch.Tensor, *, labels: torch.Tensor | None = None,
+                  logit_bias: torch.Tensor | None = None, symmetric: bool = True,
+                  normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
     N = image_features.shape[0]
     logits = info_nce_logits(image_features, text_features, logit_scale, logit_bias, normalize)
     targets = torch.arange(N, device=logits.device)

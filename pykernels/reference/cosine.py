@@ -1,10 +1,10 @@
 """Reference of the cosine family.
 
-    cos(x1, x2)      = x1 . x2 / (max(|x1|, eps) * max(|x2|, eps))   (each norm clamped on its own,
-                                                                     as torch.nn.functional.cosine_similarity)
-    feature "mse"    = |student - teacher|^2 per row; "mean" over rows gives the seed's
-                       L_feature = 1/N sum_i |f_i^T - f_i^S|^2
-    feature "cosine" = 1 - cos(student, teacher) per row
+    cos(x1, x2)      = x1 . x2 / (max(|x1|, eps) * max(|x2|, eps))
+                       (each norm clamped on its own, as torch.nn.functional.cosine_similarity)
+    feature_distillation_loss, per row (reduction="none"; "mean" averages over rows):
+      kind "mse"     = |student - teacher|^2, so "mean" is 1/N sum_i |f_i^T - f_i^S|^2
+      kind "cosine"  = 1 - cos(student, teacher)
     pairwise(a, b)   = [cos(a_i, b_j)]_ij
 """
 import torch
@@ -16,20 +16,12 @@ def _clamped_norm(x: torch.Tensor, dim: int, eps: float, keepdim: bool = False) 
     return torch.linalg.vector_norm(x, dim=dim, keepdim=keepdim).clamp_min(eps)
 
 
-def cosine_similarity(x1: torch.Tensor, x2: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+def cosine_similarity(x1: torch.Tensor, x2: torch.Tensor, dim: int = -1,
+                      eps: float = 1e-8) -> torch.Tensor:
     acc = acc_dtype(x1.dtype)
     a, b = torch.broadcast_tensors(x1.to(acc), x2.to(acc))  # norms of the broadcast rows
     cos = (a * b).sum(dim) / (_clamped_norm(a, dim, eps) * _clamped_norm(b, dim, eps))
     return cos.to(x1.dtype)
-
-
-def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse", eps: float = 1e-8) -> torch.Tensor:
-    """Per-row distance over the last dim, in the accumulation dtype."""
-    acc = acc_dtype(student.dtype)
-    s, t = student.to(acc), teacher.to(acc)
-    if kind == "mse":
-        return (s - t).pow(2).sum(-1)
-    return 1 - (s * t).sum(-1) / (_clamped_norm(s, -1, eps) * _clamped_norm(t, -1, eps))
 
 
 def reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -42,10 +34,18 @@ def reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
                               reduction: str = "mean", eps: float = 1e-8) -> torch.Tensor:
-    return reduce(feature_distance(student, teacher, kind, eps), reduction)
+    """The loss of each row of [..., D] features, in the accumulation dtype, reduced."""
+    acc = acc_dtype(student.dtype)
+    s, t = student.to(acc), teacher.to(acc)
+    if kind == "mse":
+        per_row = (s - t).pow(2).sum(-1)
+    else:
+        per_row = 1 - (s * t).sum(-1) / (_clamped_norm(s, -1, eps) * _clamped_norm(t, -1, eps))
+    return reduce(per_row, reduction)
 
 
-def pairwise_cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+def pairwise_cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None,
+                               eps: float = 1e-8) -> torch.Tensor:
     b = a if b is None else b
     acc = acc_dtype(a.dtype)
     an = a.to(acc) / _clamped_norm(a.to(acc), -1, eps, keepdim=True)

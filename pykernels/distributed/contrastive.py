@@ -37,94 +37,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _checks, backends
-from ._precision import acc_dtype
-from .ops._registry import op as _op
-from .ops.contrastive import info_nce_loss as _fused  # the single-process fused op
-from .ops.contrastive import split_lse
+from .. import _checks, backends
+from .._precision import acc_dtype
+from ..ops._registry import op as _op
+from ..ops.contrastive import info_nce_loss as _fused  # the single-process fused op
+from ..ops.contrastive import split_lse
+from ..reference.contrastive import normalized
+from .collectives import (AllReduceGrad, AllReduceSum, Ring, all_gather_with_grad,
+                          group_rank_and_size)
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
-NORMALIZE_EPS = 1e-12  # F.normalize's rule, the same as the fused op's normalize=True
 _FN = "pykernels.distributed.info_nce_loss"
-
-
-# ----------------------------------------------------------------------------- groups
-def group_rank_and_size(group=None) -> tuple[int, int]:
-    """(rank, world size) in `group`; (0, 1) when torch.distributed is not initialised."""
-    if not (dist.is_available() and dist.is_initialized()):
-        if group is not None:
-            raise RuntimeError(f"{_FN}: a process_group was given but torch.distributed is not initialised")
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def _global_rank(group, group_rank: int) -> int:
-    """Point-to-point ops name peers by their rank in the default group."""
-    return group_rank if group is None else dist.get_global_rank(group, group_rank)
-
-
-# ----------------------------------------------------------------------------- collectives with autograd
-class _AllGather(torch.autograd.Function):
-    """cat of every rank's tensor along dim 0. Backward: each rank gets the sum over ranks
-    of the gradient of its own slice (as torch.distributed.nn.all_gather)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        ctx.group = group
-        rank, world = group_rank_and_size(group)
-        ctx.rank, ctx.world = rank, world
-        out = x.new_empty((world * x.shape[0],) + tuple(x.shape[1:]))
-        dist.all_gather(list(out.chunk(world)), x.contiguous(), group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.contiguous()
-        if dist.get_backend(ctx.group) == dist.Backend.NCCL:
-            part = grad.new_empty(grad.shape[0] // ctx.world, *grad.shape[1:])
-            dist.reduce_scatter(part, list(grad.chunk(ctx.world)), group=ctx.group)
-            return part, None
-        # gloo has no reduce-scatter: all-reduce the whole gradient, keep our slice
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad.chunk(ctx.world)[ctx.rank].clone(), None
-
-
-class _AllReduceGrad(torch.autograd.Function):
-    """Identity forward; backward sums the gradient over ranks (a parameter shared by
-    every rank's partial loss gets the gradient of the sum of the partials)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks forward; identity backward (every rank back-propagates the same
-    upstream gradient into its own partial)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:
-        out = x.clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad, None
-
-
-def all_gather_with_grad(x: Tensor, group=None) -> Tensor:
-    """[n, ...] on every rank -> [W * n, ...]; gradients are summed back to their owners."""
-    return _AllGather.apply(x, group)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -138,14 +62,15 @@ def _check_local(image_features, text_features, logit_scale, logit_bias, mode, r
         if x.dim() != 2:
             raise ValueError(f"{_FN}: argument '{name}' must be [n, D], got shape {tuple(x.shape)}")
     if logit_scale.numel() != 1 or logit_scale.dim() > 1:
-        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
-                         f"got shape {tuple(logit_scale.shape)}")
-    named = [("image_features", image_features), ("text_features", text_features), ("logit_scale", logit_scale)]
+        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or "
+                         f"[1]), got shape {tuple(logit_scale.shape)}")
+    named = [("image_features", image_features), ("text_features", text_features),
+             ("logit_scale", logit_scale)]
     if logit_bias is not None:
         _checks.tensor(_FN, "logit_bias", logit_bias)
         if logit_bias.numel() != 1 or logit_bias.dim() > 1:
-            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] or [1]), "
-                             f"got shape {tuple(logit_bias.shape)}")
+            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] "
+                             f"or [1]), got shape {tuple(logit_bias.shape)}")
         named.append(("logit_bias", logit_bias))
     _checks.same_device(_FN, *named)
     _checks.same_dtype(_FN, *named[:2])
@@ -160,7 +85,8 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
     every = mine.new_empty(world, 4)
     dist.all_gather(list(every.unbind(0)), mine, group=group)
     shapes = [tuple(r) for r in every.tolist()]
-    if any(s != shapes[0] for s in shapes) or shapes[0][0] != shapes[0][2] or shapes[0][1] != shapes[0][3]:
+    first = shapes[0]
+    if any(s != first for s in shapes) or first[0] != first[2] or first[1] != first[3]:
         raise ValueError(
             f"{_FN}: every rank must pass image_features and text_features of one shape [n, D] "
             f"(same n and D on all ranks); got (image shape, text shape) per rank: "
@@ -169,10 +95,11 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
 
 
 # ----------------------------------------------------------------------------- gather mode
-def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, backend):
+def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction,
+                 backend):
     n = img.shape[0]
-    scale = _AllReduceGrad.apply(scale, group)
-    bias = None if bias is None else _AllReduceGrad.apply(bias, group)
+    scale = AllReduceGrad.apply(scale, group)
+    bias = None if bias is None else AllReduceGrad.apply(bias, group)
     labels = torch.arange(rank * n, (rank + 1) * n, device=img.device)
     common = dict(labels=labels, logit_bias=bias, symmetric=False, normalize=normalize,
                   reduction="sum", backend=backend)
@@ -181,43 +108,13 @@ def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize
         partial = (partial + _fused(txt, all_gather_with_grad(img, group), scale, **common)) / 2
     if reduction == "mean":
         partial = partial / (world * n)
-    return _AllReduceSum.apply(partial, group)
+    return AllReduceSum.apply(partial, group)
 
 
 # ----------------------------------------------------------------------------- ring mode
 
 
 _TAG_BLOCK, _TAG_LSE, _TAG_GRAD = 10, 20, 30
-
-
-class _Ring:
-    """Point-to-point exchange with the ring neighbours: send to rank + 1, receive from
-    rank - 1 (batched, so NCCL runs each step's sends and receives as one group)."""
-
-    def __init__(self, group, rank, world):
-        self.group = group
-        self.next = _global_rank(group, (rank + 1) % world)
-        self.prev = _global_rank(group, (rank - 1) % world)
-
-    def start(self, tensors: list[Tensor], tag: int, pending: list) -> list[Tensor]:
-        """Post sends of `tensors` and receives of same-shaped ones, which are returned.
-        Each message kind has its own tag so that messages in flight at the same time
-        cannot be matched with one another. `pending` keeps the sent tensors alive until
-        `finish`."""
-        received = [torch.empty_like(t) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(tensors)]
-        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i) for i, r in enumerate(received)]
-        pending.append((dist.batch_isend_irecv(ops), tensors))
-        return received
-
-    @staticmethod
-    def finish(pending: list) -> None:
-        """Wait for the exchanges, then drop the sent tensors (a block we sent must not
-        stay alive into the next step: that would be a third travelling block)."""
-        for works, _ in pending:
-            for w in works:
-                w.wait()
-        pending.clear()
 
 
 class _Tile:
@@ -241,14 +138,14 @@ class _Tile:
         block): also the positives L[i, i], float64, the values the LSEs were taken over (a
         separate dot product would round differently, at logits of 1e3 by a small loss)."""
         if self.kernel is not None:
-            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img), self.symmetric,
-                                                               False)
+            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img),
+                                                               self.symmetric, False)
             pos = row - loss[0].double() if with_pos else None  # loss = lse - L[i, i]
             return row, (col if self.symmetric else None), pos
         row, col, pos = [], None, []
         for rows, _, logits in self._chunks(img, blk, scale):
             row.append(_lse64(logits, 1))
-            if with_pos:  # chunk row r is row rows.start + r: its positive sits at column rows.start + r
+            if with_pos:  # chunk row r is row rows.start + r, its positive at column rows.start + r
                 pos.append(logits.diagonal(rows.start).double())
             if self.symmetric:
                 part = _lse64(logits, 0)
@@ -321,7 +218,7 @@ class _RingInfoNCE(torch.autograd.Function):
     @staticmethod
     @_no_autocast
     def forward(ctx, img, txt, scale, group, rank, world, symmetric, reduction, tile):
-        ring = _Ring(group, rank, world)
+        ring = Ring(group, rank, world)
         block, row_lse, col_lse, pending = txt.contiguous(), None, None, []
         for k in range(world):
             # send the block in hand on while we work on it
@@ -345,7 +242,8 @@ class _RingInfoNCE(torch.autograd.Function):
         if world > 1:
             dist.all_reduce(partial, group=group)
         partial = partial.to(acc_dtype(img.dtype))
-        ctx.save_for_backward(img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0))
+        ctx.save_for_backward(img, txt, scale, row_lse,
+                              col_lse if symmetric else row_lse.new_empty(0))
         ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
 
@@ -359,7 +257,7 @@ class _RingInfoNCE(torch.autograd.Function):
         w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
         a = grad.to(acc) * w_row                         # d loss / d (row i's CE)
         c = grad.to(acc) * w_col if symmetric else None  # d loss / d (column j's CE)
-        ring = _Ring(group, rank, world)
+        ring = Ring(group, rank, world)
         block, block_lse = txt.contiguous(), (col_lse if symmetric else None)
         d_img = d_block = d_scale = None
         pending = []
@@ -367,7 +265,8 @@ class _RingInfoNCE(torch.autograd.Function):
             # the block and its column LSE are read-only: send them on while we work
             incoming = None
             if k < world - 1:
-                incoming = ring.start([block, block_lse] if symmetric else [block], _TAG_BLOCK, pending)
+                travelling = [block, block_lse] if symmetric else [block]
+                incoming = ring.start(travelling, _TAG_BLOCK, pending)
             gi, gb, gs = tile.grad(img, block, scale, row_lse, block_lse, a, c)
             d_img = gi if d_img is None else d_img.add_(gi)
             d_scale = gs if d_scale is None else d_scale + gs
@@ -385,7 +284,8 @@ class _RingInfoNCE(torch.autograd.Function):
         d_scale = d_scale - w_pos * _row_dots(img.to(acc), txt.to(acc)).sum()
         if world > 1:
             dist.all_reduce(d_scale, group=group)
-        return (d_img.to(img.dtype), d_txt.to(txt.dtype), d_scale.reshape(scale.shape).to(scale.dtype),
+        return (d_img.to(img.dtype), d_txt.to(txt.dtype),
+                d_scale.reshape(scale.shape).to(scale.dtype),
                 None, None, None, None, None, None)
 
 
@@ -408,11 +308,6 @@ def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]
     return (w / 2, w / 2) if symmetric else (w, 0.0)
 
 
-def _normalize(x: Tensor) -> Tensor:
-    x = x.to(acc_dtype(x.dtype))
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
-
-
 # ----------------------------------------------------------------------------- public
 def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
                   logit_bias: Tensor | None = None, process_group=None, mode: str = "gather",
@@ -433,47 +328,35 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     """
     _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}")
+        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, "
+                        f"got {type(chunk_size).__name__}")
     _checks.positive(_FN, "chunk_size", chunk_size)
     rank, world = group_rank_and_size(process_group)
     if world > 1 and check_sizes:
         _check_sizes_across_ranks(image_features, text_features, process_group, world)
     elif image_features.shape != text_features.shape:
         raise ValueError(
-            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape [n, D], "
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape "
+            f"[n, D], "
             f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
         )
     if world == 1 and mode == "gather":
-        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias, symmetric=symmetric,
+        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias,
+                      symmetric=symmetric,
                       normalize=normalize, reduction=reduction, backend=backend)
     if mode == "gather":
-        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group, rank, world,
+        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group,
+                            rank, world,
                             symmetric, normalize, reduction, backend)
     if normalize:  # row-local, so it is done before the ring, with autograd
-        image_features, text_features = _normalize(image_features), _normalize(text_features)
+        image_features, text_features = normalized(image_features), normalized(text_features)
     kernel = backends.resolve(backend, image_features.device, _FN)
     tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
-    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank, world,
+    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank,
+                              world,
                               symmetric, reduction, tile)
     if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
         loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)
     return loss
 
 
-# ----------------------------------------------------------------------------- open_clip-style gather
-def gather_features(image_features: Tensor, text_features: Tensor, local_loss: bool = False,
-                    gather_with_grad: bool = False, rank: int = 0, world_size: int = 1, group=None):
-    """open_clip's feature gathering, with its gradient rules: with gather_with_grad the
-    gathered tensors carry gradients back to their owners (summed over ranks); without,
-    they are constants, except that for the global (not local) loss this rank's own slot
-    is its live tensor."""
-    if gather_with_grad:
-        return all_gather_with_grad(image_features, group), all_gather_with_grad(text_features, group)
-    gathered = []
-    for x in (image_features, text_features):
-        parts = [torch.empty_like(x) for _ in range(world_size)]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        if not local_loss:
-            parts[rank] = x
-        gathered.append(torch.cat(parts))
-    return tuple(gathered)
