@@ -128,6 +128,19 @@ inline DistillationTensors distillation_tensors(const DistillationSettings& st,
   return c;
 }
 
+// The family's row kernel into outputs the caller owns (c.loss, c.grad_logits and
+// c.grad_teacher, which may alias c.logits and c.teacher: each row's gradient is written
+// after the row's last read), for ops that run it on buffers of their own (the fused
+// linear + loss ops, csrc/common/fused_linear.h). c's inputs are contiguous. The CPU
+// version returns false when a counted row is all -inf; the CUDA one gives such rows nan.
+namespace cpu {
+void check_label_values(const DistillationSettings& st, const at::Tensor& labels, int64_t V);
+bool distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c);
+}  // namespace cpu
+namespace cuda {
+void distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c);
+}  // namespace cuda
+
 // The checks and settings of each op, shared by the CPU and CUDA wrappers (dev: the device
 // type the kernel runs on).
 inline DistillationSettings distillation_loss_settings(

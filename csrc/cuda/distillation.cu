@@ -506,13 +506,10 @@ Params<acc> params_of(const DistillationSettings& st, bool has_labels) {
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
-                                                                 const at::Tensor& logits,
-                                                                 const at::Tensor& teacher,
-                                                                 const at::Tensor& labels) {
-  c10::cuda::CUDAGuard guard(logits.device());
-  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
-  if (c.rows == 0) return {c.loss, c.grad_logits, c.grad_teacher};
+}  // namespace
+
+void distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c) {
+  if (c.rows == 0) return;
   TORCH_CHECK(c.rows <= std::numeric_limits<int32_t>::max(), st.op, ": too many rows: ", c.rows);
   PK_DISPATCH_FLOATING(c.logits.scalar_type(), "distillation_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -537,6 +534,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const Distillat
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
+                                                                 const at::Tensor& logits,
+                                                                 const at::Tensor& teacher,
+                                                                 const at::Tensor& labels) {
+  c10::cuda::CUDAGuard guard(logits.device());
+  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
+  distillation_rows_into(st, c);
   return {c.loss, c.grad_logits, c.grad_teacher};
 }
 
