@@ -353,8 +353,8 @@ def _register_fused_autograd(name: str, grad_inputs: list[int], n_outputs_before
         grads = [None] * ctx.n_inputs
         if grad_loss is None:
             return tuple(grads)
-        for k, i in enumerate(grad_inputs):
-            if ctx.needs_input_grad[i] and not ctx.mask[k]:
+        for k, i in enumerate(grad_inputs):  # reduce: only the forward's gradients exist
+            if ctx.reduce and ctx.needs_input_grad[i] and not ctx.mask[k]:
                 raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its "
                                    "grad_mask entry was False")
         if ctx.reduce:

@@ -14,7 +14,8 @@ hidden [..., H] (rows are all leading dims), weight [V, H], bias [V]:
         ignore_index; every row when there are no labels); "sum"; "none" (per row).
 
 The per-row logsumexp that return_lse gives is that of the (capped) logits, in the
-accumulation dtype, and 0 for ignored rows (the fused backends never form their logits).
+accumulation dtype, 0 for ignored rows (the fused backends never form their logits), and
+carries no gradient (a statistic, as in Liger-Kernel and cut-cross-entropy).
 The loss terms are the distillation family's reference (float64-careful for float64 inputs).
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_index=-
     loss = dist.reduce(rows, reduction, divisor)
     if reduction == "none":
         loss = loss.reshape(labels.shape)
-    return (loss, lse.reshape(labels.shape)) if return_lse else loss
+    return (loss, lse.reshape(labels.shape).detach()) if return_lse else loss
 
 
 def fused_linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
