@@ -455,3 +455,52 @@ def test_cpp_op_errors_name_the_argument(backend):
         with pytest.raises(IndexError, match="'labels'"):
             op(h, w, torch.full_like(y, V), b, -100, 0.0, 0.0, 0.0, 0, True, 1.0, False,
                [True] * 3)
+
+
+# --------------------------------------------------------------------------- transformers
+def _tiny_llama(layers, seed, dtype=torch.float64):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=layers, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).to(dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_ONLY)
+@pytest.mark.parametrize("num_items", [None, 17])
+def test_hf_recipe_equals_the_models_own_loss(backend, num_items):
+    from pykernels.integrations.transformers import causal_lm_loss
+
+    model = _tiny_llama(2, 0, torch.float32)  # the model's loss upcasts its logits to float32
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 101, (2, 9), generator=gen)
+    labels = ids.clone()
+    labels[0, :3] = -100  # a prompt that does not count
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    kw = {} if num_items is None else {"num_items_in_batch": num_items}
+    want = model(input_ids=ids, attention_mask=mask, labels=labels, **kw).loss
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    got = causal_lm_loss(model, ids, labels, attention_mask=mask, chunk_size=5, backend=backend,
+                         **kw)
+    torch.testing.assert_close(got, want)
+    for g, r in zip(torch.autograd.grad(got, list(model.parameters())), want_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_hf_distillation_recipe_equals_the_unfused_loss():
+    from pykernels.integrations.transformers import causal_lm_distillation_loss, shift_labels
+
+    student, teacher = _tiny_llama(1, 2), _tiny_llama(2, 3)
+    ids = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(4))
+    got = causal_lm_distillation_loss(student, teacher, ids, ids, temperature=2.0,
+                                      hard_weight=0.5, chunk_size=4)
+    with torch.no_grad():
+        t_logits = teacher(ids).logits
+    want = pk.distillation_loss(student(ids).logits, t_logits, labels=shift_labels(ids),
+                                temperature=2.0, hard_weight=0.5, backend="reference")
+    torch.testing.assert_close(got, want)
+    params = list(student.parameters())
+    for g, r in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(g, r)
