@@ -474,30 +474,3 @@ def fused_linear_distillation_loss(student_hidden: Tensor, student_weight: Tenso
         float(label_smoothing), int(chunk_size or 0), reduce, scale,
         _wants(sh, sw, student_bias, th, tw, teacher_bias))
     return _finish(loss, divisor)
-
-
-# ----------------------------------------------------------------------------- self-check
-def _ce_inputs(device, dtype):
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(48, 32, generator=g).to(device, dtype).requires_grad_()
-    w = (torch.randn(1000, 32, generator=g) * 0.3).to(device, dtype).requires_grad_()
-    y = torch.randint(0, 1000, (48,), generator=g).to(device)
-    y[:5] = -100
-    return h, w, y
-
-
-def _kd_inputs(device, dtype):
-    h, w, y = _ce_inputs(device, dtype)
-    g = torch.Generator().manual_seed(1)
-    th = torch.randn(48, 40, generator=g).to(device, dtype)
-    tw = (torch.randn(1000, 40, generator=g) * 0.3).to(device, dtype)
-    return h, w, th, tw, y
-
-
-SELFCHECK = [
-    ("fused_linear_cross_entropy [48, 32] x [1000, 32]", _ce_inputs,
-     lambda be, h, w, y: fused_linear_cross_entropy(h, w, y, chunk_size=20, backend=be)),
-    ("fused_linear_distillation_loss KL T=2 + hard", _kd_inputs,
-     lambda be, h, w, th, tw, y: fused_linear_distillation_loss(
-         h, w, th, tw, labels=y, temperature=2.0, hard_weight=0.5, chunk_size=20, backend=be)),
-]
