@@ -67,8 +67,8 @@ def _check(out, want64, baseline, inputs, inputs64, base_inputs, dtype, what, se
 
 def _copies(xs, dtype=None):
     """Leaf copies (float64 by default) that keep requires_grad."""
-    return [None if x is None else x.detach().to(dtype or torch.float64).requires_grad_(x.requires_grad)
-            for x in xs]
+    dtype = dtype or torch.float64
+    return [None if x is None else x.detach().to(dtype).requires_grad_(x.requires_grad) for x in xs]
 
 
 # --------------------------------------------------------------------------- reference
@@ -176,7 +176,8 @@ def test_num_items_in_batch_replaces_the_divisor(backend, as_tensor):
     h64, w64, b64 = as64(h, w, b)
     want = _unfused_ce(h64, w64, y.cpu(), b64, reduction="sum") / 40
     torch.testing.assert_close(out.double().cpu(), want, rtol=1e-5, atol=1e-6)
-    for g, r in zip(torch.autograd.grad(out, [h, w, b]), torch.autograd.grad(want, [h64, w64, b64])):
+    got, want = torch.autograd.grad(out, [h, w, b]), torch.autograd.grad(want, [h64, w64, b64])
+    for g, r in zip(got, want):
         torch.testing.assert_close(g.double().cpu(), r, rtol=1e-4, atol=1e-6)
 
 
@@ -298,7 +299,9 @@ def _op_cases():
     ce = (h, w, y, b, -100, 0.1, 3.0, 1e-2, 4)
     kd = (h, w, th, tw, y, b, tb, 2.0, 1.0, 0.5, 0.5, -100, 0.0, 4)
     # backward ops are not differentiable themselves: their inputs require no grad
-    plain = lambda xs: tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in xs)  # noqa: E731
+    def plain(xs):
+        return tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in xs)
+
     return [("fused_linear_cross_entropy", ce + (True, 0.25, True, [True, True, True])),
             ("fused_linear_cross_entropy", ce + (False, 1.0, False, [False] * 3)),
             ("fused_linear_cross_entropy_backward", plain((g,) + ce + ([True, True, True],))),

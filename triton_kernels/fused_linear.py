@@ -92,6 +92,11 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
         index = (labels != ii).nonzero().squeeze(1)
     M = N if index is None else index.shape[0]
     grad_s, grad_t = any(mask[:3]), any(mask[3:])
+    # The kernel takes grad_scale as a float32 argument; float64 inputs get it exactly from
+    # a multiplication afterwards.
+    post_scale = 1.0
+    if s.hidden.dtype == torch.float64 and row_args.get("grad_scale", 1.0) != 1.0:
+        post_scale, row_args = row_args["grad_scale"], {**row_args, "grad_scale": 1.0}
     chunk = min(chunk_size, max(M, 1)) if chunk_size > 0 else auto_chunk(
         M, V, s.hidden.element_size(), dev.type == "cpu")
     bufs = {}
@@ -128,6 +133,9 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
                 G.add_((2.0 * z_loss * row_args.get("grad_scale", 1.0) * lse)[:, None] * probs)
         if tanh_c is not None and grad_s:
             G.mul_(1 - tanh_c * tanh_c)
+        if post_scale != 1.0:
+            G.mul_(post_scale)
+            Gt.mul_(post_scale)
         if row_weight is not None:
             w = rows_of(row_weight)[:, None]
             if grad_s:
@@ -148,7 +156,8 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
             _add_head_grads(t, ht, Gt, idx, begin, grads[3:], mask[3:])
     for k in (1, 2, 4, 5):
         if mask[k]:
-            grads[k] = grads[k].to((heads[k // 3].weight if k % 3 == 1 else heads[k // 3].bias).dtype)
+            head = heads[k // 3]
+            grads[k] = grads[k].to((head.weight if k % 3 == 1 else head.bias).dtype)
     return loss, lse_out, grads
 
 

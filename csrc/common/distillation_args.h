@@ -141,6 +141,21 @@ namespace cuda {
 void distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c);
 }  // namespace cuda
 
+// distillation_loss's terms into st (the values checked by the caller): the soft term of
+// the teacher's logits, and the hard term where there are labels and hard_weight != 0.
+inline void set_distillation_terms(DistillationSettings& st, double temperature,
+                                   double soft_weight, double hard_weight, double beta,
+                                   int64_t ignore_index, double label_smoothing, bool has_labels) {
+  st.temperature = temperature;
+  st.soft_weight = soft_weight;
+  st.hard_weight = hard_weight;
+  st.beta = beta;
+  st.label_smoothing = label_smoothing;
+  st.ignore_index = ignore_index;
+  st.soft = SoftTarget::kTeacherLogits;
+  st.hard = has_labels && hard_weight != 0;
+}
+
 // The checks and settings of each op, shared by the CPU and CUDA wrappers (dev: the device
 // type the kernel runs on).
 inline DistillationSettings distillation_loss_settings(
@@ -163,14 +178,8 @@ inline DistillationSettings distillation_loss_settings(
   TORCH_CHECK_VALUE(labels.defined() || hard_weight == 0, st.op,
                     ": argument 'hard_weight' must be 0 when no labels are given, got ",
                     hard_weight);
-  st.temperature = temperature;
-  st.soft_weight = soft_weight;
-  st.hard_weight = hard_weight;
-  st.beta = beta;
-  st.label_smoothing = label_smoothing;
-  st.ignore_index = ignore_index;
-  st.soft = SoftTarget::kTeacherLogits;
-  st.hard = labels.defined() && hard_weight != 0;
+  set_distillation_terms(st, temperature, soft_weight, hard_weight, beta, ignore_index,
+                         label_smoothing, labels.defined());
   st.grad_logits = grad_student_logits;
   st.grad_teacher = grad_teacher_logits;
   check_grad_scale(st, grad_scale);

@@ -18,11 +18,14 @@
 // so every row goes through and the kernel gives ignored rows loss 0 and gradient 0.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/DeviceGuard.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <vector>
+
+#include <torch/library.h>
 
 #include "common/checks.h"
 #include "common/distillation_args.h"
@@ -266,8 +269,8 @@ inline FusedLinearSettings cross_entropy_loop_settings(
   TORCH_CHECK_VALUE(softcap >= 0, op, ": argument 'softcap' must be >= 0 (0: none), got ",
                     softcap);
   check_finite(op, "z_loss", z_loss);
-  TORCH_CHECK_VALUE(chunk_size >= 0, op, ": argument 'chunk_size' must be >= 0 (0: automatic), got ",
-                    chunk_size);
+  TORCH_CHECK_VALUE(chunk_size >= 0, op,
+                    ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk_size);
   FusedLinearSettings st;
   st.rows.op = op;
   st.rows.logits_arg = "hidden";
@@ -387,14 +390,8 @@ inline FusedLinearSettings distillation_loop_settings(
   r.op = op;
   r.logits_arg = "student_hidden";
   r.teacher_arg = "teacher_hidden";
-  r.temperature = temperature;
-  r.soft_weight = soft_weight;
-  r.hard_weight = hard_weight;
-  r.beta = beta;
-  r.label_smoothing = label_smoothing;
-  r.ignore_index = ignore_index;
-  r.soft = SoftTarget::kTeacherLogits;
-  r.hard = labels.defined() && hard_weight != 0;
+  set_distillation_terms(r, temperature, soft_weight, hard_weight, beta, ignore_index,
+                         label_smoothing, labels.defined());
   check_grad_scale(r, grad_scale);
   st.chunk_size = chunk_size;
   st.compact = dev.compact;
@@ -471,5 +468,62 @@ fused_linear_distillation_loss_backward_op(
   const auto g = shaped_grads(st, o, h);
   return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
+
+// ---- the ops as registered for a device D (cpu/fused_linear.cpp, cuda/fused_linear.cu):
+// D::device() gives its FusedLinearDevice; the calls run on the inputs' device.
+template <typename D>
+struct FusedLinearOps {
+  using Opt = c10::optional<at::Tensor>;
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy(
+      const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
+      const Opt& bias, int64_t ignore_index, double label_smoothing, double softcap,
+      double z_loss, int64_t chunk_size, bool reduce, double grad_scale, bool return_lse,
+      std::array<bool, 3> grad_mask) {
+    const at::OptionalDeviceGuard guard(at::device_of(hidden));
+    return fused_linear_cross_entropy_op(D::device(), hidden, weight, labels, bias, ignore_index,
+                                         label_smoothing, softcap, z_loss, chunk_size, reduce,
+                                         grad_scale, return_lse, grad_mask);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_backward(
+      const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& weight,
+      const at::Tensor& labels, const Opt& bias, int64_t ignore_index, double label_smoothing,
+      double softcap, double z_loss, int64_t chunk_size, std::array<bool, 3> grad_mask) {
+    const at::OptionalDeviceGuard guard(at::device_of(hidden));
+    return fused_linear_cross_entropy_backward_op(D::device(), grad, hidden, weight, labels, bias,
+                                                  ignore_index, label_smoothing, softcap, z_loss,
+                                                  chunk_size, grad_mask);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                    at::Tensor>
+  distillation(const at::Tensor& sh, const at::Tensor& sw, const at::Tensor& th,
+               const at::Tensor& tw, const Opt& labels, const Opt& sb, const Opt& tb,
+               double temperature, double soft_weight, double hard_weight, double beta,
+               int64_t ignore_index, double label_smoothing, int64_t chunk_size, bool reduce,
+               double grad_scale, std::array<bool, 6> grad_mask) {
+    const at::OptionalDeviceGuard guard(at::device_of(sh));
+    return fused_linear_distillation_loss_op(D::device(), sh, sw, th, tw, labels, sb, tb,
+                                             temperature, soft_weight, hard_weight, beta,
+                                             ignore_index, label_smoothing, chunk_size, reduce,
+                                             grad_scale, grad_mask);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+  distillation_backward(const at::Tensor& grad, const at::Tensor& sh, const at::Tensor& sw,
+                        const at::Tensor& th, const at::Tensor& tw, const Opt& labels,
+                        const Opt& sb, const Opt& tb, double temperature, double soft_weight,
+                        double hard_weight, double beta, int64_t ignore_index,
+                        double label_smoothing, int64_t chunk_size,
+                        std::array<bool, 6> grad_mask) {
+    const at::OptionalDeviceGuard guard(at::device_of(sh));
+    return fused_linear_distillation_loss_backward_op(
+        D::device(), grad, sh, sw, th, tw, labels, sb, tb, temperature, soft_weight, hard_weight,
+        beta, ignore_index, label_smoothing, chunk_size, grad_mask);
+  }
+  static void register_impls(torch::Library& m) {
+    m.impl("fused_linear_cross_entropy", &cross_entropy);
+    m.impl("fused_linear_cross_entropy_backward", &cross_entropy_backward);
+    m.impl("fused_linear_distillation_loss", &distillation);
+    m.impl("fused_linear_distillation_loss_backward", &distillation_backward);
+  }
+};
 
 }  // namespace pykernels

@@ -54,16 +54,7 @@ def _check_head(fn: str, hidden_name: str, hidden, weight_name: str, weight, bia
 
 
 def _check_labels(fn: str, labels, hidden_name: str, hidden) -> None:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, "
-                        f"got {type(labels).__name__}")
-    if labels.dtype != torch.int64:
-        raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
-    chk.same_device(fn, (hidden_name, hidden), ("labels", labels))
-    if labels.shape != hidden.shape[:-1]:
-        raise ValueError(f"{fn}: argument 'labels' must have shape {tuple(hidden.shape[:-1])} "
-                         f"(the hidden states' shape without the last dim), "
-                         f"got {tuple(labels.shape)}")
+    dist._check_labels(fn, labels, hidden_name, hidden, "the hidden states'")
 
 
 def _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size) -> None:
@@ -142,10 +133,6 @@ def _wants(*xs) -> list[bool]:
 
 
 # ----------------------------------------------------------------------------- C++ ops
-def _empty(x: Tensor) -> Tensor:
-    return x.new_empty((0,))
-
-
 def _grads_fake(mask, *xs):
     return [x.new_empty(x.shape) if m and x is not None else xs[0].new_empty((0,))
             for m, x in zip(mask, xs)]
