@@ -119,8 +119,9 @@ def _reduction_scale(reduction: str, hidden: Tensor, labels, ignore_index: int,
         count = int((labels != ignore_index).sum())
     else:
         return 1.0, ref_dist.counted_rows(labels, ignore_index, acc)
-    if count == 0:  # 0 / 0: nan, as F.cross_entropy gives for an all-ignored batch
-        return 1.0, torch.zeros((), dtype=acc, device=hidden.device)
+    if count == 0 or torch.compiler.is_compiling():  # (a row count may be symbolic there)
+        # count 0: 0 / 0 = nan, as F.cross_entropy gives for an all-ignored batch
+        return 1.0, torch.full((), count, dtype=acc, device=hidden.device)
     return float(torch.ones((), dtype=acc) / count), None
 
 
