@@ -84,6 +84,41 @@ TORCH_LIBRARY(pykernels, m) {
   // dead afterwards (no retain_graph), so that peak memory is one gradient, not two.
   m.def("distillation_scale_grad_inplace(Tensor grad, Tensor(a!) x) -> ()");
 
+  // ---------------------------------------------------------------- fused_linear
+  // A linear head and its loss without the [rows, V] logits: hidden [..., H], weight [V, H],
+  // bias [V], logits = hidden weight^T + bias formed a chunk of rows at a time
+  // (common/fused_linear.h). The row loss is the distillation family's (cross entropy with
+  // label smoothing; for distillation_loss the soft term of the student's logits against
+  // the teacher's), in the accumulation dtype. reduce: the loss is grad_scale * (sum of the
+  // rows), a 0-dim tensor, and the gradients of that loss w.r.t. the inputs that
+  // grad_mask selects are computed in the same pass (empty tensors elsewhere); else the loss
+  // is per row [...] and no gradient is formed (the *_backward op recomputes the logits with
+  // each row's upstream gradient). chunk_size 0: automatic. Labels out of range: IndexError
+  // on CPU, nan rows on CUDA (no host sync to check them).
+  //   cross entropy: softcap > 0 caps the logits at softcap tanh(logits / softcap) first;
+  //   z_loss adds z_loss lse^2 per row. Returns (loss, lse [...] (0 for ignored rows; [0]
+  //   unless return_lse), grads of hidden, weight, bias).
+  m.def("fused_linear_cross_entropy(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, "
+        "int ignore_index, float label_smoothing, float softcap, float z_loss, int chunk_size, "
+        "bool reduce, float grad_scale, bool return_lse, bool[3] grad_mask) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("fused_linear_cross_entropy_backward(Tensor grad, Tensor hidden, Tensor weight, "
+        "Tensor labels, Tensor? bias, int ignore_index, float label_smoothing, float softcap, "
+        "float z_loss, int chunk_size, bool[3] grad_mask) -> (Tensor, Tensor, Tensor)");
+  // distillation: the teacher's head may be wider (H_t != H_s), V the same. Returns (loss,
+  // grads of student hidden, weight, bias, teacher hidden, weight, bias).
+  m.def("fused_linear_distillation_loss(Tensor student_hidden, Tensor student_weight, "
+        "Tensor teacher_hidden, Tensor teacher_weight, Tensor? labels, Tensor? student_bias, "
+        "Tensor? teacher_bias, float temperature, float soft_weight, float hard_weight, "
+        "float beta, int ignore_index, float label_smoothing, int chunk_size, bool reduce, "
+        "float grad_scale, bool[6] grad_mask) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("fused_linear_distillation_loss_backward(Tensor grad, Tensor student_hidden, "
+        "Tensor student_weight, Tensor teacher_hidden, Tensor teacher_weight, Tensor? labels, "
+        "Tensor? student_bias, Tensor? teacher_bias, float temperature, float soft_weight, "
+        "float hard_weight, float beta, int ignore_index, float label_smoothing, "
+        "int chunk_size, bool[6] grad_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // ---------------------------------------------------------------- contrastive
   // Fused InfoNCE / CLIP loss, L = logit_scale * I T^T never stored. image_features
   // [N, D], text_features [M, D], logit_scale a one-element tensor, labels int64 [N]

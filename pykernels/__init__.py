@@ -11,6 +11,7 @@ from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_maskin
 from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 from .ops.contrastive import info_nce_loss
+from .ops.fused_linear import fused_linear_cross_entropy, fused_linear_distillation_loss
 from .ops.flow_matching import (compute_snr, flow_interpolate, flow_match_euler_step,
                                 flow_matching_loss, min_snr_weights, sample_flow_timesteps)
 
@@ -47,6 +48,9 @@ __all__ = [
     "distillation_loss",
     "cross_entropy",
     "soft_target_cross_entropy",
+    # fused_linear
+    "fused_linear_cross_entropy",
+    "fused_linear_distillation_loss",
     # flow_matching
     "flow_interpolate",
     "flow_matching_loss",

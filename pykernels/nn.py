@@ -187,6 +187,73 @@ class SoftTargetCrossEntropy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
+# ----------------------------------------------------------------------------- fused_linear
+from .ops import fused_linear as _fused_linear  # noqa: E402
+
+
+class FusedLinearCrossEntropyLoss(nn.Module):
+    """Cross entropy of a linear head, hidden @ weight.T + bias, without its [rows, V]
+    logits (pykernels.fused_linear_cross_entropy). forward(hidden, weight, labels, bias=None,
+    num_items_in_batch=None); with return_lse=True it returns (loss, lse)."""
+
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, softcap: float | None = None,
+                 z_loss: float = 0.0, chunk_size: int | None = None, return_lse: bool = False,
+                 backend: str | None = None):
+        super().__init__()
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.softcap, self.z_loss, self.chunk_size = softcap, z_loss, chunk_size
+        self.return_lse, self.backend = return_lse, backend
+
+    def forward(self, hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None,
+                num_items_in_batch=None):
+        return _fused_linear.fused_linear_cross_entropy(
+            hidden, weight, labels, bias=bias, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, softcap=self.softcap, z_loss=self.z_loss,
+            reduction=self.reduction, chunk_size=self.chunk_size,
+            num_items_in_batch=num_items_in_batch, return_lse=self.return_lse,
+            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, softcap={self.softcap}, "
+                f"z_loss={self.z_loss}")
+
+
+class FusedLinearDistillationLoss(nn.Module):
+    """pykernels.distillation_loss of two linear heads' logits without forming them
+    (pykernels.fused_linear_distillation_loss). forward(student_hidden, student_weight,
+    teacher_hidden, teacher_weight, labels=None, student_bias=None, teacher_bias=None,
+    num_items_in_batch=None)."""
+
+    def __init__(self, temperature: float = 1.0, *, beta: float = 0.0, soft_weight: float = 1.0,
+                 hard_weight: float = 0.0, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, reduction: str = "batchmean",
+                 chunk_size: int | None = None, backend: str | None = None):
+        super().__init__()
+        self.temperature, self.beta, self.soft_weight, self.hard_weight = (
+            temperature, beta, soft_weight, hard_weight)
+        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
+        self.chunk_size, self.backend = chunk_size, backend
+
+    def forward(self, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
+                teacher_weight: Tensor, labels: Tensor | None = None,
+                student_bias: Tensor | None = None, teacher_bias: Tensor | None = None,
+                num_items_in_batch=None) -> Tensor:
+        return _fused_linear.fused_linear_distillation_loss(
+            student_hidden, student_weight, teacher_hidden, teacher_weight, labels=labels,
+            student_bias=student_bias, teacher_bias=teacher_bias, temperature=self.temperature,
+            beta=self.beta, soft_weight=self.soft_weight, hard_weight=self.hard_weight,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, chunk_size=self.chunk_size,
+            num_items_in_batch=num_items_in_batch, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, beta={self.beta}, "
+                f"soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
+                f"reduction={self.reduction!r}")
+
+
 # ----------------------------------------------------------------------------- contrastive
 import functools  # noqa: E402  (each family's section brings its own imports)
 

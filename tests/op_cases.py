@@ -251,6 +251,26 @@ CASES = [
 ]
 
 
+def _lm_head(dtype, device, size, gen):
+    R, V = VOCAB[size]
+    H = ROWS[size][1]
+    labels = torch.randint(0, V, (R,), generator=gen)
+    labels[0] = -100
+    return {"hidden": _rn((R, H), dtype, device, gen), "weight": _rn((V, H), dtype, device, gen, 0.3),
+            "teacher_hidden": _rn((R, H + 2), dtype, device, gen),
+            "teacher_weight": _rn((V, H + 2), dtype, device, gen, 0.3), "labels": labels.to(device)}
+
+
+CASES += [
+    Case("fused_linear_cross_entropy", _lm_head,
+         lambda be, hidden, weight, teacher_hidden, teacher_weight, labels: pk.fused_linear_cross_entropy(
+             hidden, weight, labels, chunk_size=3, backend=be), ("hidden", "weight")),
+    Case("fused_linear_distillation_loss", _lm_head,
+         lambda be, hidden, weight, teacher_hidden, teacher_weight, labels: pk.fused_linear_distillation_loss(
+             hidden, weight, teacher_hidden, teacher_weight, labels=labels, temperature=2.0, hard_weight=0.5,
+             chunk_size=3, backend=be), ("hidden", "weight", "teacher_hidden", "teacher_weight")),
+]
+
 BY_NAME = {c.name: c for c in CASES}
 # The ops without a backend argument (pure PyTorch / Python on every device).
 NO_BACKEND = {"patchify", "unpatchify", "make_schedule"}

@@ -29,6 +29,9 @@ PROMOTED = {"cosine_similarity": ("x1", "x2"), "pairwise_cosine_similarity": ("a
             "ddim_step": ("model_output", "sample", "noise"), "distillation_loss": ("student", "teacher"),
             "distillation_loss[jsd]": ("student", "teacher"), "soft_target_cross_entropy": ("logits", "target_probs")}
 LOSSES |= {"flow_matching_loss"}
+LOSSES |= {"fused_linear_cross_entropy", "fused_linear_distillation_loss"}
+PROMOTED |= {"fused_linear_cross_entropy": ("hidden", "weight"),
+             "fused_linear_distillation_loss": ("hidden", "weight", "teacher_hidden", "teacher_weight")}
 PROMOTED.update({"flow_interpolate": ("x0", "noise"), "flow_matching_loss": ("model_output", "x0", "noise"),
                  "flow_match_euler_step": ("model_output", "sample")})
 SIZE = {"triton": "tiny"}

@@ -407,16 +407,21 @@ def _mode(teacher, target_probs: bool, beta: float) -> int:
 
 def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0,
                       beta=0.0, ignore_index=-100, label_smoothing=0.0, target_probs=False,
-                      grad_logits=False, grad_teacher=False, grad_scale=1.0):
+                      grad_logits=False, grad_teacher=False, grad_scale=1.0, out=None):
     """(per-row loss, grad w.r.t. logits or an empty tensor, grad w.r.t. teacher or an empty
     tensor). teacher: teacher logits (soft term), target probabilities (target_probs=True),
-    or None (cross entropy). The gradients are those of grad_scale * (row loss)."""
+    or None (cross entropy). The gradients are those of grad_scale * (row loss). out: the
+    three outputs, contiguous buffers of the caller's (the fused linear ops reuse theirs
+    across chunks of rows), else new tensors."""
     s = logits.contiguous()
     t = teacher.contiguous() if teacher is not None else None
     acc = torch.float64 if s.dtype == torch.float64 else torch.float32
-    loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
-    gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_logits else s.new_empty((0,))
-    gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_teacher else s.new_empty((0,))
+    if out is not None:
+        loss, gs, gt = out
+    else:
+        loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
+        gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_logits else s.new_empty((0,))
+        gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_teacher else s.new_empty((0,))
     R, V = rows_of(s)
     if R == 0:
         return loss, gs, gt

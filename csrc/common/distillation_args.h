@@ -147,6 +147,34 @@ inline DistillationSettings settings_with_teacher(const char* op, const char* lo
   return st;
 }
 
+// The family's row kernel into outputs the caller owns (c.loss, c.grad_logits and
+// c.grad_teacher, which may alias c.logits and c.teacher: each row's gradient is written
+// after the row's last read), for ops that run it on buffers of their own (the fused
+// linear + loss ops, csrc/common/fused_linear.h). c's inputs are contiguous. The CPU
+// version returns false when a counted row is all -inf; the CUDA one gives such rows nan.
+namespace cpu {
+void check_label_values(const DistillationSettings& st, const at::Tensor& labels, int64_t V);
+bool distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c);
+}  // namespace cpu
+namespace cuda {
+void distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c);
+}  // namespace cuda
+
+// distillation_loss's terms into st (the values checked by the caller): the soft term of
+// the teacher's logits, and the hard term where there are labels and hard_weight != 0.
+inline void set_distillation_terms(DistillationSettings& st, double temperature,
+                                   double soft_weight, double hard_weight, double beta,
+                                   int64_t ignore_index, double label_smoothing, bool has_labels) {
+  st.temperature = temperature;
+  st.soft_weight = soft_weight;
+  st.hard_weight = hard_weight;
+  st.beta = beta;
+  st.label_smoothing = label_smoothing;
+  st.ignore_index = ignore_index;
+  st.soft = SoftTarget::kTeacherLogits;
+  st.hard = has_labels && hard_weight != 0;
+}
+
 // The checks and settings of each op, shared by the CPU and CUDA wrappers (dev: the device
 // type the kernel runs on).
 inline DistillationSettings distillation_loss_settings(
@@ -165,13 +193,8 @@ inline DistillationSettings distillation_loss_settings(
   TORCH_CHECK_VALUE(labels.defined() || hard_weight == 0, st.op,
                     ": argument 'hard_weight' must be 0 when no labels are given, got ",
                     hard_weight);
-  st.soft_weight = soft_weight;
-  st.hard_weight = hard_weight;
-  st.beta = beta;
-  st.label_smoothing = label_smoothing;
-  st.ignore_index = ignore_index;
-  st.soft = SoftTarget::kTeacherLogits;
-  st.hard = labels.defined() && hard_weight != 0;
+  set_distillation_terms(st, temperature, soft_weight, hard_weight, beta, ignore_index,
+                         label_smoothing, labels.defined());
   st.grad_logits = grad_student_logits;
   st.grad_teacher = grad_teacher_logits;
   check_grad_scale(st, grad_scale);

@@ -59,15 +59,6 @@ const Kernels& kernels() {
   return k;
 }
 
-void check_label_values(const DistillationSettings& st, const at::Tensor& labels, int64_t V) {
-  const int64_t* p = labels.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < labels.numel(); ++r) {
-    TORCH_CHECK_INDEX(p[r] == st.ignore_index || (p[r] >= 0 && p[r] < V), st.op,
-                      ": argument 'labels' must be in [0, ", V, ") or ignore_index (",
-                      st.ignore_index, "), got ", p[r], " at row ", r);
-  }
-}
-
 // The first counted row of x [rows, V] whose values are all -inf, or -1.
 int64_t first_masked_row(const at::Tensor& x, const at::Tensor& labels, int64_t ignore_index) {
   auto masked = x.reshape({-1, x.size(-1)}).isneginf().all(-1);
@@ -119,6 +110,20 @@ void distillation_scale_grad_inplace_cpu(const at::Tensor& grad, const at::Tenso
 }
 
 }  // namespace
+
+void check_label_values(const DistillationSettings& st, const at::Tensor& labels, int64_t V) {
+  const int64_t* p = labels.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < labels.numel(); ++r) {
+    TORCH_CHECK_INDEX(p[r] == st.ignore_index || (p[r] >= 0 && p[r] < V), st.op,
+                      ": argument 'labels' must be in [0, ", V, ") or ignore_index (",
+                      st.ignore_index, "), got ", p[r], " at row ", r);
+  }
+}
+
+bool distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c) {
+  return c.rows == 0 || kernels().distillation_rows(st, c);
+}
+
 }  // namespace cpu
 }  // namespace pykernels
 

@@ -506,15 +506,10 @@ Params<acc> params_of(const DistillationSettings& st, bool has_labels) {
   return p;
 }
 
-// Launches the kernel over every row (labels are not read on the host: that would
-// synchronise).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_rows(const DistillationSettings& st,
-                                                           const at::Tensor& logits,
-                                                           const at::Tensor& teacher,
-                                                           const at::Tensor& labels) {
-  c10::cuda::CUDAGuard guard(logits.device());
-  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
-  if (c.rows == 0) return {c.loss, c.grad_logits, c.grad_teacher};
+}  // namespace
+
+void distillation_rows_into(const DistillationSettings& st, const DistillationTensors& c) {
+  if (c.rows == 0) return;
   TORCH_CHECK(c.rows <= std::numeric_limits<int32_t>::max(), st.op, ": too many rows: ", c.rows);
   PK_DISPATCH_FLOATING(c.logits.scalar_type(), "distillation_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -539,6 +534,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> launch_rows(const DistillationSet
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+namespace {
+
+// Launches the kernel over every row (labels are not read on the host: that would
+// synchronise).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distillation_rows(const DistillationSettings& st,
+                                                                 const at::Tensor& logits,
+                                                                 const at::Tensor& teacher,
+                                                                 const at::Tensor& labels) {
+  c10::cuda::CUDAGuard guard(logits.device());
+  const DistillationTensors c = distillation_tensors(st, logits, teacher, labels);
+  distillation_rows_into(st, c);
   return {c.loss, c.grad_logits, c.grad_teacher};
 }
 
@@ -547,7 +555,7 @@ struct Rows {
                                                             const at::Tensor& logits,
                                                             const at::Tensor& teacher,
                                                             const at::Tensor& labels) {
-    return launch_rows(st, logits, teacher, labels);
+    return distillation_rows(st, logits, teacher, labels);
   }
 };
 using Ops = DistillationOps<at::kCUDA, Rows>;

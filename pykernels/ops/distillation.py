@@ -47,7 +47,8 @@ def _check_like(fn: str, name: str, x, ref_name: str, ref_x) -> None:
     chk.same_shape(fn, (ref_name, ref_x), (name, x))
 
 
-def _check_labels(fn: str, labels, logits_name: str, logits) -> None:
+def _check_labels(fn: str, labels, logits_name: str, logits, what: str = "the logits'") -> None:
+    """labels: int64 [...] of `logits` [..., V] (`what` names it in the message)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, "
                         f"got {type(labels).__name__}")
@@ -56,7 +57,7 @@ def _check_labels(fn: str, labels, logits_name: str, logits) -> None:
     chk.same_device(fn, (logits_name, logits), ("labels", labels))
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"{fn}: argument 'labels' must have shape {tuple(logits.shape[:-1])} "
-                         f"(the logits' shape without the last dim), got {tuple(labels.shape)}")
+                         f"({what} shape without the last dim), got {tuple(labels.shape)}")
 
 
 def _number(fn: str, name: str, value, lo=None, hi=None) -> None:

@@ -1,0 +1,172 @@
+"""Triton backend of the fused linear + loss family: the chunk loop of
+csrc/common/fused_linear.h in launcher code, with the distillation family's Triton row kernel
+(triton_kernels/distillation.py, distillation_kernel) as the per-chunk epilogue.
+
+Per chunk of rows (never the [rows, V] logits):
+    logits   L = h W^T + b                torch.mm: cuBLAS on tensor cores on a GPU
+    softcap  L = c tanh(L / c)            (cross entropy; 1 - tanh^2 applied to G afterwards)
+    rows     the row kernel writes each row's loss and G = d(grad_scale * loss) / dL into
+             buffers reused from chunk to chunk
+    z-loss   + z lse^2, G += 2 z grad_scale lse softmax(L)
+    weight   G *= row_weight (the backward of reduction "none")
+    grads    dh = G W, dW += G^T h, db += sum_rows G, dW and db in fp32
+On CPU tensors (the interpreter) the rows of ignore_index are gathered out first; on a GPU
+that would need their count on the host (a synchronisation), so every row goes through and
+the kernel gives ignored rows loss 0 and gradient 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import distillation as tk
+
+
+def auto_chunk(rows: int, V: int, elem_size: int, on_cpu: bool) -> int:
+    """Rows per chunk: as many as fit the budget per [chunk, V] buffer (64 MiB on the CPU,
+    1 GiB on a GPU; csrc/common/fused_linear.h's auto_chunk takes the same)."""
+    budget = (64 << 20) if on_cpu else (1 << 30)
+    return max(1, min(rows, budget // max(1, V * elem_size)))
+
+
+@dataclasses.dataclass
+class Head:
+    """One side's inputs, flattened: hidden [N, H], weight [V, H], bias [V] or None."""
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.weight.T
+        return torch.mm(h, w) if self.bias is None else torch.addmm(self.bias, h, w)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _new_grads(heads, mask):
+    """Zeroed gradients for the mask's (hidden, weight, bias) of each head; weight and bias in
+    fp32 (float64 for float64) until the end."""
+    out = []
+    for k, want in enumerate(mask):
+        head = heads[k // 3]
+        x = (head.hidden, head.weight, head.bias)[k % 3]
+        if not want or x is None:
+            out.append(heads[0].hidden.new_empty((0,)))
+        else:
+            out.append(torch.zeros(x.shape, dtype=x.dtype if k % 3 == 0 else _acc(x.dtype),
+                                   device=x.device))
+    return out
+
+
+def _add_head_grads(head, h, G, idx, begin, grads, want):
+    if want[0]:
+        dh = torch.mm(G, head.weight)
+        if idx is not None:
+            grads[0].index_copy_(0, idx, dh)
+        else:
+            grads[0][begin:begin + G.shape[0]].copy_(dh)
+    if want[1]:
+        grads[1].add_(torch.mm(G.T, h).to(grads[1].dtype))
+    if want[2]:
+        grads[2].add_(G.sum(0, dtype=grads[2].dtype))
+
+
+def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chunk_size=0,
+                      want_lse=False, softcap=0.0, z_loss=0.0, **row_args):
+    """(loss [N], lse [N] or [0], six gradients: student hidden, weight, bias, teacher
+    hidden, weight, bias, each empty where mask is False). row_args: the row kernel's
+    settings (tk.distillation_rows' keywords)."""
+    N, V = s.hidden.shape[0], s.weight.shape[0]
+    dev, acc = s.hidden.device, _acc(s.hidden.dtype)
+    loss = torch.zeros(N, dtype=acc, device=dev)
+    lse_out = torch.zeros(N if want_lse else 0, dtype=acc, device=dev)
+    heads = (s, t if t is not None else s)
+    mask = [bool(m) and (t is not None or k < 3) for k, m in enumerate(mask)]
+    grads = _new_grads(heads, mask)
+    ii = row_args.get("ignore_index", -100)
+    index = None
+    if dev.type == "cpu" and labels is not None:
+        index = (labels != ii).nonzero().squeeze(1)
+    M = N if index is None else index.shape[0]
+    grad_s, grad_t = any(mask[:3]), any(mask[3:])
+    # The kernel takes grad_scale as a float32 argument; float64 inputs get it exactly from
+    # a multiplication afterwards.
+    post_scale = 1.0
+    if s.hidden.dtype == torch.float64 and row_args.get("grad_scale", 1.0) != 1.0:
+        post_scale, row_args = row_args["grad_scale"], {**row_args, "grad_scale": 1.0}
+    chunk = min(chunk_size, max(M, 1)) if chunk_size > 0 else auto_chunk(
+        M, V, s.hidden.element_size(), dev.type == "cpu")
+    bufs = {}
+    for begin in range(0, M, chunk):
+        m = min(chunk, M - begin)
+        idx = None if index is None else index[begin:begin + m]
+
+        def rows_of(x):
+            return x.index_select(0, idx) if idx is not None else x[begin:begin + m]
+
+        hs = rows_of(s.hidden)
+        ht = rows_of(t.hidden) if t is not None else None
+        L = s.logits(hs)
+        Lt = t.logits(ht) if t is not None else None
+        tanh_c = None
+        if softcap > 0:
+            tanh_c = torch.tanh(L / softcap)
+            L = tanh_c * softcap
+        y = rows_of(labels) if labels is not None else None
+        lse = probs = None
+        if want_lse or z_loss != 0:
+            lse = torch.logsumexp(L.to(acc), 1)
+            if idx is None and y is not None:
+                lse = lse.masked_fill(y == ii, 0.0)
+            if z_loss != 0 and grad_s:
+                probs = torch.softmax(L.to(acc), 1)
+        out = (torch.empty(m, dtype=acc, device=dev), _buffer(bufs, "s", L, grad_s),
+               _buffer(bufs, "t", L, grad_t))
+        row_loss, G, Gt = tk.distillation_rows(L, Lt, y, grad_logits=grad_s, grad_teacher=grad_t,
+                                               out=out, **row_args)
+        if z_loss != 0:
+            row_loss = row_loss + z_loss * lse * lse
+            if grad_s:
+                G.add_((2.0 * z_loss * row_args.get("grad_scale", 1.0) * lse)[:, None] * probs)
+        if tanh_c is not None and grad_s:
+            G.mul_(1 - tanh_c * tanh_c)
+        if post_scale != 1.0:
+            G.mul_(post_scale)
+            Gt.mul_(post_scale)
+        if row_weight is not None:
+            w = rows_of(row_weight)[:, None]
+            if grad_s:
+                G.mul_(w)
+            if grad_t:
+                Gt.mul_(w)
+        if idx is not None:
+            loss.index_copy_(0, idx, row_loss)
+            if want_lse:
+                lse_out.index_copy_(0, idx, lse)
+        else:
+            loss[begin:begin + m].copy_(row_loss)
+            if want_lse:
+                lse_out[begin:begin + m].copy_(lse)
+        if grad_s:
+            _add_head_grads(s, hs, G, idx, begin, grads[:3], mask[:3])
+        if grad_t:
+            _add_head_grads(t, ht, Gt, idx, begin, grads[3:], mask[3:])
+    for k in (1, 2, 4, 5):
+        if mask[k]:
+            head = heads[k // 3]
+            grads[k] = grads[k].to((head.weight if k % 3 == 1 else head.bias).dtype)
+    return loss, lse_out, grads
+
+
+def _buffer(bufs: dict, key: str, like: torch.Tensor, wanted: bool) -> torch.Tensor:
+    """The chunk gradient buffer `key`, reused while the chunk's shape stays (the last chunk
+    may be shorter: a view of the buffer's first rows)."""
+    if not wanted:
+        return like.new_empty((0,))
+    b = bufs.get(key)
+    if b is None or b.shape[0] < like.shape[0]:
+        b = bufs[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return b[:like.shape[0]]
