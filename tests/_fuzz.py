@@ -12,9 +12,18 @@ import dataclasses
 import math
 
 import torch
-from hypothesis import assume, note, strategies as st
+from hypothesis import assume, note
+from hypothesis import strategies as st
 
-from .helpers import ALL_BACKENDS, TOLERANCE, assert_close, backend_device, dtypes_for, poisoned, rel_err
+from .helpers import (
+    ALL_BACKENDS,
+    TOLERANCE,
+    assert_close,
+    backend_device,
+    dtypes_for,
+    poisoned,
+    rel_err,
+)
 
 BACKENDS = ALL_BACKENDS  # cuda params skip without a GPU
 

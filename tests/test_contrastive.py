@@ -11,9 +11,24 @@ from pykernels.ops._registry import op
 from pykernels.reference import contrastive as ref
 
 from ._fuzz import logit_rounding_limit
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, backend_device, dtypes_for, grads,
-                      assert_close, peak_cpu_bytes, poisoned, randn, rel_err, TOLERANCE)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TOLERANCE,
+    TRITON_BACKENDS,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    grads,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+    rel_err,
+)
 
 # --------------------------------------------------------------------------- reference
 

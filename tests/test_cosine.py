@@ -8,9 +8,24 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import cosine as ref
 
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device,
-                      dtypes_for, grads, peak_cpu_bytes, poisoned, randn, rel_err)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    grads,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+    rel_err,
+)
 
 # --------------------------------------------------------------------------- reference
 

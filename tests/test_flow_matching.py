@@ -11,8 +11,21 @@ from pykernels._precision import acc_dtype
 from pykernels.ops import flow_matching as fm_ops
 from pykernels.reference import flow_matching as ref
 
-from .helpers import (ALL_BACKENDS, COMPILE_BACKENDS, CPP_BACKENDS, TRITON_BACKENDS, as64, assert_close,
-                      backend_device, compile_backend, dtypes_for, opcheck_ops, poisoned, randn, rel_err)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    opcheck_ops,
+    poisoned,
+    randn,
+    rel_err,
+)
 
 SHAPE = (5, 2, 3, 4)                          # N = 5 samples of 24 elements
 SIGMAS = [0.0, 0.003, 0.5, 0.97, 1.0]         # both ends, a shifted schedule's smallest sigma
@@ -327,7 +340,10 @@ def _toy_model(x, t, w):
 
 def _diffusers_sd3_step(sched, x0, noise, w, scheme, precondition, seed):
     """train_dreambooth_sd3.py's training step, its operations in its order."""
-    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    from diffusers.training_utils import (
+        compute_density_for_timestep_sampling,
+        compute_loss_weighting_for_sd3,
+    )
 
     u = compute_density_for_timestep_sampling(weighting_scheme=scheme, batch_size=x0.shape[0], logit_mean=0.0,
                                               logit_std=1.0, mode_scale=1.29,
@@ -663,7 +679,7 @@ def test_malformed_public(row, backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_malformed_good_arguments_run(backend):
     d = dev_for(backend)
-    for op, (fn, good, _, _) in PUBLIC.items():
+    for fn, good, _, _ in PUBLIC.values():
         fn(**good(d), backend=backend)
 
 

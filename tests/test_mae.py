@@ -6,9 +6,23 @@ import torch
 import pykernels as pk
 from pykernels.reference import mae as ref
 
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device,
-                      dtypes_for, grads, peak_cpu_bytes, poisoned, randn)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    grads,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+)
 
 # --------------------------------------------------------------------------- the published algorithm, plainly
 

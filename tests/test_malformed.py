@@ -582,7 +582,7 @@ def test_public(row, backend):
 
 def test_the_good_arguments_run():
     """Every row changes one thing of arguments that work: without the change, no error."""
-    for op, (fn, good, takes_backend, _) in PUBLIC.items():
+    for fn, good, takes_backend, _ in PUBLIC.values():
         for backend in ("cpu", "reference") if takes_backend else (None,):
             d = dev_for(backend or "cpu")
             fn(**good(d), **({"backend": backend} if backend else {}))
@@ -887,7 +887,7 @@ def test_direct_op(row, backend):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_direct_good_arguments_run(backend):
-    for op, named in DIRECT.items():
+    for op in DIRECT:
         row = Row(op, "good", {}, None, "")
         call_direct(row, backend)
 

@@ -23,8 +23,20 @@ import pytest
 import torch
 
 from .helpers import FUSED_BACKENDS
-from .test_malformed import ON_OTHER, Dev, Mut, Row, _sched, as_dtype, build, dev_for, f, fill, ints, reshaped
-
+from .test_malformed import (
+    ON_OTHER,
+    Dev,
+    Mut,
+    Row,
+    _sched,
+    as_dtype,
+    build,
+    dev_for,
+    f,
+    fill,
+    ints,
+    reshaped,
+)
 
 # --------------------------------------------------------------------------- good arguments
 # backward op -> its arguments in schema order (csrc/pykernels.cpp), tiny shapes.
