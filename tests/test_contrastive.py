@@ -462,36 +462,3 @@ def test_bad_labels_every_backend(backend):
         pytest.skip("labels are range-checked on CPU tensors only (see the NaN test for GPUs)")
     with pytest.raises(IndexError, match="'labels'"):
         pk.info_nce_loss(*_ok(3, 5), labels=torch.tensor([0, 9, 1]), backend=backend)
-
-
-_Y = torch.tensor([0, 1, 2, 3])
-OPS_BAD = [
-    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 5), torch.tensor(1.0), _Y, True, False),
-     ValueError, "feature size D"),
-    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.ones(2), _Y, True, False),
-     ValueError, "'logit_scale'"),
-    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y[:3], True, False),
-     ValueError, "'labels'"),
-    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y.int(), True, False),
-     TypeError, "'labels'"),
-    (lambda o: o.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y + 1, True, False),
-     IndexError, "'labels'"),
-    (lambda o: o.info_nce_loss(torch.ones(4, 3, dtype=torch.int64), torch.ones(4, 3, dtype=torch.int64),
-                               torch.tensor(1.0), _Y, True, False), TypeError, "'image_features'"),
-    (lambda o: o.info_nce_loss(torch.ones(4), torch.ones(4), torch.tensor(1.0), _Y, True, False),
-     ValueError, "'image_features'"),
-    (lambda o: o.info_nce_loss_backward(torch.ones(1, 4), torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y,
-                                        torch.ones(4), torch.ones(4), True, False), ValueError, "'grad'"),
-    (lambda o: o.info_nce_loss_backward(torch.ones(2, 4), torch.ones(4, 3), torch.ones(4, 3), torch.tensor(1.0), _Y,
-                                        torch.ones(4), torch.ones(0), True, False), ValueError, "'col_lse'"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-def test_bad_input_torch_ops(case):
-    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
-    call, exc, text = OPS_BAD[case]
-    if not pk.backends.extension_loaded():
-        pytest.skip("pykernels._C not built")
-    with pytest.raises(exc, match=text):
-        call(torch.ops.pykernels)

@@ -824,39 +824,3 @@ def test_bad_input_public(case):
     call, exc, text = BAD[case]
     with pytest.raises(exc, match=text):
         call()
-
-
-_F = (False, False, 1.0)  # grad flags and grad_scale
-OPS_BAD = [
-    (lambda o: o.distillation_loss(_S, torch.ones(2, 6), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError,
-     "'teacher_logits'"),
-    (lambda o: o.distillation_loss(_S.long(), _T.long(), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), TypeError,
-     "'student_logits'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 0.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError, "'temperature'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 2.0, -100, 0.0, *_F), ValueError, "'beta'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), ValueError, "'hard_weight'"),
-    (lambda o: o.distillation_loss(_S, _T, torch.tensor([1, 5]), 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), IndexError,
-     "'labels'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, False, False, math.inf),
-     ValueError, "'grad_scale'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, -3]), -100, 0.0, False, 1.0), IndexError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1]), -100, 0.0, False, 1.0), ValueError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, 2], dtype=torch.int32), -100, 0.0, False, 1.0), TypeError,
-     "'labels'"),
-    (lambda o: o.cross_entropy(_S, _Y, -100, 1.5, False, 1.0), ValueError, "'label_smoothing'"),
-    (lambda o: o.soft_target_cross_entropy(_S, torch.ones(2, 4), 1.0, *_F), ValueError, "'target_probs'"),
-    (lambda o: o.distillation_scale_grad(torch.ones(3), _S), ValueError, "'grad'"),
-    (lambda o: o.distillation_scale_grad_inplace(torch.ones(3), _S.clone()), ValueError, "'grad'"),
-    (lambda o: o.distillation_scale_grad_inplace(torch.ones(2), torch.ones(4, 2).t()), ValueError,
-     "'x' must be contiguous"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-def test_bad_input_torch_ops(case):
-    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
-    call, exc, text = OPS_BAD[case]
-    if not pk.backends.extension_loaded():
-        pytest.skip("pykernels._C not built")
-    with pytest.raises(exc, match=text):
-        call(torch.ops.pykernels)

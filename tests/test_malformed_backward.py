@@ -23,12 +23,11 @@ import pytest
 import torch
 
 from .helpers import FUSED_BACKENDS
-from .test_malformed import (
+from .malformed import (
     ON_OTHER,
     Dev,
     Mut,
     Row,
-    _sched,
     as_dtype,
     build,
     dev_for,
@@ -36,6 +35,7 @@ from .test_malformed import (
     fill,
     ints,
     reshaped,
+    schedule,
 )
 
 # --------------------------------------------------------------------------- good arguments
@@ -66,16 +66,16 @@ ARGS = {
                                              ("mask", ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float()),
                                              ("patch_size", 2), ("norm_pix_loss", True)],
     "add_noise_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                     ("alphas_cumprod", _sched(d))],
+                                     ("alphas_cumprod", schedule(d))],
     "get_velocity_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                        ("alphas_cumprod", _sched(d))],
+                                        ("alphas_cumprod", schedule(d))],
     "diffusion_loss_backward": lambda d: [("grad", f(d)), ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
                                           ("noise", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                          ("alphas_cumprod", _sched(d)), ("prediction_type", "v_prediction"),
+                                          ("alphas_cumprod", schedule(d)), ("prediction_type", "v_prediction"),
                                           ("reduction", "mean"), ("output_mask", [True, True, True])],
     "ddpm_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
                                      ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
-                                     ("sample", f(d, 3, 4)), ("alphas_cumprod", _sched(d)),
+                                     ("sample", f(d, 3, 4)), ("alphas_cumprod", schedule(d)),
                                      ("prev_timesteps", ints(d, [0, 4, -1])),
                                      ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
                                      ("prediction_type", "epsilon"), ("clip_sample", False),
@@ -83,7 +83,7 @@ ARGS = {
     "ddim_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
                                      ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
                                      ("prev_timesteps", ints(d, [0, 4, -1])), ("sample", f(d, 3, 4)),
-                                     ("alphas_cumprod", _sched(d)), ("eta", 0.0),
+                                     ("alphas_cumprod", schedule(d)), ("eta", 0.0),
                                      ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
                                      ("prediction_type", "epsilon"), ("clip_sample", False),
                                      ("clip_sample_range", 1.0), ("use_clipped_model_output", False),
@@ -407,12 +407,12 @@ ROWS += (_flow_grad_rows("flow_interpolate_backward") + _flow_sigma_rows("flow_i
          ])
 
 
-def _params():
+def backend_params():
     return [pytest.param(row, p.values[0], id=f"{row.id}-{p.values[0]}", marks=p.marks)
             for row in ROWS for p in FUSED_BACKENDS if not row.backends or p.values[0] in row.backends]
 
 
-@pytest.mark.parametrize("row, backend", _params())
+@pytest.mark.parametrize("row, backend", backend_params())
 def test_bad_backward_call(row, backend):
     with pytest.raises(row.exc, match=row.match):
         call(row.op, backend, row.changes)
