@@ -1,4 +1,4 @@
-"""Malformed input to the backward ops (issue 8). Autograd calls them with good
+"""Malformed input to the backward ops. Autograd calls them with good
 arguments, but torch.ops.pykernels.<name>_backward (C++: cpu, cuda) and
 <name>_backward_triton are public ops a user can call directly; so they check their
 arguments as the forward ops do, plus the upstream gradient(s): a float tensor (any float

@@ -43,7 +43,7 @@ def f32_arg(x: float) -> float:
     normal number 0. (A launch types every Python float as float32; the interpreter types
     one outside float32's normal range as float64, which then promotes the arithmetic and
     its float64 -> bfloat16 stores come out as integers: a beta of 1.2e-76 gave a gradient
-    of 0, the long fuzz run.)"""
+    of 0; test_distillation.py::test_beta_below_float32_range.)"""
     with np.errstate(over="ignore"):  # beyond float32's range: inf, as the cast gives
         x = float(np.float32(x))
     return x if abs(x) >= np.finfo(np.float32).tiny or not math.isfinite(x) else 0.0

@@ -40,7 +40,7 @@ inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at:
 
 // The log-sum-exps the forward saves (row_lse, col_lse) are float64: at |L| ~ 15 a
 // float32 lse is rounded by 1e-6, the size of a confident row's loss, and the softmax
-// of the positive, exp(L - lse), carried that error (8x PyTorch's, found by fuzzing).
+// of the positive, exp(L - lse), carried that error (8x PyTorch's; test_fuzz_contrastive).
 // A backward splits each into hi + lo in the accumulation dtype and forms L - lse as
 // (L - hi) - lo, exact up to the rounding of L itself. lo is 0 where lse is infinite.
 inline std::pair<at::Tensor, at::Tensor> split_lse(const at::Tensor& lse, at::ScalarType acc) {
