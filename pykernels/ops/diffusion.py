@@ -593,32 +593,3 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
                                                  float(clip_sample_range),
                                                  bool(use_clipped_model_output),
                                                  float(final_alpha_cumprod)))
-
-
-# ----------------------------------------------------------------------------- self-check
-_TABLE = None
-
-
-def _table(device):
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = ref.make_schedule()
-    return _TABLE.to(device)
-
-
-def _rand_step(device, dtype):
-    g = torch.Generator().manual_seed(0)
-    m = torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    s = torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    return m, s
-
-
-SELFCHECK = [("add_noise [4, 4, 16, 16]", _rand_step, lambda be, a,
-              b: add_noise(a, b, torch.tensor([0, 1, 500, 999], device=a.device), _table(a.device),
-              backend=be)), ("diffusion_loss v_prediction", _rand_step, lambda be, a,
-              b: diffusion_loss(a, b, b.detach(), torch.tensor([0, 1, 500, 999], device=a.device),
-              _table(a.device), prediction_type="v_prediction", backend=be)),
-              ("ddim_step eta=0", _rand_step, lambda be, a,
-              b: ddim_step(a, torch.tensor([999, 500, 20, 0], device=a.device),
-              torch.tensor([979, 480, 0, -20], device=a.device), b, _table(a.device),
-              backend=be)[0]), ]
