@@ -215,9 +215,9 @@ PAIRS = {"cosine_similarity": ("x1", "x2"), "feature_distillation_loss": ("stude
 TIMESTEP_OPS = ("add_noise", "get_velocity", "diffusion_loss", "ddpm_step", "ddim_step")
 
 
-def timestep_rows(op: str) -> list[Row]:
-    first = PUBLIC[op][3][0]
-    rows = [
+def table_rows(op: str) -> list[Row]:
+    """The bad alphas_cumprod tables every diffusion op refuses, public or direct."""
+    return [
         Row(op, "table int64", {"alphas_cumprod": as_dtype(torch.int64)}, TypeError, r"'alphas_cumprod' must be float32"),
         Row(op, "table float16", {"alphas_cumprod": as_dtype(torch.float16)}, TypeError,
             r"'alphas_cumprod' must be float32"),
@@ -225,9 +225,15 @@ def timestep_rows(op: str) -> list[Row]:
             r"'alphas_cumprod' must be a non-empty 1-D table"),
         Row(op, "table empty", {"alphas_cumprod": Mut(lambda x, d: x[:0])}, ValueError,
             r"'alphas_cumprod' must be a non-empty 1-D table"),
-        Row(op, "table not a tensor", {"alphas_cumprod": AS_LIST}, TypeError, r"'alphas_cumprod' must be a torch.Tensor"),
         Row(op, "table on another device", {"alphas_cumprod": ON_OTHER}, ValueError,
             r"argument 'alphas_cumprod' must be on the same device"),
+    ]
+
+
+def timestep_rows(op: str) -> list[Row]:
+    first = PUBLIC[op][3][0]
+    rows = table_rows(op) + [
+        Row(op, "table not a tensor", {"alphas_cumprod": AS_LIST}, TypeError, r"'alphas_cumprod' must be a torch.Tensor"),
         Row(op, "timesteps float", {"timesteps": as_dtype(torch.float32)}, TypeError,
             r"argument 'timesteps' must be an int64 or int32 tensor"),
         Row(op, "timesteps bool", {"timesteps": as_dtype(torch.bool)}, TypeError,

@@ -27,6 +27,7 @@ from .malformed import (
     f,
     fill,
     reshaped,
+    table_rows,
 )
 
 
@@ -187,16 +188,7 @@ def _direct_diffusion_rows() -> list[Row]:
                 ValueError, r"argument 'threshold' must be on the same device|on the same device as 'threshold'"),
         ]
     for op in ("add_noise", "get_velocity", "diffusion_loss", "ddpm_step", "ddim_step"):
-        rows += [
-            Row(op, "table int64", {"alphas_cumprod": as_dtype(torch.int64)}, TypeError, r"'alphas_cumprod' must be float32"),
-            Row(op, "table float16", {"alphas_cumprod": as_dtype(torch.float16)}, TypeError,
-                r"'alphas_cumprod' must be float32"),
-            Row(op, "table 2-D", {"alphas_cumprod": Mut(lambda x, d: x[None])}, ValueError,
-                r"'alphas_cumprod' must be a non-empty 1-D table"),
-            Row(op, "table empty", {"alphas_cumprod": Mut(lambda x, d: x[:0])}, ValueError,
-                r"'alphas_cumprod' must be a non-empty 1-D table"),
-            Row(op, "table on another device", {"alphas_cumprod": ON_OTHER}, ValueError,
-                r"argument 'alphas_cumprod' must be on the same device"),
+        rows += table_rows(op) + [
             Row(op, "timesteps float", {"timesteps": as_dtype(torch.float32)}, TypeError,
                 r"argument 'timesteps' must be an int64 or int32 tensor"),
             Row(op, "timesteps one short", {"timesteps": Mut(lambda x, d: x[:2])}, ValueError,
