@@ -155,9 +155,8 @@ def _timestep_rows(op: str, names=("timesteps",)) -> list[Row]:
     return rows
 
 
-def _rows() -> list[Row]:
+def _cosine_rows() -> list[Row]:
     rows = []
-    # ---------------------------------------------------------------- cosine
     op = "cosine_similarity_backward"
     rows += _grad_rows(op, (3,)) + [
         Row(op, "x1 int64", {"x1": as_dtype(torch.int64)}, TypeError, r"argument 'x1' must be float32"),
@@ -185,7 +184,11 @@ def _rows() -> list[Row]:
         Row(op, "D mismatch", {"b": reshaped(2, 5, 3)}, ValueError, r"arguments 'a' (\[B, N, D\] )?and 'b'"),
         Row(op, "eps -1", {"eps": -1.0}, ValueError, r"argument 'eps' must be > 0"),
     ]
-    # ---------------------------------------------------------------- contrastive
+    return rows
+
+
+def _contrastive_rows() -> list[Row]:
+    rows = []
     op = "info_nce_loss_backward"
     rows += _grad_rows(op, (2, 4)) + [
         Row(op, "grad one-sided", {"grad": reshaped(1, 4)}, ValueError, grad_shape(2, 4)),
@@ -210,7 +213,11 @@ def _rows() -> list[Row]:
             r"argument 'labels' must be (int64|an integer tensor)"),
         Row(op, "labels >= M", {"labels": fill(4, 0)}, IndexError, r"argument 'labels' must hold", backends=("cpu",)),
     ]
-    # ---------------------------------------------------------------- distillation
+    return rows
+
+
+def _distillation_rows() -> list[Row]:
+    rows = []
     for op in SCALE_OPS:
         rows += _grad_rows(op, (3,)) + [
             Row(op, "grad a row per element", {"grad": reshaped(3, 5)}, ValueError, grad_shape(3)),
@@ -221,7 +228,11 @@ def _rows() -> list[Row]:
     rows.append(Row("distillation_scale_grad_inplace", "x not contiguous",
                     {"x": Mut(lambda x, d: torch.zeros(5, 3, device=x.device).t())}, ValueError,
                     r"argument 'x' must be contiguous"))
-    # ---------------------------------------------------------------- mae
+    return rows
+
+
+def _mae_rows() -> list[Row]:
+    rows = []
     op = "random_masking_backward"
     rows += _grad_rows(op, (2, 2, 3), short=False, rank_msg=r"must have (3 dimension|shape)") + [
         Row(op, "grad more tokens than L", {"grad": reshaped(2, 5, 3)}, ValueError,
@@ -280,7 +291,11 @@ def _rows() -> list[Row]:
         Row(op, "mask shape", {"mask": reshaped(2, 5)}, ValueError, r"argument 'mask' must have shape \[2, 4\]"),
         Row(op, "patch_size 0", {"patch_size": 0}, ValueError, r"argument 'patch_size' must be > 0"),
     ]
-    # ---------------------------------------------------------------- diffusion
+    return rows
+
+
+def _diffusion_rows() -> list[Row]:
+    rows = []
     for op in ("add_noise_backward", "get_velocity_backward"):  # grad sets the shape: any [N, ...]
         rows += _timestep_rows(op) + [
             Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
@@ -335,6 +350,10 @@ def _rows() -> list[Row]:
             r"argument 'final_alpha_cumprod' must be in \(0, 1\]"),
     ]
     return rows
+
+
+def _rows() -> list[Row]:
+    return _cosine_rows() + _contrastive_rows() + _distillation_rows() + _mae_rows() + _diffusion_rows()
 
 
 ROWS = _rows()
