@@ -228,12 +228,10 @@ def test_direct_good_arguments_run(backend):
         call_direct(row, backend)
 
 
-# ------------------------------------------------------------- one table per family
+# ------------------------------------------------------------- bad direct calls per family
 # Direct calls the generic rows above do not reach (backward ops, the gradient scaler, value
 # ranges): family -> [(call(op), exception, message)], where op(name) is the op `name` on the
 # backend under test (pykernels.ops._registry.op).
-
-
 def _cosine_ops_bad() -> list:
     return [
         (lambda o: o("cosine_similarity")(torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3, dtype=torch.int32), 1e-8), TypeError, "'x1'"),

@@ -15,10 +15,7 @@ namespace pykernels {
 inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
                                 const at::Tensor& scale, const at::Tensor& labels,
                                 at::DeviceType dev) {
-  check_float(op, "image_features", img);
-  check_device_type(op, "image_features", img, dev);
-  check_same_device(op, "text_features", txt, "image_features", img);
-  check_same_dtype(op, "text_features", txt, "image_features", img);
+  check_float_pair(op, "image_features", img, "text_features", txt, dev);
   check_dim(op, "image_features", img, 2);
   check_dim(op, "text_features", txt, 2);
   TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
