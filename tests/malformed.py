@@ -84,6 +84,11 @@ def reshaped(*shape):
 
 
 # --------------------------------------------------------------------------- the ops and their good arguments
+def sigmas(d, values=(0.0, 0.5, 1.0)):
+    """One noise level per sample of the [3, 4] flow-matching samples."""
+    return torch.tensor(values, device=d.dev)
+
+
 def schedule(d, T=10):
     return pk.make_schedule(T).to(d.dev)
 
@@ -145,6 +150,15 @@ PUBLIC = {
                                   lambda d: dict(image_features=f(d, 4, 6), text_features=f(d, 4, 6),
                                                  logit_scale=torch.tensor(5.0, device=d.dev)),
                                   True, ["image_features", "text_features", "logit_scale"]),
+    # the flow-matching ops' rows are their own (test_malformed.py, FLOW_ARGS)
+    "flow_interpolate": (pk.flow_interpolate,
+                         lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=sigmas(d)), True, []),
+    "flow_matching_loss": (pk.flow_matching_loss,
+                           lambda d: dict(model_output=f(d, 3, 4), x0=f(d, 3, 4), noise=f(d, 3, 4),
+                                          sigmas=sigmas(d)), True, []),
+    "flow_match_euler_step": (pk.flow_match_euler_step,
+                              lambda d: dict(sample=f(d, 3, 4), model_output=f(d, 3, 4), sigmas=sigmas(d),
+                                             sigmas_next=sigmas(d, (0.0, 0.2, 0.9))), True, []),
 }
 
 
