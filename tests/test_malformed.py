@@ -14,6 +14,8 @@ import math
 import pytest
 import torch
 
+import pykernels as pk
+
 from .helpers import ALL_BACKENDS, FUSED_BACKENDS
 from .malformed import (
     AS_LIST,
@@ -450,3 +452,163 @@ def test_bad_backend_name(op):
     fn, good, _, _ = PUBLIC[op]
     with pytest.raises(ValueError, match=r"argument 'backend' must be one of"):
         fn(**good(dev_for("reference")), backend="gpu")
+
+# ------------------------------------------------------------- bad calls per family
+# Public calls the rows above do not reach (enum values, bounds, shapes particular to one op):
+# family -> [(call(), exception, message)].
+
+
+def _cosine_bad_calls() -> list:
+    return [
+        # (call, exception, text that must appear)
+        (lambda: pk.cosine_similarity(torch.ones(3, dtype=torch.int64), torch.ones(3)), TypeError, "'x1'"),
+        (lambda: pk.cosine_similarity(torch.ones(3), torch.ones(3, dtype=torch.float64)), TypeError, "'x2'"),
+        (lambda: pk.cosine_similarity(torch.tensor(1.0), torch.tensor(2.0)), ValueError, "'x1'"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 4)), ValueError, "broadcast"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), eps=0.0), ValueError, "'eps'"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), eps=-1.0), ValueError, "'eps'"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), dim=2), IndexError, "'dim'"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3, device="meta")), ValueError, "device"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), [1.0, 2.0]), TypeError, "'x2'"),
+        (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), backend="nope"), ValueError, "'backend'"),
+        (lambda: pk.pairwise_cosine_similarity(torch.ones(4, 3), torch.ones(5, 4)), ValueError, "feature size"),
+        (lambda: pk.pairwise_cosine_similarity(torch.ones(3), torch.ones(3)), ValueError, "'a'"),
+        (lambda: pk.pairwise_cosine_similarity(torch.ones(2, 4, 3), torch.ones(3, 5, 3)), ValueError, "broadcast"),
+        (lambda: pk.pairwise_cosine_similarity(torch.ones(4, 3), torch.ones(5, 3), eps=0), ValueError, "'eps'"),
+        (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 5)), ValueError, "'teacher'"),
+        (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 3), kind="l1"), ValueError, "'kind'"),
+        (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 3), reduction="avg"), ValueError, "'reduction'"),
+    ]
+
+
+def _contrastive_bad_calls() -> list:
+    def ok(n=4, m=4, d=3):
+        return torch.ones(n, d), torch.ones(m, d), torch.tensor(1.0)
+
+    return [
+        # (call, exception, text that must appear)
+        (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 5), torch.tensor(1.0)), ValueError, "feature size D"),
+        (lambda: pk.info_nce_loss(*ok(4, 5)), ValueError, "without 'labels'"),
+        (lambda: pk.info_nce_loss(*ok(), torch.ones(2)), TypeError, "positional"),
+        (lambda: pk.info_nce_loss(*ok()[:2], torch.ones(2)), ValueError, "'logit_scale' must be a scalar"),
+        (lambda: pk.info_nce_loss(*ok()[:2], torch.ones(1, 1)), ValueError, "'logit_scale' must be a scalar"),
+        (lambda: pk.info_nce_loss(*ok()[:2], 2.0), TypeError, "'logit_scale'"),
+        (lambda: pk.info_nce_loss(*ok(), logit_bias=torch.ones(3)), ValueError, "'logit_bias'"),
+        (lambda: pk.info_nce_loss(*ok(3, 5), labels=torch.tensor([0, 5, 1])), IndexError, "'labels'"),
+        (lambda: pk.info_nce_loss(*ok(3, 5), labels=torch.tensor([0, -1, 1])), IndexError, "'labels'"),
+        (lambda: pk.info_nce_loss(*ok(3, 5), labels=torch.tensor([0, 1])), ValueError, "'labels'"),
+        (lambda: pk.info_nce_loss(*ok(3, 5), labels=torch.tensor([0.0, 1.0, 2.0])), TypeError, "'labels'"),
+        (lambda: pk.info_nce_loss(torch.ones(4), torch.ones(4), torch.tensor(1.0)), ValueError, "'image_features'"),
+        (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3, dtype=torch.float64), torch.tensor(1.0)),
+         TypeError, "'text_features'"),
+        (lambda: pk.info_nce_loss(torch.ones(4, 3, dtype=torch.int32), torch.ones(4, 3), torch.tensor(1.0)),
+         TypeError, "'image_features'"),
+        (lambda: pk.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3, device="meta"), torch.tensor(1.0)), ValueError, "device"),
+        (lambda: pk.info_nce_loss(*ok(), reduction="avg"), ValueError, "'reduction'"),
+        (lambda: pk.info_nce_loss(*ok(), symmetric=1), TypeError, "'symmetric'"),
+        (lambda: pk.info_nce_loss(*ok(), backend="nope"), ValueError, "'backend'"),
+    ]
+
+
+def _distillation_bad_calls() -> list:
+    S, T = torch.ones(2, 5), torch.ones(2, 5)
+    Y = torch.tensor([1, 2])
+    return [
+        (lambda: pk.distillation_loss(S, torch.ones(2, 6)), ValueError, "'teacher_logits'"),
+        (lambda: pk.distillation_loss(S, torch.ones(3, 5)), ValueError, "'teacher_logits'"),
+        (lambda: pk.distillation_loss(S, T.double()), TypeError, "'teacher_logits'"),
+        (lambda: pk.distillation_loss(S.long(), T.long()), TypeError, "'student_logits'"),
+        (lambda: pk.distillation_loss(S, T, temperature=0.0), ValueError, "'temperature'"),
+        (lambda: pk.distillation_loss(S, T, temperature=-1.0), ValueError, "'temperature'"),
+        (lambda: pk.distillation_loss(S, T, temperature=math.inf), ValueError, "'temperature'"),
+        (lambda: pk.distillation_loss(S, T, beta=1.5), ValueError, "'beta'"),
+        (lambda: pk.distillation_loss(S, T, labels=Y, label_smoothing=-0.1), ValueError, "'label_smoothing'"),
+        (lambda: pk.distillation_loss(S, T, hard_weight=1.0), ValueError, "'labels'"),
+        (lambda: pk.distillation_loss(S, T, labels=torch.tensor([1, 2, 3])), ValueError, "'labels'"),
+        (lambda: pk.distillation_loss(S, T, labels=torch.tensor([1.0, 2.0])), TypeError, "'labels'"),
+        (lambda: pk.distillation_loss(S, T, reduction="mean"), ValueError, "'reduction'"),
+        (lambda: pk.distillation_loss(torch.ones(2, 0), torch.ones(2, 0)), ValueError, "'student_logits'"),
+        (lambda: pk.distillation_loss(torch.tensor(1.0), torch.tensor(1.0)), ValueError, "'student_logits'"),
+        (lambda: pk.distillation_loss(S, T, backend="nope"), ValueError, "'backend'"),
+        (lambda: pk.cross_entropy(S, torch.tensor([1, 2], dtype=torch.int32)), TypeError, "'labels'"),
+        (lambda: pk.cross_entropy(S, Y, reduction="batchmean"), ValueError, "'reduction'"),
+        (lambda: pk.cross_entropy(S.int(), Y), TypeError, "'logits'"),
+        (lambda: pk.soft_target_cross_entropy(S, torch.ones(2, 4)), ValueError, "'target_probs'"),
+        (lambda: pk.soft_target_cross_entropy(S, T, temperature=0), ValueError, "'temperature'"),
+    ]
+
+
+def _mae_bad_calls() -> list:
+    i, k = torch.ones(2, 3, 4, 6), torch.zeros(2, 2, dtype=torch.int64)
+    return [
+        (lambda: pk.random_masking(torch.ones(2, 4), 0.5), ValueError, "'x'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3, dtype=torch.int32), 0.5), TypeError, "'x'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), 1.0), ValueError, "'mask_ratio'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), -0.1), ValueError, "'mask_ratio'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), float("nan")), ValueError, "'mask_ratio'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), "0.5"), TypeError, "'mask_ratio'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), 0.5, noise=torch.rand(2, 5)), ValueError, "'noise'"),
+        (lambda: pk.random_masking(torch.ones(2, 4, 3), 0.5, noise=torch.rand(2, 4), generator=torch.Generator()),
+         ValueError, "not both"),
+        (lambda: pk.patchify(torch.ones(2, 3, 5, 4), 2), ValueError, "multiples"),
+        (lambda: pk.patchify(torch.ones(3, 4, 4), 2), ValueError, "'imgs'"),
+        (lambda: pk.patchify(torch.ones(1, 3, 4, 4), 0), ValueError, "'patch_size'"),
+        (lambda: pk.patchify(torch.ones(1, 3, 4, 4), 2.0), TypeError, "'patch_size'"),
+        (lambda: pk.unpatchify(torch.ones(1, 4, 12), 2, (4, 6), 3), ValueError, "'patches'"),
+        (lambda: pk.unpatchify(torch.ones(1, 4, 12), 2, (5, 4), 3), ValueError, "'image_size'"),
+        (lambda: pk.unpatchify(torch.ones(1, 4, 12), 2, 4, 0), ValueError, "'channels'"),
+        (lambda: pk.gather_patches(i, k.int(), 2), TypeError, "'ids_keep'"),
+        (lambda: pk.gather_patches(i, k[:1], 2), ValueError, "'ids_keep'"),
+        (lambda: pk.gather_patches(i, k, 4), ValueError, "multiples"),
+        (lambda: pk.gather_patches(i, k, 2, backend="nope"), ValueError, "'backend'"),
+        (lambda: pk.gather_patches(i, k.to("meta"), 2), ValueError, "device"),
+        (lambda: pk.unshuffle_with_mask_tokens(torch.ones(2, 2, 4), torch.ones(5), torch.zeros(2, 6, dtype=torch.int64)),
+         ValueError, "'mask_token'"),
+        (lambda: pk.unshuffle_with_mask_tokens(torch.ones(2, 7, 4), torch.ones(4), torch.zeros(2, 6, dtype=torch.int64)),
+         ValueError, "'ids_restore'"),
+        (lambda: pk.unshuffle_with_mask_tokens(torch.ones(2, 2, 4), torch.ones(4), torch.zeros(3, 6, dtype=torch.int64)),
+         ValueError, "'ids_restore'"),
+        (lambda: pk.masked_patch_loss(torch.ones(2, 6, 12), i, torch.ones(2, 6), 2, norm_pix_loss=1), TypeError, "'norm_pix_loss'"),
+        (lambda: pk.masked_patch_loss(torch.ones(2, 6, 11), i, torch.ones(2, 6), 2), ValueError, "'pred'"),
+        (lambda: pk.masked_patch_loss(torch.ones(2, 6, 12), i, torch.ones(2, 5), 2), ValueError, "'mask'"),
+        (lambda: pk.masked_patch_loss(torch.ones(2, 6, 12), i.double(), torch.ones(2, 6), 2), TypeError, "'imgs'"),
+    ]
+
+
+def _flow_matching_bad_calls() -> list:
+    X, T = torch.ones(3, 4), torch.tensor([1, 2, 3])
+    TABLE = pk.make_schedule(10)
+    return [
+        (lambda: pk.sample_flow_timesteps(-1), ValueError, "'batch_size' must be >= 0"),
+        (lambda: pk.sample_flow_timesteps(2.0), TypeError, "'batch_size' must be an int"),
+        (lambda: pk.sample_flow_timesteps(4, weighting_scheme="cosmap"), ValueError, "'weighting_scheme' must be one of"),
+        (lambda: pk.sample_flow_timesteps(4, shift=0.0), ValueError, "'shift' must be > 0"),
+        (lambda: pk.sample_flow_timesteps(4, logit_std=0.0), ValueError, "'logit_std' must be > 0"),
+        (lambda: pk.sample_flow_timesteps(4, logit_mean=math.inf), ValueError, "'logit_mean' must be finite"),
+        (lambda: pk.sample_flow_timesteps(4, weighting_scheme="mode", mode_scale=3.0), ValueError, "'mode_scale'"),
+        (lambda: pk.sample_flow_timesteps(4, num_train_timesteps=0), ValueError, "'num_train_timesteps' must be >= 1"),
+        (lambda: pk.sample_flow_timesteps(4, u=torch.rand(3)), ValueError, r"'u' must have shape \[batch_size\]"),
+        (lambda: pk.sample_flow_timesteps(2, u=torch.tensor([0.5, 1.5])), ValueError, "'u' has 1.5 at index 1"),
+        (lambda: pk.sample_flow_timesteps(2, u=torch.tensor([0, 1])), TypeError, "'u' must be float32"),
+        (lambda: pk.compute_snr(T.float(), TABLE), TypeError, "'timesteps' must be an int64 or int32 tensor"),
+        (lambda: pk.compute_snr(torch.tensor([0, 10]), TABLE), IndexError, "'timesteps' has 10, outside"),
+        (lambda: pk.compute_snr(T, TABLE[None]), ValueError, "'alphas_cumprod' must be a non-empty 1-D table"),
+        (lambda: pk.compute_snr(T, TABLE.long()), TypeError, "'alphas_cumprod' must be float32"),
+        (lambda: pk.min_snr_weights(T, TABLE, 0.0), ValueError, "'gamma' must be > 0"),
+        (lambda: pk.min_snr_weights(T, TABLE, 5.0, "v"), ValueError, "'prediction_type' must be one of"),
+        (lambda: pk.flow_matching_loss(X, X, X, 0.5, backend="nope"), ValueError, "'backend'"),
+    ]
+
+
+BAD_CALLS = {"cosine": _cosine_bad_calls(), "contrastive": _contrastive_bad_calls(),
+             "distillation": _distillation_bad_calls(), "mae": _mae_bad_calls(),
+             "flow_matching": _flow_matching_bad_calls()}
+
+
+@pytest.mark.parametrize("family, case", [pytest.param(fam, k, id=f"{fam}-{k}")
+                                          for fam, calls in BAD_CALLS.items()
+                                          for k in range(len(calls))])
+def test_bad_input_public(family, case):
+    call, exc, text = BAD_CALLS[family][case]
+    with pytest.raises(exc, match=text):
+        call()
