@@ -128,7 +128,10 @@ def _extension():
 
     debug = os.environ.get("PYKERNELS_DEBUG", "0") == "1"
     with_cuda = _cuda_wanted()
-    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+    def rel(pattern):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # The C++ standard is left to torch.utils.cpp_extension (C++17 or C++20, per torch).
     # Portable flags only: no -march=native, so a wheel built here runs on any x86-64

@@ -23,7 +23,10 @@ import matplotlib.pyplot as plt
 import torch
 from _util import parse_args, save
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+from diffusers.training_utils import (
+    compute_density_for_timestep_sampling,
+    compute_loss_weighting_for_sd3,
+)
 from tqdm import tqdm
 
 import pykernels as pk

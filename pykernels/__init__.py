@@ -5,19 +5,36 @@ None reads PYKERNELS_BACKEND, else auto). ``pykernels.backends.available()`` lis
 what this installation can run.
 """
 from . import backends
-from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
-from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_masking, unpatchify,
-                      unshuffle_with_mask_tokens)
-from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
-from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 from .ops.contrastive import info_nce_loss
+from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
+from .ops.diffusion import (
+    add_noise,
+    ddim_step,
+    ddpm_step,
+    diffusion_loss,
+    get_velocity,
+    make_schedule,
+)
+from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
+from .ops.flow_matching import (
+    compute_snr,
+    flow_interpolate,
+    flow_match_euler_step,
+    flow_matching_loss,
+    min_snr_weights,
+    sample_flow_timesteps,
+)
 from .ops.fused_linear import fused_linear_cross_entropy, fused_linear_distillation_loss
-from .ops.flow_matching import (compute_snr, flow_interpolate, flow_match_euler_step,
-                                flow_matching_loss, min_snr_weights, sample_flow_timesteps)
+from .ops.mae import (
+    gather_patches,
+    masked_patch_loss,
+    patchify,
+    random_masking,
+    unpatchify,
+    unshuffle_with_mask_tokens,
+)
 
-# (distillation, contrastive, mae, diffusion: their public functions are re-exported here)
-
-from . import nn  # noqa: E402  (after the functions it wraps)
+from . import nn  # noqa: E402, I001  (the modules wrap the functions above)
 
 __version__ = "0.1.0"
 

@@ -48,6 +48,16 @@ def same_shape(fn: str, *named: tuple[str, torch.Tensor]) -> None:
             )
 
 
+def samples(fn: str, *named: tuple[str, torch.Tensor]) -> None:
+    """Float tensors [N, ...] of one shape, dtype and device (the first one leads): a batch
+    of samples and the tensors paired with it element by element."""
+    for name, x in named:
+        tensor(fn, name, x, min_dim=1)
+    same_device(fn, *named)
+    same_dtype(fn, *named)
+    same_shape(fn, *named)
+
+
 def grad(fn: str, g, shape, like: torch.Tensor, name: str = "grad") -> None:
     """The upstream gradient a backward op is called with: a float tensor of `shape` on
     `like`'s device (any float dtype: the op converts it)."""

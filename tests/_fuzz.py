@@ -4,7 +4,7 @@ Strategies draw a *description* of each tensor (shape, dtype, layout, value scal
 `Spec.make` turns it into a leaf tensor plus the strided view an op is called with, so
 the same view can be rebuilt on the float64 copy the reference runs on. `compare` runs a
 backend and checks every output and every gradient against the float64 reference,
-with the same-precision reference as the baseline (DESIGN.md's rule).
+with the idiomatic same-precision composition as the baseline (pykernels/_precision.py).
 """
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ import dataclasses
 import math
 
 import torch
-from hypothesis import assume, note, strategies as st
+from hypothesis import assume, note
+from hypothesis import strategies as st
 
-from .helpers import ALL_BACKENDS, TOLERANCE, assert_close, backend_device, dtypes_for, poisoned, rel_err
+from .helpers import (
+    ALL_BACKENDS,
+    TOLERANCE,
+    assert_close,
+    backend_device,
+    dtypes_for,
+    poisoned,
+    rel_err,
+)
 
 BACKENDS = ALL_BACKENDS  # cuda params skip without a GPU
 
@@ -102,8 +111,8 @@ class Spec:
     def leaf(self, device, requires_grad: bool = True) -> torch.Tensor:
         """The leaf in `dtype` on `device`. An expanded half-precision leaf takes no gradient:
         autograd sums its rows' gradients, each rounded to the half dtype by whoever made
-        it, and a sum that cancels turns those roundings into any relative error (the long
-        fuzz run: 5.6% on four rows of a bfloat16 x0). That sum is autograd's; the kernels'
+        it, and a sum that cancels turns those roundings into any relative error (5.6% on four
+        rows of a bfloat16 x0, test_fuzz_diffusion). That sum is autograd's; the kernels'
         gradients of the same inputs are checked in every other layout."""
         summed = self.layout == "expanded" and len(self.shape) >= 2 and self.shape[0] > 1
         requires_grad = requires_grad and not (summed and self.dtype in (torch.float16, torch.bfloat16))
@@ -144,8 +153,8 @@ def _flush(x: torch.Tensor, ref: torch.Tensor, tiny) -> tuple[torch.Tensor, torc
     subnormal results carry no relative accuracy (1e-30 inputs give cosines of 1e-44,
     which one float32 formulation keeps as a subnormal and another flushes to zero).
     Both, not each: an element on either side of the threshold stays a small difference,
-    not a whole element of error (the long fuzz run: float16 gradients of ~1e-4 next to
-    6.1e-5, each flushed on its own, gave 0.48% against 0.22%)."""
+    not a whole element of error (float16 gradients of ~1e-4 next to 6.1e-5, each flushed
+    on its own, would give 0.48% against 0.22%)."""
     x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
     both = (x.abs() < tiny) & (ref.abs() < tiny)
     return x.masked_fill(both, 0.0), ref.masked_fill(both, 0.0)
@@ -154,7 +163,7 @@ def _flush(x: torch.Tensor, ref: torch.Tensor, tiny) -> tuple[torch.Tensor, torc
 def _moved_rows(leaf: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """An expanded view; for a leaf that _perturbed moved, every row moved on its own. A
     kernel rounds each row of an expanded input on its own (equal texts' logits came out a
-    rounding apart: 2.4e-4 of a loss at float32 logits of 2.6e4, the long fuzz run), which
+    rounding apart: 2.4e-4 of a loss at float32 logits of 2.6e4, test_fuzz_contrastive), which
     moving the one stored row, keeping the rows equal, cannot show."""
     move = getattr(leaf, "_pk_move", None)
     return rows if move is None else rows * move(rows)
@@ -166,8 +175,8 @@ def _perturbed(dtype: torch.dtype, flip: bool = False):
     for where the first move leaves the op's domain). How far that moves the
     float64 answer is the problem's own sensitivity to the rounding any float32 (float64)
     computation makes: a backward-stable kernel is off by a small multiple of it (logits
-    of 1e8 in float64, 120 in float32: the fuzz runs found 6e-9 and 2.2e-5 against
-    tolerances of 1e-10 and 1e-5, where the inputs' rounding alone moves the answer that far)."""
+    of 1e8 in float64, 120 in float32: errors of 6e-9 and 2.2e-5 against tolerances of
+    1e-10 and 1e-5, where the inputs' rounding alone moves the answer that far)."""
     eps = _acc_eps(dtype)
     g = torch.Generator().manual_seed(12345)
 
@@ -332,7 +341,7 @@ def confident_row_tolerance(row_losses64: torch.Tensor, dtype: torch.dtype) -> f
     row loss) when that is larger. A row whose loss l is tiny has a target class of
     softmax 1 - l, and its gradient softmax - 1 = -l is known in the accumulation dtype
     (eps) only to eps / l relative: every formulation that forms the softmax and then
-    subtracts 1, PyTorch's included, loses those digits (the fuzz runs: info_nce 3.5% at
+    subtracts 1, PyTorch's included, loses those digits (info_nce 3.5% at
     l = 2e-6 in float32 against PyTorch's 0.9%; cross_entropy 0.68% at l = 7.3e-6 against
     PyTorch's 0.1%). The joint gradient's error is at most about that of its worst row.
     row_losses64: the float64 reference's losses of the rows that count (not ignored)."""
@@ -354,9 +363,9 @@ def logit_rounding_limit(scale: float) -> float:
     """The relative error of a softmax cross entropy's small loss l whose logits are
     scale * <a, b> of unit vectors, each logit rounded once in float32 (|dL| <= eps * scale):
     l moves by up to 2 * eps * scale * l (at scale 3e3: 7.2e-4). A limit of twice PyTorch's
-    own float32 error alone depended on how this machine's BLAS happened to round (a fresh
-    environment of 2026-12-02: PyTorch's mm 4.6e-5 off, the Triton kernel 1.1e-4, the ring
-    3.6e-4, each within one rounding of the logits)."""
+    own float32 error alone would depend on how the machine's BLAS happens to round (PyTorch's
+    mm 4.6e-5 off, the Triton kernel 1.1e-4, the ring 3.6e-4 on one machine, each within
+    one rounding of the logits)."""
     return 2 * torch.finfo(torch.float32).eps * scale
 
 

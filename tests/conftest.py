@@ -27,6 +27,6 @@ settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True
 settings.register_profile("fuzz", max_examples=500, deadline=None, derandomize=False, print_blob=True,
                           database=None, suppress_health_check=_QUIET, phases=_PHASES)
 settings.load_profile(os.environ.get("PYKERNELS_HYPOTHESIS_PROFILE", "ci"))
-if os.environ.get("PYKERNELS_HYPOTHESIS_EXAMPLES"):  # e.g. a shorter fuzz run of the Triton interpreter
+if os.environ.get("PYKERNELS_HYPOTHESIS_EXAMPLES"):  # e.g. fewer examples under the Triton interpreter
     settings.register_profile("custom", settings(max_examples=int(os.environ["PYKERNELS_HYPOTHESIS_EXAMPLES"])))
     settings.load_profile("custom")

@@ -83,6 +83,16 @@ def grads(out: torch.Tensor, inputs, seed: int = 0):
     return torch.autograd.grad(out, inputs, w, allow_unused=True)
 
 
+def labels(shape, V, device="cpu", seed=0, ignored=(0,)):
+    """Class labels in [0, V) of `shape`, with the flat positions `ignored` set to -100."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, V, shape, generator=gen)
+    flat = y.view(-1)
+    for i in ignored:
+        flat[i] = -100
+    return y.to(device)
+
+
 def as64(*xs):
     """float64 leaf copies (for the reference that every backend is measured against)."""
     return [x.detach().double().requires_grad_(x.requires_grad) for x in xs]

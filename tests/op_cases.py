@@ -7,12 +7,10 @@ threads / chunks in the CPU kernels) and "other" (a second shape for torch.compi
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
 import torch
 
 import pykernels as pk
+from pykernels.bench.case import Case, permutations, randn
 
 TABLE = pk.make_schedule(1000)
 
@@ -23,55 +21,31 @@ IMAGES = {"tiny": (2, 3, 8, 8, 4), "small": (2, 3, 16, 16, 4), "other": (3, 2, 1
 SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "other": (5, 3, 6), "big": (4, 4, 96)}
 
 
-@dataclasses.dataclass
-class Case:
-    name: str
-    build: Callable  # (dtype, device, size, gen) -> dict of inputs
-    run: Callable    # (backend, **inputs) -> Tensor | tuple of Tensors
-    grads: tuple = ()  # input names that get gradients
-    random: bool = False  # draws from a torch.Generator passed as input "generator"
-
-    def inputs(self, dtype=torch.float32, device="cpu", size="small", seed=0, requires_grad=True):
-        d = self.build(dtype, torch.device(device), size, torch.Generator().manual_seed(seed))
-        if requires_grad:
-            for k in self.grads:
-                d[k] = d[k].detach().requires_grad_()
-        return d
-
-    def __call__(self, backend, inputs):
-        out = self.run(backend, **inputs)
-        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
-
-
-def _rn(shape, dtype, device, gen, scale=1.0):
-    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
-
-
 def _pair(dtype, device, size, gen):
     R, D = ROWS[size]
-    return {"x1": _rn((R, D), dtype, device, gen), "x2": _rn((R, D), dtype, device, gen)}
+    return {"x1": randn((R, D), dtype, device, gen), "x2": randn((R, D), dtype, device, gen)}
 
 
 def _pairwise(dtype, device, size, gen):
     R, D = ROWS[size]
-    return {"a": _rn((R, D), dtype, device, gen), "b": _rn((R + 2, D), dtype, device, gen)}
+    return {"a": randn((R, D), dtype, device, gen), "b": randn((R + 2, D), dtype, device, gen)}
 
 
 def _features(dtype, device, size, gen):
     R, D = ROWS[size]
-    return {"student": _rn((R, D), dtype, device, gen), "teacher": _rn((R, D), dtype, device, gen)}
+    return {"student": randn((R, D), dtype, device, gen), "teacher": randn((R, D), dtype, device, gen)}
 
 
 def _clip(dtype, device, size, gen):
     R, D = ROWS[size]
-    return {"image_features": _rn((R, D), dtype, device, gen), "text_features": _rn((R, D), dtype, device, gen),
+    return {"image_features": randn((R, D), dtype, device, gen), "text_features": randn((R, D), dtype, device, gen),
             "logit_scale": torch.tensor(5.0, device=device)}
 
 
 def _tokens(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
     L, D = (H // p) * (W // p), p * p * C
-    return {"x": _rn((N, L, D), dtype, device, gen), "noise": torch.rand(N, L, generator=gen).to(device)}
+    return {"x": randn((N, L, D), dtype, device, gen), "noise": torch.rand(N, L, generator=gen).to(device)}
 
 
 def _tokens_gen(dtype, device, size, gen):
@@ -83,23 +57,19 @@ def _tokens_gen(dtype, device, size, gen):
 
 def _images(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
-    return {"imgs": _rn((N, C, H, W), dtype, device, gen), "patch_size": p}
+    return {"imgs": randn((N, C, H, W), dtype, device, gen), "patch_size": p}
 
 
 def _patches(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
-    return {"patches": _rn((N, (H // p) * (W // p), p * p * C), dtype, device, gen), "patch_size": p,
+    return {"patches": randn((N, (H // p) * (W // p), p * p * C), dtype, device, gen), "patch_size": p,
             "image_size": (H, W), "channels": C}
-
-
-def _ids(N, L, device, gen):
-    return torch.argsort(torch.rand(N, L, generator=gen), dim=1).to(device)
 
 
 def _gather(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
     L = (H // p) * (W // p)
-    return {"imgs": _rn((N, C, H, W), dtype, device, gen), "ids_keep": _ids(N, L, device, gen)[:, : max(1, L // 4)],
+    return {"imgs": randn((N, C, H, W), dtype, device, gen), "ids_keep": permutations(N, L, device, gen)[:, : max(1, L // 4)],
             "patch_size": p}
 
 
@@ -107,8 +77,8 @@ def _unshuffle(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
     L, D = (H // p) * (W // p), p * p * C
     K = max(1, L // 4)
-    return {"x_visible": _rn((N, K, D), dtype, device, gen), "mask_token": _rn((D,), dtype, device, gen),
-            "ids_restore": _ids(N, L, device, gen)}
+    return {"x_visible": randn((N, K, D), dtype, device, gen), "mask_token": randn((D,), dtype, device, gen),
+            "ids_restore": permutations(N, L, device, gen)}
 
 
 def _mae_loss(dtype, device, size, gen):
@@ -116,7 +86,7 @@ def _mae_loss(dtype, device, size, gen):
     L, D = (H // p) * (W // p), p * p * C
     mask = (torch.rand(N, L, generator=gen) < 0.75).to(dtype).to(device)
     mask[:, 0] = 1
-    return {"pred": _rn((N, L, D), dtype, device, gen), "imgs": _rn((N, C, H, W), dtype, device, gen), "mask": mask,
+    return {"pred": randn((N, L, D), dtype, device, gen), "imgs": randn((N, C, H, W), dtype, device, gen), "mask": mask,
             "patch_size": p}
 
 
@@ -126,23 +96,23 @@ def _timesteps(N, device, gen, lo=0):
 
 def _mix(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"x0": _rn((N, C, S, S), dtype, device, gen), "noise": _rn((N, C, S, S), dtype, device, gen),
+    return {"x0": randn((N, C, S, S), dtype, device, gen), "noise": randn((N, C, S, S), dtype, device, gen),
             "timesteps": _timesteps(N, device, gen), "alphas_cumprod": TABLE.to(device)}
 
 
 def _dloss(dtype, device, size, gen):
     d = _mix(dtype, device, size, gen)
-    d["model_output"] = _rn(d["x0"].shape, dtype, device, gen)
+    d["model_output"] = randn(d["x0"].shape, dtype, device, gen)
     return d
 
 
 def _step(dtype, device, size, gen, with_noise=True):
     N, C, S = SAMPLES[size]
     t = _timesteps(N, device, gen, lo=1)
-    d = {"model_output": _rn((N, C, S, S), dtype, device, gen), "sample": _rn((N, C, S, S), dtype, device, gen),
+    d = {"model_output": randn((N, C, S, S), dtype, device, gen), "sample": randn((N, C, S, S), dtype, device, gen),
          "timesteps": t, "prev_timesteps": t - 20, "alphas_cumprod": TABLE.to(device)}
     if with_noise:
-        d["noise"] = _rn((N, C, S, S), dtype, device, gen)
+        d["noise"] = randn((N, C, S, S), dtype, device, gen)
     return d
 
 
@@ -154,7 +124,7 @@ def _step_gen(dtype, device, size, gen):
 
 def _logits(dtype, device, size, gen, with_labels=True):
     R, V = VOCAB[size]
-    d = {"student": _rn((R, V), dtype, device, gen, 3.0), "teacher": _rn((R, V), dtype, device, gen, 3.0)}
+    d = {"student": randn((R, V), dtype, device, gen, 3.0), "teacher": randn((R, V), dtype, device, gen, 3.0)}
     if with_labels:
         labels = torch.randint(0, V, (R,), generator=gen)
         labels[1] = -100
@@ -170,7 +140,7 @@ def _ce(dtype, device, size, gen):
 def _soft(dtype, device, size, gen):
     R, V = VOCAB[size]
     q = torch.softmax(torch.randn(R, V, generator=gen, dtype=torch.float64), -1).to(dtype).to(device)
-    return {"logits": _rn((R, V), dtype, device, gen, 3.0), "target_probs": q}
+    return {"logits": randn((R, V), dtype, device, gen, 3.0), "target_probs": q}
 
 
 def _schedule(dtype, device, size, gen):
@@ -282,7 +252,7 @@ NO_BACKEND = {"patchify", "unpatchify", "make_schedule"}
 # [0, 1] is an error (ValueError), not data.
 def _flow(dtype, device, size, gen, names=("x0", "noise")):
     N, C, S = SAMPLES[size]
-    d = {k: _rn((N, C, S, S), dtype, device, gen) for k in names}
+    d = {k: randn((N, C, S, S), dtype, device, gen) for k in names}
     t = torch.randint(0, 1001, (N,), generator=gen)
     t[0], t[-1] = 0, 1000
     d["timesteps"] = t.to(device)

@@ -8,9 +8,24 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import cosine as ref
 
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device,
-                      dtypes_for, grads, peak_cpu_bytes, poisoned, randn, rel_err)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    grads,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+    rel_err,
+)
 
 # --------------------------------------------------------------------------- reference
 
@@ -141,8 +156,8 @@ def test_zero_and_near_eps_vectors(backend):
 def test_broadcast_input_gradient_in_half_precision(backend):
     """x1 [2, 1] broadcast against x2 [2, 64] along dim 0: x1's gradient is a sum of 64
     column gradients, here in nearly opposite pairs that cancel. In bf16 that sum must be
-    taken before rounding: summing 64 rounded terms left 1.4% error here (the fuzz tests
-    found 3.5% on a similar case). x1 is below eps, as in that case."""
+    taken before rounding: summing 64 rounded terms left 1.4% error here (3.5% on a similar
+    case of test_fuzz_cosine). x1 is below eps, as in that case."""
     dev = backend_device(backend)
     u = randn(2, 32, seed=1, dtype=torch.float64)
     pairs = torch.stack([u, -u + 0.05 * randn(2, 32, seed=2, dtype=torch.float64)], -1).reshape(2, 64)
@@ -314,33 +329,8 @@ def test_modules():
 
 # --------------------------------------------------------------------------- bad input
 
-BAD = [
-    # (call, exception, text that must appear)
-    (lambda: pk.cosine_similarity(torch.ones(3, dtype=torch.int64), torch.ones(3)), TypeError, "'x1'"),
-    (lambda: pk.cosine_similarity(torch.ones(3), torch.ones(3, dtype=torch.float64)), TypeError, "'x2'"),
-    (lambda: pk.cosine_similarity(torch.tensor(1.0), torch.tensor(2.0)), ValueError, "'x1'"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 4)), ValueError, "broadcast"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), eps=0.0), ValueError, "'eps'"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), eps=-1.0), ValueError, "'eps'"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), dim=2), IndexError, "'dim'"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3, device="meta")), ValueError, "device"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), [1.0, 2.0]), TypeError, "'x2'"),
-    (lambda: pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), backend="nope"), ValueError, "'backend'"),
-    (lambda: pk.pairwise_cosine_similarity(torch.ones(4, 3), torch.ones(5, 4)), ValueError, "feature size"),
-    (lambda: pk.pairwise_cosine_similarity(torch.ones(3), torch.ones(3)), ValueError, "'a'"),
-    (lambda: pk.pairwise_cosine_similarity(torch.ones(2, 4, 3), torch.ones(3, 5, 3)), ValueError, "broadcast"),
-    (lambda: pk.pairwise_cosine_similarity(torch.ones(4, 3), torch.ones(5, 3), eps=0), ValueError, "'eps'"),
-    (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 5)), ValueError, "'teacher'"),
-    (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 3), kind="l1"), ValueError, "'kind'"),
-    (lambda: pk.feature_distillation_loss(torch.ones(4, 3), torch.ones(4, 3), reduction="avg"), ValueError, "'reduction'"),
-]
 
 
-@pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_input_public(case):
-    call, exc, text = BAD[case]
-    with pytest.raises(exc, match=text):
-        call()
 
 
 def test_backend_unavailable_names_what_is_available():
@@ -348,27 +338,3 @@ def test_backend_unavailable_names_what_is_available():
         pytest.skip("needs a machine without CUDA")
     with pytest.raises(RuntimeError, match="Available for cpu"):
         pk.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), backend="cuda")
-
-
-OPS_BAD = [
-    (lambda o: o.cosine_similarity(torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3, dtype=torch.int32), 1e-8), TypeError, "'x1'"),
-    (lambda o: o.cosine_similarity(torch.ones(2, 3), torch.ones(2, 4), 1e-8), ValueError, "'x2'"),
-    (lambda o: o.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float64), 1e-8), TypeError, "'x2'"),
-    (lambda o: o.cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), 0.0), ValueError, "'eps'"),
-    (lambda o: o.cosine_similarity(torch.tensor(1.0), torch.tensor(1.0), 1e-8), ValueError, "'x1'"),
-    (lambda o: o.cosine_similarity_backward(torch.ones(3), torch.ones(2, 3), torch.ones(2, 3), 1e-8, [True, True]),
-     ValueError, "'grad'"),
-    (lambda o: o.feature_distillation_loss(torch.ones(2, 3), torch.ones(2, 3), "l1", 1e-8), ValueError, "'kind'"),
-    (lambda o: o.pairwise_cosine_similarity(torch.ones(1, 2, 3), torch.ones(1, 2, 4), 1e-8), ValueError, "'a'"),
-    (lambda o: o.pairwise_cosine_similarity(torch.ones(2, 3), torch.ones(2, 3), 1e-8), ValueError, "'a'"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-def test_bad_input_torch_ops(case):
-    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
-    call, exc, text = OPS_BAD[case]
-    if not pk.backends.extension_loaded():
-        pytest.skip("pykernels._C not built")
-    with pytest.raises(exc, match=text):
-        call(torch.ops.pykernels)

@@ -8,9 +8,21 @@ import torch
 import pykernels as pk
 from pykernels.reference import diffusion as ref
 
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64, assert_close, backend_device, dtypes_for,
-                      poisoned, randn)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    opcheck_ops,
+    poisoned,
+    randn,
+)
 
 T = 1000
 TABLE = pk.make_schedule(T)

@@ -10,21 +10,24 @@ from pykernels._precision import acc_dtype
 from pykernels.reference import distillation as ref
 
 from ._fuzz import Spec
-from .helpers import (COMPILE_BACKENDS, TRITON_BACKENDS, compile_backend, opcheck_ops,
-                      ALL_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, assert_close, backend_device, dtypes_for,
-                      as64, grads, peak_cpu_bytes, poisoned, randn)
-
-
-def _labels(shape, V, device="cpu", seed=0, ignored=(0,)):
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, V, shape, generator=gen)
-    flat = y.view(-1)
-    for i in ignored:
-        flat[i] = -100
-    return y.to(device)
-
-
-
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    grads,
+    labels,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+)
 
 # --------------------------------------------------------------------------- reference vs PyTorch
 
@@ -54,14 +57,14 @@ def test_reference_jsd_matches_probability_space(beta):
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_reference_cross_entropy_matches_torch(reduction, smoothing):
     x = randn(9, 17, dtype=torch.float64, seed=5, scale=2)
-    y = _labels((9,), 17, seed=6, ignored=(1, 4))
+    y = labels((9,), 17, seed=6, ignored=(1, 4))
     torch.testing.assert_close(ref.cross_entropy(x, y, -100, smoothing, reduction),
                                F.cross_entropy(x, y, ignore_index=-100, label_smoothing=smoothing, reduction=reduction))
 
 
 def test_reference_kd_with_hard_term_matches_torch():
     s, t = randn(8, 19, dtype=torch.float64, seed=7), randn(8, 19, dtype=torch.float64, seed=8)
-    y = _labels((8,), 19, seed=9, ignored=(2, 5))
+    y = labels((8,), 19, seed=9, ignored=(2, 5))
     T, sw, hw, ls = 3.0, 0.7, 0.4, 0.1
     kept = y != -100
     kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="none", log_target=True).sum(-1)
@@ -110,7 +113,7 @@ def _ref_call(case, s, t, y):
 def test_distillation_loss(backend, case):
     dev = backend_device(backend)
     shape = (2, 3, 300) if backend != "triton" else (4, 300)   # V = 300: no block size divides it
-    y = _labels(shape[:-1], shape[-1], dev, seed=12) if case[2] else None
+    y = labels(shape[:-1], shape[-1], dev, seed=12) if case[2] else None
     for dtype in dtypes_for(backend):
         s = randn(*shape, dtype=dtype, device=dev, seed=13, scale=4, requires_grad=True)
         t = randn(*shape, dtype=dtype, device=dev, seed=14, scale=4, requires_grad=True)
@@ -141,7 +144,7 @@ def test_distillation_loss(backend, case):
 def test_cross_entropy(backend, reduction):
     dev = backend_device(backend)
     shape = (3, 5, 1001) if backend != "triton" else (4, 301)
-    y = _labels(shape[:-1], shape[-1], dev, seed=20, ignored=(0, 3))
+    y = labels(shape[:-1], shape[-1], dev, seed=20, ignored=(0, 3))
     for dtype in dtypes_for(backend):
         x = randn(*shape, dtype=dtype, device=dev, seed=21, scale=3, requires_grad=True)
         for ls in (0.0, 0.1):
@@ -307,10 +310,8 @@ def test_float64_confident_rows_meet_the_precision_contract():
     got = pk.cross_entropy(_CONFIDENT, y, reduction="none", backend="cpu")
     assert_close(got, _CONFIDENT_LOSS, torch.float64,
                  baseline=ref.cross_entropy(_CONFIDENT, y, reduction="none", precise=False))
-    for precise in (True, False):  # the answer, then the baseline
-        rows = ref.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), 1.0, y, 0.0, 1.0, reduction="none",
-                                     precise=precise)
-        base = rows if precise else base
+    base = ref.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), 1.0, y, 0.0, 1.0, reduction="none",
+                                 precise=False)
     kd = pk.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), labels=y, soft_weight=0.0, hard_weight=1.0,
                               reduction="none", backend="cpu")
     assert_close(kd, _CONFIDENT_LOSS, torch.float64, baseline=base)
@@ -325,166 +326,6 @@ def test_float64_confident_rows_meet_the_precision_contract():
     assert_close(got, want, torch.float64, baseline=base, what="grad")
 
 
-# --------------------------------------------------------------------------- masked vocabularies
-NEG_INF = -math.inf
-
-
-def _masked(dtype, dev, kind, shape=(5, 40), pad=7, seed=150):
-    """Student and teacher logits [5, 40] whose last `pad` classes both are -inf (a padded
-    vocabulary). kind "top-k": the teacher also masks all but its 10 largest logits of each
-    row (a top-k filtered teacher, -inf where the student has mass)."""
-    s, t = randn(*shape, dtype=torch.float64, seed=seed, scale=3), randn(*shape, dtype=torch.float64, seed=seed + 1,
-                                                                         scale=3)
-    s[:, -pad:] = t[:, -pad:] = NEG_INF
-    if kind == "top-k":
-        kth = t.topk(10, -1).values[:, -1:]
-        t = t.masked_fill(t < kth, NEG_INF)
-    return s.to(dtype=dtype, device=dev), t.to(dtype=dtype, device=dev)
-
-
-MASKED_CASES = [("padded", 0.0), ("padded", 0.5), ("padded", 1.0), ("top-k", 0.0), ("top-k", 0.5)]
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("kind, beta", MASKED_CASES, ids=[f"{k}-beta{b}" for k, b in MASKED_CASES])
-def test_masked_teacher(backend, kind, beta):
-    """-inf teacher logits are probabilities of 0 whose terms are 0: loss and both gradients
-    finite, within the precision contract of the float64 reference, with a hard term."""
-    dev = backend_device(backend)
-    y = _labels((5,), 33, dev, seed=152, ignored=(3,))
-    for dtype in dtypes_for(backend):
-        s, t = (x.requires_grad_() for x in _masked(dtype, dev, kind))
-        with poisoned():
-            loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, hard_weight=0.5, beta=beta,
-                                        reduction="none", backend=backend)
-            gs, gt = grads(loss, [s, t])
-        args = (2.0, y, 1.0, 0.5, beta, -100, 0.0, "none")
-        r = as64(s, t)
-        want = ref.distillation_loss(*r, *args)
-        ws, wt = grads(want, r)
-        b = [x.detach().requires_grad_() for x in (s, t)]
-        base = ref.distillation_loss(*b, *args)
-        bs, bt = grads(base, b)
-        assert torch.isfinite(loss).all() and torch.isfinite(gs).all() and torch.isfinite(gt).all()
-        assert_close(loss, want, dtype, baseline=base)
-        assert_close(gs, ws, dtype, baseline=bs, what="grad student")
-        assert_close(gt, wt, dtype, baseline=bt, what="grad teacher")
-        assert torch.count_nonzero(gt[torch.isneginf(t.detach())]) == 0
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_masked_classes_are_absent(backend, beta):
-    """Classes that both student and teacher mask change nothing: the loss over the padded
-    vocabulary is the loss over the unpadded one, their gradient is exactly 0, and the
-    rest of the gradient is the unpadded one's. Also for the hard term and soft targets."""
-    dev = backend_device(backend)
-    s, t = (x.requires_grad_() for x in _masked(torch.float32, dev, "padded"))
-    y = _labels((5,), 33, dev, seed=153, ignored=())
-    kw = dict(temperature=3.0, labels=y, hard_weight=0.7, beta=beta, reduction="none", backend=backend)
-    loss = pk.distillation_loss(s, t, **kw)
-    short = [x.detach()[:, :33].clone().requires_grad_() for x in (s, t)]
-    want = pk.distillation_loss(*short, **kw)
-    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
-    for g, w in zip(grads(loss, [s, t]), grads(want, short)):
-        assert torch.count_nonzero(g[:, 33:]) == 0
-        torch.testing.assert_close(g[:, :33], w, rtol=1e-4, atol=1e-7)
-    q = torch.softmax(t.detach() / 3.0, -1).requires_grad_()  # 0 on the padding
-    soft = pk.soft_target_cross_entropy(s, q, temperature=3.0, reduction="none", backend=backend)
-    q_short = q.detach()[:, :33].clone().requires_grad_()
-    soft_short = pk.soft_target_cross_entropy(short[0], q_short, temperature=3.0, reduction="none", backend=backend)
-    torch.testing.assert_close(soft, soft_short, rtol=1e-5, atol=1e-6)
-    for g, w in zip(grads(soft, [s, q]), grads(soft_short, [short[0], q_short])):
-        assert torch.count_nonzero(g[:, 33:]) == 0
-        torch.testing.assert_close(g[:, :33], w, rtol=1e-4, atol=1e-7)
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_masked_teacher_matches_kl_div(backend):
-    """beta = 0 is F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True) * T^2 where
-    that is defined: it is nan for a -inf teacher logit (exp(-inf) * (-inf - log p_S)), and a
-    finite stand-in (-1e30: a probability of exactly 0) gives the masked loss."""
-    dev = backend_device(backend)
-    s, t = _masked(torch.float32, dev, "top-k")
-    T = 2.0
-
-    def kl_div(s, t):
-        return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
-                        reduction="batchmean") * T * T
-    assert kl_div(s.double(), t.double()).isnan()
-    stand_in = lambda x: x.masked_fill(torch.isneginf(x), -1e30)  # noqa: E731
-    got = pk.distillation_loss(s, t, temperature=T, backend=backend)
-    assert_close(got, kl_div(stand_in(s.double()), stand_in(t.double())), torch.float32,
-                 baseline=kl_div(stand_in(s), stand_in(t)))
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_masked_student_where_the_teacher_has_mass(backend):
-    """KL(p_T || p_S) is +inf on a row where the student masks a class the teacher does not
-    (and KL(p_S || p_T) where the teacher masks one the student does not), never nan; the
-    student gradient stays finite, c (p_S - p_T); the generalised JSD stays finite."""
-    dev = backend_device(backend)
-    s, t = (randn(3, 20, dtype=torch.float64, seed=154 + k, scale=2) for k in range(2))
-    s[1, 4] = NEG_INF
-    t[2, 6] = NEG_INF
-    s, t = s.float().to(dev).requires_grad_(), t.float().to(dev)
-    for beta, inf_row in ((0.0, 1), (1.0, 2), (0.5, None)):
-        loss = pk.distillation_loss(s, t, temperature=2.0, beta=beta, reduction="none", backend=backend)
-        want = ref.distillation_loss(s.detach().double(), t.double(), 2.0, beta=beta, reduction="none")
-        assert not loss.isnan().any()
-        finite = [r for r in range(3) if r != inf_row]
-        if inf_row is not None:
-            assert loss[inf_row].item() == math.inf
-        assert_close(loss[finite], want[finite], torch.float32, baseline=ref.distillation_loss(
-            s.detach(), t, 2.0, beta=beta, reduction="none")[finite])
-    s64 = s.detach().double().requires_grad_()
-    gs, = grads(pk.distillation_loss(s, t, temperature=2.0, reduction="none", backend=backend), [s])
-    ws, = grads(ref.distillation_loss(s64, t.double(), 2.0, reduction="none"), [s64])
-    assert torch.isfinite(gs).all()
-    assert_close(gs, ws, torch.float32)
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_all_masked_row(backend):
-    """A counted row whose logits are all -inf has no distribution: a ValueError naming the
-    argument on CPU tensors (every backend); with the label ignore_index the row is
-    ignored (loss and gradient 0)."""
-    dev = backend_device(backend)
-    s, t = randn(3, 9, device=dev, seed=156), randn(3, 9, device=dev, seed=157)
-    y = torch.tensor([1, 2, 3], device=dev)
-    for name, s_, t_ in (("teacher_logits", s, t.index_fill(0, torch.tensor([1], device=dev), NEG_INF)),
-                         ("student_logits", s.index_fill(0, torch.tensor([1], device=dev), NEG_INF), t)):
-        if dev.type == "cpu":
-            with pytest.raises(ValueError, match=f"'{name}' has a row whose logits are all -inf"):
-                pk.distillation_loss(s_, t_, labels=y, hard_weight=0.5, backend=backend)
-        s_, t_ = s_.clone().requires_grad_(), t_.clone().requires_grad_()
-        y_ign = y.index_fill(0, torch.tensor([1], device=dev), -100)
-        loss = pk.distillation_loss(s_, t_, temperature=2.0, labels=y_ign, hard_weight=0.5, reduction="none",
-                                    backend=backend)
-        gs, gt = grads(loss, [s_, t_])
-        assert loss[1].item() == 0 and torch.isfinite(loss).all()
-        assert torch.count_nonzero(gs[1]) == 0 and torch.count_nonzero(gt[1]) == 0
-        assert torch.isfinite(gs).all() and torch.isfinite(gt).all()
-    if dev.type == "cpu":
-        with pytest.raises(ValueError, match="'logits' has a row whose logits are all -inf"):
-            pk.cross_entropy(s.index_fill(0, torch.tensor([2]), NEG_INF), y, backend=backend)
-
-
-@pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id in ("cuda", "triton")])
-def test_all_masked_row_is_nan_on_triton_and_cuda_kernels(backend):
-    """GPU kernels do not synchronise to check: a counted all -inf row gets a nan loss and
-    gradient, the other rows are unaffected. Called through the op, which skips the
-    Python check on CPU tensors."""
-    dev = backend_device(backend)
-    s, t = randn(3, 10, device=dev, seed=158), randn(3, 10, device=dev, seed=159)
-    t[1] = NEG_INF
-    name = "distillation_loss_triton" if backend == "triton" else "distillation_loss"
-    loss, gs, gt = getattr(torch.ops.pykernels, name)(s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, True,
-                                                      1.0)
-    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
-    assert torch.isnan(gs[1]).all() and torch.isfinite(gs[[0, 2]]).all() and torch.isfinite(gt[[0, 2]]).all()
-
-
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("T", [0.05, 20.0])
 def test_extreme_logits(backend, T):
@@ -494,7 +335,7 @@ def test_extreme_logits(backend, T):
     base = torch.randint(-1, 2, (4, 300), generator=gen).double() * 1e4 + torch.randn(4, 300, generator=gen, dtype=torch.float64)
     s = base.float().to(dev).requires_grad_()
     t = (base.flip(-1) + torch.randn(4, 300, generator=gen, dtype=torch.float64)).float().to(dev).requires_grad_()
-    y = _labels((4,), 300, dev, seed=51, ignored=())
+    y = labels((4,), 300, dev, seed=51, ignored=())
     for beta in (0.0, 0.5, 1.0):
         loss = pk.distillation_loss(s, t, temperature=T, labels=y, beta=beta, hard_weight=0.5, label_smoothing=0.1,
                                     reduction="none", backend=backend)
@@ -568,7 +409,7 @@ def test_non_contiguous(backend):
     dev = backend_device(backend)
     s = randn(300, 8, device=dev, seed=80).t().requires_grad_()          # [8, 300], transposed
     t = randn(8, 600, device=dev, seed=81)[:, ::2].requires_grad_()      # strided
-    y = _labels((8,), 300, dev, seed=82)
+    y = labels((8,), 300, dev, seed=82)
     loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, hard_weight=0.5, backend=backend)
     gs, gt = grads(loss, [s, t])
     want = ref.distillation_loss(s, t, 2.0, y, 1.0, 0.5)
@@ -597,7 +438,7 @@ def test_deterministic(backend):
     dev = backend_device(backend)
     s = randn(4, 300, device=dev, seed=90, requires_grad=True)
     t = randn(4, 300, device=dev, seed=91, requires_grad=True)
-    y = _labels((4,), 300, dev, seed=92)
+    y = labels((4,), 300, dev, seed=92)
     runs = []
     for _ in range(2):
         loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend)
@@ -654,7 +495,7 @@ def test_gradient_of_the_reduced_loss(backend, reduction):
     dev = backend_device(backend)
     s = randn(6, 300, device=dev, seed=97, requires_grad=True)
     t = randn(6, 300, device=dev, seed=98)
-    y = _labels((6,), 300, dev, seed=99, ignored=(2,))
+    y = labels((6,), 300, dev, seed=99, ignored=(2,))
     kw = dict(temperature=2.0, labels=y, hard_weight=0.5, reduction=reduction)
     s64 = s.detach().double().requires_grad_()
     want, = torch.autograd.grad(pk.distillation_loss(s64, t.double(), backend="reference", **kw), [s64])
@@ -756,7 +597,7 @@ def test_torch_compile_fullgraph(backend):
                 + pk.soft_target_cross_entropy(x, q, backend=backend))
 
     args = [randn(6, 33, device=dev, seed=120 + i, requires_grad=True) for i in range(4)]
-    y = _labels((6,), 33, dev, seed=125)
+    y = labels((6,), 33, dev, seed=125)
     out = f(*args, y)
     want = (ref.distillation_loss(args[0], args[1], 2.0, y, 1.0, 0.5, 0.5)
             + F.cross_entropy(args[2], y, label_smoothing=0.1) + ref.soft_target_cross_entropy(args[2], args[3]))
@@ -769,7 +610,7 @@ def test_torch_compile_fullgraph(backend):
 
 def test_modules():
     s, t = randn(4, 30, seed=130), randn(4, 30, seed=131)
-    y = _labels((4,), 30, seed=132)
+    y = labels((4,), 30, seed=132)
     m = pk.nn.DistillationLoss(2.0, hard_weight=0.5, beta=0.5)
     torch.testing.assert_close(m(s, t, y), ref.distillation_loss(s, t, 2.0, y, 1.0, 0.5, 0.5))
     torch.testing.assert_close(pk.nn.CrossEntropyLoss(label_smoothing=0.1)(s, y), F.cross_entropy(s, y, label_smoothing=0.1))
@@ -780,71 +621,5 @@ def test_modules():
 
 # --------------------------------------------------------------------------- bad input
 
-_S, _T = torch.ones(2, 5), torch.ones(2, 5)
-_Y = torch.tensor([1, 2])
-BAD = [
-    (lambda: pk.distillation_loss(_S, torch.ones(2, 6)), ValueError, "'teacher_logits'"),
-    (lambda: pk.distillation_loss(_S, torch.ones(3, 5)), ValueError, "'teacher_logits'"),
-    (lambda: pk.distillation_loss(_S, _T.double()), TypeError, "'teacher_logits'"),
-    (lambda: pk.distillation_loss(_S.long(), _T.long()), TypeError, "'student_logits'"),
-    (lambda: pk.distillation_loss(_S, _T, temperature=0.0), ValueError, "'temperature'"),
-    (lambda: pk.distillation_loss(_S, _T, temperature=-1.0), ValueError, "'temperature'"),
-    (lambda: pk.distillation_loss(_S, _T, temperature=math.inf), ValueError, "'temperature'"),
-    (lambda: pk.distillation_loss(_S, _T, beta=1.5), ValueError, "'beta'"),
-    (lambda: pk.distillation_loss(_S, _T, labels=_Y, label_smoothing=-0.1), ValueError, "'label_smoothing'"),
-    (lambda: pk.distillation_loss(_S, _T, hard_weight=1.0), ValueError, "'labels'"),
-    (lambda: pk.distillation_loss(_S, _T, labels=torch.tensor([1, 2, 3])), ValueError, "'labels'"),
-    (lambda: pk.distillation_loss(_S, _T, labels=torch.tensor([1.0, 2.0])), TypeError, "'labels'"),
-    (lambda: pk.distillation_loss(_S, _T, reduction="mean"), ValueError, "'reduction'"),
-    (lambda: pk.distillation_loss(torch.ones(2, 0), torch.ones(2, 0)), ValueError, "'student_logits'"),
-    (lambda: pk.distillation_loss(torch.tensor(1.0), torch.tensor(1.0)), ValueError, "'student_logits'"),
-    (lambda: pk.distillation_loss(_S, _T, backend="nope"), ValueError, "'backend'"),
-    (lambda: pk.cross_entropy(_S, torch.tensor([1, 2], dtype=torch.int32)), TypeError, "'labels'"),
-    (lambda: pk.cross_entropy(_S, _Y, reduction="batchmean"), ValueError, "'reduction'"),
-    (lambda: pk.cross_entropy(_S.int(), _Y), TypeError, "'logits'"),
-    (lambda: pk.soft_target_cross_entropy(_S, torch.ones(2, 4)), ValueError, "'target_probs'"),
-    (lambda: pk.soft_target_cross_entropy(_S, _T, temperature=0), ValueError, "'temperature'"),
-]
 
 
-@pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_input_public(case):
-    call, exc, text = BAD[case]
-    with pytest.raises(exc, match=text):
-        call()
-
-
-_F = (False, False, 1.0)  # grad flags and grad_scale
-OPS_BAD = [
-    (lambda o: o.distillation_loss(_S, torch.ones(2, 6), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError,
-     "'teacher_logits'"),
-    (lambda o: o.distillation_loss(_S.long(), _T.long(), None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), TypeError,
-     "'student_logits'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 0.0, 1.0, 0.0, 0.0, -100, 0.0, *_F), ValueError, "'temperature'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 2.0, -100, 0.0, *_F), ValueError, "'beta'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), ValueError, "'hard_weight'"),
-    (lambda o: o.distillation_loss(_S, _T, torch.tensor([1, 5]), 1.0, 1.0, 1.0, 0.0, -100, 0.0, *_F), IndexError,
-     "'labels'"),
-    (lambda o: o.distillation_loss(_S, _T, None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, False, False, math.inf),
-     ValueError, "'grad_scale'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, -3]), -100, 0.0, False, 1.0), IndexError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1]), -100, 0.0, False, 1.0), ValueError, "'labels'"),
-    (lambda o: o.cross_entropy(_S, torch.tensor([1, 2], dtype=torch.int32), -100, 0.0, False, 1.0), TypeError,
-     "'labels'"),
-    (lambda o: o.cross_entropy(_S, _Y, -100, 1.5, False, 1.0), ValueError, "'label_smoothing'"),
-    (lambda o: o.soft_target_cross_entropy(_S, torch.ones(2, 4), 1.0, *_F), ValueError, "'target_probs'"),
-    (lambda o: o.distillation_scale_grad(torch.ones(3), _S), ValueError, "'grad'"),
-    (lambda o: o.distillation_scale_grad_inplace(torch.ones(3), _S.clone()), ValueError, "'grad'"),
-    (lambda o: o.distillation_scale_grad_inplace(torch.ones(2), torch.ones(4, 2).t()), ValueError,
-     "'x' must be contiguous"),
-]
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-def test_bad_input_torch_ops(case):
-    """The same checks hold when torch.ops.pykernels.* is called directly (TORCH_CHECK)."""
-    call, exc, text = OPS_BAD[case]
-    if not pk.backends.extension_loaded():
-        pytest.skip("pykernels._C not built")
-    with pytest.raises(exc, match=text):
-        call(torch.ops.pykernels)

@@ -11,8 +11,21 @@ from pykernels._precision import acc_dtype
 from pykernels.ops import flow_matching as fm_ops
 from pykernels.reference import flow_matching as ref
 
-from .helpers import (ALL_BACKENDS, COMPILE_BACKENDS, CPP_BACKENDS, TRITON_BACKENDS, as64, assert_close,
-                      backend_device, compile_backend, dtypes_for, opcheck_ops, poisoned, randn, rel_err)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    TRITON_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    dtypes_for,
+    opcheck_ops,
+    poisoned,
+    randn,
+    rel_err,
+)
 
 SHAPE = (5, 2, 3, 4)                          # N = 5 samples of 24 elements
 SIGMAS = [0.0, 0.003, 0.5, 0.97, 1.0]         # both ends, a shifted schedule's smallest sigma
@@ -327,7 +340,10 @@ def _toy_model(x, t, w):
 
 def _diffusers_sd3_step(sched, x0, noise, w, scheme, precondition, seed):
     """train_dreambooth_sd3.py's training step, its operations in its order."""
-    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    from diffusers.training_utils import (
+        compute_density_for_timestep_sampling,
+        compute_loss_weighting_for_sd3,
+    )
 
     u = compute_density_for_timestep_sampling(weighting_scheme=scheme, batch_size=x0.shape[0], logit_mean=0.0,
                                               logit_std=1.0, mode_scale=1.29,
@@ -564,173 +580,13 @@ def test_drop_in_cuda_graph():
     torch.testing.assert_close(y.cpu(), want, rtol=1e-5, atol=1e-6)
 
 
-# --------------------------------------------------------------------------- malformed input
-# Rows in tests/test_malformed.py's form: (op, what is wrong, the change, exception, message).
-from .test_malformed import AS_LIST, ON_META, ON_OTHER, Mut, Row, as_dtype, build, dev_for, f  # noqa: E402
-
-
-def _s(d, values=(0.0, 0.5, 1.0)):
-    return torch.tensor(values, device=d.dev)
-
-
-# op -> (public function, good keyword arguments, float tensor arguments, the sigma arguments)
-PUBLIC = {
-    "flow_interpolate": (pk.flow_interpolate, lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=_s(d)),
-                         ["x0", "noise"], ["sigmas"]),
-    "flow_matching_loss": (pk.flow_matching_loss,
-                           lambda d: dict(model_output=f(d, 3, 4), x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=_s(d)),
-                           ["model_output", "x0", "noise"], ["sigmas"]),
-    "flow_match_euler_step": (pk.flow_match_euler_step,
-                              lambda d: dict(sample=f(d, 3, 4), model_output=f(d, 3, 4), sigmas=_s(d),
-                                             sigmas_next=_s(d, (0.0, 0.2, 0.9))),
-                              ["sample", "model_output"], ["sigmas", "sigmas_next"]),
-}
-
-
-def _tensor_rows(op):
-    floats, sigma_args = PUBLIC[op][2], PUBLIC[op][3]
-    first = floats[0]
-    rows = [Row(op, "all tensors on a device the backend does not run on", {"*": ON_META}, RuntimeError,
-                r"backend '\w+' cannot run on \w+ tensors"),
-            Row(op, f"{first} complex64", {first: as_dtype(torch.complex64)}, TypeError, rf"'{first}' must be float32"),
-            Row(op, f"{first} 0-dim", {first: Mut(lambda x, d: x[0, 0])}, ValueError,
-                rf"argument '{first}' must have at least 1 dimension")]
-    for name in floats:
-        msg = rf"argument '{name}' must (be float32|have the same dtype)"
-        rows += [Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, msg),
-                 Row(op, f"{name} bool", {name: as_dtype(torch.bool)}, TypeError, msg),
-                 Row(op, f"{name} not a tensor", {name: AS_LIST}, TypeError, rf"'{name}' must be a torch.Tensor")]
-        if name != first:
-            rows += [Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
-                         rf"argument '{name}' must be on the same device"),
-                     Row(op, f"{name} float64 vs float32", {name: as_dtype(torch.float64)}, TypeError,
-                         rf"argument '{name}' must have the same dtype"),
-                     Row(op, f"{name} other shape", {name: Mut(lambda x, d: x[:, :2])}, ValueError,
-                         rf"argument '{name}' must have the same shape")]
-    for s in sigma_args:
-        one = rf"argument '{s}' must hold one noise level per sample"
-        rows += [Row(op, f"{s} int64", {s: as_dtype(torch.int64)}, TypeError, rf"'{s}' must be float32"),
-                 Row(op, f"{s} a list", {s: AS_LIST}, TypeError, rf"'{s}' must be a torch.Tensor"),
-                 Row(op, f"{s} on another device", {s: ON_OTHER}, ValueError, rf"'{s}' must be on the same device"),
-                 Row(op, f"{s} one short", {s: Mut(lambda x, d: x[:2])}, ValueError, one),
-                 Row(op, f"{s} per element", {s: Mut(lambda x, d: x[:, None].expand(3, 4))}, ValueError, one),
-                 Row(op, f"{s} [1, N] (broadcasts over features, not samples)", {s: Mut(lambda x, d: x[None])},
-                     ValueError, one),
-                 Row(op, f"{s} above 1", {s: Mut(lambda x, d: x + 0.5)}, ValueError,
-                     rf"argument '{s}' has 1\.\d+ at index 2, outside \[0, 1\]", cpu_tensors_only=True),
-                 Row(op, f"{s} negative", {s: Mut(lambda x, d: x - 0.25)}, ValueError,
-                     rf"argument '{s}' has -0.25 at index 0, outside \[0, 1\]", cpu_tensors_only=True),
-                 Row(op, f"{s} number above 1", {s: 1.5}, ValueError, rf"argument '{s}' must be in \[0, 1\]"),
-                 Row(op, f"{s} NaN number", {s: math.nan}, ValueError, rf"argument '{s}' must be in \[0, 1\]"),
-                 Row(op, f"{s} requires grad", {s: Mut(lambda x, d: x.clone().requires_grad_())}, ValueError,
-                     rf"argument '{s}' must not require grad")]
-    return rows
-
-
-def _option_rows():
-    op = "flow_matching_loss"
-    return [Row(op, "weighting_scheme a density", {"weighting_scheme": "logit_normal"}, ValueError,
-                r"argument 'weighting_scheme' must be one of \('none', 'sigma_sqrt', 'cosmap'\)"),
-            Row(op, "weighting_scheme unknown", {"weighting_scheme": "sqrt"}, ValueError, r"'weighting_scheme'"),
-            Row(op, "reduction sum", {"reduction": "sum"}, ValueError, r"argument 'reduction' must be one of"),
-            Row(op, "precondition_outputs a string", {"precondition_outputs": "yes"}, TypeError,
-                r"argument 'precondition_outputs' must be a bool"),
-            Row(op, "return_noisy an int", {"return_noisy": 1}, TypeError, r"argument 'return_noisy' must be a bool")]
-
-
-ROWS = [r for op in PUBLIC for r in _tensor_rows(op)] + _option_rows()
-
-
-def _row_params():
-    out = []
-    for row in ROWS:
-        for p in ALL_BACKENDS:
-            if row.cpu_tensors_only and backend_device(p.values[0]).type != "cpu":
-                continue
-            out.append(pytest.param(row, p.values[0], id=f"{row.id}-{p.id}", marks=p.marks))
-    return out
-
-
-@pytest.mark.parametrize("row,backend", _row_params())
-def test_malformed_public(row, backend):
-    fn, good, _, _ = PUBLIC[row.op]
-    d = dev_for(backend)
-    kw = build(row.changes, good(d), d)
-    with pytest.raises(row.exc, match=row.match):
-        fn(**kw, backend=backend)
-
-
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_malformed_good_arguments_run(backend):
-    d = dev_for(backend)
-    for op, (fn, good, _, _) in PUBLIC.items():
-        fn(**good(d), backend=backend)
-
-
 X, T = torch.ones(3, 4), torch.tensor([1, 2, 3])
 TABLE = pk.make_schedule(10)
 
-BAD = [  # the helpers without a backend: (call, exception, text that must appear)
-    (lambda: pk.sample_flow_timesteps(-1), ValueError, "'batch_size' must be >= 0"),
-    (lambda: pk.sample_flow_timesteps(2.0), TypeError, "'batch_size' must be an int"),
-    (lambda: pk.sample_flow_timesteps(4, weighting_scheme="cosmap"), ValueError, "'weighting_scheme' must be one of"),
-    (lambda: pk.sample_flow_timesteps(4, shift=0.0), ValueError, "'shift' must be > 0"),
-    (lambda: pk.sample_flow_timesteps(4, logit_std=0.0), ValueError, "'logit_std' must be > 0"),
-    (lambda: pk.sample_flow_timesteps(4, logit_mean=math.inf), ValueError, "'logit_mean' must be finite"),
-    (lambda: pk.sample_flow_timesteps(4, weighting_scheme="mode", mode_scale=3.0), ValueError, "'mode_scale'"),
-    (lambda: pk.sample_flow_timesteps(4, num_train_timesteps=0), ValueError, "'num_train_timesteps' must be >= 1"),
-    (lambda: pk.sample_flow_timesteps(4, u=torch.rand(3)), ValueError, r"'u' must have shape \[batch_size\]"),
-    (lambda: pk.sample_flow_timesteps(2, u=torch.tensor([0.5, 1.5])), ValueError, "'u' has 1.5 at index 1"),
-    (lambda: pk.sample_flow_timesteps(2, u=torch.tensor([0, 1])), TypeError, "'u' must be float32"),
-    (lambda: pk.compute_snr(T.float(), TABLE), TypeError, "'timesteps' must be an int64 or int32 tensor"),
-    (lambda: pk.compute_snr(torch.tensor([0, 10]), TABLE), IndexError, "'timesteps' has 10, outside"),
-    (lambda: pk.compute_snr(T, TABLE[None]), ValueError, "'alphas_cumprod' must be a non-empty 1-D table"),
-    (lambda: pk.compute_snr(T, TABLE.long()), TypeError, "'alphas_cumprod' must be float32"),
-    (lambda: pk.min_snr_weights(T, TABLE, 0.0), ValueError, "'gamma' must be > 0"),
-    (lambda: pk.min_snr_weights(T, TABLE, 5.0, "v"), ValueError, "'prediction_type' must be one of"),
-    (lambda: pk.flow_matching_loss(X, X, X, 0.5, backend="nope"), ValueError, "'backend'"),
-]
 
 
-@pytest.mark.parametrize("case", range(len(BAD)))
-def test_bad_input_helpers(case):
-    call, exc, text = BAD[case]
-    with pytest.raises(exc, match=text):
-        call()
 
 
-S3 = torch.tensor([0.0, 0.5, 1.0])
-G3 = torch.ones(3)
-OPS_BAD = [  # direct torch.ops.pykernels calls (C++ and Triton ops check their own inputs)
-    (lambda o: o("flow_interpolate")(X, X, S3[:2]), ValueError, r"'sigmas' must have shape \[N\] = \[3\]"),
-    (lambda o: o("flow_interpolate")(X, X, S3 + 0.5), ValueError, r"'sigmas' has 1.5 at index 2, outside \[0, 1\]"),
-    (lambda o: o("flow_interpolate")(X, X, S3.long()), TypeError, "'sigmas' must be float32"),
-    (lambda o: o("flow_interpolate")(X, X.double(), S3), TypeError, "'noise' must have the same dtype"),
-    (lambda o: o("flow_interpolate_backward")(X, S3[None]), ValueError, r"'sigmas' must have shape \[N\]"),
-    (lambda o: o("flow_matching_loss")(X, X, X, S3, "sqrt", False, False), ValueError, "'weighting_scheme'"),
-    (lambda o: o("flow_matching_loss")(X, X, X[:2], S3, "none", False, False), ValueError, "'noise'"),
-    (lambda o: o("flow_matching_loss_backward")(X, None, X, X, X, S3, "none", False, [True, True, True]),
-     ValueError, "'grad'"),
-    (lambda o: o("flow_matching_loss_backward")(G3, X[:, :2], X, X, X, S3, "none", False, [True, True, True]),
-     ValueError, "'grad_noisy'"),
-    (lambda o: o("flow_match_euler_step")(X, X, S3, S3[:1]), ValueError, "'sigmas_next' must have shape"),
-    (lambda o: o("flow_match_euler_step")(X.half(), X, S3, S3), TypeError, "'model_output' must have the same dtype"),
-    (lambda o: o("flow_match_euler_step_backward")(X, S3, -S3), ValueError, "'sigmas_next' has -0.5 at index 1"),
-]
-
-
-# sigma values: read by the CPU ops (the Triton and CUDA ops read nothing back)
-VALUE_CHECKS = {i for i, (_, _, text) in enumerate(OPS_BAD) if "' has " in text}
-
-
-@pytest.mark.parametrize("case", range(len(OPS_BAD)))
-@pytest.mark.parametrize("backend", [p for p in CPP_BACKENDS + TRITON_BACKENDS if p.id != "cuda"])
-def test_bad_input_torch_ops(case, backend):
-    call, exc, text = OPS_BAD[case]
-    if case in VALUE_CHECKS and backend != "cpu":
-        pytest.skip("the values of sigmas are checked by the public functions and the CPU ops")
-    with pytest.raises(exc, match=text):
-        call(lambda name: fm_ops.op(name, backend))
 
 
 def test_module_flow_matching_loss():

@@ -2,13 +2,25 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pykernels as pk
 from pykernels.reference import contrastive as ref
 
-from ._fuzz import (BACKENDS, TOLERANCE, backend_device, compare, confident_row_tolerance, describe, dtypes, on_triton,
-                    seeds, sizes, specs)
+from ._fuzz import (
+    BACKENDS,
+    TOLERANCE,
+    backend_device,
+    compare,
+    confident_row_tolerance,
+    describe,
+    dtypes,
+    on_triton,
+    seeds,
+    sizes,
+    specs,
+)
 
 # ----------------------------------------------------------------------------- strategies
 # Rows around the CPU kernel's 64-row tile of the logit matrix.

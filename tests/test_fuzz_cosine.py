@@ -2,13 +2,14 @@
 cosine_similarity, pairwise_cosine_similarity, feature_distillation_loss."""
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pykernels as pk
 from pykernels.reference import cosine as ref
 
+from ._fuzz import BACKENDS, LAYOUTS, backend_device, compare, describe, dtypes, rows, sizes, specs
 from .helpers import assert_close, dtypes_for
-from ._fuzz import LAYOUTS, BACKENDS, backend_device, compare, describe, dtypes, rows, sizes, specs
 
 EPS = st.sampled_from([1e-8, 1e-6, 1e-3])
 

@@ -3,12 +3,24 @@ add_noise, get_velocity, diffusion_loss, ddpm_step, ddim_step on every backend a
 the float64 reference."""
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pykernels as pk
 from pykernels.reference import diffusion as ref
 
-from ._fuzz import BACKENDS, backend_device, compare, describe, dtypes, on_triton, rows, seeds, sizes, specs
+from ._fuzz import (
+    BACKENDS,
+    backend_device,
+    compare,
+    describe,
+    dtypes,
+    on_triton,
+    rows,
+    seeds,
+    sizes,
+    specs,
+)
 
 # ----------------------------------------------------------------------------- strategies
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")

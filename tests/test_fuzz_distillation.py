@@ -6,13 +6,25 @@ forms are the answer and not what the kernels are held to."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pykernels as pk
 from pykernels.reference import distillation as ref
 
+from ._fuzz import (
+    BACKENDS,
+    backend_device,
+    compare,
+    confident_row_tolerance,
+    describe,
+    dtypes,
+    rows,
+    seeds,
+    sizes,
+    specs,
+)
 from .helpers import dtypes_for
-from ._fuzz import BACKENDS, backend_device, compare, confident_row_tolerance, describe, dtypes, rows, seeds, sizes, specs
 
 # ----------------------------------------------------------------------------- strategies
 TEMPERATURES = st.sampled_from([0.05, 0.5, 1.0, 2.0, 4.0, 10.0]) | st.floats(0.05, 20.0)

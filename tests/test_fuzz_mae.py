@@ -5,12 +5,25 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pykernels as pk
 from pykernels.reference import mae as ref
 
-from ._fuzz import BACKENDS, TOLERANCE, backend_device, compare, describe, dtypes, on_triton, rows, seeds, sizes, specs
+from ._fuzz import (
+    BACKENDS,
+    TOLERANCE,
+    backend_device,
+    compare,
+    describe,
+    dtypes,
+    on_triton,
+    rows,
+    seeds,
+    sizes,
+    specs,
+)
 
 # ----------------------------------------------------------------------------- strategies
 RATIOS = st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9, 0.999]) | st.floats(0.0, 1.0, exclude_max=True)

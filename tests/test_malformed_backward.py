@@ -1,4 +1,4 @@
-"""Malformed input to the backward ops (issue 8). Autograd calls them with good
+"""Malformed input to the backward ops. Autograd calls them with good
 arguments, but torch.ops.pykernels.<name>_backward (C++: cpu, cuda) and
 <name>_backward_triton are public ops a user can call directly; so they check their
 arguments as the forward ops do, plus the upstream gradient(s): a float tensor (any float
@@ -23,8 +23,20 @@ import pytest
 import torch
 
 from .helpers import FUSED_BACKENDS
-from .test_malformed import ON_OTHER, Dev, Mut, Row, _sched, as_dtype, build, dev_for, f, fill, ints, reshaped
-
+from .malformed import (
+    ON_OTHER,
+    Dev,
+    Mut,
+    Row,
+    as_dtype,
+    build,
+    dev_for,
+    f,
+    fill,
+    ints,
+    reshaped,
+    schedule,
+)
 
 # --------------------------------------------------------------------------- good arguments
 # backward op -> its arguments in schema order (csrc/pykernels.cpp), tiny shapes.
@@ -54,16 +66,16 @@ ARGS = {
                                              ("mask", ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float()),
                                              ("patch_size", 2), ("norm_pix_loss", True)],
     "add_noise_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                     ("alphas_cumprod", _sched(d))],
+                                     ("alphas_cumprod", schedule(d))],
     "get_velocity_backward": lambda d: [("grad", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                        ("alphas_cumprod", _sched(d))],
+                                        ("alphas_cumprod", schedule(d))],
     "diffusion_loss_backward": lambda d: [("grad", f(d)), ("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)),
                                           ("noise", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                                          ("alphas_cumprod", _sched(d)), ("prediction_type", "v_prediction"),
+                                          ("alphas_cumprod", schedule(d)), ("prediction_type", "v_prediction"),
                                           ("reduction", "mean"), ("output_mask", [True, True, True])],
     "ddpm_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
                                      ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
-                                     ("sample", f(d, 3, 4)), ("alphas_cumprod", _sched(d)),
+                                     ("sample", f(d, 3, 4)), ("alphas_cumprod", schedule(d)),
                                      ("prev_timesteps", ints(d, [0, 4, -1])),
                                      ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
                                      ("prediction_type", "epsilon"), ("clip_sample", False),
@@ -71,7 +83,7 @@ ARGS = {
     "ddim_step_backward": lambda d: [("grad_prev_sample", f(d, 3, 4)), ("grad_pred_original_sample", f(d, 3, 4)),
                                      ("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
                                      ("prev_timesteps", ints(d, [0, 4, -1])), ("sample", f(d, 3, 4)),
-                                     ("alphas_cumprod", _sched(d)), ("eta", 0.0),
+                                     ("alphas_cumprod", schedule(d)), ("eta", 0.0),
                                      ("threshold", lambda d: torch.tensor([1.5, 0.5, 1.2], device=d.dev)),
                                      ("prediction_type", "epsilon"), ("clip_sample", False),
                                      ("clip_sample_range", 1.0), ("use_clipped_model_output", False),
@@ -143,9 +155,8 @@ def _timestep_rows(op: str, names=("timesteps",)) -> list[Row]:
     return rows
 
 
-def _rows() -> list[Row]:
+def _cosine_rows() -> list[Row]:
     rows = []
-    # ---------------------------------------------------------------- cosine
     op = "cosine_similarity_backward"
     rows += _grad_rows(op, (3,)) + [
         Row(op, "x1 int64", {"x1": as_dtype(torch.int64)}, TypeError, r"argument 'x1' must be float32"),
@@ -173,7 +184,11 @@ def _rows() -> list[Row]:
         Row(op, "D mismatch", {"b": reshaped(2, 5, 3)}, ValueError, r"arguments 'a' (\[B, N, D\] )?and 'b'"),
         Row(op, "eps -1", {"eps": -1.0}, ValueError, r"argument 'eps' must be > 0"),
     ]
-    # ---------------------------------------------------------------- contrastive
+    return rows
+
+
+def _contrastive_rows() -> list[Row]:
+    rows = []
     op = "info_nce_loss_backward"
     rows += _grad_rows(op, (2, 4)) + [
         Row(op, "grad one-sided", {"grad": reshaped(1, 4)}, ValueError, grad_shape(2, 4)),
@@ -198,7 +213,11 @@ def _rows() -> list[Row]:
             r"argument 'labels' must be (int64|an integer tensor)"),
         Row(op, "labels >= M", {"labels": fill(4, 0)}, IndexError, r"argument 'labels' must hold", backends=("cpu",)),
     ]
-    # ---------------------------------------------------------------- distillation
+    return rows
+
+
+def _distillation_rows() -> list[Row]:
+    rows = []
     for op in SCALE_OPS:
         rows += _grad_rows(op, (3,)) + [
             Row(op, "grad a row per element", {"grad": reshaped(3, 5)}, ValueError, grad_shape(3)),
@@ -209,7 +228,11 @@ def _rows() -> list[Row]:
     rows.append(Row("distillation_scale_grad_inplace", "x not contiguous",
                     {"x": Mut(lambda x, d: torch.zeros(5, 3, device=x.device).t())}, ValueError,
                     r"argument 'x' must be contiguous"))
-    # ---------------------------------------------------------------- mae
+    return rows
+
+
+def _mae_rows() -> list[Row]:
+    rows = []
     op = "random_masking_backward"
     rows += _grad_rows(op, (2, 2, 3), short=False, rank_msg=r"must have (3 dimension|shape)") + [
         Row(op, "grad more tokens than L", {"grad": reshaped(2, 5, 3)}, ValueError,
@@ -268,7 +291,11 @@ def _rows() -> list[Row]:
         Row(op, "mask shape", {"mask": reshaped(2, 5)}, ValueError, r"argument 'mask' must have shape \[2, 4\]"),
         Row(op, "patch_size 0", {"patch_size": 0}, ValueError, r"argument 'patch_size' must be > 0"),
     ]
-    # ---------------------------------------------------------------- diffusion
+    return rows
+
+
+def _diffusion_rows() -> list[Row]:
+    rows = []
     for op in ("add_noise_backward", "get_velocity_backward"):  # grad sets the shape: any [N, ...]
         rows += _timestep_rows(op) + [
             Row(op, "grad int64", {"grad": as_dtype(torch.int64)}, TypeError, r"argument 'grad' must be float32"),
@@ -323,6 +350,10 @@ def _rows() -> list[Row]:
             r"argument 'final_alpha_cumprod' must be in \(0, 1\]"),
     ]
     return rows
+
+
+def _rows() -> list[Row]:
+    return _cosine_rows() + _contrastive_rows() + _distillation_rows() + _mae_rows() + _diffusion_rows()
 
 
 ROWS = _rows()
@@ -395,12 +426,12 @@ ROWS += (_flow_grad_rows("flow_interpolate_backward") + _flow_sigma_rows("flow_i
          ])
 
 
-def _params():
+def backend_params():
     return [pytest.param(row, p.values[0], id=f"{row.id}-{p.values[0]}", marks=p.marks)
             for row in ROWS for p in FUSED_BACKENDS if not row.backends or p.values[0] in row.backends]
 
 
-@pytest.mark.parametrize("row, backend", _params())
+@pytest.mark.parametrize("row, backend", backend_params())
 def test_bad_backward_call(row, backend):
     with pytest.raises(row.exc, match=row.match):
         call(row.op, backend, row.changes)

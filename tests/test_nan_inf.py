@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import pykernels as pk
 
 from .helpers import ALL_BACKENDS, backend_device
-from .op_cases import CASES, NO_BACKEND, TABLE
+from .op_cases import CASES, NO_BACKEND
 
 SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 

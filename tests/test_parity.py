@@ -5,13 +5,13 @@ evaluation numbers must agree.
 
 Tolerance, and why. Both runs draw the same data and noise, so they differ only by the
 rounding of each op. An op's float32 result may differ from the exact value by up to the
-DESIGN tolerance (about 1e-5 relative), and training carries that error forward. We
-measured how far it carries by wrapping every reference op so that each output element is
+float32 tolerance of pykernels/_precision.py (about 1e-5 relative), and training carries
+that error forward. We measured how far it carries by wrapping every reference op so that each output element is
 multiplied by (1 + rel * u), u uniform in [-1, 1] (``Perturbed`` below): with rel = 1e-5
 the largest relative step-loss deviation over a whole run was 1.1e-5 (distillation),
 1.0e-5 (CLIP), 2.7e-5 (MAE) and 2.1e-5 (diffusion); it scales linearly with rel (these
 small models at these learning rates are not chaotic over a few hundred steps). So
-RTOL = 1e-4 admits every op at the DESIGN tolerance with a 3.5x margin for growth, while
+RTOL = 1e-4 admits every op at that tolerance with a 3.5x margin for growth, while
 an op that is off by 1e-3 relative (a wrong eps, a dropped term, half precision
 somewhere) moves the curve by 1e-3 and fails: ``test_parity_catches_a_1e-3_error``
 checks that the comparison really fails then. Accuracies may differ by one test example
@@ -120,7 +120,7 @@ def test_parity_catches_a_1e_3_error(model):
 
 @pytest.mark.parametrize("model", ["clip", "diffusion"])
 def test_parity_admits_op_level_round_off(model):
-    """The calibration: ops at the DESIGN float32 tolerance (1e-5 relative) must pass."""
+    """The calibration: ops at the float32 tolerance (1e-5 relative) must pass."""
     assert_parity(trained(model, Perturbed(1e-5)), trained(model, "reference"))
 
 

@@ -32,6 +32,16 @@ def rows_of(x: torch.Tensor) -> tuple[int, int]:
     return (x.numel() // D if D else 0), D
 
 
+def sample_blocks(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(N, D, C, BLOCK) for per-sample kernels over x [N, ...]: D elements per sample in C
+    blocks of BLOCK elements. Under the interpreter, fewer and larger programs run faster."""
+    N = x.shape[0]
+    D = x.numel() // N if N else 0
+    cap = 65536 if x.device.type == "cpu" else 4096
+    block = min(triton.next_power_of_2(max(D, 16)), cap)
+    return N, D, triton.cdiv(D, block), block
+
+
 def dot_upcast(dtype: torch.dtype, device: torch.device) -> bool:
     """True where tl.dot inputs must be upcast to float32 first: the Triton interpreter
     (3.8 checked) returns garbage for bfloat16 tl.dot. On a GPU bf16 stays on tensor cores."""
@@ -43,7 +53,7 @@ def f32_arg(x: float) -> float:
     normal number 0. (A launch types every Python float as float32; the interpreter types
     one outside float32's normal range as float64, which then promotes the arithmetic and
     its float64 -> bfloat16 stores come out as integers: a beta of 1.2e-76 gave a gradient
-    of 0, the long fuzz run.)"""
+    of 0; test_distillation.py::test_beta_below_float32_range.)"""
     with np.errstate(over="ignore"):  # beyond float32's range: inf, as the cast gives
         x = float(np.float32(x))
     return x if abs(x) >= np.finfo(np.float32).tiny or not math.isfinite(x) else 0.0

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import tl_acc_dtype, dot_upcast
+from ._common import dot_upcast, tl_acc_dtype
 
 
 @triton.jit

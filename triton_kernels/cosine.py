@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import tl_acc_dtype, dot_upcast, row_blocks, rows_of
+from ._common import dot_upcast, row_blocks, rows_of, tl_acc_dtype
 
 MODE_COS, MODE_ONE_MINUS_COS, MODE_SQDIST = 0, 1, 2
 

@@ -23,6 +23,8 @@ from torch.library import wrap_triton
 
 from pykernels._precision import acc_dtype
 
+from ._common import sample_blocks
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 NO_CLIP, CLIP, THRESHOLD = 0, 1, 2
 
@@ -321,15 +323,6 @@ def sampler_step_backward_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, 
 
 
 # ----------------------------------------------------------------------------- launchers
-def _geometry(x: torch.Tensor):
-    """(N, D, C, BLOCK): C blocks of BLOCK elements per sample."""
-    N = x.shape[0]
-    D = x.numel() // N if N else 0
-    cap = 65536 if x.device.type == "cpu" else 4096  # the interpreter prefers few, large programs
-    block = min(triton.next_power_of_2(max(D, 16)), cap)
-    return N, D, triton.cdiv(D, block), block
-
-
 def _schedule(ts, table, dtype):
     """int64 timesteps and the table in the accumulation dtype of `dtype`."""
     return ts.to(torch.int64).contiguous(), table.to(acc_dtype(dtype)).contiguous()
@@ -340,7 +333,7 @@ def blend(x, y, ts, table, coefs: str):
     x, y = x.contiguous(), y.contiguous()
     ts, table = _schedule(ts, table, x.dtype)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    N, D, C, BLOCK = _geometry(x)
+    N, D, C, BLOCK = sample_blocks(x)
     if N * C:
         wrap_triton(blend_kernel)[(N * C,)](x, y, ts, table, out, table.shape[0], D, C,
                                             COEFS=coefs, BLOCK=BLOCK)
@@ -353,7 +346,7 @@ def blend_backward(grad, ts, table, coefs: str):
     ts, table = _schedule(ts, table, grad.dtype)
     gx = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
     gy = torch.empty_like(gx)
-    N, D, C, BLOCK = _geometry(grad)
+    N, D, C, BLOCK = sample_blocks(grad)
     if N * C:
         wrap_triton(blend_backward_kernel)[(N * C,)](grad, ts, table, gx, gy, table.shape[0], D, C,
                                                      COEFS=coefs, BLOCK=BLOCK)
@@ -364,7 +357,7 @@ def diffusion_loss(m, x0, noise, ts, table, prediction_type: str, reduction: str
     m, x0, noise = m.contiguous(), x0.contiguous(), noise.contiguous()
     ts, table = _schedule(ts, table, m.dtype)
     acc = acc_dtype(m.dtype)
-    N, D, C, BLOCK = _geometry(m)
+    N, D, C, BLOCK = sample_blocks(m)
     elementwise = reduction == "none"
     out = torch.empty(m.shape, dtype=acc, device=m.device) if elementwise else None
     part = torch.zeros((N, C), dtype=acc, device=m.device)
@@ -386,7 +379,7 @@ def diffusion_loss_backward(grad, m, x0, noise, ts, table, prediction_type: str,
     grad = grad.to(acc_dtype(m.dtype)).contiguous()
     gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype,
                               device=m.device) for want in output_mask)
-    N, D, C, BLOCK = _geometry(m)
+    N, D, C, BLOCK = sample_blocks(m)
     scale = 1.0 / m.numel() if reduction == "mean" and m.numel() else 1.0
     if N * C:
         wrap_triton(target_error_backward_kernel)[(N * C,)](grad, m, x0, noise, ts, table, gm,
@@ -423,7 +416,7 @@ def sampler_step(m, ts, prev, s, table, noise, threshold, p: StepParams):
     prev = prev.to(torch.int64).contiguous()
     out = torch.empty(s.shape, dtype=s.dtype, device=s.device)
     x0c = torch.empty_like(out)
-    N, D, C, BLOCK = _geometry(s)
+    N, D, C, BLOCK = sample_blocks(s)
     if N * C:
         nz = s if noise is None else noise.contiguous()
         q = table if threshold is None else threshold.contiguous()
@@ -440,7 +433,7 @@ def sampler_step_backward(gp, gx, m, ts, prev, s, table, threshold, p: StepParam
     prev = prev.to(torch.int64).contiguous()
     gm = torch.empty(s.shape, dtype=s.dtype, device=s.device)
     gs = torch.empty_like(gm)
-    N, D, C, BLOCK = _geometry(s)
+    N, D, C, BLOCK = sample_blocks(s)
     acc = acc_dtype(s.dtype)
     part = torch.zeros((N if threshold is not None else 0, C), dtype=acc, device=s.device)
     if N * C:

@@ -21,6 +21,8 @@ from torch.library import wrap_triton
 
 from pykernels._precision import acc_dtype
 
+from ._common import sample_blocks
+
 SIGMA_SQRT_MIN = tl.constexpr(1e-4)
 PI = tl.constexpr(3.141592653589793)
 
@@ -126,15 +128,6 @@ def loss_bwd_kernel(G, GXT, M, X0, NZ, S, GM, GX, GN, D, WEIGHTING: tl.constexpr
 
 
 # ----------------------------------------------------------------------------- launchers
-def _geometry(x: torch.Tensor):
-    """(N, D, C, BLOCK): C blocks of BLOCK elements per sample."""
-    N = x.shape[0]
-    D = x.numel() // N if N else 0
-    cap = 65536 if x.device.type == "cpu" else 4096  # the interpreter prefers few, large programs
-    block = min(triton.next_power_of_2(max(D, 16)), cap)
-    return N, D, triton.cdiv(D, block), block
-
-
 def _acc(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.to(acc_dtype(like.dtype)).contiguous()
 
@@ -142,7 +135,7 @@ def _acc(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _axpby(x, y, sigmas, sigmas_next, euler: bool):
     x, y = x.contiguous(), y.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    N, D, C, BLOCK = _geometry(x)
+    N, D, C, BLOCK = sample_blocks(x)
     s = _acc(sigmas, x)
     sn = _acc(sigmas_next, x) if euler else s
     if N * C:
@@ -162,7 +155,7 @@ def _scale(grad, sigmas, sigmas_next, euler: bool):
     grad = grad.contiguous()
     gx = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
     gy = gx if euler else torch.empty_like(gx)
-    N, D, C, BLOCK = _geometry(grad)
+    N, D, C, BLOCK = sample_blocks(grad)
     s = _acc(sigmas, grad)
     sn = _acc(sigmas_next, grad) if euler else s
     if N * C:
@@ -182,7 +175,7 @@ def flow_matching_loss(model_output, x0, noise, sigmas, weighting: int, precondi
                        return_noisy: bool):
     m, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
     s = _acc(sigmas, m)
-    N, D, C, BLOCK = _geometry(m)
+    N, D, C, BLOCK = sample_blocks(m)
     part = torch.empty((N, C), dtype=s.dtype, device=m.device)
     noisy = torch.empty(m.shape if return_noisy else (0,), dtype=m.dtype, device=m.device)
     if N * C:
@@ -203,7 +196,7 @@ def flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigma
     s, g = _acc(sigmas, m), _acc(grad, m)
     gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device)
                   for want in output_mask)
-    N, D, C, BLOCK = _geometry(m)
+    N, D, C, BLOCK = sample_blocks(m)
     gxt = grad_noisy.contiguous() if grad_noisy is not None else m
     if N * C:
         wrap_triton(loss_bwd_kernel)[(N, C)](

@@ -36,6 +36,15 @@ inline void check_device_type(const char* op, const char* arg, const at::Tensor&
                     c10::DeviceTypeName(want, /*lower_case=*/true), " tensor, got ", t.device());
 }
 
+// x1 a float tensor on a device of type dev; x2 of x1's dtype, on x1's device.
+inline void check_float_pair(const char* op, const char* n1, const at::Tensor& x1, const char* n2,
+                             const at::Tensor& x2, at::DeviceType dev) {
+  check_float(op, n1, x1);
+  check_device_type(op, n1, x1, dev);
+  check_same_device(op, n2, x2, n1, x1);
+  check_same_dtype(op, n2, x2, n1, x1);
+}
+
 inline void check_min_dim(const char* op, const char* arg, const at::Tensor& t, int64_t min_dim) {
   TORCH_CHECK_VALUE(t.dim() >= min_dim, op, ": argument '", arg, "' must have at least ",
                     min_dim, " dimension(s), got shape ", t.sizes());

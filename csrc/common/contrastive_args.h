@@ -15,10 +15,7 @@ namespace pykernels {
 inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
                                 const at::Tensor& scale, const at::Tensor& labels,
                                 at::DeviceType dev) {
-  check_float(op, "image_features", img);
-  check_device_type(op, "image_features", img, dev);
-  check_same_device(op, "text_features", txt, "image_features", img);
-  check_same_dtype(op, "text_features", txt, "image_features", img);
+  check_float_pair(op, "image_features", img, "text_features", txt, dev);
   check_dim(op, "image_features", img, 2);
   check_dim(op, "text_features", txt, 2);
   TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
@@ -40,7 +37,7 @@ inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at:
 
 // The log-sum-exps the forward saves (row_lse, col_lse) are float64: at |L| ~ 15 a
 // float32 lse is rounded by 1e-6, the size of a confident row's loss, and the softmax
-// of the positive, exp(L - lse), carried that error (8x PyTorch's, found by fuzzing).
+// of the positive, exp(L - lse), carried that error (8x PyTorch's; test_fuzz_contrastive).
 // A backward splits each into hi + lo in the accumulation dtype and forms L - lse as
 // (L - hi) - lo, exact up to the rounding of L itself. lo is 0 where lse is infinite.
 inline std::pair<at::Tensor, at::Tensor> split_lse(const at::Tensor& lse, at::ScalarType acc) {

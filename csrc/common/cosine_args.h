@@ -16,10 +16,7 @@ namespace detail {
 // x1, x2: the same shape [..., D], the same float dtype, on one device of type dev.
 inline void check_row_pair(const char* op, const char* n1, const at::Tensor& x1, const char* n2,
                            const at::Tensor& x2, double eps, at::DeviceType dev) {
-  check_float(op, n1, x1);
-  check_device_type(op, n1, x1, dev);
-  check_same_device(op, n2, x2, n1, x1);
-  check_same_dtype(op, n2, x2, n1, x1);
+  check_float_pair(op, n1, x1, n2, x2, dev);
   check_min_dim(op, n1, x1, 1);
   check_same_shape(op, n2, x2, n1, x1);
   check_positive(op, "eps", eps);
@@ -38,10 +35,7 @@ inline void check_row_grad(const char* op, const at::Tensor& grad, const char* n
 // a [B, N, D] and b [B, M, D]: one float dtype, one device of type dev.
 inline void check_pairwise_inputs(const char* op, const at::Tensor& a, const at::Tensor& b,
                                   double eps, at::DeviceType dev) {
-  check_float(op, "a", a);
-  check_device_type(op, "a", a, dev);
-  check_same_device(op, "b", b, "a", a);
-  check_same_dtype(op, "b", b, "a", a);
+  check_float_pair(op, "a", a, "b", b, dev);
   check_dim(op, "a", a, 3);
   check_dim(op, "b", b, 3);
   TORCH_CHECK_VALUE(a.size(0) == b.size(0) && a.size(2) == b.size(2), op,

@@ -32,6 +32,8 @@ class Case:
     oracle(**inputs) -> the exact answer the benchmarks use on float64 inputs instead of
       run("reference", ...), for a reference whose float64 path is too slow at benchmark
       sizes (the self-check, at small sizes, always uses the reference).
+    random: the op draws from a torch.Generator passed as input "generator" (the caller
+      gives each run a freshly seeded one).
     """
     name: str
     build: Callable
@@ -43,6 +45,7 @@ class Case:
     gemms: Callable | None = None
     fullgraph: bool = True
     oracle: Callable | None = None
+    random: bool = False
 
     def inputs(self, dtype=torch.float32, device="cpu", size="small", seed=0,
                requires_grad=True) -> dict:

@@ -43,8 +43,13 @@ from ..ops._registry import op as _op
 from ..ops.contrastive import info_nce_loss as _fused  # the single-process fused op
 from ..ops.contrastive import split_lse
 from ..reference.contrastive import normalized
-from .collectives import (AllReduceGrad, AllReduceSum, Ring, all_gather_with_grad,
-                          group_rank_and_size)
+from .collectives import (
+    AllReduceGrad,
+    AllReduceSum,
+    Ring,
+    all_gather_with_grad,
+    group_rank_and_size,
+)
 
 MODES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")

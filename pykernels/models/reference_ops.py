@@ -42,7 +42,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, tempera
 
 
 def feature_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """The seed's L_feature = 1/N sum_i |f_i^T - f_i^S|^2 (mean over rows of the squared distance)."""
+    """L_feature = 1/N sum_i |f_i^T - f_i^S|^2 (mean over rows of the squared distance)."""
     return (student - teacher).pow(2).sum(-1).mean()
 
 

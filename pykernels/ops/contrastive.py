@@ -255,22 +255,3 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
         # exact zero gradient, and a NaN/inf bias still shows as it does in the reference
         out = out + (logit_bias.reshape(()) * 0).to(out.dtype)
     return out
-
-
-# ----------------------------------------------------------------------------- self-check
-def _make(n, m, d, with_labels):
-    def make(device, dtype):
-        i = torch.randn(n, d, device=device).to(dtype).requires_grad_()
-        t = torch.randn(m, d, device=device).to(dtype).requires_grad_()
-        s = torch.tensor(10.0, device=device, requires_grad=True)
-        y = torch.randint(0, m, (n,), device=device) if with_labels else None
-        return i, t, s, y
-    return make
-
-
-SELFCHECK = [
-    ("info_nce_loss N=M=96 D=64", _make(96, 96, 64, False),
-     lambda be, i, t, s, y: info_nce_loss(i, t, s, backend=be)),
-    ("info_nce_loss N=80 M=112 labels normalize", _make(80, 112, 64, True),
-     lambda be, i, t, s, y: info_nce_loss(i, t, s, labels=y, normalize=True, backend=be)),
-]

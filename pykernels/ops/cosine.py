@@ -269,23 +269,3 @@ def feature_distillation_loss(student: Tensor, teacher: Tensor, kind: str = "mse
         return ref.feature_distillation_loss(student, teacher, kind, reduction, eps)
     per_row = op("feature_distillation_loss", name)(student, teacher, kind, eps)
     return ref.reduce(per_row, reduction)
-
-
-# ----------------------------------------------------------------------------- self-check
-def _rand_pair(shape):
-    def make(device, dtype):
-        return tuple(torch.randn(*shape, device=device).to(dtype).requires_grad_()
-                     for _ in range(2))
-    return make
-
-
-SELFCHECK = [
-    ("cosine_similarity [64, 300]", _rand_pair((64, 300)),
-     lambda be, a, b: cosine_similarity(a, b, backend=be)),
-    ("feature_distillation_loss mse", _rand_pair((64, 300)),
-     lambda be, a, b: feature_distillation_loss(a, b, backend=be)),
-    ("feature_distillation_loss cosine", _rand_pair((64, 300)),
-     lambda be, a, b: feature_distillation_loss(a, b, "cosine", backend=be)),
-    ("pairwise_cosine_similarity [64, 96]", _rand_pair((64, 96)),
-     lambda be, a, b: pairwise_cosine_similarity(a, b, backend=be)),
-]

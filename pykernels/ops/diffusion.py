@@ -35,15 +35,6 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_samples(fn: str, *named) -> None:
-    """Float tensors [N, ...] of one shape, dtype and device (the first one leads)."""
-    for name, x in named:
-        chk.tensor(fn, name, x, min_dim=1)
-    chk.same_device(fn, *named)
-    chk.same_dtype(fn, *named)
-    chk.same_shape(fn, *named)
-
-
 def _check_table(fn: str, table, like_name: str, like: Tensor) -> None:
     if not isinstance(table, Tensor):
         raise TypeError(f"{fn}: argument 'alphas_cumprod' must be a torch.Tensor, got "
@@ -139,7 +130,7 @@ def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alp
                    final_alpha_cumprod=1.0) -> None:
     """The checks the C++ step ops make, for the Triton ops and their backward ops (noise
     None there): a wrong table or timestep shape would read out of bounds."""
-    _check_samples(fn, ("sample", sample), ("model_output", model_output),
+    chk.samples(fn, ("sample", sample), ("model_output", model_output),
                    *([("noise", noise)] if noise is not None else []))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     _check_step_args(fn, clip_sample_range, False, 0.0, 1.0, eta, final_alpha_cumprod)
@@ -152,7 +143,7 @@ def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alp
 
 def _check_step_grads(fn: str, sample, grad_prev_sample, grad_pred_original_sample) -> None:
     """A step's upstream gradients: like the sample, dtype included (as the C++ ops)."""
-    _check_samples(fn, ("sample", sample), ("grad_prev_sample", grad_prev_sample),
+    chk.samples(fn, ("sample", sample), ("grad_prev_sample", grad_prev_sample),
                    ("grad_pred_original_sample", grad_pred_original_sample))
 
 
@@ -209,12 +200,12 @@ if triton_available():
     from ..triton_kernels import diffusion as tk
 
     def _check_blend_op(fn: str, x0, noise, timesteps, alphas_cumprod) -> None:
-        _check_samples(fn, ("x0", x0), ("noise", noise))
+        chk.samples(fn, ("x0", x0), ("noise", noise))
         _check_table(fn, alphas_cumprod, "x0", x0)
         _check_timesteps_op(fn, "timesteps", timesteps, "x0", x0)
 
     def _check_blend_backward_op(fn: str, grad, timesteps, alphas_cumprod) -> None:
-        _check_samples(fn, ("grad", grad))
+        chk.samples(fn, ("grad", grad))
         _check_table(fn, alphas_cumprod, "grad", grad)
         _check_timesteps_op(fn, "timesteps", timesteps, "grad", grad)
 
@@ -239,7 +230,7 @@ if triton_available():
 
     def _check_loss_op(fn: str, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
                        reduction) -> None:
-        _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+        chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
         chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
         chk.choice(fn, "reduction", reduction, REDUCTIONS)
         _check_table(fn, alphas_cumprod, "model_output", model_output)
@@ -425,7 +416,7 @@ def _resolve(fn: str, backend, like: Tensor, alphas_cumprod, *timesteps) -> tupl
 
 def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor,
            backend) -> Tensor:
-    _check_samples(fn, ("x0", x0), ("noise", noise))
+    chk.samples(fn, ("x0", x0), ("noise", noise))
     name, (t,) = _resolve(fn, backend, x0, alphas_cumprod, ("timesteps", timesteps, False))
     if name == "reference":
         return getattr(ref, fn.split(".")[-1])(x0, noise, t, alphas_cumprod)
@@ -458,7 +449,7 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps,
     one pass. reduction "mean" / "sum" over every element, or "none" (per element).
     float32 (float64 for float64 inputs). Gradients to all three tensors."""
     fn = "pykernels.diffusion_loss"
-    _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+    chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
     name, (t,) = _resolve(fn, backend, model_output, alphas_cumprod,
@@ -472,7 +463,7 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps,
 
 def _noise(fn: str, noise, generator, like: Tensor):
     if noise is not None:
-        _check_samples(fn, ("sample", like), ("noise", noise))
+        chk.samples(fn, ("sample", like), ("noise", noise))
         return noise
     gen_device = generator.device if generator is not None else like.device
     z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=gen_device)
@@ -531,7 +522,7 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
     (decided per sample on the device). noise=None draws randn (with `generator`).
     Differentiable w.r.t. model_output and sample."""
     fn = "pykernels.ddpm_step"
-    _check_samples(fn, ("sample", sample), ("model_output", model_output))
+    chk.samples(fn, ("sample", sample), ("model_output", model_output))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                      sample_max_value)
@@ -568,7 +559,7 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
     adds eta * sigma_t noise (noise=None draws randn with `generator`); eta = 0 reads no
     noise. Differentiable w.r.t. model_output and sample."""
     fn = "pykernels.ddim_step"
-    _check_samples(fn, ("sample", sample), ("model_output", model_output))
+    chk.samples(fn, ("sample", sample), ("model_output", model_output))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
         raise TypeError(f"{fn}: argument 'eta' must be a number, got {type(eta).__name__}")
@@ -593,32 +584,3 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
                                                  float(clip_sample_range),
                                                  bool(use_clipped_model_output),
                                                  float(final_alpha_cumprod)))
-
-
-# ----------------------------------------------------------------------------- self-check
-_TABLE = None
-
-
-def _table(device):
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = ref.make_schedule()
-    return _TABLE.to(device)
-
-
-def _rand_step(device, dtype):
-    g = torch.Generator().manual_seed(0)
-    m = torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    s = torch.randn(4, 4, 16, 16, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    return m, s
-
-
-SELFCHECK = [("add_noise [4, 4, 16, 16]", _rand_step, lambda be, a,
-              b: add_noise(a, b, torch.tensor([0, 1, 500, 999], device=a.device), _table(a.device),
-              backend=be)), ("diffusion_loss v_prediction", _rand_step, lambda be, a,
-              b: diffusion_loss(a, b, b.detach(), torch.tensor([0, 1, 500, 999], device=a.device),
-              _table(a.device), prediction_type="v_prediction", backend=be)),
-              ("ddim_step eta=0", _rand_step, lambda be, a,
-              b: ddim_step(a, torch.tensor([999, 500, 20, 0], device=a.device),
-              torch.tensor([979, 480, 0, -20], device=a.device), b, _table(a.device),
-              backend=be)[0]), ]

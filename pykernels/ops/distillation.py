@@ -403,37 +403,3 @@ def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperatu
             logits, target_probs, float(temperature), _wants_grad(logits), _wants_grad(target_probs),
             w)
     return ref.reduce(rows, reduction)
-
-
-# ----------------------------------------------------------------------------- self-check
-def _kd_inputs(shape, with_labels):
-    def make(device, dtype):
-        s = (torch.randn(*shape, device=device) * 3).to(dtype).requires_grad_()
-        t = (torch.randn(*shape, device=device) * 3).to(dtype).requires_grad_()
-        if not with_labels:
-            return s, t
-        y = torch.randint(0, shape[-1], shape[:-1], device=device)
-        y[0] = -100
-        return s, t, y
-    return make
-
-
-def _probs_inputs(shape):
-    def make(device, dtype):
-        s = torch.randn(*shape, device=device).to(dtype).requires_grad_()
-        q = torch.softmax(torch.randn(*shape, device=device), -1).to(dtype).requires_grad_()
-        return s, q
-    return make
-
-
-SELFCHECK = [
-    ("distillation_loss KL T=2 [64, 1000]", _kd_inputs((64, 1000), False),
-     lambda be, s, t: distillation_loss(s, t, temperature=2.0, backend=be)),
-    ("distillation_loss JSD + hard [64, 1000]", _kd_inputs((64, 1000), True),
-     lambda be, s, t, y: distillation_loss(s, t, temperature=4.0, labels=y, beta=0.5,
-                                           hard_weight=0.5, label_smoothing=0.1, backend=be)),
-    ("cross_entropy [64, 1000]", _kd_inputs((64, 1000), True),
-     lambda be, s, t, y: cross_entropy(s, y, label_smoothing=0.1, backend=be)),
-    ("soft_target_cross_entropy [64, 1000]", _probs_inputs((64, 1000)),
-     lambda be, s, q: soft_target_cross_entropy(s, q, temperature=2.0, backend=be)),
-]

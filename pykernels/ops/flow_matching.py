@@ -82,7 +82,7 @@ if triton_available():
     @triton_op("pykernels::flow_interpolate_triton", mutates_args=())
     def _flow_interpolate_triton(x0: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
         fn = "pykernels::flow_interpolate_triton"
-        _check_samples(fn, ("x0", x0), ("noise", noise))
+        chk.samples(fn, ("x0", x0), ("noise", noise))
         _check_op_sigmas(fn, ("x0", x0), ("sigmas", sigmas))
         return tk.flow_interpolate(x0, noise, sigmas)
 
@@ -90,7 +90,7 @@ if triton_available():
     def _flow_interpolate_backward_triton(grad: Tensor,
                                           sigmas: Tensor) -> tuple[Tensor, Tensor]:
         fn = "pykernels::flow_interpolate_backward_triton"
-        _check_samples(fn, ("grad", grad))
+        chk.samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas))
         return tk.flow_interpolate_backward(grad, sigmas)
 
@@ -114,7 +114,7 @@ if triton_available():
         _check_loss_op(fn, model_output, x0, noise, sigmas, weighting_scheme)
         chk.grad(fn, grad, model_output.shape[:1], model_output)
         if grad_noisy is not None:
-            _check_samples(fn, ("model_output", model_output), ("grad_noisy", grad_noisy))
+            chk.samples(fn, ("model_output", model_output), ("grad_noisy", grad_noisy))
         if len(output_mask) != 3:
             # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser:
             # a RuntimeError too.
@@ -128,7 +128,7 @@ if triton_available():
     def _flow_match_euler_step_triton(model_output: Tensor, sample: Tensor, sigmas: Tensor,
                                       sigmas_next: Tensor) -> Tensor:
         fn = "pykernels::flow_match_euler_step_triton"
-        _check_samples(fn, ("sample", sample), ("model_output", model_output))
+        chk.samples(fn, ("sample", sample), ("model_output", model_output))
         _check_op_sigmas(fn, ("sample", sample), ("sigmas", sigmas),
                          ("sigmas_next", sigmas_next))
         return tk.flow_match_euler_step(model_output, sample, sigmas, sigmas_next)
@@ -137,12 +137,12 @@ if triton_available():
     def _flow_match_euler_step_backward_triton(grad: Tensor, sigmas: Tensor,
                                                sigmas_next: Tensor) -> Tensor:
         fn = "pykernels::flow_match_euler_step_backward_triton"
-        _check_samples(fn, ("grad", grad))
+        chk.samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas), ("sigmas_next", sigmas_next))
         return tk.flow_match_euler_step_backward(grad, sigmas, sigmas_next)
 
     def _check_loss_op(fn: str, model_output, x0, noise, sigmas, weighting_scheme) -> None:
-        _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+        chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
         _check_op_sigmas(fn, ("model_output", model_output), ("sigmas", sigmas))
         chk.choice(fn, "weighting_scheme", weighting_scheme, WEIGHTING_SCHEMES)
 
@@ -195,15 +195,6 @@ register_autograd("flow_match_euler_step", _euler_step_setup, _euler_step_backwa
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_samples(fn: str, *named) -> None:
-    """Float tensors [N, ...] of one shape, dtype and device (the first one leads)."""
-    for name, x in named:
-        chk.tensor(fn, name, x, min_dim=1)
-    chk.same_device(fn, *named)
-    chk.same_dtype(fn, *named)
-    chk.same_shape(fn, *named)
-
-
 def _check_sigma_range(fn: str, name: str, s: Tensor) -> None:
     """Values in [0, 1], read on CPU only (on CUDA it would synchronise); NaN passes and
     propagates to the results like any NaN input."""
@@ -280,7 +271,7 @@ def flow_interpolate(x0: Tensor, noise: Tensor, sigmas, *, backend: str | None =
     computed in float32 for half inputs, returned in x0's dtype. Gradients to x0 and
     noise."""
     fn = "pykernels.flow_interpolate"
-    _check_samples(fn, ("x0", x0), ("noise", noise))
+    chk.samples(fn, ("x0", x0), ("noise", noise))
     s = _sigmas(fn, "sigmas", sigmas, ("x0", x0))
     name = backends.resolve(backend, x0.device, fn)
     if name == "reference":
@@ -302,7 +293,7 @@ def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, 
     float32 (float64 for float64 inputs). return_noisy=True also returns x_t:
     (loss, x_t). Gradients to model_output, and to x0 / noise when they require grad."""
     fn = "pykernels.flow_matching_loss"
-    _check_samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
+    chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
     chk.choice(fn, "weighting_scheme", weighting_scheme, WEIGHTING_SCHEMES)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
     pre = _flag(fn, "precondition_outputs", precondition_outputs)
@@ -326,7 +317,7 @@ def flow_match_euler_step(model_output: Tensor, sample: Tensor, sigmas, sigmas_n
     diffusers' FlowMatchEulerDiscreteScheduler.step does. Differentiable w.r.t.
     model_output and sample; no host synchronisation."""
     fn = "pykernels.flow_match_euler_step"
-    _check_samples(fn, ("sample", sample), ("model_output", model_output))
+    chk.samples(fn, ("sample", sample), ("model_output", model_output))
     s = _sigmas(fn, "sigmas", sigmas, ("sample", sample))
     s_next = _sigmas(fn, "sigmas_next", sigmas_next, ("sample", sample))
     name = backends.resolve(backend, sample.device, fn)

@@ -457,31 +457,3 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
     if name == "reference":
         return ref.masked_patch_loss(pred, imgs, mask, patch_size, norm_pix_loss)
     return op("masked_patch_loss", name)(pred, imgs, mask, patch_size, norm_pix_loss)
-
-
-# ----------------------------------------------------------------------------- self-check
-def _masking_inputs(device, dtype):
-    return (torch.randn(4, 49, 40, device=device).to(dtype).requires_grad_(),
-            torch.rand(4, 49, device=device))
-
-
-def _pipeline_inputs(device, dtype):
-    imgs = torch.randn(2, 3, 32, 48, device=device).to(dtype).requires_grad_()
-    ids = torch.argsort(torch.rand(2, 24, device=device), dim=1)
-    token = torch.randn(3 * 64, device=device).to(dtype).requires_grad_()
-    return imgs, ids, token
-
-
-def _pipeline(be, imgs, ids, token):
-    """gather_patches -> unshuffle -> loss: an MAE step without the transformer."""
-    vis = gather_patches(imgs, ids[:, :6], 8, backend=be)
-    full = unshuffle_with_mask_tokens(vis * 0.5, token, torch.argsort(ids, dim=1), backend=be)
-    mask = (torch.argsort(ids, dim=1) >= 6).to(imgs.dtype)
-    return masked_patch_loss(full, imgs.detach(), mask, 8, norm_pix_loss=True, backend=be)
-
-
-SELFCHECK = [
-    ("random_masking [4, 49, 40] 0.75", _masking_inputs,
-     lambda be, x, noise: random_masking(x, 0.75, noise=noise, backend=be)[0]),
-    ("gather+unshuffle+loss 32x48 p=8", _pipeline_inputs, _pipeline),
-]
