@@ -11,6 +11,7 @@ from .ops.mae import (gather_patches, masked_patch_loss, patchify, random_maskin
 from .ops.diffusion import add_noise, ddim_step, ddpm_step, diffusion_loss, get_velocity, make_schedule
 from .ops.distillation import cross_entropy, distillation_loss, soft_target_cross_entropy
 from .ops.contrastive import info_nce_loss
+from .ops.sigmoid_contrastive import sigmoid_contrastive_loss
 from .ops.flow_matching import (compute_snr, flow_interpolate, flow_match_euler_step,
                                 flow_matching_loss, min_snr_weights, sample_flow_timesteps)
 
@@ -29,6 +30,8 @@ __all__ = [
     "feature_distillation_loss",
     # contrastive
     "info_nce_loss",
+    # sigmoid_contrastive
+    "sigmoid_contrastive_loss",
     # mae
     "random_masking",
     "patchify",
