@@ -64,7 +64,8 @@ def _dlogits(raw, rows, cols, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC: tl.c
     """G = GRAD[a] dLoss/dL = GRAD[a] (-z) sigmoid(t) on a tile, zero outside the matrix."""
     t, positive, inside = _signed_logits(raw, rows, cols, NA, NB, IDS_A, IDS_B, scale, bias)
     g = tl.load(GRAD + rows, mask=rows < NA, other=0.0).to(ACC)
-    sig = g[:, None] / (1.0 + tl.exp(-t))
+    e = tl.exp(-tl.abs(t))  # sigmoid(t) from exp(-|t|) <= 1: no overflow for any |t|
+    sig = g[:, None] * tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return tl.where(inside, tl.where(positive, -sig, sig), 0.0)
 
 
