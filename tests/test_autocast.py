@@ -29,6 +29,8 @@ PROMOTED = {"cosine_similarity": ("x1", "x2"), "pairwise_cosine_similarity": ("a
             "ddim_step": ("model_output", "sample", "noise"), "distillation_loss": ("student", "teacher"),
             "distillation_loss[jsd]": ("student", "teacher"), "soft_target_cross_entropy": ("logits", "target_probs")}
 LOSSES |= {"flow_matching_loss"}
+LOSSES |= {"sigmoid_contrastive_loss"}
+PROMOTED.update({"sigmoid_contrastive_loss": ("image_features", "text_features")})
 PROMOTED.update({"flow_interpolate": ("x0", "noise"), "flow_matching_loss": ("model_output", "x0", "noise"),
                  "flow_match_euler_step": ("model_output", "sample")})
 SIZE = {"triton": "tiny"}
