@@ -13,20 +13,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from pykernels import distributed as pkd
 from pykernels.nn import SigLipLoss
 
 from .helpers import TOLERANCE, rel_err
-from .test_contrastive_distributed import LAUNCH_TIMEOUT_S, PG_TIMEOUT_S, _free_port
+from .test_contrastive_distributed import PG_TIMEOUT_S, launch, report
 
 WORLD_SIZES = (2, 3)
 DIM = 5
@@ -154,43 +152,17 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def launch(world: int, out_dir: str) -> list[dict]:
-    """Run _worker on `world` processes; kill them and fail if they outlive the timeout."""
-    mp.get_context("forkserver").set_forkserver_preload(["torch", "pykernels", __name__])
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=False,
-                             start_method="forkserver")
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {world}-process launch did not finish in {LAUNCH_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:  # ours, by pid, only if still running
-            if p.is_alive():
-                p.kill()
-    outcomes = []
-    for rank in range(world):
-        with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
-            outcomes.append(json.load(f))
-    return outcomes
-
-
 @pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda w: f"world{w}")
 def outcomes(request, tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    return launch(request.param, str(tmp_path_factory.mktemp(f"world{request.param}")))
+    return launch(request.param, str(tmp_path_factory.mktemp(f"world{request.param}")), _worker,
+                  __name__)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
 def test_distributed(outcomes, check):
-    notes = [o[check] for o in outcomes]
-    failed = [f"rank {r}: {note}" for r, note in enumerate(notes) if note.startswith("FAILED")]
-    if failed:
-        pytest.fail("\n".join(failed), pytrace=False)
-    skipped = [note for note in notes if note.startswith("skip")]
-    if skipped:
-        pytest.skip(skipped[0][len("skip: "):])
+    report(outcomes, check)
 
 
 # ----------------------------------------------------------------------------- single process

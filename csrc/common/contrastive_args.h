@@ -12,9 +12,10 @@ namespace pykernels {
 // dtype on one device of type dev; logit_scale a one-element float tensor (shape [] or [1])
 // there; labels int64 [N] there (their range is checked by the CPU op only: a GPU check
 // would sync with the host).
-inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
-                                const at::Tensor& scale, const at::Tensor& labels,
-                                at::DeviceType dev) {
+// image_features [N, D] and text_features [M, D] of one float dtype on one device of type dev
+// (the contrastive and sigmoid_contrastive ops).
+inline void check_feature_pair(const char* op, const at::Tensor& img, const at::Tensor& txt,
+                               at::DeviceType dev) {
   check_float(op, "image_features", img);
   check_device_type(op, "image_features", img, dev);
   check_same_device(op, "text_features", txt, "image_features", img);
@@ -24,6 +25,12 @@ inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at:
   TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
                     ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
                     "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+}
+
+inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
+                                const at::Tensor& scale, const at::Tensor& labels,
+                                at::DeviceType dev) {
+  check_feature_pair(op, img, txt, dev);
   check_float(op, "logit_scale", scale);
   check_same_device(op, "logit_scale", scale, "image_features", img);
   TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,

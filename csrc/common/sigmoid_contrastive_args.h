@@ -1,6 +1,7 @@
 // Argument checks of the sigmoid contrastive loss, shared by the CPU and CUDA wrappers.
 #pragma once
 #include "common/checks.h"
+#include "common/contrastive_args.h"
 
 namespace pykernels {
 
@@ -28,15 +29,7 @@ inline void check_sigmoid_contrastive_loss(const char* op, const at::Tensor& img
                                            const at::Tensor& txt, const at::Tensor& scale,
                                            const at::Tensor& bias, const at::Tensor& image_ids,
                                            const at::Tensor& text_ids, at::DeviceType dev) {
-  check_float(op, "image_features", img);
-  check_device_type(op, "image_features", img, dev);
-  check_same_device(op, "text_features", txt, "image_features", img);
-  check_same_dtype(op, "text_features", txt, "image_features", img);
-  check_dim(op, "image_features", img, 2);
-  check_dim(op, "text_features", txt, 2);
-  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
-                    ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
-                    "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+  check_feature_pair(op, img, txt, dev);
   check_scalar(op, "logit_scale", scale, img);
   check_scalar(op, "logit_bias", bias, img);
   check_ids(op, "image_ids", image_ids, img.size(0), img);
