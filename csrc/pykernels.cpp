@@ -134,6 +134,21 @@ TORCH_LIBRARY(pykernels, m) {
         "Tensor logit_scale, Tensor labels, Tensor row_lse, Tensor col_lse, bool symmetric, "
         "bool normalize) -> (Tensor, Tensor, Tensor)");
 
+  // ---------------------------------------------------------------- sigmoid_contrastive
+  // SigLIP's sigmoid loss, L = logit_scale * I T^T + logit_bias never stored.
+  // image_features [N, D], text_features [M, D], logit_scale and logit_bias one-element
+  // tensors, image_ids int64 [N], text_ids int64 [M]: (i, j) is a positive pair where
+  // image_ids[i] == text_ids[j]. Returns the row losses sum_j softplus(-z_ij L_ij) [N] in the
+  // accumulation dtype. normalize: features are first divided by max(|x|, 1e-12).
+  m.def("sigmoid_contrastive_loss(Tensor image_features, Tensor text_features, "
+        "Tensor logit_scale, Tensor logit_bias, Tensor image_ids, Tensor text_ids, "
+        "bool normalize) -> Tensor");
+  // grad [N] (of the row losses); returns grads of image_features, text_features,
+  // logit_scale, logit_bias.
+  m.def("sigmoid_contrastive_loss_backward(Tensor grad, Tensor image_features, "
+        "Tensor text_features, Tensor logit_scale, Tensor logit_bias, Tensor image_ids, "
+        "Tensor text_ids, bool normalize) -> (Tensor, Tensor, Tensor, Tensor)");
+
   // ---------------------------------------------------------------- mae
   // pykernels/reference/mae.py has the math. Ids are int64; out-of-range or repeated ids
   // raise on CPU; on CUDA (no host sync) an out-of-range id yields a NaN output row and a

@@ -33,6 +33,7 @@ from .ops.mae import (
     unpatchify,
     unshuffle_with_mask_tokens,
 )
+from .ops.sigmoid_contrastive import sigmoid_contrastive_loss
 
 from . import nn  # noqa: E402, I001  (the modules wrap the functions above)
 
@@ -47,6 +48,8 @@ __all__ = [
     "feature_distillation_loss",
     # contrastive
     "info_nce_loss",
+    # sigmoid_contrastive
+    "sigmoid_contrastive_loss",
     # mae
     "random_masking",
     "patchify",

@@ -345,6 +345,47 @@ class InfoNCELoss(nn.Module):
         return f"mode={self.mode!r}, symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}"
 
 
+# ----------------------------------------------------------------------------- sigmoid_contrastive
+from .distributed import sigmoid_contrastive as _siglip_distributed  # noqa: E402
+from .ops import sigmoid_contrastive as _siglip_ops  # noqa: E402
+
+
+class SigLipLoss(nn.Module):
+    """Drop-in for open_clip's SigLipLoss (same constructor, forward and numbers per rank),
+    computed with the fused pykernels.sigmoid_contrastive_loss: never an [n, n] logit or
+    label matrix. world_size > 1: rank r's images against every rank's texts of the
+    default process group, positives on its own diagonal block, divided by its n;
+    dist_impl "bidir" / "shift" run the ring mode of
+    pykernels.distributed.sigmoid_contrastive_loss, "gather" / "reduce" the gather mode
+    (the same values and gradients). cache_labels is accepted for compatibility: there are
+    no label matrices to cache."""
+
+    DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+    def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1,
+                 dist_impl: str | None = None, *, backend: str | None = None):
+        super().__init__()
+        self.dist_impl = dist_impl or "bidir"
+        _checks.choice("pykernels.nn.SigLipLoss", "dist_impl", self.dist_impl, self.DIST_IMPLS)
+        self.cache_labels, self.rank, self.world_size = cache_labels, rank, world_size
+        self.backend = backend
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Tensor | None = None, output_dict: bool = False):
+        bias = 0.0 if logit_bias is None else logit_bias
+        if self.world_size > 1:
+            mode = "ring" if self.dist_impl in ("bidir", "shift") else "gather"
+            loss = _siglip_distributed.sigmoid_contrastive_loss(
+                image_features, text_features, logit_scale, bias, mode=mode, backend=self.backend)
+        else:
+            loss = _siglip_ops.sigmoid_contrastive_loss(image_features, text_features,
+                                                        logit_scale, bias, backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, world_size={self.world_size}, dist_impl={self.dist_impl!r}"
+
+
 # ----------------------------------------------------------------------------- flow matching
 from .ops import flow_matching as _flow_matching  # noqa: E402
 

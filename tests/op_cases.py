@@ -42,6 +42,10 @@ def _clip(dtype, device, size, gen):
             "logit_scale": torch.tensor(5.0, device=device)}
 
 
+def _siglip(dtype, device, size, gen):
+    return {**_clip(dtype, device, size, gen), "logit_bias": torch.tensor(-2.0, device=device)}
+
+
 def _tokens(dtype, device, size, gen):
     N, C, H, W, p = IMAGES[size]
     L, D = (H // p) * (W // p), p * p * C
@@ -160,6 +164,10 @@ CASES = [
          lambda be, image_features, text_features, logit_scale: pk.info_nce_loss(
              image_features, text_features, logit_scale, normalize=True, backend=be),
          ("image_features", "text_features", "logit_scale")),
+    Case("sigmoid_contrastive_loss", _siglip,
+         lambda be, image_features, text_features, logit_scale, logit_bias: pk.sigmoid_contrastive_loss(
+             image_features, text_features, logit_scale, logit_bias, normalize=True, backend=be),
+         ("image_features", "text_features", "logit_scale", "logit_bias")),
     Case("random_masking", _tokens,
          lambda be, x, noise: pk.random_masking(x, 0.75, noise=noise, backend=be), ("x",)),
     Case("random_masking[generator]", _tokens_gen,

@@ -32,6 +32,8 @@ LOSSES |= {"flow_matching_loss"}
 LOSSES |= {"fused_linear_cross_entropy", "fused_linear_distillation_loss"}
 PROMOTED |= {"fused_linear_cross_entropy": ("hidden", "weight"),
              "fused_linear_distillation_loss": ("hidden", "weight", "teacher_hidden", "teacher_weight")}
+LOSSES |= {"sigmoid_contrastive_loss"}
+PROMOTED.update({"sigmoid_contrastive_loss": ("image_features", "text_features")})
 PROMOTED.update({"flow_interpolate": ("x0", "noise"), "flow_matching_loss": ("model_output", "x0", "noise"),
                  "flow_match_euler_step": ("model_output", "sample")})
 SIZE = {"triton": "tiny"}

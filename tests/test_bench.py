@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
 # One case per family; torch.compile only for one (it costs seconds per graph on a CPU).
 ONE_CASE = {"cosine": "cosine_similarity", "distillation": "distillation_loss",
-            "fused_linear": "fused_linear_cross_entropy",
-            "contrastive": "info_nce_loss", "mae": "mae_step", "diffusion": "ddim_step",
+            "fused_linear": "fused_linear_cross_entropy", "contrastive": "info_nce_loss",
+            "sigmoid_contrastive": "sigmoid_contrastive_loss", "mae": "mae_step", "diffusion": "ddim_step",
             "flow_matching": "flow_matching_loss"}
 COMPILED = "cosine"
 NOISE = ("USDT", "profiler_start", "profiler_stop", "gpuGetDeviceCount", "No CUDA runtime is found")

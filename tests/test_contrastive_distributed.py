@@ -280,12 +280,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, out_dir: str) -> list[dict]:
-    """Run _worker on `world` processes; kill them and fail if they outlive the timeout."""
+def launch(world: int, out_dir: str, worker=None, module: str = __name__) -> list[dict]:
+    """Run `worker` (default _worker; another test module passes its own and its name) on
+    `world` processes; kill them and fail if they outlive the timeout."""
     # forkserver: torch and pykernels are imported once, in the server, not once per rank
-    mp.get_context("forkserver").set_forkserver_preload(["torch", "pykernels", __name__])
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=False,
-                             start_method="forkserver")
+    mp.get_context("forkserver").set_forkserver_preload(["torch", "pykernels", module])
+    ctx = mp.start_processes(worker or _worker, args=(world, _free_port(), out_dir), nprocs=world,
+                             join=False, start_method="forkserver")
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     try:
         while not ctx.join(timeout=1):
@@ -309,8 +310,8 @@ def outcomes(request, tmp_path_factory):
     return launch(request.param, str(tmp_path_factory.mktemp(f"world{request.param}")))
 
 
-@pytest.mark.parametrize("check", list(CHECKS))
-def test_distributed(outcomes, check):
+def report(outcomes: list[dict], check: str) -> None:
+    """Fail with every failing rank's traceback, or skip with a rank's reason."""
     notes = [o[check] for o in outcomes]
     failed = [f"rank {r}: {note}" for r, note in enumerate(notes) if note.startswith("FAILED")]
     if failed:
@@ -318,6 +319,11 @@ def test_distributed(outcomes, check):
     skipped = [note for note in notes if note.startswith("skip")]
     if skipped:
         pytest.skip(skipped[0][len("skip: "):])
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_distributed(outcomes, check):
+    report(outcomes, check)
 
 
 # ----------------------------------------------------------------------------- single process

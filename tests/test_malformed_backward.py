@@ -53,6 +53,10 @@ ARGS = {
                                          ("text_features", f(d, 4, 6)), ("logit_scale", torch.tensor(5.0, device=d.dev)),
                                          ("labels", ints(d, [1, 0, 3, 2])), ("row_lse", f(d, 4).double()),
                                          ("col_lse", f(d, 4).double()), ("symmetric", True), ("normalize", True)],
+    "sigmoid_contrastive_loss_backward": lambda d: [
+        ("grad", f(d, 4)), ("image_features", f(d, 4, 6)), ("text_features", f(d, 5, 6)),
+        ("logit_scale", torch.tensor(5.0, device=d.dev)), ("logit_bias", torch.tensor(-1.0, device=d.dev)),
+        ("image_ids", ints(d, [0, 1, 1, 3])), ("text_ids", ints(d, [0, 1, 2, 3, 4])), ("normalize", True)],
     "distillation_scale_grad": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "distillation_scale_grad_inplace": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "random_masking_backward": lambda d: [("grad", f(d, 2, 2, 3)),
@@ -183,6 +187,22 @@ def _cosine_rows() -> list[Row]:
         Row(op, "b int64", {"b": as_dtype(torch.int64)}, TypeError, r"argument 'b' must (be float32|have the same dtype)"),
         Row(op, "D mismatch", {"b": reshaped(2, 5, 3)}, ValueError, r"arguments 'a' (\[B, N, D\] )?and 'b'"),
         Row(op, "eps -1", {"eps": -1.0}, ValueError, r"argument 'eps' must be > 0"),
+    ]
+    return rows
+
+
+def _sigmoid_contrastive_rows() -> list[Row]:
+    rows = []
+    # ---------------------------------------------------------------- sigmoid_contrastive
+    op = "sigmoid_contrastive_loss_backward"
+    rows += _grad_rows(op, (4,)) + [
+        Row(op, "D mismatch", {"text_features": reshaped(5, 5)}, ValueError,
+            r"arguments 'image_features' \[N, D\] and 'text_features' \[M, D\] must have the same feature size"),
+        Row(op, "logit_bias shape [2]", {"logit_bias": reshaped(2)}, ValueError,
+            r"argument 'logit_bias' must be a scalar tensor"),
+        Row(op, "text_ids int32", {"text_ids": as_dtype(torch.int32)}, TypeError, r"argument 'text_ids' must be int64"),
+        Row(op, "image_ids one short", {"image_ids": Mut(lambda x, d: x[:3])}, ValueError,
+            r"argument 'image_ids' must have shape " + shape(4)),
     ]
     return rows
 
@@ -353,7 +373,8 @@ def _diffusion_rows() -> list[Row]:
 
 
 def _rows() -> list[Row]:
-    return _cosine_rows() + _contrastive_rows() + _distillation_rows() + _mae_rows() + _diffusion_rows()
+    return (_cosine_rows() + _contrastive_rows() + _sigmoid_contrastive_rows() + _distillation_rows()
+            + _mae_rows() + _diffusion_rows())
 
 
 ROWS = _rows()
@@ -467,6 +488,9 @@ def _autograd(name: str, backend: str, a: list):
         loss, row_lse, col_lse = fwd("info_nce_loss")(i, t, scale, a[4], a[7], a[8])
         a[5], a[6] = row_lse.detach(), col_lse.detach()
         return grad(loss, (i, t, scale), a[0])
+    if name == "sigmoid_contrastive_loss_backward":
+        ins = _needs_grad(*a[1:5])
+        return grad(fwd("sigmoid_contrastive_loss")(*ins, *a[5:8]), ins, a[0])
     if name in SCALE_OPS:  # the saved gradient of cross_entropy's rows, scaled by the upstream one
         (logits,) = _needs_grad(a[1])
         labels = torch.tensor([0, 4, 2], device=logits.device)

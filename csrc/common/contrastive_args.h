@@ -8,6 +8,18 @@
 
 namespace pykernels {
 
+// image_features [N, D] and text_features [M, D] of one float dtype on one device of type dev
+// (the contrastive and sigmoid_contrastive ops).
+inline void check_feature_pair(const char* op, const at::Tensor& img, const at::Tensor& txt,
+                               at::DeviceType dev) {
+  check_float_pair(op, "image_features", img, "text_features", txt, dev);
+  check_dim(op, "image_features", img, 2);
+  check_dim(op, "text_features", txt, 2);
+  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
+                    ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
+                    "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+}
+
 // The arguments of info_nce_loss: image_features [N, D], text_features [M, D] of one float
 // dtype on one device of type dev; logit_scale a one-element float tensor (shape [] or [1])
 // there; labels int64 [N] there (their range is checked by the CPU op only: a GPU check
@@ -15,12 +27,7 @@ namespace pykernels {
 inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at::Tensor& txt,
                                 const at::Tensor& scale, const at::Tensor& labels,
                                 at::DeviceType dev) {
-  check_float_pair(op, "image_features", img, "text_features", txt, dev);
-  check_dim(op, "image_features", img, 2);
-  check_dim(op, "text_features", txt, 2);
-  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
-                    ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
-                    "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+  check_feature_pair(op, img, txt, dev);
   check_float(op, "logit_scale", scale);
   check_same_device(op, "logit_scale", scale, "image_features", img);
   TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,

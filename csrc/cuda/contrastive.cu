@@ -15,7 +15,6 @@
 // deterministic. Labels are not range-checked on the device (that needs a host sync):
 // an out-of-range label is never used as an address and makes its losses NaN.
 #include <torch/library.h>
-#include <torch/version.h>
 
 #include "common/contrastive_args.h"
 #include "common/cuda_utils.cuh"
@@ -40,32 +39,6 @@ int64_t tile_rows(int64_t N, int64_t M) {
 // log-sum-exp were taken over, and a confident row's p - 1 would carry the difference.
 __device__ __forceinline__ float logit(float scale, float x) { return __fmul_rn(scale, x); }
 __device__ __forceinline__ double logit(double scale, double x) { return __dmul_rn(scale, x); }
-
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  }
-  return v;
-}
-
-// Sum (kMax = false) or max over the block, in a fixed order; every thread gets it.
-template <bool kMax, typename T>
-__device__ T block_reduce(T v, T* smem) {
-  v = kMax ? warp_max(v) : warp_sum(v);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  __syncthreads();  // smem may still be read by a previous reduction
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    T x = lane < int(blockDim.x / kWarp) ? smem[lane] : (kMax ? T(-INFINITY) : T(0));
-    x = kMax ? warp_max(x) : warp_sum(x);
-    if (lane == 0) smem[0] = x;
-  }
-  __syncthreads();
-  return smem[0];
-}
 
 // Block r: row r0 + r of the logits, from tile row r (M raw dot products): m = max_j L,
 // row_lse = m + log sum_j exp(L - m), pos = L[y], loss = (m - pos) + log sum.
@@ -185,19 +158,6 @@ __global__ void grad_kernel(const acc* S, out_t* G, int64_t M, int64_t r0,
   }
   part = block_reduce<false>(part, smem);
   if (threadIdx.x == 0) dscale_rows[i] = part;
-}
-
-// out = a @ b with the accumulation dtype's output (float32 for half inputs).
-void mm_acc_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() == out.scalar_type()) {
-    at::mm_out(out, a, b);
-    return;
-  }
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
-  at::mm_out(out, a, b, out.scalar_type());  // tensor cores, float32 output
-#else
-  at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
-#endif
 }
 
 at::Tensor prepare(const at::Tensor& x, bool normalize) {

@@ -99,12 +99,15 @@ class Ring:
         self.next = global_rank(group, (rank + 1) % world)
         self.prev = global_rank(group, (rank - 1) % world)
 
-    def start(self, tensors: list[Tensor], tag: int, pending: list) -> list[Tensor]:
-        """Post sends of `tensors` and receives of same-shaped ones, which are returned.
+    def start(self, tensors: list[Tensor], tag: int, pending: list,
+              recv_rows: int | None = None) -> list[Tensor]:
+        """Post sends of `tensors` and receives of same-shaped ones (or, given recv_rows,
+        of that many rows: blocks of unequal size), which are returned.
         Each message kind has its own tag so that messages in flight at the same time
         cannot be matched with one another. `pending` keeps the sent tensors alive until
         `finish`."""
-        received = [torch.empty_like(t) for t in tensors]
+        received = [torch.empty_like(t) if recv_rows is None
+                    else t.new_empty((recv_rows,) + tuple(t.shape[1:])) for t in tensors]
         ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i)
                for i, t in enumerate(tensors)]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i)
