@@ -9,6 +9,7 @@ Knobs (environment variables):
   MAX_JOBS                  parallel compile jobs for ninja.
   PYKERNELS_DEBUG=1         -O0 -g, for debugging the kernels.
 """
+
 import glob
 import os
 import re
@@ -29,8 +30,10 @@ def _toolkit_problem(home):
         return f"{home}/bin/nvcc is missing"
     if not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
         return f"{home}/include/cuda_runtime.h is missing"
-    libs = [os.path.join(home, d, "libcudart.so") for d in ("lib64", "lib", "targets/x86_64-linux/lib",
-                                                             "targets/sbsa-linux/lib")]
+    libs = [
+        os.path.join(home, d, "libcudart.so")
+        for d in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
+    ]
     if not any(os.path.exists(p) for p in libs):
         return f"no libcudart.so under {home}/lib64 or {home}/lib"
     return None
@@ -46,8 +49,12 @@ def _nvcc_home():
         return []
     found = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
     try:
-        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         here = re.search(r"^#\$ _HERE_=(.*)$", out.stdout + out.stderr, re.M)
         if here:
             found.insert(0, os.path.dirname(os.path.realpath(here.group(1).strip())))
@@ -62,7 +69,11 @@ def find_cuda_toolkit():
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             problem = _toolkit_problem(os.environ[var])
-            return (None, f"{var}={os.environ[var]}: {problem}") if problem else (os.environ[var], None)
+            return (
+                (None, f"{var}={os.environ[var]}: {problem}")
+                if problem
+                else (os.environ[var], None)
+            )
     tried = []
     for home in _nvcc_home() + ["/usr/local/cuda"]:
         problem = _toolkit_problem(home)
@@ -92,9 +103,11 @@ def _cuda_wanted():
         return True
     if mode == "1":
         sys.exit(f"PYKERNELS_CUDA=1 but the CUDA kernels cannot be built: {reason}")
-    print(f"pykernels: building the CPU kernels only: {reason}. To build the CUDA kernels, "
-          "install a CUDA toolkit and set CUDA_HOME to it (PYKERNELS_CUDA=1 makes this an error).",
-          file=sys.stderr)
+    print(
+        f"pykernels: building the CPU kernels only: {reason}. To build the CUDA kernels, "
+        "install a CUDA toolkit and set CUDA_HOME to it (PYKERNELS_CUDA=1 makes this an error).",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -139,7 +152,14 @@ def _extension():
     # whose OpenMP pragmas need -fopenmp at compile time. libgomp is not linked
     # explicitly: its symbols resolve to the copy libtorch_cpu already loaded.
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    cxx += [
+        "-fopenmp",
+        "-fvisibility=hidden",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Wno-unknown-pragmas",
+        "-Wno-psabi",
+    ]
     include_dirs = [os.path.join(ROOT, "csrc")]
     # Archives linked into _C.so keep their symbols private. Some toolchains link a static
     # libstdc++; its stream and locale symbols, half bound to the copy torch loaded, crash
@@ -148,8 +168,13 @@ def _extension():
     link = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
     if not with_cuda:
         _write_build_info(None)
-        return CppExtension("pykernels._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx}, extra_link_args=link)
+        return CppExtension(
+            "pykernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     # Torch's CUDA headers include the math libraries' headers (cusparse.h, cublas_v2.h).
     # A bare nvcc toolkit may lack them; torch's pip dependencies ship them. They go
@@ -160,9 +185,13 @@ def _extension():
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
     nvcc += ["--expt-relaxed-constexpr", "-DPYKERNELS_WITH_CUDA"] + extra_inc
     _write_build_info(os.environ["TORCH_CUDA_ARCH_LIST"])
-    return CUDAExtension("pykernels._C", sources, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx + ["-DPYKERNELS_WITH_CUDA"], "nvcc": nvcc},
-                         extra_link_args=link)
+    return CUDAExtension(
+        "pykernels._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx + ["-DPYKERNELS_WITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=link,
+    )
 
 
 def _build_ext():
@@ -176,9 +205,16 @@ setup(
     # the top-level name triton_kernels belongs to PyPI's and Triton's own packages. In a
     # source checkout the symlink pykernels/triton_kernels -> ../triton_kernels gives the
     # same import path without an install (and to each git worktree its own kernels).
-    packages=["pykernels", "pykernels.ops", "pykernels.reference", "pykernels.models",
-              "pykernels.integrations", "pykernels.triton_kernels", "pykernels.bench",
-              "pykernels.distributed"],
+    packages=[
+        "pykernels",
+        "pykernels.ops",
+        "pykernels.reference",
+        "pykernels.models",
+        "pykernels.integrations",
+        "pykernels.triton_kernels",
+        "pykernels.bench",
+        "pykernels.distributed",
+    ],
     package_dir={"pykernels.triton_kernels": "triton_kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": _build_ext()},

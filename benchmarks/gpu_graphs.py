@@ -12,6 +12,7 @@ DDIMScheduler.step loop on the same model outputs.
     python benchmarks/gpu_graphs.py --dry-run  # CPU: the same code paths, no capture
 Prints one line per case and a final "graphs: N ok, M failed"; exit status 1 on a failure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,8 +122,10 @@ def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
     sch.set_timesteps(steps, device="cuda")
     table = pk.make_schedule().cuda()
     stride = 1000 // steps
-    ts = [tuple(torch.full((shape[0],), int(t) - d, device="cuda") for d in (0, stride))
-          for t in sch.timesteps]
+    ts = [
+        tuple(torch.full((shape[0],), int(t) - d, device="cuda") for d in (0, stride))
+        for t in sch.timesteps
+    ]
 
     def ours():
         x = x0
@@ -140,26 +143,36 @@ def time_ddim_loop(shape=(64, 4, 128, 128), steps=50):
     replay()
     want = theirs()
     err = ((static[0] - want).norm() / want.norm()).item()
-    ms = interleaved_ms({"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"),
-                        4.0)
-    return (f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, "
-            f"pykernels eager {ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph "
-            f"{ms['diffusers'] / ms['graph']:.2f}x diffusers; rel err vs diffusers {err:.1e}")
+    ms = interleaved_ms(
+        {"graph": replay, "eager": ours, "diffusers": theirs}, torch.device("cuda"), 4.0
+    )
+    return (
+        f"ddim loop {list(shape)} fp32, {steps} steps: CUDA graph {ms['graph']:.3f} ms, "
+        f"pykernels eager {ms['eager']:.3f} ms, diffusers {ms['diffusers']:.3f} ms: graph "
+        f"{ms['diffusers'] / ms['graph']:.2f}x diffusers; rel err vs diffusers {err:.1e}"
+    )
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dry-run", action="store_true",
-                    help="CPU: run the code paths without capture")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="CPU: run the code paths without capture"
+    )
     args = ap.parse_args()
     dry = args.dry_run or not torch.cuda.is_available()
     device = "cpu" if dry else "cuda"
-    backends = ["cpu"] if dry else [b for b in ("cuda", "triton")
-                                     if pk.backends.why_unavailable(b) is None]
+    backends = (
+        ["cpu"]
+        if dry
+        else [b for b in ("cuda", "triton") if pk.backends.why_unavailable(b) is None]
+    )
     ok = failed = 0
     for backend in backends:
-        jobs = [(c.name, lambda c=c: check_case(c, backend, device, dry)) for c in CASES
-                if not c.random and c.name not in NO_BACKEND]
+        jobs = [
+            (c.name, lambda c=c: check_case(c, backend, device, dry))
+            for c in CASES
+            if not c.random and c.name not in NO_BACKEND
+        ]
         jobs.append(("ddim 50-step loop", lambda: check_ddim(backend, device, dry)))
         for name, job in jobs:
             try:

@@ -6,6 +6,7 @@ the tests (tests/op_cases.py) without the framework.
     compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize.py
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 (set by gpu_check.sh) gives every tensor its own
 allocation, so an access past a tensor's end is one the sanitizer can see."""
+
 import sys
 
 import torch
@@ -27,7 +28,9 @@ def main():
             outs = [o for o in case(backend, inputs) if o.is_floating_point() and o.requires_grad]
             leaves = [inputs[k] for k in case.grads]
             if outs and leaves:
-                torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True)
+                torch.autograd.grad(
+                    outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True
+                )
         if device == "cuda":
             torch.cuda.synchronize()
         print(f"ran {case.name}", flush=True)

@@ -1,4 +1,5 @@
 """Shared by the example scripts: arguments, the two training runs, the speed line, plots."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,14 @@ COLORS = {"reference": "tab:blue", "fused": "tab:orange"}
 def parse_args(description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="the tiny size the parity test uses (seconds)")
+    p.add_argument(
+        "--quick", action="store_true", help="the tiny size the parity test uses (seconds)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUTPUT, help="folder for the picture")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -35,8 +40,10 @@ def train_both(module, args) -> dict:
     """The same seed, once with plain-PyTorch ops and once with pykernels' fused ops."""
     size = "test" if args.quick else "example"
     print(f"{module.__name__.split('.')[-1]}: size={size}, device={args.device}, seed={args.seed}")
-    return {ops: module.train(ops, size=size, seed=args.seed, device=args.device, progress=True)
-            for ops in ("reference", "fused")}
+    return {
+        ops: module.train(ops, size=size, seed=args.seed, device=args.device, progress=True)
+        for ops in ("reference", "fused")
+    }
 
 
 def report(runs: dict, phases: dict | None = None) -> None:
@@ -59,8 +66,13 @@ def _median_ms(times: list[float]) -> float:
 
 def plot_losses(ax, runs: dict, sl: slice = slice(None), title: str = "", log: bool = True) -> None:
     for ops, run in runs.items():
-        ax.plot(run.losses[sl], color=COLORS[ops], lw=1.6 if ops == "reference" else 1.0,
-                ls="-" if ops == "reference" else "--", label=f"{ops} ops")
+        ax.plot(
+            run.losses[sl],
+            color=COLORS[ops],
+            lw=1.6 if ops == "reference" else 1.0,
+            ls="-" if ops == "reference" else "--",
+            label=f"{ops} ops",
+        )
     ax.set(title=title, xlabel="step", ylabel="loss")
     if log:
         ax.set_yscale("log")

@@ -10,35 +10,42 @@ and saves a plot. About a minute on a 2-core CPU (transformers needed).
 
     python examples/distill_llm.py [--quick] [--device cuda]
 """
+
 from __future__ import annotations
 
 import time
 
-from _util import parse_args, plt, save
-
 import torch
 import torch.nn.functional as F
+from _util import parse_args, plt, save
 from tqdm import tqdm
 
 try:
     import transformers
 except ImportError as exc:
-    raise SystemExit(f"this example needs transformers (pip install transformers): {exc}")
+    raise SystemExit(f"this example needs transformers (pip install transformers): {exc}") from None
 
 from pykernels._profiling import peak_cpu_bytes
 from pykernels.integrations.transformers import causal_lm_distillation_loss, shift_labels
 
 V, T, HARD = 32000, 2.0, 0.5
-SIZES = {"example": dict(steps=30, batch=4, seq=64, hidden=64),
-         "test": dict(steps=6, batch=2, seq=16, hidden=32)}
+SIZES = {
+    "example": dict(steps=30, batch=4, seq=64, hidden=64),
+    "test": dict(steps=6, batch=2, seq=16, hidden=32),
+}
 
 
 def llama(layers: int, hidden: int, seed: int, device) -> transformers.LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=V, hidden_size=hidden,
-                                      intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256)
+    config = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     return transformers.LlamaForCausalLM(config).to(device)
 
 
@@ -49,15 +56,15 @@ def unfused_loss(student, teacher, ids):
         t = teacher(ids).logits.flatten(0, 1)
     y = shift_labels(ids).flatten()
     counted = y != -100
-    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
-                  reduction="none").sum(-1)
+    kl = F.kl_div(
+        F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="none"
+    ).sum(-1)
     soft = (kl * counted).sum() / counted.sum() * T * T
     return soft + HARD * F.cross_entropy(s, y)
 
 
 def fused_loss(student, teacher, ids):
-    return causal_lm_distillation_loss(student, teacher, ids, ids, temperature=T,
-                                       hard_weight=HARD)
+    return causal_lm_distillation_loss(student, teacher, ids, ids, temperature=T, hard_weight=HARD)
 
 
 def batches(size: dict, seed: int, device):
@@ -99,19 +106,23 @@ def peak_memory(fn, device) -> float:
         before = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    return peak_cpu_bytes(fn) / 2 ** 20
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return peak_cpu_bytes(fn) / 2**20
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
     size = SIZES["test" if args.quick else "example"]
-    runs = {name: train(fn, name, size, args.seed, args.device)
-            for name, fn in (("unfused", unfused_loss), ("fused", fused_loss))}
+    runs = {
+        name: train(fn, name, size, args.seed, args.device)
+        for name, fn in (("unfused", unfused_loss), ("fused", fused_loss))
+    }
     for name, (losses, times, peak) in runs.items():
         ms = 1e3 * sorted(times[2:])[len(times[2:]) // 2]
-        print(f"{name:>8}: peak memory of a training step {peak:8.1f} MB, median step {ms:7.1f} ms,"
-              f" final loss {losses[-1]:.4f}")
+        print(
+            f"{name:>8}: peak memory of a training step {peak:8.1f} MB, median step {ms:7.1f} ms,"
+            f" final loss {losses[-1]:.4f}"
+        )
     ref, fused = runs["unfused"][0], runs["fused"][0]
     dev = max(abs(a - b) / abs(b) for a, b in zip(fused, ref))
     print(f"largest relative difference between the two loss curves: {dev:.1e}")

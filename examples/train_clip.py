@@ -9,6 +9,7 @@ pykernels.pairwise_cosine_similarity) is printed before and after. The fused run
 pykernels.info_nce_loss, the reference run builds open_clip's logit matrix.
 Writes examples/output/clip_loss.png.
 """
+
 import matplotlib.pyplot as plt
 from _util import parse_args, plot_losses, report, save, train_both
 
@@ -21,6 +22,12 @@ report(runs)
 fig, ax = plt.subplots(figsize=(6, 4))
 plot_losses(ax, runs, title="CLIP InfoNCE loss, same seed")
 top1 = {ops: run.evals["zero_shot_top1"] for ops, run in runs.items()}
-ax.text(0.98, 0.6, "zero-shot top-1\n" + "\n".join(f"{k}: {v:.1%}" for k, v in top1.items()),
-        transform=ax.transAxes, ha="right", va="top")
+ax.text(
+    0.98,
+    0.6,
+    "zero-shot top-1\n" + "\n".join(f"{k}: {v:.1%}" for k, v in top1.items()),
+    transform=ax.transAxes,
+    ha="right",
+    va="top",
+)
 save(fig, args, "clip_loss.png")

@@ -8,6 +8,7 @@ A denoiser learns to predict the noise on pictures of rectangles and discs
 PyTorch in the reference run), then samples from pure noise with ddim_step and ddpm_step.
 Writes examples/output/diffusion_loss.png and diffusion_samples.png.
 """
+
 import matplotlib.pyplot as plt
 from _util import parse_args, plot_losses, report, save, train_both
 
@@ -28,7 +29,7 @@ def grid(x, cols):  # [n, 1, S, S] -> one [rows*S, cols*S] picture with 1-pixel 
     out = x.new_full((rows * (S + 1), cols * (S + 1)), -1.0)
     for k in range(n):
         r, c = divmod(k, cols)
-        out[r * (S + 1):r * (S + 1) + S, c * (S + 1):c * (S + 1) + S] = x[k, 0]
+        out[r * (S + 1) : r * (S + 1) + S, c * (S + 1) : c * (S + 1) + S] = x[k, 0]
     return out.float().cpu().clamp(-1, 1).numpy()
 
 

@@ -9,6 +9,7 @@ frozen teacher LM's logits over 8192 tokens on padded sequences. The training st
 pykernels.distillation_loss / cross_entropy / feature_distillation_loss in the fused run,
 F.kl_div / F.cross_entropy in the reference run. Writes examples/output/distillation_loss.png.
 """
+
 import matplotlib.pyplot as plt
 from _util import parse_args, plot_losses, report, save, train_both
 

@@ -15,6 +15,7 @@ diffusers' FlowMatchEulerDiscreteScheduler and with pykernels' drop-in
 FusedFlowMatchEulerDiscreteScheduler. Writes examples/output/flow_matching_samples.png.
 The model is tiny: one CPU thread runs it fastest (--threads to change).
 """
+
 import math
 import sys
 import time
@@ -39,7 +40,9 @@ LOSS_RTOL = 1e-4  # largest relative difference allowed between the two runs' pe
 def checkerboard(n: int, g: torch.Generator) -> torch.Tensor:
     """Points spread uniformly over the dark squares of a 4 x 4 board on [-2, 2]^2."""
     x = torch.rand(n, generator=g) * 4 - 2
-    y = torch.rand(n, generator=g) - 2 * torch.randint(0, 2, (n,), generator=g)  # [-2, -1) or [0, 1)
+    y = torch.rand(n, generator=g) - 2 * torch.randint(
+        0, 2, (n,), generator=g
+    )  # [-2, -1) or [0, 1)
     y = y + torch.floor(x) % 2  # every other column one square up
     return torch.stack([x, y], 1)
 
@@ -62,9 +65,15 @@ class VelocityMLP(torch.nn.Module):
     def __init__(self, width: int = 128, freqs: int = 6):
         super().__init__()
         self.register_buffer("freqs", 2.0 ** torch.arange(freqs) * math.pi)
-        self.net = torch.nn.Sequential(torch.nn.Linear(3 + 2 * freqs, width), torch.nn.SiLU(),
-                                       torch.nn.Linear(width, width), torch.nn.SiLU(),
-                                       torch.nn.Linear(width, width), torch.nn.SiLU(), torch.nn.Linear(width, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(3 + 2 * freqs, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, 2),
+        )
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         sigma = timesteps.reshape(-1, 1) / 1000
@@ -76,8 +85,9 @@ class VelocityMLP(torch.nn.Module):
 def reference_step(model, sched, x0, noise, g):
     """train_dreambooth_sd3.py's step: the density, the scheduler lookup, the
     interpolation, the SD3 weighting, an MSE in float32 per sample then over the batch."""
-    u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], logit_mean=0.0, logit_std=1.0,
-                                              generator=g)
+    u = compute_density_for_timestep_sampling(
+        "logit_normal", x0.shape[0], logit_mean=0.0, logit_std=1.0, generator=g
+    )
     indices = (u * sched.config.num_train_timesteps).long()
     timesteps = sched.timesteps[indices]
     sigmas = sched.sigmas[indices].reshape(-1, 1)  # the index of timesteps[indices] is `indices`
@@ -85,12 +95,15 @@ def reference_step(model, sched, x0, noise, g):
     pred = model(noisy, timesteps)
     weighting = compute_loss_weighting_for_sd3("logit_normal", sigmas=sigmas)
     target = noise - x0
-    return torch.mean((weighting.float() * (pred.float() - target.float()) ** 2).reshape(x0.shape[0], -1), 1).mean()
+    return torch.mean(
+        (weighting.float() * (pred.float() - target.float()) ** 2).reshape(x0.shape[0], -1), 1
+    ).mean()
 
 
 def fused_step(model, sched, x0, noise, g):
-    timesteps, sigmas = pk.sample_flow_timesteps(x0.shape[0], weighting_scheme="logit_normal", generator=g,
-                                                 shift=sched.config.shift)
+    timesteps, sigmas = pk.sample_flow_timesteps(
+        x0.shape[0], weighting_scheme="logit_normal", generator=g, shift=sched.config.shift
+    )
     pred = model(pk.flow_interpolate(x0, noise, sigmas), timesteps)
     return pk.flow_matching_loss(pred, x0, noise, sigmas)
 
@@ -134,7 +147,7 @@ def pop_data_option() -> str:
         return "gaussians"
     i = sys.argv.index("--data")
     name = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
-    del sys.argv[i:i + 2]
+    del sys.argv[i : i + 2]
     if name not in DATASETS:
         sys.exit(f"--data must be one of {sorted(DATASETS)}, got {name!r}")
     return name
@@ -153,14 +166,26 @@ def main():
     med = {ops: 1e3 * sorted(r["times"][5:])[len(r["times"][5:]) // 2] for ops, r in runs.items()}
     # 2-D points: the ops move a few kB, and each fused call's fixed cost (validation,
     # dispatch) is about that of the several small PyTorch ops it replaces
-    print(f"training step ({batch} points in 2-D): reference {med['reference']:.2f} ms  "
-          f"fused {med['fused']:.2f} ms")
-    print(f"largest relative difference between the two loss curves: {dev:.1e} (allowed {LOSS_RTOL:.0e})")
-    samples = {"diffusers scheduler": sample(ref["model"], FlowMatchEulerDiscreteScheduler, 4000, 50, args.seed),
-               "fused scheduler": sample(fused["model"], FusedFlowMatchEulerDiscreteScheduler, 4000, 50, args.seed)}
+    print(
+        f"training step ({batch} points in 2-D): reference {med['reference']:.2f} ms  "
+        f"fused {med['fused']:.2f} ms"
+    )
+    print(
+        f"largest relative difference between the two loss curves: {dev:.1e} (allowed {LOSS_RTOL:.0e})"
+    )
+    samples = {
+        "diffusers scheduler": sample(
+            ref["model"], FlowMatchEulerDiscreteScheduler, 4000, 50, args.seed
+        ),
+        "fused scheduler": sample(
+            fused["model"], FusedFlowMatchEulerDiscreteScheduler, 4000, 50, args.seed
+        ),
+    }
     plot(data(4000, torch.Generator().manual_seed(1)), samples, runs, args)
     if not dev <= LOSS_RTOL:
-        sys.exit(f"the fused run's losses differ from the reference run's by {dev:.1e} > {LOSS_RTOL:.0e}")
+        sys.exit(
+            f"the fused run's losses differ from the reference run's by {dev:.1e} > {LOSS_RTOL:.0e}"
+        )
 
 
 def plot(data, samples, runs, args):
@@ -171,8 +196,12 @@ def plot(data, samples, runs, args):
     for ops, r in runs.items():
         losses = torch.tensor(r["losses"])
         smooth = losses.unfold(0, min(50, len(losses)), 1).mean(1)  # a running mean over 50 steps
-        axes[3].plot(smooth, lw=1.6 if ops == "reference" else 1.0, ls="-" if ops == "reference" else "--",
-                     label=f"{ops} ops")
+        axes[3].plot(
+            smooth,
+            lw=1.6 if ops == "reference" else 1.0,
+            ls="-" if ops == "reference" else "--",
+            label=f"{ops} ops",
+        )
     axes[3].set(title="loss, same seed", xlabel="step", ylabel="loss (running mean of 50 steps)")
     axes[3].legend()
     save(fig, args, "flow_matching_samples.png")

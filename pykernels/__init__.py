@@ -4,7 +4,11 @@ Every function takes ``backend=None`` ("cuda", "triton", "cpu", "reference" or "
 None reads PYKERNELS_BACKEND, else auto). ``pykernels.backends.available()`` lists
 what this installation can run.
 """
-from . import backends
+
+from . import (
+    backends,
+    nn,  # noqa: E402, I001  (the modules wrap the functions above)
+)
 from .ops.contrastive import info_nce_loss
 from .ops.cosine import cosine_similarity, feature_distillation_loss, pairwise_cosine_similarity
 from .ops.diffusion import (
@@ -34,8 +38,6 @@ from .ops.mae import (
     unshuffle_with_mask_tokens,
 )
 from .ops.sigmoid_contrastive import sigmoid_contrastive_loss
-
-from . import nn  # noqa: E402, I001  (the modules wrap the functions above)
 
 __version__ = "0.1.0"
 

@@ -1,12 +1,13 @@
 """pykernels command line.
 
-  python -m pykernels info                 versions, built backends, CUDA archs
-  python -m pykernels check [-v]           every built backend against the float64 reference
-                                           (one summary line; -v lists every case)
-  python -m pykernels bench [FAMILY ...] [--quick] [--device cpu|cuda] [--out DIR]
-                                           check, then one benchmark table per family
-                                           (all families by default; bench --help for more)
+python -m pykernels info                 versions, built backends, CUDA archs
+python -m pykernels check [-v]           every built backend against the float64 reference
+                                         (one summary line; -v lists every case)
+python -m pykernels bench [FAMILY ...] [--quick] [--device cpu|cuda] [--out DIR]
+                                         check, then one benchmark table per family
+                                         (all families by default; bench --help for more)
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,10 +21,13 @@ def info() -> None:
 
     print(f"pykernels {pykernels.__version__}")
     print(f"python    {sys.version.split()[0]}")
-    print(f"torch     {torch.__version__} (CUDA {torch.version.cuda}, GPU: "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'})")
+    print(
+        f"torch     {torch.__version__} (CUDA {torch.version.cuda}, GPU: "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'})"
+    )
     try:
         import triton
+
         interpreter = "on" if backends.triton_interpreted() else "off"
         print(f"triton    {triton.__version__} (interpreter {interpreter})")
     except ImportError:
@@ -32,13 +36,16 @@ def info() -> None:
     if backends.cuda_built():
         try:
             from pykernels import _build_info
+
             archs = _build_info.CUDA_ARCHS
         except ImportError:
             archs = "unknown"
     print(f"CUDA kernels compiled: {backends.cuda_built()} (architectures: {archs})")
     if backends.extension_loaded():
-        print(f"CPU kernels: {torch.ops.pykernels._cpu_capability()} build "
-              "(PYKERNELS_CPU_CAPABILITY=default forces the baseline one)")
+        print(
+            f"CPU kernels: {torch.ops.pykernels._cpu_capability()} build "
+            "(PYKERNELS_CPU_CAPABILITY=default forces the baseline one)"
+        )
     for name in backends.NAMES:
         why = backends.why_unavailable(name)
         print(f"  {name:<10} {'available' if why is None else 'unavailable: ' + why}")

@@ -1,6 +1,7 @@
 """Argument checks for the public API. Every message names the function, the argument,
 what was expected and what came. They only look at metadata (dtype, shape, device) and
 Python scalars, so they cost nothing on the GPU and trace under torch.compile."""
+
 from __future__ import annotations
 
 import torch
@@ -64,7 +65,9 @@ def grad(fn: str, g, shape, like: torch.Tensor, name: str = "grad") -> None:
     tensor(fn, name, g)
     same_device(fn, ("the inputs", like), (name, g))
     if tuple(g.shape) != tuple(shape):
-        raise ValueError(f"{fn}: argument '{name}' must have shape {tuple(shape)}, got {tuple(g.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must have shape {tuple(shape)}, got {tuple(g.shape)}"
+        )
 
 
 def positive(fn: str, name: str, value) -> None:
@@ -113,7 +116,7 @@ def autocast_rule(*names: str):
 
     def deco(f):
         code = f.__code__
-        params = code.co_varnames[:code.co_argcount]
+        params = code.co_varnames[: code.co_argcount]
         positions = [(params.index(n), n) for n in names if n in params]
 
         @functools.wraps(f)
@@ -124,8 +127,14 @@ def autocast_rule(*names: str):
             if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
                 return f(*args, **kwargs)
             args, kwargs = list(args), dict(kwargs)
-            slots = [(args, i) for i, _ in positions if i < len(args)] + [(kwargs, n) for n in names if n in kwargs]
-            slots = [(c, k) for c, k in slots if isinstance(c[k], torch.Tensor) and c[k].is_floating_point()]
+            slots = [(args, i) for i, _ in positions if i < len(args)] + [
+                (kwargs, n) for n in names if n in kwargs
+            ]
+            slots = [
+                (c, k)
+                for c, k in slots
+                if isinstance(c[k], torch.Tensor) and c[k].is_floating_point()
+            ]
             if slots:
                 wide = slots[0][0][slots[0][1]].dtype
                 for c, k in slots[1:]:

@@ -8,6 +8,7 @@ against the float64 reference, ``rel_err(out, ref)``, is within
 idiomatic PyTorch composition in the same dtype when that is larger (flash-attention's
 rule). Extra precision beyond that is never bought with speed.
 """
+
 from __future__ import annotations
 
 import torch

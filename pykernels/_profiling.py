@@ -1,4 +1,5 @@
 """Peak-memory measurement shared by the tests and the benchmarks."""
+
 from __future__ import annotations
 
 import contextlib

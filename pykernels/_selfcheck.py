@@ -6,6 +6,7 @@ compared with the reference run on float64 copies of the same inputs; a result p
 when its relative error is within tolerance(dtype, error of the idiomatic composition in
 that dtype), the precision contract of pykernels/_precision.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,8 +76,10 @@ def results(device: torch.device) -> list[Result]:
 
 
 def _line(r: Result) -> str:
-    return (f"  {'ok  ' if r.ok else 'FAIL'} {r.family:<12} {r.case:<34} {r.backend:<7} "
-            f"{str(r.dtype)[6:]:<9} rel err {r.err:.2e} (tolerance {r.tol:.1e})")
+    return (
+        f"  {'ok  ' if r.ok else 'FAIL'} {r.family:<12} {r.case:<34} {r.backend:<7} "
+        f"{str(r.dtype)[6:]:<9} rel err {r.err:.2e} (tolerance {r.tol:.1e})"
+    )
 
 
 def summary(res: list[Result], device: torch.device) -> str:
@@ -87,8 +90,10 @@ def summary(res: list[Result], device: torch.device) -> str:
         return f"check: {len(bad)} of {len(res)} results FAIL against the float64 reference"
     worst = max((r.err / r.tol for r in res), default=0.0)
     verb = "agrees" if len(names) == 1 else "agree"
-    return (f"check: {'/'.join(names)} {verb} with float64 on {cases} cases x {len(DTYPES)} "
-            f"dtypes, worst error {worst:.2f} of its tolerance (python -m pykernels check -v)")
+    return (
+        f"check: {'/'.join(names)} {verb} with float64 on {cases} cases x {len(DTYPES)} "
+        f"dtypes, worst error {worst:.2f} of its tolerance (python -m pykernels check -v)"
+    )
 
 
 def run(device: torch.device, verbose: bool = False) -> list[str]:
@@ -100,4 +105,3 @@ def run(device: torch.device, verbose: bool = False) -> list[str]:
             print(_line(r))
     print(summary(res, device))
     return [f"{r.family}/{r.case}/{r.backend}/{r.dtype}" for r in res if not r.ok]
-

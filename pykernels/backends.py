@@ -8,6 +8,7 @@ CPU tensors) and ``reference`` (pure PyTorch, anywhere).
 variable, else ``auto``: CUDA tensors -> ``cuda`` if built, else ``triton``; CPU
 tensors -> ``cpu`` if built, else ``reference``.
 """
+
 from __future__ import annotations
 
 import os
@@ -108,7 +109,9 @@ def resolve(backend: str | None, device: torch.device, fn: str) -> str:
             return "cuda" if "cuda" in _device_types("cuda") else "triton"
         return "cpu" if "cpu" in _device_types("cpu") else "reference"
     if name not in NAMES:
-        raise ValueError(f"{fn}: argument '{source}' must be one of {NAMES + ('auto',)}, got {name!r}")
+        raise ValueError(
+            f"{fn}: argument '{source}' must be one of {NAMES + ('auto',)}, got {name!r}"
+        )
     if device.type not in _device_types(name):
         reason = why_unavailable(name) or f"it does not run on {device.type} tensors"
         raise RuntimeError(

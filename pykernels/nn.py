@@ -1,4 +1,5 @@
 """nn.Module drop-ins for the functional ops (torch.nn / open_clip names)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,17 +39,25 @@ class PairwiseCosineSimilarity(nn.Module):
 class FeatureDistillationLoss(nn.Module):
     """Seed's L_feature (kind="mse": mean over rows of |f_S - f_T|^2) or 1 - cos."""
 
-    def __init__(self, kind: str = "mse", reduction: str = "mean", eps: float = 1e-8, *,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        kind: str = "mse",
+        reduction: str = "mean",
+        eps: float = 1e-8,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.kind, self.reduction, self.eps, self.backend = kind, reduction, eps, backend
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return _cosine.feature_distillation_loss(student, teacher, self.kind, self.reduction,
-                                                 eps=self.eps, backend=self.backend)
+        return _cosine.feature_distillation_loss(
+            student, teacher, self.kind, self.reduction, eps=self.eps, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, reduction={self.reduction!r}"
+
 
 # (distillation, contrastive, mae, diffusion modules go below, one section per family)
 
@@ -67,7 +76,9 @@ class RandomMasking(nn.Module):
         self.mask_ratio, self.backend = mask_ratio, backend
 
     def forward(self, x: Tensor, noise: Tensor | None = None, generator=None):
-        return _mae.random_masking(x, self.mask_ratio, noise=noise, generator=generator, backend=self.backend)
+        return _mae.random_masking(
+            x, self.mask_ratio, noise=noise, generator=generator, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"mask_ratio={self.mask_ratio}"
@@ -84,7 +95,9 @@ class MaskTokenUnshuffle(nn.Module):
         self.backend = backend
 
     def forward(self, x_visible: Tensor, ids_restore: Tensor) -> Tensor:
-        return _mae.unshuffle_with_mask_tokens(x_visible, self.mask_token, ids_restore, backend=self.backend)
+        return _mae.unshuffle_with_mask_tokens(
+            x_visible, self.mask_token, ids_restore, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
         return f"dim={self.mask_token.shape[-1]}"
@@ -98,34 +111,63 @@ class MaskedPatchLoss(nn.Module):
         self.patch_size, self.norm_pix_loss, self.backend = patch_size, norm_pix_loss, backend
 
     def forward(self, pred: Tensor, imgs: Tensor, mask: Tensor) -> Tensor:
-        return _mae.masked_patch_loss(pred, imgs, mask, self.patch_size, norm_pix_loss=self.norm_pix_loss,
-                                      backend=self.backend)
+        return _mae.masked_patch_loss(
+            pred,
+            imgs,
+            mask,
+            self.patch_size,
+            norm_pix_loss=self.norm_pix_loss,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"
+
+
 # ----------------------------------------------------------------------------- diffusion
 class DiffusionLoss(nn.Module):
     """The diffusion training loss with its schedule as a buffer (moves with .to()):
     forward(model_output, x0, noise, timesteps) = mean((model_output - target)^2), target
     = noise / x0 / velocity for prediction_type "epsilon" / "sample" / "v_prediction"."""
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
-                 beta_end: float = 0.02, prediction_type: str = "epsilon", reduction: str = "mean", *,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
+        reduction: str = "mean",
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         from .ops import diffusion as _diffusion
 
         self._fn = _diffusion.diffusion_loss
-        self.register_buffer("alphas_cumprod", _diffusion.make_schedule(num_train_timesteps, beta_schedule,
-                                                                       beta_start, beta_end), persistent=False)
+        self.register_buffer(
+            "alphas_cumprod",
+            _diffusion.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end),
+            persistent=False,
+        )
         self.prediction_type, self.reduction, self.backend = prediction_type, reduction, backend
 
     def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps) -> Tensor:
-        return self._fn(model_output, x0, noise, timesteps, self.alphas_cumprod, prediction_type=self.prediction_type,
-                        reduction=self.reduction, backend=self.backend)
+        return self._fn(
+            model_output,
+            x0,
+            noise,
+            timesteps,
+            self.alphas_cumprod,
+            prediction_type=self.prediction_type,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"prediction_type={self.prediction_type!r}, reduction={self.reduction!r}"
+
+
 # ----------------------------------------------------------------------------- distillation
 from .ops import distillation as _distillation  # noqa: E402
 
@@ -136,39 +178,84 @@ class DistillationLoss(nn.Module):
     Defaults are the soft (Hinton KL) loss alone; pass labels and hard_weight for the
     hard term. forward(student_logits, teacher_logits, labels=None)."""
 
-    def __init__(self, temperature: float = 1.0, *, soft_weight: float = 1.0, hard_weight: float = 0.0,
-                 beta: float = 0.0, ignore_index: int = -100, label_smoothing: float = 0.0,
-                 reduction: str = "batchmean", backend: str | None = None):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        *,
+        soft_weight: float = 1.0,
+        hard_weight: float = 0.0,
+        beta: float = 0.0,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "batchmean",
+        backend: str | None = None,
+    ):
         super().__init__()
-        self.temperature, self.soft_weight, self.hard_weight, self.beta = temperature, soft_weight, hard_weight, beta
+        self.temperature, self.soft_weight, self.hard_weight, self.beta = (
+            temperature,
+            soft_weight,
+            hard_weight,
+            beta,
+        )
         self.ignore_index, self.label_smoothing, self.reduction, self.backend = (
-            ignore_index, label_smoothing, reduction, backend)
+            ignore_index,
+            label_smoothing,
+            reduction,
+            backend,
+        )
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         return _distillation.distillation_loss(
-            student_logits, teacher_logits, temperature=self.temperature, labels=labels,
-            soft_weight=self.soft_weight, hard_weight=self.hard_weight, beta=self.beta,
-            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction=self.reduction,
-            backend=self.backend)
+            student_logits,
+            teacher_logits,
+            temperature=self.temperature,
+            labels=labels,
+            soft_weight=self.soft_weight,
+            hard_weight=self.hard_weight,
+            beta=self.beta,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
-                f"beta={self.beta}, reduction={self.reduction!r}")
+        return (
+            f"temperature={self.temperature}, soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
+            f"beta={self.beta}, reduction={self.reduction!r}"
+        )
 
 
 class CrossEntropyLoss(nn.Module):
     """torch.nn.CrossEntropyLoss for [..., V] logits (classes last) and int64 labels."""
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, *,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.ignore_index, self.reduction, self.label_smoothing, self.backend = (
-            ignore_index, reduction, label_smoothing, backend)
+            ignore_index,
+            reduction,
+            label_smoothing,
+            backend,
+        )
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return _distillation.cross_entropy(logits, labels, ignore_index=self.ignore_index,
-                                           label_smoothing=self.label_smoothing, reduction=self.reduction,
-                                           backend=self.backend)
+        return _distillation.cross_entropy(
+            logits,
+            labels,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
@@ -177,16 +264,25 @@ class CrossEntropyLoss(nn.Module):
 class SoftTargetCrossEntropy(nn.Module):
     """Cross entropy against soft labels: -sum_j q_j log softmax(logits / T)_j per row."""
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "batchmean", *, backend: str | None = None):
+    def __init__(
+        self, temperature: float = 1.0, reduction: str = "batchmean", *, backend: str | None = None
+    ):
         super().__init__()
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
 
     def forward(self, logits: Tensor, target_probs: Tensor) -> Tensor:
-        return _distillation.soft_target_cross_entropy(logits, target_probs, temperature=self.temperature,
-                                                       reduction=self.reduction, backend=self.backend)
+        return _distillation.soft_target_cross_entropy(
+            logits,
+            target_probs,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+
 # ----------------------------------------------------------------------------- fused_linear
 from .ops import fused_linear as _fused_linear  # noqa: E402
 
@@ -196,28 +292,57 @@ class FusedLinearCrossEntropyLoss(nn.Module):
     logits (pykernels.fused_linear_cross_entropy). forward(hidden, weight, labels, bias=None,
     num_items_in_batch=None); with return_lse=True it returns (loss, lse)."""
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0, *, softcap: float | None = None,
-                 z_loss: float = 0.0, chunk_size: int | None = None, return_lse: bool = False,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        softcap: float | None = None,
+        z_loss: float = 0.0,
+        chunk_size: int | None = None,
+        return_lse: bool = False,
+        backend: str | None = None,
+    ):
         super().__init__()
-        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.ignore_index, self.reduction, self.label_smoothing = (
+            ignore_index,
+            reduction,
+            label_smoothing,
+        )
         self.softcap, self.z_loss, self.chunk_size = softcap, z_loss, chunk_size
         self.return_lse, self.backend = return_lse, backend
 
-    def forward(self, hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None,
-                num_items_in_batch=None):
+    def forward(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        labels: Tensor,
+        bias: Tensor | None = None,
+        num_items_in_batch=None,
+    ):
         return _fused_linear.fused_linear_cross_entropy(
-            hidden, weight, labels, bias=bias, ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing, softcap=self.softcap, z_loss=self.z_loss,
-            reduction=self.reduction, chunk_size=self.chunk_size,
-            num_items_in_batch=num_items_in_batch, return_lse=self.return_lse,
-            backend=self.backend)
+            hidden,
+            weight,
+            labels,
+            bias=bias,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            softcap=self.softcap,
+            z_loss=self.z_loss,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+            num_items_in_batch=num_items_in_batch,
+            return_lse=self.return_lse,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}, softcap={self.softcap}, "
-                f"z_loss={self.z_loss}")
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}, softcap={self.softcap}, "
+            f"z_loss={self.z_loss}"
+        )
 
 
 class FusedLinearDistillationLoss(nn.Module):
@@ -226,32 +351,70 @@ class FusedLinearDistillationLoss(nn.Module):
     teacher_hidden, teacher_weight, labels=None, student_bias=None, teacher_bias=None,
     num_items_in_batch=None)."""
 
-    def __init__(self, temperature: float = 1.0, *, beta: float = 0.0, soft_weight: float = 1.0,
-                 hard_weight: float = 0.0, ignore_index: int = -100,
-                 label_smoothing: float = 0.0, reduction: str = "batchmean",
-                 chunk_size: int | None = None, backend: str | None = None):
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        *,
+        beta: float = 0.0,
+        soft_weight: float = 1.0,
+        hard_weight: float = 0.0,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: str = "batchmean",
+        chunk_size: int | None = None,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.temperature, self.beta, self.soft_weight, self.hard_weight = (
-            temperature, beta, soft_weight, hard_weight)
-        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
+            temperature,
+            beta,
+            soft_weight,
+            hard_weight,
+        )
+        self.ignore_index, self.label_smoothing, self.reduction = (
+            ignore_index,
+            label_smoothing,
+            reduction,
+        )
         self.chunk_size, self.backend = chunk_size, backend
 
-    def forward(self, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
-                teacher_weight: Tensor, labels: Tensor | None = None,
-                student_bias: Tensor | None = None, teacher_bias: Tensor | None = None,
-                num_items_in_batch=None) -> Tensor:
+    def forward(
+        self,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor,
+        teacher_weight: Tensor,
+        labels: Tensor | None = None,
+        student_bias: Tensor | None = None,
+        teacher_bias: Tensor | None = None,
+        num_items_in_batch=None,
+    ) -> Tensor:
         return _fused_linear.fused_linear_distillation_loss(
-            student_hidden, student_weight, teacher_hidden, teacher_weight, labels=labels,
-            student_bias=student_bias, teacher_bias=teacher_bias, temperature=self.temperature,
-            beta=self.beta, soft_weight=self.soft_weight, hard_weight=self.hard_weight,
-            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, chunk_size=self.chunk_size,
-            num_items_in_batch=num_items_in_batch, backend=self.backend)
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels=labels,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            temperature=self.temperature,
+            beta=self.beta,
+            soft_weight=self.soft_weight,
+            hard_weight=self.hard_weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+            num_items_in_batch=num_items_in_batch,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, beta={self.beta}, "
-                f"soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
-                f"reduction={self.reduction!r}")
+        return (
+            f"temperature={self.temperature}, beta={self.beta}, "
+            f"soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 # ----------------------------------------------------------------------------- contrastive
@@ -277,10 +440,22 @@ class ClipLoss(nn.Module):
     carry gradients back to their owners, summed over ranks (torch.distributed.nn.all_gather).
     """
 
-    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
-                 rank: int = 0, world_size: int = 1, *, backend: str | None = None):
+    def __init__(
+        self,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
-        self.local_loss, self.gather_with_grad, self.cache_labels = local_loss, gather_with_grad, cache_labels
+        self.local_loss, self.gather_with_grad, self.cache_labels = (
+            local_loss,
+            gather_with_grad,
+            cache_labels,
+        )
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.prev_num_logits = 0  # open_clip's label cache
         self.labels: dict = {}
@@ -296,16 +471,32 @@ class ClipLoss(nn.Module):
             self.labels[device], self.prev_num_logits = labels, num_logits
         return labels
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
-                logit_bias: Tensor | None = None, output_dict: bool = False):
-        loss_fn = functools.partial(_contrastive_ops.info_nce_loss, logit_bias=logit_bias, backend=self.backend)
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+        output_dict: bool = False,
+    ):
+        loss_fn = functools.partial(
+            _contrastive_ops.info_nce_loss, logit_bias=logit_bias, backend=self.backend
+        )
         if self.world_size > 1:
             all_image, all_text = _distributed.gather_features(
-                image_features, text_features, self.local_loss, self.gather_with_grad, self.rank, self.world_size)
+                image_features,
+                text_features,
+                self.local_loss,
+                self.gather_with_grad,
+                self.rank,
+                self.world_size,
+            )
             if self.local_loss:
                 labels = self.get_ground_truth(image_features.device, image_features.shape[0])
-                loss = (loss_fn(image_features, all_text, logit_scale, labels=labels, symmetric=False)
-                        + loss_fn(text_features, all_image, logit_scale, labels=labels, symmetric=False)) / 2
+                loss = (
+                    loss_fn(image_features, all_text, logit_scale, labels=labels, symmetric=False)
+                    + loss_fn(text_features, all_image, logit_scale, labels=labels, symmetric=False)
+                ) / 2
             else:
                 loss = loss_fn(all_image, all_text, logit_scale)
         else:
@@ -313,8 +504,10 @@ class ClipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
-        return (f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
-                f"rank={self.rank}, world_size={self.world_size}")
+        return (
+            f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
+            f"rank={self.rank}, world_size={self.world_size}"
+        )
 
 
 class InfoNCELoss(nn.Module):
@@ -324,9 +517,18 @@ class InfoNCELoss(nn.Module):
     mode="gather" all-gathers the features; mode="ring" passes blocks between ring
     neighbours so no rank holds the whole batch. See pykernels.distributed."""
 
-    def __init__(self, process_group=None, mode: str = "gather", *, symmetric: bool = True,
-                 normalize: bool = False, reduction: str = "mean", check_sizes: bool = True,
-                 chunk_size: int = 1024, backend: str | None = None):
+    def __init__(
+        self,
+        process_group=None,
+        mode: str = "gather",
+        *,
+        symmetric: bool = True,
+        normalize: bool = False,
+        reduction: str = "mean",
+        check_sizes: bool = True,
+        chunk_size: int = 1024,
+        backend: str | None = None,
+    ):
         super().__init__()
         _checks.choice("pykernels.nn.InfoNCELoss", "mode", mode, _distributed.MODES)
         _checks.choice("pykernels.nn.InfoNCELoss", "reduction", reduction, _distributed.REDUCTIONS)
@@ -334,12 +536,27 @@ class InfoNCELoss(nn.Module):
         self.symmetric, self.normalize, self.reduction = symmetric, normalize, reduction
         self.check_sizes, self.chunk_size, self.backend = check_sizes, chunk_size, backend
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
-                logit_bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+    ) -> Tensor:
         return _distributed.info_nce_loss(
-            image_features, text_features, logit_scale, logit_bias=logit_bias, process_group=self.process_group,
-            mode=self.mode, symmetric=self.symmetric, normalize=self.normalize, reduction=self.reduction,
-            check_sizes=self.check_sizes, chunk_size=self.chunk_size, backend=self.backend)
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias=logit_bias,
+            process_group=self.process_group,
+            mode=self.mode,
+            symmetric=self.symmetric,
+            normalize=self.normalize,
+            reduction=self.reduction,
+            check_sizes=self.check_sizes,
+            chunk_size=self.chunk_size,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}"
@@ -362,24 +579,39 @@ class SigLipLoss(nn.Module):
 
     DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
-    def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1,
-                 dist_impl: str | None = None, *, backend: str | None = None):
+    def __init__(
+        self,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        dist_impl: str | None = None,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.dist_impl = dist_impl or "bidir"
         _checks.choice("pykernels.nn.SigLipLoss", "dist_impl", self.dist_impl, self.DIST_IMPLS)
         self.cache_labels, self.rank, self.world_size = cache_labels, rank, world_size
         self.backend = backend
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
-                logit_bias: Tensor | None = None, output_dict: bool = False):
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+        output_dict: bool = False,
+    ):
         bias = 0.0 if logit_bias is None else logit_bias
         if self.world_size > 1:
             mode = "ring" if self.dist_impl in ("bidir", "shift") else "gather"
             loss = _siglip_distributed.sigmoid_contrastive_loss(
-                image_features, text_features, logit_scale, bias, mode=mode, backend=self.backend)
+                image_features, text_features, logit_scale, bias, mode=mode, backend=self.backend
+            )
         else:
-            loss = _siglip_ops.sigmoid_contrastive_loss(image_features, text_features,
-                                                        logit_scale, bias, backend=self.backend)
+            loss = _siglip_ops.sigmoid_contrastive_loss(
+                image_features, text_features, logit_scale, bias, backend=self.backend
+            )
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
@@ -396,18 +628,32 @@ class FlowMatchingLoss(nn.Module):
     c(sigma) mean((model_output - (noise - x0))^2) per sample, with c from the SD3 loss
     weighting ("none", "sigma_sqrt", "cosmap") and precondition_outputs."""
 
-    def __init__(self, weighting_scheme: str = "none", precondition_outputs: bool = False,
-                 reduction: str = "mean", *, backend: str | None = None):
+    def __init__(
+        self,
+        weighting_scheme: str = "none",
+        precondition_outputs: bool = False,
+        reduction: str = "mean",
+        *,
+        backend: str | None = None,
+    ):
         super().__init__()
         self.weighting_scheme, self.precondition_outputs = weighting_scheme, precondition_outputs
         self.reduction, self.backend = reduction, backend
 
     def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, sigmas) -> Tensor:
-        return _flow_matching.flow_matching_loss(model_output, x0, noise, sigmas,
-                                                 weighting_scheme=self.weighting_scheme,
-                                                 precondition_outputs=self.precondition_outputs,
-                                                 reduction=self.reduction, backend=self.backend)
+        return _flow_matching.flow_matching_loss(
+            model_output,
+            x0,
+            noise,
+            sigmas,
+            weighting_scheme=self.weighting_scheme,
+            precondition_outputs=self.precondition_outputs,
+            reduction=self.reduction,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"weighting_scheme={self.weighting_scheme!r}, "
-                f"precondition_outputs={self.precondition_outputs}, reduction={self.reduction!r}")
+        return (
+            f"weighting_scheme={self.weighting_scheme!r}, "
+            f"precondition_outputs={self.precondition_outputs}, reduction={self.reduction!r}"
+        )

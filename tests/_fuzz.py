@@ -6,6 +6,7 @@ the same view can be rebuilt on the float64 copy the reference runs on. `compare
 backend and checks every output and every gradient against the float64 reference,
 with the idiomatic same-precision composition as the baseline (pykernels/_precision.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,6 +71,7 @@ class Spec:
     10^u, u uniform in [-3, 0] (magnitudes spread over three decades); "positive": |randn|;
     "probs": softmax(randn * scale) over the view's last dim (a sliced view takes a
     subset of each distribution)."""
+
     shape: tuple
     dtype: torch.dtype
     layout: str = "contiguous"
@@ -86,12 +88,12 @@ class Spec:
         if self.layout == "sliced":
             shape[-1] *= 2
             if r >= 2:
-                shape[0] *= 3   # rows 1, 4, 7, ...: a storage offset and a row step
+                shape[0] *= 3  # rows 1, 4, 7, ...: a storage offset and a row step
                 return shape, lambda x: x[1::3][..., ::2]
             return shape, lambda x: x[..., ::2]
         if self.layout == "expanded" and r >= 2:  # dim 0: never the last dim ops reduce over
             full = tuple(self.shape)
-            shape[0] = 1        # every row the same storage: stride 0
+            shape[0] = 1  # every row the same storage: stride 0
             return shape, lambda x: _moved_rows(x, x.expand(full))
         return shape, lambda x: x
 
@@ -115,7 +117,9 @@ class Spec:
         rows of a bfloat16 x0, test_fuzz_diffusion). That sum is autograd's; the kernels'
         gradients of the same inputs are checked in every other layout."""
         summed = self.layout == "expanded" and len(self.shape) >= 2 and self.shape[0] > 1
-        requires_grad = requires_grad and not (summed and self.dtype in (torch.float16, torch.bfloat16))
+        requires_grad = requires_grad and not (
+            summed and self.dtype in (torch.float16, torch.bfloat16)
+        )
         return self.values64().to(device=device, dtype=self.dtype).requires_grad_(requires_grad)
 
     def view(self, leaf: torch.Tensor) -> torch.Tensor:
@@ -123,12 +127,28 @@ class Spec:
 
 
 @st.composite
-def specs(draw, shape, dtype, *, hi: float = 1e4, layouts=LAYOUTS, values=("normal", "wide"), stream: int = 0):
+def specs(
+    draw,
+    shape,
+    dtype,
+    *,
+    hi: float = 1e4,
+    layouts=LAYOUTS,
+    values=("normal", "wide"),
+    stream: int = 0,
+):
     """A Spec of `shape` and `dtype` with a drawn layout, scale and seed. Give each input
     of a case its own `stream`, so that two inputs never shrink to the same values (equal
     inputs make cosines 1 and divergences 0: gradients that are zero in exact math)."""
-    return Spec(tuple(shape), dtype, draw(st.sampled_from(layouts)), draw(scales(dtype, hi)),
-                draw(st.sampled_from(values)), draw(st.integers(0, 2**31 - 1)), stream)
+    return Spec(
+        tuple(shape),
+        dtype,
+        draw(st.sampled_from(layouts)),
+        draw(scales(dtype, hi)),
+        draw(st.sampled_from(values)),
+        draw(st.integers(0, 2**31 - 1)),
+        stream,
+    )
 
 
 def seeds():
@@ -144,7 +164,9 @@ def upstream(out: torch.Tensor, seed: int) -> torch.Tensor:
     """A fixed random upstream gradient for `out`, in out's dtype (its float64 copy is the
     exact same numbers, so every run weighs the outputs identically)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(
+        device=out.device, dtype=out.dtype
+    )
 
 
 def _flush(x: torch.Tensor, ref: torch.Tensor, tiny) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +203,9 @@ def _perturbed(dtype: torch.dtype, flip: bool = False):
     g = torch.Generator().manual_seed(12345)
 
     def factor(like):  # 1 + eps * (random sign) per element of `like`
-        sign = (torch.randint(0, 2, like.shape, generator=g, dtype=torch.float64) * 2 - 1) * (-1 if flip else 1)
+        sign = (torch.randint(0, 2, like.shape, generator=g, dtype=torch.float64) * 2 - 1) * (
+            -1 if flip else 1
+        )
         return (1 + eps * sign).to(like.device)
 
     def cast(x):
@@ -189,6 +213,7 @@ def _perturbed(dtype: torch.dtype, flip: bool = False):
         moved = (x64 * factor(x64)).to(x.device).requires_grad_(x.requires_grad)
         moved._pk_move = factor  # an expanded view of it moves each row (_moved_rows)
         return moved
+
     return cast
 
 
@@ -238,10 +263,12 @@ def _close(out, ref64, dtype, baseline, what, tol=None, leaf_dtypes=None, cond=0
     # A case whose same-precision reference overflows where float64 does not says
     # nothing about the kernel (any answer would pass): draw another.
     assume(base_err != math.inf)
-    limit = (TOLERANCE[dtype] if tol is None else tol)
+    limit = TOLERANCE[dtype] if tol is None else tol
     # the problem's conditioning (see _perturbed): 4 roundings' worth of it
     cond = 4 * cond if math.isfinite(cond) else 0.0
-    limit = max(limit, 2 * base_err, cond, _terms_floor(terms, ref64, dtype)) + (floor if math.isfinite(floor) else 0.0)
+    limit = max(limit, 2 * base_err, cond, _terms_floor(terms, ref64, dtype)) + (
+        floor if math.isfinite(floor) else 0.0
+    )
     assert_close(out, ref64, dtype, tol=limit, what=what)
 
 
@@ -253,12 +280,26 @@ def _vjp(outs, leaves, ws):
     pairs = [(o, w) for o, w in zip(outs, ws) if w is not None and o.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in leaves]
-    gs = torch.autograd.grad([o for o, _ in pairs], leaves, [w for _, w in pairs], allow_unused=True)
+    gs = torch.autograd.grad(
+        [o for o, _ in pairs], leaves, [w for _, w in pairs], allow_unused=True
+    )
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
 
 
-def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", grad_tol=None, grads=True,
-            baseline=None, grad_terms=None):
+def compare(
+    fused,
+    reference,
+    leaves,
+    dtype,
+    *,
+    backend,
+    exact=(),
+    what="op",
+    grad_tol=None,
+    grads=True,
+    baseline=None,
+    grad_terms=None,
+):
     """Run `fused(*leaves)` (poisoned memory) and check it against `reference(*leaves64)`.
 
     leaves: the tensors the calls take (those with requires_grad get gradients checked).
@@ -280,18 +321,24 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     Returns the fused outputs."""
     with poisoned():
         outs = _as_tuple(fused(*leaves))
-    grad_leaves = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad] if grads else []
+    grad_leaves = (
+        [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad] if grads else []
+    )
     ws = [upstream(o, 1000 + k) if o.requires_grad else None for k, o in enumerate(outs)]
     if grad_leaves and any(w is not None for w in ws):
         with poisoned():
             got = _vjp(outs, grad_leaves, ws)
 
     def rerun(cast, f):
-        xs = [cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in leaves]
+        xs = [
+            cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in leaves
+        ]
         return xs, _as_tuple(f(*xs))
 
     r64, want = rerun(lambda x: x.detach().double().requires_grad_(x.requires_grad), reference)
-    rb, base = rerun(lambda x: x.detach().clone().requires_grad_(x.requires_grad), baseline or reference)
+    rb, base = rerun(
+        lambda x: x.detach().clone().requires_grad_(x.requires_grad), baseline or reference
+    )
     # Two opposite moves: one may leave the domain (a DDIM step with eta > 0 to the same
     # alpha moved towards more noise is NaN by design) where the other does not.
     moved = [rerun(_perturbed(dtype, flip), reference) for flip in (False, True)]
@@ -310,12 +357,24 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     g64 = [x for x in r64 if isinstance(x, torch.Tensor) and x.requires_grad]
     gb = [x for x in rb if isinstance(x, torch.Tensor) and x.requires_grad]
     want_g = _vjp(want, g64, [None if w is None else w.double() for w in ws])
-    want_gp = [_vjp(wp, [x for x in rp if isinstance(x, torch.Tensor) and x.requires_grad],
-                    [None if w is None else w.double() for w in ws]) for rp, wp in moved]
+    want_gp = [
+        _vjp(
+            wp,
+            [x for x in rp if isinstance(x, torch.Tensor) and x.requires_grad],
+            [None if w is None else w.double() for w in ws],
+        )
+        for rp, wp in moved
+    ]
     base_g = _vjp(base, gb, ws)
-    terms = grad_terms(r64, [None if w is None else w.double() for w in ws]) if grad_terms else [None] * len(got)
+    terms = (
+        grad_terms(r64, [None if w is None else w.double() for w in ws])
+        if grad_terms
+        else [None] * len(got)
+    )
     for k, (g, x) in enumerate(zip(got, grad_leaves)):
-        assert g.dtype == x.dtype and g.shape == x.shape, f"{what} grad {k}: {g.dtype} {tuple(g.shape)}"
+        assert g.dtype == x.dtype and g.shape == x.shape, (
+            f"{what} grad {k}: {g.dtype} {tuple(g.shape)}"
+        )
 
     def joint(gs):  # one vector (_close flushes it at each leaf's own precision)
         return torch.cat([g.detach().double().cpu().reshape(-1) for g in gs])
@@ -323,16 +382,41 @@ def compare(fused, reference, leaves, dtype, *, backend, exact=(), what="op", gr
     sizes = ([x.dtype for x in grad_leaves], [x.numel() for x in grad_leaves])
     total = joint(want_g).norm().item()
     per_leaf = isinstance(grad_tol, (list, tuple))
-    tols = [TOLERANCE[dtype] if t is None else t for t in (grad_tol if per_leaf else [grad_tol] * len(got))]
+    tols = [
+        TOLERANCE[dtype] if t is None else t
+        for t in (grad_tol if per_leaf else [grad_tol] * len(got))
+    ]
     share = [w.double().norm().item() / total if total > 0 else 1.0 for w in want_g]
-    joint_tol = grad_tol if not per_leaf else sum(t * f for t, f in zip(tols, share)) if total > 0 else max(tols)
-    _close(joint(got), joint(want_g), dtype, joint(base_g), f"{what} joint grad", joint_tol, leaf_dtypes=sizes,
-           cond=_sensitivity([joint(gp) for gp in want_gp], joint(want_g)),
-           terms=None if grad_terms is None else joint(terms))
+    joint_tol = (
+        grad_tol
+        if not per_leaf
+        else sum(t * f for t, f in zip(tols, share))
+        if total > 0
+        else max(tols)
+    )
+    _close(
+        joint(got),
+        joint(want_g),
+        dtype,
+        joint(base_g),
+        f"{what} joint grad",
+        joint_tol,
+        leaf_dtypes=sizes,
+        cond=_sensitivity([joint(gp) for gp in want_gp], joint(want_g)),
+        terms=None if grad_terms is None else joint(terms),
+    )
     for k, (g, w, b) in enumerate(zip(got, want_g, base_g)):
         if len(got) > 1 and share[k] >= 1e-3:
-            _close(g, w, dtype, b, f"{what} grad {k}", tols[k], cond=_sensitivity([gp[k] for gp in want_gp], w),
-                   terms=terms[k])
+            _close(
+                g,
+                w,
+                dtype,
+                b,
+                f"{what} grad {k}",
+                tols[k],
+                cond=_sensitivity([gp[k] for gp in want_gp], w),
+                terms=terms[k],
+            )
     return outs
 
 
@@ -369,5 +453,21 @@ def logit_rounding_limit(scale: float) -> float:
     return 2 * torch.finfo(torch.float32).eps * scale
 
 
-__all__ = ["BACKENDS", "Spec", "compare", "confident_row_tolerance", "describe", "dtypes", "on_triton", "rows", "scales", "seeds", "sizes",
-           "specs", "upstream", "TOLERANCE", "backend_device", "logit_rounding_limit"]
+__all__ = [
+    "BACKENDS",
+    "Spec",
+    "compare",
+    "confident_row_tolerance",
+    "describe",
+    "dtypes",
+    "on_triton",
+    "rows",
+    "scales",
+    "seeds",
+    "sizes",
+    "specs",
+    "upstream",
+    "TOLERANCE",
+    "backend_device",
+    "logit_rounding_limit",
+]

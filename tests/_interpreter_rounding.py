@@ -10,6 +10,7 @@ wraps the interpreter's float conversion for that one case and checks, through a
 that the wrap took: a Triton version that converts elsewhere fails loudly here instead
 of quietly truncating again.
 """
+
 import numpy as np
 import torch
 
@@ -46,16 +47,31 @@ def round_bf16_to_nearest() -> None:
     def _to_bf16(X, Y, N: tl.constexpr):
         o = tl.arange(0, N)
         x = tl.load(X + o)
-        tl.store(Y + o, x.to(tl.bfloat16))                     # an explicit cast
-        tl.store(Y + N + o, x * 1.0)                           # a store's implicit one
+        tl.store(Y + o, x.to(tl.bfloat16))  # an explicit cast
+        tl.store(Y + N + o, x * 1.0)  # a store's implicit one
 
-    x = torch.tensor([1 + 2.0 ** -8 + 2.0 ** -12, -(1 + 2.0 ** -7 + 2.0 ** -8), 3.0000002, -7.9999995,
-                      1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, float("inf"), float("nan")], dtype=torch.float32)
+    x = torch.tensor(
+        [
+            1 + 2.0**-8 + 2.0**-12,
+            -(1 + 2.0**-7 + 2.0**-8),
+            3.0000002,
+            -7.9999995,
+            1 + 2.0**-8,
+            1 + 3 * 2.0**-8,
+            float("inf"),
+            float("nan"),
+        ],
+        dtype=torch.float32,
+    )
     y = torch.empty(2 * x.numel(), dtype=torch.bfloat16)
     _to_bf16[(1,)](x, y, N=x.numel())
     want = x.to(torch.bfloat16).repeat(2)
-    same = (y.view(torch.int16) == want.view(torch.int16)) | (y.isnan() & want.isnan())  # any NaN's bits
+    same = (y.view(torch.int16) == want.view(torch.int16)) | (
+        y.isnan() & want.isnan()
+    )  # any NaN's bits
     if not same.all():
-        raise RuntimeError(f"Triton's interpreter ({triton.__version__}) still converts float32 to bfloat16 "
-                           f"otherwise than a GPU: got {y.tolist()}, want {want.tolist()} "
-                           "(see tests/_interpreter_rounding.py)")
+        raise RuntimeError(
+            f"Triton's interpreter ({triton.__version__}) still converts float32 to bfloat16 "
+            f"otherwise than a GPU: got {y.tolist()}, want {want.tolist()} "
+            "(see tests/_interpreter_rounding.py)"
+        )

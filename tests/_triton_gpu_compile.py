@@ -10,6 +10,7 @@ GPU, and every kernel launch is compiled (Triton's own front end, LLVM and ptxas
 sm_90 instead of run. OUT gets a JSON report: the specializations compiled and the
 failures, with their messages.
 """
+
 import importlib
 import json
 import pickle
@@ -25,9 +26,18 @@ from triton.compiler import ASTSource
 from pykernels.ops import FAMILIES
 
 TARGET = GPUTarget("cuda", 90, 32)  # Hopper (H100 / H200)
-TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-         torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
-         torch.bool: "i1"}
+TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int64: "i64",
+    torch.int32: "i32",
+    torch.int16: "i16",
+    torch.int8: "i8",
+    torch.uint8: "u8",
+    torch.bool: "i1",
+}
 
 
 def _signature(kernel, args, kwargs):
@@ -42,7 +52,7 @@ def _signature(kernel, args, kwargs):
         elif isinstance(v, bool):
             sig[p.name] = "i1"
         elif isinstance(v, int):
-            sig[p.name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+            sig[p.name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         elif isinstance(v, float):
             sig[p.name] = "fp32"
         else:
@@ -63,12 +73,18 @@ class Compiler:
         kwargs = dict(kwargs)
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
         sig, constexprs = _signature(kernel, args, kwargs)
-        key = json.dumps([kernel.__name__, sig, {k: str(v) for k, v in constexprs.items()}, options], sort_keys=True)
+        key = json.dumps(
+            [kernel.__name__, sig, {k: str(v) for k, v in constexprs.items()}, options],
+            sort_keys=True,
+        )
         if key in self.done:
             return
         try:
-            triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs), target=TARGET,
-                           options=options)
+            triton.compile(
+                ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                target=TARGET,
+                options=options,
+            )
             self.done[key] = kernel.__name__
         except Exception as e:  # reported, not raised: one report lists every failure
             self.failures.append(f"{kernel.__name__} {key}: {type(e).__name__}: {e}")
@@ -92,6 +108,7 @@ def _meta(arg):
 
 def main(calls_path, out_path):
     import pykernels  # noqa: F401  (registers the ops)
+
     compiler = Compiler()
     for family in FAMILIES:
         importlib.import_module(f"pykernels.triton_kernels.{family}").wrap_triton = compiler
@@ -105,7 +122,14 @@ def main(calls_path, out_path):
             errors.append(f"{name}: {traceback.format_exc(limit=3)}")
     kernels = sorted(set(compiler.done.values()))
     with open(out_path, "w") as f:
-        json.dump({"compiled": len(compiler.done), "kernels": kernels, "failures": compiler.failures + errors}, f)
+        json.dump(
+            {
+                "compiled": len(compiler.done),
+                "kernels": kernels,
+                "failures": compiler.failures + errors,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

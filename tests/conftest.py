@@ -10,6 +10,7 @@ Pick one with PYKERNELS_HYPOTHESIS_PROFILE or hypothesis' own --hypothesis-profi
 overrides the number of examples of the chosen profile. The root /conftest.py (Triton
 interpreter setup) runs before this one.
 """
+
 import os
 
 from hypothesis import HealthCheck, Phase, settings
@@ -22,11 +23,31 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_ba
 # Triton interpreter) to say which draws matter; the drawn case is printed anyway.
 _PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
 
-settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True, print_blob=True,
-                          database=None, suppress_health_check=_QUIET, phases=_PHASES)
-settings.register_profile("fuzz", max_examples=500, deadline=None, derandomize=False, print_blob=True,
-                          database=None, suppress_health_check=_QUIET, phases=_PHASES)
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    database=None,
+    suppress_health_check=_QUIET,
+    phases=_PHASES,
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=500,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    database=None,
+    suppress_health_check=_QUIET,
+    phases=_PHASES,
+)
 settings.load_profile(os.environ.get("PYKERNELS_HYPOTHESIS_PROFILE", "ci"))
-if os.environ.get("PYKERNELS_HYPOTHESIS_EXAMPLES"):  # e.g. fewer examples under the Triton interpreter
-    settings.register_profile("custom", settings(max_examples=int(os.environ["PYKERNELS_HYPOTHESIS_EXAMPLES"])))
+if os.environ.get(
+    "PYKERNELS_HYPOTHESIS_EXAMPLES"
+):  # e.g. fewer examples under the Triton interpreter
+    settings.register_profile(
+        "custom", settings(max_examples=int(os.environ["PYKERNELS_HYPOTHESIS_EXAMPLES"]))
+    )
     settings.load_profile("custom")

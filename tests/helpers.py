@@ -1,5 +1,6 @@
 """Shared test helpers: backend parametrisation, devices, error metrics, poisoning,
 and peak-memory measurement. Every tests/test_<family>.py builds on these."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,11 @@ def backend_params(*names: str):
     params = []
     for name in names:
         reason = backends.why_unavailable(name)
-        if reason is None and backend_device(name).type not in backends.available(backend_device(name)) and name != "reference":
+        if (
+            reason is None
+            and backend_device(name).type not in backends.available(backend_device(name))
+            and name != "reference"
+        ):
             reason = f"{name} does not run on {backend_device(name)}"
         marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
         params.append(pytest.param(name, id=name, marks=marks))
@@ -60,7 +65,10 @@ def assert_close(out, ref64, dtype, *, baseline=None, tol=None, what="output"):
 def poisoned():
     """New tensors from torch.empty (ours included) start as NaN, so an element a kernel
     forgets to write shows up (PyTorch fills uninitialised memory in deterministic mode)."""
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev, prev_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
@@ -73,7 +81,9 @@ def poisoned():
 
 def randn(*shape, dtype=torch.float32, device="cpu", scale=1.0, requires_grad=False, seed=None):
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(
+        dtype=dtype, device=device
+    )
     return x.requires_grad_(requires_grad)
 
 
@@ -104,8 +114,9 @@ __all__ = ["pykernels"]
 TRITON_BACKENDS = [p for p in FUSED_BACKENDS if p.id == "triton"]
 # Backends whose public ops are traced with torch.compile(fullgraph=True): Triton only on a
 # GPU (on CPU, Inductor cannot compile Triton kernels for the interpreter).
-COMPILE_BACKENDS = ([p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")]
-                    + [p for p in TRITON_BACKENDS if torch.cuda.is_available()])
+COMPILE_BACKENDS = [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "cuda")] + [
+    p for p in TRITON_BACKENDS if torch.cuda.is_available()
+]
 
 
 def compile_backend(device: torch.device) -> str:

@@ -15,6 +15,7 @@ Used by test_malformed.py (public functions), test_malformed_direct.py (torch.op
 test_malformed_backward.py (the backward ops), test_edge_inputs.py (inputs that are not
 errors) and the families' own malformed tests.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -34,6 +35,7 @@ NAN, INF = float("nan"), float("inf")
 class Dev(NamedTuple):
     """Where a row's tensors live, and a second device for the mixed-device rows (CPU
     beside CUDA, meta beside CPU)."""
+
     dev: torch.device
     other: torch.device
 
@@ -57,6 +59,7 @@ def probs(d: Dev, *shape):
 
 class Mut:
     """A change of one argument computed from its good value: Mut(lambda x, d: ...)."""
+
     def __init__(self, fn):
         self.fn = fn
 
@@ -66,16 +69,20 @@ def as_dtype(dtype):
 
 
 ON_OTHER = Mut(lambda x, d: x.to(d.other))
-ON_META = Mut(lambda x, d: x.to("meta"))  # no backend runs on meta (the reference runs on CPU and CUDA)
+ON_META = Mut(
+    lambda x, d: x.to("meta")
+)  # no backend runs on meta (the reference runs on CPU and CUDA)
 AS_LIST = Mut(lambda x, d: x.tolist())
 
 
 def fill(value, index=0):
     """The tensor with one element set (an out-of-range id, label or timestep)."""
+
     def put(x, d):
         x = x.clone()
         x.view(-1)[index] = value
         return x
+
     return Mut(put)
 
 
@@ -95,81 +102,204 @@ def schedule(d, T=10):
 
 # op -> (public function, good keyword arguments, takes backend=, float tensor args)
 PUBLIC = {
-    "cosine_similarity": (pk.cosine_similarity, lambda d: dict(x1=f(d, 3, 5), x2=f(d, 3, 5)), True, ["x1", "x2"]),
-    "pairwise_cosine_similarity": (pk.pairwise_cosine_similarity,
-                                   lambda d: dict(a=f(d, 2, 3, 4), b=f(d, 2, 5, 4)), True, ["a", "b"]),
-    "feature_distillation_loss": (pk.feature_distillation_loss,
-                                  lambda d: dict(student=f(d, 3, 5), teacher=f(d, 3, 5)), True,
-                                  ["student", "teacher"]),
-    "info_nce_loss": (pk.info_nce_loss,
-                      lambda d: dict(image_features=f(d, 4, 6), text_features=f(d, 4, 6),
-                                     logit_scale=torch.tensor(5.0, device=d.dev), labels=ints(d, [1, 0, 3, 2])),
-                      True, ["image_features", "text_features", "logit_scale"]),
-    "random_masking": (pk.random_masking, lambda d: dict(x=f(d, 2, 6, 3), mask_ratio=0.5, noise=f(d, 2, 6)),
-                       True, ["x", "noise"]),
+    "cosine_similarity": (
+        pk.cosine_similarity,
+        lambda d: dict(x1=f(d, 3, 5), x2=f(d, 3, 5)),
+        True,
+        ["x1", "x2"],
+    ),
+    "pairwise_cosine_similarity": (
+        pk.pairwise_cosine_similarity,
+        lambda d: dict(a=f(d, 2, 3, 4), b=f(d, 2, 5, 4)),
+        True,
+        ["a", "b"],
+    ),
+    "feature_distillation_loss": (
+        pk.feature_distillation_loss,
+        lambda d: dict(student=f(d, 3, 5), teacher=f(d, 3, 5)),
+        True,
+        ["student", "teacher"],
+    ),
+    "info_nce_loss": (
+        pk.info_nce_loss,
+        lambda d: dict(
+            image_features=f(d, 4, 6),
+            text_features=f(d, 4, 6),
+            logit_scale=torch.tensor(5.0, device=d.dev),
+            labels=ints(d, [1, 0, 3, 2]),
+        ),
+        True,
+        ["image_features", "text_features", "logit_scale"],
+    ),
+    "random_masking": (
+        pk.random_masking,
+        lambda d: dict(x=f(d, 2, 6, 3), mask_ratio=0.5, noise=f(d, 2, 6)),
+        True,
+        ["x", "noise"],
+    ),
     "patchify": (pk.patchify, lambda d: dict(imgs=f(d, 2, 3, 4, 4), patch_size=2), False, ["imgs"]),
-    "unpatchify": (pk.unpatchify, lambda d: dict(patches=f(d, 2, 4, 12), patch_size=2, image_size=4, channels=3),
-                   False, ["patches"]),
-    "gather_patches": (pk.gather_patches,
-                       lambda d: dict(imgs=f(d, 2, 3, 4, 4), ids_keep=ints(d, [[0, 1], [3, 2]]), patch_size=2),
-                       True, ["imgs"]),
-    "unshuffle_with_mask_tokens": (pk.unshuffle_with_mask_tokens,
-                                   lambda d: dict(x_visible=f(d, 2, 2, 3), mask_token=f(d, 3),
-                                                  ids_restore=ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]])),
-                                   True, ["x_visible", "mask_token"]),
-    "masked_patch_loss": (pk.masked_patch_loss,
-                          lambda d: dict(pred=f(d, 2, 4, 12), imgs=f(d, 2, 3, 4, 4),
-                                         mask=ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float(), patch_size=2),
-                          True, ["pred", "imgs", "mask"]),
+    "unpatchify": (
+        pk.unpatchify,
+        lambda d: dict(patches=f(d, 2, 4, 12), patch_size=2, image_size=4, channels=3),
+        False,
+        ["patches"],
+    ),
+    "gather_patches": (
+        pk.gather_patches,
+        lambda d: dict(imgs=f(d, 2, 3, 4, 4), ids_keep=ints(d, [[0, 1], [3, 2]]), patch_size=2),
+        True,
+        ["imgs"],
+    ),
+    "unshuffle_with_mask_tokens": (
+        pk.unshuffle_with_mask_tokens,
+        lambda d: dict(
+            x_visible=f(d, 2, 2, 3),
+            mask_token=f(d, 3),
+            ids_restore=ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]]),
+        ),
+        True,
+        ["x_visible", "mask_token"],
+    ),
+    "masked_patch_loss": (
+        pk.masked_patch_loss,
+        lambda d: dict(
+            pred=f(d, 2, 4, 12),
+            imgs=f(d, 2, 3, 4, 4),
+            mask=ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float(),
+            patch_size=2,
+        ),
+        True,
+        ["pred", "imgs", "mask"],
+    ),
     "make_schedule": (pk.make_schedule, lambda d: dict(num_train_timesteps=10), False, []),
-    "add_noise": (pk.add_noise, lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), timesteps=ints(d, [0, 5, 9]),
-                                               alphas_cumprod=schedule(d)), True, ["x0", "noise"]),
-    "get_velocity": (pk.get_velocity, lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), timesteps=ints(d, [0, 5, 9]),
-                                                     alphas_cumprod=schedule(d)), True, ["x0", "noise"]),
-    "diffusion_loss": (pk.diffusion_loss,
-                       lambda d: dict(model_output=f(d, 3, 4), x0=f(d, 3, 4), noise=f(d, 3, 4),
-                                      timesteps=ints(d, [0, 5, 9]), alphas_cumprod=schedule(d)),
-                       True, ["model_output", "x0", "noise"]),
-    "ddpm_step": (pk.ddpm_step, lambda d: dict(model_output=f(d, 3, 4), timesteps=ints(d, [0, 5, 9]),
-                                               sample=f(d, 3, 4), alphas_cumprod=schedule(d), noise=f(d, 3, 4)),
-                  True, ["sample", "model_output", "noise"]),
-    "ddim_step": (pk.ddim_step, lambda d: dict(model_output=f(d, 3, 4), timesteps=ints(d, [1, 5, 9]),
-                                               prev_timesteps=ints(d, [0, 4, -1]), sample=f(d, 3, 4),
-                                               alphas_cumprod=schedule(d), eta=0.5, noise=f(d, 3, 4)),
-                  True, ["sample", "model_output", "noise"]),
-    "distillation_loss": (pk.distillation_loss,
-                          lambda d: dict(student_logits=f(d, 3, 5), teacher_logits=f(d, 3, 5),
-                                         labels=ints(d, [0, 4, -100]), hard_weight=0.5),
-                          True, ["student_logits", "teacher_logits"]),
-    "cross_entropy": (pk.cross_entropy, lambda d: dict(logits=f(d, 3, 5), labels=ints(d, [0, 4, -100])),
-                      True, ["logits"]),
-    "soft_target_cross_entropy": (pk.soft_target_cross_entropy,
-                                  lambda d: dict(logits=f(d, 3, 5), target_probs=probs(d, 3, 5)),
-                                  True, ["logits", "target_probs"]),
-    "distributed.info_nce_loss": (pkd.info_nce_loss,
-                                  lambda d: dict(image_features=f(d, 4, 6), text_features=f(d, 4, 6),
-                                                 logit_scale=torch.tensor(5.0, device=d.dev)),
-                                  True, ["image_features", "text_features", "logit_scale"]),
+    "add_noise": (
+        pk.add_noise,
+        lambda d: dict(
+            x0=f(d, 3, 4),
+            noise=f(d, 3, 4),
+            timesteps=ints(d, [0, 5, 9]),
+            alphas_cumprod=schedule(d),
+        ),
+        True,
+        ["x0", "noise"],
+    ),
+    "get_velocity": (
+        pk.get_velocity,
+        lambda d: dict(
+            x0=f(d, 3, 4),
+            noise=f(d, 3, 4),
+            timesteps=ints(d, [0, 5, 9]),
+            alphas_cumprod=schedule(d),
+        ),
+        True,
+        ["x0", "noise"],
+    ),
+    "diffusion_loss": (
+        pk.diffusion_loss,
+        lambda d: dict(
+            model_output=f(d, 3, 4),
+            x0=f(d, 3, 4),
+            noise=f(d, 3, 4),
+            timesteps=ints(d, [0, 5, 9]),
+            alphas_cumprod=schedule(d),
+        ),
+        True,
+        ["model_output", "x0", "noise"],
+    ),
+    "ddpm_step": (
+        pk.ddpm_step,
+        lambda d: dict(
+            model_output=f(d, 3, 4),
+            timesteps=ints(d, [0, 5, 9]),
+            sample=f(d, 3, 4),
+            alphas_cumprod=schedule(d),
+            noise=f(d, 3, 4),
+        ),
+        True,
+        ["sample", "model_output", "noise"],
+    ),
+    "ddim_step": (
+        pk.ddim_step,
+        lambda d: dict(
+            model_output=f(d, 3, 4),
+            timesteps=ints(d, [1, 5, 9]),
+            prev_timesteps=ints(d, [0, 4, -1]),
+            sample=f(d, 3, 4),
+            alphas_cumprod=schedule(d),
+            eta=0.5,
+            noise=f(d, 3, 4),
+        ),
+        True,
+        ["sample", "model_output", "noise"],
+    ),
+    "distillation_loss": (
+        pk.distillation_loss,
+        lambda d: dict(
+            student_logits=f(d, 3, 5),
+            teacher_logits=f(d, 3, 5),
+            labels=ints(d, [0, 4, -100]),
+            hard_weight=0.5,
+        ),
+        True,
+        ["student_logits", "teacher_logits"],
+    ),
+    "cross_entropy": (
+        pk.cross_entropy,
+        lambda d: dict(logits=f(d, 3, 5), labels=ints(d, [0, 4, -100])),
+        True,
+        ["logits"],
+    ),
+    "soft_target_cross_entropy": (
+        pk.soft_target_cross_entropy,
+        lambda d: dict(logits=f(d, 3, 5), target_probs=probs(d, 3, 5)),
+        True,
+        ["logits", "target_probs"],
+    ),
+    "distributed.info_nce_loss": (
+        pkd.info_nce_loss,
+        lambda d: dict(
+            image_features=f(d, 4, 6),
+            text_features=f(d, 4, 6),
+            logit_scale=torch.tensor(5.0, device=d.dev),
+        ),
+        True,
+        ["image_features", "text_features", "logit_scale"],
+    ),
     # the flow-matching ops' rows are their own (test_malformed.py, FLOW_ARGS)
-    "flow_interpolate": (pk.flow_interpolate,
-                         lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=sigmas(d)), True, []),
-    "flow_matching_loss": (pk.flow_matching_loss,
-                           lambda d: dict(model_output=f(d, 3, 4), x0=f(d, 3, 4), noise=f(d, 3, 4),
-                                          sigmas=sigmas(d)), True, []),
-    "flow_match_euler_step": (pk.flow_match_euler_step,
-                              lambda d: dict(sample=f(d, 3, 4), model_output=f(d, 3, 4), sigmas=sigmas(d),
-                                             sigmas_next=sigmas(d, (0.0, 0.2, 0.9))), True, []),
+    "flow_interpolate": (
+        pk.flow_interpolate,
+        lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=sigmas(d)),
+        True,
+        [],
+    ),
+    "flow_matching_loss": (
+        pk.flow_matching_loss,
+        lambda d: dict(model_output=f(d, 3, 4), x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=sigmas(d)),
+        True,
+        [],
+    ),
+    "flow_match_euler_step": (
+        pk.flow_match_euler_step,
+        lambda d: dict(
+            sample=f(d, 3, 4),
+            model_output=f(d, 3, 4),
+            sigmas=sigmas(d),
+            sigmas_next=sigmas(d, (0.0, 0.2, 0.9)),
+        ),
+        True,
+        [],
+    ),
 }
 
 
 class Row(NamedTuple):
     op: str
     what: str
-    changes: dict          # argument -> new value, Mut, or a callable of Dev
+    changes: dict  # argument -> new value, Mut, or a callable of Dev
     exc: type
     match: str
-    cpu_tensors_only: bool = False   # a value check that only CPU tensors get (docs/<family>.md)
-    backends: tuple = ()             # only these backends (empty: every backend)
+    cpu_tensors_only: bool = False  # a value check that only CPU tensors get (docs/<family>.md)
+    backends: tuple = ()  # only these backends (empty: every backend)
 
     @property
     def id(self):
@@ -192,9 +322,13 @@ def build(changes: dict, good: dict, d: Dev) -> dict:
 
 
 # Float arguments of any float dtype (documented): the scale, the cast mask token, the noise.
-ANY_FLOAT_DTYPE = {("info_nce_loss", "logit_scale"), ("distributed.info_nce_loss", "logit_scale"),
-                   ("unshuffle_with_mask_tokens", "mask_token"), ("random_masking", "noise"),
-                   ("masked_patch_loss", "mask")}
+ANY_FLOAT_DTYPE = {
+    ("info_nce_loss", "logit_scale"),
+    ("distributed.info_nce_loss", "logit_scale"),
+    ("unshuffle_with_mask_tokens", "mask_token"),
+    ("random_masking", "noise"),
+    ("masked_patch_loss", "mask"),
+}
 
 
 def generic_rows(op: str) -> list[Row]:
@@ -206,23 +340,52 @@ def generic_rows(op: str) -> list[Row]:
         rows += [
             Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, dtype_msg),
             Row(op, f"{name} bool", {name: as_dtype(torch.bool)}, TypeError, dtype_msg),
-            Row(op, f"{name} not a tensor", {name: AS_LIST}, TypeError, rf"argument '{name}' must be a torch.Tensor"),
+            Row(
+                op,
+                f"{name} not a tensor",
+                {name: AS_LIST},
+                TypeError,
+                rf"argument '{name}' must be a torch.Tensor",
+            ),
         ]
         if k == 0:
-            rows.append(Row(op, f"{name} complex64", {name: as_dtype(torch.complex64)}, TypeError, dtype_msg))
+            rows.append(
+                Row(
+                    op, f"{name} complex64", {name: as_dtype(torch.complex64)}, TypeError, dtype_msg
+                )
+            )
         else:
-            rows.append(Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
-                            rf"argument '{name}' must be on the same device"))
+            rows.append(
+                Row(
+                    op,
+                    f"{name} on another device",
+                    {name: ON_OTHER},
+                    ValueError,
+                    rf"argument '{name}' must be on the same device",
+                )
+            )
             if (op, name) not in ANY_FLOAT_DTYPE:
-                rows.append(Row(op, f"{name} float64 vs float32", {name: as_dtype(torch.float64)}, TypeError,
-                                rf"argument '{name}' must have the same dtype"))
+                rows.append(
+                    Row(
+                        op,
+                        f"{name} float64 vs float32",
+                        {name: as_dtype(torch.float64)},
+                        TypeError,
+                        rf"argument '{name}' must have the same dtype",
+                    )
+                )
     return rows
 
 
 def on_other_device(op: str) -> Row:
     """Every tensor on a device the backend does not run on: meta."""
-    return Row(op, "all tensors on a device the backend does not run on",
-               {"*": ON_META}, RuntimeError, r"backend '\w+' cannot run on \w+ tensors")
+    return Row(
+        op,
+        "all tensors on a device the backend does not run on",
+        {"*": ON_META},
+        RuntimeError,
+        r"backend '\w+' cannot run on \w+ tensors",
+    )
 
 
 PAIRS = {"cosine_similarity": ("x1", "x2"), "feature_distillation_loss": ("student", "teacher")}
@@ -232,44 +395,143 @@ TIMESTEP_OPS = ("add_noise", "get_velocity", "diffusion_loss", "ddpm_step", "ddi
 def table_rows(op: str) -> list[Row]:
     """The bad alphas_cumprod tables every diffusion op refuses, public or direct."""
     return [
-        Row(op, "table int64", {"alphas_cumprod": as_dtype(torch.int64)}, TypeError, r"'alphas_cumprod' must be float32"),
-        Row(op, "table float16", {"alphas_cumprod": as_dtype(torch.float16)}, TypeError,
-            r"'alphas_cumprod' must be float32"),
-        Row(op, "table 2-D", {"alphas_cumprod": Mut(lambda x, d: x[None])}, ValueError,
-            r"'alphas_cumprod' must be a non-empty 1-D table"),
-        Row(op, "table empty", {"alphas_cumprod": Mut(lambda x, d: x[:0])}, ValueError,
-            r"'alphas_cumprod' must be a non-empty 1-D table"),
-        Row(op, "table on another device", {"alphas_cumprod": ON_OTHER}, ValueError,
-            r"argument 'alphas_cumprod' must be on the same device"),
+        Row(
+            op,
+            "table int64",
+            {"alphas_cumprod": as_dtype(torch.int64)},
+            TypeError,
+            r"'alphas_cumprod' must be float32",
+        ),
+        Row(
+            op,
+            "table float16",
+            {"alphas_cumprod": as_dtype(torch.float16)},
+            TypeError,
+            r"'alphas_cumprod' must be float32",
+        ),
+        Row(
+            op,
+            "table 2-D",
+            {"alphas_cumprod": Mut(lambda x, d: x[None])},
+            ValueError,
+            r"'alphas_cumprod' must be a non-empty 1-D table",
+        ),
+        Row(
+            op,
+            "table empty",
+            {"alphas_cumprod": Mut(lambda x, d: x[:0])},
+            ValueError,
+            r"'alphas_cumprod' must be a non-empty 1-D table",
+        ),
+        Row(
+            op,
+            "table on another device",
+            {"alphas_cumprod": ON_OTHER},
+            ValueError,
+            r"argument 'alphas_cumprod' must be on the same device",
+        ),
     ]
 
 
 def timestep_rows(op: str) -> list[Row]:
     first = PUBLIC[op][3][0]
     rows = table_rows(op) + [
-        Row(op, "table not a tensor", {"alphas_cumprod": AS_LIST}, TypeError, r"'alphas_cumprod' must be a torch.Tensor"),
-        Row(op, "timesteps float", {"timesteps": as_dtype(torch.float32)}, TypeError,
-            r"argument 'timesteps' must be an int64 or int32 tensor"),
-        Row(op, "timesteps bool", {"timesteps": as_dtype(torch.bool)}, TypeError,
-            r"argument 'timesteps' must be an int64 or int32 tensor"),
-        Row(op, "timesteps a Python float", {"timesteps": 3.0}, TypeError, r"argument 'timesteps' must be an int"),
-        Row(op, "timesteps on another device", {"timesteps": ON_OTHER}, ValueError,
-            r"argument 'timesteps' must be on the same device"),
-        Row(op, "timesteps one short", {"timesteps": Mut(lambda x, d: x[:2])}, ValueError,
-            r"argument 'timesteps' must have shape \[N\] = \[3\]"),
-        Row(op, "timesteps 2-D", {"timesteps": Mut(lambda x, d: x[None])}, ValueError,
-            r"argument 'timesteps' must have shape \[N\]"),
-        Row(op, "timesteps >= T", {"timesteps": fill(10, 1)}, IndexError, r"argument 'timesteps' has 10, outside",
-            cpu_tensors_only=True),
-        Row(op, "timesteps negative", {"timesteps": fill(-1, 1)}, IndexError, r"argument 'timesteps' has -1, outside",
-            cpu_tensors_only=True),
-        Row(op, "timesteps int >= T", {"timesteps": 10}, IndexError, r"argument 'timesteps' is 10, outside"),
-        Row(op, "timesteps int negative", {"timesteps": -1}, IndexError, r"argument 'timesteps' is -1, outside"),
-        Row(op, "sample 0-dim", {first: Mut(lambda x, d: x[0, 0])}, ValueError,
-            rf"argument '{first}' must have at least 1 dimension"),
+        Row(
+            op,
+            "table not a tensor",
+            {"alphas_cumprod": AS_LIST},
+            TypeError,
+            r"'alphas_cumprod' must be a torch.Tensor",
+        ),
+        Row(
+            op,
+            "timesteps float",
+            {"timesteps": as_dtype(torch.float32)},
+            TypeError,
+            r"argument 'timesteps' must be an int64 or int32 tensor",
+        ),
+        Row(
+            op,
+            "timesteps bool",
+            {"timesteps": as_dtype(torch.bool)},
+            TypeError,
+            r"argument 'timesteps' must be an int64 or int32 tensor",
+        ),
+        Row(
+            op,
+            "timesteps a Python float",
+            {"timesteps": 3.0},
+            TypeError,
+            r"argument 'timesteps' must be an int",
+        ),
+        Row(
+            op,
+            "timesteps on another device",
+            {"timesteps": ON_OTHER},
+            ValueError,
+            r"argument 'timesteps' must be on the same device",
+        ),
+        Row(
+            op,
+            "timesteps one short",
+            {"timesteps": Mut(lambda x, d: x[:2])},
+            ValueError,
+            r"argument 'timesteps' must have shape \[N\] = \[3\]",
+        ),
+        Row(
+            op,
+            "timesteps 2-D",
+            {"timesteps": Mut(lambda x, d: x[None])},
+            ValueError,
+            r"argument 'timesteps' must have shape \[N\]",
+        ),
+        Row(
+            op,
+            "timesteps >= T",
+            {"timesteps": fill(10, 1)},
+            IndexError,
+            r"argument 'timesteps' has 10, outside",
+            cpu_tensors_only=True,
+        ),
+        Row(
+            op,
+            "timesteps negative",
+            {"timesteps": fill(-1, 1)},
+            IndexError,
+            r"argument 'timesteps' has -1, outside",
+            cpu_tensors_only=True,
+        ),
+        Row(
+            op,
+            "timesteps int >= T",
+            {"timesteps": 10},
+            IndexError,
+            r"argument 'timesteps' is 10, outside",
+        ),
+        Row(
+            op,
+            "timesteps int negative",
+            {"timesteps": -1},
+            IndexError,
+            r"argument 'timesteps' is -1, outside",
+        ),
+        Row(
+            op,
+            "sample 0-dim",
+            {first: Mut(lambda x, d: x[0, 0])},
+            ValueError,
+            rf"argument '{first}' must have at least 1 dimension",
+        ),
     ]
-    rows.append(Row(op, "noise other shape", {"noise": Mut(lambda x, d: x[:, :2])}, ValueError,
-                    r"argument 'noise' must have the same shape"))
+    rows.append(
+        Row(
+            op,
+            "noise other shape",
+            {"noise": Mut(lambda x, d: x[:, :2])},
+            ValueError,
+            r"argument 'noise' must have the same shape",
+        )
+    )
     return rows
 
 
@@ -290,8 +552,14 @@ def row_params(rows, backend_params):
             if not takes_backend and name != "reference":
                 continue
             if applies(row, name):
-                out.append(pytest.param(row, name, id=f"{row.id}-{name if takes_backend else 'no_backend'}",
-                                        marks=p.marks))
+                out.append(
+                    pytest.param(
+                        row,
+                        name,
+                        id=f"{row.id}-{name if takes_backend else 'no_backend'}",
+                        marks=p.marks,
+                    )
+                )
     return out
 
 
@@ -309,55 +577,138 @@ def call_public(row: Row, backend: str):
 # op -> [(argument, good value builder), ...] in schema order (csrc/pykernels.cpp)
 DIRECT = {
     "cosine_similarity": lambda d: [("x1", f(d, 3, 5)), ("x2", f(d, 3, 5)), ("eps", 1e-8)],
-    "feature_distillation_loss": lambda d: [("student", f(d, 3, 5)), ("teacher", f(d, 3, 5)), ("kind", "mse"),
-                                            ("eps", 1e-8)],
-    "pairwise_cosine_similarity": lambda d: [("a", f(d, 2, 3, 4)), ("b", f(d, 2, 5, 4)), ("eps", 1e-8)],
-    "distillation_loss": lambda d: [("student_logits", f(d, 3, 5)), ("teacher_logits", f(d, 3, 5)),
-                                    ("labels", ints(d, [0, 4, -100])), ("temperature", 2.0), ("soft_weight", 1.0),
-                                    ("hard_weight", 0.5), ("beta", 0.0), ("ignore_index", -100),
-                                    ("label_smoothing", 0.0), ("grad_student_logits", False),
-                                    ("grad_teacher_logits", False), ("grad_scale", 1.0)],
-    "cross_entropy": lambda d: [("logits", f(d, 3, 5)), ("labels", ints(d, [0, 4, -100])), ("ignore_index", -100),
-                                ("label_smoothing", 0.0), ("grad_logits", False), ("grad_scale", 1.0)],
-    "soft_target_cross_entropy": lambda d: [("logits", f(d, 3, 5)), ("target_probs", probs(d, 3, 5)),
-                                            ("temperature", 1.0), ("grad_logits", False), ("grad_target_probs", False),
-                                            ("grad_scale", 1.0)],
-    "info_nce_loss": lambda d: [("image_features", f(d, 4, 6)), ("text_features", f(d, 4, 6)),
-                                ("logit_scale", torch.tensor(5.0, device=d.dev)), ("labels", ints(d, [1, 0, 3, 2])),
-                                ("symmetric", True), ("normalize", False)],
+    "feature_distillation_loss": lambda d: [
+        ("student", f(d, 3, 5)),
+        ("teacher", f(d, 3, 5)),
+        ("kind", "mse"),
+        ("eps", 1e-8),
+    ],
+    "pairwise_cosine_similarity": lambda d: [
+        ("a", f(d, 2, 3, 4)),
+        ("b", f(d, 2, 5, 4)),
+        ("eps", 1e-8),
+    ],
+    "distillation_loss": lambda d: [
+        ("student_logits", f(d, 3, 5)),
+        ("teacher_logits", f(d, 3, 5)),
+        ("labels", ints(d, [0, 4, -100])),
+        ("temperature", 2.0),
+        ("soft_weight", 1.0),
+        ("hard_weight", 0.5),
+        ("beta", 0.0),
+        ("ignore_index", -100),
+        ("label_smoothing", 0.0),
+        ("grad_student_logits", False),
+        ("grad_teacher_logits", False),
+        ("grad_scale", 1.0),
+    ],
+    "cross_entropy": lambda d: [
+        ("logits", f(d, 3, 5)),
+        ("labels", ints(d, [0, 4, -100])),
+        ("ignore_index", -100),
+        ("label_smoothing", 0.0),
+        ("grad_logits", False),
+        ("grad_scale", 1.0),
+    ],
+    "soft_target_cross_entropy": lambda d: [
+        ("logits", f(d, 3, 5)),
+        ("target_probs", probs(d, 3, 5)),
+        ("temperature", 1.0),
+        ("grad_logits", False),
+        ("grad_target_probs", False),
+        ("grad_scale", 1.0),
+    ],
+    "info_nce_loss": lambda d: [
+        ("image_features", f(d, 4, 6)),
+        ("text_features", f(d, 4, 6)),
+        ("logit_scale", torch.tensor(5.0, device=d.dev)),
+        ("labels", ints(d, [1, 0, 3, 2])),
+        ("symmetric", True),
+        ("normalize", False),
+    ],
     "random_masking": lambda d: [("x", f(d, 2, 6, 3)), ("mask_ratio", 0.5), ("noise", f(d, 2, 6))],
-    "unshuffle_with_mask_tokens": lambda d: [("x_visible", f(d, 2, 2, 3)), ("mask_token", f(d, 3)),
-                                             ("ids_restore", ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]]))],
-    "gather_patches": lambda d: [("imgs", f(d, 2, 3, 4, 4)), ("ids_keep", ints(d, [[0, 1], [3, 2]])), ("patch_size", 2)],
-    "masked_patch_loss": lambda d: [("pred", f(d, 2, 4, 12)), ("imgs", f(d, 2, 3, 4, 4)),
-                                    ("mask", ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float()), ("patch_size", 2),
-                                    ("norm_pix_loss", False)],
-    "add_noise": lambda d: [("x0", f(d, 3, 4)), ("noise", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                            ("alphas_cumprod", schedule(d))],
-    "get_velocity": lambda d: [("x0", f(d, 3, 4)), ("noise", f(d, 3, 4)), ("timesteps", ints(d, [0, 5, 9])),
-                               ("alphas_cumprod", schedule(d))],
-    "diffusion_loss": lambda d: [("model_output", f(d, 3, 4)), ("x0", f(d, 3, 4)), ("noise", f(d, 3, 4)),
-                                 ("timesteps", ints(d, [0, 5, 9])), ("alphas_cumprod", schedule(d)),
-                                 ("prediction_type", "epsilon"), ("reduction", "mean")],
-    "ddpm_step": lambda d: [("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])), ("sample", f(d, 3, 4)),
-                            ("alphas_cumprod", schedule(d)), ("prev_timesteps", ints(d, [0, 4, -1])),
-                            ("noise", f(d, 3, 4)), ("threshold", None), ("prediction_type", "epsilon"),
-                            ("clip_sample", True), ("clip_sample_range", 1.0)],
-    "ddim_step": lambda d: [("model_output", f(d, 3, 4)), ("timesteps", ints(d, [1, 5, 9])),
-                            ("prev_timesteps", ints(d, [0, 4, -1])), ("sample", f(d, 3, 4)),
-                            ("alphas_cumprod", schedule(d)), ("eta", 0.5), ("noise", f(d, 3, 4)), ("threshold", None),
-                            ("prediction_type", "epsilon"), ("clip_sample", False), ("clip_sample_range", 1.0),
-                            ("use_clipped_model_output", False), ("final_alpha_cumprod", 1.0)],
+    "unshuffle_with_mask_tokens": lambda d: [
+        ("x_visible", f(d, 2, 2, 3)),
+        ("mask_token", f(d, 3)),
+        ("ids_restore", ints(d, [[0, 1, 2, 3], [3, 2, 1, 0]])),
+    ],
+    "gather_patches": lambda d: [
+        ("imgs", f(d, 2, 3, 4, 4)),
+        ("ids_keep", ints(d, [[0, 1], [3, 2]])),
+        ("patch_size", 2),
+    ],
+    "masked_patch_loss": lambda d: [
+        ("pred", f(d, 2, 4, 12)),
+        ("imgs", f(d, 2, 3, 4, 4)),
+        ("mask", ints(d, [[0, 1, 1, 0], [1, 1, 0, 0]]).float()),
+        ("patch_size", 2),
+        ("norm_pix_loss", False),
+    ],
+    "add_noise": lambda d: [
+        ("x0", f(d, 3, 4)),
+        ("noise", f(d, 3, 4)),
+        ("timesteps", ints(d, [0, 5, 9])),
+        ("alphas_cumprod", schedule(d)),
+    ],
+    "get_velocity": lambda d: [
+        ("x0", f(d, 3, 4)),
+        ("noise", f(d, 3, 4)),
+        ("timesteps", ints(d, [0, 5, 9])),
+        ("alphas_cumprod", schedule(d)),
+    ],
+    "diffusion_loss": lambda d: [
+        ("model_output", f(d, 3, 4)),
+        ("x0", f(d, 3, 4)),
+        ("noise", f(d, 3, 4)),
+        ("timesteps", ints(d, [0, 5, 9])),
+        ("alphas_cumprod", schedule(d)),
+        ("prediction_type", "epsilon"),
+        ("reduction", "mean"),
+    ],
+    "ddpm_step": lambda d: [
+        ("model_output", f(d, 3, 4)),
+        ("timesteps", ints(d, [1, 5, 9])),
+        ("sample", f(d, 3, 4)),
+        ("alphas_cumprod", schedule(d)),
+        ("prev_timesteps", ints(d, [0, 4, -1])),
+        ("noise", f(d, 3, 4)),
+        ("threshold", None),
+        ("prediction_type", "epsilon"),
+        ("clip_sample", True),
+        ("clip_sample_range", 1.0),
+    ],
+    "ddim_step": lambda d: [
+        ("model_output", f(d, 3, 4)),
+        ("timesteps", ints(d, [1, 5, 9])),
+        ("prev_timesteps", ints(d, [0, 4, -1])),
+        ("sample", f(d, 3, 4)),
+        ("alphas_cumprod", schedule(d)),
+        ("eta", 0.5),
+        ("noise", f(d, 3, 4)),
+        ("threshold", None),
+        ("prediction_type", "epsilon"),
+        ("clip_sample", False),
+        ("clip_sample_range", 1.0),
+        ("use_clipped_model_output", False),
+        ("final_alpha_cumprod", 1.0),
+    ],
 }
 DIRECT_FLOATS = {
-    "cosine_similarity": ["x1", "x2"], "feature_distillation_loss": ["student", "teacher"],
+    "cosine_similarity": ["x1", "x2"],
+    "feature_distillation_loss": ["student", "teacher"],
     "pairwise_cosine_similarity": ["a", "b"],
-    "distillation_loss": ["student_logits", "teacher_logits"], "cross_entropy": ["logits"],
+    "distillation_loss": ["student_logits", "teacher_logits"],
+    "cross_entropy": ["logits"],
     "soft_target_cross_entropy": ["logits", "target_probs"],
-    "info_nce_loss": ["image_features", "text_features", "logit_scale"], "random_masking": ["x"],
-    "unshuffle_with_mask_tokens": ["x_visible", "mask_token"], "gather_patches": ["imgs"],
-    "masked_patch_loss": ["pred", "imgs"], "add_noise": ["x0", "noise"], "get_velocity": ["x0", "noise"],
-    "diffusion_loss": ["model_output", "x0", "noise"], "ddpm_step": ["sample", "model_output", "noise"],
+    "info_nce_loss": ["image_features", "text_features", "logit_scale"],
+    "random_masking": ["x"],
+    "unshuffle_with_mask_tokens": ["x_visible", "mask_token"],
+    "gather_patches": ["imgs"],
+    "masked_patch_loss": ["pred", "imgs"],
+    "add_noise": ["x0", "noise"],
+    "get_velocity": ["x0", "noise"],
+    "diffusion_loss": ["model_output", "x0", "noise"],
+    "ddpm_step": ["sample", "model_output", "noise"],
     "ddim_step": ["sample", "model_output", "noise"],
 }
 
@@ -366,32 +717,75 @@ def direct_generic_rows(op: str) -> list[Row]:
     rows = []
     for k, name in enumerate(DIRECT_FLOATS[op]):
         dtype_msg = rf"argument '{name}' must (be float32|have the same dtype)"
-        rows += [Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, dtype_msg),
-                 Row(op, f"{name} bool", {name: as_dtype(torch.bool)}, TypeError, dtype_msg)]
+        rows += [
+            Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, dtype_msg),
+            Row(op, f"{name} bool", {name: as_dtype(torch.bool)}, TypeError, dtype_msg),
+        ]
         if k == 0:
-            rows += [Row(op, f"{name} complex64", {name: as_dtype(torch.complex64)}, TypeError, dtype_msg),
-                     # PyTorch's schema parser: RuntimeError naming the argument, for every op
-                     Row(op, f"{name} not a tensor", {name: AS_LIST}, RuntimeError,
-                         rf"Expected a value of type 'Tensor' for argument '{name}'")]
+            rows += [
+                Row(
+                    op, f"{name} complex64", {name: as_dtype(torch.complex64)}, TypeError, dtype_msg
+                ),
+                # PyTorch's schema parser: RuntimeError naming the argument, for every op
+                Row(
+                    op,
+                    f"{name} not a tensor",
+                    {name: AS_LIST},
+                    RuntimeError,
+                    rf"Expected a value of type 'Tensor' for argument '{name}'",
+                ),
+            ]
         else:
-            rows.append(Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
-                            # the C++ kernels check the device type first ("must be a cuda tensor");
-                            # the fake kernel names the schema's first tensor as the reference
-                            rf"argument '{name}' must be (on the same device|a \w+ tensor)"
-                            rf"|on the same device as '{name}'"))
+            rows.append(
+                Row(
+                    op,
+                    f"{name} on another device",
+                    {name: ON_OTHER},
+                    ValueError,
+                    # the C++ kernels check the device type first ("must be a cuda tensor");
+                    # the fake kernel names the schema's first tensor as the reference
+                    rf"argument '{name}' must be (on the same device|a \w+ tensor)"
+                    rf"|on the same device as '{name}'",
+                )
+            )
             if name != "logit_scale":  # any float dtype
-                rows.append(Row(op, f"{name} float64 vs float32", {name: as_dtype(torch.float64)}, TypeError,
-                                rf"argument '{name}' must have the same dtype"))
+                rows.append(
+                    Row(
+                        op,
+                        f"{name} float64 vs float32",
+                        {name: as_dtype(torch.float64)},
+                        TypeError,
+                        rf"argument '{name}' must have the same dtype",
+                    )
+                )
     return rows
 
 
 def any_float_rows(op: str, name: str, shape: tuple) -> list[Row]:
     """A float argument of any float dtype, of `shape`: integer, wrong shape, another device."""
-    return [Row(op, f"{name} int64", {name: as_dtype(torch.int64)}, TypeError, rf"argument '{name}' must be float32"),
-            Row(op, f"{name} shape", {name: reshaped(shape[0], shape[1] - 1)}, ValueError,
-                rf"argument '{name}' must have shape \[{shape[0]}, {shape[1]}\]"),
-            Row(op, f"{name} on another device", {name: ON_OTHER}, ValueError,
-                rf"argument '{name}' must be on the same device|on the same device as '{name}'")]
+    return [
+        Row(
+            op,
+            f"{name} int64",
+            {name: as_dtype(torch.int64)},
+            TypeError,
+            rf"argument '{name}' must be float32",
+        ),
+        Row(
+            op,
+            f"{name} shape",
+            {name: reshaped(shape[0], shape[1] - 1)},
+            ValueError,
+            rf"argument '{name}' must have shape \[{shape[0]}, {shape[1]}\]",
+        ),
+        Row(
+            op,
+            f"{name} on another device",
+            {name: ON_OTHER},
+            ValueError,
+            rf"argument '{name}' must be on the same device|on the same device as '{name}'",
+        ),
+    ]
 
 
 def call_direct(row: Row, backend: str):

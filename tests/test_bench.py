@@ -1,6 +1,7 @@
 """The benchmark harness and the case tables (pykernels/bench/): one case per family at tiny
 sizes through the harness, the table's columns and width, the error against float64, the
 command line, and the quiet peak-memory measurement."""
+
 import dataclasses
 import math
 import os
@@ -20,10 +21,16 @@ from pykernels.ops import FAMILIES
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
 # One case per family; torch.compile only for one (it costs seconds per graph on a CPU).
-ONE_CASE = {"cosine": "cosine_similarity", "distillation": "distillation_loss",
-            "fused_linear": "fused_linear_cross_entropy", "contrastive": "info_nce_loss",
-            "sigmoid_contrastive": "sigmoid_contrastive_loss", "mae": "mae_step", "diffusion": "ddim_step",
-            "flow_matching": "flow_matching_loss"}
+ONE_CASE = {
+    "cosine": "cosine_similarity",
+    "distillation": "distillation_loss",
+    "fused_linear": "fused_linear_cross_entropy",
+    "contrastive": "info_nce_loss",
+    "sigmoid_contrastive": "sigmoid_contrastive_loss",
+    "mae": "mae_step",
+    "diffusion": "ddim_step",
+    "flow_matching": "flow_matching_loss",
+}
 COMPILED = "cosine"
 NOISE = ("USDT", "profiler_start", "profiler_stop", "gpuGetDeviceCount", "No CUDA runtime is found")
 
@@ -33,8 +40,14 @@ def _run(*args):
     turns on (conftest.py), which would check every case on Triton too (slow, and not what
     this test is about)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "pykernels", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pykernels", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_every_family_has_a_case_table():
@@ -82,12 +95,14 @@ def test_harness_marks_a_result_outside_tolerance():
     """A backend that is wrong shows as outside tolerance: the error column is measured."""
     module = family_module("cosine")
     case = next(c for c in module.CASES if c.name == "cosine_similarity")
+
     def off_by_one_percent(be, x1, x2):
         return case.run(be, x1, x2) * (1.01 if be != "reference" else 1)
 
     wrong = dataclasses.replace(case, run=off_by_one_percent)
-    rows = measure("cosine", wrong, Point(case.name, size="tiny"), CPU, budget_s=0.02,
-                   skip=("compile",))
+    rows = measure(
+        "cosine", wrong, Point(case.name, size="tiny"), CPU, budget_s=0.02, skip=("compile",)
+    )
     mine = [r for r in rows if r.pykernels]
     assert mine and all(r.within_tolerance is False and r.max_err > 5e-3 for r in mine)
     assert "OUTSIDE tolerance" in report.verdict(rows, [])
@@ -105,8 +120,18 @@ def test_bench_help_and_check_command():
 
 
 def test_bench_command_end_to_end_at_tiny_size(tmp_path):
-    out = _run("bench", "cosine", "--quick", "--size", "tiny", "--skip", "compile", "--no-check",
-               "--out", str(tmp_path))
+    out = _run(
+        "bench",
+        "cosine",
+        "--quick",
+        "--size",
+        "tiny",
+        "--skip",
+        "compile",
+        "--no-check",
+        "--out",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("pykernels ") and "backends built" in lines[0]
@@ -120,14 +145,17 @@ def test_bench_command_end_to_end_at_tiny_size(tmp_path):
 
 def test_peak_cpu_bytes_is_quiet():
     """The profiler's C++ start/stop lines do not reach stderr; the measured function's do."""
-    code = ("import sys, torch; from pykernels._profiling import peak_cpu_bytes\n"
-            "a = torch.randn(1000, 1000)\n"
-            "n = peak_cpu_bytes(lambda: (a * 2, print('from fn', file=sys.stderr)))\n"
-            "print(n)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import sys, torch; from pykernels._profiling import peak_cpu_bytes\n"
+        "a = torch.randn(1000, 1000)\n"
+        "n = peak_cpu_bytes(lambda: (a * 2, print('from fn', file=sys.stderr)))\n"
+        "print(n)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) >= 4_000_000   # the [1000, 1000] float32 product
+    assert int(out.stdout) >= 4_000_000  # the [1000, 1000] float32 product
     assert "from fn" in out.stderr
     assert not any(n in out.stderr for n in NOISE), out.stderr
 
@@ -142,7 +170,8 @@ def test_update_section_keeps_the_other_device(tmp_path):
     assert text.index("## cpu") < text.index("## cuda")
 
 
-@pytest.mark.skipif("cpu" not in backends.available(CPU),
-                    reason="the C++ CPU kernels are not built")
+@pytest.mark.skipif(
+    "cpu" not in backends.available(CPU), reason="the C++ CPU kernels are not built"
+)
 def test_default_backend_is_the_first_benchmarked():
     assert pykernels_backends(CPU)[0] == backends.resolve(None, CPU, "bench")

@@ -1,4 +1,5 @@
 """The command line: `python -m pykernels info | check | bench`."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "pykernels", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pykernels", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_info_lists_backends():

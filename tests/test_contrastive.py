@@ -1,4 +1,5 @@
 """Contrastive family: info_nce_loss (fused InfoNCE / CLIP loss), non-distributed tests."""
+
 import functools
 import math
 
@@ -56,8 +57,14 @@ def _explicit_loss(I, T, s, labels, symmetric, reduction):
 def test_reference_matches_float64_math(symmetric, reduction):
     I, T = randn(5, 7, dtype=torch.float64, seed=1), randn(6, 7, dtype=torch.float64, seed=2)
     labels = [3, 0, 3, 5, 1]  # text 3 is the positive of two images; texts 2 and 4 of none
-    got = ref.info_nce_loss(I, T, torch.tensor(2.5, dtype=torch.float64), labels=torch.tensor(labels),
-                            symmetric=symmetric, reduction=reduction)
+    got = ref.info_nce_loss(
+        I,
+        T,
+        torch.tensor(2.5, dtype=torch.float64),
+        labels=torch.tensor(labels),
+        symmetric=symmetric,
+        reduction=reduction,
+    )
     want = _explicit_loss(I, T, 2.5, labels, symmetric, reduction)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -70,7 +77,9 @@ def test_reference_matches_cross_entropy_on_explicit_logits():
     y = torch.arange(8)
     want = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
     torch.testing.assert_close(ref.info_nce_loss(I, T, s, logit_bias=b), want)
-    torch.testing.assert_close(ref.info_nce_loss(I, T, s, symmetric=False), F.cross_entropy(logits, y))
+    torch.testing.assert_close(
+        ref.info_nce_loss(I, T, s, symmetric=False), F.cross_entropy(logits, y)
+    )
     # one-to-one labels: text perm[i] belongs to image i, so text j's positive is image inv[j]
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
     inv = torch.argsort(perm)
@@ -78,8 +87,10 @@ def test_reference_matches_cross_entropy_on_explicit_logits():
     torch.testing.assert_close(per[0], F.cross_entropy(logits, perm, reduction="none"))
     torch.testing.assert_close(per[1][inv], F.cross_entropy(logits.T, inv, reduction="none"))
     In, Tn = F.normalize(I, dim=-1), F.normalize(T, dim=-1)
-    torch.testing.assert_close(ref.info_nce_loss(I, T, s, normalize=True),
-                               (F.cross_entropy(s * In @ Tn.T, y) + F.cross_entropy(s * Tn @ In.T, y)) / 2)
+    torch.testing.assert_close(
+        ref.info_nce_loss(I, T, s, normalize=True),
+        (F.cross_entropy(s * In @ Tn.T, y) + F.cross_entropy(s * Tn @ In.T, y)) / 2,
+    )
 
 
 def test_logit_bias_cancels():
@@ -92,6 +103,7 @@ def test_logit_bias_cancels():
 
 
 # --------------------------------------------------------------------------- every backend vs reference
+
 
 def _features(N, M, D, dtype, device, seed, scale=None):
     # rows of norm ~1 so that logit_scale sets the logit range, as in CLIP
@@ -143,7 +155,13 @@ def _check_against_reference(backend, i, t, s, b=None, **kw):
 
 def _shapes(backend):
     # (N, M, D, labels?) -- tiny for the Triton interpreter
-    return [(24, 24, 32, False), (13, 37, 20, True), (1, 1, 8, False), (1, 5, 8, True), (40, 17, 32, True)]
+    return [
+        (24, 24, 32, False),
+        (13, 37, 20, True),
+        (1, 1, 8, False),
+        (1, 5, 8, True),
+        (40, 17, 32, True),
+    ]
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -154,16 +172,22 @@ def test_forward_backward_vs_reference(backend, symmetric):
         for k, (N, M, D, with_labels) in enumerate(_shapes(backend)):
             i, t = _features(N, M, D, dtype, dev, seed=10 + k)
             s = torch.tensor(10.0, device=dev, requires_grad=True)
-            y = torch.randint(0, M, (N,), generator=torch.Generator().manual_seed(k)).to(dev) if with_labels else None
+            y = (
+                torch.randint(0, M, (N,), generator=torch.Generator().manual_seed(k)).to(dev)
+                if with_labels
+                else None
+            )
             reduction = ("mean", "none", "sum")[k % 3]
-            _check_against_reference(backend, i, t, s, labels=y, symmetric=symmetric, reduction=reduction)
+            _check_against_reference(
+                backend, i, t, s, labels=y, symmetric=symmetric, reduction=reduction
+            )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_normalize_bias_and_scales(backend):
     dev = backend_device(backend)
     for dtype in dtypes_for(backend):
-        for scale_value in ((1.0, 100.0) if dtype == torch.float32 else (100.0,)):
+        for scale_value in (1.0, 100.0) if dtype == torch.float32 else (100.0,):
             i, t = _features(20, 31, 24, dtype, dev, seed=30, scale=3.0)  # far from unit norm
             s = torch.tensor(scale_value, device=dev, requires_grad=True)
             b = torch.tensor(-4.0, device=dev, requires_grad=True)
@@ -176,9 +200,11 @@ def test_normalize_bias_and_scales(backend):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous_and_mixed_scale_dtype(backend):
     dev = backend_device(backend)
-    i = randn(32, 48, device=dev, seed=40, scale=0.2).t()[:, ::2].requires_grad_()   # [48, 16], strided
-    t = randn(16, 48, device=dev, seed=41, scale=0.2).t().requires_grad_()           # [48, 16], transposed
-    s = torch.tensor([5.0], device=dev, requires_grad=True)                          # shape [1]
+    i = (
+        randn(32, 48, device=dev, seed=40, scale=0.2).t()[:, ::2].requires_grad_()
+    )  # [48, 16], strided
+    t = randn(16, 48, device=dev, seed=41, scale=0.2).t().requires_grad_()  # [48, 16], transposed
+    s = torch.tensor([5.0], device=dev, requires_grad=True)  # shape [1]
     _check_against_reference(backend, i, t, s)
     # AMP style: half features, float32 logit_scale
     for dtype in (torch.bfloat16, torch.float16):
@@ -242,7 +268,8 @@ def test_confident_rows_gradient_keeps_float32_precision(backend):
         assert rel_err(g, w) <= limit, f"grad {name}: {rel_err(g, w):.3g} > {limit:.3g}"
     if backend != "reference":
         _, row_lse, col_lse = op("info_nce_loss", backend)(
-            x32[0].to(dev), x32[1].to(dev), x32[2].to(dev), torch.arange(6, device=dev), True, False)
+            x32[0].to(dev), x32[1].to(dev), x32[2].to(dev), torch.arange(6, device=dev), True, False
+        )
         assert row_lse.dtype == col_lse.dtype == torch.float64
 
 
@@ -263,7 +290,9 @@ def test_backward_sees_the_forward_logits(backend, symmetric):
         loss = functools.partial(ref.info_nce_loss, labels=labels, symmetric=symmetric)
         want = _grads(loss, img.double(), txt.double(), scale.double())
         torch_f32 = _grads(loss, img, txt, scale)
-        fn = functools.partial(pk.info_nce_loss, labels=labels.to(dev), symmetric=symmetric, backend=backend)
+        fn = functools.partial(
+            pk.info_nce_loss, labels=labels.to(dev), symmetric=symmetric, backend=backend
+        )
         got = _grads(fn, img.to(dev), txt.to(dev), scale.to(dev))
         for gr, w, b, name in zip(got, want, torch_f32, ("image", "text", "scale")):
             assert_close(gr, w, torch.float32, baseline=b, what=f"seed {seed}, grad {name}")
@@ -277,10 +306,18 @@ def test_reduction_none_layout(backend):
     y = torch.tensor([8, 0, 8, 3, 1, 2], device=dev)
     per = pk.info_nce_loss(i, t, s, labels=y, reduction="none", backend=backend)
     assert per.shape == (2, 6)
-    assert pk.info_nce_loss(i, t, s, labels=y, symmetric=False, reduction="none", backend=backend).shape == (6,)
-    torch.testing.assert_close(pk.info_nce_loss(i, t, s, labels=y, backend=backend), per.mean(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(pk.info_nce_loss(i, t, s, labels=y, reduction="sum", backend=backend),
-                               per.sum() / 2, rtol=1e-6, atol=1e-6)
+    assert pk.info_nce_loss(
+        i, t, s, labels=y, symmetric=False, reduction="none", backend=backend
+    ).shape == (6,)
+    torch.testing.assert_close(
+        pk.info_nce_loss(i, t, s, labels=y, backend=backend), per.mean(), rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(
+        pk.info_nce_loss(i, t, s, labels=y, reduction="sum", backend=backend),
+        per.sum() / 2,
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -294,11 +331,19 @@ def test_empty_batch(backend):
         assert loss.item() == 0.0
         gi, gt, gs = torch.autograd.grad(loss, [i, t, s])
     assert gi.shape == (0, 8) and gs.item() == 0.0
-    assert math.isnan(pk.info_nce_loss(i, t, s, backend=backend).item())  # mean of nothing, as torch
+    assert math.isnan(
+        pk.info_nce_loss(i, t, s, backend=backend).item()
+    )  # mean of nothing, as torch
     # texts nobody points to: loss and grads still defined
     t2 = randn(3, 8, device=dev, seed=1, requires_grad=True)
-    loss = pk.info_nce_loss(i, t2, s, labels=torch.zeros(0, dtype=torch.long, device=dev), reduction="sum",
-                            backend=backend)
+    loss = pk.info_nce_loss(
+        i,
+        t2,
+        s,
+        labels=torch.zeros(0, dtype=torch.long, device=dev),
+        reduction="sum",
+        backend=backend,
+    )
     assert loss.item() == 0.0
     assert torch.equal(torch.autograd.grad(loss, t2)[0], torch.zeros(3, 8, device=dev))
 
@@ -351,15 +396,19 @@ def test_fused_path_allocates_no_n_by_m_buffer():
         def f():
             loss = pk.info_nce_loss(i, t, s, backend=backend)
             torch.autograd.grad(loss, [i, t, s])
+
         return f
 
     fused = peak_cpu_bytes(fwd_bwd("cpu"))
-    assert 0 < fused < n_m / 2, f"fused peak {fused / 2**20:.1f} MiB vs N*M*4 = {n_m / 2**20:.0f} MiB"
+    assert 0 < fused < n_m / 2, (
+        f"fused peak {fused / 2**20:.1f} MiB vs N*M*4 = {n_m / 2**20:.0f} MiB"
+    )
     # the check can fail: the reference, which builds the logits, is far above the bound
     assert peak_cpu_bytes(fwd_bwd("reference")) > n_m
 
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
+
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -370,21 +419,50 @@ def test_gradcheck_float64(backend, symmetric):
     b = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([6, 0, 6, 2, 3])
     for normalize in (False, True):
+
         def f(i, t, s, b):
-            return pk.info_nce_loss(i, t, s, labels=y, logit_bias=b, symmetric=symmetric, normalize=normalize,
-                                    reduction="none", backend=backend)
+            return pk.info_nce_loss(
+                i,
+                t,
+                s,
+                labels=y,
+                logit_bias=b,
+                symmetric=symmetric,
+                normalize=normalize,
+                reduction="none",
+                backend=backend,
+            )
+
         assert torch.autograd.gradcheck(f, (i, t, s, b))
 
 
 def _opcheck_cases(dev, dtype=torch.float32):
-    i, t = randn(6, 12, dtype=dtype, device=dev, seed=100), randn(9, 12, dtype=dtype, device=dev, seed=101)
+    i, t = (
+        randn(6, 12, dtype=dtype, device=dev, seed=100),
+        randn(9, 12, dtype=dtype, device=dev, seed=101),
+    )
     s = torch.tensor(3.0, device=dev)
     y = torch.tensor([0, 8, 8, 3, 4, 1], device=dev)
     cases = []
     for sym, norm in ((True, False), (False, True)):
-        cases.append(("info_nce_loss", (i.clone().requires_grad_(), t.clone().requires_grad_(),
-                                        s.clone().requires_grad_(), y, sym, norm)))
-        _, rl, cl = torch.ops.pykernels.info_nce_loss(i, t, s, y, sym, norm) if dev.type == "cpu" else (None,) * 3
+        cases.append(
+            (
+                "info_nce_loss",
+                (
+                    i.clone().requires_grad_(),
+                    t.clone().requires_grad_(),
+                    s.clone().requires_grad_(),
+                    y,
+                    sym,
+                    norm,
+                ),
+            )
+        )
+        _, rl, cl = (
+            torch.ops.pykernels.info_nce_loss(i, t, s, y, sym, norm)
+            if dev.type == "cpu"
+            else (None,) * 3
+        )
         if rl is not None:
             g = randn(2 if sym else 1, 6, device=dev, seed=102)
             cases.append(("info_nce_loss_backward", (g, i, t, s, y, rl, cl, sym, norm)))
@@ -403,29 +481,34 @@ def test_torch_compile_fullgraph(backend):
 
     @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(i, t, s, b, y):
-        return (pk.info_nce_loss(i, t, s, logit_bias=b, backend=backend)
-                + pk.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none", backend=backend).sum())
+        return (
+            pk.info_nce_loss(i, t, s, logit_bias=b, backend=backend)
+            + pk.info_nce_loss(
+                i, t[:7], s, labels=y, normalize=True, reduction="none", backend=backend
+            ).sum()
+        )
 
     i, t = _features(9, 9, 16, torch.float32, dev, seed=110)
     s = torch.tensor(8.0, device=dev, requires_grad=True)
     b = torch.tensor(1.0, device=dev, requires_grad=True)
     y = torch.tensor([0, 6, 6, 1, 2, 3, 4, 5, 0], device=dev)
     out = f(i, t, s, b, y)
-    want = (ref.info_nce_loss(i, t, s, logit_bias=b)
-            + ref.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none").sum())
+    want = (
+        ref.info_nce_loss(i, t, s, logit_bias=b)
+        + ref.info_nce_loss(i, t[:7], s, labels=y, normalize=True, reduction="none").sum()
+    )
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-    for g, w in zip(torch.autograd.grad(out, [i, t, s, b]), torch.autograd.grad(want, [i, t, s, b])):
+    for g, w in zip(
+        torch.autograd.grad(out, [i, t, s, b]), torch.autograd.grad(want, [i, t, s, b])
+    ):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input
 
+
 def _ok(n=4, m=4, d=3):
     return torch.ones(n, d), torch.ones(m, d), torch.tensor(1.0)
-
-
-
-
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

@@ -8,6 +8,7 @@ by one. Every check computes what one process would compute on the global batch,
 float64 with explicit logits and F.cross_entropy (independent of pykernels), and
 compares loss and gradients on every rank.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -32,8 +33,8 @@ from .helpers import TOLERANCE, peak_cpu_bytes, rel_err
 
 WORLD_SIZES = (2, 4)
 LAUNCH_TIMEOUT_S = 240  # the whole launch; a hang fails the tests instead of blocking CI
-PG_TIMEOUT_S = 60       # a stuck collective raises inside the workers
-N_LOCAL, DIM = 3, 5     # n = 3 with chunk_size 2 also exercises a ragged last tile
+PG_TIMEOUT_S = 60  # a stuck collective raises inside the workers
+N_LOCAL, DIM = 3, 5  # n = 3 with chunk_size 2 also exercises a ragged last tile
 
 
 # ----------------------------------------------------------------------------- the single-process truth
@@ -63,7 +64,7 @@ def open_clip_rank_loss(img, txt, scale, bias, rank, world, local_loss, gather_w
             return x
         blocks = [b.detach() for b in x.split(n)]
         if not local_loss:
-            blocks[rank] = x[rank * n:(rank + 1) * n]
+            blocks[rank] = x[rank * n : (rank + 1) * n]
         return torch.cat(blocks)
 
     all_img, all_txt = gathered(img), gathered(txt)
@@ -95,23 +96,39 @@ def leaves(*xs):
 
 
 def local_block(x, rank):
-    return x[rank * N_LOCAL:(rank + 1) * N_LOCAL]
+    return x[rank * N_LOCAL : (rank + 1) * N_LOCAL]
 
 
 def check_close(out, ref, dtype, what):
     err = rel_err(out, ref)
-    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:.3g} ({dtype})"
+    assert err <= TOLERANCE[dtype], (
+        f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:.3g} ({dtype})"
+    )
 
 
 def check_bias_grad(out, ref, dtype):
     """Softmax cross entropy ignores a shift of all logits: the exact gradient is 0, so
     compare absolutely (a relative error of two round-off values means nothing)."""
     for name, g in (("logit_bias grad", out), ("reference logit_bias grad", ref)):
-        assert g is not None and abs(float(g)) <= TOLERANCE[dtype], f"{name} = {float(g) if g is not None else g}"
+        assert g is not None and abs(float(g)) <= TOLERANCE[dtype], (
+            f"{name} = {float(g) if g is not None else g}"
+        )
 
 
-def check_info_nce(rank, world, *, mode, dtype=torch.float64, bias=True, group=None, members=None,
-                   seed=0, chunk_size=1024, backend=None, **options):
+def check_info_nce(
+    rank,
+    world,
+    *,
+    mode,
+    dtype=torch.float64,
+    bias=True,
+    group=None,
+    members=None,
+    seed=0,
+    chunk_size=1024,
+    backend=None,
+    **options,
+):
     """InfoNCELoss on this rank's block == the global loss; grads == the global grads' slice."""
     members = list(range(world)) if members is None else members
     if rank not in members:
@@ -119,11 +136,15 @@ def check_info_nce(rank, world, *, mode, dtype=torch.float64, bias=True, group=N
     gr, gw = members.index(rank), len(members)
     img, txt, scale, b = global_inputs(seed, gw, dtype, bias)
     # truth: float64 on the (already rounded) inputs
-    g_img, g_txt, g_scale, g_b = leaves(*(None if x is None else x.double() for x in (img, txt, scale, b)))
+    g_img, g_txt, g_scale, g_b = leaves(
+        *(None if x is None else x.double() for x in (img, txt, scale, b))
+    )
     ref = global_loss(g_img, g_txt, g_scale, g_b, **options)
     ref.backward()
     l_img, l_txt, l_scale, l_b = leaves(local_block(img, gr), local_block(txt, gr), scale, b)
-    out = InfoNCELoss(group, mode, chunk_size=chunk_size, backend=backend, **options)(l_img, l_txt, l_scale, l_b)
+    out = InfoNCELoss(group, mode, chunk_size=chunk_size, backend=backend, **options)(
+        l_img, l_txt, l_scale, l_b
+    )
     out.backward()
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), out.dtype
     check_close(out, ref, dtype, "loss")
@@ -141,19 +162,36 @@ def check_clip(rank, world, *, local_loss, gather_with_grad, bias=True, cache_la
     params = [g_scale] + ([g_b] if bias else [])
     ref_param_grads = torch.autograd.grad(ref, params, retain_graph=True)
     # feature grads: all_gather's backward sums every rank's gradient of its copy
-    feature_objective = ref if not gather_with_grad else sum(
-        open_clip_rank_loss(g_img, g_txt, g_scale, g_b, q, world, local_loss, True) for q in range(world))
+    feature_objective = (
+        ref
+        if not gather_with_grad
+        else sum(
+            open_clip_rank_loss(g_img, g_txt, g_scale, g_b, q, world, local_loss, True)
+            for q in range(world)
+        )
+    )
     ref_img_grad, ref_txt_grad = torch.autograd.grad(feature_objective, (g_img, g_txt))
 
-    loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=cache_labels,
-                       rank=rank, world_size=world)
+    loss_fn = ClipLoss(
+        local_loss=local_loss,
+        gather_with_grad=gather_with_grad,
+        cache_labels=cache_labels,
+        rank=rank,
+        world_size=world,
+    )
     for call in range(2 if cache_labels else 1):  # the second call uses the cached labels
-        l_img, l_txt, l_scale, l_b = leaves(local_block(img, rank), local_block(txt, rank), scale, b)
+        l_img, l_txt, l_scale, l_b = leaves(
+            local_block(img, rank), local_block(txt, rank), scale, b
+        )
         out = loss_fn(l_img, l_txt, l_scale, l_b, output_dict=True)["contrastive_loss"]
         out.backward()
         check_close(out, ref, torch.float64, f"loss (call {call})")
-        check_close(l_img.grad, local_block(ref_img_grad, rank), torch.float64, "image_features grad")
-        check_close(l_txt.grad, local_block(ref_txt_grad, rank), torch.float64, "text_features grad")
+        check_close(
+            l_img.grad, local_block(ref_img_grad, rank), torch.float64, "image_features grad"
+        )
+        check_close(
+            l_txt.grad, local_block(ref_txt_grad, rank), torch.float64, "text_features grad"
+        )
         check_close(l_scale.grad, ref_param_grads[0], torch.float64, "logit_scale grad")
         if bias:
             check_bias_grad(l_b.grad, ref_param_grads[1], torch.float64)
@@ -170,14 +208,23 @@ def check_clip_vs_open_clip(rank, world):
     for local_loss in (False, True):
         for gather_with_grad in (False, True):
             img, txt, scale, b = global_inputs(2, world)
-            kw = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world)
+            kw = dict(
+                local_loss=local_loss,
+                gather_with_grad=gather_with_grad,
+                rank=rank,
+                world_size=world,
+            )
             results = []
             for module in (ClipLoss(**kw), OpenClipLoss(**kw)):
-                l_img, l_txt, l_scale, l_b = leaves(local_block(img, rank), local_block(txt, rank), scale, b)
+                l_img, l_txt, l_scale, l_b = leaves(
+                    local_block(img, rank), local_block(txt, rank), scale, b
+                )
                 out = module(l_img, l_txt, l_scale, l_b)
                 out.backward()
                 results.append((out, l_img.grad, l_txt.grad, l_scale.grad))
-            for ours, theirs, what in zip(*results, ("loss", "image grad", "text grad", "logit_scale grad")):
+            for ours, theirs, what in zip(
+                *results, ("loss", "image grad", "text grad", "logit_scale grad")
+            ):
                 check_close(ours, theirs, torch.float64, f"{what} {kw}")
     return None
 
@@ -212,12 +259,18 @@ def check_ring_memory(rank, world):
     scale = torch.tensor(2.0, requires_grad=True)
     peaks = {}
     for mode in ("ring", "gather"):
+
         def step():
-            pkd.info_nce_loss(img, txt, scale, mode=mode, chunk_size=16, check_sizes=False).backward()
+            pkd.info_nce_loss(
+                img, txt, scale, mode=mode, chunk_size=16, check_sizes=False
+            ).backward()
+
         step()  # the .grad tensors exist before the measured call
         peaks[mode] = peak_cpu_bytes(step) / block
     assert peaks["ring"] <= 7, f"ring peak {peaks['ring']:.2f} local blocks"
-    assert peaks["gather"] >= 2 * world, f"gather peak {peaks['gather']:.2f} blocks: measurement broken?"
+    assert peaks["gather"] >= 2 * world, (
+        f"gather peak {peaks['gather']:.2f} blocks: measurement broken?"
+    )
 
 
 def _subgroup_members(world):
@@ -227,8 +280,9 @@ def _subgroup_members(world):
 CHECKS = {}
 for _mode in ("gather", "ring"):
     CHECKS[f"{_mode}-f64-symmetric-mean-bias"] = dict(fn=check_info_nce, mode=_mode)
-    CHECKS[f"{_mode}-f64-i2t-sum"] = dict(fn=check_info_nce, mode=_mode, bias=False, symmetric=False,
-                                          reduction="sum")
+    CHECKS[f"{_mode}-f64-i2t-sum"] = dict(
+        fn=check_info_nce, mode=_mode, bias=False, symmetric=False, reduction="sum"
+    )
     CHECKS[f"{_mode}-f64-symmetric-sum"] = dict(fn=check_info_nce, mode=_mode, reduction="sum")
     CHECKS[f"{_mode}-f64-normalize"] = dict(fn=check_info_nce, mode=_mode, normalize=True)
     CHECKS[f"{_mode}-f32"] = dict(fn=check_info_nce, mode=_mode, dtype=torch.float32)
@@ -238,24 +292,41 @@ for _mode in ("gather", "ring"):
     CHECKS[f"{_mode}-deterministic"] = dict(fn=check_deterministic, mode=_mode)
 CHECKS["ring-memory"] = dict(fn=check_ring_memory)
 # the ring's PyTorch tiles (backend="reference"), several row chunks per tile
-CHECKS["ring-reference-f64-chunked"] = dict(fn=check_info_nce, mode="ring", backend="reference", chunk_size=2)
-CHECKS["ring-reference-f64-i2t-sum"] = dict(fn=check_info_nce, mode="ring", backend="reference", bias=False,
-                                            symmetric=False, reduction="sum")
-CHECKS["ring-reference-bf16"] = dict(fn=check_info_nce, mode="ring", backend="reference", dtype=torch.bfloat16)
+CHECKS["ring-reference-f64-chunked"] = dict(
+    fn=check_info_nce, mode="ring", backend="reference", chunk_size=2
+)
+CHECKS["ring-reference-f64-i2t-sum"] = dict(
+    fn=check_info_nce,
+    mode="ring",
+    backend="reference",
+    bias=False,
+    symmetric=False,
+    reduction="sum",
+)
+CHECKS["ring-reference-bf16"] = dict(
+    fn=check_info_nce, mode="ring", backend="reference", dtype=torch.bfloat16
+)
 for _local in (False, True):
     for _with_grad in (False, True):
         CHECKS[f"clip-local{int(_local)}-withgrad{int(_with_grad)}"] = dict(
-            fn=check_clip, local_loss=_local, gather_with_grad=_with_grad)
-CHECKS["clip-local1-nobias-cached"] = dict(fn=check_clip, local_loss=True, gather_with_grad=False, bias=False,
-                                           cache_labels=True)
+            fn=check_clip, local_loss=_local, gather_with_grad=_with_grad
+        )
+CHECKS["clip-local1-nobias-cached"] = dict(
+    fn=check_clip, local_loss=True, gather_with_grad=False, bias=False, cache_labels=True
+)
 CHECKS["clip-vs-open_clip"] = dict(fn=check_clip_vs_open_clip)
 
 
 # ----------------------------------------------------------------------------- the launch
 def _worker(rank, world, port, out_dir):
     torch.set_num_threads(1)  # 2-4 processes share a small machine
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
+    )
     members = _subgroup_members(world)
     subgroup = dist.new_group(members)  # every rank must take part in creating it
     outcome = {}
@@ -285,8 +356,13 @@ def launch(world: int, out_dir: str, worker=None, module: str = __name__) -> lis
     `world` processes; kill them and fail if they outlive the timeout."""
     # forkserver: torch and pykernels are imported once, in the server, not once per rank
     mp.get_context("forkserver").set_forkserver_preload(["torch", "pykernels", module])
-    ctx = mp.start_processes(worker or _worker, args=(world, _free_port(), out_dir), nprocs=world,
-                             join=False, start_method="forkserver")
+    ctx = mp.start_processes(
+        worker or _worker,
+        args=(world, _free_port(), out_dir),
+        nprocs=world,
+        join=False,
+        start_method="forkserver",
+    )
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     try:
         while not ctx.join(timeout=1):
@@ -318,7 +394,7 @@ def report(outcomes: list[dict], check: str) -> None:
         pytest.fail("\n".join(failed), pytrace=False)
     skipped = [note for note in notes if note.startswith("skip")]
     if skipped:
-        pytest.skip(skipped[0][len("skip: "):])
+        pytest.skip(skipped[0][len("skip: ") :])
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
@@ -372,25 +448,31 @@ def test_ring_tiles_reference_chunks_match_fused_without_process_group():
             check_close(a, b, torch.float64, "ring tiles")
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(mode="tree"), ValueError, "'mode'"),
-    (dict(reduction="none"), ValueError, "'reduction'"),
-    (dict(chunk_size=0), ValueError, "'chunk_size'"),
-    (dict(scale_shape=(2,)), ValueError, "'logit_scale' must be a scalar"),
-    (dict(scale_shape=(1, 1)), ValueError, "'logit_scale' must be a scalar"),
-    (dict(bias_shape=(3,)), ValueError, "'logit_bias' must be a scalar"),
-    (dict(text_dim=DIM + 1), ValueError, "same shape"),
-    (dict(text_rows=N_LOCAL + 1), ValueError, "same shape"),
-    (dict(image_dims=3), ValueError, "'image_features' must be \\[n, D\\]"),
-    (dict(text_dtype=torch.float32), TypeError, "'text_features' must have the same dtype"),
-    (dict(image_dtype=torch.int64), TypeError, "'image_features' must be float"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(mode="tree"), ValueError, "'mode'"),
+        (dict(reduction="none"), ValueError, "'reduction'"),
+        (dict(chunk_size=0), ValueError, "'chunk_size'"),
+        (dict(scale_shape=(2,)), ValueError, "'logit_scale' must be a scalar"),
+        (dict(scale_shape=(1, 1)), ValueError, "'logit_scale' must be a scalar"),
+        (dict(bias_shape=(3,)), ValueError, "'logit_bias' must be a scalar"),
+        (dict(text_dim=DIM + 1), ValueError, "same shape"),
+        (dict(text_rows=N_LOCAL + 1), ValueError, "same shape"),
+        (dict(image_dims=3), ValueError, "'image_features' must be \\[n, D\\]"),
+        (dict(text_dtype=torch.float32), TypeError, "'text_features' must have the same dtype"),
+        (dict(image_dtype=torch.int64), TypeError, "'image_features' must be float"),
+    ],
+)
 def test_bad_input(kwargs, error, match):
     kwargs = dict(kwargs)
     img_shape = (N_LOCAL, DIM) if kwargs.pop("image_dims", 2) == 2 else (1, N_LOCAL, DIM)
     img = torch.ones(img_shape, dtype=kwargs.pop("image_dtype", torch.float64))
-    txt = torch.randn(kwargs.pop("text_rows", N_LOCAL), kwargs.pop("text_dim", DIM),
-                      dtype=kwargs.pop("text_dtype", torch.float64))
+    txt = torch.randn(
+        kwargs.pop("text_rows", N_LOCAL),
+        kwargs.pop("text_dim", DIM),
+        dtype=kwargs.pop("text_dtype", torch.float64),
+    )
     scale = torch.ones(kwargs.pop("scale_shape", ()), dtype=torch.float64)
     bias_shape = kwargs.pop("bias_shape", None)
     bias = None if bias_shape is None else torch.zeros(bias_shape, dtype=torch.float64)
@@ -436,7 +518,9 @@ def test_ring_fused_tiles_float32_single_process(backend):
     ref = global_loss(*ref_leaves)
     ref.backward()
     check_close(out, ref, torch.float32, "loss")
-    for x, y, what in zip(ours[:3], ref_leaves[:3], ("image grad", "text grad", "logit_scale grad")):
+    for x, y, what in zip(
+        ours[:3], ref_leaves[:3], ("image grad", "text grad", "logit_scale grad")
+    ):
         check_close(x.grad, y.grad, torch.float32, what)
     check_bias_grad(ours[3].grad, ref_leaves[3].grad, torch.float32)
 
@@ -451,6 +535,7 @@ def test_ring_small_loss_under_large_logits_keeps_float32_precision(backend):
     if backend != "reference" and backend not in pykernels.backends.available("cpu"):
         pytest.skip(f"{backend} does not run on cpu here")
     from pykernels.reference import contrastive as ref
+
     g = torch.Generator().manual_seed(7)
     base = torch.randn(1, 8, generator=g, dtype=torch.float64)
     img = F.normalize(base + 0.1 * torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
@@ -459,10 +544,11 @@ def test_ring_small_loss_under_large_logits_keeps_float32_precision(backend):
     want = ref.info_nce_loss(img, txt, scale)
     assert want < 1e-4
     base32 = ref.info_nce_loss(img.float(), txt.float(), scale.float())
-    got = pkd.info_nce_loss(img.float(), txt.float(), scale.float(), mode="ring", chunk_size=4, backend=backend)
+    got = pkd.info_nce_loss(
+        img.float(), txt.float(), scale.float(), mode="ring", chunk_size=4, backend=backend
+    )
     assert got.dtype == torch.float32
-    limit = max(TOLERANCE[torch.float32], 2 * rel_err(base32, want),
-                logit_rounding_limit(3e3))
+    limit = max(TOLERANCE[torch.float32], 2 * rel_err(base32, want), logit_rounding_limit(3e3))
     assert rel_err(got, want) <= limit, f"{rel_err(got, want):.3g} > {limit:.3g}"
 
 

@@ -1,4 +1,5 @@
 """Cosine family: cosine_similarity, pairwise_cosine_similarity, feature_distillation_loss."""
+
 import math
 
 import pytest
@@ -32,12 +33,23 @@ from .helpers import (
 
 def test_reference_matches_closed_form_float64():
     x1, x2 = randn(7, 13, dtype=torch.float64, seed=1), randn(7, 13, dtype=torch.float64, seed=2)
-    want = torch.tensor([sum(a * b for a, b in zip(r1, r2)) / math.sqrt(sum(a * a for a in r1) * sum(b * b for b in r2))
-                         for r1, r2 in zip(x1.tolist(), x2.tolist())], dtype=torch.float64)
+    want = torch.tensor(
+        [
+            sum(a * b for a, b in zip(r1, r2))
+            / math.sqrt(sum(a * a for a in r1) * sum(b * b for b in r2))
+            for r1, r2 in zip(x1.tolist(), x2.tolist())
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(ref.cosine_similarity(x1, x2), want, rtol=1e-12, atol=1e-12)
     d = ref.feature_distillation_loss(x1, x2, "mse", "none")
-    torch.testing.assert_close(d, torch.tensor([sum((a - b) ** 2 for a, b in zip(r1, r2)) for r1, r2 in zip(x1.tolist(), x2.tolist())],
-                                               dtype=torch.float64))
+    torch.testing.assert_close(
+        d,
+        torch.tensor(
+            [sum((a - b) ** 2 for a, b in zip(r1, r2)) for r1, r2 in zip(x1.tolist(), x2.tolist())],
+            dtype=torch.float64,
+        ),
+    )
     # kind "mse", reduction "mean": 1/N sum_i |f_i^T - f_i^S|^2
     torch.testing.assert_close(ref.feature_distillation_loss(x1, x2), d.sum() / 7)
     torch.testing.assert_close(ref.feature_distillation_loss(x1, x2, "cosine", "none"), 1 - want)
@@ -48,21 +60,29 @@ def test_reference_matches_torch(dim):
     x1, x2 = randn(5, 1, 6, seed=3), randn(1, 4, 6, seed=4)
     torch.testing.assert_close(ref.cosine_similarity(x1, x2, dim), F.cosine_similarity(x1, x2, dim))
     a, b = randn(3, 5, 8, seed=5), randn(3, 4, 8, seed=6)
-    torch.testing.assert_close(ref.pairwise_cosine_similarity(a, b), F.cosine_similarity(a[:, :, None], b[:, None], dim=-1))
+    torch.testing.assert_close(
+        ref.pairwise_cosine_similarity(a, b), F.cosine_similarity(a[:, :, None], b[:, None], dim=-1)
+    )
 
 
 def test_reference_eps_clamps_each_norm():
     x1 = torch.tensor([[1e-9, 0.0], [0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
     x2 = torch.tensor([[1.0, 0.0], [1.0, 1.0], [4.0, 3.0]], dtype=torch.float64)
     eps = 1e-6
-    torch.testing.assert_close(ref.cosine_similarity(x1, x2, eps=eps), F.cosine_similarity(x1, x2, dim=-1, eps=eps))
+    torch.testing.assert_close(
+        ref.cosine_similarity(x1, x2, eps=eps), F.cosine_similarity(x1, x2, dim=-1, eps=eps)
+    )
     assert ref.cosine_similarity(x1, x2, eps=eps)[0].item() == pytest.approx(1e-9 / eps)
 
 
 # --------------------------------------------------------------------------- every backend vs reference
 
+
 def _inputs(shape, dtype, device, seed, scale=1.0):
-    return [randn(*shape, dtype=dtype, device=device, seed=seed + i, scale=scale, requires_grad=True) for i in range(2)]
+    return [
+        randn(*shape, dtype=dtype, device=device, seed=seed + i, scale=scale, requires_grad=True)
+        for i in range(2)
+    ]
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -107,16 +127,25 @@ def test_feature_distillation_mse_is_seed_formula():
     s, t = randn(6, 9, seed=1), randn(6, 9, seed=2)
     want = ((t - s) ** 2).sum(-1).mean()
     torch.testing.assert_close(pk.feature_distillation_loss(s, t), want)
-    torch.testing.assert_close(pk.feature_distillation_loss(s, t, "cosine"), (1 - F.cosine_similarity(s, t, dim=-1)).mean())
+    torch.testing.assert_close(
+        pk.feature_distillation_loss(s, t, "cosine"), (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("shapes", [((9, 24), (7, 24)), ((2, 5, 40), (2, 33, 40)), ((3, 1, 6, 16), (4, 5, 16)), ((37, 70), None)])
+@pytest.mark.parametrize(
+    "shapes",
+    [((9, 24), (7, 24)), ((2, 5, 40), (2, 33, 40)), ((3, 1, 6, 16), (4, 5, 16)), ((37, 70), None)],
+)
 def test_pairwise(backend, shapes):
     dev = backend_device(backend)
     for dtype in dtypes_for(backend):
         a = randn(*shapes[0], dtype=dtype, device=dev, seed=30, requires_grad=True)
-        b = None if shapes[1] is None else randn(*shapes[1], dtype=dtype, device=dev, seed=31, requires_grad=True)
+        b = (
+            None
+            if shapes[1] is None
+            else randn(*shapes[1], dtype=dtype, device=dev, seed=31, requires_grad=True)
+        )
         with poisoned():
             out = pk.pairwise_cosine_similarity(a, b, backend=backend)
         leaves = [a] if b is None else [a, b]
@@ -128,18 +157,33 @@ def test_pairwise(backend, shapes):
         base = F.normalize(a.detach(), dim=-1) @ F.normalize(bb.detach(), dim=-1).transpose(-1, -2)
         assert_close(out, want, dtype, baseline=base)
         for g, w in zip(got, wgrads):
-            assert_close(g, w, dtype, tol=max(3e-2, 2 * rel_err(base, want)) if dtype == torch.bfloat16 else None, what="grad")
+            assert_close(
+                g,
+                w,
+                dtype,
+                tol=max(3e-2, 2 * rel_err(base, want)) if dtype == torch.bfloat16 else None,
+                what="grad",
+            )
 
 
 # --------------------------------------------------------------------------- edge cases
+
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_zero_and_near_eps_vectors(backend):
     dev = backend_device(backend)
     dtype = torch.float64 if backend in ("cpu", "reference") else torch.float32
     eps = 1e-4
-    x1 = torch.tensor([[0.0, 0.0, 0.0], [1e-5, 0.0, 0.0], [3e-5, 4e-5, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=dtype, device=dev)
-    x2 = torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 0.0], [2e-4, 0.0, 1e-4], [1e-5, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=dtype, device=dev)
+    x1 = torch.tensor(
+        [[0.0, 0.0, 0.0], [1e-5, 0.0, 0.0], [3e-5, 4e-5, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]],
+        dtype=dtype,
+        device=dev,
+    )
+    x2 = torch.tensor(
+        [[1.0, 2.0, 3.0], [1.0, 1.0, 0.0], [2e-4, 0.0, 1e-4], [1e-5, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        dtype=dtype,
+        device=dev,
+    )
     x1.requires_grad_(True)
     x2.requires_grad_(True)
     out = pk.cosine_similarity(x1, x2, eps=eps, backend=backend)
@@ -160,10 +204,14 @@ def test_broadcast_input_gradient_in_half_precision(backend):
     case of test_fuzz_cosine). x1 is below eps, as in that case."""
     dev = backend_device(backend)
     u = randn(2, 32, seed=1, dtype=torch.float64)
-    pairs = torch.stack([u, -u + 0.05 * randn(2, 32, seed=2, dtype=torch.float64)], -1).reshape(2, 64)
+    pairs = torch.stack([u, -u + 0.05 * randn(2, 32, seed=2, dtype=torch.float64)], -1).reshape(
+        2, 64
+    )
     a = (randn(2, 1, seed=3, dtype=torch.float64) * 1e-30).bfloat16().to(dev).requires_grad_()
     b = (pairs * 1e-3).bfloat16().to(dev).requires_grad_()
-    w = torch.ones(64, dtype=torch.bfloat16, device=dev)  # the same upstream weights in bf16 and float64
+    w = torch.ones(
+        64, dtype=torch.bfloat16, device=dev
+    )  # the same upstream weights in bf16 and float64
     out = pk.cosine_similarity(a, b, dim=0, backend=backend)
     assert out.dtype == torch.bfloat16 and out.shape == (64,)
     a64, b64 = (x.detach().double().cpu().requires_grad_() for x in (a, b))
@@ -182,7 +230,11 @@ def test_broadcasting_and_dims(backend):
     x1 = randn(4, 1, 10, device=dev, seed=1)
     x2 = randn(1, 6, 10, device=dev, seed=2)
     for dim in (-1, 0, 1, 2):
-        a, b = (x1, x2) if dim in (-1, 2) else (randn(4, 6, 10, device=dev, seed=3), randn(6, 10, device=dev, seed=4))
+        a, b = (
+            (x1, x2)
+            if dim in (-1, 2)
+            else (randn(4, 6, 10, device=dev, seed=3), randn(6, 10, device=dev, seed=4))
+        )
         a, b = a.requires_grad_(), b.requires_grad_()
         out = pk.cosine_similarity(a, b, dim=dim, backend=backend)
         want = F.cosine_similarity(a, b, dim=dim)
@@ -195,18 +247,24 @@ def test_broadcasting_and_dims(backend):
 def test_non_contiguous(backend):
     dev = backend_device(backend)
     base = randn(20, 32, device=dev, seed=5)
-    x1 = base.t()[:, ::2]        # [32, 10], transposed and strided
+    x1 = base.t()[:, ::2]  # [32, 10], transposed and strided
     x2 = randn(10, 32, device=dev, seed=6).t()
     x1, x2 = x1.requires_grad_(), x2.requires_grad_()
     out = pk.cosine_similarity(x1, x2, backend=backend)
     torch.testing.assert_close(out, F.cosine_similarity(x1, x2, dim=-1), rtol=1e-5, atol=1e-6)
     a = randn(16, 40, device=dev, seed=7)[::2]
     b = randn(24, 40, device=dev, seed=8).t().contiguous().t()
-    torch.testing.assert_close(pk.pairwise_cosine_similarity(a, b, backend=backend),
-                               ref.pairwise_cosine_similarity(a, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        pk.pairwise_cosine_similarity(a, b, backend=backend),
+        ref.pairwise_cosine_similarity(a, b),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     s = randn(8, 30, device=dev, seed=9).t()
     t = randn(30, 8, device=dev, seed=10)
-    torch.testing.assert_close(pk.feature_distillation_loss(s, t, backend=backend), ref.feature_distillation_loss(s, t))
+    torch.testing.assert_close(
+        pk.feature_distillation_loss(s, t, backend=backend), ref.feature_distillation_loss(s, t)
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -225,7 +283,9 @@ def test_empty_inputs(backend):
     a, b = torch.zeros(0, 5, device=dev), torch.ones(3, 5, device=dev)
     assert pk.pairwise_cosine_similarity(a, b, backend=backend).shape == (0, 3)
     with poisoned():
-        z = pk.pairwise_cosine_similarity(torch.ones(2, 0, device=dev), torch.ones(3, 0, device=dev), backend=backend)
+        z = pk.pairwise_cosine_similarity(
+            torch.ones(2, 0, device=dev), torch.ones(3, 0, device=dev), backend=backend
+        )
     torch.testing.assert_close(z, torch.zeros(2, 3, device=dev))
 
 
@@ -250,21 +310,34 @@ def test_pairwise_never_builds_n_m_d():
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     x1 = randn(3, 7, dtype=torch.float64, seed=50, requires_grad=True)
     x2 = randn(3, 7, dtype=torch.float64, seed=51, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: pk.cosine_similarity(a, b, backend=backend), (x1, x2))
+    assert torch.autograd.gradcheck(
+        lambda a, b: pk.cosine_similarity(a, b, backend=backend), (x1, x2)
+    )
     for kind in ("mse", "cosine"):
-        assert torch.autograd.gradcheck(lambda a, b: pk.feature_distillation_loss(a, b, kind, "none", backend=backend), (x1, x2))
+        assert torch.autograd.gradcheck(
+            lambda a, b: pk.feature_distillation_loss(a, b, kind, "none", backend=backend), (x1, x2)
+        )
     a = randn(2, 4, 5, dtype=torch.float64, seed=52, requires_grad=True)
     b = randn(2, 3, 5, dtype=torch.float64, seed=53, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: pk.pairwise_cosine_similarity(a, b, backend=backend), (a, b))
+    assert torch.autograd.gradcheck(
+        lambda a, b: pk.pairwise_cosine_similarity(a, b, backend=backend), (a, b)
+    )
 
 
 def _opcheck_cases(dev, dtype=torch.float32):
-    x1, x2 = randn(4, 19, dtype=dtype, device=dev, seed=60), randn(4, 19, dtype=dtype, device=dev, seed=61)
-    a, b = randn(2, 5, 19, dtype=dtype, device=dev, seed=62), randn(2, 3, 19, dtype=dtype, device=dev, seed=63)
+    x1, x2 = (
+        randn(4, 19, dtype=dtype, device=dev, seed=60),
+        randn(4, 19, dtype=dtype, device=dev, seed=61),
+    )
+    a, b = (
+        randn(2, 5, 19, dtype=dtype, device=dev, seed=62),
+        randn(2, 3, 19, dtype=dtype, device=dev, seed=63),
+    )
     g = randn(4, dtype=torch.float32 if dtype != torch.float64 else dtype, device=dev, seed=64)
     gp = randn(2, 5, 3, dtype=dtype, device=dev, seed=65)
     return [
@@ -273,8 +346,14 @@ def _opcheck_cases(dev, dtype=torch.float32):
         ("cosine_similarity_backward", (g, x1.detach(), x2.detach(), 1e-8, [False, True])),
         ("feature_distillation_loss", (x1, x2, "mse", 1e-8)),
         ("feature_distillation_loss", (x1, x2, "cosine", 1e-8)),
-        ("feature_distillation_loss_backward", (g, x1.detach(), x2.detach(), "cosine", 1e-8, [True, True])),
-        ("feature_distillation_loss_backward", (g, x1.detach(), x2.detach(), "mse", 1e-8, [True, False])),
+        (
+            "feature_distillation_loss_backward",
+            (g, x1.detach(), x2.detach(), "cosine", 1e-8, [True, True]),
+        ),
+        (
+            "feature_distillation_loss_backward",
+            (g, x1.detach(), x2.detach(), "mse", 1e-8, [True, False]),
+        ),
         ("pairwise_cosine_similarity", (a.requires_grad_(), b.requires_grad_(), 1e-8)),
         ("pairwise_cosine_similarity_backward", (gp, a.detach(), b.detach(), 1e-8, [True, True])),
         ("pairwise_cosine_similarity_backward", (gp, a.detach(), b.detach(), 1e-8, [False, True])),
@@ -293,15 +372,19 @@ def test_torch_compile_fullgraph(backend):
 
     @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(x1, x2, a, b, s, t):
-        return (pk.cosine_similarity(x1, x2, backend=backend).sum()
-                + pk.pairwise_cosine_similarity(a, b, backend=backend).sum()
-                + pk.feature_distillation_loss(s, t, "cosine", backend=backend))
+        return (
+            pk.cosine_similarity(x1, x2, backend=backend).sum()
+            + pk.pairwise_cosine_similarity(a, b, backend=backend).sum()
+            + pk.feature_distillation_loss(s, t, "cosine", backend=backend)
+        )
 
     args = [randn(6, 16, device=dev, seed=70 + i, requires_grad=True) for i in range(6)]
     out = f(*args)
-    want = (F.cosine_similarity(args[0], args[1], dim=-1).sum()
-            + ref.pairwise_cosine_similarity(args[2], args[3]).sum()
-            + ref.feature_distillation_loss(args[4], args[5], "cosine"))
+    want = (
+        F.cosine_similarity(args[0], args[1], dim=-1).sum()
+        + ref.pairwise_cosine_similarity(args[2], args[3]).sum()
+        + ref.feature_distillation_loss(args[4], args[5], "cosine")
+    )
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     got = torch.autograd.grad(out, args)
     exp = torch.autograd.grad(want, args)
@@ -318,19 +401,25 @@ def test_torch_compile_inductor_cpu():
 
 # --------------------------------------------------------------------------- modules
 
+
 def test_modules():
     x1, x2 = randn(4, 8, seed=1), randn(4, 8, seed=2)
-    torch.testing.assert_close(pk.nn.CosineSimilarity()(x1, x2), F.cosine_similarity(x1, x2, dim=-1))
-    torch.testing.assert_close(pk.nn.CosineSimilarity(dim=0)(x1, x2), F.cosine_similarity(x1, x2, dim=0))
-    torch.testing.assert_close(pk.nn.PairwiseCosineSimilarity()(x1), ref.pairwise_cosine_similarity(x1))
-    torch.testing.assert_close(pk.nn.FeatureDistillationLoss("cosine", "sum")(x1, x2),
-                               ref.feature_distillation_loss(x1, x2, "cosine", "sum"))
+    torch.testing.assert_close(
+        pk.nn.CosineSimilarity()(x1, x2), F.cosine_similarity(x1, x2, dim=-1)
+    )
+    torch.testing.assert_close(
+        pk.nn.CosineSimilarity(dim=0)(x1, x2), F.cosine_similarity(x1, x2, dim=0)
+    )
+    torch.testing.assert_close(
+        pk.nn.PairwiseCosineSimilarity()(x1), ref.pairwise_cosine_similarity(x1)
+    )
+    torch.testing.assert_close(
+        pk.nn.FeatureDistillationLoss("cosine", "sum")(x1, x2),
+        ref.feature_distillation_loss(x1, x2, "cosine", "sum"),
+    )
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-
 
 
 def test_backend_unavailable_names_what_is_available():

@@ -1,6 +1,7 @@
 """The CPU kernels' two builds (common/cpu_capability.h): the baseline build runs and
 agrees with the reference, and AVX2 code exists only under AVX2-named symbols, so a CPU
 without AVX2 never executes it through a shared inline function."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ def _run_child(capability: str | None) -> list[str]:
     if capability is not None:
         env["PYKERNELS_CPU_CAPABILITY"] = capability
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run([sys.executable, "-c", _CHILD], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.split()
 
@@ -61,16 +68,22 @@ def test_default_build_choice_matches_the_cpu():
     assert lines[0] == ("avx2" if has_avx2 and os.uname().machine == "x86_64" else "default")
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None or os.uname().machine != "x86_64",
-                    reason="needs objdump on x86-64")
+@pytest.mark.skipif(
+    shutil.which("objdump") is None or os.uname().machine != "x86_64",
+    reason="needs objdump on x86-64",
+)
 def test_avx_instructions_only_in_avx2_symbols():
     """Every function of the library that contains a VEX instruction (AVX and later) has
     AVX2 in its name: the kernels of the AVX2 builds, and the at::vec::AVX2 and
     pykernels::cpu::AVX2 helpers they instantiate. A baseline function compiled inside an
     AVX2 region would show up here."""
     so = pk._C.__file__
-    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", so], capture_output=True, text=True,
-                         timeout=300).stdout
+    dis = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", so],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     func, vex_funcs = None, set()
     for line in dis.splitlines():
         m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)

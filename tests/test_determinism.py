@@ -2,6 +2,7 @@
 outputs and gradients on each backend (random ops: the same generator seed). The cpu
 backend runs at sizes where its kernels split the work over several threads and chunks;
 the Triton interpreter at tiny sizes."""
+
 import pytest
 import torch
 
@@ -41,7 +42,10 @@ def _run(case, backend, device, size):
     floating = [o for o in outs if o.is_floating_point() and o.requires_grad]
     grads = ()
     if leaves and floating:
-        ws = [randn(*o.shape, dtype=o.dtype, device=o.device, seed=50 + k) for k, o in enumerate(floating)]
+        ws = [
+            randn(*o.shape, dtype=o.dtype, device=o.device, seed=50 + k)
+            for k, o in enumerate(floating)
+        ]
         grads = torch.autograd.grad(floating, leaves, ws, allow_unused=True)
     return [o.detach() for o in outs], grads
 
@@ -61,7 +65,9 @@ def test_bitwise_repeatable(case, backend, threads):
     for name, a, b in zip(case.grads, grads1, grads2):
         assert (a is None) == (b is None), name
         if a is not None:
-            assert torch.equal(a, b), f"{case.name} on {backend}: gradient of '{name}' differs between two runs"
+            assert torch.equal(a, b), (
+                f"{case.name} on {backend}: gradient of '{name}' differs between two runs"
+            )
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.random], ids=lambda c: c.name)

@@ -1,4 +1,5 @@
 """Distillation family: distillation_loss, cross_entropy, soft_target_cross_entropy."""
+
 import math
 
 import pytest
@@ -31,25 +32,36 @@ from .helpers import (
 
 # --------------------------------------------------------------------------- reference vs PyTorch
 
+
 @pytest.mark.parametrize("T", [0.05, 1.0, 4.0, 20.0])
 def test_reference_kl_matches_torch(T):
-    s, t = randn(6, 37, dtype=torch.float64, seed=1, scale=3), randn(6, 37, dtype=torch.float64, seed=2, scale=3)
+    s, t = (
+        randn(6, 37, dtype=torch.float64, seed=1, scale=3),
+        randn(6, 37, dtype=torch.float64, seed=2, scale=3),
+    )
     ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
     fwd = F.kl_div(ls, lt, reduction="batchmean", log_target=True) * T * T
     rev = F.kl_div(lt, ls, reduction="batchmean", log_target=True) * T * T
     torch.testing.assert_close(ref.distillation_loss(s, t, T), fwd)
     torch.testing.assert_close(ref.distillation_loss(s, t, T, beta=1.0), rev)
-    torch.testing.assert_close(ref.distillation_loss(s, t, T, reduction="sum"),
-                               F.kl_div(ls, lt, reduction="sum", log_target=True) * T * T)
+    torch.testing.assert_close(
+        ref.distillation_loss(s, t, T, reduction="sum"),
+        F.kl_div(ls, lt, reduction="sum", log_target=True) * T * T,
+    )
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
 def test_reference_jsd_matches_probability_space(beta):
-    s, t = randn(5, 23, dtype=torch.float64, seed=3, scale=2), randn(5, 23, dtype=torch.float64, seed=4, scale=2)
+    s, t = (
+        randn(5, 23, dtype=torch.float64, seed=3, scale=2),
+        randn(5, 23, dtype=torch.float64, seed=4, scale=2),
+    )
     T = 2.0
     ps, pt = torch.softmax(s / T, -1), torch.softmax(t / T, -1)
     m = beta * pt + (1 - beta) * ps
-    want = T * T * (beta * (pt * (pt / m).log()).sum(-1) + (1 - beta) * (ps * (ps / m).log()).sum(-1))
+    want = (
+        T * T * (beta * (pt * (pt / m).log()).sum(-1) + (1 - beta) * (ps * (ps / m).log()).sum(-1))
+    )
     torch.testing.assert_close(ref.distillation_loss(s, t, T, beta=beta, reduction="none"), want)
 
 
@@ -58,8 +70,10 @@ def test_reference_jsd_matches_probability_space(beta):
 def test_reference_cross_entropy_matches_torch(reduction, smoothing):
     x = randn(9, 17, dtype=torch.float64, seed=5, scale=2)
     y = labels((9,), 17, seed=6, ignored=(1, 4))
-    torch.testing.assert_close(ref.cross_entropy(x, y, -100, smoothing, reduction),
-                               F.cross_entropy(x, y, ignore_index=-100, label_smoothing=smoothing, reduction=reduction))
+    torch.testing.assert_close(
+        ref.cross_entropy(x, y, -100, smoothing, reduction),
+        F.cross_entropy(x, y, ignore_index=-100, label_smoothing=smoothing, reduction=reduction),
+    )
 
 
 def test_reference_kd_with_hard_term_matches_torch():
@@ -67,7 +81,9 @@ def test_reference_kd_with_hard_term_matches_torch():
     y = labels((8,), 19, seed=9, ignored=(2, 5))
     T, sw, hw, ls = 3.0, 0.7, 0.4, 0.1
     kept = y != -100
-    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="none", log_target=True).sum(-1)
+    kl = F.kl_div(
+        F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="none", log_target=True
+    ).sum(-1)
     ce = F.cross_entropy(s, y, label_smoothing=ls, reduction="none")
     want = ((sw * T * T * kl + hw * ce) * kept).sum() / kept.sum()
     got = ref.distillation_loss(s, t, T, y, sw, hw, 0.0, -100, ls)
@@ -79,7 +95,9 @@ def test_reference_soft_target_matches_torch():
     q = torch.softmax(randn(7, 13, dtype=torch.float64, seed=11), -1)
     T = 2.0
     torch.testing.assert_close(ref.soft_target_cross_entropy(x, q, T), F.cross_entropy(x / T, q))
-    torch.testing.assert_close(ref.soft_target_cross_entropy(x, q, T, "sum"), F.cross_entropy(x / T, q, reduction="sum"))
+    torch.testing.assert_close(
+        ref.soft_target_cross_entropy(x, q, T, "sum"), F.cross_entropy(x / T, q, reduction="sum")
+    )
 
 
 # --------------------------------------------------------------------------- every backend vs reference
@@ -99,8 +117,18 @@ KD_CASES = [
 
 def _kd_call(case, backend, s, t, y):
     beta, T, _, hw, ls, red = case
-    return pk.distillation_loss(s, t, temperature=T, labels=y, hard_weight=hw, beta=beta, label_smoothing=ls,
-                                soft_weight=0.8, reduction=red, backend=backend)
+    return pk.distillation_loss(
+        s,
+        t,
+        temperature=T,
+        labels=y,
+        hard_weight=hw,
+        beta=beta,
+        label_smoothing=ls,
+        soft_weight=0.8,
+        reduction=red,
+        backend=backend,
+    )
 
 
 def _ref_call(case, s, t, y):
@@ -109,10 +137,14 @@ def _ref_call(case, s, t, y):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize("case", KD_CASES, ids=[f"beta{c[0]}-T{c[1]}-{'lab' if c[2] else 'nolab'}-{c[5]}" for c in KD_CASES])
+@pytest.mark.parametrize(
+    "case",
+    KD_CASES,
+    ids=[f"beta{c[0]}-T{c[1]}-{'lab' if c[2] else 'nolab'}-{c[5]}" for c in KD_CASES],
+)
 def test_distillation_loss(backend, case):
     dev = backend_device(backend)
-    shape = (2, 3, 300) if backend != "triton" else (4, 300)   # V = 300: no block size divides it
+    shape = (2, 3, 300) if backend != "triton" else (4, 300)  # V = 300: no block size divides it
     y = labels(shape[:-1], shape[-1], dev, seed=12) if case[2] else None
     for dtype in dtypes_for(backend):
         s = randn(*shape, dtype=dtype, device=dev, seed=13, scale=4, requires_grad=True)
@@ -125,12 +157,18 @@ def test_distillation_loss(backend, case):
         want = _ref_call(case, *r, y)
         ws, wt = grads(want, r)
         b = [x.detach().requires_grad_() for x in (s, t)]
-        base = _ref_call(case, *b, y)   # PyTorch at the same precision
+        base = _ref_call(case, *b, y)  # PyTorch at the same precision
         bs, bt = grads(base, b)
         assert_close(loss, want, dtype, baseline=base)
         # The gradient w.r.t. (student, teacher) as one vector...
         joint = lambda u, v: torch.cat([u.reshape(-1).double().cpu(), v.reshape(-1).double().cpu()])  # noqa: E731
-        assert_close(joint(gs, gt), joint(ws, wt), dtype, baseline=joint(bs, bt), what="grad (student, teacher)")
+        assert_close(
+            joint(gs, gt),
+            joint(ws, wt),
+            dtype,
+            baseline=joint(bs, bt),
+            what="grad (student, teacher)",
+        )
         # ... and each part on its own where that is well conditioned: at T = 0.05 a one-hot
         # teacher's gradient is ~1e-18, a sum of O(1) terms that cancel, so its relative error
         # says nothing (even float64 PyTorch formulations differ there by ~50%).
@@ -149,14 +187,22 @@ def test_cross_entropy(backend, reduction):
         x = randn(*shape, dtype=dtype, device=dev, seed=21, scale=3, requires_grad=True)
         for ls in (0.0, 0.1):
             with poisoned():
-                loss = pk.cross_entropy(x, y, label_smoothing=ls, reduction=reduction, backend=backend)
+                loss = pk.cross_entropy(
+                    x, y, label_smoothing=ls, reduction=reduction, backend=backend
+                )
                 (g,) = grads(loss, [x])
             x64 = x.detach().double().requires_grad_()
-            want = F.cross_entropy(x64.reshape(-1, shape[-1]), y.reshape(-1), label_smoothing=ls, reduction=reduction)
+            want = F.cross_entropy(
+                x64.reshape(-1, shape[-1]), y.reshape(-1), label_smoothing=ls, reduction=reduction
+            )
             want = want.reshape(shape[:-1]) if reduction == "none" else want
             (w,) = grads(want, [x64])
-            base = F.cross_entropy(x.detach().float().reshape(-1, shape[-1]), y.reshape(-1), label_smoothing=ls,
-                                   reduction=reduction).reshape(want.shape)
+            base = F.cross_entropy(
+                x.detach().float().reshape(-1, shape[-1]),
+                y.reshape(-1),
+                label_smoothing=ls,
+                reduction=reduction,
+            ).reshape(want.shape)
             assert_close(loss, want, dtype, baseline=base)
             assert_close(g, w, dtype, what="grad")
 
@@ -168,14 +214,25 @@ def test_soft_target_cross_entropy(backend, reduction):
     shape = (2, 4, 257) if backend != "triton" else (4, 257)
     for dtype in dtypes_for(backend):
         x = randn(*shape, dtype=dtype, device=dev, seed=30, scale=3, requires_grad=True)
-        q = torch.softmax(randn(*shape, dtype=torch.float64, seed=31), -1).to(dtype=dtype, device=dev).requires_grad_()
+        q = (
+            torch.softmax(randn(*shape, dtype=torch.float64, seed=31), -1)
+            .to(dtype=dtype, device=dev)
+            .requires_grad_()
+        )
         with poisoned():
-            loss = pk.soft_target_cross_entropy(x, q, temperature=2.0, reduction=reduction, backend=backend)
+            loss = pk.soft_target_cross_entropy(
+                x, q, temperature=2.0, reduction=reduction, backend=backend
+            )
             gx, gq = grads(loss, [x, q])
         r = [v.detach().double().requires_grad_() for v in (x, q)]
         want = ref.soft_target_cross_entropy(*r, 2.0, reduction)
         wx, wq = grads(want, r)
-        assert_close(loss, want, dtype, baseline=ref.soft_target_cross_entropy(x.detach(), q.detach(), 2.0, reduction))
+        assert_close(
+            loss,
+            want,
+            dtype,
+            baseline=ref.soft_target_cross_entropy(x.detach(), q.detach(), 2.0, reduction),
+        )
         assert_close(gx, wx, dtype, what="grad logits")
         assert_close(gq, wq, dtype, what="grad target")
 
@@ -191,7 +248,7 @@ def test_teacher_without_grad_gets_none_and_student_is_right(backend):
     s64 = s.detach().double().requires_grad_()
     ref.distillation_loss(s64, t.double(), 2.0).backward()
     assert_close(s.grad, s64.grad, torch.float32, what="grad student")
-    with torch.no_grad():   # no gradient is computed or allocated
+    with torch.no_grad():  # no gradient is computed or allocated
         out = pk.distillation_loss(s, t, temperature=2.0, backend=backend)
     assert not out.requires_grad
     assert_close(out, ref.distillation_loss(s.double(), t.double(), 2.0), torch.float32)
@@ -204,10 +261,14 @@ def test_teacher_without_grad_gets_none_and_student_is_right(backend):
 
 # (teacher logit scale, T, beta) against a uniform student (logits of 1e-30)
 HARD_CASES = {
-    "close-0.25": (0.3, 4.0, 0.25), "close-0.5": (0.3, 4.0, 0.5),    # log m - log p_S cancels
-    "small-beta": (30.0, 2.0, 1e-6), "tiny-beta": (30.0, 2.0, 1.2e-38),  # m is p_S in float32
-    "close-beta-near-1": (0.3, 4.0, 1 - 1e-9), "beta-near-1": (30.0, 2.0, 1 - 1e-9),  # beta is 1
-    "close-kl": (1.0, 10.0, 0.0), "close-reverse-kl": (1.0, 10.0, 1.0),  # log Z_T - log Z_S cancels
+    "close-0.25": (0.3, 4.0, 0.25),
+    "close-0.5": (0.3, 4.0, 0.5),  # log m - log p_S cancels
+    "small-beta": (30.0, 2.0, 1e-6),
+    "tiny-beta": (30.0, 2.0, 1.2e-38),  # m is p_S in float32
+    "close-beta-near-1": (0.3, 4.0, 1 - 1e-9),
+    "beta-near-1": (30.0, 2.0, 1 - 1e-9),  # beta is 1
+    "close-kl": (1.0, 10.0, 0.0),
+    "close-reverse-kl": (1.0, 10.0, 1.0),  # log Z_T - log Z_S cancels
 }
 
 
@@ -221,10 +282,20 @@ def test_hard_cases_meet_the_precision_contract(backend, case):
     s64 = (1e-30 * torch.randn(4, 7, generator=g, dtype=torch.float64)).float().double()
     t64 = (scale * torch.randn(4, 7, generator=g, dtype=torch.float64)).float().double()
     args = (T, None, 1.0, 0.0, beta, -100, 0.0, "none")
-    got = pk.distillation_loss(s64.float().to(dev), t64.float().to(dev), temperature=T, beta=beta,
-                               reduction="none", backend=backend)
-    assert_close(got, ref.distillation_loss(s64, t64, *args), torch.float32,
-                 baseline=ref.distillation_loss(s64.float(), t64.float(), *args))
+    got = pk.distillation_loss(
+        s64.float().to(dev),
+        t64.float().to(dev),
+        temperature=T,
+        beta=beta,
+        reduction="none",
+        backend=backend,
+    )
+    assert_close(
+        got,
+        ref.distillation_loss(s64, t64, *args),
+        torch.float32,
+        baseline=ref.distillation_loss(s64.float(), t64.float(), *args),
+    )
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -233,12 +304,27 @@ def test_far_kl_meets_the_precision_contract(backend, beta):
     """A uniform student over 1025 classes against a sharp teacher (Z_T = 2.9, Z_S = 1025)."""
     dev = backend_device(backend)
     s64 = Spec((1, 1025), torch.float32, scale=1e-30, seed=0, stream=0).values64().float().double()
-    t64 = Spec((1, 1025), torch.float32, scale=30.0, values="wide", seed=0, stream=1).values64().float().double()
+    t64 = (
+        Spec((1, 1025), torch.float32, scale=30.0, values="wide", seed=0, stream=1)
+        .values64()
+        .float()
+        .double()
+    )
     args = (4.0, None, 1.0, 0.0, beta, -100, 0.0, "none")
-    got = pk.distillation_loss(s64.float().to(dev), t64.float().to(dev), temperature=4.0, beta=beta,
-                               reduction="none", backend=backend)
-    assert_close(got, ref.distillation_loss(s64, t64, *args), torch.float32,
-                 baseline=ref.distillation_loss(s64.float(), t64.float(), *args))
+    got = pk.distillation_loss(
+        s64.float().to(dev),
+        t64.float().to(dev),
+        temperature=4.0,
+        beta=beta,
+        reduction="none",
+        backend=backend,
+    )
+    assert_close(
+        got,
+        ref.distillation_loss(s64, t64, *args),
+        torch.float32,
+        baseline=ref.distillation_loss(s64.float(), t64.float(), *args),
+    )
 
 
 def _grads(fn, *xs):
@@ -252,13 +338,27 @@ def test_confident_rows_gradient_meets_the_precision_contract(backend, beta):
     """Rows whose maximum holds all but ~1e-7 of the probability: the maximum's gradient is
     a difference of two numbers ~8 that leaves ~1e-7 in every float32 formulation."""
     dev = backend_device(backend)
-    s64 = torch.tensor([[25.0, -25.0, -20.0], [0.0, 48.0, -3.0], [-1.0, 2.0, 0.5]], dtype=torch.float64)
+    s64 = torch.tensor(
+        [[25.0, -25.0, -20.0], [0.0, 48.0, -3.0], [-1.0, 2.0, 0.5]], dtype=torch.float64
+    )
     t64 = torch.tensor([[1.0, 0.3, -0.5], [50.0, -1.0, 0.6], [0.2, 0.1, 40.0]], dtype=torch.float64)
-    want = _grads(lambda s, t: ref.distillation_loss(s, t, 3.0, None, 1.0, 0.0, beta, -100, 0.0, "sum"), s64, t64)
-    got = _grads(lambda s, t: pk.distillation_loss(s, t, temperature=3.0, beta=beta, reduction="sum",
-                                                   backend=backend), s64.float().to(dev), t64.float().to(dev))
-    torch_f32 = _grads(lambda s, t: ref.distillation_loss(s, t, 3.0, None, 1.0, 0.0, beta, -100, 0.0, "sum"),
-                       s64.float(), t64.float())
+    want = _grads(
+        lambda s, t: ref.distillation_loss(s, t, 3.0, None, 1.0, 0.0, beta, -100, 0.0, "sum"),
+        s64,
+        t64,
+    )
+    got = _grads(
+        lambda s, t: pk.distillation_loss(
+            s, t, temperature=3.0, beta=beta, reduction="sum", backend=backend
+        ),
+        s64.float().to(dev),
+        t64.float().to(dev),
+    )
+    torch_f32 = _grads(
+        lambda s, t: ref.distillation_loss(s, t, 3.0, None, 1.0, 0.0, beta, -100, 0.0, "sum"),
+        s64.float(),
+        t64.float(),
+    )
     for g, w, b, name in zip(got, want, torch_f32, ("student", "teacher")):
         for r in range(3):  # each row on its own: their gradients differ by orders of magnitude
             assert_close(g[r], w[r], torch.float32, baseline=b[r], what=f"grad {name}, row {r}")
@@ -269,20 +369,31 @@ def test_beta_below_float32_range(backend):
     """A beta of 1.2e-76 is 0 as a float32 kernel argument, as a GPU launch passes it (the
     Triton interpreter would type it float64, and its float64 -> bfloat16 stores differ)."""
     dev = backend_device(backend)
-    s = torch.tensor([[1.5407e-30, -2.9274e-31]], dtype=torch.bfloat16, device=dev, requires_grad=True)
+    s = torch.tensor(
+        [[1.5407e-30, -2.9274e-31]], dtype=torch.bfloat16, device=dev, requires_grad=True
+    )
     t = torch.tensor([[-0.36133, 1.0703]], dtype=torch.bfloat16, device=dev)
     y = torch.tensor([0], device=dev)
-    loss = pk.distillation_loss(s, t, temperature=0.5, labels=y, hard_weight=0.5, beta=1.2210023632756104e-76,
-                                reduction="sum", backend=backend)
-    g, = torch.autograd.grad(loss, [s])
+    loss = pk.distillation_loss(
+        s,
+        t,
+        temperature=0.5,
+        labels=y,
+        hard_weight=0.5,
+        beta=1.2210023632756104e-76,
+        reduction="sum",
+        backend=backend,
+    )
+    (g,) = torch.autograd.grad(loss, [s])
     assert_close(g, torch.tensor([[-0.25, 0.25]], dtype=torch.float64), torch.bfloat16)
 
 
 # Confident float64 rows: a loss of log1p(exp(-40)) = 4.2e-18 is below the rounding of
 # log(1 + 4.2e-18), and the label's gradient -(1 - p_y) = -exp(-55) below that of p_y - 1.
 _CONFIDENT = torch.tensor([[40.0, 0.0, -3.0], [7.0, 7.0, -50.0]], dtype=torch.float64)
-_CONFIDENT_LOSS = torch.tensor([math.log1p(math.exp(-40) + math.exp(-43)), math.log1p(1 + math.exp(-57))],
-                               dtype=torch.float64)
+_CONFIDENT_LOSS = torch.tensor(
+    [math.log1p(math.exp(-40) + math.exp(-43)), math.log1p(1 + math.exp(-57))], dtype=torch.float64
+)
 
 
 def test_float64_reference_is_exact_on_confident_rows():
@@ -292,11 +403,17 @@ def test_float64_reference_is_exact_on_confident_rows():
     assert_close(ref.cross_entropy(_CONFIDENT, y, reduction="none"), _CONFIDENT_LOSS, torch.float64)
     kd = ref.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), 1.0, y, 0.0, 1.0, reduction="none")
     assert_close(kd, _CONFIDENT_LOSS, torch.float64)
-    xs, q = torch.tensor([[1.5409961, -0.2934289]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    assert_close(ref.soft_target_cross_entropy(xs, q, 0.05, "none"),
-                 torch.log1p(torch.exp(-(xs[:, 0] - xs[:, 1]) / 0.05)), torch.float64)
+    xs, q = (
+        torch.tensor([[1.5409961, -0.2934289]], dtype=torch.float64),
+        torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+    )
+    assert_close(
+        ref.soft_target_cross_entropy(xs, q, 0.05, "none"),
+        torch.log1p(torch.exp(-(xs[:, 0] - xs[:, 1]) / 0.05)),
+        torch.float64,
+    )
     x = torch.tensor([[46.0, -9.0]], dtype=torch.float64, requires_grad=True)
-    g, = torch.autograd.grad(ref.cross_entropy(x, torch.tensor([0]), reduction="sum"), [x])
+    (g,) = torch.autograd.grad(ref.cross_entropy(x, torch.tensor([0]), reduction="sum"), [x])
     tail = math.exp(-55) / (1 + math.exp(-55))
     assert_close(g, torch.tensor([[-tail, tail]], dtype=torch.float64), torch.float64)
 
@@ -308,21 +425,44 @@ def test_float64_confident_rows_meet_the_precision_contract():
         pytest.skip("pykernels._C not built")
     y = torch.tensor([0, 1])
     got = pk.cross_entropy(_CONFIDENT, y, reduction="none", backend="cpu")
-    assert_close(got, _CONFIDENT_LOSS, torch.float64,
-                 baseline=ref.cross_entropy(_CONFIDENT, y, reduction="none", precise=False))
-    base = ref.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), 1.0, y, 0.0, 1.0, reduction="none",
-                                 precise=False)
-    kd = pk.distillation_loss(_CONFIDENT, _CONFIDENT.flip(0), labels=y, soft_weight=0.0, hard_weight=1.0,
-                              reduction="none", backend="cpu")
+    assert_close(
+        got,
+        _CONFIDENT_LOSS,
+        torch.float64,
+        baseline=ref.cross_entropy(_CONFIDENT, y, reduction="none", precise=False),
+    )
+    base = ref.distillation_loss(
+        _CONFIDENT, _CONFIDENT.flip(0), 1.0, y, 0.0, 1.0, reduction="none", precise=False
+    )
+    kd = pk.distillation_loss(
+        _CONFIDENT,
+        _CONFIDENT.flip(0),
+        labels=y,
+        soft_weight=0.0,
+        hard_weight=1.0,
+        reduction="none",
+        backend="cpu",
+    )
     assert_close(kd, _CONFIDENT_LOSS, torch.float64, baseline=base)
-    xs, q = torch.tensor([[1.5409961, -0.2934289]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    xs, q = (
+        torch.tensor([[1.5409961, -0.2934289]], dtype=torch.float64),
+        torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+    )
     soft = pk.soft_target_cross_entropy(xs, q, temperature=0.05, reduction="none", backend="cpu")
-    assert_close(soft, ref.soft_target_cross_entropy(xs, q, 0.05, "none"), torch.float64,
-                 baseline=ref.soft_target_cross_entropy(xs, q, 0.05, "none", precise=False))
+    assert_close(
+        soft,
+        ref.soft_target_cross_entropy(xs, q, 0.05, "none"),
+        torch.float64,
+        baseline=ref.soft_target_cross_entropy(xs, q, 0.05, "none", precise=False),
+    )
     x = torch.tensor([[46.0, -9.0]], dtype=torch.float64)
     want = _grads(lambda a: ref.cross_entropy(a, torch.tensor([0]), reduction="sum"), x)[0]
-    base = _grads(lambda a: ref.cross_entropy(a, torch.tensor([0]), reduction="sum", precise=False), x)[0]
-    got = _grads(lambda a: pk.cross_entropy(a, torch.tensor([0]), reduction="sum", backend="cpu"), x)[0]
+    base = _grads(
+        lambda a: ref.cross_entropy(a, torch.tensor([0]), reduction="sum", precise=False), x
+    )[0]
+    got = _grads(
+        lambda a: pk.cross_entropy(a, torch.tensor([0]), reduction="sum", backend="cpu"), x
+    )[0]
     assert_close(got, want, torch.float64, baseline=base, what="grad")
 
 
@@ -332,18 +472,36 @@ def test_extreme_logits(backend, T):
     """Logits of +-1e4 stay finite and match float64 at T in {0.05, 20}."""
     dev = backend_device(backend)
     gen = torch.Generator().manual_seed(50)
-    base = torch.randint(-1, 2, (4, 300), generator=gen).double() * 1e4 + torch.randn(4, 300, generator=gen, dtype=torch.float64)
+    base = torch.randint(-1, 2, (4, 300), generator=gen).double() * 1e4 + torch.randn(
+        4, 300, generator=gen, dtype=torch.float64
+    )
     s = base.float().to(dev).requires_grad_()
-    t = (base.flip(-1) + torch.randn(4, 300, generator=gen, dtype=torch.float64)).float().to(dev).requires_grad_()
+    t = (
+        (base.flip(-1) + torch.randn(4, 300, generator=gen, dtype=torch.float64))
+        .float()
+        .to(dev)
+        .requires_grad_()
+    )
     y = labels((4,), 300, dev, seed=51, ignored=())
     for beta in (0.0, 0.5, 1.0):
-        loss = pk.distillation_loss(s, t, temperature=T, labels=y, beta=beta, hard_weight=0.5, label_smoothing=0.1,
-                                    reduction="none", backend=backend)
+        loss = pk.distillation_loss(
+            s,
+            t,
+            temperature=T,
+            labels=y,
+            beta=beta,
+            hard_weight=0.5,
+            label_smoothing=0.1,
+            reduction="none",
+            backend=backend,
+        )
         gs, gt = grads(loss, [s, t])
         r = [x.detach().double().requires_grad_() for x in (s, t)]
-        want = ref.distillation_loss(*r, T, y.cpu() if dev.type == "cpu" else y, 1.0, 0.5, beta, -100, 0.1, "none")
+        want = ref.distillation_loss(
+            *r, T, y.cpu() if dev.type == "cpu" else y, 1.0, 0.5, beta, -100, 0.1, "none"
+        )
         ws, wt = grads(want, r)
-        b = [x.detach().cpu().requires_grad_() for x in (s, t)]   # PyTorch in float32
+        b = [x.detach().cpu().requires_grad_() for x in (s, t)]  # PyTorch in float32
         base = ref.distillation_loss(*b, T, y.cpu(), 1.0, 0.5, beta, -100, 0.1, "none")
         bs, bt = grads(base, b)
         assert torch.isfinite(loss).all() and torch.isfinite(gs).all() and torch.isfinite(gt).all()
@@ -351,8 +509,13 @@ def test_extreme_logits(backend, T):
         assert_close(gs, ws, torch.float32, baseline=bs, what="grad student")
         # At T = 0.05 the teacher's gradient c p_T (log p_T - log p_S - KL) subtracts terms
         # of ~4e5: held to PyTorch's float32 error (see also test_distillation_loss).
-        assert_close(torch.cat([gs, gt]).cpu(), torch.cat([ws, wt]).cpu(), torch.float32,
-                     baseline=torch.cat([bs, bt]), what="grad (student, teacher)")
+        assert_close(
+            torch.cat([gs, gt]).cpu(),
+            torch.cat([ws, wt]).cpu(),
+            torch.float32,
+            baseline=torch.cat([bs, bt]),
+            what="grad (student, teacher)",
+        )
         if T >= 1:
             assert_close(gt, wt, torch.float32, baseline=bt, what="grad teacher")
 
@@ -368,8 +531,10 @@ def test_all_rows_ignored(backend):
     torch_loss = F.cross_entropy(s, y)
     torch_loss.backward()
     assert math.isnan(torch_loss.item()) and torch.count_nonzero(s.grad) == 0
-    for call in (lambda: pk.cross_entropy(s, y, backend=backend),
-                 lambda: pk.distillation_loss(s, t, labels=y, hard_weight=1.0, backend=backend)):
+    for call in (
+        lambda: pk.cross_entropy(s, y, backend=backend),
+        lambda: pk.distillation_loss(s, t, labels=y, hard_weight=1.0, backend=backend),
+    ):
         s.grad = t.grad = None
         loss = call()
         loss.backward()
@@ -392,13 +557,23 @@ def test_large_vocabulary_cpu():
     t = randn(3, V, seed=71, scale=5, requires_grad=True)
     y = torch.tensor([5, V - 1, -100])
     for beta in (0.0, 0.5):
-        loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, beta=beta, hard_weight=0.5, reduction="sum",
-                                    backend="cpu")
+        loss = pk.distillation_loss(
+            s,
+            t,
+            temperature=2.0,
+            labels=y,
+            beta=beta,
+            hard_weight=0.5,
+            reduction="sum",
+            backend="cpu",
+        )
         gs, gt = grads(loss, [s, t])
         r = [x.detach().double().requires_grad_() for x in (s, t)]
         want = ref.distillation_loss(*r, 2.0, y, 1.0, 0.5, beta, -100, 0.0, "sum")
         ws, wt = grads(want, r)
-        base = ref.distillation_loss(s.detach(), t.detach(), 2.0, y, 1.0, 0.5, beta, -100, 0.0, "sum")
+        base = ref.distillation_loss(
+            s.detach(), t.detach(), 2.0, y, 1.0, 0.5, beta, -100, 0.0, "sum"
+        )
         assert_close(loss, want, torch.float32, baseline=base)
         assert_close(gs, ws, torch.float32, what="grad student")
         assert_close(gt, wt, torch.float32, what="grad teacher")
@@ -407,8 +582,8 @@ def test_large_vocabulary_cpu():
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous(backend):
     dev = backend_device(backend)
-    s = randn(300, 8, device=dev, seed=80).t().requires_grad_()          # [8, 300], transposed
-    t = randn(8, 600, device=dev, seed=81)[:, ::2].requires_grad_()      # strided
+    s = randn(300, 8, device=dev, seed=80).t().requires_grad_()  # [8, 300], transposed
+    t = randn(8, 600, device=dev, seed=81)[:, ::2].requires_grad_()  # strided
     y = labels((8,), 300, dev, seed=82)
     loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, hard_weight=0.5, backend=backend)
     gs, gt = grads(loss, [s, t])
@@ -441,7 +616,9 @@ def test_deterministic(backend):
     y = labels((4,), 300, dev, seed=92)
     runs = []
     for _ in range(2):
-        loss = pk.distillation_loss(s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend)
+        loss = pk.distillation_loss(
+            s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend
+        )
         runs.append((loss, *grads(loss, [s, t])))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
@@ -460,7 +637,9 @@ def test_forward_memory_is_the_gradient_plus_rows():
     assert grad_bytes <= peak <= grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
     # Forward + backward: the saved gradient is scaled in place and returned; nothing else
     # of size [rows, V] (no second gradient, no materialised zero gradients).
-    peak = peak_cpu_bytes(lambda: torch.autograd.grad(pk.distillation_loss(s, t, temperature=2.0, backend="cpu"), [s]))
+    peak = peak_cpu_bytes(
+        lambda: torch.autograd.grad(pk.distillation_loss(s, t, temperature=2.0, backend="cpu"), [s])
+    )
     assert grad_bytes <= peak <= grad_bytes + scratch + 64 * R, f"peak {peak} bytes"
 
 
@@ -477,8 +656,11 @@ def test_in_place_scaling_only_when_the_graph_is_freed(backend):
     kept = [torch.autograd.grad(loss, [s, t], w, retain_graph=True) for _ in range(3)]
     freed = torch.autograd.grad(loss, [s, t], w)
     s64, t64 = as64(s, t)
-    want = torch.autograd.grad(pk.distillation_loss(s64, t64, temperature=2.0, reduction="none",
-                                                    backend="reference"), [s64, t64], w.double().cpu())
+    want = torch.autograd.grad(
+        pk.distillation_loss(s64, t64, temperature=2.0, reduction="none", backend="reference"),
+        [s64, t64],
+        w.double().cpu(),
+    )
     for got in kept + [freed]:
         for g, r in zip(got, want):
             assert_close(g, r, torch.float32, what="gradient")
@@ -498,11 +680,15 @@ def test_gradient_of_the_reduced_loss(backend, reduction):
     y = labels((6,), 300, dev, seed=99, ignored=(2,))
     kw = dict(temperature=2.0, labels=y, hard_weight=0.5, reduction=reduction)
     s64 = s.detach().double().requires_grad_()
-    want, = torch.autograd.grad(pk.distillation_loss(s64, t.double(), backend="reference", **kw), [s64])
+    (want,) = torch.autograd.grad(
+        pk.distillation_loss(s64, t.double(), backend="reference", **kw), [s64]
+    )
     for weight, retain in ((1.0, True), (1.0, False), (0.5, False)):
         loss = pk.distillation_loss(s, t, backend=backend, **kw)
-        got, = torch.autograd.grad(weight * loss, [s], retain_graph=retain)
-        assert_close(got, weight * want, torch.float32, what=f"grad, weight {weight}, retain_graph={retain}")
+        (got,) = torch.autograd.grad(weight * loss, [s], retain_graph=retain)
+        assert_close(
+            got, weight * want, torch.float32, what=f"grad, weight {weight}, retain_graph={retain}"
+        )
 
 
 def test_direct_op_keeps_its_gradient_outputs():
@@ -512,17 +698,20 @@ def test_direct_op_keeps_its_gradient_outputs():
     if "cpu" not in pk.backends.available(torch.device("cpu")):
         pytest.skip("pykernels._C not built")
     s, t = randn(4, 30, seed=100, requires_grad=True), randn(4, 30, seed=101)
-    loss, gs, _ = torch.ops.pykernels.distillation_loss(s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, False,
-                                                        0.25)
+    loss, gs, _ = torch.ops.pykernels.distillation_loss(
+        s, t, None, 2.0, 1.0, 0.0, 0.0, -100, 0.0, True, False, 0.25
+    )
     before = gs.detach().clone()
-    g, = torch.autograd.grad(loss, [s], torch.full_like(loss, 3.0))
+    (g,) = torch.autograd.grad(loss, [s], torch.full_like(loss, 3.0))
     assert torch.equal(gs, before)
     torch.testing.assert_close(g, before * 12.0)
 
 
 def test_bad_labels_raise_on_cpu_tensors():
     s, t = randn(3, 10, seed=95), randn(3, 10, seed=96)
-    for backend in [b for b in ("cpu", "reference", "triton") if b in pk.backends.available(torch.device("cpu"))]:
+    for backend in [
+        b for b in ("cpu", "reference", "triton") if b in pk.backends.available(torch.device("cpu"))
+    ]:
         for bad in (10, -1):
             y = torch.tensor([1, bad, 2])
             with pytest.raises(IndexError, match="'labels'"):
@@ -546,6 +735,7 @@ def test_bad_label_gives_nan_row_on_triton_and_cuda_kernels(backend):
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     if backend == "cpu" and "cpu" not in pk.backends.available(torch.device("cpu")):
@@ -555,12 +745,29 @@ def test_gradcheck_float64(backend):
     y = torch.tensor([2, -100, 6])
     for beta in (0.0, 0.5, 1.0):
         assert torch.autograd.gradcheck(
-            lambda a, b: pk.distillation_loss(a, b, temperature=1.5, labels=y, beta=beta, hard_weight=0.7,
-                                              label_smoothing=0.1, reduction="none", backend=backend), (s, t))
-    assert torch.autograd.gradcheck(lambda a: pk.cross_entropy(a, y, label_smoothing=0.2, backend=backend), (s,))
+            lambda a, b: pk.distillation_loss(
+                a,
+                b,
+                temperature=1.5,
+                labels=y,
+                beta=beta,
+                hard_weight=0.7,
+                label_smoothing=0.1,
+                reduction="none",
+                backend=backend,
+            ),
+            (s, t),
+        )
+    assert torch.autograd.gradcheck(
+        lambda a: pk.cross_entropy(a, y, label_smoothing=0.2, backend=backend), (s,)
+    )
     q = torch.softmax(t.detach(), -1).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b: pk.soft_target_cross_entropy(a, b, temperature=3.0, reduction="none", backend=backend), (s, q))
+        lambda a, b: pk.soft_target_cross_entropy(
+            a, b, temperature=3.0, reduction="none", backend=backend
+        ),
+        (s, q),
+    )
 
 
 def _opcheck_cases(dev):
@@ -592,15 +799,22 @@ def test_torch_compile_fullgraph(backend):
 
     @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(s, t, x, q, y):
-        return (pk.distillation_loss(s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend)
-                + pk.cross_entropy(x, y, label_smoothing=0.1, backend=backend)
-                + pk.soft_target_cross_entropy(x, q, backend=backend))
+        return (
+            pk.distillation_loss(
+                s, t, temperature=2.0, labels=y, beta=0.5, hard_weight=0.5, backend=backend
+            )
+            + pk.cross_entropy(x, y, label_smoothing=0.1, backend=backend)
+            + pk.soft_target_cross_entropy(x, q, backend=backend)
+        )
 
     args = [randn(6, 33, device=dev, seed=120 + i, requires_grad=True) for i in range(4)]
     y = labels((6,), 33, dev, seed=125)
     out = f(*args, y)
-    want = (ref.distillation_loss(args[0], args[1], 2.0, y, 1.0, 0.5, 0.5)
-            + F.cross_entropy(args[2], y, label_smoothing=0.1) + ref.soft_target_cross_entropy(args[2], args[3]))
+    want = (
+        ref.distillation_loss(args[0], args[1], 2.0, y, 1.0, 0.5, 0.5)
+        + F.cross_entropy(args[2], y, label_smoothing=0.1)
+        + ref.soft_target_cross_entropy(args[2], args[3])
+    )
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
     for g, w in zip(torch.autograd.grad(out, args), torch.autograd.grad(want, args)):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
@@ -608,18 +822,22 @@ def test_torch_compile_fullgraph(backend):
 
 # --------------------------------------------------------------------------- modules
 
+
 def test_modules():
     s, t = randn(4, 30, seed=130), randn(4, 30, seed=131)
     y = labels((4,), 30, seed=132)
     m = pk.nn.DistillationLoss(2.0, hard_weight=0.5, beta=0.5)
     torch.testing.assert_close(m(s, t, y), ref.distillation_loss(s, t, 2.0, y, 1.0, 0.5, 0.5))
-    torch.testing.assert_close(pk.nn.CrossEntropyLoss(label_smoothing=0.1)(s, y), F.cross_entropy(s, y, label_smoothing=0.1))
+    torch.testing.assert_close(
+        pk.nn.CrossEntropyLoss(label_smoothing=0.1)(s, y),
+        F.cross_entropy(s, y, label_smoothing=0.1),
+    )
     q = torch.softmax(t, -1)
-    torch.testing.assert_close(pk.nn.SoftTargetCrossEntropy(2.0, "sum")(s, q), ref.soft_target_cross_entropy(s, q, 2.0, "sum"))
+    torch.testing.assert_close(
+        pk.nn.SoftTargetCrossEntropy(2.0, "sum")(s, q),
+        ref.soft_target_cross_entropy(s, q, 2.0, "sum"),
+    )
     assert "temperature=2.0" in repr(m)
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-

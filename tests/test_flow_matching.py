@@ -1,6 +1,7 @@
 """Flow-matching family: flow_interpolate, flow_matching_loss, flow_match_euler_step,
 sample_flow_timesteps, compute_snr / min_snr_weights, and the diffusers drop-in
 FusedFlowMatchEulerDiscreteScheduler."""
+
 import math
 
 import pytest
@@ -27,8 +28,8 @@ from .helpers import (
     rel_err,
 )
 
-SHAPE = (5, 2, 3, 4)                          # N = 5 samples of 24 elements
-SIGMAS = [0.0, 0.003, 0.5, 0.97, 1.0]         # both ends, a shifted schedule's smallest sigma
+SHAPE = (5, 2, 3, 4)  # N = 5 samples of 24 elements
+SIGMAS = [0.0, 0.003, 0.5, 0.97, 1.0]  # both ends, a shifted schedule's smallest sigma
 SCHEMES = ref.WEIGHTING_SCHEMES
 
 
@@ -37,13 +38,18 @@ def _sig(values=SIGMAS, device="cpu"):
 
 
 def _leaves(dtype, device, n=3, seed=0):
-    return [randn(*SHAPE, dtype=dtype, device=device, seed=seed + i, requires_grad=True) for i in range(n)]
+    return [
+        randn(*SHAPE, dtype=dtype, device=device, seed=seed + i, requires_grad=True)
+        for i in range(n)
+    ]
 
 
 def _vjp(outs, inputs, seed=100):
     """Gradients of sum_k <outs_k, w_k> for fixed random w_k (zeros for unused inputs)."""
     outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
-    ws = [randn(*o.shape, dtype=o.dtype, device=o.device, seed=seed + k) for k, o in enumerate(outs)]
+    ws = [
+        randn(*o.shape, dtype=o.dtype, device=o.device, seed=seed + k) for k, o in enumerate(outs)
+    ]
     gs = torch.autograd.grad(outs, inputs, ws, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]
 
@@ -59,7 +65,9 @@ def _check_against_reference(backend, dtype, run, leaves, what):
     want_outs = (want_outs,) if isinstance(want_outs, torch.Tensor) else want_outs
     want = _vjp(want_outs, r)
     for k, (o, w) in enumerate(zip(outs, want_outs)):
-        assert o.dtype == (acc_dtype(dtype) if o.dim() < 2 else dtype), f"{what} output {k} dtype {o.dtype}"
+        assert o.dtype == (acc_dtype(dtype) if o.dim() < 2 else dtype), (
+            f"{what} output {k} dtype {o.dtype}"
+        )
         assert_close(o, w, dtype, what=f"{what} output {k}")
     for k, (g, w) in enumerate(zip(got, want)):
         assert g.dtype == dtype, f"{what} grad {k} dtype {g.dtype}"
@@ -68,6 +76,7 @@ def _check_against_reference(backend, dtype, run, leaves, what):
 
 # --------------------------------------------------------------------------- reference vs closed forms
 
+
 def test_reference_closed_form_float64():
     m, x0, z = (randn(len(SIGMAS), 3, dtype=torch.float64, seed=i) for i in range(3))
     s = _sig().double()
@@ -75,14 +84,21 @@ def test_reference_closed_form_float64():
     step = ref.flow_match_euler_step(m, x0, s, s * 0.5)
     for n, sn in enumerate(s.tolist()):
         for j in range(3):
-            assert xt[n, j].item() == pytest.approx((1 - sn) * x0[n, j].item() + sn * z[n, j].item(), rel=1e-14)
-            assert step[n, j].item() == pytest.approx(x0[n, j].item() - 0.5 * sn * m[n, j].item(), rel=1e-14)
+            assert xt[n, j].item() == pytest.approx(
+                (1 - sn) * x0[n, j].item() + sn * z[n, j].item(), rel=1e-14
+            )
+            assert step[n, j].item() == pytest.approx(
+                x0[n, j].item() - 0.5 * sn * m[n, j].item(), rel=1e-14
+            )
     for scheme in SCHEMES:
         for pre in (False, True):
             got = ref.flow_matching_loss(m, x0, z, s, scheme, pre, "none")
             for n, sn in enumerate(s.tolist()):
-                w = {"none": 1.0, "sigma_sqrt": max(sn, 1e-4) ** -2,
-                     "cosmap": 2 / (math.pi * (1 - 2 * sn + 2 * sn * sn))}[scheme]
+                w = {
+                    "none": 1.0,
+                    "sigma_sqrt": max(sn, 1e-4) ** -2,
+                    "cosmap": 2 / (math.pi * (1 - 2 * sn + 2 * sn * sn)),
+                }[scheme]
                 velocity_err = ((m[n] - (z[n] - x0[n])) ** 2).mean().item()
                 # preconditioned: the prediction -sigma m + x_t against the target x0
                 pre_err = ((-sn * m[n] + (1 - sn) * x0[n] + sn * z[n] - x0[n]) ** 2).mean().item()
@@ -91,7 +107,7 @@ def test_reference_closed_form_float64():
                 elif scheme == "sigma_sqrt":  # sigma^-2 sigma^2 = 1 exactly, also at sigma = 0
                     want = velocity_err
                     if sn > 0:
-                        assert want == pytest.approx(sn ** -2 * pre_err, rel=1e-9)
+                        assert want == pytest.approx(sn**-2 * pre_err, rel=1e-9)
                 else:
                     want = w * pre_err
                 assert got[n].item() == pytest.approx(want, rel=1e-12, abs=1e-15), (scheme, pre, n)
@@ -108,6 +124,7 @@ def test_sigma_sqrt_at_zero_is_the_documented_clamp():
 
 # --------------------------------------------------------------------------- backends vs the float64 reference
 
+
 def _dtype_params(dtypes=None):
     out = []
     for p in ALL_BACKENDS:
@@ -120,17 +137,26 @@ def _dtype_params(dtypes=None):
 def test_flow_interpolate(backend, dtype):
     dev = backend_device(backend)
     s = _sig(device=dev)
-    _check_against_reference(backend, dtype, lambda be, x0, z: pk.flow_interpolate(x0, z, s, backend=be),
-                             _leaves(dtype, dev, 2), f"flow_interpolate {backend}")
+    _check_against_reference(
+        backend,
+        dtype,
+        lambda be, x0, z: pk.flow_interpolate(x0, z, s, backend=be),
+        _leaves(dtype, dev, 2),
+        f"flow_interpolate {backend}",
+    )
 
 
 @pytest.mark.parametrize("backend,dtype", _dtype_params())
 def test_flow_match_euler_step(backend, dtype):
     dev = backend_device(backend)
     s, s_next = _sig(device=dev), _sig([0.9, 0.0, 0.3, 0.9, 0.5], dev)
-    _check_against_reference(backend, dtype,
-                             lambda be, m, x: pk.flow_match_euler_step(m, x, s, s_next, backend=be),
-                             _leaves(dtype, dev, 2), f"flow_match_euler_step {backend}")
+    _check_against_reference(
+        backend,
+        dtype,
+        lambda be, m, x: pk.flow_match_euler_step(m, x, s, s_next, backend=be),
+        _leaves(dtype, dev, 2),
+        f"flow_match_euler_step {backend}",
+    )
 
 
 @pytest.mark.parametrize("precondition", [False, True], ids=["plain", "precondition"])
@@ -140,12 +166,27 @@ def test_flow_matching_loss(backend, dtype, scheme, precondition):
     dev = backend_device(backend)
     s = _sig(device=dev)
     if dtype == torch.float16 and scheme == "sigma_sqrt" and not precondition:
-        s = _sig([0.25, 0.3, 0.5, 0.97, 1.0], dev)  # 1 / sigma^2 at sigma ~ 0: gradients beyond float16's range
+        s = _sig(
+            [0.25, 0.3, 0.5, 0.97, 1.0], dev
+        )  # 1 / sigma^2 at sigma ~ 0: gradients beyond float16's range
     for reduction in ("mean", "none"):
+
         def run(be, m, x0, z):
-            return pk.flow_matching_loss(m, x0, z, s, weighting_scheme=scheme, precondition_outputs=precondition,
-                                         reduction=reduction, return_noisy=True, backend=be)
-        _check_against_reference(backend, dtype, run, _leaves(dtype, dev), f"loss {scheme} {reduction} {backend}")
+            return pk.flow_matching_loss(
+                m,
+                x0,
+                z,
+                s,
+                weighting_scheme=scheme,
+                precondition_outputs=precondition,
+                reduction=reduction,
+                return_noisy=True,
+                backend=be,
+            )
+
+        _check_against_reference(
+            backend, dtype, run, _leaves(dtype, dev), f"loss {scheme} {reduction} {backend}"
+        )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -155,7 +196,9 @@ def test_loss_grads_only_where_required(backend, which):
     to the reference's."""
     dev = backend_device(backend)
     names = ["model_output", "x0", "noise"]
-    leaves = [randn(*SHAPE, device=dev, seed=i, requires_grad=(n == which)) for i, n in enumerate(names)]
+    leaves = [
+        randn(*SHAPE, device=dev, seed=i, requires_grad=(n == which)) for i, n in enumerate(names)
+    ]
     s = _sig(device=dev)
     loss = pk.flow_matching_loss(*leaves, s, weighting_scheme="cosmap", backend=backend)
     (g,) = torch.autograd.grad(loss, [leaves[names.index(which)]])
@@ -172,10 +215,20 @@ def test_sigma_shapes_and_scalars(backend):
     x0, z = randn(*SHAPE, device=dev, seed=1), randn(*SHAPE, device=dev, seed=2)
     per_sample = _sig(device=dev)
     want = pk.flow_interpolate(x0, z, per_sample, backend="reference")
-    assert torch.equal(pk.flow_interpolate(x0, z, per_sample.reshape(-1, 1, 1, 1), backend=backend),
-                       pk.flow_interpolate(x0, z, per_sample, backend=backend))
-    assert_close(pk.flow_interpolate(x0, z, per_sample.reshape(-1, 1, 1, 1), backend=backend), want, torch.float32)
-    for scalar in (0.25, torch.tensor(0.25, device=dev), torch.full((1, 1, 1, 1), 0.25, device=dev)):
+    assert torch.equal(
+        pk.flow_interpolate(x0, z, per_sample.reshape(-1, 1, 1, 1), backend=backend),
+        pk.flow_interpolate(x0, z, per_sample, backend=backend),
+    )
+    assert_close(
+        pk.flow_interpolate(x0, z, per_sample.reshape(-1, 1, 1, 1), backend=backend),
+        want,
+        torch.float32,
+    )
+    for scalar in (
+        0.25,
+        torch.tensor(0.25, device=dev),
+        torch.full((1, 1, 1, 1), 0.25, device=dev),
+    ):
         got = pk.flow_interpolate(x0, z, scalar, backend=backend)
         assert_close(got, 0.75 * x0 + 0.25 * z, torch.float32)
 
@@ -185,8 +238,12 @@ def test_empty_batch_and_empty_samples(backend):
     dev = backend_device(backend)
     e = torch.zeros(0, 3, device=dev, requires_grad=True)
     assert pk.flow_interpolate(e, e, torch.zeros(0, device=dev), backend=backend).shape == (0, 3)
-    assert pk.flow_matching_loss(e, e, e, torch.zeros(0, device=dev), reduction="none", backend=backend).shape == (0,)
-    assert pk.flow_matching_loss(e, e, e, torch.zeros(0, device=dev), backend=backend).isnan()  # torch: mean of []
+    assert pk.flow_matching_loss(
+        e, e, e, torch.zeros(0, device=dev), reduction="none", backend=backend
+    ).shape == (0,)
+    assert pk.flow_matching_loss(
+        e, e, e, torch.zeros(0, device=dev), backend=backend
+    ).isnan()  # torch: mean of []
     d0 = torch.zeros(2, 0, device=dev)
     assert pk.flow_matching_loss(d0, d0, d0, 0.5, reduction="none", backend=backend).isnan().all()
 
@@ -197,24 +254,47 @@ def test_non_contiguous_inputs(backend):
     m, x0, z = (randn(4, 6, 5, device=dev, seed=i).transpose(1, 2) for i in range(3))
     s = _sig([0.1, 0.5, 0.9, 1.0], dev)
     for scheme in SCHEMES:
-        got = pk.flow_matching_loss(m, x0, z, s, weighting_scheme=scheme, reduction="none", backend=backend)
-        assert_close(got, ref.flow_matching_loss(*as64(m, x0, z), s, scheme, reduction="none"), torch.float32)
+        got = pk.flow_matching_loss(
+            m, x0, z, s, weighting_scheme=scheme, reduction="none", backend=backend
+        )
+        assert_close(
+            got, ref.flow_matching_loss(*as64(m, x0, z), s, scheme, reduction="none"), torch.float32
+        )
 
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
-    m, x0, z = (randn(3, 2, 5, dtype=torch.float64, seed=50 + i, scale=1.3, requires_grad=True) for i in range(3))
+    m, x0, z = (
+        randn(3, 2, 5, dtype=torch.float64, seed=50 + i, scale=1.3, requires_grad=True)
+        for i in range(3)
+    )
     s, s_next = torch.tensor([0.1, 0.6, 1.0], dtype=torch.float64), torch.tensor([0.0, 0.4, 0.7])
-    assert torch.autograd.gradcheck(lambda a, b: pk.flow_interpolate(a, b, s, backend=backend), (x0, z))
-    assert torch.autograd.gradcheck(lambda a, b: pk.flow_match_euler_step(a, b, s, s_next, backend=backend), (m, x0))
+    assert torch.autograd.gradcheck(
+        lambda a, b: pk.flow_interpolate(a, b, s, backend=backend), (x0, z)
+    )
+    assert torch.autograd.gradcheck(
+        lambda a, b: pk.flow_match_euler_step(a, b, s, s_next, backend=backend), (m, x0)
+    )
     for scheme in SCHEMES:
         for pre in (False, True):
+
             def f(a, b, c):
-                loss, xt = pk.flow_matching_loss(a, b, c, s, weighting_scheme=scheme, precondition_outputs=pre,
-                                                 reduction="none", return_noisy=True, backend=backend)
+                loss, xt = pk.flow_matching_loss(
+                    a,
+                    b,
+                    c,
+                    s,
+                    weighting_scheme=scheme,
+                    precondition_outputs=pre,
+                    reduction="none",
+                    return_noisy=True,
+                    backend=backend,
+                )
                 return loss, xt
+
             assert torch.autograd.gradcheck(f, (m, x0, z)), (scheme, pre)
 
 
@@ -227,10 +307,24 @@ def _opcheck_cases(dev):
         ("flow_interpolate_backward", (m.detach(), s)),
         ("flow_matching_loss", (m.requires_grad_(), x0, z, s, "cosmap", True, True)),
         ("flow_matching_loss", (m, x0, z, s, "sigma_sqrt", False, False)),
-        ("flow_matching_loss_backward", (g, None, m.detach(), x0.detach(), z.detach(), s, "none", False,
-                                         [True, False, False])),
-        ("flow_matching_loss_backward", (g, m.detach(), m.detach(), x0.detach(), z.detach(), s, "cosmap", True,
-                                         [True, True, True])),
+        (
+            "flow_matching_loss_backward",
+            (g, None, m.detach(), x0.detach(), z.detach(), s, "none", False, [True, False, False]),
+        ),
+        (
+            "flow_matching_loss_backward",
+            (
+                g,
+                m.detach(),
+                m.detach(),
+                x0.detach(),
+                z.detach(),
+                s,
+                "cosmap",
+                True,
+                [True, True, True],
+            ),
+        ),
         ("flow_match_euler_step", (m, x0, s, s_next)),
         ("flow_match_euler_step_backward", (z.detach(), s, s_next)),
     ]
@@ -248,8 +342,9 @@ def test_torch_compile_fullgraph(backend):
 
     def f(m, x0, z, s):
         xt = pk.flow_interpolate(x0, z, s.reshape(-1, 1, 1, 1), backend=backend)
-        loss = pk.flow_matching_loss(m, x0, z, s, weighting_scheme="cosmap", precondition_outputs=True,
-                                     backend=backend)
+        loss = pk.flow_matching_loss(
+            m, x0, z, s, weighting_scheme="cosmap", precondition_outputs=True, backend=backend
+        )
         nxt = pk.flow_match_euler_step(m, xt, s, s * 0.5, backend=backend)
         return loss + nxt.float().square().mean()
 
@@ -264,6 +359,7 @@ def test_torch_compile_fullgraph(backend):
 
 # --------------------------------------------------------------------------- timestep sampling
 
+
 def test_shifted_schedule_and_lookup_formula():
     ts, sig = ref.shifted_schedule(1000, 3.0)
     plain = torch.arange(1000, 0, -1, dtype=torch.float64) / 1000
@@ -271,20 +367,29 @@ def test_shifted_schedule_and_lookup_formula():
     torch.testing.assert_close(ts, sig * 1000)
     u = torch.tensor([0.0, 0.5, 0.9999, 1.0])
     t, s = pk.sample_flow_timesteps(4, u=u, shift=3.0)
-    assert torch.equal(s, sig[torch.tensor([0, 500, 999, 999])])  # u = 1 is clamped to the last entry
+    assert torch.equal(
+        s, sig[torch.tensor([0, 500, 999, 999])]
+    )  # u = 1 is clamped to the last entry
     assert t.dtype == s.dtype == torch.float32
 
 
 @pytest.mark.parametrize("scheme", ref.TIMESTEP_SCHEMES)
 def test_sampled_density_follows_the_generator(scheme):
-    a = pk.sample_flow_timesteps(64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(1))
-    b = pk.sample_flow_timesteps(64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(1))
-    c = pk.sample_flow_timesteps(64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(2))
+    a = pk.sample_flow_timesteps(
+        64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(1)
+    )
+    b = pk.sample_flow_timesteps(
+        64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(1)
+    )
+    c = pk.sample_flow_timesteps(
+        64, weighting_scheme=scheme, generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
     assert ((a[1] > 0) & (a[1] <= 1)).all()
 
 
 # --------------------------------------------------------------------------- min-SNR
+
 
 def test_min_snr_weights_formula():
     table = pk.make_schedule(1000)
@@ -292,9 +397,14 @@ def test_min_snr_weights_formula():
     a = table.double()[t]
     snr = a / (1 - a)
     torch.testing.assert_close(pk.compute_snr(t, table).double(), snr, rtol=1e-5, atol=0)
-    for pred, want in (("epsilon", snr.clamp(max=5) / snr), ("v_prediction", snr.clamp(max=5) / (snr + 1)),
-                       ("sample", snr.clamp(max=5))):
-        torch.testing.assert_close(pk.min_snr_weights(t, table, 5.0, pred).double(), want, rtol=1e-5, atol=0)
+    for pred, want in (
+        ("epsilon", snr.clamp(max=5) / snr),
+        ("v_prediction", snr.clamp(max=5) / (snr + 1)),
+        ("sample", snr.clamp(max=5)),
+    ):
+        torch.testing.assert_close(
+            pk.min_snr_weights(t, table, 5.0, pred).double(), want, rtol=1e-5, atol=0
+        )
     zero_terminal = torch.tensor([0.5, 0.0])
     assert pk.min_snr_weights(torch.tensor([0, 1]), zero_terminal, 5.0).tolist() == [1.0, 1.0]
 
@@ -318,9 +428,15 @@ def test_min_snr_matches_diffusers(pred):
     assert torch.equal(pk.min_snr_weights(t, sched.alphas_cumprod, 5.0, pred), w)
     m, x0, z = (randn(8, 3, 4, 4, seed=10 + i) for i in range(3))
     target = z if pred == "epsilon" else sched.get_velocity(x0, z, t)
-    want = (torch.nn.functional.mse_loss(m, target, reduction="none").mean(dim=[1, 2, 3]) * w).mean()
+    want = (
+        torch.nn.functional.mse_loss(m, target, reduction="none").mean(dim=[1, 2, 3]) * w
+    ).mean()
     table = pk.make_schedule(1000)
-    per_sample = pk.diffusion_loss(m, x0, z, t, table, prediction_type=pred, reduction="none").flatten(1).mean(1)
+    per_sample = (
+        pk.diffusion_loss(m, x0, z, t, table, prediction_type=pred, reduction="none")
+        .flatten(1)
+        .mean(1)
+    )
     got = (per_sample * pk.min_snr_weights(t, table, 5.0, pred)).mean()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 
@@ -328,8 +444,13 @@ def test_min_snr_matches_diffusers(pred):
 # --------------------------------------------------------------------------- diffusers: SD3 training step
 
 # train_dreambooth_sd3.py's --weighting_scheme -> (timestep density, loss weighting)
-SD3_SCHEMES = {"sigma_sqrt": ("uniform", "sigma_sqrt"), "logit_normal": ("logit_normal", "none"),
-               "mode": ("mode", "none"), "cosmap": ("uniform", "cosmap"), "none": ("uniform", "none")}
+SD3_SCHEMES = {
+    "sigma_sqrt": ("uniform", "sigma_sqrt"),
+    "logit_normal": ("logit_normal", "none"),
+    "mode": ("mode", "none"),
+    "cosmap": ("uniform", "cosmap"),
+    "none": ("uniform", "none"),
+}
 
 
 def _toy_model(x, t, w):
@@ -345,9 +466,14 @@ def _diffusers_sd3_step(sched, x0, noise, w, scheme, precondition, seed):
         compute_loss_weighting_for_sd3,
     )
 
-    u = compute_density_for_timestep_sampling(weighting_scheme=scheme, batch_size=x0.shape[0], logit_mean=0.0,
-                                              logit_std=1.0, mode_scale=1.29,
-                                              generator=torch.Generator().manual_seed(seed))
+    u = compute_density_for_timestep_sampling(
+        weighting_scheme=scheme,
+        batch_size=x0.shape[0],
+        logit_mean=0.0,
+        logit_std=1.0,
+        mode_scale=1.29,
+        generator=torch.Generator().manual_seed(seed),
+    )
     indices = (u * sched.config.num_train_timesteps).long()
     timesteps = sched.timesteps[indices]
     step_indices = [(sched.timesteps == t).nonzero().item() for t in timesteps]
@@ -358,18 +484,31 @@ def _diffusers_sd3_step(sched, x0, noise, w, scheme, precondition, seed):
         pred = pred * (-sigmas) + noisy
     weighting = compute_loss_weighting_for_sd3(weighting_scheme=scheme, sigmas=sigmas)
     target = x0 if precondition else noise - x0
-    loss = torch.mean((weighting.float() * (pred.float() - target.float()) ** 2).reshape(target.shape[0], -1), 1)
+    loss = torch.mean(
+        (weighting.float() * (pred.float() - target.float()) ** 2).reshape(target.shape[0], -1), 1
+    )
     return loss.mean(), timesteps
 
 
 def _fused_sd3_step(x0, noise, w, scheme, precondition, seed, backend):
     density, weighting = SD3_SCHEMES[scheme]
-    t, s = pk.sample_flow_timesteps(x0.shape[0], weighting_scheme=density, shift=3.0,
-                                    generator=torch.Generator().manual_seed(seed))
+    t, s = pk.sample_flow_timesteps(
+        x0.shape[0],
+        weighting_scheme=density,
+        shift=3.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     noisy = pk.flow_interpolate(x0, noise, s, backend=backend)
     pred = _toy_model(noisy, t, w)
-    return pk.flow_matching_loss(pred, x0, noise, s, weighting_scheme=weighting, precondition_outputs=precondition,
-                                 backend=backend), t
+    return pk.flow_matching_loss(
+        pred,
+        x0,
+        noise,
+        s,
+        weighting_scheme=weighting,
+        precondition_outputs=precondition,
+        backend=backend,
+    ), t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -387,7 +526,9 @@ def test_sd3_training_step_matches_diffusers(backend, scheme, precondition, dtyp
     x0, noise = randn(6, 2, 4, 4, dtype=dtype, seed=1), randn(6, 2, 4, 4, dtype=dtype, seed=2)
     results = {}
     for name in ("diffusers", "oracle", "fused"):
-        w = torch.tensor(0.7, dtype=torch.float64 if name == "oracle" else dtype, requires_grad=True)
+        w = torch.tensor(
+            0.7, dtype=torch.float64 if name == "oracle" else dtype, requires_grad=True
+        )
         if name == "fused":
             loss, t = _fused_sd3_step(x0, noise, w, scheme, precondition, seed=5, backend=backend)
         else:
@@ -398,8 +539,13 @@ def test_sd3_training_step_matches_diffusers(backend, scheme, precondition, dtyp
     for k, what in ((0, "loss"), (1, "grad")):
         want = results["oracle"][k]
         baseline = rel_err(results["diffusers"][k], want)
-        assert_close(results["fused"][k], want, dtype, baseline=results["diffusers"][k],
-                     what=f"{what} (diffusers' error {baseline:.2g})")
+        assert_close(
+            results["fused"][k],
+            want,
+            dtype,
+            baseline=results["diffusers"][k],
+            what=f"{what} (diffusers' error {baseline:.2g})",
+        )
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
@@ -413,12 +559,15 @@ def test_timestep_sampling_matches_diffusers(scheme, shift):
 
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     kw = dict(logit_mean=0.3, logit_std=1.2, mode_scale=1.29)
-    u = compute_density_for_timestep_sampling(scheme, 512, generator=torch.Generator().manual_seed(7), **kw)
+    u = compute_density_for_timestep_sampling(
+        scheme, 512, generator=torch.Generator().manual_seed(7), **kw
+    )
     idx = (u * 1000).long()
     want_t = sched.timesteps[idx]
     want_s = sched.sigmas[[(sched.timesteps == t).nonzero().item() for t in want_t]]
-    got = pk.sample_flow_timesteps(512, weighting_scheme=scheme, shift=shift,
-                                   generator=torch.Generator().manual_seed(7), **kw)
+    got = pk.sample_flow_timesteps(
+        512, weighting_scheme=scheme, shift=shift, generator=torch.Generator().manual_seed(7), **kw
+    )
     given = pk.sample_flow_timesteps(512, u=u, shift=shift)
     for t, s in (got, given):
         assert torch.equal(t, want_t) and torch.equal(s, want_s)
@@ -426,13 +575,19 @@ def test_timestep_sampling_matches_diffusers(scheme, shift):
 
 # --------------------------------------------------------------------------- diffusers: the drop-in scheduler
 
+
 def _schedulers(kind):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from pykernels.integrations.diffusers import FusedFlowMatchEulerDiscreteScheduler
 
-    cfg = (dict(shift=3.0) if kind != "dynamic" else
-           dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, time_shift_type="exponential"))
+    cfg = (
+        dict(shift=3.0)
+        if kind != "dynamic"
+        else dict(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, time_shift_type="exponential"
+        )
+    )
     pair = []
     for cls in (FlowMatchEulerDiscreteScheduler, FusedFlowMatchEulerDiscreteScheduler):
         s = cls(num_train_timesteps=1000, **cfg)
@@ -444,7 +599,9 @@ def _schedulers(kind):
 
 
 def _velocity(x, t):
-    return -0.7 * x + torch.sin(t.float() / 250.0) * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)
+    return -0.7 * x + torch.sin(t.float() / 250.0) * torch.linspace(
+        -1, 1, x.shape[-1], dtype=x.dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -462,7 +619,9 @@ def test_drop_in_scheduler_matches_diffusers_loop(backend, kind, dtype, monkeypa
     for i, t in enumerate(base.timesteps):
         x_base = base.step(_velocity(x_base, t), t, x_base).prev_sample
         x = fused.step(_velocity(x, t), t, x).prev_sample
-        x64 = ref.flow_match_euler_step(_velocity(x64, t), x64, base.sigmas[i].double(), base.sigmas[i + 1].double())
+        x64 = ref.flow_match_euler_step(
+            _velocity(x64, t), x64, base.sigmas[i].double(), base.sigmas[i + 1].double()
+        )
         assert x.dtype == dtype and fused.step_index == base.step_index == i + 1
         if dtype == torch.float32:
             torch.testing.assert_close(x, x_base, rtol=1e-5, atol=1e-6)
@@ -480,8 +639,8 @@ def test_drop_in_per_sample_timesteps():
     for n, i in enumerate(at):
         one, _ = _schedulers("shift3")
         one.set_begin_index(i)
-        want = one.step(m[n:n + 1], base.timesteps[i], x[n:n + 1]).prev_sample
-        torch.testing.assert_close(got[n:n + 1], want, rtol=1e-6, atol=1e-7)
+        want = one.step(m[n : n + 1], base.timesteps[i], x[n : n + 1]).prev_sample
+        torch.testing.assert_close(got[n : n + 1], want, rtol=1e-6, atol=1e-7)
     assert fused.step_index is None  # per-sample steps leave the counter alone
 
 
@@ -506,7 +665,9 @@ def test_drop_in_unsupported_options_raise():
 
     with pytest.raises(NotImplementedError, match="stochastic_sampling"):
         FusedFlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
-    fused = FusedFlowMatchEulerDiscreteScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    fused = FusedFlowMatchEulerDiscreteScheduler.from_config(
+        FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    )
     fused.set_timesteps(4)
     x, t = torch.ones(2, 3), fused.timesteps[0]
     with pytest.raises(NotImplementedError, match="per_token_timesteps"):
@@ -546,7 +707,14 @@ def test_drop_in_loop_reads_nothing_back_to_the_host(begin_index, monkeypatch):
         for t in fused.timesteps:
             x = fused.step(-x, t, x).prev_sample
     assert "flow_match_euler_step" in log.names
-    assert not log.names & {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "masked_select"}, log.names
+    assert not log.names & {
+        "_local_scalar_dense",
+        "item",
+        "nonzero",
+        "is_nonzero",
+        "equal",
+        "masked_select",
+    }, log.names
 
 
 def test_drop_in_cuda_graph():
@@ -582,11 +750,6 @@ def test_drop_in_cuda_graph():
 
 X, T = torch.ones(3, 4), torch.tensor([1, 2, 3])
 TABLE = pk.make_schedule(10)
-
-
-
-
-
 
 
 def test_module_flow_matching_loss():

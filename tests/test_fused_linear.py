@@ -5,6 +5,7 @@ pykernels.distillation_loss) in float64, held to the precision contract with the
 unfused composition as the baseline; gradients to hidden, weight, bias (and the teacher's);
 reductions with per-row upstream gradients; ignored rows; num_items_in_batch; gradcheck,
 opcheck, torch.compile; errors; memory; the Hugging Face recipe."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,20 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import fused_linear as ref
 
-from .helpers import (ALL_BACKENDS, COMPILE_BACKENDS, CPP_BACKENDS, FUSED_BACKENDS, as64,
-                      assert_close, backend_device, compile_backend, opcheck_ops,
-                      peak_cpu_bytes, poisoned, randn)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    FUSED_BACKENDS,
+    as64,
+    assert_close,
+    backend_device,
+    compile_backend,
+    opcheck_ops,
+    peak_cpu_bytes,
+    poisoned,
+    randn,
+)
 
 # Interpreter-sized shapes: rows, H (student), H_t (teacher), V (not a multiple of any block).
 N, H, HT, V = 13, 8, 12, 37
@@ -39,8 +51,9 @@ def _unfused_ce(hidden, weight, labels, bias=None, softcap=None, z_loss=0.0, **k
     logits = hidden @ weight.T + (bias if bias is not None else 0)
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
-    loss = F.cross_entropy(logits.float() if logits.dtype != torch.float64 else logits, labels,
-                           **kw)
+    loss = F.cross_entropy(
+        logits.float() if logits.dtype != torch.float64 else logits, labels, **kw
+    )
     if z_loss:
         lse = torch.logsumexp(logits.float() if logits.dtype != torch.float64 else logits, -1)
         counted = labels != kw.get("ignore_index", -100)
@@ -55,8 +68,13 @@ def _leaves(*xs):
 def _check(out, want64, baseline, inputs, inputs64, base_inputs, dtype, what, seed=0):
     """Value and gradients (of <out, w> for one random w) against float64, with the
     unfused same-dtype composition as the baseline of the precision contract."""
-    assert_close(out.detach().double(), want64.detach(), dtype, baseline=baseline.detach().double(),
-                 what=what)
+    assert_close(
+        out.detach().double(),
+        want64.detach(),
+        dtype,
+        baseline=baseline.detach().double(),
+        what=what,
+    )
     w = randn(*out.shape, dtype=torch.float64, seed=seed)
     got = torch.autograd.grad(out, inputs, w.to(out.dtype).to(out.device))
     want = torch.autograd.grad(want64, inputs64, w)
@@ -76,14 +94,22 @@ def test_reference_is_the_unfused_composition():
     h, w, b = _head(torch.float64, "cpu", 1)
     y = _labels(N, "cpu")
     for kw in [{}, {"label_smoothing": 0.2}, {"reduction": "sum"}, {"reduction": "none"}]:
-        torch.testing.assert_close(ref.fused_linear_cross_entropy(h, w, y, b, **kw),
-                                   _unfused_ce(h, w, y, b, **kw))
+        torch.testing.assert_close(
+            ref.fused_linear_cross_entropy(h, w, y, b, **kw), _unfused_ce(h, w, y, b, **kw)
+        )
     got = ref.fused_linear_cross_entropy(h, w, y, b, softcap=2.0, z_loss=1e-2)
     torch.testing.assert_close(got, _unfused_ce(h, w, y, b, softcap=2.0, z_loss=1e-2))
     th, tw, tb = _head(torch.float64, "cpu", 10, h=HT)
     kd = ref.fused_linear_distillation_loss(h, w, th, tw, y, b, tb, 2.0, 0.5, 1.0, 0.3)
-    want = pk.distillation_loss(h @ w.T + b, th @ tw.T + tb, temperature=2.0, labels=y,
-                                beta=0.5, hard_weight=0.3, backend="reference")
+    want = pk.distillation_loss(
+        h @ w.T + b,
+        th @ tw.T + tb,
+        temperature=2.0,
+        labels=y,
+        beta=0.5,
+        hard_weight=0.3,
+        backend="reference",
+    )
     torch.testing.assert_close(kd, want)
 
 
@@ -108,8 +134,9 @@ def test_cross_entropy_matches_unfused(backend, case, chunk_size):
     h, w, b = _head(dtype, dev, 2, bias=bias)
     y = _labels(N, dev)
     with poisoned():
-        out = pk.fused_linear_cross_entropy(h, w, y, bias=b, chunk_size=chunk_size,
-                                            backend=backend, **kw)
+        out = pk.fused_linear_cross_entropy(
+            h, w, y, bias=b, chunk_size=chunk_size, backend=backend, **kw
+        )
     x64 = _copies([h, w, b])
     want = _unfused_ce(*x64[:2], y.cpu(), x64[2], **kw)
     base_x = _copies([h, w, b], dtype)
@@ -127,8 +154,16 @@ def test_cross_entropy_half_inputs(backend, dtype):
     assert out.dtype == torch.float32
     x64 = _copies([h, w, b])
     base_x = _copies([h, w, b], dtype)
-    _check(out, _unfused_ce(*x64[:2], y.cpu(), x64[2]), _unfused_ce(*base_x[:2], y, base_x[2]),
-           [h, w, b], x64, base_x, dtype, str(dtype))
+    _check(
+        out,
+        _unfused_ce(*x64[:2], y.cpu(), x64[2]),
+        _unfused_ce(*base_x[:2], y, base_x[2]),
+        [h, w, b],
+        x64,
+        base_x,
+        dtype,
+        str(dtype),
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -138,8 +173,9 @@ def test_reduction_none_honours_per_row_upstream_gradients(backend):
     dev = backend_device(backend)
     h, w, b = _head(torch.float32, dev, 4)
     y = _labels(N, dev)
-    rows = pk.fused_linear_cross_entropy(h, w, y, bias=b, reduction="none", chunk_size=4,
-                                         backend=backend)
+    rows = pk.fused_linear_cross_entropy(
+        h, w, y, bias=b, reduction="none", chunk_size=4, backend=backend
+    )
     assert rows.shape == (N,)
     weights = torch.linspace(-1.0, 3.0, N, device=dev)
     got = torch.autograd.grad((rows * weights).sum(), [h, w, b])
@@ -186,8 +222,9 @@ def test_return_lse(backend):
     dev = backend_device(backend)
     h, w, b = _head(torch.float32, dev, 7)
     y = _labels(N, dev)
-    loss, lse = pk.fused_linear_cross_entropy(h, w, y, bias=b, return_lse=True, chunk_size=3,
-                                              backend=backend)
+    loss, lse = pk.fused_linear_cross_entropy(
+        h, w, y, bias=b, return_lse=True, chunk_size=3, backend=backend
+    )
     want = torch.logsumexp((h @ w.T + b).double(), -1).masked_fill(y == -100, 0.0)
     assert lse.shape == (N,) and lse.dtype == torch.float32 and not lse.requires_grad
     torch.testing.assert_close(lse.double(), want, rtol=1e-5, atol=1e-5)
@@ -210,8 +247,11 @@ def test_extreme_logits_are_stable(backend):
 
 
 # --------------------------------------------------------------------------- distillation
-KD_CASES = [(beta, labels, bias) for beta in (0.0, 0.5, 1.0) for labels, bias in
-            ((True, True), (False, False))]
+KD_CASES = [
+    (beta, labels, bias)
+    for beta in (0.0, 0.5, 1.0)
+    for labels, bias in ((True, True), (False, False))
+]
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -225,18 +265,32 @@ def test_distillation_matches_unfused(backend, beta, with_labels, bias, teacher_
         if x is not None:
             x.requires_grad_(teacher_grad)
     y = _labels(N, dev, ignored=(1, 2, 9)) if with_labels else None
-    kw = dict(temperature=2.0, beta=beta, hard_weight=0.4 if with_labels else 0.0,
-              label_smoothing=0.1 if with_labels else 0.0)
+    kw = dict(
+        temperature=2.0,
+        beta=beta,
+        hard_weight=0.4 if with_labels else 0.0,
+        label_smoothing=0.1 if with_labels else 0.0,
+    )
     with poisoned():
-        out = pk.fused_linear_distillation_loss(h, w, th, tw, labels=y, student_bias=b,
-                                                teacher_bias=tb, chunk_size=5, backend=backend,
-                                                **kw)
+        out = pk.fused_linear_distillation_loss(
+            h,
+            w,
+            th,
+            tw,
+            labels=y,
+            student_bias=b,
+            teacher_bias=tb,
+            chunk_size=5,
+            backend=backend,
+            **kw,
+        )
 
     def unfused(h, w, b, th, tw, tb, be):
         s = h @ w.T + (b if b is not None else 0)
         t = th @ tw.T + (tb if tb is not None else 0)
-        return pk.distillation_loss(s, t, labels=None if y is None else y.to(s.device),
-                                    backend=be, **kw)
+        return pk.distillation_loss(
+            s, t, labels=None if y is None else y.to(s.device), backend=be, **kw
+        )
 
     xs = [h, w, b, th, tw, tb]
     x64 = _copies(xs)
@@ -253,15 +307,37 @@ def test_distillation_none_and_bf16(backend):
     h, w, _ = _head(torch.bfloat16, dev, 40, bias=False)
     th, tw, _ = _head(torch.bfloat16, dev, 50, h=HT, bias=False)
     y = _labels(N, dev)
-    rows = pk.fused_linear_distillation_loss(h, w, th, tw, labels=y, temperature=2.0,
-                                             hard_weight=0.5, reduction="none", chunk_size=6,
-                                             backend=backend)
+    rows = pk.fused_linear_distillation_loss(
+        h,
+        w,
+        th,
+        tw,
+        labels=y,
+        temperature=2.0,
+        hard_weight=0.5,
+        reduction="none",
+        chunk_size=6,
+        backend=backend,
+    )
     assert rows.shape == (N,) and rows.dtype == torch.float32
     h64, w64, th64, tw64 = _copies([h, w, th, tw])
-    want = pk.distillation_loss(h64 @ w64.T, th64 @ tw64.T, labels=y.cpu(), temperature=2.0,
-                                hard_weight=0.5, reduction="none", backend="reference")
-    base = pk.distillation_loss(h.detach() @ w.detach().T, th @ tw.T, labels=y, temperature=2.0,
-                                hard_weight=0.5, reduction="none")
+    want = pk.distillation_loss(
+        h64 @ w64.T,
+        th64 @ tw64.T,
+        labels=y.cpu(),
+        temperature=2.0,
+        hard_weight=0.5,
+        reduction="none",
+        backend="reference",
+    )
+    base = pk.distillation_loss(
+        h.detach() @ w.detach().T,
+        th @ tw.T,
+        labels=y,
+        temperature=2.0,
+        hard_weight=0.5,
+        reduction="none",
+    )
     assert_close(rows.double().cpu(), want.detach(), torch.bfloat16, baseline=base.double().cpu())
     weights = torch.linspace(0.5, 2.0, N, device=dev)
     gh, gw = torch.autograd.grad((rows * weights).sum(), [h, w])
@@ -280,15 +356,41 @@ def test_gradcheck(backend, reduction):
     dev = backend_device(backend)
     h, w, b = _head(torch.float64, dev, 60, rows=5)
     y = _labels(5, dev, ignored=(1,))
-    torch.autograd.gradcheck(lambda h, w, b: pk.fused_linear_cross_entropy(
-        h, w, y, bias=b, softcap=4.0, z_loss=1e-2, label_smoothing=0.1, reduction=reduction,
-        chunk_size=2, backend=backend), (h, w, b))
+    torch.autograd.gradcheck(
+        lambda h, w, b: pk.fused_linear_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            softcap=4.0,
+            z_loss=1e-2,
+            label_smoothing=0.1,
+            reduction=reduction,
+            chunk_size=2,
+            backend=backend,
+        ),
+        (h, w, b),
+    )
     th, tw, tb = _head(torch.float64, dev, 70, h=HT, rows=5)
     kd_red = "batchmean" if reduction == "mean" else reduction
-    torch.autograd.gradcheck(lambda *xs: pk.fused_linear_distillation_loss(
-        xs[0], xs[1], xs[3], xs[4], labels=y, student_bias=xs[2], teacher_bias=xs[5],
-        temperature=2.0, beta=0.5, hard_weight=0.3, reduction=kd_red, chunk_size=2,
-        backend=backend), (h, w, b, th, tw, tb))
+    torch.autograd.gradcheck(
+        lambda *xs: pk.fused_linear_distillation_loss(
+            xs[0],
+            xs[1],
+            xs[3],
+            xs[4],
+            labels=y,
+            student_bias=xs[2],
+            teacher_bias=xs[5],
+            temperature=2.0,
+            beta=0.5,
+            hard_weight=0.3,
+            reduction=kd_red,
+            chunk_size=2,
+            backend=backend,
+        ),
+        (h, w, b, th, tw, tb),
+    )
 
 
 def _op_cases():
@@ -298,15 +400,18 @@ def _op_cases():
     g = randn(6, seed=99)
     ce = (h, w, y, b, -100, 0.1, 3.0, 1e-2, 4)
     kd = (h, w, th, tw, y, b, tb, 2.0, 1.0, 0.5, 0.5, -100, 0.0, 4)
+
     # backward ops are not differentiable themselves: their inputs require no grad
     def plain(xs):
         return tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in xs)
 
-    return [("fused_linear_cross_entropy", ce + (True, 0.25, True, [True, True, True])),
-            ("fused_linear_cross_entropy", ce + (False, 1.0, False, [False] * 3)),
-            ("fused_linear_cross_entropy_backward", plain((g,) + ce + ([True, True, True],))),
-            ("fused_linear_distillation_loss", kd + (True, 0.2, [True] * 6)),
-            ("fused_linear_distillation_loss_backward", plain((g,) + kd + ([True] * 6,)))]
+    return [
+        ("fused_linear_cross_entropy", ce + (True, 0.25, True, [True, True, True])),
+        ("fused_linear_cross_entropy", ce + (False, 1.0, False, [False] * 3)),
+        ("fused_linear_cross_entropy_backward", plain((g,) + ce + ([True, True, True],))),
+        ("fused_linear_distillation_loss", kd + (True, 0.2, [True] * 6)),
+        ("fused_linear_distillation_loss_backward", plain((g,) + kd + ([True] * 6,))),
+    ]
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -324,11 +429,26 @@ def test_compile_fullgraph(backend, reduction):
     kd_red = "batchmean" if reduction == "mean" else reduction
 
     def f(h, w, b, th, tw, n):
-        ce = pk.fused_linear_cross_entropy(h, w, y, bias=b, reduction=reduction,
-                                           num_items_in_batch=n if reduction == "mean" else None,
-                                           backend=backend)
-        kd = pk.fused_linear_distillation_loss(h, w, th, tw, labels=y, temperature=2.0,
-                                               hard_weight=0.5, reduction=kd_red, backend=backend)
+        ce = pk.fused_linear_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            reduction=reduction,
+            num_items_in_batch=n if reduction == "mean" else None,
+            backend=backend,
+        )
+        kd = pk.fused_linear_distillation_loss(
+            h,
+            w,
+            th,
+            tw,
+            labels=y,
+            temperature=2.0,
+            hard_weight=0.5,
+            reduction=kd_red,
+            backend=backend,
+        )
         return (ce + kd).sum()
 
     n = torch.tensor(11.0, device=dev)
@@ -343,8 +463,9 @@ def test_compile_fullgraph(backend, reduction):
 # --------------------------------------------------------------------------- contract
 def _mm_rows(fn):
     """The rows of every aten::mm / addmm's first operand that fn runs."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                record_shapes=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as prof:
         fn()
     rows = []
     for e in prof.events():
@@ -362,8 +483,11 @@ def test_ignored_rows_cost_no_matmul(backend):
     h, w, b = _head(torch.float32, dev, 120, rows=40)
     y = torch.full((40,), -100, device=dev)
     y[::4] = 3  # 10 counted rows
-    rows = _mm_rows(lambda: pk.fused_linear_cross_entropy(h, w, y, bias=b, chunk_size=7,
-                                                          backend=backend).backward())
+    rows = _mm_rows(
+        lambda: pk.fused_linear_cross_entropy(
+            h, w, y, bias=b, chunk_size=7, backend=backend
+        ).backward()
+    )
     # forward logits (chunks of 7 over 10 counted rows) and the hidden gradient; the weight
     # gradient's G^T h has V rows
     assert sorted(r for r in rows if r != V) == [3, 3, 7, 7], rows
@@ -378,8 +502,9 @@ def test_peak_memory_is_a_fraction_of_unfused():
     y = torch.randint(0, Vb, (R,), generator=torch.Generator().manual_seed(132))
 
     def fused():
-        torch.autograd.grad(pk.fused_linear_cross_entropy(h, w, y, chunk_size=128,
-                                                          backend="cpu"), [h, w])
+        torch.autograd.grad(
+            pk.fused_linear_cross_entropy(h, w, y, chunk_size=128, backend="cpu"), [h, w]
+        )
 
     def unfused():
         torch.autograd.grad(F.cross_entropy(h @ w.T, y), [h, w])
@@ -410,23 +535,43 @@ def _bad_calls(dev):
     return {
         "weight H": (lambda be: ce(h, w[:, :-1], y, backend=be), ValueError, "'weight'"),
         "bias shape": (lambda be: ce(h, w, y, bias=b[:-1], backend=be), ValueError, "'bias'"),
-        "teacher V": (lambda be: kd(h, w, th, tw[:-1], backend=be), ValueError,
-                      "'teacher_weight'"),
-        "teacher rows": (lambda be: kd(h, w, th[:-1], tw, backend=be), ValueError,
-                         "'teacher_hidden'"),
-        "label range": (lambda be: ce(h, w, torch.full_like(y, V), backend=be), IndexError,
-                        "'labels'"),
-        "integer hidden": (lambda be: ce(h.detach().long(), w, y, backend=be), TypeError,
-                           "'hidden'"),
-        "integer weight": (lambda be: kd(h, w.detach().int(), th, tw, backend=be), TypeError,
-                           "'student_weight'"),
+        "teacher V": (lambda be: kd(h, w, th, tw[:-1], backend=be), ValueError, "'teacher_weight'"),
+        "teacher rows": (
+            lambda be: kd(h, w, th[:-1], tw, backend=be),
+            ValueError,
+            "'teacher_hidden'",
+        ),
+        "label range": (
+            lambda be: ce(h, w, torch.full_like(y, V), backend=be),
+            IndexError,
+            "'labels'",
+        ),
+        "integer hidden": (
+            lambda be: ce(h.detach().long(), w, y, backend=be),
+            TypeError,
+            "'hidden'",
+        ),
+        "integer weight": (
+            lambda be: kd(h, w.detach().int(), th, tw, backend=be),
+            TypeError,
+            "'student_weight'",
+        ),
         "labels dtype": (lambda be: ce(h, w, y.int(), backend=be), TypeError, "'labels'"),
-        "dtype mix": (lambda be: kd(h, w, th.double(), tw.double(), backend=be), TypeError,
-                      "'teacher_hidden'"),
-        "chunk_size": (lambda be: ce(h, w, y, chunk_size=-1, backend=be), ValueError,
-                       "'chunk_size'"),
-        "num_items": (lambda be: ce(h, w, y, num_items_in_batch=0, backend=be), ValueError,
-                      "'num_items_in_batch'"),
+        "dtype mix": (
+            lambda be: kd(h, w, th.double(), tw.double(), backend=be),
+            TypeError,
+            "'teacher_hidden'",
+        ),
+        "chunk_size": (
+            lambda be: ce(h, w, y, chunk_size=-1, backend=be),
+            ValueError,
+            "'chunk_size'",
+        ),
+        "num_items": (
+            lambda be: ce(h, w, y, num_items_in_batch=0, backend=be),
+            ValueError,
+            "'num_items_in_batch'",
+        ),
         "softcap": (lambda be: ce(h, w, y, softcap=-1.0, backend=be), ValueError, "'softcap'"),
     }
 
@@ -452,21 +597,43 @@ def test_cpp_op_errors_name_the_argument(backend):
     th, tw, _ = _head(torch.float32, dev, 190, h=HT, bias=False)
     kd = torch.ops.pykernels.fused_linear_distillation_loss
     with pytest.raises(ValueError, match="'teacher_weight'"):
-        kd(h, w, th, tw[:-1], y, None, None, 1.0, 1.0, 0.0, 0.0, -100, 0.0, 0, True, 1.0,
-           [True] * 6)
+        kd(
+            h,
+            w,
+            th,
+            tw[:-1],
+            y,
+            None,
+            None,
+            1.0,
+            1.0,
+            0.0,
+            0.0,
+            -100,
+            0.0,
+            0,
+            True,
+            1.0,
+            [True] * 6,
+        )
     if dev.type == "cpu":
         with pytest.raises(IndexError, match="'labels'"):
-            op(h, w, torch.full_like(y, V), b, -100, 0.0, 0.0, 0.0, 0, True, 1.0, False,
-               [True] * 3)
+            op(h, w, torch.full_like(y, V), b, -100, 0.0, 0.0, 0.0, 0, True, 1.0, False, [True] * 3)
 
 
 # --------------------------------------------------------------------------- transformers
 def _tiny_llama(layers, seed, dtype=torch.float64):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=layers, num_attention_heads=4,
-                                      num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return transformers.LlamaForCausalLM(config).to(dtype)
 
 
@@ -485,8 +652,9 @@ def test_hf_recipe_equals_the_models_own_loss(backend, num_items):
     kw = {} if num_items is None else {"num_items_in_batch": num_items}
     want = model(input_ids=ids, attention_mask=mask, labels=labels, **kw).loss
     want_grads = torch.autograd.grad(want, list(model.parameters()))
-    got = causal_lm_loss(model, ids, labels, attention_mask=mask, chunk_size=5, backend=backend,
-                         **kw)
+    got = causal_lm_loss(
+        model, ids, labels, attention_mask=mask, chunk_size=5, backend=backend, **kw
+    )
     torch.testing.assert_close(got, want)
     for g, r in zip(torch.autograd.grad(got, list(model.parameters())), want_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
@@ -497,12 +665,19 @@ def test_hf_distillation_recipe_equals_the_unfused_loss():
 
     student, teacher = _tiny_llama(1, 2), _tiny_llama(2, 3)
     ids = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(4))
-    got = causal_lm_distillation_loss(student, teacher, ids, ids, temperature=2.0,
-                                      hard_weight=0.5, chunk_size=4)
+    got = causal_lm_distillation_loss(
+        student, teacher, ids, ids, temperature=2.0, hard_weight=0.5, chunk_size=4
+    )
     with torch.no_grad():
         t_logits = teacher(ids).logits
-    want = pk.distillation_loss(student(ids).logits, t_logits, labels=shift_labels(ids),
-                                temperature=2.0, hard_weight=0.5, backend="reference")
+    want = pk.distillation_loss(
+        student(ids).logits,
+        t_logits,
+        labels=shift_labels(ids),
+        temperature=2.0,
+        hard_weight=0.5,
+        backend="reference",
+    )
     torch.testing.assert_close(got, want)
     params = list(student.parameters())
     for g, r in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):

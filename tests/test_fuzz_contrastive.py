@@ -1,4 +1,5 @@
 """Property-based tests of info_nce_loss on every backend against the float64 reference."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,13 +38,17 @@ def scalar(draw, values, dtype, device):
     requires grad."""
     shape = draw(st.sampled_from([(), (1,)]))
     dt = draw(st.sampled_from([dtype, torch.float32]))
-    return torch.full(shape, draw(st.sampled_from(values)), dtype=dt, device=device).requires_grad_(draw(st.booleans()))
+    return torch.full(shape, draw(st.sampled_from(values)), dtype=dt, device=device).requires_grad_(
+        draw(st.booleans())
+    )
 
 
 @st.composite
 def label_vector(draw, N, M):
     g = torch.Generator().manual_seed(draw(seeds()))
-    return torch.randint(0, M, (N,), generator=g).to(draw(st.sampled_from([torch.int64, torch.int32])))
+    return torch.randint(0, M, (N,), generator=g).to(
+        draw(st.sampled_from([torch.int64, torch.int32]))
+    )
 
 
 # ----------------------------------------------------------------------------- test
@@ -61,20 +66,35 @@ def test_info_nce_loss(backend, data):
     y = data.draw(label_vector(N, M)).to(dev) if with_labels else None
     scale = data.draw(scalar((1.0, 14.28, 100.0), dtype, dev))
     bias = data.draw(st.none() | scalar((-10.0, 0.0, 3.0), dtype, dev))
-    kw = dict(labels=y, symmetric=data.draw(st.booleans()), normalize=normalize,
-              reduction=data.draw(st.sampled_from(["mean", "sum", "none"])))
-    describe(backend=backend, image=i, text=t, labels=None if y is None else y.tolist(), logit_scale=scale,
-             logit_bias=bias, **{k: v for k, v in kw.items() if k != "labels"})
+    kw = dict(
+        labels=y,
+        symmetric=data.draw(st.booleans()),
+        normalize=normalize,
+        reduction=data.draw(st.sampled_from(["mean", "sum", "none"])),
+    )
+    describe(
+        backend=backend,
+        image=i,
+        text=t,
+        labels=None if y is None else y.tolist(),
+        logit_scale=scale,
+        logit_bias=bias,
+        **{k: v for k, v in kw.items() if k != "labels"},
+    )
     # logit_bias shifts every logit of a softmax alike: its gradient is zero in exact math
     # and the reference's is rounding noise (ours exactly 0 against 1e-17 in float64). It is compared as a constant here, and the fused backends' bias
     # gradient is checked for an exact 0 below.
     bias_grad = bias is not None and bias.requires_grad
     if bias_grad:
         bias = bias.detach()
-    leaves = [i.leaf(dev), t.leaf(dev, data.draw(st.booleans())), scale] + ([] if bias is None else [bias])
+    leaves = [i.leaf(dev), t.leaf(dev, data.draw(st.booleans())), scale] + (
+        [] if bias is None else [bias]
+    )
 
     def call(f):
-        return lambda a, b, s, *bb: f(i.view(a), t.view(b), s, logit_bias=bb[0] if bb else None, **kw)
+        return lambda a, b, s, *bb: f(
+            i.view(a), t.view(b), s, logit_bias=bb[0] if bb else None, **kw
+        )
 
     # Expanded features (every row the same) make the logits of a softmax row equal: the
     # gradient of the other side is zero in exact math, a cancellation of terms of the
@@ -87,14 +107,25 @@ def test_info_nce_loss(backend, data):
         # vectors of a few elements that does not average out (1.05% seen).
         grad_tol = max(grad_tol, 2 * TOLERANCE[dtype])
     fused = call(lambda *a, **k: pk.info_nce_loss(*a, backend=backend, **k))
-    outs = compare(fused, call(ref.info_nce_loss), leaves, dtype, what="info_nce_loss", backend=backend,
-                   grads=not expanded, grad_tol=grad_tol, baseline=half_operands_baseline(call, backend, dtype, normalize),
-                   grad_terms=gradient_terms(i, t, y, N, kw))
+    outs = compare(
+        fused,
+        call(ref.info_nce_loss),
+        leaves,
+        dtype,
+        what="info_nce_loss",
+        backend=backend,
+        grads=not expanded,
+        grad_tol=grad_tol,
+        baseline=half_operands_baseline(call, backend, dtype, normalize),
+        grad_terms=gradient_terms(i, t, y, N, kw),
+    )
     if bias_grad and backend != "reference":  # the reference is the formula: PyTorch's noise
         b = bias.clone().requires_grad_()
         out = fused(*[x.detach() for x in leaves[:3]], b)
         (g,) = torch.autograd.grad(out, [b], torch.ones_like(out))
-        assert torch.equal(g, torch.zeros_like(b)) or not torch.isfinite(outs[0]).all(), f"bias grad {g}"
+        assert torch.equal(g, torch.zeros_like(b)) or not torch.isfinite(outs[0]).all(), (
+            f"bias grad {g}"
+        )
 
 
 def half_operands_baseline(call, backend, dtype, normalize):
@@ -105,14 +136,19 @@ def half_operands_baseline(call, backend, dtype, normalize):
     and a confident row's small loss that error relative (6% on a mean loss of 0.0019 at
     logit_scale 100). Its baseline is that pipeline in PyTorch:
     F.normalize in the dtype, then the reference without normalize. None: the reference."""
-    if not (normalize and backend in ("cuda", "triton") and dtype in (torch.float16, torch.bfloat16)):
+    if not (
+        normalize and backend in ("cuda", "triton") and dtype in (torch.float16, torch.bfloat16)
+    ):
         return None
 
     def half_normalized(x):
         return torch.nn.functional.normalize(x.float(), dim=-1, eps=ref.NORMALIZE_EPS).to(x.dtype)
 
-    return call(lambda a, b, *r, **k: ref.info_nce_loss(half_normalized(a), half_normalized(b), *r,
-                                                        **{**k, "normalize": False}))
+    return call(
+        lambda a, b, *r, **k: ref.info_nce_loss(
+            half_normalized(a), half_normalized(b), *r, **{**k, "normalize": False}
+        )
+    )
 
 
 def gradient_terms(i, t, labels, N, kw):
@@ -123,6 +159,7 @@ def gradient_terms(i, t, labels, N, kw):
     logits of 0 (underflow): every float32 run gives the rounding of 5 * fl(0.2) - 1 times
     the features where the float64 gradient is 1e-47 (ours 2.7 times PyTorch's noise, both
     far below eps times these terms)."""
+
     def terms(leaves64, ws):
         a_leaf, b_leaf, s_leaf = (x.detach().requires_grad_(x.requires_grad) for x in leaves64[:3])
         I, T, s = i.view(a_leaf), t.view(b_leaf), s_leaf.reshape(())
@@ -134,7 +171,9 @@ def gradient_terms(i, t, labels, N, kw):
         a, b = _row_weights(ws[0].detach().abs(), N, kw)
         G = a[:, None] * (torch.softmax(logits, 1) + F.one_hot(y, logits.shape[1]))
         if kw["symmetric"]:  # text labels[r] scored over the images, target image r
-            per_text = b[:, None] * (torch.softmax(logits.T[y], 1) + torch.eye(N, dtype=G.dtype, device=G.device))
+            per_text = b[:, None] * (
+                torch.softmax(logits.T[y], 1) + torch.eye(N, dtype=G.dtype, device=G.device)
+            )
             G = G + torch.zeros_like(G.T).index_add_(0, y, per_text).T
         s_abs = s.detach().abs()
         dIn, dTn = s_abs * G @ Tn.detach().abs(), s_abs * G.T @ In.detach().abs()
@@ -148,6 +187,7 @@ def gradient_terms(i, t, labels, N, kw):
         if s_leaf.requires_grad:
             out.append(ds.reshape(s_leaf.shape))
         return out
+
     return terms
 
 

@@ -1,5 +1,6 @@
 """Property-based tests of the cosine family on every backend against the float64 reference:
 cosine_similarity, pairwise_cosine_similarity, feature_distillation_loss."""
+
 import pytest
 import torch
 from hypothesis import given
@@ -19,7 +20,9 @@ EPS = st.sampled_from([1e-8, 1e-6, 1e-3])
 def broadcast_pair(draw, backend):
     """(shape1, shape2, dim) of rank 1-3 that broadcast together; dim any valid index."""
     rank = draw(st.integers(1, 3))
-    full = [draw(rows(backend, 5)) for _ in range(rank - 1)] + [draw(sizes(backend, big=True, lo=2))]
+    full = [draw(rows(backend, 5)) for _ in range(rank - 1)] + [
+        draw(sizes(backend, big=True, lo=2))
+    ]
     # The reduced dim: of size >= 2 and broadcast in neither input. A vector that is one
     # value repeated along it has a cosine independent of that value, so its gradient is
     # zero in exact math and the relative error would measure only the cancellation of
@@ -45,11 +48,16 @@ def broadcast_pair(draw, backend):
 def test_cosine_similarity(backend, data):
     dtype = data.draw(dtypes(backend))
     s1, s2, dim = data.draw(broadcast_pair(backend))
+
     # expanded rows (an input's dim 0) along the reduced dim would be the repeated-value
     # case again; s2 may have fewer dims, so its dim 0 is the reduced one at another
     # index (b [2, 2] expanded against a [1, 2, 2] at dim -2 is such a case)
     def layouts(shape):
-        return ("contiguous", "transposed", "sliced") if dim % len(s1) == len(s1) - len(shape) else LAYOUTS
+        return (
+            ("contiguous", "transposed", "sliced")
+            if dim % len(s1) == len(s1) - len(shape)
+            else LAYOUTS
+        )
 
     a = data.draw(specs(s1, dtype, layouts=layouts(s1)))
     b = data.draw(specs(s2, dtype, layouts=layouts(s2), stream=1))
@@ -57,8 +65,14 @@ def test_cosine_similarity(backend, data):
     describe(backend=backend, a=a, b=b, dim=dim, eps=eps)
     dev = backend_device(backend)
     x1, x2 = a.leaf(dev), b.leaf(dev)
-    compare(lambda u, v: pk.cosine_similarity(a.view(u), b.view(v), dim, eps, backend=backend),
-            lambda u, v: ref.cosine_similarity(a.view(u), b.view(v), dim, eps), [x1, x2], dtype, what="cosine", backend=backend)
+    compare(
+        lambda u, v: pk.cosine_similarity(a.view(u), b.view(v), dim, eps, backend=backend),
+        lambda u, v: ref.cosine_similarity(a.view(u), b.view(v), dim, eps),
+        [x1, x2],
+        dtype,
+        what="cosine",
+        backend=backend,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -66,7 +80,11 @@ def test_cosine_similarity(backend, data):
 def test_pairwise_cosine_similarity(backend, data):
     dtype = data.draw(dtypes(backend))
     batch = data.draw(st.sampled_from([(), (2,), (1,), (2, 1)]))
-    N, M, D = data.draw(rows(backend, 40)), data.draw(rows(backend, 40)), data.draw(sizes(backend, lo=2))
+    N, M, D = (
+        data.draw(rows(backend, 40)),
+        data.draw(rows(backend, 40)),
+        data.draw(sizes(backend, lo=2)),
+    )
     b_batch = data.draw(st.sampled_from([batch, batch[1:], tuple(1 for _ in batch)]))
     b = data.draw(st.none() | specs(b_batch + (M, D), dtype, stream=1))
     if b is None:
@@ -87,9 +105,15 @@ def test_pairwise_cosine_similarity(backend, data):
     # b=None: the diagonal cos(a_i, a_i) = 1 has a gradient that is zero in exact math, so
     # its rounding noise enters the gradient of every case: outputs only (the gradient of
     # the self-similarity is checked by tests/test_cosine.py::test_pairwise).
-    compare(lambda *xs: pk.pairwise_cosine_similarity(*args(*xs), eps, backend=backend),
-            lambda *xs: ref.pairwise_cosine_similarity(*args(*xs), eps), leaves, dtype, what="pairwise", backend=backend,
-            grads=b is not None)
+    compare(
+        lambda *xs: pk.pairwise_cosine_similarity(*args(*xs), eps, backend=backend),
+        lambda *xs: ref.pairwise_cosine_similarity(*args(*xs), eps),
+        leaves,
+        dtype,
+        what="pairwise",
+        backend=backend,
+        grads=b is not None,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -102,11 +126,26 @@ def test_feature_distillation_loss(backend, data):
     kind = data.draw(st.sampled_from(["mse", "cosine"]))
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]))
     eps, teacher_grad = data.draw(EPS), data.draw(st.booleans())
-    describe(backend=backend, student=s, teacher=t, kind=kind, reduction=reduction, eps=eps, teacher_grad=teacher_grad)
+    describe(
+        backend=backend,
+        student=s,
+        teacher=t,
+        kind=kind,
+        reduction=reduction,
+        eps=eps,
+        teacher_grad=teacher_grad,
+    )
     dev = backend_device(backend)
-    compare(lambda u, v: pk.feature_distillation_loss(s.view(u), t.view(v), kind, reduction, eps=eps, backend=backend),
-            lambda u, v: ref.feature_distillation_loss(s.view(u), t.view(v), kind, reduction, eps),
-            [s.leaf(dev), t.leaf(dev, teacher_grad)], dtype, what="feature_distillation_loss", backend=backend)
+    compare(
+        lambda u, v: pk.feature_distillation_loss(
+            s.view(u), t.view(v), kind, reduction, eps=eps, backend=backend
+        ),
+        lambda u, v: ref.feature_distillation_loss(s.view(u), t.view(v), kind, reduction, eps),
+        [s.leaf(dev), t.leaf(dev, teacher_grad)],
+        dtype,
+        what="feature_distillation_loss",
+        backend=backend,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,8 +156,12 @@ def test_single_feature_is_sign_with_zero_gradient(backend):
     here the gradient must be zero up to rounding of those terms."""
     dev = backend_device(backend)
     for dtype in dtypes_for(backend):
-        x1 = torch.tensor([[3e-3], [-2.0], [5.0], [-7e2]], dtype=dtype, device=dev, requires_grad=True)
-        x2 = torch.tensor([[4.0], [1e-3], [-3.0], [-1.0]], dtype=dtype, device=dev, requires_grad=True)
+        x1 = torch.tensor(
+            [[3e-3], [-2.0], [5.0], [-7e2]], dtype=dtype, device=dev, requires_grad=True
+        )
+        x2 = torch.tensor(
+            [[4.0], [1e-3], [-3.0], [-1.0]], dtype=dtype, device=dev, requires_grad=True
+        )
         w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype, device=dev)
         out = pk.cosine_similarity(x1, x2, backend=backend)
         sign = torch.sign(x1 * x2).squeeze(-1).detach().double()

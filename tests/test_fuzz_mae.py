@@ -1,6 +1,7 @@
 """Property-based tests of the MAE family against the float64 reference (every backend):
 random_masking, gather_patches, unshuffle_with_mask_tokens, masked_patch_loss; and of
 patchify / unpatchify (no backend) against an independent unfold formulation."""
+
 import math
 
 import pytest
@@ -61,7 +62,7 @@ def unfold_patchify(imgs, p):
     """patchify written independently of the reference's einsum: unfold H and W into p
     tiles, then (patch row, patch col, pixel row, pixel col, channel)."""
     N, C = imgs.shape[:2]
-    x = imgs.unfold(2, p, p).unfold(3, p, p)          # [N, C, h, w, p, p]
+    x = imgs.unfold(2, p, p).unfold(3, p, p)  # [N, C, h, w, p, p]
     return x.permute(0, 2, 3, 4, 5, 1).reshape(N, -1, p * p * C)
 
 
@@ -78,14 +79,31 @@ def test_random_masking(backend, data):
         noise = torch.rand(N, L, generator=torch.Generator(dev).manual_seed(seed), device=dev)
     else:
         noise = data.draw(noise_for(N, L)).to(dev)
-    describe(backend=backend, x=x, mask_ratio=ratio, noise=noise.tolist(), generator_seed=seed if use_generator else None)
+    describe(
+        backend=backend,
+        x=x,
+        mask_ratio=ratio,
+        noise=noise.tolist(),
+        generator_seed=seed if use_generator else None,
+    )
 
     def fused(u):
-        kw = dict(generator=torch.Generator(dev).manual_seed(seed)) if use_generator else dict(noise=noise)
+        kw = (
+            dict(generator=torch.Generator(dev).manual_seed(seed))
+            if use_generator
+            else dict(noise=noise)
+        )
         return pk.random_masking(x.view(u), ratio, backend=backend, **kw)
 
-    compare(fused, lambda u: ref.random_masking(x.view(u), ratio, noise), [x.leaf(dev)], dtype,
-            exact=(0, 1), what="random_masking", backend=backend)
+    compare(
+        fused,
+        lambda u: ref.random_masking(x.view(u), ratio, noise),
+        [x.leaf(dev)],
+        dtype,
+        exact=(0, 1),
+        what="random_masking",
+        backend=backend,
+    )
 
 
 @given(data=st.data())
@@ -94,14 +112,18 @@ def test_patchify_unpatchify(data):
     dtype = data.draw(dtypes("cpu"))
     spec = data.draw(specs((N, C, H, W), dtype))
     describe(imgs=spec, patch_size=p)
-    leaf = spec.leaf("cpu", requires_grad=False).requires_grad_()  # even expanded half: compared bit for bit
+    leaf = spec.leaf(
+        "cpu", requires_grad=False
+    ).requires_grad_()  # even expanded half: compared bit for bit
     imgs = spec.view(leaf)
     patches = pk.patchify(imgs, p)
     assert torch.equal(patches, unfold_patchify(imgs.detach(), p)) and patches.dtype == dtype
     back = pk.unpatchify(patches, p, (H, W) if H != W or data.draw(st.booleans()) else H, C)
     assert torch.equal(back, imgs)
     # patchify and unpatchify are permutations: the gradient is the upstream one moved back
-    w = torch.randn(patches.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    w = torch.randn(
+        patches.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    ).to(dtype)
     (g,) = torch.autograd.grad(pk.unpatchify(patches * w, p, (H, W), C).sum(), leaf)
     (want,) = torch.autograd.grad((unfold_patchify(spec.view(leaf), p) * w).sum(), leaf)
     assert torch.equal(g, want)
@@ -122,9 +144,15 @@ def test_gather_patches(backend, data):
     if ids_layout == "transposed":  # column-major ids
         ids = ids.t().contiguous().t()
     describe(backend=backend, imgs=imgs, patch_size=p, ids_keep=ids.tolist(), ids_layout=ids_layout)
-    compare(lambda u: pk.gather_patches(imgs.view(u), ids, p, backend=backend),
-            lambda u: ref.gather_patches(imgs.view(u), ids, p), [imgs.leaf(dev)], dtype, exact=(0,),
-            what="gather_patches", backend=backend)
+    compare(
+        lambda u: pk.gather_patches(imgs.view(u), ids, p, backend=backend),
+        lambda u: ref.gather_patches(imgs.view(u), ids, p),
+        [imgs.leaf(dev)],
+        dtype,
+        exact=(0,),
+        what="gather_patches",
+        backend=backend,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,9 +167,15 @@ def test_unshuffle_with_mask_tokens(backend, data):
     tok = data.draw(specs(token_shape, token_dtype, layouts=("contiguous", "sliced"), stream=1))
     ids = data.draw(permutations(N, L)).to(dev)
     describe(backend=backend, x_visible=x, mask_token=tok, ids_restore=ids.tolist())
-    compare(lambda u, m: pk.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids, backend=backend),
-            lambda u, m: ref.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids),
-            [x.leaf(dev), tok.leaf(dev, data.draw(st.booleans()))], dtype, exact=(0,), what="unshuffle", backend=backend)
+    compare(
+        lambda u, m: pk.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids, backend=backend),
+        lambda u, m: ref.unshuffle_with_mask_tokens(x.view(u), tok.view(m), ids),
+        [x.leaf(dev), tok.leaf(dev, data.draw(st.booleans()))],
+        dtype,
+        exact=(0,),
+        what="unshuffle",
+        backend=backend,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -151,20 +185,42 @@ def test_masked_patch_loss(backend, data):
     N, C, H, W, p = data.draw(image_shape(backend))
     L, P = (H // p) * (W // p), p * p * C
     hi = 30.0 if dtype == torch.float16 else 1e4  # float16 squares of 1e4 overflow
-    pred, imgs = data.draw(specs((N, L, P), dtype, hi=hi)), data.draw(specs((N, C, H, W), dtype, hi=hi, stream=1))
+    pred, imgs = (
+        data.draw(specs((N, L, P), dtype, hi=hi)),
+        data.draw(specs((N, C, H, W), dtype, hi=hi, stream=1)),
+    )
     kind = data.draw(st.sampled_from(["binary", "weights", "zeros", "ones"]))
     g = torch.Generator().manual_seed(data.draw(seeds()))
-    mask = {"binary": (torch.rand(N, L, generator=g) < 0.75).double(), "weights": torch.rand(N, L, generator=g),
-            "zeros": torch.zeros(N, L), "ones": torch.ones(N, L)}[kind]
-    mask = mask.to(dev, data.draw(st.sampled_from([dtype, torch.float32]))).requires_grad_(data.draw(st.booleans()))
+    mask = {
+        "binary": (torch.rand(N, L, generator=g) < 0.75).double(),
+        "weights": torch.rand(N, L, generator=g),
+        "zeros": torch.zeros(N, L),
+        "ones": torch.ones(N, L),
+    }[kind]
+    mask = mask.to(dev, data.draw(st.sampled_from([dtype, torch.float32]))).requires_grad_(
+        data.draw(st.booleans())
+    )
     norm = data.draw(st.booleans())
-    describe(backend=backend, pred=pred, imgs=imgs, patch_size=p, mask=mask.tolist(), norm_pix_loss=norm)
-    target = imgs.view(imgs.leaf(dev, False))   # data: no gradient
-    compare(lambda u, m: pk.masked_patch_loss(pred.view(u), target, m, p, norm_pix_loss=norm, backend=backend),
-            lambda u, m: ref.masked_patch_loss(pred.view(u), target.to(u.dtype), m, p, norm),
-            [pred.leaf(dev), mask], dtype, what="masked_patch_loss", backend=backend,
-            grad_tol=[None] + ([mask_grad_tolerance(pred.view(pred.leaf("cpu")), target.cpu(), mask, p, norm, dtype)]
-                               if mask.requires_grad else []))
+    describe(
+        backend=backend, pred=pred, imgs=imgs, patch_size=p, mask=mask.tolist(), norm_pix_loss=norm
+    )
+    target = imgs.view(imgs.leaf(dev, False))  # data: no gradient
+    compare(
+        lambda u, m: pk.masked_patch_loss(
+            pred.view(u), target, m, p, norm_pix_loss=norm, backend=backend
+        ),
+        lambda u, m: ref.masked_patch_loss(pred.view(u), target.to(u.dtype), m, p, norm),
+        [pred.leaf(dev), mask],
+        dtype,
+        what="masked_patch_loss",
+        backend=backend,
+        grad_tol=[None]
+        + (
+            [mask_grad_tolerance(pred.view(pred.leaf("cpu")), target.cpu(), mask, p, norm, dtype)]
+            if mask.requires_grad
+            else []
+        ),
+    )
 
 
 def mask_grad_tolerance(pred, target, mask, p, norm, dtype):

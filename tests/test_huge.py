@@ -10,6 +10,7 @@ returns. On CPU only the `cpu` backend runs here (the Triton interpreter would t
 over 2^31 elements); benchmarks/gpu_check.sh runs this file on a GPU, where the cuda and
 triton backends join.
 """
+
 import gc
 import math
 
@@ -64,7 +65,7 @@ def _periodic(shape, device, seed=0):
     x = torch.empty(total, dtype=DTYPE, device=device)
     m = total // PERIOD
     x[: m * PERIOD].view(m, PERIOD).copy_(pat.expand(m, PERIOD))
-    x[m * PERIOD:].copy_(pat[: total - m * PERIOD])
+    x[m * PERIOD :].copy_(pat[: total - m * PERIOD])
     return x.view(shape), pat
 
 
@@ -79,7 +80,9 @@ def _at(pat, a, b):
 
 
 def _close(got, want, what):
-    torch.testing.assert_close(got.detach().cpu().double(), want, rtol=1e-2, atol=1e-5, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        got.detach().cpu().double(), want, rtol=1e-2, atol=1e-5, msg=lambda m: f"{what}: {m}"
+    )
 
 
 # ------------------------------------------------------------------------ element-wise
@@ -94,7 +97,10 @@ def test_mix_and_loss_past_2_31(backend):
     t = torch.tensor([10, 700], device=dev)
     table = TABLE.to(dev)
     a = TABLE.double()[t.cpu()]
-    for fn, coef in ((pk.add_noise, a.sqrt() + (1 - a).sqrt()), (pk.get_velocity, a.sqrt() - (1 - a).sqrt())):
+    for fn, coef in (
+        (pk.add_noise, a.sqrt() + (1 - a).sqrt()),
+        (pk.get_velocity, a.sqrt() - (1 - a).sqrt()),
+    ):
         out = fn(x, x, t, table, backend=backend)
         assert out.shape == x.shape and out.dtype == DTYPE
         flat = out.view(-1)
@@ -105,11 +111,13 @@ def test_mix_and_loss_past_2_31(backend):
         gc.collect()
     # v-prediction loss with model_output = x0 = noise = x: error c_n * x per element,
     # c_n = 1 - sqrt(a) + sqrt(1 - a); "sum" adds c_n^2 * sum(x^2) over both samples.
-    loss = pk.diffusion_loss(x, x, x, t, table, prediction_type="v_prediction", reduction="sum", backend=backend)
+    loss = pk.diffusion_loss(
+        x, x, x, t, table, prediction_type="v_prediction", reduction="sum", backend=backend
+    )
     p2 = pat.cpu().double() ** 2
     full, rest = divmod(D, PERIOD)
-    first = full * p2.sum() + p2[:rest].sum()                  # sample 0: flat [0, D)
-    start1 = D % PERIOD                                        # sample 1 starts mid-period
+    first = full * p2.sum() + p2[:rest].sum()  # sample 0: flat [0, D)
+    start1 = D % PERIOD  # sample 1 starts mid-period
     idx = (start1 + torch.arange(PERIOD)) % PERIOD
     second = full * p2[idx].sum() + p2[idx[:rest]].sum()
     c2 = (1 - a.sqrt() + (1 - a).sqrt()) ** 2
@@ -161,8 +169,10 @@ def test_gather_patches_past_2_31(backend):
     for n in range(N):
         for k, l in enumerate(ids[n].tolist()):
             i, j = divmod(l, w)
-            crop = imgs.detach()[n:n + 1, :, i * p:(i + 1) * p, j * p:(j + 1) * p].cpu()
-            assert torch.equal(out[n, k].detach().cpu(), _patch(crop, p)), f"gather_patches n={n} patch {l}"
+            crop = imgs.detach()[n : n + 1, :, i * p : (i + 1) * p, j * p : (j + 1) * p].cpu()
+            assert torch.equal(out[n, k].detach().cpu(), _patch(crop, p)), (
+                f"gather_patches n={n} patch {l}"
+            )
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(DTYPE).to(dev)
     (grad,) = torch.autograd.grad(out, imgs, g)
     del out
@@ -170,10 +180,12 @@ def test_gather_patches_past_2_31(backend):
     for n in range(N):
         for k, l in enumerate(ids[n].tolist()):
             i, j = divmod(l, w)
-            crop = grad[n:n + 1, :, i * p:(i + 1) * p, j * p:(j + 1) * p].cpu()
-            assert torch.equal(_patch(crop, p), g[n, k].cpu()), f"gather_patches grad n={n} patch {l}"
+            crop = grad[n : n + 1, :, i * p : (i + 1) * p, j * p : (j + 1) * p].cpu()
+            assert torch.equal(_patch(crop, p), g[n, k].cpu()), (
+                f"gather_patches grad n={n} patch {l}"
+            )
     # an unselected patch next to selected ones, at the very end of the tensor, got zero
-    assert not grad[1, :, -2 * p:-p, -p:].any()
+    assert not grad[1, :, -2 * p : -p, -p:].any()
     del grad
     gc.collect()
     patches = pk.patchify(imgs.detach(), p)
@@ -189,7 +201,9 @@ def test_unshuffle_and_masking_past_2_31(backend):
     N, L, K, D = 2, 4, 2, 2**28 + 64
     xv, pat = _periodic((N, K, D), dev, seed=4)
     token = torch.linspace(-1, 1, D, device=dev).to(DTYPE)
-    ids_restore = torch.tensor([[2, 0, 3, 1], [3, 2, 1, 0]], device=dev)  # row 1: out[1, 3] = xv[1, 0]
+    ids_restore = torch.tensor(
+        [[2, 0, 3, 1], [3, 2, 1, 0]], device=dev
+    )  # row 1: out[1, 3] = xv[1, 0]
     out = pk.unshuffle_with_mask_tokens(xv, token, ids_restore, backend=backend)
     assert out.shape == (N, L, D)
     flat = out.view(-1)
@@ -212,5 +226,7 @@ def test_unshuffle_and_masking_past_2_31(backend):
         for k, l in enumerate(keep):
             src = (n * L + l) * D
             for off in (0, D - 2048):
-                assert torch.equal(vis[n, k, off:off + 2048].cpu().double(), _at(pat, src + off, src + off + 2048)), \
-                    f"random_masking n={n} token {l} offset {off}"
+                assert torch.equal(
+                    vis[n, k, off : off + 2048].cpu().double(),
+                    _at(pat, src + off, src + off + 2048),
+                ), f"random_masking n={n} token {l} offset {off}"

@@ -1,5 +1,6 @@
 """MAE family: random_masking, patchify/unpatchify, gather_patches,
 unshuffle_with_mask_tokens, masked_patch_loss."""
+
 import pytest
 import torch
 
@@ -51,7 +52,9 @@ def loop_patchify(imgs, p):
                 for pi in range(p):
                     for pj in range(p):
                         for c in range(C):
-                            out[n, i * w + j, (pi * p + pj) * C + c] = imgs[n, c, i * p + pi, j * p + pj]
+                            out[n, i * w + j, (pi * p + pj) * C + c] = imgs[
+                                n, c, i * p + pi, j * p + pj
+                            ]
     return out
 
 
@@ -72,7 +75,10 @@ def loop_loss(pred, imgs, mask, p, norm):
 
 
 def test_reference_is_published_mae():
-    x, noise = randn(3, 20, 5, seed=1), torch.rand(3, 20, generator=torch.Generator().manual_seed(2))
+    x, noise = (
+        randn(3, 20, 5, seed=1),
+        torch.rand(3, 20, generator=torch.Generator().manual_seed(2)),
+    )
     for ratio in (0.0, 0.75, 0.9):
         got, want = ref.random_masking(x, ratio, noise), mae_random_masking(x, ratio, noise)
         for g, w in zip(got, want):
@@ -93,7 +99,9 @@ def test_reference_patchify_and_loss_by_loops():
 
 def test_reference_unshuffle_by_loops():
     xv, tok = randn(2, 3, 4, seed=5), randn(4, seed=6)
-    ids = torch.stack([torch.randperm(7, generator=torch.Generator().manual_seed(s)) for s in (7, 8)])
+    ids = torch.stack(
+        [torch.randperm(7, generator=torch.Generator().manual_seed(s)) for s in (7, 8)]
+    )
     out = ref.unshuffle_with_mask_tokens(xv, tok, ids)
     for n in range(2):
         for l in range(7):
@@ -123,6 +131,7 @@ def test_argsort_is_stable_on_ties():
         assert xv.flatten().tolist() == [1.0, 3.0, 4.0]
         assert ids.tolist() == [[3, 0, 4, 1, 2]]
 
+
 # --------------------------------------------------------------------------- every backend vs reference
 
 
@@ -145,7 +154,11 @@ def test_random_masking(backend, ratio):
             (gx,) = grads(xv, [x])
         wv, wmask, wids = mae_random_masking(x.detach().cpu(), ratio, noise.cpu())
         assert xv.dtype == dtype and mask.dtype == dtype and ids.dtype == torch.int64
-        assert torch.equal(xv.cpu(), wv) and torch.equal(mask.cpu(), wmask.to(dtype)) and torch.equal(ids.cpu(), wids)
+        assert (
+            torch.equal(xv.cpu(), wv)
+            and torch.equal(mask.cpu(), wmask.to(dtype))
+            and torch.equal(ids.cpu(), wids)
+        )
         r = x.detach().clone().requires_grad_()
         (wg,) = grads(ref.random_masking(r, ratio, noise)[0], [r])
         assert torch.equal(gx, wg)  # a gather's gradient is exact: copies and zeros
@@ -207,14 +220,21 @@ def test_masked_patch_loss(backend, norm, C, H, W, p):
         pred = randn(2, L, P, dtype=dtype, device=dev, seed=8, requires_grad=True)
         imgs = randn(2, C, H, W, dtype=dtype, device=dev, seed=9, scale=2.0) + 0.5
         with poisoned():
-            loss = pk.masked_patch_loss(pred, imgs, mask.to(dtype), p, norm_pix_loss=norm, backend=backend)
+            loss = pk.masked_patch_loss(
+                pred, imgs, mask.to(dtype), p, norm_pix_loss=norm, backend=backend
+            )
             (g,) = grads(loss, [pred])
-        assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and loss.dim() == 0
+        assert (
+            loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+            and loss.dim() == 0
+        )
         r, i64 = as64(pred, imgs)
         want = ref.masked_patch_loss(r, i64, mask, p, norm)
         (wg,) = grads(want, [r])
         b = pred.detach().clone().requires_grad_()
-        base = ref.masked_patch_loss(b, imgs, mask.to(dtype), p, norm)  # the same math in the inputs' dtype
+        base = ref.masked_patch_loss(
+            b, imgs, mask.to(dtype), p, norm
+        )  # the same math in the inputs' dtype
         (bg,) = grads(base, [b])
         assert_close(loss, want, dtype, baseline=base)
         assert_close(g, wg, dtype, baseline=bg, what="grad pred")
@@ -225,8 +245,13 @@ def test_loss_of_no_removed_patch_is_nan(backend):
     """mask.sum() == 0 (mask_ratio 0): NaN, as MAE's sum(loss * mask) / sum(mask) gives."""
     dev = backend_device(backend)
     pred = randn(1, 4, 12, device=dev, seed=1, requires_grad=True)
-    loss = pk.masked_patch_loss(pred, randn(1, 3, 4, 4, device=dev, seed=2), torch.zeros(1, 4, device=dev), 2,
-                                backend=backend)
+    loss = pk.masked_patch_loss(
+        pred,
+        randn(1, 3, 4, 4, device=dev, seed=2),
+        torch.zeros(1, 4, device=dev),
+        2,
+        backend=backend,
+    )
     assert torch.isnan(loss)
     loss.backward()
     assert torch.isnan(pred.grad).all()
@@ -234,10 +259,16 @@ def test_loss_of_no_removed_patch_is_nan(backend):
 
 # --------------------------------------------------------------------------- ids: out of range and duplicates
 
-BAD_IDS = {"out of range": [[0, 6], [1, 2]], "negative": [[-1, 0], [1, 2]], "duplicate": [[3, 3], [1, 2]]}
+BAD_IDS = {
+    "out of range": [[0, 6], [1, 2]],
+    "negative": [[-1, 0], [1, 2]],
+    "duplicate": [[3, 3], [1, 2]],
+}
 
 
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "triton")])
+@pytest.mark.parametrize(
+    "backend", [p for p in ALL_BACKENDS if p.id in ("cpu", "reference", "triton")]
+)
 @pytest.mark.parametrize("kind", list(BAD_IDS))
 def test_bad_ids_raise_on_cpu(backend, kind):
     if backend == "triton" and not pk.backends.triton_interpreted():
@@ -250,7 +281,9 @@ def test_bad_ids_raise_on_cpu(backend, kind):
     restore = torch.tensor([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
     restore[0, :2] = ids[0]
     with pytest.raises(exc, match="ids_restore"):
-        pk.unshuffle_with_mask_tokens(randn(2, 2, 4, seed=2), torch.zeros(4), restore, backend=backend)
+        pk.unshuffle_with_mask_tokens(
+            randn(2, 2, 4, seed=2), torch.zeros(4), restore, backend=backend
+        )
 
 
 @pytest.mark.parametrize("backend", [p for p in FUSED_BACKENDS if p.id in ("cuda", "triton")])
@@ -262,29 +295,45 @@ def test_bad_ids_poison_on_device_backends(backend):
     dev = backend_device(backend)
     gather_patches, unshuffle = pk.gather_patches, pk.unshuffle_with_mask_tokens
     if dev.type == "cpu":
-        gather_patches = lambda imgs, ids, p, backend: torch.ops.pykernels.gather_patches_triton(imgs, ids, p)  # noqa: E731
-        unshuffle = lambda xv, tok, ids, backend: torch.ops.pykernels.unshuffle_with_mask_tokens_triton(xv, tok, ids)  # noqa: E731
+
+        def gather_patches(imgs, ids, p, backend):
+            return torch.ops.pykernels.gather_patches_triton(imgs, ids, p)
+
+        def unshuffle(xv, tok, ids, backend):
+            return torch.ops.pykernels.unshuffle_with_mask_tokens_triton(xv, tok, ids)
+
     imgs = randn(2, 3, 4, 6, device=dev, seed=1, requires_grad=True)
     ids = torch.tensor([[0, 6], [-1, 2]], device=dev)
     out = gather_patches(imgs, ids, 2, backend=backend)
     assert torch.isnan(out[0, 1]).all() and torch.isnan(out[1, 0]).all()
-    assert torch.equal(out[0, 0], pk.patchify(imgs, 2)[0, 0]) and torch.equal(out[1, 1], pk.patchify(imgs, 2)[1, 2])
+    assert torch.equal(out[0, 0], pk.patchify(imgs, 2)[0, 0]) and torch.equal(
+        out[1, 1], pk.patchify(imgs, 2)[1, 2]
+    )
     dup = torch.tensor([[3, 3], [1, 2]], device=dev)
     out = gather_patches(imgs, dup, 2, backend=backend)
     assert torch.isfinite(out).all()  # the forward of a repeated id is well defined
     (g,) = torch.autograd.grad(out.sum(), [imgs])
     gp = pk.patchify(g, 2)
-    assert torch.isnan(gp[0, 3]).all() and torch.isfinite(gp[1]).all() and (gp[0, [0, 1, 2, 4, 5]] == 0).all()
+    assert (
+        torch.isnan(gp[0, 3]).all()
+        and torch.isfinite(gp[1]).all()
+        and (gp[0, [0, 1, 2, 4, 5]] == 0).all()
+    )
 
     xv = randn(2, 2, 8, device=dev, seed=2, requires_grad=True)
     restore = torch.tensor([[0, 1, 2, 3, 4, 9], [1, 1, 2, 3, 4, 5]], device=dev)
     out = unshuffle(xv, torch.zeros(8, device=dev), restore, backend=backend)
-    assert torch.isnan(out[0, 5]).all() and torch.isfinite(out[0, :5]).all() and torch.isfinite(out[1]).all()
+    assert (
+        torch.isnan(out[0, 5]).all()
+        and torch.isfinite(out[0, :5]).all()
+        and torch.isfinite(out[1]).all()
+    )
     (gx,) = torch.autograd.grad(out[1].sum(), [xv])
     assert torch.isnan(gx[1, 1]).all() and (gx[1, 0] == 0).all() and (gx[0] == 0).all()
 
 
 # --------------------------------------------------------------------------- randomness, determinism, memory
+
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_reproducible_from_noise_and_generator(backend):
@@ -292,7 +341,9 @@ def test_reproducible_from_noise_and_generator(backend):
     x = randn(4, 32, 8, device=dev, seed=1)
 
     def run(seed):
-        return pk.random_masking(x, 0.75, generator=torch.Generator(dev).manual_seed(seed), backend=backend)
+        return pk.random_masking(
+            x, 0.75, generator=torch.Generator(dev).manual_seed(seed), backend=backend
+        )
 
     a, b, c = run(5), run(5), run(6)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
@@ -313,7 +364,9 @@ def test_deterministic(backend):
     for _ in range(2):
         vis = pk.gather_patches(imgs, keep, 2, backend=backend)
         full = pk.unshuffle_with_mask_tokens(vis.repeat(1, 1, 4), tok, restore, backend=backend)
-        loss = pk.masked_patch_loss(full[..., :12] * 3, imgs, mask, 2, norm_pix_loss=True, backend=backend)
+        loss = pk.masked_patch_loss(
+            full[..., :12] * 3, imgs, mask, 2, norm_pix_loss=True, backend=backend
+        )
         runs.append((loss, *torch.autograd.grad(loss, [imgs, tok])))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
@@ -334,49 +387,78 @@ def test_random_masking_builds_no_index_tensor():
     assert 0 < peak < 1.5 * out_bytes, f"peak {peak} bytes"
 
 
-@pytest.mark.filterwarnings("ignore:var\\(\\). degrees of freedom")  # torch's, for the no-channel image
+@pytest.mark.filterwarnings(
+    "ignore:var\\(\\). degrees of freedom"
+)  # torch's, for the no-channel image
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_non_contiguous_and_empty(backend):
     dev = backend_device(backend)
     imgs = randn(2, 8, 12, 3, device=dev, seed=1).permute(0, 3, 1, 2)  # channels-last storage
     keep, restore = _ids(2, 6, 3, seed=2, device=dev)
     keep_t = keep.t().contiguous().t()
-    assert torch.equal(pk.gather_patches(imgs, keep_t, 4, backend=backend), ref.gather_patches(imgs, keep, 4))
+    assert torch.equal(
+        pk.gather_patches(imgs, keep_t, 4, backend=backend), ref.gather_patches(imgs, keep, 4)
+    )
     xv = randn(2, 16, 3, device=dev, seed=3).transpose(1, 2)
-    assert torch.equal(pk.unshuffle_with_mask_tokens(xv, torch.ones(16, device=dev), restore, backend=backend),
-                       ref.unshuffle_with_mask_tokens(xv, torch.ones(16, device=dev), restore))
+    assert torch.equal(
+        pk.unshuffle_with_mask_tokens(xv, torch.ones(16, device=dev), restore, backend=backend),
+        ref.unshuffle_with_mask_tokens(xv, torch.ones(16, device=dev), restore),
+    )
     pred = randn(2, 6, 48, device=dev, seed=4).transpose(0, 1).contiguous().transpose(0, 1)
     mask = (restore >= 3).float()
-    torch.testing.assert_close(pk.masked_patch_loss(pred, imgs, mask, 4, backend=backend),
-                               ref.masked_patch_loss(pred, imgs, mask, 4))
+    torch.testing.assert_close(
+        pk.masked_patch_loss(pred, imgs, mask, 4, backend=backend),
+        ref.masked_patch_loss(pred, imgs, mask, 4),
+    )
     x = randn(0, 8, 4, device=dev, requires_grad=True)
     xv, mask, ids = pk.random_masking(x, 0.5, backend=backend)
     assert xv.shape == (0, 4, 4) and mask.shape == (0, 8) and ids.shape == (0, 8)
-    e = pk.gather_patches(torch.zeros(0, 3, 4, 4, device=dev), torch.zeros(0, 2, dtype=torch.int64, device=dev), 2,
-                          backend=backend)
+    e = pk.gather_patches(
+        torch.zeros(0, 3, 4, 4, device=dev),
+        torch.zeros(0, 2, dtype=torch.int64, device=dev),
+        2,
+        backend=backend,
+    )
     assert e.shape == (0, 2, 12)
-    no_channels = pk.masked_patch_loss(torch.zeros(1, 4, 0, device=dev), torch.zeros(1, 0, 4, 4, device=dev),
-                                       torch.ones(1, 4, device=dev), 2, norm_pix_loss=True, backend=backend)
+    no_channels = pk.masked_patch_loss(
+        torch.zeros(1, 4, 0, device=dev),
+        torch.zeros(1, 0, 4, 4, device=dev),
+        torch.ones(1, 4, device=dev),
+        2,
+        norm_pix_loss=True,
+        backend=backend,
+    )
     assert torch.isnan(no_channels)  # a mean over no pixels, as the reference gives
 
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     imgs = randn(2, 2, 4, 6, dtype=torch.float64, seed=1, requires_grad=True)
     keep, restore = _ids(2, 6, 2, seed=2)
-    assert torch.autograd.gradcheck(lambda i: pk.gather_patches(i, keep, 2, backend=backend), (imgs,))
+    assert torch.autograd.gradcheck(
+        lambda i: pk.gather_patches(i, keep, 2, backend=backend), (imgs,)
+    )
     xv = randn(2, 2, 5, dtype=torch.float64, seed=3, requires_grad=True)
     tok = randn(5, dtype=torch.float64, seed=4, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: pk.unshuffle_with_mask_tokens(a, b, restore, backend=backend), (xv, tok))
+    assert torch.autograd.gradcheck(
+        lambda a, b: pk.unshuffle_with_mask_tokens(a, b, restore, backend=backend), (xv, tok)
+    )
     pred = randn(2, 6, 8, dtype=torch.float64, seed=5, requires_grad=True)
     mask = (restore >= 2).double()
     for norm in (False, True):
         assert torch.autograd.gradcheck(
-            lambda p: pk.masked_patch_loss(p, imgs.detach(), mask, 2, norm_pix_loss=norm, backend=backend), (pred,))
+            lambda p: pk.masked_patch_loss(
+                p, imgs.detach(), mask, 2, norm_pix_loss=norm, backend=backend
+            ),
+            (pred,),
+        )
     x, noise = randn(2, 6, 3, dtype=torch.float64, seed=6, requires_grad=True), torch.rand(2, 6)
-    assert torch.autograd.gradcheck(lambda a: pk.random_masking(a, 0.5, noise=noise, backend=backend)[0], (x,))
+    assert torch.autograd.gradcheck(
+        lambda a: pk.random_masking(a, 0.5, noise=noise, backend=backend)[0], (x,)
+    )
 
 
 def _opcheck_cases(dev):
@@ -388,14 +470,23 @@ def _opcheck_cases(dev):
     return [
         ("random_masking", (x.requires_grad_(), 0.75, torch.rand(2, 6, device=dev))),
         ("random_masking_backward", (randn(2, 2, 8, device=dev, seed=5), restore)),
-        ("unshuffle_with_mask_tokens", (randn(2, 2, 8, device=dev, seed=6).requires_grad_(),
-                                        randn(8, device=dev, seed=7).requires_grad_(), restore)),
+        (
+            "unshuffle_with_mask_tokens",
+            (
+                randn(2, 2, 8, device=dev, seed=6).requires_grad_(),
+                randn(8, device=dev, seed=7).requires_grad_(),
+                restore,
+            ),
+        ),
         ("unshuffle_with_mask_tokens_backward", (x.detach(), restore, 2)),
         ("gather_patches", (imgs.clone().requires_grad_(), keep, 2)),
         ("gather_patches_backward", (randn(2, 2, 12, device=dev, seed=8), keep, 2, 3, 4, 6)),
         ("masked_patch_loss", (pred.requires_grad_(), imgs, mask.requires_grad_(), 2, True)),
         ("masked_patch_loss", (pred, imgs, mask.double(), 2, False)),
-        ("masked_patch_loss_backward", (torch.tensor(0.7, device=dev), pred.detach(), imgs, mask.detach(), 2, True)),
+        (
+            "masked_patch_loss_backward",
+            (torch.tensor(0.7, device=dev), pred.detach(), imgs, mask.detach(), 2, True),
+        ),
     ]
 
 
@@ -415,7 +506,9 @@ def test_torch_compile_fullgraph(backend):
         keep = torch.argsort(noise, dim=1)[:, : xv.shape[1]]
         vis = pk.gather_patches(imgs, keep, 2, backend=backend)
         full = pk.unshuffle_with_mask_tokens(xv + vis, tok, ids, backend=backend)
-        return pk.masked_patch_loss(full, imgs.detach(), mask, 2, norm_pix_loss=True, backend=backend)
+        return pk.masked_patch_loss(
+            full, imgs.detach(), mask, 2, norm_pix_loss=True, backend=backend
+        )
 
     imgs = randn(2, 3, 4, 8, device=dev, seed=1, requires_grad=True)
     tokens = randn(2, 8, 12, device=dev, seed=2, requires_grad=True)
@@ -424,19 +517,30 @@ def test_torch_compile_fullgraph(backend):
     got = step(imgs, tokens, tok, noise)
     xv, mask, ids = ref.random_masking(tokens, 0.75, noise)
     keep = torch.argsort(noise, dim=1)[:, : xv.shape[1]]
-    want = ref.masked_patch_loss(ref.unshuffle_with_mask_tokens(xv + ref.gather_patches(imgs, keep, 2), tok, ids),
-                                 imgs.detach(), mask, 2, True)
+    want = ref.masked_patch_loss(
+        ref.unshuffle_with_mask_tokens(xv + ref.gather_patches(imgs, keep, 2), tok, ids),
+        imgs.detach(),
+        mask,
+        2,
+        True,
+    )
     torch.testing.assert_close(got, want)
-    for g, w in zip(torch.autograd.grad(got, [imgs, tokens, tok]), torch.autograd.grad(want, [imgs, tokens, tok])):
+    for g, w in zip(
+        torch.autograd.grad(got, [imgs, tokens, tok]),
+        torch.autograd.grad(want, [imgs, tokens, tok]),
+    ):
         torch.testing.assert_close(g, w)
 
 
 # --------------------------------------------------------------------------- modules
 
+
 def test_modules():
     x, noise = randn(2, 16, 12, seed=1), torch.rand(2, 16)
     xv, mask, ids = pk.nn.RandomMasking(0.75)(x, noise=noise)
-    assert all(torch.equal(a, b) for a, b in zip((xv, mask, ids), ref.random_masking(x, 0.75, noise)))
+    assert all(
+        torch.equal(a, b) for a, b in zip((xv, mask, ids), ref.random_masking(x, 0.75, noise))
+    )
     unshuffle = pk.nn.MaskTokenUnshuffle(12)
     assert unshuffle.mask_token.shape == (1, 1, 12)
     out = unshuffle(xv, ids)
@@ -444,8 +548,10 @@ def test_modules():
     out.sum().backward()
     assert unshuffle.mask_token.grad is not None
     imgs, pred = randn(2, 3, 8, 8, seed=2), randn(2, 16, 12, seed=3)
-    torch.testing.assert_close(pk.nn.MaskedPatchLoss(2, norm_pix_loss=True)(pred, imgs, mask),
-                               ref.masked_patch_loss(pred, imgs, mask, 2, True))
+    torch.testing.assert_close(
+        pk.nn.MaskedPatchLoss(2, norm_pix_loss=True)(pred, imgs, mask),
+        ref.masked_patch_loss(pred, imgs, mask, 2, True),
+    )
 
 
 def _train_tiny_mae(backend, steps=15):
@@ -485,6 +591,3 @@ def test_training_parity(backend):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-

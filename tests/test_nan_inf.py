@@ -6,6 +6,7 @@
 2. Every backend gives the reference's pattern of NaN / +Inf / -Inf and the same finite
    values, for a special value in each floating input of every public op.
 """
+
 import math
 
 import pytest
@@ -44,17 +45,25 @@ def assert_same_specials(got, want, what, rtol=1e-4, atol=1e-5):
     assert got.shape == want.shape, what
     for kind, f in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
         g, w = f(got), f(want)
-        assert torch.equal(g, w), (f"{what}: {kind} at {g.nonzero().flatten().tolist()[:8]}, "
-                                   f"expected at {w.nonzero().flatten().tolist()[:8]}")
+        assert torch.equal(g, w), (
+            f"{what}: {kind} at {g.nonzero().flatten().tolist()[:8]}, "
+            f"expected at {w.nonzero().flatten().tolist()[:8]}"
+        )
     fin = torch.isfinite(want)
-    torch.testing.assert_close(got[fin], want[fin], rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        got[fin], want[fin], rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 # --------------------------------------------------------------------- backends vs reference
 def _params():
-    return [pytest.param(c, p.values[0], id=f"{c.name}-{p.id}", marks=p.marks)
-            for c in CASES if c.name not in NO_BACKEND and not c.random
-            for p in ALL_BACKENDS if p.id != "reference"]
+    return [
+        pytest.param(c, p.values[0], id=f"{c.name}-{p.id}", marks=p.marks)
+        for c in CASES
+        if c.name not in NO_BACKEND and not c.random
+        for p in ALL_BACKENDS
+        if p.id != "reference"
+    ]
 
 
 @pytest.mark.parametrize("case,backend", _params())
@@ -67,12 +76,15 @@ def test_backend_matches_reference(case, backend):
             want = case("reference", inputs)
             got = case(backend, inputs)
             for k, (g, w) in enumerate(zip(got, want)):
-                assert_same_specials(g, w, f"{case.name} {backend}: {label} in '{name}', output {k}")
+                assert_same_specials(
+                    g, w, f"{case.name} {backend}: {label} in '{name}', output {k}"
+                )
 
 
 # --------------------------------------------------------------------- reference vs PyTorch
 def _torch_equivalents():
     """(case name, PyTorch's composition of the op from the case's inputs)."""
+
     def kd(i):
         s, t, y, T = i["student"], i["teacher"], i["labels"], 2.0
         # KL(p_T || p_S) with log-probability targets (log_target=True), where a -inf teacher
@@ -98,6 +110,7 @@ def _torch_equivalents():
             if sign > 0:
                 return a.sqrt() * i["x0"] + (1 - a).sqrt() * i["noise"]
             return a.sqrt() * i["noise"] - (1 - a).sqrt() * i["x0"]
+
         return f
 
     def dloss(i):
@@ -105,16 +118,24 @@ def _torch_equivalents():
 
     return {
         "cosine_similarity": lambda i: F.cosine_similarity(i["x1"], i["x2"], dim=-1, eps=1e-8),
-        "pairwise_cosine_similarity": lambda i: F.cosine_similarity(i["a"][:, None], i["b"][None], dim=-1),
-        "feature_distillation_loss[mse]": lambda i: (i["student"] - i["teacher"]).pow(2).sum(-1).mean(),
-        "feature_distillation_loss[cosine]": lambda i: (1 - F.cosine_similarity(i["student"], i["teacher"])).mean(),
+        "pairwise_cosine_similarity": lambda i: F.cosine_similarity(
+            i["a"][:, None], i["b"][None], dim=-1
+        ),
+        "feature_distillation_loss[mse]": lambda i: (
+            (i["student"] - i["teacher"]).pow(2).sum(-1).mean()
+        ),
+        "feature_distillation_loss[cosine]": lambda i: (
+            1 - F.cosine_similarity(i["student"], i["teacher"])
+        ).mean(),
         "info_nce_loss": clip,
         "add_noise": mix(1),
         "get_velocity": mix(-1),
         "diffusion_loss": dloss,
         "distillation_loss": kd,
         "cross_entropy": lambda i: F.cross_entropy(i["logits"], i["labels"]),
-        "soft_target_cross_entropy": lambda i: F.cross_entropy(i["logits"] / 2.0, i["target_probs"]),
+        "soft_target_cross_entropy": lambda i: F.cross_entropy(
+            i["logits"] / 2.0, i["target_probs"]
+        ),
     }
 
 
@@ -129,8 +150,13 @@ def test_reference_follows_pytorch(name):
     for inp in _floating_inputs(base):
         for label, value in SPECIALS.items():
             inputs = _poison(base, inp, value)
-            assert_same_specials(case("reference", inputs)[0], f(inputs), f"{name}: {label} in '{inp}'", rtol=1e-9,
-                                 atol=1e-12)
+            assert_same_specials(
+                case("reference", inputs)[0],
+                f(inputs),
+                f"{name}: {label} in '{inp}'",
+                rtol=1e-9,
+                atol=1e-12,
+            )
 
 
 @pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS])
@@ -147,5 +173,7 @@ def test_masked_vocabulary_cross_entropy_is_finite(backend):
     assert_same_specials(got, want, f"cross_entropy {backend}")
     y[2] = 1
     got = pk.cross_entropy(x.to(device), y.to(device), reduction="none", backend=backend)
-    assert_same_specials(got, F.cross_entropy(x, y, reduction="none"), f"cross_entropy {backend}, label at -inf")
+    assert_same_specials(
+        got, F.cross_entropy(x, y, reduction="none"), f"cross_entropy {backend}, label at -inf"
+    )
     assert got[2].item() == math.inf

@@ -18,6 +18,7 @@ checks that the comparison really fails then. Accuracies may differ by one test 
 (a prediction whose two best scores are within round-off of each other can flip); a real
 defect flips many.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -81,8 +82,13 @@ def trained(model: str, ops, device: str = "cpu"):
 
 def assert_parity(fused, ref) -> None:
     assert len(fused.losses) == len(ref.losses) >= 200
-    torch.testing.assert_close(torch.tensor(fused.losses), torch.tensor(ref.losses), rtol=RTOL, atol=ATOL,
-                               msg=lambda m: f"per-step training losses differ:\n{m}")
+    torch.testing.assert_close(
+        torch.tensor(fused.losses),
+        torch.tensor(ref.losses),
+        rtol=RTOL,
+        atol=ATOL,
+        msg=lambda m: f"per-step training losses differ:\n{m}",
+    )
     assert fused.evals.keys() == ref.evals.keys()
     for name, value in ref.evals.items():
         if any(word in name for word in ACCURACIES):
@@ -91,8 +97,19 @@ def assert_parity(fused, ref) -> None:
             assert fused.evals[name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not torch.cuda.is_available(),
+                reason="needs a CUDA GPU (run by benchmarks/gpu_check.sh)",
+            ),
+        ],
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -101,14 +118,20 @@ def test_training_parity(model, device):
     """On CUDA the fused ops are the `cuda` backend; fp32 matmuls follow torch's TF32 flag
     (off by default), so the same float32 tolerance applies."""
     ref, fused = trained(model, "reference", device), trained(model, "fused", device)
-    phases = distillation.phases(distillation.SIZES["test"]) if model == "distillation" else {"": slice(None)}
+    phases = (
+        distillation.phases(distillation.SIZES["test"])
+        if model == "distillation"
+        else {"": slice(None)}
+    )
     for phase in phases.values():  # each phase learns, so parity is not between two flat lines
         losses = ref.losses[phase]
         assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
     assert_parity(fused, ref)
     if model == "diffusion":
         for sampler in ("ddim", "ddpm"):
-            torch.testing.assert_close(fused.extras[sampler], ref.extras[sampler], rtol=0, atol=SAMPLE_ATOL)
+            torch.testing.assert_close(
+                fused.extras[sampler], ref.extras[sampler], rtol=0, atol=SAMPLE_ATOL
+            )
 
 
 @pytest.mark.parametrize("model", ["clip", "diffusion"])
@@ -135,7 +158,9 @@ def test_get_ops():
     assert get_ops("reference") is reference_ops
     assert get_ops("fused").pairwise_cosine_similarity is pykernels.pairwise_cosine_similarity
     x = torch.randn(4, 8)
-    torch.testing.assert_close(get_ops("fused:reference").pairwise_cosine_similarity(x, x),
-                               pykernels.pairwise_cosine_similarity(x, x, backend="reference"))
+    torch.testing.assert_close(
+        get_ops("fused:reference").pairwise_cosine_similarity(x, x),
+        pykernels.pairwise_cosine_similarity(x, x, backend="reference"),
+    )
     with pytest.raises(ValueError, match="ops must be"):
         get_ops("fast")

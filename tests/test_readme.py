@@ -1,4 +1,5 @@
 """The README's examples run as they are written (on CPU tensors, with the default backend)."""
+
 import pathlib
 import re
 

@@ -1,4 +1,5 @@
 """SigLIP sigmoid contrastive loss: sigmoid_contrastive_loss and nn.SigLipLoss (single process)."""
+
 import math
 
 import pytest
@@ -8,11 +9,22 @@ import torch.nn.functional as F
 import pykernels as pk
 from pykernels.reference import sigmoid_contrastive as ref
 
-from .helpers import (ALL_BACKENDS, COMPILE_BACKENDS, CPP_BACKENDS, TRITON_BACKENDS,
-                      assert_close, backend_device, compile_backend, opcheck_ops, poisoned, randn)
+from .helpers import (
+    ALL_BACKENDS,
+    COMPILE_BACKENDS,
+    CPP_BACKENDS,
+    TRITON_BACKENDS,
+    assert_close,
+    backend_device,
+    compile_backend,
+    opcheck_ops,
+    poisoned,
+    randn,
+)
 
 try:
     from open_clip.loss import SigLipLoss as OpenClipSigLipLoss
+
     OPEN_CLIP_MISSING = None
 except ImportError as e:  # optional test dependency
     OpenClipSigLipLoss, OPEN_CLIP_MISSING = None, f"open_clip is not installed ({e})"
@@ -43,6 +55,7 @@ def _composition(i, t, s, b, labels=None, normalize=False):
 
 # --------------------------------------------------------------------------- reference
 
+
 def test_reference_matches_explicit_float64_math():
     I, T = randn(4, 5, dtype=torch.float64, seed=1), randn(6, 5, dtype=torch.float64, seed=2)
     s, b = 3.0, -1.5
@@ -53,8 +66,9 @@ def test_reference_matches_explicit_float64_math():
             L = s * sum(x * y for x, y in zip(I[a].tolist(), T[c].tolist())) + b
             z = 1.0 if ids_i[a] == ids_t[c] else -1.0
             want += math.log1p(math.exp(-z * L))
-    got = ref.sigmoid_contrastive_loss(I, T, s, b, labels=(torch.tensor(ids_i), torch.tensor(ids_t)),
-                                       reduction="sum")
+    got = ref.sigmoid_contrastive_loss(
+        I, T, s, b, labels=(torch.tensor(ids_i), torch.tensor(ids_t)), reduction="sum"
+    )
     assert abs(got.item() - want) <= 1e-12 * abs(want)
 
 
@@ -86,8 +100,9 @@ def _labels(kind, n, m, dev):
     return None
 
 
-def _check_against_reference(backend, dtype, n, m, d, kind, normalize, s0, b0, seed,
-                             transpose=False):
+def _check_against_reference(
+    backend, dtype, n, m, d, kind, normalize, s0, b0, seed, transpose=False
+):
     dev = backend_device(backend)
     i, t = _features(n, m, d, dtype, dev, seed)
     if transpose:  # non-contiguous features: columns of a [D, rows] tensor
@@ -97,8 +112,9 @@ def _check_against_reference(backend, dtype, n, m, d, kind, normalize, s0, b0, s
     b = torch.tensor(b0, device=dev, requires_grad=True)
     y = _labels(kind, n, m, dev)
     with poisoned():
-        out = pk.sigmoid_contrastive_loss(i, t, s, b, labels=y, normalize=normalize,
-                                          backend=backend)
+        out = pk.sigmoid_contrastive_loss(
+            i, t, s, b, labels=y, normalize=normalize, backend=backend
+        )
     g = torch.autograd.grad(out, [i, t, s, b])
     i64, t64, s64, b64 = (x.detach().double().requires_grad_() for x in (i, t, s, b))
     want = ref.sigmoid_contrastive_loss(i64, t64, s64, b64, labels=y, normalize=normalize)
@@ -107,8 +123,9 @@ def _check_against_reference(backend, dtype, n, m, d, kind, normalize, s0, b0, s
     gbase = torch.autograd.grad(base, [i, t, s, b])
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert_close(out, want, dtype, baseline=base, what="loss")
-    for name, a, x, w, c in zip(("d image", "d text", "d scale", "d bias"), g, (i, t, s, b),
-                                g64, gbase):
+    for name, a, x, w, c in zip(
+        ("d image", "d text", "d scale", "d bias"), g, (i, t, s, b), g64, gbase
+    ):
         assert a.dtype == x.dtype and a.shape == x.shape, name
         assert_close(a, w, dtype, baseline=c, what=name)
 
@@ -124,8 +141,9 @@ def test_matches_reference_float32(backend, case):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_half_dtypes_and_non_contiguous(backend, dtype, normalize):
-    _check_against_reference(backend, dtype, 11, 13, 16, None, normalize, 10.0, -10.0, seed=20,
-                             transpose=True)
+    _check_against_reference(
+        backend, dtype, 11, 13, 16, None, normalize, 10.0, -10.0, seed=20, transpose=True
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -175,15 +193,22 @@ def test_reductions_and_float_scale_bias(backend):
 def test_empty_side(backend):
     dev = backend_device(backend)
     i, t = _features(4, 0, 8, torch.float32, dev, seed=55)
-    out = pk.sigmoid_contrastive_loss(i, t, 2.0, 1.0, labels=(torch.arange(4, device=dev),
-                                                               torch.arange(0, device=dev)),
-                                      reduction="sum", backend=backend)
+    out = pk.sigmoid_contrastive_loss(
+        i,
+        t,
+        2.0,
+        1.0,
+        labels=(torch.arange(4, device=dev), torch.arange(0, device=dev)),
+        reduction="sum",
+        backend=backend,
+    )
     assert out.item() == 0.0
-    gi, = torch.autograd.grad(out, [i])
+    (gi,) = torch.autograd.grad(out, [i])
     assert (gi == 0).all()
 
 
 # --------------------------------------------------------------------------- open_clip parity
+
 
 @needs_open_clip
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -191,7 +216,10 @@ def test_empty_side(backend):
 def test_matches_open_clip_siglip_loss(backend, dtype):
     dev = backend_device(backend)
     i, t = _features(12, 12, 16, dtype, dev, seed=60)
-    i, t = F.normalize(i, dim=-1).detach().requires_grad_(), F.normalize(t, dim=-1).detach().requires_grad_()
+    i, t = (
+        F.normalize(i, dim=-1).detach().requires_grad_(),
+        F.normalize(t, dim=-1).detach().requires_grad_(),
+    )
     log_s = torch.tensor(math.log(10.0), device=dev, requires_grad=True)
     b = torch.tensor(-10.0, device=dev, requires_grad=True)
     got = pk.nn.SigLipLoss(backend=backend)(i, t, log_s.exp(), b)
@@ -208,6 +236,7 @@ def test_matches_open_clip_siglip_loss(backend, dtype):
 
 # --------------------------------------------------------------------------- autograd, opcheck, compile
 
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_gradcheck_float64(backend):
     i = randn(5, 6, dtype=torch.float64, seed=90, requires_grad=True)
@@ -216,9 +245,12 @@ def test_gradcheck_float64(backend):
     b = torch.tensor(-0.3, dtype=torch.float64, requires_grad=True)
     y = (torch.tensor([6, 0, 6, 2, 3]), torch.tensor([0, 1, 2, 3, 4, 5, 6]))
     for normalize in (False, True):
+
         def f(i, t, s, b):
-            return pk.sigmoid_contrastive_loss(i, t, s, b, labels=y, normalize=normalize,
-                                               reduction="none", backend=backend)
+            return pk.sigmoid_contrastive_loss(
+                i, t, s, b, labels=y, normalize=normalize, reduction="none", backend=backend
+            )
+
         assert torch.autograd.gradcheck(f, (i, t, s, b))
 
 
@@ -229,9 +261,20 @@ def _opcheck_cases(dev):
     g = randn(6, device=dev, seed=102)
     cases = []
     for norm in (False, True):
-        cases.append(("sigmoid_contrastive_loss",
-                      (i.clone().requires_grad_(), t.clone().requires_grad_(),
-                       s.clone().requires_grad_(), b.clone().requires_grad_(), ids_i, ids_t, norm)))
+        cases.append(
+            (
+                "sigmoid_contrastive_loss",
+                (
+                    i.clone().requires_grad_(),
+                    t.clone().requires_grad_(),
+                    s.clone().requires_grad_(),
+                    b.clone().requires_grad_(),
+                    ids_i,
+                    ids_t,
+                    norm,
+                ),
+            )
+        )
         cases.append(("sigmoid_contrastive_loss_backward", (g, i, t, s, b, ids_i, ids_t, norm)))
     return cases
 
@@ -248,24 +291,33 @@ def test_torch_compile_fullgraph(backend):
 
     @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def f(i, t, s, b, y):
-        return (pk.sigmoid_contrastive_loss(i, t, s, b, backend=backend)
-                + pk.sigmoid_contrastive_loss(i, t[:7], s, b, labels=(y, y[:7]), normalize=True,
-                                              reduction="none", backend=backend).sum())
+        return (
+            pk.sigmoid_contrastive_loss(i, t, s, b, backend=backend)
+            + pk.sigmoid_contrastive_loss(
+                i, t[:7], s, b, labels=(y, y[:7]), normalize=True, reduction="none", backend=backend
+            ).sum()
+        )
 
     i, t = _features(9, 9, 16, torch.float32, dev, seed=110)
     s = torch.tensor(8.0, device=dev, requires_grad=True)
     b = torch.tensor(-3.0, device=dev, requires_grad=True)
     y = torch.tensor([0, 6, 6, 1, 2, 3, 4, 5, 0], device=dev)
     out = f(i, t, s, b, y)
-    want = (ref.sigmoid_contrastive_loss(i, t, s, b)
-            + ref.sigmoid_contrastive_loss(i, t[:7], s, b, labels=(y, y[:7]), normalize=True,
-                                           reduction="none").sum())
+    want = (
+        ref.sigmoid_contrastive_loss(i, t, s, b)
+        + ref.sigmoid_contrastive_loss(
+            i, t[:7], s, b, labels=(y, y[:7]), normalize=True, reduction="none"
+        ).sum()
+    )
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-    for g, w in zip(torch.autograd.grad(out, [i, t, s, b]), torch.autograd.grad(want, [i, t, s, b])):
+    for g, w in zip(
+        torch.autograd.grad(out, [i, t, s, b]), torch.autograd.grad(want, [i, t, s, b])
+    ):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input
+
 
 def _ok(n=4, m=4, d=3):
     return torch.ones(n, d), torch.ones(m, d), torch.tensor(1.0), torch.tensor(0.0)
@@ -273,27 +325,54 @@ def _ok(n=4, m=4, d=3):
 
 BAD = [
     # (call, exception, text that must appear)
-    (lambda: pk.sigmoid_contrastive_loss(torch.ones(4, 3), torch.ones(4, 5), 1.0, 0.0),
-     ValueError, "feature size D"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok()[:2], torch.ones(2), 0.0),
-     ValueError, "'logit_scale' must be a scalar"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok()[:3], torch.ones(1, 2)),
-     ValueError, "'logit_bias' must be a scalar"),
+    (
+        lambda: pk.sigmoid_contrastive_loss(torch.ones(4, 3), torch.ones(4, 5), 1.0, 0.0),
+        ValueError,
+        "feature size D",
+    ),
+    (
+        lambda: pk.sigmoid_contrastive_loss(*_ok()[:2], torch.ones(2), 0.0),
+        ValueError,
+        "'logit_scale' must be a scalar",
+    ),
+    (
+        lambda: pk.sigmoid_contrastive_loss(*_ok()[:3], torch.ones(1, 2)),
+        ValueError,
+        "'logit_bias' must be a scalar",
+    ),
     (lambda: pk.sigmoid_contrastive_loss(*_ok()[:2], "10", 0.0), TypeError, "'logit_scale'"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok(), labels=torch.zeros(3, dtype=torch.long)),
-     ValueError, "'labels' must have shape [4]"),
+    (
+        lambda: pk.sigmoid_contrastive_loss(*_ok(), labels=torch.zeros(3, dtype=torch.long)),
+        ValueError,
+        "'labels' must have shape [4]",
+    ),
     (lambda: pk.sigmoid_contrastive_loss(*_ok(), labels=torch.zeros(4)), TypeError, "'labels'"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok(4, 5), labels=torch.zeros(4, dtype=torch.long)),
-     ValueError, "labels=(image_ids [N], text_ids [M])"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok(4, 5), labels=(torch.zeros(4, dtype=torch.long),
-                                                             torch.zeros(4, dtype=torch.long))),
-     ValueError, "'labels[1]' must have shape [5]"),
-    (lambda: pk.sigmoid_contrastive_loss(*_ok(), labels=[torch.zeros(4, dtype=torch.long)]),
-     TypeError, "'labels'"),
+    (
+        lambda: pk.sigmoid_contrastive_loss(*_ok(4, 5), labels=torch.zeros(4, dtype=torch.long)),
+        ValueError,
+        "labels=(image_ids [N], text_ids [M])",
+    ),
+    (
+        lambda: pk.sigmoid_contrastive_loss(
+            *_ok(4, 5), labels=(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+        ),
+        ValueError,
+        "'labels[1]' must have shape [5]",
+    ),
+    (
+        lambda: pk.sigmoid_contrastive_loss(*_ok(), labels=[torch.zeros(4, dtype=torch.long)]),
+        TypeError,
+        "'labels'",
+    ),
     (lambda: pk.sigmoid_contrastive_loss(*_ok(), reduction="batchmean"), ValueError, "'reduction'"),
     (lambda: pk.sigmoid_contrastive_loss(*_ok(), normalize=1), TypeError, "'normalize'"),
-    (lambda: pk.sigmoid_contrastive_loss(torch.ones(4, 3), torch.ones(4, 3, dtype=torch.float64),
-                                         1.0, 0.0), TypeError, "'text_features'"),
+    (
+        lambda: pk.sigmoid_contrastive_loss(
+            torch.ones(4, 3), torch.ones(4, 3, dtype=torch.float64), 1.0, 0.0
+        ),
+        TypeError,
+        "'text_features'",
+    ),
 ]
 
 
@@ -310,7 +389,9 @@ def test_bad_input_names_the_argument(backend, k):
 def test_op_checks_its_arguments(backend):
     """The ops themselves (torch.ops.pykernels.*) name the argument too."""
     dev = backend_device(backend)
-    op = getattr(torch.ops.pykernels, "sigmoid_contrastive_loss" + ("_triton" if backend == "triton" else ""))
+    op = getattr(
+        torch.ops.pykernels, "sigmoid_contrastive_loss" + ("_triton" if backend == "triton" else "")
+    )
     i, t = torch.ones(4, 3, device=dev), torch.ones(5, 3, device=dev)
     s, b = torch.tensor(1.0, device=dev), torch.tensor(0.0, device=dev)
     ids_i, ids_t = torch.arange(4, device=dev), torch.arange(5, device=dev)

@@ -8,6 +8,7 @@ against every text, positives on its own diagonal block, divided by its n; the t
 gradients are those of the sum of every rank's loss (open_clip's exchanges carry the
 texts' gradients back to their owners).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -48,9 +49,9 @@ def rank_losses(img, txt, scale, bias, sizes, normalize=False, reduction="mean")
         img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
     out, r0 = [], 0
     for n in sizes:
-        logits = scale * img[r0:r0 + n] @ txt.T + bias
+        logits = scale * img[r0 : r0 + n] @ txt.T + bias
         z = -torch.ones_like(logits)
-        z[:, r0:r0 + n] += 2 * torch.eye(n, dtype=logits.dtype)
+        z[:, r0 : r0 + n] += 2 * torch.eye(n, dtype=logits.dtype)
         total = -F.logsigmoid(z * logits).sum()
         out.append(total / n if reduction == "mean" else total)
         r0 += n
@@ -59,7 +60,7 @@ def rank_losses(img, txt, scale, bias, sizes, normalize=False, reduction="mean")
 
 def block(x, rank, sizes):
     r0 = sum(sizes[:rank])
-    return x[r0:r0 + sizes[rank]]
+    return x[r0 : r0 + sizes[rank]]
 
 
 def leaves(*xs):
@@ -68,11 +69,23 @@ def leaves(*xs):
 
 def check_close(out, ref, dtype, what):
     err = rel_err(out, ref)
-    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:.3g} ({dtype})"
+    assert err <= TOLERANCE[dtype], (
+        f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:.3g} ({dtype})"
+    )
 
 
-def check_loss(rank, world, *, mode, dtype=torch.float64, unequal=False, normalize=False,
-               reduction="mean", backend=None, seed=0):
+def check_loss(
+    rank,
+    world,
+    *,
+    mode,
+    dtype=torch.float64,
+    unequal=False,
+    normalize=False,
+    reduction="mean",
+    backend=None,
+    seed=0,
+):
     sizes = sizes_for(world, unequal)
     img, txt, scale, bias = global_inputs(seed, sizes, dtype)
     g = leaves(*(x.double() for x in (img, txt, scale, bias)))
@@ -80,8 +93,9 @@ def check_loss(rank, world, *, mode, dtype=torch.float64, unequal=False, normali
     want_s, want_b = torch.autograd.grad(losses[rank], g[2:], retain_graph=True)
     sum(losses).backward()
     l_img, l_txt, l_s, l_b = leaves(block(img, rank, sizes), block(txt, rank, sizes), scale, bias)
-    out = pkd.sigmoid_contrastive_loss(l_img, l_txt, l_s, l_b, mode=mode, normalize=normalize,
-                                       reduction=reduction, backend=backend)
+    out = pkd.sigmoid_contrastive_loss(
+        l_img, l_txt, l_s, l_b, mode=mode, normalize=normalize, reduction=reduction, backend=backend
+    )
     out.backward()
     check_close(out, losses[rank], dtype, "loss")
     check_close(l_img.grad, block(g[0].grad, rank, sizes), dtype, "image grad")
@@ -94,8 +108,9 @@ def check_gather_refuses_unequal(rank, world):
     sizes = sizes_for(world, True)
     img, txt, s, b = global_inputs(1, sizes)
     with pytest.raises(ValueError, match="mode='gather' needs the same n"):
-        pkd.sigmoid_contrastive_loss(block(img, rank, sizes), block(txt, rank, sizes), s, b,
-                                     mode="gather")
+        pkd.sigmoid_contrastive_loss(
+            block(img, rank, sizes), block(txt, rank, sizes), s, b, mode="gather"
+        )
 
 
 def check_vs_open_clip(rank, world, *, dist_impl, dtype=torch.float64):
@@ -108,11 +123,15 @@ def check_vs_open_clip(rank, world, *, dist_impl, dtype=torch.float64):
     kw = dict(rank=rank, world_size=world, dist_impl=dist_impl)
     results = []
     for module in (SigLipLoss(**kw), OpenClipSigLipLoss(**kw)):
-        l_img, l_txt, l_s, l_b = leaves(block(img, rank, sizes), block(txt, rank, sizes), scale, bias)
+        l_img, l_txt, l_s, l_b = leaves(
+            block(img, rank, sizes), block(txt, rank, sizes), scale, bias
+        )
         out = module(l_img, l_txt, l_s, l_b)
         out.backward()
         results.append((out, l_img.grad, l_txt.grad, l_s.grad, l_b.grad))
-    for ours, theirs, what in zip(*results, ("loss", "image grad", "text grad", "scale grad", "bias grad")):
+    for ours, theirs, what in zip(
+        *results, ("loss", "image grad", "text grad", "scale grad", "bias grad")
+    ):
         check_close(ours.to(theirs.dtype), theirs, dtype, f"{what} {dist_impl}")
     return None
 
@@ -120,13 +139,16 @@ def check_vs_open_clip(rank, world, *, dist_impl, dtype=torch.float64):
 CHECKS = {}
 for _mode in ("ring", "gather"):
     CHECKS[f"{_mode}-f64"] = dict(fn=check_loss, mode=_mode)
-    CHECKS[f"{_mode}-f64-normalize-sum"] = dict(fn=check_loss, mode=_mode, normalize=True, reduction="sum")
+    CHECKS[f"{_mode}-f64-normalize-sum"] = dict(
+        fn=check_loss, mode=_mode, normalize=True, reduction="sum"
+    )
     CHECKS[f"{_mode}-f32"] = dict(fn=check_loss, mode=_mode, dtype=torch.float32)
     CHECKS[f"{_mode}-bf16"] = dict(fn=check_loss, mode=_mode, dtype=torch.bfloat16)
     CHECKS[f"{_mode}-reference"] = dict(fn=check_loss, mode=_mode, backend="reference")
 CHECKS["ring-unequal-batches"] = dict(fn=check_loss, mode="ring", unequal=True)
-CHECKS["ring-unequal-batches-f32-normalize"] = dict(fn=check_loss, mode="ring", unequal=True,
-                                                    dtype=torch.float32, normalize=True)
+CHECKS["ring-unequal-batches-f32-normalize"] = dict(
+    fn=check_loss, mode="ring", unequal=True, dtype=torch.float32, normalize=True
+)
 CHECKS["ring-triton"] = dict(fn=check_loss, mode="ring", dtype=torch.float32, backend="triton")
 CHECKS["gather-refuses-unequal-batches"] = dict(fn=check_gather_refuses_unequal)
 for _impl in ("bidir", "shift", "reduce", "gather"):
@@ -136,8 +158,13 @@ for _impl in ("bidir", "shift", "reduce", "gather"):
 # ----------------------------------------------------------------------------- the launch
 def _worker(rank, world, port, out_dir):
     torch.set_num_threads(1)  # several processes share a small machine
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=PG_TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
+    )
     outcome = {}
     for name, spec in CHECKS.items():
         spec = dict(spec)
@@ -156,8 +183,9 @@ def _worker(rank, world, port, out_dir):
 def outcomes(request, tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    return launch(request.param, str(tmp_path_factory.mktemp(f"world{request.param}")), _worker,
-                  __name__)
+    return launch(
+        request.param, str(tmp_path_factory.mktemp(f"world{request.param}")), _worker, __name__
+    )
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
@@ -172,11 +200,14 @@ def test_without_process_group_is_the_local_loss():
     torch.testing.assert_close(out, rank_losses(img, txt, s, b, [4])[0])
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(mode="bidir"), ValueError, "'mode'"),
-    (dict(reduction="none"), ValueError, "'reduction'"),
-    (dict(process_group=object()), RuntimeError, "not initialised"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(mode="bidir"), ValueError, "'mode'"),
+        (dict(reduction="none"), ValueError, "'reduction'"),
+        (dict(process_group=object()), RuntimeError, "not initialised"),
+    ],
+)
 def test_bad_input(kwargs, error, match):
     img, txt, s, b = global_inputs(3, [4])
     with pytest.raises(error, match=match):

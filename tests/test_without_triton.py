@@ -1,6 +1,7 @@
 """pykernels without Triton (macOS, Windows, CPU-only machines): the package imports, the
 cpu and reference backends run, and the triton backend is reported unavailable with the
 reason. Runs in a child process in which `import triton` fails."""
+
 import os
 import subprocess
 import sys
@@ -32,7 +33,13 @@ main(["info"])
 
 
 def test_imports_and_runs_without_triton():
-    out = subprocess.run([sys.executable, "-c", _CHILD], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "TRITON_INTERPRET": "0"})
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRITON_INTERPRET": "0"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "triton     unavailable: triton is not importable" in out.stdout, out.stdout

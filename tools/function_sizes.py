@@ -8,6 +8,7 @@ C++/CUDA functions with a brace scan over the source with comments and literals 
 a type or an initializer) opens a function, and anything nested in it (lambdas, loops)
 counts towards it. Module-level data tables are not functions, so they are never listed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,23 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_PATHS = ("pykernels", "triton_kernels", "csrc", "tests", "benchmarks", "examples",
-                 "tools", "setup.py")
+DEFAULT_PATHS = (
+    "pykernels",
+    "triton_kernels",
+    "csrc",
+    "tests",
+    "benchmarks",
+    "examples",
+    "tools",
+    "setup.py",
+)
 PY = (".py",)
 CPP = (".cpp", ".h", ".cu", ".cuh")
 BUCKETS = (20, 40, 60, 80, 120, 200)
-NOT_FUNCTIONS = re.compile(r"^(if|for|while|switch|catch|do|else|return|namespace|struct|class|"
-                           r"union|enum|extern|using|typedef)\b")
+NOT_FUNCTIONS = re.compile(
+    r"^(if|for|while|switch|catch|do|else|return|namespace|struct|class|"
+    r"union|enum|extern|using|typedef)\b"
+)
 
 
 def python_functions(path: str, text: str):

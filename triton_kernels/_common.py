@@ -1,4 +1,5 @@
 """Helpers shared by the Triton launchers of every family."""
+
 import math
 
 import numpy as np

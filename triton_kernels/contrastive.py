@@ -13,6 +13,7 @@ flash-attention backward forms dK). Tiles are visited in a fixed order and d(sca
 summed from per-program partials: deterministic. Offsets are int64. tl.dot uses tensor
 cores for bf16/fp16 and TF32 for float32 when torch.backends.cuda.matmul.allow_tf32 is set.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -22,9 +23,24 @@ from ._common import dot_upcast, tl_acc_dtype
 
 
 @triton.jit
-def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_A: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _score_tile(
+    A,
+    B,
+    rows_a,
+    cols_b,
+    NA,
+    NB,
+    D,
+    s_a,
+    s_b,
+    scale,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """(raw, L): raw[a, b] = <A[rows_a[a]], B[cols_b[b]]> over D, L = scale * raw rounded once.
     The + 0.0 keeps that rounding: LLVM may fuse a product into a following subtraction
     (exp(L - lse) as one FMA, L unrounded), and the kernels' maxima, log-sum-exps and
@@ -47,10 +63,28 @@ def _score_tile(A, B, rows_a, cols_b, NA, NB, D, s_a, s_b, scale, ACC: tl.conste
 
 
 @triton.jit
-def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
-               COLUMNS: tl.constexpr, HAS_POS: tl.constexpr, ACC: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_A: tl.constexpr,
-               BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def lse_kernel(
+    A,
+    B,
+    LAB,
+    SCALE,
+    MAX,
+    LOGSUM,
+    POS,
+    NA,
+    NB,
+    D,
+    s_a,
+    s_b,
+    COLUMNS: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """The log-sum-exp of L = scale A B^T over each row (COLUMNS=False: a program owns
     BLOCK_A rows of A) or each column (COLUMNS: BLOCK_B rows of B), as MAX + LOGSUM (kept
     apart so that the loss (MAX - POS) + LOGSUM stays precise under large logits);
@@ -88,12 +122,44 @@ def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
     for o0 in range(0, n_other, step):
         if COLUMNS:
             other = o0 + tl.arange(0, BLOCK_A)
-            _, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                               BLOCK_A, BLOCK_B, BLOCK_D)
+            _, L = _score_tile(
+                A,
+                B,
+                other,
+                own,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
         else:
             other = o0 + tl.arange(0, BLOCK_B)
-            _, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                               BLOCK_A, BLOCK_B, BLOCK_D)
+            _, L = _score_tile(
+                A,
+                B,
+                own,
+                other,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
         L = tl.where(tl.expand_dims(other < n_other, ax_own), L, float("-inf"))
         m_new = tl.maximum(m, tl.max(L, axis=ax_other))
         # rows whose logits so far are all -inf keep a zero shift (no -inf - -inf)
@@ -111,8 +177,24 @@ def lse_kernel(A, B, LAB, SCALE, MAX, LOGSUM, POS, NA, NB, D, s_a, s_b,
 
 
 @triton.jit
-def _dlogits(L, rows, cols, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS,
-             USE_A: tl.constexpr, USE_B: tl.constexpr, ACC: tl.constexpr):
+def _dlogits(
+    L,
+    rows,
+    cols,
+    NA,
+    NB,
+    LAB,
+    LSE_A,
+    LSE_A_LO,
+    LSE_B,
+    LSE_B_LO,
+    W_A,
+    W_B,
+    W_POS,
+    USE_A: tl.constexpr,
+    USE_B: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """dLoss/dL of a [rows, cols] tile:
         G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [b = LAB[a]] W_POS[a],
     zero outside the matrix. Each LSE comes as hi + lo (split_lse): L - LSE is formed as
@@ -137,13 +219,39 @@ def _dlogits(L, rows, cols, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, 
 
 
 @triton.jit
-def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, DX, DSCALE,
-                NA, NB, D, s_a, s_b, COLUMNS: tl.constexpr, USE_A: tl.constexpr,
-                USE_B: tl.constexpr, WITH_DSCALE: tl.constexpr,
-                ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr, BLOCK_A: tl.constexpr,
-                BLOCK_B: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+def grad_kernel(
+    A,
+    B,
+    LAB,
+    SCALE,
+    LSE_A,
+    LSE_A_LO,
+    LSE_B,
+    LSE_B_LO,
+    W_A,
+    W_B,
+    W_POS,
+    DX,
+    DSCALE,
+    NA,
+    NB,
+    D,
+    s_a,
+    s_b,
+    COLUMNS: tl.constexpr,
+    USE_A: tl.constexpr,
+    USE_B: tl.constexpr,
+    WITH_DSCALE: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    GRAD_F32: tl.constexpr,
+    GRAD_PRECISION: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+):
     """dA (COLUMNS=False) or dB (COLUMNS) for a block of its rows and one d-block:
     DA[a, d] = scale * sum_b G[a, b] B[b, d], DB[b, d] = scale * sum_a G[a, b] A[a, d]
     (G: _dlogits). The tiles are recomputed as the forward took them ([BLOCK_A, BLOCK_B]
@@ -169,17 +277,83 @@ def grad_kernel(A, B, LAB, SCALE, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_
     for o0 in range(0, n_other, step):
         if COLUMNS:
             other = o0 + tl.arange(0, BLOCK_A)
-            raw, L = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
-                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
-            g = tl.trans(_dlogits(L, other, own, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO,
-                                  W_A, W_B, W_POS, USE_A, USE_B, ACC))
+            raw, L = _score_tile(
+                A,
+                B,
+                other,
+                own,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
+            g = tl.trans(
+                _dlogits(
+                    L,
+                    other,
+                    own,
+                    NA,
+                    NB,
+                    LAB,
+                    LSE_A,
+                    LSE_A_LO,
+                    LSE_B,
+                    LSE_B_LO,
+                    W_A,
+                    W_B,
+                    W_POS,
+                    USE_A,
+                    USE_B,
+                    ACC,
+                )
+            )
             px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
         else:
             other = o0 + tl.arange(0, BLOCK_B)
-            raw, L = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
-                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
-            g = _dlogits(L, own, other, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B,
-                         W_POS, USE_A, USE_B, ACC)
+            raw, L = _score_tile(
+                A,
+                B,
+                own,
+                other,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
+            g = _dlogits(
+                L,
+                own,
+                other,
+                NA,
+                NB,
+                LAB,
+                LSE_A,
+                LSE_A_LO,
+                LSE_B,
+                LSE_B_LO,
+                W_A,
+                W_B,
+                W_POS,
+                USE_A,
+                USE_B,
+                ACC,
+            )
             if WITH_DSCALE:
                 dsc += tl.sum(g * raw, axis=1)
             px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
@@ -221,18 +395,27 @@ def _blocks(dtype: torch.dtype, D: int, on_cpu: bool) -> dict:
 
 
 def _precision(dtype, device):
-    tf32 = (dtype == torch.float32 and device.type == "cuda"
-            and torch.backends.cuda.matmul.allow_tf32)
+    tf32 = (
+        dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
     return "tf32" if tf32 else "ieee"
 
 
 def _common(x: torch.Tensor) -> dict:
-    return dict(ACC=tl_acc_dtype(x.dtype), PRECISION=_precision(x.dtype, x.device),
-                UPCAST=dot_upcast(x.dtype, x.device))
+    return dict(
+        ACC=tl_acc_dtype(x.dtype),
+        PRECISION=_precision(x.dtype, x.device),
+        UPCAST=dot_upcast(x.dtype, x.device),
+    )
 
 
-def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor | None,
-              columns: bool = False):
+def logsumexp(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor | None,
+    columns: bool = False,
+):
     """(max, log_sum, pos or None) of L = scale a b^T per row of a ([NA]; pos: L[i, labels[i]]
     when labels are given) or, with columns, per column ([NB], no pos), with
     logsumexp = max + log_sum; a, b contiguous."""
@@ -246,9 +429,23 @@ def logsumexp(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, labels: tor
         blocks = _blocks(a.dtype, D, a.device.type == "cpu")
         grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),)
         wrap_triton(lse_kernel)[grid](
-            a, b, labels if labels is not None else mx, scale, mx, log_sum, pos, NA, NB, D,
+            a,
+            b,
+            labels if labels is not None else mx,
+            scale,
+            mx,
+            log_sum,
+            pos,
+            NA,
+            NB,
+            D,
             a.stride(0),
-            b.stride(0), COLUMNS=columns, HAS_POS=labels is not None, **_common(a), **blocks)
+            b.stride(0),
+            COLUMNS=columns,
+            HAS_POS=labels is not None,
+            **_common(a),
+            **blocks,
+        )
     return mx, log_sum, (pos if labels is not None else None)
 
 
@@ -256,8 +453,9 @@ def column_weights(labels: torch.Tensor, w: torch.Tensor, M: int) -> torch.Tenso
     c = torch.empty(M, dtype=w.dtype, device=w.device)
     if M:
         BM, BN = (32, 32) if w.device.type == "cpu" else (128, 64)
-        wrap_triton(column_weight_kernel)[(triton.cdiv(M, BM),)](labels, w, c, labels.shape[0], M,
-                                                                 BLOCK_M=BM, BLOCK_N=BN)
+        wrap_triton(column_weight_kernel)[(triton.cdiv(M, BM),)](
+            labels, w, c, labels.shape[0], M, BLOCK_M=BM, BLOCK_N=BN
+        )
     return c
 
 
@@ -274,16 +472,38 @@ def grad_side(a, b, labels, scale, lse_a, lse_b, w_a, w_b, w_pos, columns: bool,
     blocks = _blocks(a.dtype, D, on_cpu)
     cap = 32 if on_cpu else (128 if a.dtype in (torch.float16, torch.bfloat16) else 64)
     block_do = min(triton.next_power_of_2(max(D, 1)), cap)
-    grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),
-            max(1, triton.cdiv(D, block_do)))
+    grid = (
+        triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),
+        max(1, triton.cdiv(D, block_do)),
+    )
     parts = torch.empty(grid[0], dtype=acc, device=a.device) if with_dscale else dx
     if n == 0:
         return dx, (parts.sum() if with_dscale else None)
     wrap_triton(grad_kernel)[grid](
-        a, b, labels, scale, *(lse_a if w_a is not None else (dx, dx)),
+        a,
+        b,
+        labels,
+        scale,
+        *(lse_a if w_a is not None else (dx, dx)),
         *(lse_b if w_b is not None else (dx, dx)),
-        w_a if w_a is not None else dx, w_b if w_b is not None else dx, w_pos, dx, parts, NA, NB, D,
-        a.stride(0), b.stride(0), COLUMNS=columns, USE_A=w_a is not None, USE_B=w_b is not None,
-        WITH_DSCALE=with_dscale, GRAD_F32=a.dtype == torch.float16,
-        GRAD_PRECISION="ieee" if on_cpu else "tf32", BLOCK_DO=block_do, **_common(a), **blocks)
+        w_a if w_a is not None else dx,
+        w_b if w_b is not None else dx,
+        w_pos,
+        dx,
+        parts,
+        NA,
+        NB,
+        D,
+        a.stride(0),
+        b.stride(0),
+        COLUMNS=columns,
+        USE_A=w_a is not None,
+        USE_B=w_b is not None,
+        WITH_DSCALE=with_dscale,
+        GRAD_F32=a.dtype == torch.float16,
+        GRAD_PRECISION="ieee" if on_cpu else "tf32",
+        BLOCK_DO=block_do,
+        **_common(a),
+        **blocks,
+    )
     return dx, (parts.sum() if with_dscale else None)

@@ -5,6 +5,7 @@ that fuses the normalisation into pairwise cosine similarity.
 Row-wise kernels process a [BLOCK_R, BLOCK_D] tile per step and loop over D; each row
 is reduced by one program in a fixed order (deterministic). Row offsets are int64.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -22,8 +23,9 @@ def _row_pointers(X, row0, R, D, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
-def _dot_and_squares(P1, P2, row_mask, D, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                     BLOCK_D: tl.constexpr):
+def _dot_and_squares(
+    P1, P2, row_mask, D, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """Per row of the tile: x1.x2, |x1|^2, |x2|^2, |x1 - x2|^2 (unused ones are dropped)."""
     dot = tl.zeros([BLOCK_R], dtype=ACC)
     s1 = tl.zeros([BLOCK_R], dtype=ACC)
@@ -42,8 +44,18 @@ def _dot_and_squares(P1, P2, row_mask, D, ACC: tl.constexpr, BLOCK_R: tl.constex
 
 
 @triton.jit
-def rowwise_fwd_kernel(X1, X2, OUT, R, D, eps, MODE: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def rowwise_fwd_kernel(
+    X1,
+    X2,
+    OUT,
+    R,
+    D,
+    eps,
+    MODE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     P1, rows, rmask = _row_pointers(X1, tl.program_id(0) * BLOCK_R, R, D, BLOCK_R)
     P2, _, _ = _row_pointers(X2, tl.program_id(0) * BLOCK_R, R, D, BLOCK_R)
     dot, s1, s2, sd = _dot_and_squares(P1, P2, rmask, D, ACC, BLOCK_R, BLOCK_D)
@@ -79,8 +91,22 @@ def _grad_coefs(g, dot, s1, s2, eps, MODE: tl.constexpr):
 
 
 @triton.jit
-def _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1: tl.constexpr,
-                WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+def _write_pair(
+    P1,
+    P2,
+    Q1,
+    Q2,
+    rmask,
+    D,
+    k11,
+    k12,
+    k21,
+    k22,
+    WRITE_1: tl.constexpr,
+    WRITE_2: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Pass write_pair: g1 = k11 x1 + k12 x2 (WRITE_1), g2 = k21 x1 + k22 x2 (WRITE_2)."""
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -96,9 +122,22 @@ def _write_pair(P1, P2, Q1, Q2, rmask, D, k11, k12, k21, k22, WRITE_1: tl.conste
 
 
 @triton.jit
-def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, WRITE_1: tl.constexpr,
-                       WRITE_2: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+def rowwise_bwd_kernel(
+    G,
+    X1,
+    X2,
+    G1,
+    G2,
+    R,
+    D,
+    eps,
+    MODE: tl.constexpr,
+    WRITE_1: tl.constexpr,
+    WRITE_2: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """The gradients of a block of rows: the rows' stats (_dot_and_squares), their
     coefficients (_grad_coefs), then _write_pair."""
     row0 = tl.program_id(0) * BLOCK_R
@@ -116,8 +155,18 @@ def rowwise_bwd_kernel(G, X1, X2, G1, G2, R, D, eps, MODE: tl.constexpr, WRITE_1
 
 
 @triton.jit
-def normalize_kernel(X, Y, INV, R, D, eps, WRITE_Y: tl.constexpr, ACC: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def normalize_kernel(
+    X,
+    Y,
+    INV,
+    R,
+    D,
+    eps,
+    WRITE_Y: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """INV = 1 / max(|x|, eps) per row (float32); Y = x * INV when WRITE_Y."""
     row0 = tl.program_id(0) * BLOCK_R
     P, rows, rmask = _row_pointers(X, row0, R, D, BLOCK_R)
@@ -134,8 +183,9 @@ def normalize_kernel(X, Y, INV, R, D, eps, WRITE_Y: tl.constexpr, ACC: tl.conste
 
 
 @triton.jit
-def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                         BLOCK_D: tl.constexpr):
+def normalize_bwd_kernel(
+    GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """Gradient of y = x / max(|x|, eps): gx = gy / a - [n > eps] x (x . gy) / (n^2 a)."""
     row0 = tl.program_id(0) * BLOCK_R
     P, rows, rmask = _row_pointers(X, row0, R, D, BLOCK_R)
@@ -156,12 +206,33 @@ def normalize_bwd_kernel(GY, X, GX, R, D, eps, ACC: tl.constexpr, BLOCK_R: tl.co
 
 
 @triton.jit
-def scaled_matmul_kernel(A, B, C, RS, CS, M, N, K,
-                         s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
-                         SCALE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                         UPCAST: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         GROUP_M: tl.constexpr):
+def scaled_matmul_kernel(
+    A,
+    B,
+    C,
+    RS,
+    CS,
+    M,
+    N,
+    K,
+    s_ab,
+    s_am,
+    s_ak,
+    s_bb,
+    s_bk,
+    s_bn,
+    s_cb,
+    s_cm,
+    s_cn,
+    SCALE: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     """C[z] = diag(RS[z]) A[z] B[z] diag(CS[z]) (scales only when SCALE), fp32 accumulate.
 
     The scaling is the epilogue that fuses row normalisation into pairwise cosine
@@ -217,12 +288,19 @@ def rowwise_forward(x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int) -
         return out
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_fwd_kernel)[_row_grid(R, br)](
-        x1, x2, out, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br, BLOCK_D=bd)
+        x1, x2, out, R, D, eps, MODE=mode, ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br, BLOCK_D=bd
+    )
     return out
 
 
-def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float, mode: int,
-                     mask: tuple[bool, bool]):
+def rowwise_backward(
+    grad: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    eps: float,
+    mode: int,
+    mask: tuple[bool, bool],
+):
     """(grad x1, grad x2), each empty where `mask` is False."""
     x1, x2 = x1.contiguous(), x2.contiguous()
     g1 = torch.empty_like(x1) if mask[0] else x1.new_empty(0)
@@ -232,9 +310,21 @@ def rowwise_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps
         return g1, g2
     br, bd = row_blocks(D, x1.element_size(), x1.device.type == "cpu")
     wrap_triton(rowwise_bwd_kernel)[_row_grid(R, br)](
-        grad.contiguous(), x1, x2, g1 if mask[0] else x1, g2 if mask[1] else x2, R, D, eps,
-        MODE=mode, WRITE_1=mask[0], WRITE_2=mask[1], ACC=tl_acc_dtype(x1.dtype), BLOCK_R=br,
-        BLOCK_D=bd)
+        grad.contiguous(),
+        x1,
+        x2,
+        g1 if mask[0] else x1,
+        g2 if mask[1] else x2,
+        R,
+        D,
+        eps,
+        MODE=mode,
+        WRITE_1=mask[0],
+        WRITE_2=mask[1],
+        ACC=tl_acc_dtype(x1.dtype),
+        BLOCK_R=br,
+        BLOCK_D=bd,
+    )
     return g1, g2
 
 
@@ -247,8 +337,8 @@ def normalize(x: torch.Tensor, eps: float, write_y: bool):
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_kernel)[_row_grid(R, br)](
-            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br,
-            BLOCK_D=bd)
+            x, y, inv, R, D, eps, WRITE_Y=write_y, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd
+        )
     return (y if write_y else None), inv
 
 
@@ -259,7 +349,8 @@ def normalize_backward(gy: torch.Tensor, x: torch.Tensor, eps: float) -> torch.T
     if R:
         br, bd = row_blocks(D, x.element_size(), x.device.type == "cpu")
         wrap_triton(normalize_bwd_kernel)[_row_grid(R, br)](
-            gy, x, gx, R, D, eps, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd)
+            gy, x, gx, R, D, eps, ACC=tl_acc_dtype(x.dtype), BLOCK_R=br, BLOCK_D=bd
+        )
     return gx
 
 
@@ -271,9 +362,14 @@ def _matmul_blocks(dtype: torch.dtype, on_cpu: bool):
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
 
 
-def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=None,
-                  allow_tf32=False,
-                  out_dtype=None):
+def scaled_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_scale=None,
+    col_scale=None,
+    allow_tf32=False,
+    out_dtype=None,
+):
     """a [Z, M, K] @ b [Z, K, N] (any strides) -> [Z, M, N] in `out_dtype` (default a's
     dtype), optionally scaled by row_scale [Z, M] and col_scale [Z, N] (float32) in the
     epilogue."""
@@ -290,8 +386,27 @@ def scaled_matmul(a: torch.Tensor, b: torch.Tensor, row_scale=None, col_scale=No
     blocks = _matmul_blocks(a.dtype, on_cpu)
     grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]), Z)
     wrap_triton(scaled_matmul_kernel)[grid](
-        a, b, c, rs, cs, M, N, K, a.stride(0), a.stride(1), a.stride(2), b.stride(0), b.stride(1),
-        b.stride(2), c.stride(0), c.stride(1), c.stride(2), SCALE=scale,
-        ACC=tl_acc_dtype(a.dtype), PRECISION=precision, UPCAST=dot_upcast(a.dtype, a.device),
-        **blocks)
+        a,
+        b,
+        c,
+        rs,
+        cs,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        b.stride(0),
+        b.stride(1),
+        b.stride(2),
+        c.stride(0),
+        c.stride(1),
+        c.stride(2),
+        SCALE=scale,
+        ACC=tl_acc_dtype(a.dtype),
+        PRECISION=precision,
+        UPCAST=dot_upcast(a.dtype, a.device),
+        **blocks,
+    )
     return c

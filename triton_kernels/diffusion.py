@@ -12,6 +12,7 @@ block. Per-sample sums are written per program and added in a fixed order by the
 launcher (deterministic). Offsets are int64. Timesteps are clamped into the table (no
 host sync; the public API range-checks CPU timesteps).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -163,8 +164,11 @@ def _elem_coefs(x0, lim, ox, os, om, kox, kos, CLIP_MODE: tl.constexpr, RECLIP: 
     if RECLIP:
         if CLIP_MODE == 1:
             own = (x0 > -lim) & (x0 < lim)
-            return tl.where(own, ox, kox) + z, tl.where(own, os, kos) + z, tl.where(own, om,
-                                                                                    0.0) + z
+            return (
+                tl.where(own, ox, kox) + z,
+                tl.where(own, os, kos) + z,
+                tl.where(own, om, 0.0) + z,
+            )
         elif CLIP_MODE == 2:
             return kox + z, kos + z, z
     return ox + z, os + z, om + z
@@ -175,8 +179,11 @@ def _clip(x0, lim, MODE: tl.constexpr):
     if MODE == 0:
         return x0
     # NaN-propagating, as torch.clamp (the default min/max would turn a NaN into a bound)
-    c = tl.minimum(tl.maximum(x0, -lim, propagate_nan=tl.PropagateNan.ALL), lim,
-                   propagate_nan=tl.PropagateNan.ALL)
+    c = tl.minimum(
+        tl.maximum(x0, -lim, propagate_nan=tl.PropagateNan.ALL),
+        lim,
+        propagate_nan=tl.PropagateNan.ALL,
+    )
     if MODE == 2:
         c = c / lim
     return c
@@ -218,8 +225,21 @@ def _target_diff(M, X0, NZ, TS, TAB, T, n, offs, mask, PRED: tl.constexpr):
 
 
 @triton.jit
-def target_error_kernel(M, X0, NZ, TS, TAB, OUT, PART, T, D, C, PRED: tl.constexpr,
-                          ELEMENTWISE: tl.constexpr, BLOCK: tl.constexpr):
+def target_error_kernel(
+    M,
+    X0,
+    NZ,
+    TS,
+    TAB,
+    OUT,
+    PART,
+    T,
+    D,
+    C,
+    PRED: tl.constexpr,
+    ELEMENTWISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """OUT = d^2 (ELEMENTWISE); PART[program] = the block's sum of d^2."""
     n, offs, mask = _block(D, C, BLOCK)
     d, tx, tn = _target_diff(M, X0, NZ, TS, TAB, T, n, offs, mask, PRED)
@@ -230,10 +250,27 @@ def target_error_kernel(M, X0, NZ, TS, TAB, OUT, PART, T, D, C, PRED: tl.constex
 
 
 @triton.jit
-def target_error_backward_kernel(G, M, X0, NZ, TS, TAB, GM, GX, GN, T, D, C, g_scale,
-                                   PRED: tl.constexpr, ELEMENTWISE: tl.constexpr,
-                                   GRAD_M: tl.constexpr, GRAD_X: tl.constexpr,
-                                   GRAD_N: tl.constexpr, BLOCK: tl.constexpr):
+def target_error_backward_kernel(
+    G,
+    M,
+    X0,
+    NZ,
+    TS,
+    TAB,
+    GM,
+    GX,
+    GN,
+    T,
+    D,
+    C,
+    g_scale,
+    PRED: tl.constexpr,
+    ELEMENTWISE: tl.constexpr,
+    GRAD_M: tl.constexpr,
+    GRAD_X: tl.constexpr,
+    GRAD_N: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """h = 2 g d (g per element, or the scalar G times g_scale): GM = h, GX = -tx h, GN = -tn h."""
     n, offs, mask = _block(D, C, BLOCK)
     d, tx, tn = _target_diff(M, X0, NZ, TS, TAB, T, n, offs, mask, PRED)
@@ -252,13 +289,30 @@ def target_error_backward_kernel(G, M, X0, NZ, TS, TAB, GM, GX, GN, T, D, C, g_s
 
 # ----------------------------------------------------------------------------- sampler_step
 @triton.jit
-def _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask, clip_range, eta, final_alpha,
-                 DDIM: tl.constexpr, PRED: tl.constexpr, CLIP_MODE: tl.constexpr,
-                 USE_CLIPPED: tl.constexpr):
+def _step_inputs(
+    M,
+    S,
+    TS,
+    PS,
+    TAB,
+    Q,
+    T,
+    n,
+    offs,
+    mask,
+    clip_range,
+    eta,
+    final_alpha,
+    DDIM: tl.constexpr,
+    PRED: tl.constexpr,
+    CLIP_MODE: tl.constexpr,
+    USE_CLIPPED: tl.constexpr,
+):
     """What a step's forward and backward both start from, for sample n's elements offs:
     (xs, xm, ox, os, om, on, lim, s, m, x0), the coefficients per element (_elem_coefs)."""
-    xs, xm, ox, os, om, on, kox, kos = _step_coefs(TAB, T, tl.load(TS + n), tl.load(PS + n), eta,
-                                                   final_alpha, DDIM, PRED)
+    xs, xm, ox, os, om, on, kox, kos = _step_coefs(
+        TAB, T, tl.load(TS + n), tl.load(PS + n), eta, final_alpha, DDIM, PRED
+    )
     if CLIP_MODE == 2:
         lim = tl.load(Q + n)
     else:
@@ -271,39 +325,112 @@ def _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask, clip_range, eta, final_
 
 
 @triton.jit
-def sampler_step_kernel(M, S, NZ, TS, PS, TAB, Q, OUT, X0C, T, D, C, clip_range, eta, final_alpha,
-                        DDIM: tl.constexpr, PRED: tl.constexpr, CLIP_MODE: tl.constexpr,
-                        USE_CLIPPED: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+def sampler_step_kernel(
+    M,
+    S,
+    NZ,
+    TS,
+    PS,
+    TAB,
+    Q,
+    OUT,
+    X0C,
+    T,
+    D,
+    C,
+    clip_range,
+    eta,
+    final_alpha,
+    DDIM: tl.constexpr,
+    PRED: tl.constexpr,
+    CLIP_MODE: tl.constexpr,
+    USE_CLIPPED: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """X0C = clip(x0), OUT = ox X0C + os S + om M (+ on NZ)."""
     n, offs, mask = _block(D, C, BLOCK)
-    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask,
-                                                         clip_range, eta, final_alpha, DDIM, PRED,
-                                                         CLIP_MODE, USE_CLIPPED)
+    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(
+        M,
+        S,
+        TS,
+        PS,
+        TAB,
+        Q,
+        T,
+        n,
+        offs,
+        mask,
+        clip_range,
+        eta,
+        final_alpha,
+        DDIM,
+        PRED,
+        CLIP_MODE,
+        USE_CLIPPED,
+    )
     c = _clip(x0, lim, CLIP_MODE)
     # A term whose coefficient is 0 is absent from the formula: skip it, so an inf there
     # (clipped away in x0) does not come back as 0 * inf = nan.
     r = ox * c + tl.where(os != 0.0, os * s, 0.0) + tl.where(om != 0.0, om * m, 0.0)
     if HAS_NOISE:
         # The noise is not read where its coefficient is 0 (DDPM at t = 0, DDIM at eta = 0).
-        z = tl.load(NZ + offs, mask=mask & (tl.zeros_like(offs) + (on != 0.0).to(tl.int32) != 0),
-                    other=0.0)
+        z = tl.load(
+            NZ + offs, mask=mask & (tl.zeros_like(offs) + (on != 0.0).to(tl.int32) != 0), other=0.0
+        )
         r = r + on * z.to(xs.dtype)
     tl.store(OUT + offs, r.to(OUT.dtype.element_ty), mask=mask)
     tl.store(X0C + offs, c.to(X0C.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def sampler_step_backward_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, D, C, clip_range,
-                                 eta, final_alpha, DDIM: tl.constexpr, PRED: tl.constexpr,
-                                 CLIP_MODE: tl.constexpr, USE_CLIPPED: tl.constexpr,
-                                 BLOCK: tl.constexpr):
+def sampler_step_backward_kernel(
+    GP,
+    GX,
+    M,
+    S,
+    TS,
+    PS,
+    TAB,
+    Q,
+    GM,
+    GS,
+    PART,
+    T,
+    D,
+    C,
+    clip_range,
+    eta,
+    final_alpha,
+    DDIM: tl.constexpr,
+    PRED: tl.constexpr,
+    CLIP_MODE: tl.constexpr,
+    USE_CLIPPED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """GM = om gp + xm g_x0, GS = os gp + xs g_x0, g_x0 = the gradient through the clip of
     gc = ox gp + gx; PART[program] = the block's terms of the threshold's gradient
     (diffusion_args.h's step_grad_element)."""
     n, offs, mask = _block(D, C, BLOCK)
-    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(M, S, TS, PS, TAB, Q, T, n, offs, mask,
-                                                         clip_range, eta, final_alpha, DDIM, PRED,
-                                                         CLIP_MODE, USE_CLIPPED)
+    xs, xm, ox, os, om, on, lim, s, m, x0 = _step_inputs(
+        M,
+        S,
+        TS,
+        PS,
+        TAB,
+        Q,
+        T,
+        n,
+        offs,
+        mask,
+        clip_range,
+        eta,
+        final_alpha,
+        DDIM,
+        PRED,
+        CLIP_MODE,
+        USE_CLIPPED,
+    )
     gp = tl.load(GP + offs, mask=mask, other=0.0).to(xs.dtype)
     gc = ox * gp + tl.load(GX + offs, mask=mask, other=0.0).to(xs.dtype)
     g0 = gc
@@ -316,8 +443,9 @@ def sampler_step_backward_kernel(GP, GX, M, S, TS, PS, TAB, Q, GM, GS, PART, T, 
             ntie = (x0 == -lim).to(xs.dtype) * 0.5
             g0 = (g0 + gc * (tie + ntie)) / lim
             above = (x0 > lim).to(xs.dtype) - (x0 < -lim).to(xs.dtype) + tie - ntie
-            tl.store(PART + tl.program_id(0), tl.sum(gc * (above - _clip(x0, lim, 2)),
-                                                     axis=0) / lim)
+            tl.store(
+                PART + tl.program_id(0), tl.sum(gc * (above - _clip(x0, lim, 2)), axis=0) / lim
+            )
     tl.store(GM + offs, (om * gp + xm * g0).to(GM.dtype.element_ty), mask=mask)
     tl.store(GS + offs, (os * gp + xs * g0).to(GS.dtype.element_ty), mask=mask)
 
@@ -335,8 +463,9 @@ def blend(x, y, ts, table, coefs: str):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     N, D, C, BLOCK = sample_blocks(x)
     if N * C:
-        wrap_triton(blend_kernel)[(N * C,)](x, y, ts, table, out, table.shape[0], D, C,
-                                            COEFS=coefs, BLOCK=BLOCK)
+        wrap_triton(blend_kernel)[(N * C,)](
+            x, y, ts, table, out, table.shape[0], D, C, COEFS=coefs, BLOCK=BLOCK
+        )
     return out
 
 
@@ -348,8 +477,9 @@ def blend_backward(grad, ts, table, coefs: str):
     gy = torch.empty_like(gx)
     N, D, C, BLOCK = sample_blocks(grad)
     if N * C:
-        wrap_triton(blend_backward_kernel)[(N * C,)](grad, ts, table, gx, gy, table.shape[0], D, C,
-                                                     COEFS=coefs, BLOCK=BLOCK)
+        wrap_triton(blend_backward_kernel)[(N * C,)](
+            grad, ts, table, gx, gy, table.shape[0], D, C, COEFS=coefs, BLOCK=BLOCK
+        )
     return gx, gy
 
 
@@ -363,35 +493,68 @@ def diffusion_loss(m, x0, noise, ts, table, prediction_type: str, reduction: str
     part = torch.zeros((N, C), dtype=acc, device=m.device)
     if N * C:
         wrap_triton(target_error_kernel)[(N * C,)](
-            m, x0, noise, ts, table, out if elementwise else part, part, table.shape[0], D, C,
-            PRED=PREDICTION_TYPES.index(prediction_type), ELEMENTWISE=elementwise, BLOCK=BLOCK)
+            m,
+            x0,
+            noise,
+            ts,
+            table,
+            out if elementwise else part,
+            part,
+            table.shape[0],
+            D,
+            C,
+            PRED=PREDICTION_TYPES.index(prediction_type),
+            ELEMENTWISE=elementwise,
+            BLOCK=BLOCK,
+        )
     if elementwise:
         return out
     total = part.sum()
     return total / m.numel() if reduction == "mean" else total
 
 
-def diffusion_loss_backward(grad, m, x0, noise, ts, table, prediction_type: str, reduction: str,
-                            output_mask):
+def diffusion_loss_backward(
+    grad, m, x0, noise, ts, table, prediction_type: str, reduction: str, output_mask
+):
     """(grad model_output, grad x0, grad noise); an empty tensor where output_mask is False."""
     m, x0, noise = m.contiguous(), x0.contiguous(), noise.contiguous()
     ts, table = _schedule(ts, table, m.dtype)
     grad = grad.to(acc_dtype(m.dtype)).contiguous()
-    gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype,
-                              device=m.device) for want in output_mask)
+    gm, gx, gn = (
+        torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device)
+        for want in output_mask
+    )
     N, D, C, BLOCK = sample_blocks(m)
     scale = 1.0 / m.numel() if reduction == "mean" and m.numel() else 1.0
     if N * C:
-        wrap_triton(target_error_backward_kernel)[(N * C,)](grad, m, x0, noise, ts, table, gm,
-            gx, gn, table.shape[0], D, C, scale, PRED=PREDICTION_TYPES.index(prediction_type),
-            ELEMENTWISE=reduction == "none", GRAD_M=bool(output_mask[0]),
-            GRAD_X=bool(output_mask[1]), GRAD_N=bool(output_mask[2]), BLOCK=BLOCK)
+        wrap_triton(target_error_backward_kernel)[(N * C,)](
+            grad,
+            m,
+            x0,
+            noise,
+            ts,
+            table,
+            gm,
+            gx,
+            gn,
+            table.shape[0],
+            D,
+            C,
+            scale,
+            PRED=PREDICTION_TYPES.index(prediction_type),
+            ELEMENTWISE=reduction == "none",
+            GRAD_M=bool(output_mask[0]),
+            GRAD_X=bool(output_mask[1]),
+            GRAD_N=bool(output_mask[2]),
+            BLOCK=BLOCK,
+        )
     return gm, gx, gn
 
 
 @dataclasses.dataclass
 class StepParams:
     """A DDPM or DDIM step's parameters as the kernels take them."""
+
     ddim: bool
     prediction_type: str
     clip_sample: bool
@@ -405,8 +568,12 @@ class StepParams:
 
     def constexprs(self, threshold):
         clip = THRESHOLD if threshold is not None else (CLIP if self.clip_sample else NO_CLIP)
-        return dict(DDIM=self.ddim, PRED=PREDICTION_TYPES.index(self.prediction_type),
-                    CLIP_MODE=clip, USE_CLIPPED=bool(self.use_clipped_model_output) and self.ddim)
+        return dict(
+            DDIM=self.ddim,
+            PRED=PREDICTION_TYPES.index(self.prediction_type),
+            CLIP_MODE=clip,
+            USE_CLIPPED=bool(self.use_clipped_model_output) and self.ddim,
+        )
 
 
 def sampler_step(m, ts, prev, s, table, noise, threshold, p: StepParams):
@@ -421,8 +588,23 @@ def sampler_step(m, ts, prev, s, table, noise, threshold, p: StepParams):
         nz = s if noise is None else noise.contiguous()
         q = table if threshold is None else threshold.contiguous()
         wrap_triton(sampler_step_kernel)[(N * C,)](
-            m, s, nz, ts, prev, table, q, out, x0c, table.shape[0], D, C, *p.scalars(),
-            HAS_NOISE=noise is not None, BLOCK=BLOCK, **p.constexprs(threshold))
+            m,
+            s,
+            nz,
+            ts,
+            prev,
+            table,
+            q,
+            out,
+            x0c,
+            table.shape[0],
+            D,
+            C,
+            *p.scalars(),
+            HAS_NOISE=noise is not None,
+            BLOCK=BLOCK,
+            **p.constexprs(threshold),
+        )
     return out, x0c
 
 
@@ -438,10 +620,24 @@ def sampler_step_backward(gp, gx, m, ts, prev, s, table, threshold, p: StepParam
     part = torch.zeros((N if threshold is not None else 0, C), dtype=acc, device=s.device)
     if N * C:
         q = table if threshold is None else threshold.contiguous()
-        wrap_triton(sampler_step_backward_kernel)[(N * C,)](gp, gx, m, s, ts, prev, table, q, gm,
-                                                            gs,
-                                                            part if threshold is not None else gm,
-                                                            table.shape[0], D, C, *p.scalars(),
-                                                            BLOCK=BLOCK, **p.constexprs(threshold))
+        wrap_triton(sampler_step_backward_kernel)[(N * C,)](
+            gp,
+            gx,
+            m,
+            s,
+            ts,
+            prev,
+            table,
+            q,
+            gm,
+            gs,
+            part if threshold is not None else gm,
+            table.shape[0],
+            D,
+            C,
+            *p.scalars(),
+            BLOCK=BLOCK,
+            **p.constexprs(threshold),
+        )
     gq = part.sum(1) if threshold is not None else torch.empty((0,), dtype=acc, device=s.device)
     return gm, gs, gq

@@ -15,6 +15,7 @@ All in float32 (float64 for float64). Row offsets are int64. Masked vocabularies
 counted row whose maximum is -inf (all masked), or whose label is outside [0, V), gives a
 nan loss and gradient row: checking would synchronise with the host.
 """
+
 import math
 
 import torch
@@ -25,10 +26,10 @@ from torch.library import wrap_triton
 from ._common import f32_arg, rows_of, tl_acc_dtype
 
 # The soft term a row computes (distillation_kernel's MODE).
-MODE_NONE = tl.constexpr(0)          # cross_entropy: the hard term alone
-MODE_KL = tl.constexpr(1)            # KL(p_T || p_S), beta = 0
-MODE_REVERSE_KL = tl.constexpr(2)    # KL(p_S || p_T), beta = 1
-MODE_JSD = tl.constexpr(3)           # generalised Jensen-Shannon, 0 < beta < 1
+MODE_NONE = tl.constexpr(0)  # cross_entropy: the hard term alone
+MODE_KL = tl.constexpr(1)  # KL(p_T || p_S), beta = 0
+MODE_REVERSE_KL = tl.constexpr(2)  # KL(p_S || p_T), beta = 1
+MODE_JSD = tl.constexpr(3)  # generalised Jensen-Shannon, 0 < beta < 1
 MODE_TARGET_PROBS = tl.constexpr(4)  # soft_target_cross_entropy
 
 
@@ -52,8 +53,18 @@ def _zero_where(p, v):
 
 
 @triton.jit
-def _row_sums(S, T_, base, V, inv_t, MODE: tl.constexpr, HARD1: tl.constexpr, SMOOTH: tl.constexpr,
-              ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+def _row_sums(
+    S,
+    T_,
+    base,
+    V,
+    inv_t,
+    MODE: tl.constexpr,
+    HARD1: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Pass 1: (ms, mt, za, zb, w, qs, z1, ss) with ds = (s - ms) / T, dt = (t - mt) / T,
     e = exp(ds), f = exp(dt): za = sum e, zb = sum f, qs = sum q, z1 = sum exp(s - ms),
     ss = sum s, and w = sum f (dt - ds) (MODE_KL), sum e (ds - dt) (MODE_REVERSE_KL) or
@@ -156,8 +167,25 @@ def _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR: tl.constexpr):
 
 
 @triton.jit
-def _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, log_1b,
-              MIRROR: tl.constexpr, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+def _jsd_sums(
+    S,
+    T_,
+    base,
+    V,
+    inv_t,
+    ms,
+    mt,
+    lza,
+    lzb,
+    lzba,
+    beta,
+    omb,
+    log_b,
+    log_1b,
+    MIRROR: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Pass 2: KS = sum p_S log(p_S / m), KT = sum p_T log(p_T / m)."""
     offs = tl.arange(0, BLOCK_V)
     ks = tl.zeros([], ACC)
@@ -176,8 +204,27 @@ def _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b, l
 
 
 @triton.jit
-def _row_loss(MODE: tl.constexpr, HARD: tl.constexpr, SMOOTH: tl.constexpr, lza, kl, w, qs,
-              ks, kt, lz1, ms, s_y, ss, V, c_t, beta, omb, hw, ls):
+def _row_loss(
+    MODE: tl.constexpr,
+    HARD: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    lza,
+    kl,
+    w,
+    qs,
+    ks,
+    kt,
+    lz1,
+    ms,
+    s_y,
+    ss,
+    V,
+    c_t,
+    beta,
+    omb,
+    hw,
+    ls,
+):
     """soft_weight T^2 D + soft-target CE + hard_weight CE, with KL(p_T || p_S) =
     w / Zb - log(Zb / Za), KL(p_S || p_T) = w / Za + log(Zb / Za) (kl),
     JSD = beta KT + (1 - beta) KS, soft-target CE = Q log Za - sum q ds,
@@ -199,8 +246,9 @@ def _row_loss(MODE: tl.constexpr, HARD: tl.constexpr, SMOOTH: tl.constexpr, lza,
 
 
 @triton.jit
-def _soft_grads(ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt,
-                log_b, log_1b):
+def _soft_grads(
+    ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt, log_b, log_1b
+):
     """The soft term's (d loss / d s, d loss / d t) from p_S, p_T and x = log p_T - log p_S
     (c = soft_weight T): KL: c (p_S - p_T), c p_T (x - KL); reverse KL: c p_S (-x - KL),
     c (p_T - p_S); JSD: c (1 - beta) p_S (log(p_S / m) - KS), c beta p_T (log(p_T / m) - KT).
@@ -223,8 +271,12 @@ def _rest_of_row(g, top, msk, cols):
     """This chunk's part of _write_rest's sums: (sum of g off the maximum, sum of |g| off it,
     lanes at the maximum, the sum of their indices)."""
     other = msk & ~top
-    return (tl.sum(tl.where(other, g, 0.0), 0), tl.sum(tl.where(other, tl.abs(g), 0.0), 0),
-            tl.sum(top.to(tl.int32), 0), tl.sum(tl.where(top, cols, 0), 0))
+    return (
+        tl.sum(tl.where(other, g, 0.0), 0),
+        tl.sum(tl.where(other, tl.abs(g), 0.0), 0),
+        tl.sum(top.to(tl.int32), 0),
+        tl.sum(tl.where(top, cols, 0), 0),
+    )
 
 
 @triton.jit
@@ -242,11 +294,43 @@ def _write_rest(G, base, rest, rest_abs, n_max, i_max, dominant):
 
 
 @triton.jit
-def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt,
-               inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE: tl.constexpr,
-               MIRROR: tl.constexpr, HARD: tl.constexpr, HARD1: tl.constexpr,
-               GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
-               BLOCK_V: tl.constexpr):
+def _row_grads(
+    S,
+    T_,
+    GS,
+    GT,
+    base,
+    V,
+    y,
+    nan_row,
+    ms,
+    mt,
+    lza,
+    lzb,
+    lzba,
+    lz1,
+    qs,
+    kl,
+    ks,
+    kt,
+    inv_t,
+    c,
+    beta,
+    omb,
+    log_b,
+    log_1b,
+    hw,
+    ls,
+    grad_scale,
+    MODE: tl.constexpr,
+    MIRROR: tl.constexpr,
+    HARD: tl.constexpr,
+    HARD1: tl.constexpr,
+    GRAD_S: tl.constexpr,
+    GRAD_T: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Pass 3: d loss / d s into GS and d loss / d t into GT (_soft_grads; soft-target CE:
     (Q p_S - q) / T and, for the target, -log p_S, 0 where q = 0 on a masked logit; the hard
     term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])), times grad_scale; nan
@@ -274,8 +358,21 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
         if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
             t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
             dt = (t - mt) * inv_t
-            g, h = _soft_grads(ps, tl.exp(dt - lzb), (dt - ds) - lzba, MODE, MIRROR, c, beta, omb,
-                               kl, ks, kt, log_b, log_1b)
+            g, h = _soft_grads(
+                ps,
+                tl.exp(dt - lzb),
+                (dt - ds) - lzba,
+                MODE,
+                MIRROR,
+                c,
+                beta,
+                omb,
+                kl,
+                ks,
+                kt,
+                log_b,
+                log_1b,
+            )
         if MODE == MODE_TARGET_PROBS:
             q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
             g = (ps * qs - q) * inv_t
@@ -309,8 +406,9 @@ def _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, 
 
 
 @triton.jit
-def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
-              BLOCK_V: tl.constexpr):
+def _zero_row(
+    LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, BLOCK_V: tl.constexpr
+):
     """An ignored row: loss 0 and gradient 0."""
     tl.store(LOSS + row, tl.zeros([], LOSS.dtype.element_ty))
     offs = tl.arange(0, BLOCK_V)
@@ -323,11 +421,36 @@ def _zero_row(LOSS, GS, GT, row, base, V, GRAD_S: tl.constexpr, GRAD_T: tl.const
 
 
 @triton.jit
-def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta, omb, log_b, log_1b,
-                        ls, grad_scale, ignore_index, MODE: tl.constexpr, MIRROR: tl.constexpr,
-                        HARD: tl.constexpr, HAS_LABELS: tl.constexpr, HARD1: tl.constexpr,
-                        SMOOTH: tl.constexpr, GRAD_S: tl.constexpr, GRAD_T: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK_V: tl.constexpr):
+def distillation_kernel(
+    S,
+    T_,
+    LABELS,
+    LOSS,
+    GS,
+    GT,
+    V,
+    inv_t,
+    c,
+    c_t,
+    hw,
+    beta,
+    omb,
+    log_b,
+    log_1b,
+    ls,
+    grad_scale,
+    ignore_index,
+    MODE: tl.constexpr,
+    MIRROR: tl.constexpr,
+    HARD: tl.constexpr,
+    HAS_LABELS: tl.constexpr,
+    HARD1: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    GRAD_S: tl.constexpr,
+    GRAD_T: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """One row of any op of the family. MODE: the soft term (MIRROR: JSD with beta > 1/2);
     HARD: the hard term, HARD1 with its own softmax at T = 1 (T != 1); SMOOTH: label
     smoothing; GRAD_S, GRAD_T: which gradients to write, those of grad_scale * (row loss)."""
@@ -343,8 +466,9 @@ def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta,
             bad = (label < 0) | (label >= V)
             y = tl.where(bad, 0, label)
     if counted:
-        ms, mt, za, zb, w, qs, z1, ss = _row_sums(S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC,
-                                                  BLOCK_V)
+        ms, mt, za, zb, w, qs, z1, ss = _row_sums(
+            S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC, BLOCK_V
+        )
         lza = tl.log(za)
         lzb = tl.log(zb)
         lzba = tl.log(zb / za)  # one rounding of the ratio, not a difference of two logs
@@ -354,22 +478,74 @@ def distillation_kernel(S, T_, LABELS, LOSS, GS, GT, V, inv_t, c, c_t, hw, beta,
         ks = tl.zeros([], ACC)
         kt = tl.zeros([], ACC)
         if MODE == MODE_JSD:
-            ks, kt = _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, beta, omb, log_b,
-                               log_1b, MIRROR, ACC, BLOCK_V)
+            ks, kt = _jsd_sums(
+                S,
+                T_,
+                base,
+                V,
+                inv_t,
+                ms,
+                mt,
+                lza,
+                lzb,
+                lzba,
+                beta,
+                omb,
+                log_b,
+                log_1b,
+                MIRROR,
+                ACC,
+                BLOCK_V,
+            )
         s_y = tl.load(S + base + y).to(ACC)
         kl = w / zb - lzba
         if MODE == MODE_REVERSE_KL:
             kl = w / za + lzba
-        loss = _row_loss(MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta,
-                         omb, hw, ls)
+        loss = _row_loss(
+            MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta, omb, hw, ls
+        )
         nan_row = bad | (ms == float("-inf"))
         if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
             nan_row = nan_row | (mt == float("-inf"))
         tl.store(LOSS + row, tl.where(nan_row, float("nan"), loss).to(LOSS.dtype.element_ty))
         if GRAD_S or GRAD_T:
-            _row_grads(S, T_, GS, GT, base, V, y, nan_row, ms, mt, lza, lzb, lzba, lz1, qs, kl, ks,
-                       kt, inv_t, c, beta, omb, log_b, log_1b, hw, ls, grad_scale, MODE, MIRROR,
-                       HARD, HARD1, GRAD_S, GRAD_T, ACC, BLOCK_V)
+            _row_grads(
+                S,
+                T_,
+                GS,
+                GT,
+                base,
+                V,
+                y,
+                nan_row,
+                ms,
+                mt,
+                lza,
+                lzb,
+                lzba,
+                lz1,
+                qs,
+                kl,
+                ks,
+                kt,
+                inv_t,
+                c,
+                beta,
+                omb,
+                log_b,
+                log_1b,
+                hw,
+                ls,
+                grad_scale,
+                MODE,
+                MIRROR,
+                HARD,
+                HARD1,
+                GRAD_S,
+                GRAD_T,
+                ACC,
+                BLOCK_V,
+            )
     else:  # an ignored row drops out of every term
         _zero_row(LOSS, GS, GT, row, base, V, GRAD_S, GRAD_T, BLOCK_V)
 
@@ -391,7 +567,7 @@ def scale_grad_kernel(G, X, OUT, V, ACC: tl.constexpr, BLOCK_V: tl.constexpr):
 
 # ----------------------------------------------------------------------------- launchers
 def _block_v(V: int, on_cpu: bool) -> int:
-    cap = 1 << 16 if on_cpu else 4096   # the interpreter prefers few, large steps
+    cap = 1 << 16 if on_cpu else 4096  # the interpreter prefers few, large steps
     return min(triton.next_power_of_2(V), cap)
 
 
@@ -405,9 +581,23 @@ def _mode(teacher, target_probs: bool, beta: float) -> int:
     return mode.value
 
 
-def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0.0, hard_weight=0.0,
-                      beta=0.0, ignore_index=-100, label_smoothing=0.0, target_probs=False,
-                      grad_logits=False, grad_teacher=False, grad_scale=1.0, out=None):
+def distillation_rows(
+    logits,
+    teacher,
+    labels,
+    *,
+    temperature=1.0,
+    soft_weight=0.0,
+    hard_weight=0.0,
+    beta=0.0,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    target_probs=False,
+    grad_logits=False,
+    grad_teacher=False,
+    grad_scale=1.0,
+    out=None,
+):
     """(per-row loss, grad w.r.t. logits or an empty tensor, grad w.r.t. teacher or an empty
     tensor). teacher: teacher logits (soft term), target probabilities (target_probs=True),
     or None (cross entropy). The gradients are those of grad_scale * (row loss). out: the
@@ -420,8 +610,16 @@ def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0
         loss, gs, gt = out
     else:
         loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
-        gs = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_logits else s.new_empty((0,))
-        gt = torch.empty(s.shape, dtype=s.dtype, device=s.device) if grad_teacher else s.new_empty((0,))
+        gs = (
+            torch.empty(s.shape, dtype=s.dtype, device=s.device)
+            if grad_logits
+            else s.new_empty((0,))
+        )
+        gt = (
+            torch.empty(s.shape, dtype=s.dtype, device=s.device)
+            if grad_teacher
+            else s.new_empty((0,))
+        )
     R, V = rows_of(s)
     if R == 0:
         return loss, gs, gt
@@ -431,27 +629,59 @@ def distillation_rows(logits, teacher, labels, *, temperature=1.0, soft_weight=0
     T = float(temperature)
     on_cpu = s.device.type == "cpu"
     wrap_triton(distillation_kernel)[(R,)](
-        s, t if t is not None else s, labels.contiguous() if labels is not None else loss, loss,
-        gs if grad_logits else loss, gt if grad_teacher else loss, V,
-        *map(f32_arg, (1.0 / T, soft_weight * T, soft_weight * T * T, hard_weight, b, 1.0 - b,
-                       math.log(b) if jsd else 0.0, math.log1p(-b) if jsd else 0.0,
-                       label_smoothing, grad_scale)),
-        int(ignore_index), MODE=_mode(t, target_probs, b), MIRROR=b > 0.5, HARD=hard,
-        HAS_LABELS=labels is not None, HARD1=hard and T != 1.0,
-        SMOOTH=hard and label_smoothing != 0, GRAD_S=bool(grad_logits), GRAD_T=bool(grad_teacher),
-        ACC=tl_acc_dtype(s.dtype), BLOCK_V=_block_v(V, on_cpu), num_warps=1 if on_cpu else 8)
+        s,
+        t if t is not None else s,
+        labels.contiguous() if labels is not None else loss,
+        loss,
+        gs if grad_logits else loss,
+        gt if grad_teacher else loss,
+        V,
+        *map(
+            f32_arg,
+            (
+                1.0 / T,
+                soft_weight * T,
+                soft_weight * T * T,
+                hard_weight,
+                b,
+                1.0 - b,
+                math.log(b) if jsd else 0.0,
+                math.log1p(-b) if jsd else 0.0,
+                label_smoothing,
+                grad_scale,
+            ),
+        ),
+        int(ignore_index),
+        MODE=_mode(t, target_probs, b),
+        MIRROR=b > 0.5,
+        HARD=hard,
+        HAS_LABELS=labels is not None,
+        HARD1=hard and T != 1.0,
+        SMOOTH=hard and label_smoothing != 0,
+        GRAD_S=bool(grad_logits),
+        GRAD_T=bool(grad_teacher),
+        ACC=tl_acc_dtype(s.dtype),
+        BLOCK_V=_block_v(V, on_cpu),
+        num_warps=1 if on_cpu else 8,
+    )
     return loss, gs, gt
 
 
-def scale_grad(grad: torch.Tensor, x: torch.Tensor,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+def scale_grad(
+    grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """grad[r] * x[r, :] into a new tensor, or into `out` (contiguous, may be x itself)."""
     x = x.contiguous()
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     R, V = rows_of(x)
     if R:
-        wrap_triton(scale_grad_kernel)[(R,)](grad.contiguous(), x, out, V,
-                                             ACC=tl_acc_dtype(x.dtype),
-                                             BLOCK_V=_block_v(V, x.device.type == "cpu"))
+        wrap_triton(scale_grad_kernel)[(R,)](
+            grad.contiguous(),
+            x,
+            out,
+            V,
+            ACC=tl_acc_dtype(x.dtype),
+            BLOCK_V=_block_v(V, x.device.type == "cpu"),
+        )
     return out

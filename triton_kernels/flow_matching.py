@@ -14,6 +14,7 @@ are int64. With a = 1 - sigma, b = sigma, dt = sigma_next - sigma, d = m - (eps 
 
 c(sigma) is the loss weight of csrc/common/flow_matching_args.h (_loss_weight).
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -97,8 +98,20 @@ def scale_kernel(G, S, SN, GX, GY, D, EULER: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def loss_kernel(M, X0, NZ, S, PART, XT, D, C, WEIGHTING: tl.constexpr, PRECONDITION: tl.constexpr,
-                NOISY: tl.constexpr, BLOCK: tl.constexpr):
+def loss_kernel(
+    M,
+    X0,
+    NZ,
+    S,
+    PART,
+    XT,
+    D,
+    C,
+    WEIGHTING: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    NOISY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     n, offs, mask = _sample_block(D, BLOCK)
     sigma = tl.load(S + n)
     d, x0, eps = _velocity_error(M, X0, NZ, offs, mask, sigma.dtype)
@@ -109,9 +122,25 @@ def loss_kernel(M, X0, NZ, S, PART, XT, D, C, WEIGHTING: tl.constexpr, PRECONDIT
 
 
 @triton.jit
-def loss_bwd_kernel(G, GXT, M, X0, NZ, S, GM, GX, GN, D, WEIGHTING: tl.constexpr,
-                    PRECONDITION: tl.constexpr, HAS_GXT: tl.constexpr, GRAD_M: tl.constexpr,
-                    GRAD_X: tl.constexpr, GRAD_N: tl.constexpr, BLOCK: tl.constexpr):
+def loss_bwd_kernel(
+    G,
+    GXT,
+    M,
+    X0,
+    NZ,
+    S,
+    GM,
+    GX,
+    GN,
+    D,
+    WEIGHTING: tl.constexpr,
+    PRECONDITION: tl.constexpr,
+    HAS_GXT: tl.constexpr,
+    GRAD_M: tl.constexpr,
+    GRAD_X: tl.constexpr,
+    GRAD_N: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     n, offs, mask = _sample_block(D, BLOCK)
     sigma = tl.load(S + n)
     d, x0, eps = _velocity_error(M, X0, NZ, offs, mask, sigma.dtype)
@@ -171,8 +200,9 @@ def flow_match_euler_step_backward(grad, sigmas, sigmas_next):
     return _scale(grad, sigmas, sigmas_next, euler=True)
 
 
-def flow_matching_loss(model_output, x0, noise, sigmas, weighting: int, precondition_outputs: bool,
-                       return_noisy: bool):
+def flow_matching_loss(
+    model_output, x0, noise, sigmas, weighting: int, precondition_outputs: bool, return_noisy: bool
+):
     m, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
     s = _acc(sigmas, m)
     N, D, C, BLOCK = sample_blocks(m)
@@ -180,28 +210,64 @@ def flow_matching_loss(model_output, x0, noise, sigmas, weighting: int, precondi
     noisy = torch.empty(m.shape if return_noisy else (0,), dtype=m.dtype, device=m.device)
     if N * C:
         xt = noisy if return_noisy else part  # not written without return_noisy
-        wrap_triton(loss_kernel)[(N, C)](m, x0, noise, s, part, xt, D, C, WEIGHTING=weighting,
-                                         PRECONDITION=bool(precondition_outputs),
-                                         NOISY=bool(return_noisy), BLOCK=BLOCK)
+        wrap_triton(loss_kernel)[(N, C)](
+            m,
+            x0,
+            noise,
+            s,
+            part,
+            xt,
+            D,
+            C,
+            WEIGHTING=weighting,
+            PRECONDITION=bool(precondition_outputs),
+            NOISY=bool(return_noisy),
+            BLOCK=BLOCK,
+        )
     loss = part.sum(1)
     if D == 0:
         loss.fill_(float("nan"))  # a mean over no elements, as torch's
     return loss, noisy
 
 
-def flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigmas, weighting: int,
-                                precondition_outputs: bool, output_mask):
+def flow_matching_loss_backward(
+    grad,
+    grad_noisy,
+    model_output,
+    x0,
+    noise,
+    sigmas,
+    weighting: int,
+    precondition_outputs: bool,
+    output_mask,
+):
     """(grad model_output, grad x0, grad noise); an empty tensor where output_mask is False."""
     m, x0, noise = model_output.contiguous(), x0.contiguous(), noise.contiguous()
     s, g = _acc(sigmas, m), _acc(grad, m)
-    gm, gx, gn = (torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device)
-                  for want in output_mask)
+    gm, gx, gn = (
+        torch.empty(m.shape if want else (0,), dtype=m.dtype, device=m.device)
+        for want in output_mask
+    )
     N, D, C, BLOCK = sample_blocks(m)
     gxt = grad_noisy.contiguous() if grad_noisy is not None else m
     if N * C:
         wrap_triton(loss_bwd_kernel)[(N, C)](
-            g, gxt, m, x0, noise, s, gm, gx, gn, D, WEIGHTING=weighting,
-            PRECONDITION=bool(precondition_outputs), HAS_GXT=grad_noisy is not None,
-            GRAD_M=bool(output_mask[0]), GRAD_X=bool(output_mask[1]), GRAD_N=bool(output_mask[2]),
-            BLOCK=BLOCK)
+            g,
+            gxt,
+            m,
+            x0,
+            noise,
+            s,
+            gm,
+            gx,
+            gn,
+            D,
+            WEIGHTING=weighting,
+            PRECONDITION=bool(precondition_outputs),
+            HAS_GXT=grad_noisy is not None,
+            GRAD_M=bool(output_mask[0]),
+            GRAD_X=bool(output_mask[1]),
+            GRAD_N=bool(output_mask[2]),
+            BLOCK=BLOCK,
+        )
     return gm, gx, gn

@@ -14,6 +14,7 @@ On CPU tensors (the interpreter) the rows of ignore_index are gathered out first
 that would need their count on the host (a synchronisation), so every row goes through and
 the kernel gives ignored rows loss 0 and gradient 0.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ def auto_chunk(rows: int, V: int, elem_size: int, on_cpu: bool) -> int:
 @dataclasses.dataclass
 class Head:
     """One side's inputs, flattened: hidden [N, H], weight [V, H], bias [V] or None."""
+
     hidden: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor | None = None
@@ -56,8 +58,11 @@ def _new_grads(heads, mask):
         if not want or x is None:
             out.append(heads[0].hidden.new_empty((0,)))
         else:
-            out.append(torch.zeros(x.shape, dtype=x.dtype if k % 3 == 0 else _acc(x.dtype),
-                                   device=x.device))
+            out.append(
+                torch.zeros(
+                    x.shape, dtype=x.dtype if k % 3 == 0 else _acc(x.dtype), device=x.device
+                )
+            )
     return out
 
 
@@ -67,15 +72,26 @@ def _add_head_grads(head, h, G, idx, begin, grads, want):
         if idx is not None:
             grads[0].index_copy_(0, idx, dh)
         else:
-            grads[0][begin:begin + G.shape[0]].copy_(dh)
+            grads[0][begin : begin + G.shape[0]].copy_(dh)
     if want[1]:
         grads[1].add_(torch.mm(G.T, h).to(grads[1].dtype))
     if want[2]:
         grads[2].add_(G.sum(0, dtype=grads[2].dtype))
 
 
-def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chunk_size=0,
-                      want_lse=False, softcap=0.0, z_loss=0.0, **row_args):
+def fused_linear_loop(
+    s: Head,
+    t: Head | None,
+    labels,
+    row_weight,
+    *,
+    mask,
+    chunk_size=0,
+    want_lse=False,
+    softcap=0.0,
+    z_loss=0.0,
+    **row_args,
+):
     """(loss [N], lse [N] or [0], six gradients: student hidden, weight, bias, teacher
     hidden, weight, bias, each empty where mask is False). row_args: the row kernel's
     settings (tk.distillation_rows' keywords)."""
@@ -97,15 +113,18 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
     post_scale = 1.0
     if s.hidden.dtype == torch.float64 and row_args.get("grad_scale", 1.0) != 1.0:
         post_scale, row_args = row_args["grad_scale"], {**row_args, "grad_scale": 1.0}
-    chunk = min(chunk_size, max(M, 1)) if chunk_size > 0 else auto_chunk(
-        M, V, s.hidden.element_size(), dev.type == "cpu")
+    chunk = (
+        min(chunk_size, max(M, 1))
+        if chunk_size > 0
+        else auto_chunk(M, V, s.hidden.element_size(), dev.type == "cpu")
+    )
     bufs = {}
     for begin in range(0, M, chunk):
         m = min(chunk, M - begin)
-        idx = None if index is None else index[begin:begin + m]
+        idx = None if index is None else index[begin : begin + m]
 
         def rows_of(x):
-            return x.index_select(0, idx) if idx is not None else x[begin:begin + m]
+            return x.index_select(0, idx) if idx is not None else x[begin : begin + m]
 
         hs = rows_of(s.hidden)
         ht = rows_of(t.hidden) if t is not None else None
@@ -123,10 +142,14 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
                 lse = lse.masked_fill(y == ii, 0.0)
             if z_loss != 0 and grad_s:
                 probs = torch.softmax(L.to(acc), 1)
-        out = (torch.empty(m, dtype=acc, device=dev), _buffer(bufs, "s", L, grad_s),
-               _buffer(bufs, "t", L, grad_t))
-        row_loss, G, Gt = tk.distillation_rows(L, Lt, y, grad_logits=grad_s, grad_teacher=grad_t,
-                                               out=out, **row_args)
+        out = (
+            torch.empty(m, dtype=acc, device=dev),
+            _buffer(bufs, "s", L, grad_s),
+            _buffer(bufs, "t", L, grad_t),
+        )
+        row_loss, G, Gt = tk.distillation_rows(
+            L, Lt, y, grad_logits=grad_s, grad_teacher=grad_t, out=out, **row_args
+        )
         if z_loss != 0:
             row_loss = row_loss + z_loss * lse * lse
             if grad_s:
@@ -147,9 +170,9 @@ def fused_linear_loop(s: Head, t: Head | None, labels, row_weight, *, mask, chun
             if want_lse:
                 lse_out.index_copy_(0, idx, lse)
         else:
-            loss[begin:begin + m].copy_(row_loss)
+            loss[begin : begin + m].copy_(row_loss)
             if want_lse:
-                lse_out[begin:begin + m].copy_(lse)
+                lse_out[begin : begin + m].copy_(lse)
         if grad_s:
             _add_head_grads(s, hs, G, idx, begin, grads[:3], mask[:3])
         if grad_t:
@@ -169,4 +192,4 @@ def _buffer(bufs: dict, key: str, like: torch.Tensor, wanted: bool) -> torch.Ten
     b = bufs.get(key)
     if b is None or b.shape[0] < like.shape[0]:
         b = bufs[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    return b[:like.shape[0]]
+    return b[: like.shape[0]]

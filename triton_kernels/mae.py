@@ -14,6 +14,7 @@ the gathers that consume it also turn into NaN. Every sum runs in a fixed order
 (per-program tiles, then a second pass over samples): deterministic. Offsets that can
 pass 2^31 are int64.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -32,8 +33,21 @@ def _rows_block(D: int, on_cpu: bool, cap: int = 4096):
 
 # ----------------------------------------------------------------------------- tokens
 @triton.jit
-def gather_rows_kernel(SRC, IDX, FILL, OUT, R, T, S, D, hi, HAS_FILL: tl.constexpr,
-                       ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def gather_rows_kernel(
+    SRC,
+    IDX,
+    FILL,
+    OUT,
+    R,
+    T,
+    S,
+    D,
+    hi,
+    HAS_FILL: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """OUT[n, t] = SRC[n, i] for 0 <= i < S, FILL (or 0) for S <= i < hi, NaN otherwise;
     i = IDX[n, t]. Rows r = n*T + t."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -77,8 +91,9 @@ def invert_ids_kernel(IDS, INV, R, K, T, MARK: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L: tl.constexpr,
-                              BLOCK_D: tl.constexpr):
+def mask_token_partial_kernel(
+    G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """PART[n, d] = sum over l (in order) with K <= IDS[n, l] < L of G[n, l, d]."""
     n = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -89,23 +104,30 @@ def mask_token_partial_kernel(G, IDS, PART, L, D, K, ACC: tl.constexpr, BLOCK_L:
         lm = ls < L
         ids = tl.load(IDS + n * L + ls, mask=lm, other=0)
         sel = lm & (ids >= K) & (ids < L)
-        g = tl.load(G + (n * L + ls)[:, None] * D + cols[None, :], mask=sel[:, None] & cm[None, :],
-                    other=0.0)
+        g = tl.load(
+            G + (n * L + ls)[:, None] * D + cols[None, :],
+            mask=sel[:, None] & cm[None, :],
+            other=0.0,
+        )
         acc += tl.sum(g.to(ACC), axis=0)
     tl.store(PART + n * D + cols, acc, mask=cm)
 
 
 @triton.jit
-def sum_rows_kernel(PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+def sum_rows_kernel(
+    PART, OUT, N, D, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """OUT[d] = sum over n of PART[n, d], tiles in n order."""
     cols = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
     acc = tl.zeros([BLOCK_D], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
-        p = tl.load(PART + ns.to(tl.int64)[:, None] * D + cols[None, :],
-                    mask=(ns < N)[:, None] & cm[None, :], other=0.0)
+        p = tl.load(
+            PART + ns.to(tl.int64)[:, None] * D + cols[None, :],
+            mask=(ns < N)[:, None] & cm[None, :],
+            other=0.0,
+        )
         acc += tl.sum(p, axis=0)
     tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cm)
 
@@ -120,13 +142,31 @@ def _pixel(n, l, e, C, H, W, p, w):
     pj = q % p
     y0 = (l // w) * p
     x0 = (l % w) * p
-    return ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W + x0[:,
-        None] + pj[None, :]
+    return (
+        ((n[:, None] * C + c[None, :]) * H + y0[:, None] + pi[None, :]) * W
+        + x0[:, None]
+        + pj[None, :]
+    )
 
 
 @triton.jit
-def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+def gather_patches_kernel(
+    IMG,
+    IDS,
+    OUT,
+    R,
+    K,
+    C,
+    H,
+    W,
+    p,
+    w,
+    L,
+    P,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rows < R
     ids = tl.load(IDS + rows, mask=rm, other=0)
@@ -134,15 +174,19 @@ def gather_patches_kernel(IMG, IDS, OUT, R, K, C, H, W, p, w, L, P, ACC: tl.cons
     n = (rows // K).to(tl.int64)
     e = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     m = rm[:, None] & (e < P)[None, :]
-    v = tl.load(IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w),
-                mask=m & valid[:, None], other=0.0)
+    v = tl.load(
+        IMG + _pixel(n, tl.where(valid, ids, 0), e, C, H, W, p, w),
+        mask=m & valid[:, None],
+        other=0.0,
+    )
     v = tl.where(valid[:, None], v.to(ACC), float("nan"))
     tl.store(OUT + rows.to(tl.int64)[:, None] * P + e[None, :], v.to(OUT.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scatter_patches_kernel(G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr,
-                           BLOCK: tl.constexpr):
+def scatter_patches_kernel(
+    G, INV, OUT, total, K, C, H, W, p, w, L, P, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
     """Image gradient in image order: pixel of patch l gets G[n, k] (k = INV[n, l]),
     0 where k == K (patch not kept), NaN where k == -1 (repeated id)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -169,8 +213,9 @@ def _target(IMG, n, l, e, rm, P, C, H, W, p, w, ACC: tl.constexpr):
 
 
 @triton.jit
-def _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_P: tl.constexpr):
+def _target_norm(
+    IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr
+):
     """Pass 1: mean = sum(t) / P and rstd = 1 / sqrt(var + 1e-6) of each target patch,
     var = sum((t - mean)^2) / (P - 1) (unbiased, as torch.var), in two passes."""
     s = tl.zeros([BLOCK_R], dtype=ACC)
@@ -187,9 +232,26 @@ def _target_norm(IMG, n, l, rm, P, C, H, W, p, w, ACC: tl.constexpr, BLOCK_R: tl
 
 
 @triton.jit
-def masked_patch_loss_kernel(PRED, IMG, COEF, OUT, GRAD, R, L, C, H, W, p, w, P, NORM: tl.constexpr,
-                             BACKWARD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                             BLOCK_P: tl.constexpr):
+def masked_patch_loss_kernel(
+    PRED,
+    IMG,
+    COEF,
+    OUT,
+    GRAD,
+    R,
+    L,
+    C,
+    H,
+    W,
+    p,
+    w,
+    P,
+    NORM: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     """The per-patch terms of masked_patch_loss, patches r = n*L + l: pass 1 the target's
     norm (_target_norm, when NORM), pass 2 OUT[r] = mean_e (PRED[r, e] - t[e])^2 with t the
     normalised target and, BACKWARD, GRAD[r, e] = COEF[r] (PRED[r, e] - t[e])."""
@@ -229,8 +291,20 @@ def gather_rows(src: torch.Tensor, idx: torch.Tensor, fill, hi: int) -> torch.Te
     br, bd = _rows_block(D, src.device.type == "cpu")
     has_fill = fill is not None
     wrap_triton(gather_rows_kernel)[(triton.cdiv(R, br),)](
-        src, idx, fill.contiguous() if has_fill else src, out, R, T, S, D, hi,
-        HAS_FILL=has_fill, ACC=tl_acc_dtype(src.dtype), BLOCK_R=br, BLOCK_D=bd)
+        src,
+        idx,
+        fill.contiguous() if has_fill else src,
+        out,
+        R,
+        T,
+        S,
+        D,
+        hi,
+        HAS_FILL=has_fill,
+        ACC=tl_acc_dtype(src.dtype),
+        BLOCK_R=br,
+        BLOCK_D=bd,
+    )
     return out
 
 
@@ -245,8 +319,9 @@ def invert_ids(ids: torch.Tensor, T: int) -> torch.Tensor:
         return inv
     block = 1024
     for mark in (False, True):
-        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](ids, inv, R, K, T, MARK=mark,
-                                                                 BLOCK=block)
+        wrap_triton(invert_ids_kernel)[(triton.cdiv(R, block),)](
+            ids, inv, R, K, T, MARK=mark, BLOCK=block
+        )
     return inv
 
 
@@ -260,13 +335,14 @@ def mask_token_grad(grad: torch.Tensor, ids_restore: torch.Tensor, K: int) -> to
     part = torch.empty((N, D), dtype=acc_dtype(grad.dtype), device=grad.device)
     bd = min(triton.next_power_of_2(D), 256)
     if N * L:
-        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](grad, ids, part, L, D, K,
-            ACC=tl_acc_dtype(grad.dtype), BLOCK_L=32, BLOCK_D=bd)
+        wrap_triton(mask_token_partial_kernel)[(N, triton.cdiv(D, bd))](
+            grad, ids, part, L, D, K, ACC=tl_acc_dtype(grad.dtype), BLOCK_L=32, BLOCK_D=bd
+        )
     else:
         part.zero_()
-    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](part, out, N, D,
-                                                        ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16,
-                                                        BLOCK_D=bd)
+    wrap_triton(sum_rows_kernel)[(triton.cdiv(D, bd),)](
+        part, out, N, D, ACC=tl_acc_dtype(grad.dtype), BLOCK_N=16, BLOCK_D=bd
+    )
     return out
 
 
@@ -284,13 +360,29 @@ def gather_patches(imgs: torch.Tensor, ids: torch.Tensor, p: int) -> torch.Tenso
     if out.numel() == 0:
         return out
     br, bp = _rows_block(P, imgs.device.type == "cpu", cap=1024)
-    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](imgs, ids,
-        out, N * K, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(imgs.dtype), BLOCK_R=br, BLOCK_P=bp)
+    wrap_triton(gather_patches_kernel)[(triton.cdiv(N * K, br), triton.cdiv(P, bp))](
+        imgs,
+        ids,
+        out,
+        N * K,
+        K,
+        C,
+        H,
+        W,
+        p,
+        w,
+        L,
+        P,
+        ACC=tl_acc_dtype(imgs.dtype),
+        BLOCK_R=br,
+        BLOCK_P=bp,
+    )
     return out
 
 
-def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int,
-                    W: int) -> torch.Tensor:
+def scatter_patches(
+    grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: int, W: int
+) -> torch.Tensor:
     grad = grad.contiguous()
     N, K, _ = grad.shape
     w, L, P = _geometry(C, H, W, p)
@@ -300,7 +392,8 @@ def scatter_patches(grad: torch.Tensor, inv: torch.Tensor, p: int, C: int, H: in
         return out
     block = 4096 if grad.device.type == "cpu" else 1024
     wrap_triton(scatter_patches_kernel)[(triton.cdiv(total, block),)](
-        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(grad.dtype), BLOCK=block)
+        grad, inv, out, total, K, C, H, W, p, w, L, P, ACC=tl_acc_dtype(grad.dtype), BLOCK=block
+    )
     return out
 
 
@@ -316,9 +409,26 @@ def _masked_patch_loss_rows(pred, imgs, p, norm, coef):
     if R == 0 or P == 0:  # P == 0 (no channels): a mean over nothing, NaN as torch gives
         return out.fill_(float("nan")), grad
     br, bp = _rows_block(P, pred.device.type == "cpu", cap=2048)
-    wrap_triton(masked_patch_loss_kernel)[(triton.cdiv(R, br),)](pred, imgs,
-        coef.contiguous() if backward else out, out, grad if backward else out, R, L, C, H, W, p,
-        w, P, NORM=norm, BACKWARD=backward, ACC=tl_acc_dtype(pred.dtype), BLOCK_R=br, BLOCK_P=bp)
+    wrap_triton(masked_patch_loss_kernel)[(triton.cdiv(R, br),)](
+        pred,
+        imgs,
+        coef.contiguous() if backward else out,
+        out,
+        grad if backward else out,
+        R,
+        L,
+        C,
+        H,
+        W,
+        p,
+        w,
+        P,
+        NORM=norm,
+        BACKWARD=backward,
+        ACC=tl_acc_dtype(pred.dtype),
+        BLOCK_R=br,
+        BLOCK_P=bp,
+    )
     return out, grad
 
 

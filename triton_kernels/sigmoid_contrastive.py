@@ -12,6 +12,7 @@ tile, as the flash-attention backward forms dK). Tiles are visited in a fixed or
 deterministic. tl.dot uses tensor cores for bf16/fp16 and TF32 for float32 when
 torch.backends.cuda.matmul.allow_tf32 is set.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -42,9 +43,26 @@ def _softplus(t):
 
 
 @triton.jit
-def loss_kernel(A, B, IDS_A, IDS_B, SCALE, BIAS, LOSS, NA, NB, D, s_a, s_b, ACC: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_A: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def loss_kernel(
+    A,
+    B,
+    IDS_A,
+    IDS_B,
+    SCALE,
+    BIAS,
+    LOSS,
+    NA,
+    NB,
+    D,
+    s_a,
+    s_b,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """LOSS[a] = sum_b softplus(t[a, b]) for a program's BLOCK_A rows of A."""
     rows = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
     scale = tl.load(SCALE).to(ACC)
@@ -52,8 +70,24 @@ def loss_kernel(A, B, IDS_A, IDS_B, SCALE, BIAS, LOSS, NA, NB, D, s_a, s_b, ACC:
     loss = tl.zeros([BLOCK_A], dtype=ACC)
     for b0 in range(0, NB, BLOCK_B):
         cols = b0 + tl.arange(0, BLOCK_B)
-        raw, _ = _score_tile(A, B, rows, cols, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST,
-                             BLOCK_A, BLOCK_B, BLOCK_D)
+        raw, _ = _score_tile(
+            A,
+            B,
+            rows,
+            cols,
+            NA,
+            NB,
+            D,
+            s_a,
+            s_b,
+            scale,
+            ACC,
+            PRECISION,
+            UPCAST,
+            BLOCK_A,
+            BLOCK_B,
+            BLOCK_D,
+        )
         t, _, inside = _signed_logits(raw, rows, cols, NA, NB, IDS_A, IDS_B, scale, bias)
         loss += tl.sum(tl.where(inside, _softplus(t), 0.0), axis=1)
     tl.store(LOSS + rows, loss.to(LOSS.dtype.element_ty), mask=rows < NA)
@@ -70,11 +104,32 @@ def _dlogits(raw, rows, cols, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC: tl.c
 
 
 @triton.jit
-def grad_kernel(A, B, IDS_A, IDS_B, SCALE, BIAS, GRAD, DX, DBIAS, NA, NB, D, s_a, s_b,
-                COLUMNS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                UPCAST: tl.constexpr, GRAD_F32: tl.constexpr, GRAD_PRECISION: tl.constexpr,
-                BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DO: tl.constexpr):
+def grad_kernel(
+    A,
+    B,
+    IDS_A,
+    IDS_B,
+    SCALE,
+    BIAS,
+    GRAD,
+    DX,
+    DBIAS,
+    NA,
+    NB,
+    D,
+    s_a,
+    s_b,
+    COLUMNS: tl.constexpr,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    GRAD_F32: tl.constexpr,
+    GRAD_PRECISION: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+):
     """One d-block of DA = G B (COLUMNS=False) or DB = G^T A (COLUMNS), without the scale;
     row programs of d-block 0 also write DBIAS[a] = sum_b G[a, b]."""
     pid = tl.program_id(0)
@@ -98,14 +153,46 @@ def grad_kernel(A, B, IDS_A, IDS_B, SCALE, BIAS, GRAD, DX, DBIAS, NA, NB, D, s_a
     for o0 in range(0, n_other, step):
         if COLUMNS:
             other = o0 + tl.arange(0, BLOCK_A)
-            raw, _ = _score_tile(A, B, other, own, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
-                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
+            raw, _ = _score_tile(
+                A,
+                B,
+                other,
+                own,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
             g = tl.trans(_dlogits(raw, other, own, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC))
             px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
         else:
             other = o0 + tl.arange(0, BLOCK_B)
-            raw, _ = _score_tile(A, B, own, other, NA, NB, D, s_a, s_b, scale, ACC, PRECISION,
-                                 UPCAST, BLOCK_A, BLOCK_B, BLOCK_D)
+            raw, _ = _score_tile(
+                A,
+                B,
+                own,
+                other,
+                NA,
+                NB,
+                D,
+                s_a,
+                s_b,
+                scale,
+                ACC,
+                PRECISION,
+                UPCAST,
+                BLOCK_A,
+                BLOCK_B,
+                BLOCK_D,
+            )
             g = _dlogits(raw, own, other, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC)
             dbias += tl.sum(g, axis=1)
             px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
@@ -135,8 +222,21 @@ def row_losses(a, b, ids_a, ids_b, scale, bias) -> torch.Tensor:
     if NA and b.shape[0]:
         blocks = _blocks(a.dtype, D, a.device.type == "cpu")
         wrap_triton(loss_kernel)[(triton.cdiv(NA, blocks["BLOCK_A"]),)](
-            a, b, ids_a, ids_b, scale, bias, loss, NA, b.shape[0], D, a.stride(0), b.stride(0),
-            **_common(a), **blocks)
+            a,
+            b,
+            ids_a,
+            ids_b,
+            scale,
+            bias,
+            loss,
+            NA,
+            b.shape[0],
+            D,
+            a.stride(0),
+            b.stride(0),
+            **_common(a),
+            **blocks,
+        )
     return loss
 
 
@@ -154,10 +254,30 @@ def grad_side(a, b, ids_a, ids_b, scale, bias, grad, columns: bool):
     blocks = _blocks(a.dtype, D, on_cpu)
     cap = 32 if on_cpu else (128 if a.dtype in (torch.float16, torch.bfloat16) else 64)
     block_do = min(triton.next_power_of_2(max(D, 1)), cap)
-    grid = (triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),
-            max(1, triton.cdiv(D, block_do)))
+    grid = (
+        triton.cdiv(n, blocks["BLOCK_B" if columns else "BLOCK_A"]),
+        max(1, triton.cdiv(D, block_do)),
+    )
     wrap_triton(grad_kernel)[grid](
-        a, b, ids_a, ids_b, scale, bias, grad, dx, dx if dbias is None else dbias, NA, NB, D,
-        a.stride(0), b.stride(0), COLUMNS=columns, GRAD_F32=a.dtype == torch.float16,
-        GRAD_PRECISION="ieee" if on_cpu else "tf32", BLOCK_DO=block_do, **_common(a), **blocks)
+        a,
+        b,
+        ids_a,
+        ids_b,
+        scale,
+        bias,
+        grad,
+        dx,
+        dx if dbias is None else dbias,
+        NA,
+        NB,
+        D,
+        a.stride(0),
+        b.stride(0),
+        COLUMNS=columns,
+        GRAD_F32=a.dtype == torch.float16,
+        GRAD_PRECISION="ieee" if on_cpu else "tf32",
+        BLOCK_DO=block_do,
+        **_common(a),
+        **blocks,
+    )
     return dx, dbias

@@ -19,15 +19,15 @@ inline void check_float(const char* op, const char* arg, const at::Tensor& t) {
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
                              const char* ref_arg, const at::Tensor& ref) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": argument '", arg,
-                   "' must have the same dtype as '", ref_arg, "' (", ref.scalar_type(),
-                   "), got ", t.scalar_type());
+                   "' must have the same dtype as '", ref_arg, "' (", ref.scalar_type(), "), got ",
+                   t.scalar_type());
 }
 
 inline void check_same_device(const char* op, const char* arg, const at::Tensor& t,
                               const char* ref_arg, const at::Tensor& ref) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": argument '", arg,
-                    "' must be on the same device as '", ref_arg, "' (", ref.device(),
-                    "), got ", t.device());
+                    "' must be on the same device as '", ref_arg, "' (", ref.device(), "), got ",
+                    t.device());
 }
 
 inline void check_device_type(const char* op, const char* arg, const at::Tensor& t,
@@ -46,8 +46,8 @@ inline void check_float_pair(const char* op, const char* n1, const at::Tensor& x
 }
 
 inline void check_min_dim(const char* op, const char* arg, const at::Tensor& t, int64_t min_dim) {
-  TORCH_CHECK_VALUE(t.dim() >= min_dim, op, ": argument '", arg, "' must have at least ",
-                    min_dim, " dimension(s), got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() >= min_dim, op, ": argument '", arg, "' must have at least ", min_dim,
+                    " dimension(s), got shape ", t.sizes());
 }
 
 inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim) {

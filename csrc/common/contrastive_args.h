@@ -17,7 +17,8 @@ inline void check_feature_pair(const char* op, const at::Tensor& img, const at::
   check_dim(op, "text_features", txt, 2);
   TORCH_CHECK_VALUE(img.size(1) == txt.size(1), op,
                     ": arguments 'image_features' [N, D] and 'text_features' [M, D] must have the "
-                    "same feature size D, got ", img.sizes(), " and ", txt.sizes());
+                    "same feature size D, got ",
+                    img.sizes(), " and ", txt.sizes());
 }
 
 // The arguments of info_nce_loss: image_features [N, D], text_features [M, D] of one float
@@ -34,8 +35,8 @@ inline void check_info_nce_loss(const char* op, const at::Tensor& img, const at:
                     ": argument 'logit_scale' must be a scalar tensor (shape [] or [1]), "
                     "got shape ",
                     scale.sizes());
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
-                   ": argument 'labels' must be int64, got ", labels.scalar_type());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": argument 'labels' must be int64, got ",
+                   labels.scalar_type());
   check_same_device(op, "labels", labels, "image_features", img);
   TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == img.size(0), op,
                     ": argument 'labels' must have shape [N] = [", img.size(0), "], got ",

@@ -28,8 +28,8 @@ inline void check_row_grad(const char* op, const at::Tensor& grad, const char* n
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, n1, x);
   TORCH_CHECK_VALUE(grad.sizes() == x.sizes().slice(0, x.dim() - 1), op,
-                    ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1),
-                    ", got ", grad.sizes());
+                    ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1), ", got ",
+                    grad.sizes());
 }
 
 // a [B, N, D] and b [B, M, D]: one float dtype, one device of type dev.
@@ -52,17 +52,16 @@ inline void check_cosine_similarity(const char* op, const at::Tensor& x1, const 
 }
 
 inline void check_cosine_similarity_backward(const char* op, const at::Tensor& grad,
-                                             const at::Tensor& x1, const at::Tensor& x2,
-                                             double eps, at::DeviceType dev) {
+                                             const at::Tensor& x1, const at::Tensor& x2, double eps,
+                                             at::DeviceType dev) {
   detail::check_row_pair(op, "x1", x1, "x2", x2, eps, dev);
   detail::check_row_grad(op, grad, "x1", x1);
 }
 
 // Checks the arguments of feature_distillation_loss and returns its kind.
 inline FeatureKind check_feature_distillation_loss(const char* op, const at::Tensor& student,
-                                                   const at::Tensor& teacher,
-                                                   c10::string_view kind, double eps,
-                                                   at::DeviceType dev) {
+                                                   const at::Tensor& teacher, c10::string_view kind,
+                                                   double eps, at::DeviceType dev) {
   detail::check_row_pair(op, "student", student, "teacher", teacher, eps, dev);
   if (kind == "mse") return FeatureKind::kMse;
   TORCH_CHECK_VALUE(kind == "cosine", op, ": argument 'kind' must be \"mse\" or \"cosine\", got \"",
@@ -70,9 +69,11 @@ inline FeatureKind check_feature_distillation_loss(const char* op, const at::Ten
   return FeatureKind::kCosine;
 }
 
-inline FeatureKind check_feature_distillation_loss_backward(
-    const char* op, const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher,
-    c10::string_view kind, double eps, at::DeviceType dev) {
+inline FeatureKind check_feature_distillation_loss_backward(const char* op, const at::Tensor& grad,
+                                                            const at::Tensor& student,
+                                                            const at::Tensor& teacher,
+                                                            c10::string_view kind, double eps,
+                                                            at::DeviceType dev) {
   const FeatureKind k = check_feature_distillation_loss(op, student, teacher, kind, eps, dev);
   detail::check_row_grad(op, grad, "student", student);
   return k;

@@ -25,7 +25,8 @@ inline bool use_avx2() {
   static const bool yes = [] {
     const char* env = std::getenv("PYKERNELS_CPU_CAPABILITY");
     if (env != nullptr && std::strcmp(env, "default") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
   return yes;
 #else

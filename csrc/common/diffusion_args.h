@@ -149,7 +149,7 @@ PK_HD_INLINE T ddim_direction(T eta, T a, T ap, T sd) {
   // no 0 * inf at a' = 0
   const T noisy = e2 > T(0) ? e2 * (a / ap) * ((one - ap) / (one - a)) : T(0);
   T dir2 = (one - ap) * ((one - e2) + noisy);
-  dir2 = sd != sd ? sd : dir2;                 // a NaN sd stays NaN
+  dir2 = sd != sd ? sd : dir2;                // a NaN sd stays NaN
   return pk_sqrt(dir2 < T(0) ? T(0) : dir2);  // NaN stays NaN
 }
 
@@ -198,8 +198,9 @@ template <typename T, typename I>
 PK_HD_INLINE Step<T> step_coefs_at(const StepParams& p, const T* table, int64_t len, I t, I prev) {
   const T a = alpha_at(table, len, t);
   const bool final = static_cast<int64_t>(prev) < 0;
-  if (!p.ddim) return ddpm_step_coefs<T>(p.prediction, a, final ? T(1) : alpha_at(table, len, prev),
-                                         static_cast<int64_t>(t));
+  if (!p.ddim)
+    return ddpm_step_coefs<T>(p.prediction, a, final ? T(1) : alpha_at(table, len, prev),
+                              static_cast<int64_t>(t));
   const T ap = final ? T(p.final_alpha) : alpha_at(table, len, prev);
   return ddim_step_coefs<T>(p.prediction, T(p.eta), p.use_clipped, a, ap);
 }
@@ -404,7 +405,8 @@ inline void check_step(const char* op, const at::Tensor& m, const at::Tensor& s,
   check_timesteps(op, "prev_timesteps", prev, "sample", s, table.size(0), true);
   if (!threshold.has_value()) return;
   const auto& q = *threshold;
-  TORCH_CHECK_TYPE(q.scalar_type() == at::toOpMathType(s.scalar_type()), op,
+  TORCH_CHECK_TYPE(
+      q.scalar_type() == at::toOpMathType(s.scalar_type()), op,
       ": argument 'threshold' must be in the accumulation dtype (float32, float64 for ",
       "float64 samples), got ", q.scalar_type());
   check_same_device(op, "threshold", q, "sample", s);
@@ -438,16 +440,17 @@ inline StepParams checked_step(const char* op, bool ddim, const at::Tensor& m, c
   check_step(op, m, s, noise, t, prev, table, threshold, clip_range, dev);
   if (ddim) check_ddim(op, eta, final_alpha);
   const int64_t clip = threshold.has_value() ? kThreshold : (clip_sample ? kClip : kNoClip);
-  return {ddim, prediction_index(op, prediction_type), eta, final_alpha, ddim && use_clipped, clip,
-          clip_range};
+  return {
+      ddim,      prediction_index(op, prediction_type), eta, final_alpha, ddim && use_clipped, clip,
+      clip_range};
 }
 
 // The three gradients of diffusion_loss_backward: like model_output where output_mask asks
 // for one, an empty tensor otherwise (inputs that do not require grad, usually x0 and noise).
 inline std::array<at::Tensor, 3> loss_grads(const at::Tensor& m, std::array<bool, 3> mask) {
   std::array<at::Tensor, 3> g;
-  for (int i = 0; i < 3; ++i) g[i] = mask[i] ? empty_output(m.sizes(), m.options()) : at::empty({0},
-      m.options());
+  for (int i = 0; i < 3; ++i)
+    g[i] = mask[i] ? empty_output(m.sizes(), m.options()) : at::empty({0}, m.options());
   return g;
 }
 
@@ -455,11 +458,15 @@ inline std::array<at::Tensor, 3> loss_grads(const at::Tensor& m, std::array<bool
 // The coefficient functions as the functors the kernels take (host and device).
 struct AddNoiseCoefs {
   template <typename T>
-  PK_HD_INLINE Coefs<T> operator()(T a) const { return add_noise_coefs(a); }
+  PK_HD_INLINE Coefs<T> operator()(T a) const {
+    return add_noise_coefs(a);
+  }
 };
 struct GetVelocityCoefs {
   template <typename T>
-  PK_HD_INLINE Coefs<T> operator()(T a) const { return get_velocity_coefs(a); }
+  PK_HD_INLINE Coefs<T> operator()(T a) const {
+    return get_velocity_coefs(a);
+  }
 };
 
 // The ops' wrappers, written once for the CPU and CUDA builds: each checks its arguments
@@ -504,10 +511,12 @@ struct Ops {
     return K::target_error(op, model_output, x0, noise, timesteps, alphas_cumprod, prediction,
                            elementwise, count(reduction, model_output));
   }
-  static std::tuple<T, T, T> diffusion_loss_backward(
-      const T& grad, const T& model_output, const T& x0, const T& noise, const T& timesteps,
-      const T& alphas_cumprod, c10::string_view prediction_type, c10::string_view reduction,
-      std::array<bool, 3> output_mask) {
+  static std::tuple<T, T, T> diffusion_loss_backward(const T& grad, const T& model_output,
+                                                     const T& x0, const T& noise,
+                                                     const T& timesteps, const T& alphas_cumprod,
+                                                     c10::string_view prediction_type,
+                                                     c10::string_view reduction,
+                                                     std::array<bool, 3> output_mask) {
     const char* op = "pykernels::diffusion_loss_backward";
     check_diffusion_loss(op, model_output, x0, noise, timesteps, alphas_cumprod, K::kDevice);
     const int64_t prediction = prediction_index(op, prediction_type);
@@ -524,26 +533,28 @@ struct Ops {
                                     c10::string_view prediction_type, bool clip_sample,
                                     double clip_sample_range) {
     const char* op = "pykernels::ddpm_step";
-    const auto p = checked_step(op, false, model_output, timesteps, prev_timesteps, sample,
-                                alphas_cumprod, noise.has_value() ? &*noise : nullptr, threshold,
-                                prediction_type, clip_sample, clip_sample_range, 0.0, false, 1.0,
-                                K::kDevice);
+    const auto p =
+        checked_step(op, false, model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                     noise.has_value() ? &*noise : nullptr, threshold, prediction_type, clip_sample,
+                     clip_sample_range, 0.0, false, 1.0, K::kDevice);
     return K::sampler_step(op, model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
                            noise, threshold, p);
   }
-  static std::tuple<T, T, T> ddpm_step_backward(
-      const T& grad_prev_sample, const T& grad_pred_original_sample, const T& model_output,
-      const T& timesteps, const T& sample, const T& alphas_cumprod, const T& prev_timesteps,
-      const OptT& threshold, c10::string_view prediction_type, bool clip_sample,
-      double clip_sample_range) {
+  static std::tuple<T, T, T> ddpm_step_backward(const T& grad_prev_sample,
+                                                const T& grad_pred_original_sample,
+                                                const T& model_output, const T& timesteps,
+                                                const T& sample, const T& alphas_cumprod,
+                                                const T& prev_timesteps, const OptT& threshold,
+                                                c10::string_view prediction_type, bool clip_sample,
+                                                double clip_sample_range) {
     const char* op = "pykernels::ddpm_step_backward";
     const auto p = checked_step(op, false, model_output, timesteps, prev_timesteps, sample,
                                 alphas_cumprod, nullptr, threshold, prediction_type, clip_sample,
                                 clip_sample_range, 0.0, false, 1.0, K::kDevice);
     check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
-    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample,
-                                    model_output, timesteps, prev_timesteps, sample,
-                                    alphas_cumprod, threshold, p);
+    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample, model_output,
+                                    timesteps, prev_timesteps, sample, alphas_cumprod, threshold,
+                                    p);
   }
 
   static std::tuple<T, T> ddim_step(const T& model_output, const T& timesteps,
@@ -566,14 +577,14 @@ struct Ops {
       double eta, const OptT& threshold, c10::string_view prediction_type, bool clip_sample,
       double clip_sample_range, bool use_clipped_model_output, double final_alpha_cumprod) {
     const char* op = "pykernels::ddim_step_backward";
-    const auto p = checked_step(op, true, model_output, timesteps, prev_timesteps, sample,
-                                alphas_cumprod, nullptr, threshold, prediction_type, clip_sample,
-                                clip_sample_range, eta, use_clipped_model_output,
-                                final_alpha_cumprod, K::kDevice);
+    const auto p =
+        checked_step(op, true, model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
+                     nullptr, threshold, prediction_type, clip_sample, clip_sample_range, eta,
+                     use_clipped_model_output, final_alpha_cumprod, K::kDevice);
     check_step_grads(op, grad_prev_sample, grad_pred_original_sample, sample);
-    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample,
-                                    model_output, timesteps, prev_timesteps, sample,
-                                    alphas_cumprod, threshold, p);
+    return K::sampler_step_backward(op, grad_prev_sample, grad_pred_original_sample, model_output,
+                                    timesteps, prev_timesteps, sample, alphas_cumprod, threshold,
+                                    p);
   }
 
  private:

@@ -34,8 +34,8 @@ inline void check_like(const char* op, const char* arg, const at::Tensor& t, con
 // the CPU op only (reading them on a GPU would synchronise).
 inline void check_labels(const char* op, const at::Tensor& labels, const char* logits_arg,
                          const at::Tensor& logits) {
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
-                   ": argument 'labels' must be int64, got ", labels.scalar_type());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": argument 'labels' must be int64, got ",
+                   labels.scalar_type());
   check_same_device(op, "labels", labels, logits_arg, logits);
   const auto rows = logits.sizes().slice(0, logits.dim() - 1);
   TORCH_CHECK_VALUE(labels.sizes() == rows, op, ": argument 'labels' must have shape ", rows,
@@ -64,8 +64,8 @@ inline void check_scale_grad(const char* op, const at::Tensor& grad, const at::T
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "x", x);
   TORCH_CHECK_VALUE(grad.sizes() == x.sizes().slice(0, x.dim() - 1), op,
-                    ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1),
-                    ", got ", grad.sizes());
+                    ": argument 'grad' must have shape ", x.sizes().slice(0, x.dim() - 1), ", got ",
+                    grad.sizes());
 }
 
 // pykernels::distillation_scale_grad_inplace writes over x: it must be one dense block.
@@ -91,9 +91,9 @@ struct DistillationSettings {
   double label_smoothing = 0.0;
   int64_t ignore_index = -100;
   SoftTarget soft = SoftTarget::kNone;
-  bool hard = false;         // the hard term (labels) is computed
-  bool grad_logits = false;  // write the gradient w.r.t. the first input
-  bool grad_teacher = false; // write the gradient w.r.t. the second input
+  bool hard = false;          // the hard term (labels) is computed
+  bool grad_logits = false;   // write the gradient w.r.t. the first input
+  bool grad_teacher = false;  // write the gradient w.r.t. the second input
   // The gradients written are those of grad_scale * (row loss): the weight the public
   // function's reduction gives each row, where it knows it, so that a plain backward finds
   // the gradient ready and makes no second pass over it.
@@ -114,8 +114,7 @@ struct DistillationTensors {
 };
 
 inline DistillationTensors distillation_tensors(const DistillationSettings& st,
-                                                const at::Tensor& logits,
-                                                const at::Tensor& teacher,
+                                                const at::Tensor& logits, const at::Tensor& teacher,
                                                 const at::Tensor& labels) {
   DistillationTensors c;
   c.logits = logits.contiguous();
@@ -124,7 +123,8 @@ inline DistillationTensors distillation_tensors(const DistillationSettings& st,
   const auto acc = at::toOpMathType(c.logits.scalar_type());
   c.loss = at::empty(c.logits.sizes().slice(0, c.logits.dim() - 1), c.logits.options().dtype(acc));
   c.grad_logits = st.grad_logits ? empty_output_like(c.logits) : at::empty({0}, c.logits.options());
-  c.grad_teacher = st.grad_teacher ? empty_output_like(c.teacher) : at::empty({0}, c.logits.options());
+  c.grad_teacher =
+      st.grad_teacher ? empty_output_like(c.teacher) : at::empty({0}, c.logits.options());
   c.V = c.logits.size(-1);
   c.rows = c.loss.numel();
   return c;
@@ -162,9 +162,9 @@ void distillation_rows_into(const DistillationSettings& st, const DistillationTe
 
 // distillation_loss's terms into st (the values checked by the caller): the soft term of
 // the teacher's logits, and the hard term where there are labels and hard_weight != 0.
-inline void set_distillation_terms(DistillationSettings& st, double temperature,
-                                   double soft_weight, double hard_weight, double beta,
-                                   int64_t ignore_index, double label_smoothing, bool has_labels) {
+inline void set_distillation_terms(DistillationSettings& st, double temperature, double soft_weight,
+                                   double hard_weight, double beta, int64_t ignore_index,
+                                   double label_smoothing, bool has_labels) {
   st.temperature = temperature;
   st.soft_weight = soft_weight;
   st.hard_weight = hard_weight;
@@ -183,8 +183,8 @@ inline DistillationSettings distillation_loss_settings(
     double beta, int64_t ignore_index, double label_smoothing, bool grad_student_logits,
     bool grad_teacher_logits, double grad_scale) {
   DistillationSettings st =
-      settings_with_teacher("pykernels::distillation_loss", "student_logits", "teacher_logits",
-                            dev, student_logits, teacher_logits, temperature);
+      settings_with_teacher("pykernels::distillation_loss", "student_logits", "teacher_logits", dev,
+                            student_logits, teacher_logits, temperature);
   check_finite(st.op, "soft_weight", soft_weight);
   check_finite(st.op, "hard_weight", hard_weight);
   check_unit_interval(st.op, "beta", beta);
@@ -249,28 +249,26 @@ struct DistillationOps {
                                    bool grad_student_logits, bool grad_teacher_logits,
                                    double grad_scale) {
     const at::Tensor y = labels.has_value() ? *labels : at::Tensor();
-    const auto st = distillation_loss_settings(kDevice, student_logits, teacher_logits, y,
-                                               temperature, soft_weight, hard_weight, beta,
-                                               ignore_index, label_smoothing, grad_student_logits,
-                                               grad_teacher_logits, grad_scale);
+    const auto st = distillation_loss_settings(
+        kDevice, student_logits, teacher_logits, y, temperature, soft_weight, hard_weight, beta,
+        ignore_index, label_smoothing, grad_student_logits, grad_teacher_logits, grad_scale);
     return Rows::run(st, student_logits, teacher_logits, y);
   }
 
   static std::tuple<at::Tensor, at::Tensor> cross_entropy(const at::Tensor& logits,
                                                           const at::Tensor& labels,
                                                           int64_t ignore_index,
-                                                          double label_smoothing,
-                                                          bool grad_logits, double grad_scale) {
+                                                          double label_smoothing, bool grad_logits,
+                                                          double grad_scale) {
     const auto st = cross_entropy_settings(kDevice, logits, labels, ignore_index, label_smoothing,
                                            grad_logits, grad_scale);
     auto [loss, grad, unused] = Rows::run(st, logits, at::Tensor(), labels);
     return {loss, grad};
   }
 
-  static Outputs soft_target_cross_entropy(const at::Tensor& logits,
-                                           const at::Tensor& target_probs, double temperature,
-                                           bool grad_logits, bool grad_target_probs,
-                                           double grad_scale) {
+  static Outputs soft_target_cross_entropy(const at::Tensor& logits, const at::Tensor& target_probs,
+                                           double temperature, bool grad_logits,
+                                           bool grad_target_probs, double grad_scale) {
     const auto st = soft_target_cross_entropy_settings(kDevice, logits, target_probs, temperature,
                                                        grad_logits, grad_target_probs, grad_scale);
     return Rows::run(st, logits, target_probs, at::Tensor());

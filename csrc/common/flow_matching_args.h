@@ -114,10 +114,10 @@ inline int64_t check_loss(const char* op, const at::Tensor& m, const at::Tensor&
 // The loss's checks, and grad [N] (any float dtype: the op converts it) and grad_noisy
 // (x_t's gradient: like model_output) on model_output's device.
 inline int64_t check_loss_backward(const char* op, const at::Tensor& grad,
-                                   const c10::optional<at::Tensor>& grad_noisy,
-                                   const at::Tensor& m, const at::Tensor& x0,
-                                   const at::Tensor& noise, const at::Tensor& sigmas,
-                                   const std::string& weighting_scheme, at::DeviceType dev) {
+                                   const c10::optional<at::Tensor>& grad_noisy, const at::Tensor& m,
+                                   const at::Tensor& x0, const at::Tensor& noise,
+                                   const at::Tensor& sigmas, const std::string& weighting_scheme,
+                                   at::DeviceType dev) {
   const int64_t weighting = check_loss(op, m, x0, noise, sigmas, weighting_scheme, dev);
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "model_output", m);

@@ -60,15 +60,14 @@ inline void check_head(const char* op, const LinearHead& h, at::DeviceType dev) 
   check_float(op, h.bias_arg, h.bias);
   check_same_device(op, h.bias_arg, h.bias, h.hidden_arg, h.hidden);
   check_same_dtype(op, h.bias_arg, h.bias, h.hidden_arg, h.hidden);
-  TORCH_CHECK_VALUE(h.bias.dim() == 1 && h.bias.size(0) == h.weight.size(0), op,
-                    ": argument '", h.bias_arg, "' must have shape [", h.weight.size(0),
-                    "], got ", h.bias.sizes());
+  TORCH_CHECK_VALUE(h.bias.dim() == 1 && h.bias.size(0) == h.weight.size(0), op, ": argument '",
+                    h.bias_arg, "' must have shape [", h.weight.size(0), "], got ", h.bias.sizes());
 }
 
 // labels [...] int64 of hidden [..., H].
 inline void check_head_labels(const char* op, const at::Tensor& labels, const LinearHead& h) {
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op,
-                   ": argument 'labels' must be int64, got ", labels.scalar_type());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": argument 'labels' must be int64, got ",
+                   labels.scalar_type());
   check_same_device(op, "labels", labels, h.hidden_arg, h.hidden);
   const auto rows = h.hidden.sizes().slice(0, h.hidden.dim() - 1);
   TORCH_CHECK_VALUE(labels.sizes() == rows, op, ": argument 'labels' must have shape ", rows,
@@ -79,11 +78,11 @@ inline void check_head_labels(const char* op, const at::Tensor& labels, const Li
 struct FusedLinearSettings {
   DistillationSettings rows;
   double softcap = 0.0, z_loss = 0.0;
-  int64_t chunk_size = 0;      // 0: chosen from rows, V and the device (auto_chunk)
-  bool compact = false;        // gather out ignored rows first (CPU)
-  bool in_place = false;       // the row kernel may write G over L (CPU)
-  bool want_lse = false;       // the per-row logsumexp
-  std::array<bool, 6> grads{}; // student hidden, weight, bias; teacher hidden, weight, bias
+  int64_t chunk_size = 0;       // 0: chosen from rows, V and the device (auto_chunk)
+  bool compact = false;         // gather out ignored rows first (CPU)
+  bool in_place = false;        // the row kernel may write G over L (CPU)
+  bool want_lse = false;        // the per-row logsumexp
+  std::array<bool, 6> grads{};  // student hidden, weight, bias; teacher hidden, weight, bias
 };
 
 // The row kernel of a device: loss rows and gradients into c's buffers.
@@ -169,9 +168,9 @@ inline FusedLinearOutputs fused_linear_loop(const FusedLinearSettings& st, const
   DistillationSettings rs = st.rows;
   rs.grad_logits = grad_s;
   rs.grad_teacher = grad_t;
-  const int64_t chunk = st.chunk_size > 0 ? std::min(st.chunk_size, std::max<int64_t>(M, 1))
-                                          : auto_chunk(M, V, s.hidden.element_size(),
-                                                       s.hidden.is_cpu());
+  const int64_t chunk = st.chunk_size > 0
+                            ? std::min(st.chunk_size, std::max<int64_t>(M, 1))
+                            : auto_chunk(M, V, s.hidden.element_size(), s.hidden.is_cpu());
   for (int64_t begin = 0; begin < M; begin += chunk) {
     const int64_t m = std::min(chunk, M - begin);
     const at::Tensor idx = index.defined() ? index.narrow(0, begin, m) : at::Tensor();
@@ -246,8 +245,8 @@ struct FusedLinearDevice {
 
 // Per-row values [N] -> the op's loss: the rows reshaped to hidden's leading dims, or, with
 // reduce, grad_scale * their sum (a 0-dim tensor).
-inline at::Tensor fused_linear_loss(const at::Tensor& rows, const at::Tensor& hidden,
-                                    bool reduce, double grad_scale) {
+inline at::Tensor fused_linear_loss(const at::Tensor& rows, const at::Tensor& hidden, bool reduce,
+                                    double grad_scale) {
   if (reduce) return rows.sum() * grad_scale;
   return rows.reshape(hidden.sizes().slice(0, hidden.dim() - 1));
 }
@@ -260,14 +259,13 @@ inline LinearHead flat(LinearHead h) {
 
 inline FusedLinearSettings cross_entropy_loop_settings(
     const FusedLinearDevice& dev, const char* op, const LinearHead& s, const at::Tensor& labels,
-    int64_t ignore_index, double label_smoothing, double softcap, double z_loss,
-    int64_t chunk_size, double grad_scale, std::array<bool, 3> grad_mask) {
+    int64_t ignore_index, double label_smoothing, double softcap, double z_loss, int64_t chunk_size,
+    double grad_scale, std::array<bool, 3> grad_mask) {
   check_head(op, s, dev.type);
   check_head_labels(op, labels, s);
   check_unit_interval(op, "label_smoothing", label_smoothing);
   check_finite(op, "softcap", softcap);
-  TORCH_CHECK_VALUE(softcap >= 0, op, ": argument 'softcap' must be >= 0 (0: none), got ",
-                    softcap);
+  TORCH_CHECK_VALUE(softcap >= 0, op, ": argument 'softcap' must be >= 0 (0: none), got ", softcap);
   check_finite(op, "z_loss", z_loss);
   TORCH_CHECK_VALUE(chunk_size >= 0, op,
                     ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk_size);
@@ -300,13 +298,13 @@ fused_linear_cross_entropy_op(const FusedLinearDevice& dev, const at::Tensor& hi
                               const at::Tensor& weight, const at::Tensor& labels,
                               const c10::optional<at::Tensor>& bias, int64_t ignore_index,
                               double label_smoothing, double softcap, double z_loss,
-                              int64_t chunk_size, bool reduce, double grad_scale,
-                              bool return_lse, std::array<bool, 3> grad_mask) {
+                              int64_t chunk_size, bool reduce, double grad_scale, bool return_lse,
+                              std::array<bool, 3> grad_mask) {
   const char* op = "pykernels::fused_linear_cross_entropy";
   const LinearHead s{hidden, weight, bias.has_value() ? *bias : at::Tensor()};
-  FusedLinearSettings st = cross_entropy_loop_settings(dev, op, s, labels, ignore_index,
-                                                       label_smoothing, softcap, z_loss,
-                                                       chunk_size, grad_scale, grad_mask);
+  FusedLinearSettings st =
+      cross_entropy_loop_settings(dev, op, s, labels, ignore_index, label_smoothing, softcap,
+                                  z_loss, chunk_size, grad_scale, grad_mask);
   const at::Tensor y = labels.reshape({-1}).contiguous();
   check_label_range(dev, st, y, weight.size(0));
   st.want_lse = return_lse;
@@ -314,21 +312,20 @@ fused_linear_cross_entropy_op(const FusedLinearDevice& dev, const at::Tensor& hi
   auto o = fused_linear_loop(st, flat(s), LinearHead{}, y, at::Tensor(), dev.kernel);
   const auto lse = return_lse ? o.lse.reshape(labels.sizes()) : o.lse;
   return {fused_linear_loss(o.loss, hidden, reduce, grad_scale), lse,
-          st.grads[0] ? o.grads[0].reshape(hidden.sizes()) : o.grads[0],
-          o.grads[1], o.grads[2]};
+          st.grads[0] ? o.grads[0].reshape(hidden.sizes()) : o.grads[0], o.grads[1], o.grads[2]};
 }
 
 // Its backward for reduction "none": grad [...] is each row's upstream gradient.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_cross_entropy_backward_op(
     const FusedLinearDevice& dev, const at::Tensor& grad, const at::Tensor& hidden,
     const at::Tensor& weight, const at::Tensor& labels, const c10::optional<at::Tensor>& bias,
-    int64_t ignore_index, double label_smoothing, double softcap, double z_loss,
-    int64_t chunk_size, std::array<bool, 3> grad_mask) {
+    int64_t ignore_index, double label_smoothing, double softcap, double z_loss, int64_t chunk_size,
+    std::array<bool, 3> grad_mask) {
   const char* op = "pykernels::fused_linear_cross_entropy_backward";
   const LinearHead s{hidden, weight, bias.has_value() ? *bias : at::Tensor()};
-  FusedLinearSettings st = cross_entropy_loop_settings(dev, op, s, labels, ignore_index,
-                                                       label_smoothing, softcap, z_loss,
-                                                       chunk_size, 1.0, grad_mask);
+  FusedLinearSettings st =
+      cross_entropy_loop_settings(dev, op, s, labels, ignore_index, label_smoothing, softcap,
+                                  z_loss, chunk_size, 1.0, grad_mask);
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "hidden", hidden);
   TORCH_CHECK_VALUE(grad.sizes() == labels.sizes(), op, ": argument 'grad' must have shape ",
@@ -371,9 +368,8 @@ inline FusedLinearSettings distillation_loop_settings(
                     ": argument 'teacher_hidden' must have the leading shape ", rows,
                     " of 'student_hidden', got ", h.t.hidden.sizes());
   TORCH_CHECK_VALUE(h.t.weight.size(0) == h.s.weight.size(0), op,
-                    ": argument 'teacher_weight' must have the vocabulary V = ",
-                    h.s.weight.size(0), " of 'student_weight' (its first dim), got ",
-                    h.t.weight.sizes());
+                    ": argument 'teacher_weight' must have the vocabulary V = ", h.s.weight.size(0),
+                    " of 'student_weight' (its first dim), got ", h.t.weight.sizes());
   if (labels.defined()) check_head_labels(op, labels, h.s);
   TORCH_CHECK_VALUE(chunk_size >= 0, op,
                     ": argument 'chunk_size' must be >= 0 (0: automatic), got ", chunk_size);
@@ -415,28 +411,35 @@ inline std::vector<at::Tensor> shaped_grads(const FusedLinearSettings& st,
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                   at::Tensor>
-fused_linear_distillation_loss_op(
-    const FusedLinearDevice& dev, const at::Tensor& student_hidden,
-    const at::Tensor& student_weight, const at::Tensor& teacher_hidden,
-    const at::Tensor& teacher_weight, const c10::optional<at::Tensor>& labels,
-    const c10::optional<at::Tensor>& student_bias, const c10::optional<at::Tensor>& teacher_bias,
-    double temperature, double soft_weight, double hard_weight, double beta,
-    int64_t ignore_index, double label_smoothing, int64_t chunk_size, bool reduce,
-    double grad_scale, std::array<bool, 6> grad_mask) {
+fused_linear_distillation_loss_op(const FusedLinearDevice& dev, const at::Tensor& student_hidden,
+                                  const at::Tensor& student_weight,
+                                  const at::Tensor& teacher_hidden,
+                                  const at::Tensor& teacher_weight,
+                                  const c10::optional<at::Tensor>& labels,
+                                  const c10::optional<at::Tensor>& student_bias,
+                                  const c10::optional<at::Tensor>& teacher_bias, double temperature,
+                                  double soft_weight, double hard_weight, double beta,
+                                  int64_t ignore_index, double label_smoothing, int64_t chunk_size,
+                                  bool reduce, double grad_scale, std::array<bool, 6> grad_mask) {
   const char* op = "pykernels::fused_linear_distillation_loss";
-  const auto h = distillation_heads(student_hidden, student_weight, teacher_hidden,
-                                    teacher_weight, student_bias, teacher_bias);
+  const auto h = distillation_heads(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                    student_bias, teacher_bias);
   const at::Tensor y = labels.value_or(at::Tensor());
-  FusedLinearSettings st = distillation_loop_settings(
-      dev, op, h, y, temperature, soft_weight, hard_weight, beta, ignore_index, label_smoothing,
-      chunk_size, grad_scale, grad_mask);
+  FusedLinearSettings st =
+      distillation_loop_settings(dev, op, h, y, temperature, soft_weight, hard_weight, beta,
+                                 ignore_index, label_smoothing, chunk_size, grad_scale, grad_mask);
   const at::Tensor yf = y.defined() ? y.reshape({-1}).contiguous() : y;
   if (yf.defined()) check_label_range(dev, st, yf, student_weight.size(0));
   if (!reduce) st.grads = {};
   const auto o = fused_linear_loop(st, flat(h.s), flat(h.t), yf, at::Tensor(), dev.kernel);
   const auto g = shaped_grads(st, o, h);
-  return {fused_linear_loss(o.loss, student_hidden, reduce, grad_scale), g[0], g[1], g[2], g[3],
-          g[4], g[5]};
+  return {fused_linear_loss(o.loss, student_hidden, reduce, grad_scale),
+          g[0],
+          g[1],
+          g[2],
+          g[3],
+          g[4],
+          g[5]};
 }
 
 // Its backward for reduction "none": grad [...] is each row's upstream gradient.
@@ -446,21 +449,20 @@ fused_linear_distillation_loss_backward_op(
     const at::Tensor& student_weight, const at::Tensor& teacher_hidden,
     const at::Tensor& teacher_weight, const c10::optional<at::Tensor>& labels,
     const c10::optional<at::Tensor>& student_bias, const c10::optional<at::Tensor>& teacher_bias,
-    double temperature, double soft_weight, double hard_weight, double beta,
-    int64_t ignore_index, double label_smoothing, int64_t chunk_size,
-    std::array<bool, 6> grad_mask) {
+    double temperature, double soft_weight, double hard_weight, double beta, int64_t ignore_index,
+    double label_smoothing, int64_t chunk_size, std::array<bool, 6> grad_mask) {
   const char* op = "pykernels::fused_linear_distillation_loss_backward";
-  const auto h = distillation_heads(student_hidden, student_weight, teacher_hidden,
-                                    teacher_weight, student_bias, teacher_bias);
+  const auto h = distillation_heads(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                    student_bias, teacher_bias);
   const at::Tensor y = labels.value_or(at::Tensor());
-  FusedLinearSettings st = distillation_loop_settings(
-      dev, op, h, y, temperature, soft_weight, hard_weight, beta, ignore_index, label_smoothing,
-      chunk_size, 1.0, grad_mask);
+  FusedLinearSettings st =
+      distillation_loop_settings(dev, op, h, y, temperature, soft_weight, hard_weight, beta,
+                                 ignore_index, label_smoothing, chunk_size, 1.0, grad_mask);
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "student_hidden", student_hidden);
   const auto rows = student_hidden.sizes().slice(0, student_hidden.dim() - 1);
-  TORCH_CHECK_VALUE(grad.sizes() == rows, op, ": argument 'grad' must have shape ", rows,
-                    ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.sizes() == rows, op, ": argument 'grad' must have shape ", rows, ", got ",
+                    grad.sizes());
   const at::Tensor yf = y.defined() ? y.reshape({-1}).contiguous() : y;
   if (yf.defined()) check_label_range(dev, st, yf, student_weight.size(0));
   const auto w = grad.reshape({-1}).to(at::toOpMathType(student_hidden.scalar_type()));
@@ -475,9 +477,9 @@ template <typename D>
 struct FusedLinearOps {
   using Opt = c10::optional<at::Tensor>;
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy(
-      const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-      const Opt& bias, int64_t ignore_index, double label_smoothing, double softcap,
-      double z_loss, int64_t chunk_size, bool reduce, double grad_scale, bool return_lse,
+      const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels, const Opt& bias,
+      int64_t ignore_index, double label_smoothing, double softcap, double z_loss,
+      int64_t chunk_size, bool reduce, double grad_scale, bool return_lse,
       std::array<bool, 3> grad_mask) {
     const at::OptionalDeviceGuard guard(at::device_of(hidden));
     return fused_linear_cross_entropy_op(D::device(), hidden, weight, labels, bias, ignore_index,
@@ -501,18 +503,16 @@ struct FusedLinearOps {
                int64_t ignore_index, double label_smoothing, int64_t chunk_size, bool reduce,
                double grad_scale, std::array<bool, 6> grad_mask) {
     const at::OptionalDeviceGuard guard(at::device_of(sh));
-    return fused_linear_distillation_loss_op(D::device(), sh, sw, th, tw, labels, sb, tb,
-                                             temperature, soft_weight, hard_weight, beta,
-                                             ignore_index, label_smoothing, chunk_size, reduce,
-                                             grad_scale, grad_mask);
+    return fused_linear_distillation_loss_op(
+        D::device(), sh, sw, th, tw, labels, sb, tb, temperature, soft_weight, hard_weight, beta,
+        ignore_index, label_smoothing, chunk_size, reduce, grad_scale, grad_mask);
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
   distillation_backward(const at::Tensor& grad, const at::Tensor& sh, const at::Tensor& sw,
                         const at::Tensor& th, const at::Tensor& tw, const Opt& labels,
                         const Opt& sb, const Opt& tb, double temperature, double soft_weight,
                         double hard_weight, double beta, int64_t ignore_index,
-                        double label_smoothing, int64_t chunk_size,
-                        std::array<bool, 6> grad_mask) {
+                        double label_smoothing, int64_t chunk_size, std::array<bool, 6> grad_mask) {
     const at::OptionalDeviceGuard guard(at::device_of(sh));
     return fused_linear_distillation_loss_backward_op(
         D::device(), grad, sh, sw, th, tw, labels, sb, tb, temperature, soft_weight, hard_weight,

@@ -15,8 +15,8 @@ inline void check_scalar(const char* op, const char* arg, const at::Tensor& t,
 
 inline void check_ids(const char* op, const char* arg, const at::Tensor& ids, int64_t n,
                       const at::Tensor& img) {
-  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, op, ": argument '", arg,
-                   "' must be int64, got ", ids.scalar_type());
+  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, op, ": argument '", arg, "' must be int64, got ",
+                   ids.scalar_type());
   check_same_device(op, arg, ids, "image_features", img);
   TORCH_CHECK_VALUE(ids.dim() == 1 && ids.size(0) == n, op, ": argument '", arg,
                     "' must have shape [", n, "], got ", ids.sizes());
@@ -37,10 +37,12 @@ inline void check_sigmoid_contrastive_loss(const char* op, const at::Tensor& img
 }
 
 // ... and of its backward: the same, then grad [N] (the row losses' gradient).
-inline void check_sigmoid_contrastive_loss_backward(
-    const char* op, const at::Tensor& grad, const at::Tensor& img, const at::Tensor& txt,
-    const at::Tensor& scale, const at::Tensor& bias, const at::Tensor& image_ids,
-    const at::Tensor& text_ids, at::DeviceType dev) {
+inline void check_sigmoid_contrastive_loss_backward(const char* op, const at::Tensor& grad,
+                                                    const at::Tensor& img, const at::Tensor& txt,
+                                                    const at::Tensor& scale, const at::Tensor& bias,
+                                                    const at::Tensor& image_ids,
+                                                    const at::Tensor& text_ids,
+                                                    at::DeviceType dev) {
   check_sigmoid_contrastive_loss(op, img, txt, scale, bias, image_ids, text_ids, dev);
   check_float(op, "grad", grad);
   check_same_device(op, "grad", grad, "image_features", img);

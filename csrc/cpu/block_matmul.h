@@ -55,7 +55,10 @@ inline bool on_onednn(const at::Tensor& a, const at::Tensor& b) {
 // a b^T for a [R, K] and b [M, K] (either may be a transposed view), contiguous.
 inline at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
   if (!on_onednn(a, b)) return at::mm(a, b.t());
-  std::vector<c10::IValue> stack{a, b, c10::IValue(), c10::IValue("none"),
+  std::vector<c10::IValue> stack{a,
+                                 b,
+                                 c10::IValue(),
+                                 c10::IValue("none"),
                                  c10::IValue(c10::List<std::optional<at::Scalar>>()),
                                  c10::IValue()};
   onednn_linear()->callBoxed(&stack);

@@ -93,8 +93,8 @@ at::Tensor image_rows(const Side& img, int64_t r0, int64_t rows, bool normalize)
 void check_labels_in_range(const char* op, const at::Tensor& labels, int64_t M) {
   const int64_t* y = labels.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < labels.numel(); ++i) {
-    TORCH_CHECK_INDEX(y[i] >= 0 && y[i] < M, op, ": argument 'labels' must hold indices in [0, ",
-                      M, ") of text_features rows, got labels[", i, "] = ", y[i]);
+    TORCH_CHECK_INDEX(y[i] >= 0 && y[i] < M, op, ": argument 'labels' must hold indices in [0, ", M,
+                      ") of text_features rows, got labels[", i, "] = ", y[i]);
   }
 }
 
@@ -121,15 +121,19 @@ void write_losses(const ForwardArgs<acc>& f, int64_t N, int64_t M, acc* loss, do
 
 template <typename acc>
 void forward_impl(const Side& img, const Side& txt, const at::Tensor& col_scale,
-                  const int64_t* labels, bool symmetric, bool normalize, acc* loss,
-                  double* row_lse, double* col_lse) {
+                  const int64_t* labels, bool symmetric, bool normalize, acc* loss, double* row_lse,
+                  double* col_lse) {
   const int64_t N = img.x.size(0), M = txt.x.size(0);
   const acc ninf = -std::numeric_limits<acc>::infinity();
   // running stats start empty (max -inf, sum 0): what a row or column without logits keeps
   std::vector<acc> row_max(N, ninf), row_sum(N, 0), pos(N), cm(symmetric ? M : 0, ninf),
       cs(symmetric ? M : 0, 0);
-  const ForwardArgs<acc> f{col_scale.const_data_ptr<acc>(), labels, row_max.data(),
-                           row_sum.data(), pos.data(), symmetric ? cm.data() : nullptr,
+  const ForwardArgs<acc> f{col_scale.const_data_ptr<acc>(),
+                           labels,
+                           row_max.data(),
+                           row_sum.data(),
+                           pos.data(),
+                           symmetric ? cm.data() : nullptr,
                            symmetric ? cs.data() : nullptr};
   at::Tensor left;
   for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
@@ -140,9 +144,11 @@ void forward_impl(const Side& img, const Side& txt, const at::Tensor& col_scale,
   write_losses(f, N, M, loss, row_lse, col_lse);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(
-    const at::Tensor& image_features, const at::Tensor& text_features,
-    const at::Tensor& logit_scale, const at::Tensor& labels_, bool symmetric, bool normalize) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cpu(const at::Tensor& image_features,
+                                                                 const at::Tensor& text_features,
+                                                                 const at::Tensor& logit_scale,
+                                                                 const at::Tensor& labels_,
+                                                                 bool symmetric, bool normalize) {
   const char* op = "pykernels::info_nce_loss";
   check_info_nce_loss(op, image_features, text_features, logit_scale, labels_, at::kCPU);
   const auto labels = labels_.contiguous();
@@ -212,12 +218,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cpu(
     // c_j = the sum of the text -> image weights b_i of the rows whose label is j, in row order
     std::vector<acc> c(symmetric ? M : 0, acc(0));
     for (int64_t i = 0; symmetric && i < N; ++i) c[y[i]] += ga[N + i];
-    const GradientArgs<acc> g{
-        col_scale.const_data_ptr<acc>(), txt.inv.const_data_ptr<acc>(), y, ga,
-        symmetric ? ga + N : nullptr, symmetric ? c.data() : nullptr,
-        row_split.first.const_data_ptr<acc>(),
-        row_split.second.const_data_ptr<acc>(), col_split.first.const_data_ptr<acc>(),
-        col_split.second.const_data_ptr<acc>(), dscale_rows.data_ptr<acc>()};
+    const GradientArgs<acc> g{col_scale.const_data_ptr<acc>(),
+                              txt.inv.const_data_ptr<acc>(),
+                              y,
+                              ga,
+                              symmetric ? ga + N : nullptr,
+                              symmetric ? c.data() : nullptr,
+                              row_split.first.const_data_ptr<acc>(),
+                              row_split.second.const_data_ptr<acc>(),
+                              col_split.first.const_data_ptr<acc>(),
+                              col_split.second.const_data_ptr<acc>(),
+                              dscale_rows.data_ptr<acc>()};
     dscale = at::full_like(logit_scale, backward_impl<acc>(img, txt, g, normalize, dI, dT));
   });
   if (normalize) {

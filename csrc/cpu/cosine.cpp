@@ -52,8 +52,8 @@ const Kernels& kernels() {
     return k;
   }
 #endif
-  static const Kernels k{&generic::rowwise_forward, &generic::rowwise_backward,
-                         &generic::normalize, &generic::normalize_backward};
+  static const Kernels k{&generic::rowwise_forward, &generic::rowwise_backward, &generic::normalize,
+                         &generic::normalize_backward};
   return k;
 }
 
@@ -93,9 +93,10 @@ at::Tensor cosine_similarity_cpu(const at::Tensor& x1, const at::Tensor& x2, dou
   return rowwise_forward(x1, x2, eps, RowOp::kCosine);
 }
 
-std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& x1, const at::Tensor& x2, double eps,
-    GradMask output_mask) {
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cpu(const at::Tensor& grad,
+                                                                  const at::Tensor& x1,
+                                                                  const at::Tensor& x2, double eps,
+                                                                  GradMask output_mask) {
   check_cosine_similarity_backward("pykernels::cosine_similarity_backward", grad, x1, x2, eps,
                                    at::kCPU);
   return rowwise_backward(grad, x1, x2, eps, RowOp::kCosine, output_mask);
@@ -113,8 +114,7 @@ std::tuple<at::Tensor, at::Tensor> feature_distillation_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher,
     c10::string_view kind, double eps, GradMask output_mask) {
   const FeatureKind k = check_feature_distillation_loss_backward(
-      "pykernels::feature_distillation_loss_backward", grad, student, teacher, kind, eps,
-      at::kCPU);
+      "pykernels::feature_distillation_loss_backward", grad, student, teacher, kind, eps, at::kCPU);
   return rowwise_backward(grad, student, teacher, eps, feature_op(k), output_mask);
 }
 
@@ -175,11 +175,13 @@ at::Tensor pairwise_cosine_similarity_cpu(const at::Tensor& a, const at::Tensor&
 
 // out = a_hat b_hat^T: grad a_hat = G b_hat, grad b_hat = G^T a_hat, then through each
 // row's normalisation.
-std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& a_, const at::Tensor& b_, double eps,
-    GradMask output_mask) {
-  check_pairwise_cosine_similarity_backward("pykernels::pairwise_cosine_similarity_backward",
-                                            grad, a_, b_, eps, at::kCPU);
+std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cpu(const at::Tensor& grad,
+                                                                           const at::Tensor& a_,
+                                                                           const at::Tensor& b_,
+                                                                           double eps,
+                                                                           GradMask output_mask) {
+  check_pairwise_cosine_similarity_backward("pykernels::pairwise_cosine_similarity_backward", grad,
+                                            a_, b_, eps, at::kCPU);
   const auto a = in_acc(a_), b = in_acc(b_);
   const auto g = grad.to(a.scalar_type());
   at::Tensor ga = at::empty({0}, a_.options()), gb = at::empty({0}, b_.options());

@@ -89,7 +89,8 @@ PK_CPU_INLINE void step_span(int64_t mode, const Step<acc>& k, acc lim, const sc
                              const scalar_t* m, const scalar_t* z, scalar_t* out, scalar_t* x0,
                              int64_t len) {
   switch (mode) {
-    case kNoClip: return step_span<kNoClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
+    case kNoClip:
+      return step_span<kNoClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
     case kClip:
       return k.reclip ? step_span<kClip, 1, kNoisy>(k, lim, s, m, z, out, x0, len)
                       : step_span<kClip, 0, kNoisy>(k, lim, s, m, z, out, x0, len);
@@ -123,7 +124,8 @@ PK_CPU_INLINE acc step_grad_span(int64_t mode, const Step<acc>& k, acc lim, cons
                                  const scalar_t* m, const scalar_t* gp, const scalar_t* gx,
                                  scalar_t* gm, scalar_t* gs, int64_t len) {
   switch (mode) {
-    case kNoClip: return step_grad_span<kNoClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
+    case kNoClip:
+      return step_grad_span<kNoClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
     case kClip:
       return k.reclip ? step_grad_span<kClip, 1>(k, lim, s, m, gp, gx, gm, gs, len)
                       : step_grad_span<kClip, 0>(k, lim, s, m, gp, gx, gm, gs, len);
@@ -169,7 +171,8 @@ struct Kernels {
                                                            const at::Tensor& t,
                                                            const at::Tensor& table, CoefFn coefs) {
     const auto grad = grad_.contiguous();
-    auto gx = empty_output(grad.sizes(), grad.options()), gy = empty_output(grad.sizes(), grad.options());
+    auto gx = empty_output(grad.sizes(), grad.options()),
+         gy = empty_output(grad.sizes(), grad.options());
     const Flat fl(grad);
     PK_DISPATCH_FLOATING(grad.scalar_type(), "blend_backward_cpu", [&] {
       using acc = acc_t<scalar_t>;

@@ -155,8 +155,8 @@ struct RowSums {
   acc ms = 0, mt = 0;
   acc za = 1, zb = 1, lza = 0, lzb = 0;  // sum e, sum f and their logs
   acc lzba = 0;  // log(Zb / Za): one rounding of the ratio, not the difference of two logs
-  acc w = 0;   // kForwardKL: sum f (dt - ds); kReverseKL: sum e (ds - dt); kTargetProbs: sum q ds
-  acc q = 0;   // kTargetProbs: sum q
+  acc w = 0;     // kForwardKL: sum f (dt - ds); kReverseKL: sum e (ds - dt); kTargetProbs: sum q ds
+  acc q = 0;     // kTargetProbs: sum q
   acc z1 = 1, lz1 = 0;  // the hard term's softmax at T = 1: sum exp(s - ms) and its log
   acc ssum = 0;         // label smoothing: sum s
   acc ks = 0, kt = 0;   // kJSD: KL(p_S || m), KL(p_T || m)
@@ -263,7 +263,7 @@ struct DistillationRow {
       kSoft == Soft::kForwardKL || kSoft == Soft::kReverseKL || kSoft == Soft::kJSD;
   static constexpr acc kNegInf = -std::numeric_limits<acc>::infinity();
   static constexpr bool kHalf = !std::is_same_v<scalar_t, acc>;  // bfloat16, float16
-  static constexpr int64_t kLine = 64 / sizeof(scalar_t);          // elements per cache line
+  static constexpr int64_t kLine = 64 / sizeof(scalar_t);        // elements per cache line
 
   const RowParams<acc>& p;
   const Scratch<acc>& sc;
@@ -536,7 +536,8 @@ struct DistillationRow {
     }
   }
 
-  void store_grads(const Vec& g, const Vec& h, int64_t i, int64_t n, scalar_t* gs, scalar_t* gt) const {
+  void store_grads(const Vec& g, const Vec& h, int64_t i, int64_t n, scalar_t* gs,
+                   scalar_t* gt) const {
     if constexpr (kHalf) {
       g.store(sc.es + i, n);
       h.store(sc.et + i, n);
@@ -596,8 +597,8 @@ struct DistillationRow {
   // The row's loss, and its gradients where gs / gt are given. A row whose maximum is not
   // finite gets nan everywhere; returns false when that maximum is -inf (an all-masked
   // row, which the op reports on CPU tensors).
-  bool run(const scalar_t* s, const scalar_t* t, int64_t y, acc& loss, scalar_t* gs,
-           scalar_t* gt, const scalar_t* next_s, const scalar_t* next_t) const {
+  bool run(const scalar_t* s, const scalar_t* t, int64_t y, acc& loss, scalar_t* gs, scalar_t* gt,
+           const scalar_t* next_s, const scalar_t* next_t) const {
     RowSums<acc> r;
     row_sums(s, t, r, next_s, next_t);
     if (!std::isfinite(r.ms) || !std::isfinite(r.mt)) {
@@ -664,11 +665,21 @@ bool distillation_rows(const DistillationSettings& st, const DistillationTensors
   bool ok = true;
   PK_DISPATCH_FLOATING(c.logits.scalar_type(), "distillation_rows_cpu", [&] {
     switch (soft_of(st)) {
-      case Soft::kNone: ok = run_rows<scalar_t, Soft::kNone>(st, c); break;
-      case Soft::kForwardKL: ok = run_rows<scalar_t, Soft::kForwardKL>(st, c); break;
-      case Soft::kReverseKL: ok = run_rows<scalar_t, Soft::kReverseKL>(st, c); break;
-      case Soft::kJSD: ok = run_rows<scalar_t, Soft::kJSD>(st, c); break;
-      case Soft::kTargetProbs: ok = run_rows<scalar_t, Soft::kTargetProbs>(st, c); break;
+      case Soft::kNone:
+        ok = run_rows<scalar_t, Soft::kNone>(st, c);
+        break;
+      case Soft::kForwardKL:
+        ok = run_rows<scalar_t, Soft::kForwardKL>(st, c);
+        break;
+      case Soft::kReverseKL:
+        ok = run_rows<scalar_t, Soft::kReverseKL>(st, c);
+        break;
+      case Soft::kJSD:
+        ok = run_rows<scalar_t, Soft::kJSD>(st, c);
+        break;
+      case Soft::kTargetProbs:
+        ok = run_rows<scalar_t, Soft::kTargetProbs>(st, c);
+        break;
     }
   });
   return ok;

@@ -96,8 +96,7 @@ Tensors2 flow_matching_loss_cpu(const Tensor& m_, const Tensor& x0_, const Tenso
 std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cpu(
     const Tensor& grad, const c10::optional<Tensor>& grad_noisy_, const Tensor& m_,
     const Tensor& x0_, const Tensor& noise_, const Tensor& sigmas,
-    c10::string_view weighting_scheme, bool precondition_outputs,
-    std::array<bool, 3> output_mask) {
+    c10::string_view weighting_scheme, bool precondition_outputs, std::array<bool, 3> output_mask) {
   const int64_t weighting =
       check_loss_backward("pykernels::flow_matching_loss_backward", grad, grad_noisy_, m_, x0_,
                           noise_, sigmas, std::string(weighting_scheme), at::kCPU);
@@ -116,8 +115,7 @@ std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cpu(
 // ------------------------------------------------------------------------------ Euler step
 Tensor flow_match_euler_step_cpu(const Tensor& m_, const Tensor& sample_, const Tensor& sigmas,
                                  const Tensor& sigmas_next) {
-  check_euler_step("pykernels::flow_match_euler_step", m_, sample_, sigmas, sigmas_next,
-                   at::kCPU);
+  check_euler_step("pykernels::flow_match_euler_step", m_, sample_, sigmas, sigmas_next, at::kCPU);
   const auto m = m_.contiguous(), sample = sample_.contiguous();
   auto out = output_like(sample, true);
   kernels().euler_step(m, sample, acc_copy(sigmas, sample), acc_copy(sigmas_next, sample), out);

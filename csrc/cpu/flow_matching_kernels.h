@@ -64,8 +64,8 @@ namespace cpu {
 namespace PK_FLOW_NS {
 namespace {
 
-using flow_matching::LossArgs;
 using flow_matching::loss_weight;
+using flow_matching::LossArgs;
 
 #ifdef CPU_CAPABILITY_AVX2
 // at::vec must have been included inside the AVX2 region, not before it.
@@ -155,8 +155,7 @@ inline void for_each_block(int64_t size, F&& f) {
 // ------------------------------------------------------------------------------ passes
 // out = p x + q y
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void axpby(const scalar_t* x, const scalar_t* y, acc p, acc q, scalar_t* out,
-                  int64_t size) {
+inline void axpby(const scalar_t* x, const scalar_t* y, acc p, acc q, scalar_t* out, int64_t size) {
   using B = Block<scalar_t>;
   const typename B::Vec vp(p), vq(q);
   const auto f = [&](const auto& a, const auto& b) { return vp * a + vq * b; };
@@ -167,8 +166,7 @@ inline void axpby(const scalar_t* x, const scalar_t* y, acc p, acc q, scalar_t* 
 
 // gx = p g, gy = q g
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-inline void scale_pair(const scalar_t* g, acc p, acc q, scalar_t* gx, scalar_t* gy,
-                       int64_t size) {
+inline void scale_pair(const scalar_t* g, acc p, acc q, scalar_t* gx, scalar_t* gy, int64_t size) {
   using B = Block<scalar_t>;
   const typename B::Vec vp(p), vq(q);
   for_each_block<scalar_t>(size, [&](int64_t i, int64_t len) {
@@ -363,8 +361,8 @@ void euler_step_backward(FlowTensor grad, FlowTensor sigmas, FlowTensor sigmas_n
 }  // namespace
 
 const FlowKernels& flow_kernels() {
-  static const FlowKernels k{&interpolate, &interpolate_backward, &loss,
-                             &loss_backward, &euler_step,  &euler_step_backward};
+  static const FlowKernels k{&interpolate,   &interpolate_backward, &loss,
+                             &loss_backward, &euler_step,           &euler_step_backward};
   return k;
 }
 

@@ -59,9 +59,12 @@ void gather_rows(const at::Tensor& src, const int64_t* idx, int64_t idx_stride, 
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / T, i = idx[n * idx_stride + r % T];
       char* dst = po + r * row_bytes;
-      if (i < S) std::memcpy(dst, ps + (n * S + i) * row_bytes, row_bytes);
-      else if (fill != nullptr) std::memcpy(dst, fill, row_bytes);
-      else std::memset(dst, 0, row_bytes);
+      if (i < S)
+        std::memcpy(dst, ps + (n * S + i) * row_bytes, row_bytes);
+      else if (fill != nullptr)
+        std::memcpy(dst, fill, row_bytes);
+      else
+        std::memset(dst, 0, row_bytes);
     }
   });
 }
@@ -168,8 +171,8 @@ void mask_token_grad(const scalar_t* grad, const int64_t* ids, int64_t N, int64_
 
 // Pass 1: grad_x_visible[n, r] = grad[n, l] where ids_restore[n, l] = r < K (a permutation:
 // every row written once). Pass 2: mask_token_grad.
-std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const at::Tensor& grad_,
-    const at::Tensor& ids_restore_, int64_t num_keep) {
+std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(
+    const at::Tensor& grad_, const at::Tensor& ids_restore_, int64_t num_keep) {
   const char* op = "pykernels::unshuffle_with_mask_tokens_backward";
   check_unshuffle_backward(op, grad_, ids_restore_, num_keep, at::kCPU);
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
@@ -184,8 +187,8 @@ std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cpu(const
   char* px = static_cast<char*>(grad_x_visible.data_ptr());
   at::parallel_for(0, N * L, row_grain(D), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      if (pi[r] < K) std::memcpy(px + ((r / L) * K + pi[r]) * row_bytes, pg + r * row_bytes,
-                                 row_bytes);
+      if (pi[r] < K)
+        std::memcpy(px + ((r / L) * K + pi[r]) * row_bytes, pg + r * row_bytes, row_bytes);
   });
   PK_DISPATCH_FLOATING(grad.scalar_type(), "unshuffle_with_mask_tokens_backward_cpu", [&] {
     mask_token_grad(grad.const_data_ptr<scalar_t>(), pi, N, L, D, K,
@@ -364,9 +367,12 @@ void patch_errors(const at::Tensor& pred, const at::Tensor& imgs, int64_t p, boo
       patch_rows<decltype(c)::value, scalar_t, acc>(x, img, g, norm, begin, end, per_patch, mask,
                                                     coef, grad_pred);
     };
-    if (g.C == 3) rows(std::integral_constant<int, 3>{});
-    else if (g.C == 1) rows(std::integral_constant<int, 1>{});
-    else rows(std::integral_constant<int, 0>{});
+    if (g.C == 3)
+      rows(std::integral_constant<int, 3>{});
+    else if (g.C == 1)
+      rows(std::integral_constant<int, 1>{});
+    else
+      rows(std::integral_constant<int, 0>{});
   });
 }
 
@@ -406,12 +412,9 @@ at::Tensor masked_patch_loss_cpu(const at::Tensor& pred_, const at::Tensor& imgs
 // With w = grad / sum(mask):
 //   grad_pred[r, e] = 2 w mask[r] / P (x - normalised t)     (the loss of patch r is a mean over P)
 //   grad_mask[r]    = w (per_patch[r] - loss)
-std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(const at::Tensor& grad,
-                                                                  const at::Tensor& pred_,
-                                                                  const at::Tensor& imgs_,
-                                                                  const at::Tensor& mask_,
-                                                                  int64_t patch_size,
-                                                                  bool norm_pix_loss) {
+std::tuple<at::Tensor, at::Tensor> masked_patch_loss_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& pred_, const at::Tensor& imgs_,
+    const at::Tensor& mask_, int64_t patch_size, bool norm_pix_loss) {
   const char* op = "pykernels::masked_patch_loss_backward";
   check_masked_patch_loss(op, pred_, imgs_, mask_, patch_size, at::kCPU);
   check_scalar_grad(op, grad, pred_);

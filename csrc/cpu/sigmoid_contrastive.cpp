@@ -120,8 +120,7 @@ void backward_blocks(const Side& img, const Side& txt, const SigmoidBlockArgs<ac
   for_each_block(N, M, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
     const auto left = img.n.narrow(0, r0, rows), t = txt.n.narrow(0, c0, cols);
     auto x = matmul_nt(left, t);
-    sigmoid_epilogues<acc>().gradient(x.data_ptr<acc>(), rows, cols, r0, c0, a, grad,
-                                      dbias_rows);
+    sigmoid_epilogues<acc>().gradient(x.data_ptr<acc>(), rows, cols, r0, c0, a, grad, dbias_rows);
     add_matmul_nt(dI.narrow(0, r0, rows), x, t.t(), c0 == 0);
     // dT[cols]^T += I[rows]^T G: G as the right factor needs no transposed copy of the block
     add_matmul_nt(dT.narrow(0, c0, cols).t(), left.t(), x.t(), r0 == 0);

@@ -53,9 +53,8 @@ template <typename acc>
 inline void signed_logits(acc* x, int64_t C, int64_t c0, int64_t i,
                           const SigmoidBlockArgs<acc>& a) {
   const V<acc> s(a.scale), b(a.bias);
-  for_each_vector<acc>(C, [&](int64_t k, int64_t n) {
-    (V<acc>::loadu(x + k, n) * s + b).store(x + k, n);
-  });
+  for_each_vector<acc>(
+      C, [&](int64_t k, int64_t n) { (V<acc>::loadu(x + k, n) * s + b).store(x + k, n); });
   negate_positives(x, C, a.text_ids + c0, a.image_ids[i]);
 }
 

@@ -170,9 +170,11 @@ int blocks_for(int64_t n) {
   return int(std::max<int64_t>(1, std::min<int64_t>(need, int64_t(1) << 20)));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(
-    const at::Tensor& image_features, const at::Tensor& text_features,
-    const at::Tensor& logit_scale, const at::Tensor& labels_, bool symmetric, bool normalize) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_cuda(const at::Tensor& image_features,
+                                                                  const at::Tensor& text_features,
+                                                                  const at::Tensor& logit_scale,
+                                                                  const at::Tensor& labels_,
+                                                                  bool symmetric, bool normalize) {
   check_info_nce_loss("pykernels::info_nce_loss", image_features, text_features, logit_scale,
                       labels_, at::kCUDA);
   const c10::cuda::CUDAGuard guard(image_features.device());
@@ -301,9 +303,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_loss_backward_cuda(
   const auto I0 = image_features.contiguous(), T0 = text_features.contiguous();
   BackwardInputs in{normalize ? normalize_rows(I0, kNormalizeEps) : I0,
                     normalize ? normalize_rows(T0, kNormalizeEps) : T0,
-                    logit_scale.to(acc_type).reshape({1}), labels.contiguous(),
-                    grad.to(acc_type).contiguous(), at::empty({symmetric ? M : 0}, opts),
-                    row_split.first, row_split.second, col_split.first, col_split.second,
+                    logit_scale.to(acc_type).reshape({1}),
+                    labels.contiguous(),
+                    grad.to(acc_type).contiguous(),
+                    at::empty({symmetric ? M : 0}, opts),
+                    row_split.first,
+                    row_split.second,
+                    col_split.first,
+                    col_split.second,
                     symmetric};
   auto dI = at::empty_like(in.I);
   auto dT_acc = at::zeros({M, in.T.size(1)}, opts);

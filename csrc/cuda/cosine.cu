@@ -42,9 +42,9 @@ __device__ __forceinline__ void lane_read2(const scalar_t* x1, const scalar_t* x
 // Pass write_linear: o1 = k11 x1 + k12 x2 and o2 = k21 x1 + k22 x2 over the row; a null
 // output is skipped (its gradient was not asked for).
 template <typename scalar_t, bool kPacked, typename acc = acc_t<scalar_t>>
-__device__ __forceinline__ void write_linear(const scalar_t* x1, const scalar_t* x2,
-                                                  int64_t D, int lane, acc k11, acc k12, acc k21,
-                                                  acc k22, scalar_t* o1, scalar_t* o2) {
+__device__ __forceinline__ void write_linear(const scalar_t* x1, const scalar_t* x2, int64_t D,
+                                             int lane, acc k11, acc k12, acc k21, acc k22,
+                                             scalar_t* o1, scalar_t* o2) {
   if constexpr (kPacked) {
     using P = Pack<scalar_t>;
     for (int64_t i = int64_t(lane) * P::kSize; i < D; i += kWarp * P::kSize) {
@@ -86,8 +86,8 @@ __device__ __forceinline__ void row_stats(const scalar_t* x1, const scalar_t* x2
   sd = warp_sum(sd);
 }
 
-#define PK_FOR_EACH_ROW(rows)                                                       \
-  const int lane = threadIdx.x % kWarp;                                             \
+#define PK_FOR_EACH_ROW(rows)                                                             \
+  const int lane = threadIdx.x % kWarp;                                                   \
   for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; r < (rows); \
        r += int64_t(gridDim.x) * kRowsPerBlock)
 
@@ -143,25 +143,24 @@ __global__ void normalize_kernel(const scalar_t* __restrict__ x, scalar_t* __res
     acc dot, s1, s2, sd;
     row_stats<scalar_t, kPacked>(x + r * D, x + r * D, D, lane, dot, s1, s2, sd);
     const acc inv = acc(1) / max(sqrt(s1), eps);
-    write_linear<scalar_t, kPacked>(x + r * D, x + r * D, D, lane, inv, acc(0), acc(0),
-                                         acc(0), y + r * D, nullptr);
+    write_linear<scalar_t, kPacked>(x + r * D, x + r * D, D, lane, inv, acc(0), acc(0), acc(0),
+                                    y + r * D, nullptr);
   }
 }
 
 // gx = gy / a - [n > eps] x (x . gy) / (n^2 a), a = max(n, eps): the gradient of normalize.
 template <typename scalar_t, bool kPacked>
 __global__ void normalize_bwd_kernel(const scalar_t* __restrict__ gy,
-                                     const scalar_t* __restrict__ x,
-                                     scalar_t* __restrict__ gx, int64_t rows, int64_t D,
-                                     acc_t<scalar_t> eps) {
+                                     const scalar_t* __restrict__ x, scalar_t* __restrict__ gx,
+                                     int64_t rows, int64_t D, acc_t<scalar_t> eps) {
   using acc = acc_t<scalar_t>;
   PK_FOR_EACH_ROW(rows) {
     acc xg, xx, gg, sd;
     row_stats<scalar_t, kPacked>(x + r * D, gy + r * D, D, lane, xg, xx, gg, sd);
     const acc n = sqrt(xx), a = max(n, eps);
     const acc kx = n > eps ? -xg / (n * n * a) : acc(0);
-    write_linear<scalar_t, kPacked>(x + r * D, gy + r * D, D, lane, kx, acc(1) / a, acc(0),
-                                         acc(0), gx + r * D, nullptr);
+    write_linear<scalar_t, kPacked>(x + r * D, gy + r * D, D, lane, kx, acc(1) / a, acc(0), acc(0),
+                                    gx + r * D, nullptr);
   }
 }
 
@@ -190,16 +189,16 @@ at::Tensor rowwise_forward(const at::Tensor& x1_, const at::Tensor& x2_, double 
   PK_DISPATCH_FLOATING(x1.scalar_type(), "rowwise_forward_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t *p1 = x1.const_data_ptr<scalar_t>(), *p2 = x2.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {p1, p2}, [&](auto packed, dim3 grid, dim3 block,
-                                                 cudaStream_t s) {
-      if (mode == kCos) {
-        rowwise_fwd_kernel<scalar_t, scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
-            p1, p2, out.data_ptr<scalar_t>(), rows, D, acc(eps), mode);
-      } else {
-        rowwise_fwd_kernel<scalar_t, acc, decltype(packed)::value><<<grid, block, 0, s>>>(
-            p1, p2, out.data_ptr<acc>(), rows, D, acc(eps), mode);
-      }
-    });
+    launch_rows<scalar_t>(
+        rows, D, {p1, p2}, [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+          if (mode == kCos) {
+            rowwise_fwd_kernel<scalar_t, scalar_t, decltype(packed)::value>
+                <<<grid, block, 0, s>>>(p1, p2, out.data_ptr<scalar_t>(), rows, D, acc(eps), mode);
+          } else {
+            rowwise_fwd_kernel<scalar_t, acc, decltype(packed)::value>
+                <<<grid, block, 0, s>>>(p1, p2, out.data_ptr<acc>(), rows, D, acc(eps), mode);
+          }
+        });
   });
   return out;
 }
@@ -221,9 +220,10 @@ std::tuple<at::Tensor, at::Tensor> rowwise_backward(const at::Tensor& grad_, con
     // a skipped output does not constrain the packed path
     launch_rows<scalar_t>(rows, D, {p1, p2, o1 ? o1 : p1, o2 ? o2 : p1},
                           [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
-      rowwise_bwd_kernel<scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
-          grad.const_data_ptr<acc>(), p1, p2, o1, o2, rows, D, acc(eps), mode);
-    });
+                            rowwise_bwd_kernel<scalar_t, decltype(packed)::value>
+                                <<<grid, block, 0, s>>>(grad.const_data_ptr<acc>(), p1, p2, o1, o2,
+                                                        rows, D, acc(eps), mode);
+                          });
   });
   return {g1, g2};
 }
@@ -238,11 +238,11 @@ at::Tensor normalize_rows(const at::Tensor& x_, double eps) {
   PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_cuda", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     scalar_t* py = y.data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {px, py}, [&](auto packed, dim3 grid, dim3 block,
-                                                 cudaStream_t s) {
-      normalize_kernel<scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
-          px, py, rows, D, acc_t<scalar_t>(eps));
-    });
+    launch_rows<scalar_t>(rows, D, {px, py},
+                          [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+                            normalize_kernel<scalar_t, decltype(packed)::value>
+                                <<<grid, block, 0, s>>>(px, py, rows, D, acc_t<scalar_t>(eps));
+                          });
   });
   return y;
 }
@@ -254,11 +254,11 @@ at::Tensor normalize_rows_backward(const at::Tensor& gy_, const at::Tensor& x_, 
   PK_DISPATCH_FLOATING(x.scalar_type(), "normalize_rows_backward_cuda", [&] {
     const scalar_t *px = x.const_data_ptr<scalar_t>(), *pg = gy.const_data_ptr<scalar_t>();
     scalar_t* po = gx.data_ptr<scalar_t>();
-    launch_rows<scalar_t>(rows, D, {px, pg, po}, [&](auto packed, dim3 grid, dim3 block,
-                                                     cudaStream_t s) {
-      normalize_bwd_kernel<scalar_t, decltype(packed)::value><<<grid, block, 0, s>>>(
-          pg, px, po, rows, D, acc_t<scalar_t>(eps));
-    });
+    launch_rows<scalar_t>(rows, D, {px, pg, po},
+                          [&](auto packed, dim3 grid, dim3 block, cudaStream_t s) {
+                            normalize_bwd_kernel<scalar_t, decltype(packed)::value>
+                                <<<grid, block, 0, s>>>(pg, px, po, rows, D, acc_t<scalar_t>(eps));
+                          });
   });
   return gx;
 }
@@ -272,9 +272,10 @@ at::Tensor cosine_similarity_cuda(const at::Tensor& x1, const at::Tensor& x2, do
   return rowwise_forward(x1, x2, eps, kCos);
 }
 
-std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& x1, const at::Tensor& x2, double eps,
-    GradMask output_mask) {
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_backward_cuda(const at::Tensor& grad,
+                                                                   const at::Tensor& x1,
+                                                                   const at::Tensor& x2, double eps,
+                                                                   GradMask output_mask) {
   check_cosine_similarity_backward("pykernels::cosine_similarity_backward", grad, x1, x2, eps,
                                    at::kCUDA);
   const c10::cuda::CUDAGuard guard(x1.device());
@@ -294,9 +295,9 @@ at::Tensor feature_distillation_loss_cuda(const at::Tensor& student, const at::T
 std::tuple<at::Tensor, at::Tensor> feature_distillation_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& student, const at::Tensor& teacher,
     c10::string_view kind, double eps, GradMask output_mask) {
-  const FeatureKind k = check_feature_distillation_loss_backward(
-      "pykernels::feature_distillation_loss_backward", grad, student, teacher, kind, eps,
-      at::kCUDA);
+  const FeatureKind k =
+      check_feature_distillation_loss_backward("pykernels::feature_distillation_loss_backward",
+                                               grad, student, teacher, kind, eps, at::kCUDA);
   const c10::cuda::CUDAGuard guard(student.device());
   return rowwise_backward(grad, student, teacher, eps, feature_mode(k), output_mask);
 }
@@ -311,11 +312,13 @@ at::Tensor pairwise_cosine_similarity_cuda(const at::Tensor& a, const at::Tensor
 
 // out = a_hat b_hat^T: grad a_hat = G b_hat, grad b_hat = G^T a_hat, then through each
 // row's normalisation.
-std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b, double eps,
-    GradMask output_mask) {
-  check_pairwise_cosine_similarity_backward("pykernels::pairwise_cosine_similarity_backward",
-                                            grad, a, b, eps, at::kCUDA);
+std::tuple<at::Tensor, at::Tensor> pairwise_cosine_similarity_backward_cuda(const at::Tensor& grad,
+                                                                            const at::Tensor& a,
+                                                                            const at::Tensor& b,
+                                                                            double eps,
+                                                                            GradMask output_mask) {
+  check_pairwise_cosine_similarity_backward("pykernels::pairwise_cosine_similarity_backward", grad,
+                                            a, b, eps, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.device());
   const auto g = grad.to(a.scalar_type());
   at::Tensor ga = at::empty({0}, a.options()), gb = at::empty({0}, b.options());

@@ -104,12 +104,11 @@ __device__ __forceinline__ acc target_diff(const Coefs<acc>& k, scalar_t m, scal
 
 // elem (elementwise) = d^2; partial[block] = the block's sum of d^2.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-__global__ void target_error_kernel(const scalar_t* __restrict__ m,
-                                      const scalar_t* __restrict__ x0,
-                                      const scalar_t* __restrict__ nz,
-                                      const int64_t* __restrict__ ts, const acc* __restrict__ tab,
-                                      int64_t T, acc* __restrict__ elem, acc* __restrict__ partial,
-                                      int64_t D, int64_t C, int64_t prediction) {
+__global__ void target_error_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ x0,
+                                    const scalar_t* __restrict__ nz, const int64_t* __restrict__ ts,
+                                    const acc* __restrict__ tab, int64_t T, acc* __restrict__ elem,
+                                    acc* __restrict__ partial, int64_t D, int64_t C,
+                                    int64_t prediction) {
   const int64_t n = sample_index(C), o = n * D;
   const Coefs<acc> k = diffusion_loss_coefs<acc>(prediction, alpha_at(tab, T, ts[n]));
   acc s = 0;
@@ -124,22 +123,18 @@ __global__ void target_error_kernel(const scalar_t* __restrict__ m,
 
 // h = 2 g d (g: per element, or the scalar *g0 times g_scale): gm = h, gx = -tx h, gn = -tn h.
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-__global__ void target_error_backward_kernel(const acc* __restrict__ g, bool elementwise,
-                                               acc g_scale, const scalar_t* __restrict__ m,
-                                               const scalar_t* __restrict__ x0,
-                                               const scalar_t* __restrict__ nz,
-                                               const int64_t* __restrict__ ts,
-                                               const acc* __restrict__ tab, int64_t T,
-                                               scalar_t* __restrict__ gm,
-                                               scalar_t* __restrict__ gx,
-                                               scalar_t* __restrict__ gn, int64_t D, int64_t C,
-                                               int64_t prediction) {
+__global__ void target_error_backward_kernel(
+    const acc* __restrict__ g, bool elementwise, acc g_scale, const scalar_t* __restrict__ m,
+    const scalar_t* __restrict__ x0, const scalar_t* __restrict__ nz,
+    const int64_t* __restrict__ ts, const acc* __restrict__ tab, int64_t T,
+    scalar_t* __restrict__ gm, scalar_t* __restrict__ gx, scalar_t* __restrict__ gn, int64_t D,
+    int64_t C, int64_t prediction) {
   const int64_t n = sample_index(C), o = n * D;
   const Coefs<acc> k = diffusion_loss_coefs<acc>(prediction, alpha_at(tab, T, ts[n]));
   const acc g0 = elementwise ? acc(0) : g[0] * g_scale;
   for_elements(D, C, [&](int64_t i) {
-    const acc h = acc(2) * (elementwise ? g[o + i] : g0) * target_diff(k, m[o + i], x0[o + i],
-                                                                       nz[o + i]);
+    const acc h =
+        acc(2) * (elementwise ? g[o + i] : g0) * target_diff(k, m[o + i], x0[o + i], nz[o + i]);
     // a null output is a gradient nobody asked for (uniform across the grid: no divergence)
     if (gm != nullptr) gm[o + i] = static_cast<scalar_t>(h);
     if (gx != nullptr) gx[o + i] = static_cast<scalar_t>(-k.cx * h);
@@ -150,8 +145,7 @@ __global__ void target_error_backward_kernel(const acc* __restrict__ g, bool ele
 // ------------------------------------------------------------------------------ sampler_step
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
 __global__ void sampler_step_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ s,
-                                    const scalar_t* __restrict__ nz,
-                                    const int64_t* __restrict__ ts,
+                                    const scalar_t* __restrict__ nz, const int64_t* __restrict__ ts,
                                     const int64_t* __restrict__ prev, const acc* __restrict__ tab,
                                     int64_t T, const acc* __restrict__ q, StepParams p,
                                     scalar_t* __restrict__ out, scalar_t* __restrict__ x0c,
@@ -171,16 +165,12 @@ __global__ void sampler_step_kernel(const scalar_t* __restrict__ m, const scalar
 }
 
 template <typename scalar_t, typename acc = acc_t<scalar_t>>
-__global__ void sampler_step_backward_kernel(const scalar_t* __restrict__ gp,
-                                             const scalar_t* __restrict__ gx,
-                                             const scalar_t* __restrict__ m,
-                                             const scalar_t* __restrict__ s,
-                                             const int64_t* __restrict__ ts,
-                                             const int64_t* __restrict__ prev,
-                                             const acc* __restrict__ tab, int64_t T,
-                                             const acc* __restrict__ q, StepParams p,
-                                             scalar_t* __restrict__ gm, scalar_t* __restrict__ gs,
-                                             acc* __restrict__ partial, int64_t D, int64_t C) {
+__global__ void sampler_step_backward_kernel(
+    const scalar_t* __restrict__ gp, const scalar_t* __restrict__ gx,
+    const scalar_t* __restrict__ m, const scalar_t* __restrict__ s, const int64_t* __restrict__ ts,
+    const int64_t* __restrict__ prev, const acc* __restrict__ tab, int64_t T,
+    const acc* __restrict__ q, StepParams p, scalar_t* __restrict__ gm, scalar_t* __restrict__ gs,
+    acc* __restrict__ partial, int64_t D, int64_t C) {
   const int64_t n = sample_index(C), o = n * D;
   const Step<acc> k = step_coefs_at<acc>(p, tab, T, ts[n], prev[n]);
   const acc lim = q != nullptr ? q[n] : acc(p.clip_range);

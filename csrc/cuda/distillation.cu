@@ -568,9 +568,9 @@ void scale_grad(const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& 
   PK_DISPATCH_FLOATING(x.scalar_type(), "distillation_scale_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
     const auto grad = grad_.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    scale_grad_kernel<scalar_t><<<static_cast<unsigned>(rows), threads_for(V), 0,
-                                  at::cuda::getCurrentCUDAStream()>>>(
-        grad.const_data_ptr<acc>(), x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), V);
+    scale_grad_kernel<scalar_t>
+        <<<static_cast<unsigned>(rows), threads_for(V), 0, at::cuda::getCurrentCUDAStream()>>>(
+            grad.const_data_ptr<acc>(), x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -53,7 +53,6 @@ __device__ __forceinline__ void for_elements(int64_t D, F f) {
   }
 }
 
-
 // ------------------------------------------------------------------------------ kernels
 // out = p x + q y with (p, q) = (1 - sigma, sigma), or (1, sigma_next - sigma) when
 // sigmas_next is given (the Euler step).
@@ -268,8 +267,7 @@ std::tuple<Tensor, Tensor> flow_matching_loss_cuda(const Tensor& m_, const Tenso
 std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cuda(
     const Tensor& grad_, const c10::optional<Tensor>& grad_noisy_, const Tensor& m_,
     const Tensor& x0_, const Tensor& noise_, const Tensor& sigmas_,
-    c10::string_view weighting_scheme, bool precondition_outputs,
-    std::array<bool, 3> output_mask) {
+    c10::string_view weighting_scheme, bool precondition_outputs, std::array<bool, 3> output_mask) {
   const char* op = "pykernels::flow_matching_loss_backward";
   const int64_t weighting = check_loss_backward(op, grad_, grad_noisy_, m_, x0_, noise_, sigmas_,
                                                 std::string(weighting_scheme), at::kCUDA);
@@ -282,10 +280,9 @@ std::tuple<Tensor, Tensor, Tensor> flow_matching_loss_backward_cuda(
   const Geometry g = geometry(m);
   PK_DISPATCH_FLOATING(m.scalar_type(), "flow_matching_loss_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    const LossGrads<scalar_t> grads{cptr_if<scalar_t>(gxt),
-                                    ptr_if<scalar_t>(out[0], output_mask[0]),
-                                    ptr_if<scalar_t>(out[1], output_mask[1]),
-                                    ptr_if<scalar_t>(out[2], output_mask[2])};
+    const LossGrads<scalar_t> grads{
+        cptr_if<scalar_t>(gxt), ptr_if<scalar_t>(out[0], output_mask[0]),
+        ptr_if<scalar_t>(out[1], output_mask[1]), ptr_if<scalar_t>(out[2], output_mask[2])};
     launch(op, g, loss_backward_kernel<scalar_t>, grad.const_data_ptr<acc>(),
            m.const_data_ptr<scalar_t>(), x0.const_data_ptr<scalar_t>(),
            noise.const_data_ptr<scalar_t>(), sigmas.const_data_ptr<acc>(),

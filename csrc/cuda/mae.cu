@@ -36,13 +36,13 @@ __device__ __forceinline__ scalar_t quiet_nan() {
 // Blocks for a grid-stride loop over n elements.
 inline int64_t elem_blocks(int64_t n) { return row_blocks(n, kThreads); }
 
-#define PK_FOR_EACH_ROW(rows)                                                                \
-  const int lane = threadIdx.x % kWarp;                                                      \
-  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; r < (rows);     \
+#define PK_FOR_EACH_ROW(rows)                                                             \
+  const int lane = threadIdx.x % kWarp;                                                   \
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; r < (rows); \
        r += int64_t(gridDim.x) * kRowsPerBlock)
 
-#define PK_FOR_EACH_ELEM(i, total)                                                            \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);               \
+#define PK_FOR_EACH_ELEM(i, total)                                              \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
        i += int64_t(gridDim.x) * blockDim.x)
 
 // ---------------------------------------------------------------------------- tokens
@@ -57,9 +57,12 @@ __global__ void gather_rows_kernel(const scalar_t* __restrict__ src,
     const int64_t i = idx[(r / T) * idx_stride + r % T];
     const scalar_t* from = nullptr;
     bool poison = false;
-    if (i >= 0 && i < S) from = src + ((r / T) * S + i) * D;
-    else if (i >= S && i < hi) from = fill;  // nullptr: zeros
-    else poison = true;
+    if (i >= 0 && i < S)
+      from = src + ((r / T) * S + i) * D;
+    else if (i >= S && i < hi)
+      from = fill;  // nullptr: zeros
+    else
+      poison = true;
     scalar_t* to = out + r * D;
     const scalar_t fixed = poison ? quiet_nan<scalar_t>() : scalar_t(0);
     if constexpr (kPacked) {
@@ -83,8 +86,10 @@ __global__ void invert_ids_kernel(const int64_t* __restrict__ ids, int64_t* inv,
     const int64_t v = ids[r], k = r % K;
     if (v < 0 || v >= T) continue;
     int64_t* slot = inv + (r / K) * T + v;
-    if (!mark) *slot = k;
-    else if (*slot != k) *slot = -1;
+    if (!mark)
+      *slot = k;
+    else if (*slot != k)
+      *slot = -1;
   }
 }
 
@@ -141,10 +146,12 @@ void launch_gather_rows(const at::Tensor& src, const at::Tensor& idx, const scal
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t* pi = idx.const_data_ptr<int64_t>();
   const int64_t stride = idx.stride(0);
-  if (packed) gather_rows_kernel<scalar_t, true><<<grid, block, 0, stream>>>(ps, pi, stride, fill,
-                                                                             po, R, T, S, D, hi);
-  else gather_rows_kernel<scalar_t, false><<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R,
-                                                                       T, S, D, hi);
+  if (packed)
+    gather_rows_kernel<scalar_t, true>
+        <<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R, T, S, D, hi);
+  else
+    gather_rows_kernel<scalar_t, false>
+        <<<grid, block, 0, stream>>>(ps, pi, stride, fill, po, R, T, S, D, hi);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -155,9 +162,8 @@ at::Tensor invert_ids(const at::Tensor& ids, int64_t T) {
   if (R == 0 || T == 0) return inv;
   auto stream = at::cuda::getCurrentCUDAStream();
   for (bool mark : {false, true}) {
-    invert_ids_kernel<<<elem_blocks(R), kThreads, 0, stream>>>(ids.const_data_ptr<int64_t>(),
-                                                               inv.data_ptr<int64_t>(), R, K, T,
-                                                               mark);
+    invert_ids_kernel<<<elem_blocks(R), kThreads, 0, stream>>>(
+        ids.const_data_ptr<int64_t>(), inv.data_ptr<int64_t>(), R, K, T, mark);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return inv;
@@ -173,7 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cuda(const at::Ten
   const auto x = x_.contiguous();
   const int64_t N = x.size(0), L = x.size(1), K = num_keep(L, mask_ratio), R = N * L;
   const auto ids_shuffle = std::get<1>(noise.sort(/*stable=*/true, /*dim=*/1,
-                                                  /*descending=*/false)).contiguous();
+                                                  /*descending=*/false))
+                               .contiguous();
   auto ids_restore = at::empty({N, L}, ids_shuffle.options());
   auto mask = at::empty({N, L}, x.options());
   auto x_visible = at::empty({N, K, x.size(2)}, x.options());
@@ -198,9 +205,8 @@ at::Tensor random_masking_backward_cuda(const at::Tensor& grad_, const at::Tenso
   const auto grad = grad_.contiguous(), ids = ids_restore_.contiguous();
   const int64_t L = ids.size(1);
   auto out = at::empty({grad.size(0), L, grad.size(2)}, grad.options());
-  PK_DISPATCH_FLOATING(grad.scalar_type(), "random_masking_backward_cuda", [&] {
-    launch_gather_rows<scalar_t>(grad, ids, nullptr, out, L);
-  });
+  PK_DISPATCH_FLOATING(grad.scalar_type(), "random_masking_backward_cuda",
+                       [&] { launch_gather_rows<scalar_t>(grad, ids, nullptr, out, L); });
   return out;
 }
 
@@ -222,8 +228,9 @@ at::Tensor unshuffle_with_mask_tokens_cuda(const at::Tensor& x_visible_,
 
 // Pass 1: grad_x_visible = grad gathered by the inverse of ids_restore; pass 2: the mask
 // token's gradient, per-sample sums over its slots, then a sum over samples.
-std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(
-    const at::Tensor& grad_, const at::Tensor& ids_, int64_t K) {
+std::tuple<at::Tensor, at::Tensor> unshuffle_with_mask_tokens_backward_cuda(const at::Tensor& grad_,
+                                                                            const at::Tensor& ids_,
+                                                                            int64_t K) {
   check_unshuffle_backward("pykernels::unshuffle_with_mask_tokens_backward", grad_, ids_, K,
                            at::kCUDA);
   const int64_t N = grad_.size(0), L = grad_.size(1), D = grad_.size(2);
@@ -309,8 +316,10 @@ __global__ void scatter_patches_kernel(const scalar_t* __restrict__ grad,
       const int j = x / p, pj = x - j * p;
       const int64_t k = inv_row[j];
       scalar_t v;
-      if (k >= 0 && k < K) v = grad[(n * K + k) * g.P + inner + int64_t(pj) * g.C];
-      else v = k == K ? scalar_t(0) : quiet_nan<scalar_t>();
+      if (k >= 0 && k < K)
+        v = grad[(n * K + k) * g.P + inner + int64_t(pj) * g.C];
+      else
+        v = k == K ? scalar_t(0) : quiet_nan<scalar_t>();
       out[row * g.W + x] = v;
     }
   }
@@ -392,15 +401,15 @@ __global__ void masked_patch_loss_kernel(const scalar_t* __restrict__ pred,
   using acc = acc_t<scalar_t>;
   PK_FOR_EACH_ROW(R) {
     const scalar_t* t = img + patch_base(g, r / g.L, r % g.L);
-    const TargetNorm<acc> tn = norm ? target_norm<scalar_t>(t, g, lane) : TargetNorm<acc>{acc(0),
-                                                                                          acc(1)};
+    const TargetNorm<acc> tn =
+        norm ? target_norm<scalar_t>(t, g, lane) : TargetNorm<acc>{acc(0), acc(1)};
     const scalar_t* x = pred + r * g.P;
     const acc k = kBackward ? coef[r] : acc(0);
     const int P = int(g.P);
     acc s = 0;
     for (int e = lane; e < P; e += kWarp) {
-      const acc d = static_cast<acc>(x[e]) - (static_cast<acc>(t[patch_elem(g,
-          e)]) - tn.mean) * tn.rstd;
+      const acc d =
+          static_cast<acc>(x[e]) - (static_cast<acc>(t[patch_elem(g, e)]) - tn.mean) * tn.rstd;
       if (kBackward) grad_pred[r * g.P + e] = static_cast<scalar_t>(k * d);
       s += d * d;
     }

@@ -38,7 +38,9 @@ __device__ __forceinline__ acc signed_logit(acc x, acc scale, acc bias, bool pos
 }
 
 // softplus(t) = max(t, 0) + log1p(exp(-|t|)): no overflow for any |t|.
-__device__ __forceinline__ float softplus(float t) { return fmaxf(t, 0.f) + log1pf(__expf(-fabsf(t))); }
+__device__ __forceinline__ float softplus(float t) {
+  return fmaxf(t, 0.f) + log1pf(__expf(-fabsf(t)));
+}
 __device__ __forceinline__ double softplus(double t) { return fmax(t, 0.0) + log1p(exp(-fabs(t))); }
 
 // sigmoid(t) from e = exp(-|t|) <= 1: no overflow for any |t|.
@@ -111,7 +113,8 @@ at::Tensor sigmoid_contrastive_loss_cuda(const at::Tensor& image_features,
   auto loss = at::zeros({N}, opts);  // M == 0: no pairs, zero loss
   if (N == 0 || M == 0) return loss;
   const auto I = prepare(image_features, normalize), T = prepare(text_features, normalize);
-  const auto scale = logit_scale.to(acc_type).reshape({1}), bias = logit_bias.to(acc_type).reshape({1});
+  const auto scale = logit_scale.to(acc_type).reshape({1}),
+             bias = logit_bias.to(acc_type).reshape({1});
   auto tile = at::empty({R, M}, opts);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc_type, "sigmoid_contrastive_loss_cuda", [&] {
@@ -133,7 +136,8 @@ at::Tensor sigmoid_contrastive_loss_cuda(const at::Tensor& image_features,
 template <typename acc>
 void backward_tiles(const at::Tensor& I, const at::Tensor& T, const at::Tensor& ids_i,
                     const at::Tensor& ids_t, const at::Tensor& scale, const at::Tensor& bias,
-                    const at::Tensor& grad, at::Tensor& dI, at::Tensor& dT, at::Tensor& dbias_rows) {
+                    const at::Tensor& grad, at::Tensor& dI, at::Tensor& dT,
+                    at::Tensor& dbias_rows) {
   const int64_t N = I.size(0), M = T.size(0), R = sigmoid_tile_rows(N, M);
   const auto acc_type = dI.scalar_type();
   const auto Ia = I.to(acc_type), Ta = T.to(acc_type);  // float32 operands of the G products
@@ -166,7 +170,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_contrastive_l
   const auto opts = image_features.options().dtype(acc_type);
   const auto I0 = image_features.contiguous(), T0 = text_features.contiguous();
   const auto I = prepare(I0, normalize), T = prepare(T0, normalize);
-  const auto scale = logit_scale.to(acc_type).reshape({1}), bias = logit_bias.to(acc_type).reshape({1});
+  const auto scale = logit_scale.to(acc_type).reshape({1}),
+             bias = logit_bias.to(acc_type).reshape({1});
   auto dI = at::zeros({I.size(0), I.size(1)}, opts), dT = at::zeros({T.size(0), T.size(1)}, opts);
   auto dbias_rows = at::zeros({I.size(0)}, opts);
   if (I.size(0) > 0 && T.size(0) > 0) {

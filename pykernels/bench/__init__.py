@@ -35,6 +35,7 @@ Adding a family's cases:
      float64), `python -m pytest tests/test_bench.py`, then
      `python -m pykernels bench <family> --quick`.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ row group, one Target per stated speed or memory goal.
 Everything here imports with torch alone (no matplotlib, tqdm or peer library), so the
 self-check and the tests can read the family tables.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ class Case:
     random: the op draws from a torch.Generator passed as input "generator" (the caller
       gives each run a freshly seeded one).
     """
+
     name: str
     build: Callable
     run: Callable
@@ -47,8 +49,9 @@ class Case:
     oracle: Callable | None = None
     random: bool = False
 
-    def inputs(self, dtype=torch.float32, device="cpu", size="small", seed=0,
-               requires_grad=True) -> dict:
+    def inputs(
+        self, dtype=torch.float32, device="cpu", size="small", seed=0, requires_grad=True
+    ) -> dict:
         d = self.build(dtype, torch.device(device), size, torch.Generator().manual_seed(seed))
         if requires_grad:
             for k in self.grads:
@@ -66,6 +69,7 @@ class Target:
     kind "speedup": time(against) / time(pykernels) >= value (against: a provider name);
     kind "roofline": the roofline fraction >= value;
     kind "memory": peak(pykernels) <= value * peak(against)."""
+
     kind: str
     value: float
     against: str = ""
@@ -93,9 +97,10 @@ def memory(against: str, value: float) -> Target:
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One benchmarked (case, size, dtype) on one device type, in quick or full mode."""
+
     case: str
-    mode: str = "quick"            # "quick" (make bench) or "full"
-    size: str = "quick"            # a key of the family's size table
+    mode: str = "quick"  # "quick" (make bench) or "full"
+    size: str = "quick"  # a key of the family's size table
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     targets: tuple = ()

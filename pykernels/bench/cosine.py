@@ -1,5 +1,6 @@
 """Cosine family cases: cosine_similarity, feature_distillation_loss (mse, cosine) and
 pairwise_cosine_similarity, against F.cosine_similarity, F.mse_loss and F.normalize + mm."""
+
 from __future__ import annotations
 
 import torch
@@ -10,11 +11,24 @@ import pykernels as pk
 from .case import Case, Point, randn, roofline, speedup, tensor_bytes
 
 # (rows, features) of the row-wise ops; (N, M, D) of pairwise
-ROWS = {"tiny": (4, 16), "small": (8, 32), "check": (64, 300), "quick": (16384, 512),
-        "full": (65536, 512), "gpu_quick": (65536, 1024), "gpu": (262144, 4096)}
-PAIRS = {"tiny": (4, 6, 16), "small": (8, 10, 32), "check": (64, 96, 64),
-         "quick": (1024, 1024, 512), "full": (4096, 4096, 512), "gpu_quick": (8192, 8192, 1024),
-         "gpu": (16384, 16384, 1024)}
+ROWS = {
+    "tiny": (4, 16),
+    "small": (8, 32),
+    "check": (64, 300),
+    "quick": (16384, 512),
+    "full": (65536, 512),
+    "gpu_quick": (65536, 1024),
+    "gpu": (262144, 4096),
+}
+PAIRS = {
+    "tiny": (4, 6, 16),
+    "small": (8, 10, 32),
+    "check": (64, 96, 64),
+    "quick": (1024, 1024, 512),
+    "full": (4096, 4096, 512),
+    "gpu_quick": (8192, 8192, 1024),
+    "gpu": (16384, 16384, 1024),
+}
 
 
 def _pair(dtype, device, size, gen):
@@ -24,8 +38,10 @@ def _pair(dtype, device, size, gen):
 
 def _features(dtype, device, size, gen):
     R, D = ROWS[size]
-    return {"student": randn((R, D), dtype, device, gen),
-            "teacher": randn((R, D), dtype, device, gen)}
+    return {
+        "student": randn((R, D), dtype, device, gen),
+        "teacher": randn((R, D), dtype, device, gen),
+    }
 
 
 def _pairwise(dtype, device, size, gen):
@@ -56,21 +72,40 @@ def _mse(student, teacher):
 
 
 CASES = [
-    Case("cosine_similarity", _pair, lambda be, x1, x2: pk.cosine_similarity(x1, x2, backend=be),
-         grads=("x1", "x2"), eager=lambda x1, x2: F.cosine_similarity(x1, x2, dim=-1),
-         bytes=_cosine_bytes),
-    Case("feature_distillation_loss[mse]", _features,
-         lambda be, student, teacher: pk.feature_distillation_loss(student, teacher, backend=be),
-         grads=("student",), eager=_mse, bytes=_feature_bytes),
-    Case("feature_distillation_loss[cosine]", _features,
-         lambda be, student, teacher: pk.feature_distillation_loss(student, teacher, "cosine",
-                                                                   backend=be),
-         grads=("student",), bytes=_feature_bytes,
-         eager=lambda student, teacher: 1 - F.cosine_similarity(student, teacher, dim=-1).mean()),
-    Case("pairwise_cosine_similarity", _pairwise,
-         lambda be, a, b: pk.pairwise_cosine_similarity(a, b, backend=be), grads=("a", "b"),
-         eager=lambda a, b: F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T,
-         gemms=_pairwise_gemms),
+    Case(
+        "cosine_similarity",
+        _pair,
+        lambda be, x1, x2: pk.cosine_similarity(x1, x2, backend=be),
+        grads=("x1", "x2"),
+        eager=lambda x1, x2: F.cosine_similarity(x1, x2, dim=-1),
+        bytes=_cosine_bytes,
+    ),
+    Case(
+        "feature_distillation_loss[mse]",
+        _features,
+        lambda be, student, teacher: pk.feature_distillation_loss(student, teacher, backend=be),
+        grads=("student",),
+        eager=_mse,
+        bytes=_feature_bytes,
+    ),
+    Case(
+        "feature_distillation_loss[cosine]",
+        _features,
+        lambda be, student, teacher: pk.feature_distillation_loss(
+            student, teacher, "cosine", backend=be
+        ),
+        grads=("student",),
+        bytes=_feature_bytes,
+        eager=lambda student, teacher: 1 - F.cosine_similarity(student, teacher, dim=-1).mean(),
+    ),
+    Case(
+        "pairwise_cosine_similarity",
+        _pairwise,
+        lambda be, a, b: pk.pairwise_cosine_similarity(a, b, backend=be),
+        grads=("a", "b"),
+        eager=lambda a, b: F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T,
+        gemms=_pairwise_gemms,
+    ),
 ]
 
 BF16 = torch.bfloat16

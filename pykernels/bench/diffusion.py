@@ -8,6 +8,7 @@ DDPMScheduler.step takes no noise argument: it draws its variance noise from the
 generator it is given, so its row includes that draw, and the other rows read the same
 noise (drawn from a generator seeded alike) as an input.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,16 @@ import pykernels as pk
 from .case import Case, Point, randn, roofline, speedup, tensor_bytes
 
 # (N, C, S): samples [N, C, S, S]
-SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "check": (4, 4, 16), "quick": (32, 4, 64),
-           "full": (64, 4, 64), "gpu_quick": (64, 4, 128), "gpu": (256, 4, 128)}
-TIMESTEP, STRIDE = 501, 20        # diffusers' DDIM with 50 of 1000 steps: prev = t - 20
+SAMPLES = {
+    "tiny": (3, 2, 4),
+    "small": (4, 2, 8),
+    "check": (4, 4, 16),
+    "quick": (32, 4, 64),
+    "full": (64, 4, 64),
+    "gpu_quick": (64, 4, 128),
+    "gpu": (256, 4, 128),
+}
+TIMESTEP, STRIDE = 501, 20  # diffusers' DDIM with 50 of 1000 steps: prev = t - 20
 CHECK_TIMESTEPS = (999, 500, 20, 0)
 NOISE_SEED = 1234
 _TABLE = {}
@@ -46,9 +54,12 @@ def _noise(shape, dtype, device):
 
 def _mix(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"x0": randn((N, C, S, S), dtype, device, gen),
-            "noise": randn((N, C, S, S), dtype, device, gen),
-            "timesteps": _timesteps(N, size, device), "alphas_cumprod": _table(device)}
+    return {
+        "x0": randn((N, C, S, S), dtype, device, gen),
+        "noise": randn((N, C, S, S), dtype, device, gen),
+        "timesteps": _timesteps(N, size, device),
+        "alphas_cumprod": _table(device),
+    }
 
 
 def _loss(dtype, device, size, gen):
@@ -60,10 +71,14 @@ def _loss(dtype, device, size, gen):
 def _step(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
     t = _timesteps(N, size, device)
-    return {"model_output": randn((N, C, S, S), dtype, device, gen),
-            "sample": randn((N, C, S, S), dtype, device, gen),
-            "noise": _noise((N, C, S, S), dtype, device), "timesteps": t,
-            "prev_timesteps": t - STRIDE, "alphas_cumprod": _table(device)}
+    return {
+        "model_output": randn((N, C, S, S), dtype, device, gen),
+        "sample": randn((N, C, S, S), dtype, device, gen),
+        "noise": _noise((N, C, S, S), dtype, device),
+        "timesteps": t,
+        "prev_timesteps": t - STRIDE,
+        "alphas_cumprod": _table(device),
+    }
 
 
 # ----------------------------------------------------------------------------- batched PyTorch
@@ -95,8 +110,16 @@ def _ddpm_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cu
     a, ap = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t - 1)
     beta = 1 - a / ap
     sd = ((1 - ap) / (1 - a) * beta).clamp_min(1e-20).sqrt() * (t > 0)
-    c = [_per_sample(k, sample) for k in ((1 - a).sqrt(), a.sqrt(), ap.sqrt() * beta / (1 - a),
-                                          (1 - beta).sqrt() * (1 - ap) / (1 - a), sd)]
+    c = [
+        _per_sample(k, sample)
+        for k in (
+            (1 - a).sqrt(),
+            a.sqrt(),
+            ap.sqrt() * beta / (1 - a),
+            (1 - beta).sqrt() * (1 - ap) / (1 - a),
+            sd,
+        )
+    ]
     x0 = ((sample - c[0] * model_output) / c[1]).clamp(-1, 1)
     return c[2] * x0 + c[3] * sample + c[4] * noise
 
@@ -104,8 +127,9 @@ def _ddpm_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cu
 def _ddim_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
     """DDIMScheduler.step with eta = 0, epsilon prediction, no clipping."""
     a, ap = _alpha(alphas_cumprod, timesteps), _alpha(alphas_cumprod, prev_timesteps)
-    sa, sb, sap, sbp = (_per_sample(k, sample)
-                        for k in (a.sqrt(), (1 - a).sqrt(), ap.sqrt(), (1 - ap).sqrt()))
+    sa, sb, sap, sbp = (
+        _per_sample(k, sample) for k in (a.sqrt(), (1 - a).sqrt(), ap.sqrt(), (1 - ap).sqrt())
+    )
     x0 = (sample - sb * model_output) / sa
     return sap * x0 + sbp * model_output
 
@@ -120,8 +144,15 @@ def _pk_velocity(be, x0, noise, timesteps, alphas_cumprod):
 
 
 def _pk_loss(be, model_output, x0, noise, timesteps, alphas_cumprod):
-    return pk.diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod,
-                             prediction_type="v_prediction", backend=be)
+    return pk.diffusion_loss(
+        model_output,
+        x0,
+        noise,
+        timesteps,
+        alphas_cumprod,
+        prediction_type="v_prediction",
+        backend=be,
+    )
 
 
 def _v_loss(model_output, x0, noise, timesteps, alphas_cumprod):
@@ -133,8 +164,9 @@ def _pk_ddpm(be, model_output, sample, noise, timesteps, prev_timesteps, alphas_
 
 
 def _pk_ddim(be, model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
-    return pk.ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
-                        backend=be)[0]
+    return pk.ddim_step(
+        model_output, timesteps, prev_timesteps, sample, alphas_cumprod, backend=be
+    )[0]
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -147,6 +179,7 @@ def _one_timestep(timesteps) -> int:
 
 def _diffusers(kind):
     """A factory of diffusers' add_noise / get_velocity / DDPM step / DDIM step."""
+
     def factory(device):
         try:
             import diffusers
@@ -169,8 +202,11 @@ def _diffusers(kind):
 
         def ddim_step(model_output, sample, noise, timesteps, prev_timesteps, alphas_cumprod):
             return ddim.step(model_output, _one_timestep(timesteps), sample).prev_sample
-        return {"add_noise": add_noise, "velocity": velocity, "ddpm": ddpm_step,
-                "ddim": ddim_step}[kind]
+
+        return {"add_noise": add_noise, "velocity": velocity, "ddpm": ddpm_step, "ddim": ddim_step}[
+            kind
+        ]
+
     return factory
 
 
@@ -180,16 +216,47 @@ def _bytes(reads, writes):
 
 
 CASES = [
-    Case("add_noise", _mix, _pk_add_noise, eager=_add_noise,
-         peers={"diffusers": _diffusers("add_noise")}, bytes=_bytes(2, 1)),
-    Case("get_velocity", _mix, _pk_velocity, grads=("x0", "noise"), eager=_velocity,
-         peers={"diffusers": _diffusers("velocity")}, bytes=_bytes(3, 3)),  # with the backward
-    Case("diffusion_loss[v_prediction]", _loss, _pk_loss, grads=("model_output",), eager=_v_loss,
-         bytes=_bytes(3, 1)),
-    Case("ddpm_step", _step, _pk_ddpm, eager=_ddpm_step, peers={"diffusers": _diffusers("ddpm")},
-         bytes=_bytes(3, 2)),
-    Case("ddim_step", _step, _pk_ddim, eager=_ddim_step, peers={"diffusers": _diffusers("ddim")},
-         bytes=_bytes(2, 2)),
+    Case(
+        "add_noise",
+        _mix,
+        _pk_add_noise,
+        eager=_add_noise,
+        peers={"diffusers": _diffusers("add_noise")},
+        bytes=_bytes(2, 1),
+    ),
+    Case(
+        "get_velocity",
+        _mix,
+        _pk_velocity,
+        grads=("x0", "noise"),
+        eager=_velocity,
+        peers={"diffusers": _diffusers("velocity")},
+        bytes=_bytes(3, 3),
+    ),  # with the backward
+    Case(
+        "diffusion_loss[v_prediction]",
+        _loss,
+        _pk_loss,
+        grads=("model_output",),
+        eager=_v_loss,
+        bytes=_bytes(3, 1),
+    ),
+    Case(
+        "ddpm_step",
+        _step,
+        _pk_ddpm,
+        eager=_ddpm_step,
+        peers={"diffusers": _diffusers("ddpm")},
+        bytes=_bytes(3, 2),
+    ),
+    Case(
+        "ddim_step",
+        _step,
+        _pk_ddim,
+        eager=_ddim_step,
+        peers={"diffusers": _diffusers("ddim")},
+        bytes=_bytes(2, 2),
+    ),
 ]
 
 BF16 = torch.bfloat16

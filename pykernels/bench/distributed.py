@@ -8,6 +8,7 @@ default ClipLoss math), pykernels.nn.ClipLoss, and pykernels.nn.InfoNCELoss in g
 and ring modes. Prints a markdown table (median of --repeats runs; peak MiB of the
 tensors allocated by one step). On a shared CPU machine read the ratios, not the times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ class ExplicitClip(torch.nn.Module):
 
 def _worker(rank, args, port):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=args.world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.world
+    )
     from pykernels._profiling import peak_cpu_bytes
     from pykernels.nn import ClipLoss, InfoNCELoss
 
@@ -63,6 +65,7 @@ def _worker(rank, args, port):
     if rank == 0:
         print("| loss | time (ms) | peak MiB (rank 0) |\n|---|---|---|")
     for name, loss in losses.items():
+
         def step():
             loss(img, txt, scale).backward()
 

@@ -9,6 +9,7 @@ sample; the self-check size includes sigma = 0 and 1. The sampler cases use the
 scheduler's 28-step schedule with shift 3.0: diffusers' step takes one timestep per
 batch, so every sample steps from the same sigma.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,17 @@ from pykernels.reference import flow_matching as ref
 from .case import Case, Point, randn, roofline, speedup, tensor_bytes
 
 # (N, C, S): samples [N, C, S, S]
-SAMPLES = {"tiny": (3, 2, 4), "small": (4, 2, 8), "check": (4, 4, 16), "quick": (32, 16, 32),
-           "full": (64, 16, 64), "gpu_quick": (64, 16, 128), "gpu": (256, 16, 128)}
+SAMPLES = {
+    "tiny": (3, 2, 4),
+    "small": (4, 2, 8),
+    "check": (4, 4, 16),
+    "quick": (32, 16, 32),
+    "full": (64, 16, 64),
+    "gpu_quick": (64, 16, 128),
+    "gpu": (256, 16, 128),
+}
 CHECK_SIGMAS = (0.0, 0.3, 0.7, 1.0)
-SHIFT, STEPS, STEP = 3.0, 28, 5   # SD3's scheduler config; the single-step case's step
+SHIFT, STEPS, STEP = 3.0, 28, 5  # SD3's scheduler config; the single-step case's step
 
 
 def _sigmas(N, size, gen, device):
@@ -35,10 +43,12 @@ def _sigmas(N, size, gen, device):
 
 def _training(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"model_output": randn((N, C, S, S), dtype, device, gen),
-            "x0": randn((N, C, S, S), dtype, device, gen),
-            "noise": randn((N, C, S, S), dtype, device, gen),
-            "sigmas": _sigmas(N, size, gen, device)}
+    return {
+        "model_output": randn((N, C, S, S), dtype, device, gen),
+        "x0": randn((N, C, S, S), dtype, device, gen),
+        "noise": randn((N, C, S, S), dtype, device, gen),
+        "sigmas": _sigmas(N, size, gen, device),
+    }
 
 
 def _interpolate(dtype, device, size, gen):
@@ -60,8 +70,10 @@ def sampling_schedule(device=None) -> torch.Tensor:
 def _step(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
     schedule = sampling_schedule(device)
-    d = {"model_output": randn((N, C, S, S), dtype, device, gen),
-         "sample": randn((N, C, S, S), dtype, device, gen)}
+    d = {
+        "model_output": randn((N, C, S, S), dtype, device, gen),
+        "sample": randn((N, C, S, S), dtype, device, gen),
+    }
     if size == "check":  # a different step per sample, both ends included
         d["sigmas"] = schedule[torch.tensor([0, 9, 18, 27], device=device)]
         d["sigmas_next"] = schedule[torch.tensor([1, 10, 19, 28], device=device)]
@@ -72,8 +84,10 @@ def _step(dtype, device, size, gen):
 
 def _loop(dtype, device, size, gen):
     N, C, S = SAMPLES[size]
-    return {"sample": randn((N, C, S, S), dtype, device, gen),
-            "schedule": sampling_schedule(device)}
+    return {
+        "sample": randn((N, C, S, S), dtype, device, gen),
+        "schedule": sampling_schedule(device),
+    }
 
 
 # ----------------------------------------------------------------------------- the script's code
@@ -107,7 +121,7 @@ def _sd3_step_cosmap_preconditioned(model_output, x0, noise, sigmas):
     sig = _per_sample(sigmas, x0)
     noisy = (1.0 - sig) * x0 + sig * noise
     pred = _no_op_model(model_output) * (-sig) + noisy
-    weighting = 2 / (math.pi * (1 - 2 * sig + 2 * sig ** 2))
+    weighting = 2 / (math.pi * (1 - 2 * sig + 2 * sig**2))
     err = weighting.float() * (pred.float() - x0.float()) ** 2
     return noisy, torch.mean(err.reshape(x0.shape[0], -1), 1).mean()
 
@@ -139,8 +153,9 @@ def _pk_step(be, model_output, x0, noise, sigmas, **options):
 
 
 def _pk_step_cosmap_preconditioned(be, model_output, x0, noise, sigmas):
-    return _pk_step(be, model_output, x0, noise, sigmas, weighting_scheme="cosmap",
-                    precondition_outputs=True)
+    return _pk_step(
+        be, model_output, x0, noise, sigmas, weighting_scheme="cosmap", precondition_outputs=True
+    )
 
 
 def _pk_euler(be, model_output, sample, sigmas, sigmas_next):
@@ -158,6 +173,7 @@ def _pk_loop(be, sample, schedule):
 # ----------------------------------------------------------------------------- diffusers
 def _diffusers(kind):
     """A factory of FlowMatchEulerDiscreteScheduler's step at STEP, or its 28-step loop."""
+
     def factory(device):
         try:
             from diffusers import FlowMatchEulerDiscreteScheduler
@@ -176,7 +192,9 @@ def _diffusers(kind):
             for t in sched.timesteps:
                 x = sched.step(_no_op_model(x), t, x).prev_sample
             return x
+
         return {"step": one_step, "loop": loop}[kind]
+
     return factory
 
 
@@ -187,19 +205,48 @@ def _bytes(passes, key):
 
 CASES = [
     # interpolation 3 passes, loss forward 3, backward 4 (model_output's gradient)
-    Case("flow_matching_loss", _training, _pk_step, grads=("model_output",), eager=_sd3_step,
-         bytes=_bytes(10, "x0"), fullgraph=False),  # the model breaks the graph
-    Case("flow_matching_loss[cosmap, preconditioned]", _training, _pk_step_cosmap_preconditioned,
-         grads=("model_output",), eager=_sd3_step_cosmap_preconditioned, bytes=_bytes(10, "x0"),
-         fullgraph=False),
-    Case("flow_interpolate", _interpolate,
-         lambda be, x0, noise, sigmas: pk.flow_interpolate(x0, noise, sigmas, backend=be),
-         eager=_interpolate_eager, bytes=_bytes(3, "x0")),
-    Case("flow_match_euler_step", _step, _pk_euler, eager=_euler_eager,
-         peers={"diffusers": _diffusers("step")}, bytes=_bytes(3, "sample")),
-    Case("flow_match_euler_step[28-step loop]", _loop, _pk_loop, eager=_loop_eager,
-         peers={"diffusers": _diffusers("loop")}, bytes=_bytes(3 * STEPS, "sample"),
-         fullgraph=False),  # a graph per step: the model breaks the graph
+    Case(
+        "flow_matching_loss",
+        _training,
+        _pk_step,
+        grads=("model_output",),
+        eager=_sd3_step,
+        bytes=_bytes(10, "x0"),
+        fullgraph=False,
+    ),  # the model breaks the graph
+    Case(
+        "flow_matching_loss[cosmap, preconditioned]",
+        _training,
+        _pk_step_cosmap_preconditioned,
+        grads=("model_output",),
+        eager=_sd3_step_cosmap_preconditioned,
+        bytes=_bytes(10, "x0"),
+        fullgraph=False,
+    ),
+    Case(
+        "flow_interpolate",
+        _interpolate,
+        lambda be, x0, noise, sigmas: pk.flow_interpolate(x0, noise, sigmas, backend=be),
+        eager=_interpolate_eager,
+        bytes=_bytes(3, "x0"),
+    ),
+    Case(
+        "flow_match_euler_step",
+        _step,
+        _pk_euler,
+        eager=_euler_eager,
+        peers={"diffusers": _diffusers("step")},
+        bytes=_bytes(3, "sample"),
+    ),
+    Case(
+        "flow_match_euler_step[28-step loop]",
+        _loop,
+        _pk_loop,
+        eager=_loop_eager,
+        peers={"diffusers": _diffusers("loop")},
+        bytes=_bytes(3 * STEPS, "sample"),
+        fullgraph=False,
+    ),  # a graph per step: the model breaks the graph
 ]
 
 BF16 = torch.bfloat16
@@ -214,10 +261,16 @@ BENCH = [
     Point("flow_interpolate", "full", "full"),
     Point("flow_match_euler_step", "full", "full", targets=(speedup("diffusers", 2.0),)),
     Point("flow_match_euler_step", "full", "full", BF16, targets=(speedup("diffusers", 2.0),)),
-    Point("flow_match_euler_step[28-step loop]", "full", "full",
-          targets=(speedup("diffusers", 3.0),)),
-    Point("flow_match_euler_step[28-step loop]", "full", "full", BF16,
-          targets=(speedup("diffusers", 3.0),)),
+    Point(
+        "flow_match_euler_step[28-step loop]", "full", "full", targets=(speedup("diffusers", 3.0),)
+    ),
+    Point(
+        "flow_match_euler_step[28-step loop]",
+        "full",
+        "full",
+        BF16,
+        targets=(speedup("diffusers", 3.0),),
+    ),
     Point("flow_matching_loss", "quick", "gpu_quick", BF16, "cuda"),
     Point("flow_matching_loss", "full", "gpu", BF16, "cuda", _GPU_TARGETS),
     Point("flow_match_euler_step", "full", "gpu", BF16, "cuda", _GPU_TARGETS),

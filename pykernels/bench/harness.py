@@ -8,6 +8,7 @@ default mode, fullgraph where it compiles, static shapes, warmed up before timin
 each installed peer. Times are medians of interleaved rounds: every provider runs once
 per round, so a load change on a shared machine hits them all alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,18 +31,19 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 @dataclasses.dataclass
 class Row:
     """One provider's figures in one Point."""
+
     family: str
     case: str
     shape: str
     dtype: str
     provider: str
-    ms: float = float("nan")          # median forward(+backward) time
-    roofline: float = float("nan")    # time of the copy / matmuls the op needs / ms
-    peak_mb: float = float("nan")     # peak memory allocated during one call
-    max_err: float = float("nan")     # max rel_err of outputs and gradients vs float64
+    ms: float = float("nan")  # median forward(+backward) time
+    roofline: float = float("nan")  # time of the copy / matmuls the op needs / ms
+    peak_mb: float = float("nan")  # peak memory allocated during one call
+    max_err: float = float("nan")  # max rel_err of outputs and gradients vs float64
     x_eager: float = float("nan")
     x_compile: float = float("nan")
-    pykernels: bool = False           # a pykernels backend (held to the tolerance)
+    pykernels: bool = False  # a pykernels backend (held to the tolerance)
     within_tolerance: bool | None = None
     note: str = ""
 
@@ -90,9 +92,11 @@ def step(fn, inputs: dict, grads: tuple, ws: list):
         if not leaves:
             return outs
         diff = [(o, w) for o, w in zip(outs, ws) if o.requires_grad]
-        gs = torch.autograd.grad([o for o, _ in diff], leaves, [w.to(o.dtype) for o, w in diff],
-                                 allow_unused=True)
+        gs = torch.autograd.grad(
+            [o for o, _ in diff], leaves, [w.to(o.dtype) for o, w in diff], allow_unused=True
+        )
         return outs + tuple(gs)
+
     return run
 
 
@@ -124,7 +128,7 @@ def interleaved_ms(fns: dict, device: torch.device, budget_s: float, rounds: int
         reps[n] = max(1, int(block / max(time.perf_counter() - t0, 1e-6)))
     samples = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             sync()
             t0 = time.perf_counter()
             for _ in range(reps[n]):
@@ -139,16 +143,18 @@ def roofline_fn(case: Case, inputs: dict, dtype: torch.dtype, device: torch.devi
     must move (memory-bound), or torch.mm at the op's matmul shapes (matmul-bound).
     None when the case states neither."""
     if case.bytes is not None:
-        n = max(1, int(case.bytes(inputs)) // 8)   # float32 elements: n read + n written
+        n = max(1, int(case.bytes(inputs)) // 8)  # float32 elements: n read + n written
         src = torch.rand(n, device=device)
         dst = torch.empty_like(src)
         return lambda: dst.copy_(src)
     if case.gemms is not None:
         mm_dtype = dtype if dtype != torch.float64 else torch.float32
+
         def operands(m, k, n):
             a = torch.randn(m, k, device=device, dtype=mm_dtype)
             b = torch.randn(k, n, device=device, dtype=mm_dtype)
             return a, b, torch.empty(m, n, device=device, dtype=mm_dtype)
+
         mats = [operands(*shape) for shape in case.gemms(inputs)]
         return lambda: [torch.mm(a, b, out=c) for a, b, c in mats]
     return None
@@ -156,8 +162,9 @@ def roofline_fn(case: Case, inputs: dict, dtype: torch.dtype, device: torch.devi
 
 def describe(inputs: dict, dtype: torch.dtype, forward_only: bool) -> tuple[str, str]:
     """(shape of the first tensor input, dtype name [+ " fwd" for inference ops])."""
-    first = next(v for v in inputs.values()
-                 if isinstance(v, torch.Tensor) and v.is_floating_point())
+    first = next(
+        v for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
     name = DTYPE_NAMES.get(dtype, str(dtype))
     return "[" + ", ".join(map(str, first.shape)) + "]", name + (" fwd" if forward_only else "")
 
@@ -198,10 +205,17 @@ def _reference(case: Case, inputs: dict, ws: list):
         return None
 
 
-def measure(family: str, case: Case, point: Point, device: torch.device, budget_s: float,
-            progress=None, skip=()) -> list[Row]:
+def measure(
+    family: str,
+    case: Case,
+    point: Point,
+    device: torch.device,
+    budget_s: float,
+    progress=None,
+    skip=(),
+) -> list[Row]:
     """Every provider's Row for one Point (x_eager / x_compile filled in), but those in skip."""
-    torch._dynamo.reset()   # static shapes per Point: no recompilation limit across Points
+    torch._dynamo.reset()  # static shapes per Point: no recompilation limit across Points
     inputs = case.inputs(point.dtype, device, point.size)
     shape, dtype_name = describe(inputs, point.dtype, not case.grads)
     with torch.no_grad():  # the output shapes, from the default backend
@@ -216,7 +230,7 @@ def measure(family: str, case: Case, point: Point, device: torch.device, budget_
         row.note = note or ("" if want is not None else "no float64 reference: out of memory")
         if run is not None:
             run()  # a second warm-up (compiled code, caches)
-            row.peak_mb = peak_bytes(run, device) / 2 ** 20
+            row.peak_mb = peak_bytes(run, device) / 2**20
             runs[name] = run
         rows.append(row)
         if progress is not None:

@@ -3,6 +3,7 @@ masked_patch_loss and one MAE step without the transformer (masking, unshuffle, 
 against the Hugging Face ViTMAE code (argsort of noise + gather, patchify by reshape /
 permute, cat + gather with mask tokens, the norm_pix loss) and transformers' own
 random_masking and patchify."""
+
 from __future__ import annotations
 
 import types
@@ -15,9 +16,15 @@ from .case import Case, Point, permutations, randn, roofline, speedup, tensor_by
 
 MASK_RATIO = 0.75
 # (N images, C, S: an S x S image, p: the patch size, D: the token width)
-IMAGES = {"tiny": (2, 3, 8, 4, 16), "small": (2, 3, 16, 4, 32), "check": (4, 3, 32, 8, 64),
-          "quick": (8, 3, 224, 16, 768), "full": (64, 3, 224, 16, 768),
-          "gpu_quick": (64, 3, 224, 16, 768), "gpu": (256, 3, 224, 16, 768)}
+IMAGES = {
+    "tiny": (2, 3, 8, 4, 16),
+    "small": (2, 3, 16, 4, 32),
+    "check": (4, 3, 32, 8, 64),
+    "quick": (8, 3, 224, 16, 768),
+    "full": (64, 3, 224, 16, 768),
+    "gpu_quick": (64, 3, 224, 16, 768),
+    "gpu": (256, 3, 224, 16, 768),
+}
 
 
 def _dims(size):
@@ -29,36 +36,51 @@ def _dims(size):
 
 def _tokens(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"x": randn((N, L, D), dtype, device, gen),
-            "noise": torch.rand(N, L, generator=gen).to(device)}
+    return {
+        "x": randn((N, L, D), dtype, device, gen),
+        "noise": torch.rand(N, L, generator=gen).to(device),
+    }
 
 
 def _gather(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"imgs": randn((N, C, S, S), dtype, device, gen),
-            "ids_keep": permutations(N, L, device, gen)[:, :K], "patch_size": p}
+    return {
+        "imgs": randn((N, C, S, S), dtype, device, gen),
+        "ids_keep": permutations(N, L, device, gen)[:, :K],
+        "patch_size": p,
+    }
 
 
 def _unshuffle(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
-    return {"x_visible": randn((N, K, D), dtype, device, gen),
-            "mask_token": randn((D,), dtype, device, gen),
-            "ids_restore": permutations(N, L, device, gen)}
+    return {
+        "x_visible": randn((N, K, D), dtype, device, gen),
+        "mask_token": randn((D,), dtype, device, gen),
+        "ids_restore": permutations(N, L, device, gen),
+    }
 
 
 def _loss(dtype, device, size, gen):
     N, C, S, p, D, L, K, P = _dims(size)
     mask = (permutations(N, L, device, gen) >= K).to(dtype)
-    return {"pred": randn((N, L, P), dtype, device, gen),
-            "imgs": randn((N, C, S, S), dtype, device, gen), "mask": mask, "patch_size": p}
+    return {
+        "pred": randn((N, L, P), dtype, device, gen),
+        "imgs": randn((N, C, S, S), dtype, device, gen),
+        "mask": mask,
+        "patch_size": p,
+    }
 
 
 def _step(dtype, device, size, gen):
     d = _tokens(dtype, device, size, gen)
     N, C, S, p, D, L, K, P = _dims(size)
-    d.update(mask_token=randn((D,), dtype, device, gen), pred=randn((N, L, P), dtype, device, gen),
-             imgs=randn((N, C, S, S), dtype, device, gen),
-             grad_tokens=randn((N, L, D), dtype, device, gen), patch_size=p)
+    d.update(
+        mask_token=randn((D,), dtype, device, gen),
+        pred=randn((N, L, P), dtype, device, gen),
+        imgs=randn((N, C, S, S), dtype, device, gen),
+        grad_tokens=randn((N, L, D), dtype, device, gen),
+        patch_size=p,
+    )
     return d
 
 
@@ -128,6 +150,7 @@ def _step_with(masking, patchify):
         tokens = hf_unshuffle(x_visible, mask_token, ids_restore)
         loss = hf_loss(pred, patchify(imgs, patch_size), mask.to(pred.dtype))
         return _Upstream.apply(loss, tokens, grad_tokens)
+
     return step
 
 
@@ -145,6 +168,7 @@ def _transformers(device):
     def patchify(imgs, patch_size):
         config = types.SimpleNamespace(patch_size=patch_size, num_channels=imgs.shape[1])
         return hf.ViTMAEForPreTraining.patchify(types.SimpleNamespace(config=config), imgs)
+
     return masking, patchify
 
 
@@ -213,17 +237,48 @@ def _step_bytes(d):
 
 
 CASES = [
-    Case("random_masking", _tokens, _pk_masking, grads=("x",), eager=hf_random_masking,
-         peers={"transformers": _peer_masking}, bytes=_masking_bytes),
-    Case("gather_patches", _gather, _pk_gather, grads=("imgs",), eager=_hf_gather,
-         bytes=_gather_bytes),
-    Case("unshuffle_with_mask_tokens", _unshuffle, _pk_unshuffle, grads=("x_visible", "mask_token"),
-         eager=hf_unshuffle, bytes=_unshuffle_bytes),
-    Case("masked_patch_loss[norm_pix]", _loss, _pk_loss, grads=("pred",), eager=_hf_masked_loss,
-         bytes=_loss_bytes),
-    Case("mae_step", _step, _pk_step, grads=("x", "mask_token", "pred"),
-         eager=_step_with(hf_random_masking, hf_patchify), peers={"transformers": _peer_step},
-         bytes=_step_bytes),
+    Case(
+        "random_masking",
+        _tokens,
+        _pk_masking,
+        grads=("x",),
+        eager=hf_random_masking,
+        peers={"transformers": _peer_masking},
+        bytes=_masking_bytes,
+    ),
+    Case(
+        "gather_patches",
+        _gather,
+        _pk_gather,
+        grads=("imgs",),
+        eager=_hf_gather,
+        bytes=_gather_bytes,
+    ),
+    Case(
+        "unshuffle_with_mask_tokens",
+        _unshuffle,
+        _pk_unshuffle,
+        grads=("x_visible", "mask_token"),
+        eager=hf_unshuffle,
+        bytes=_unshuffle_bytes,
+    ),
+    Case(
+        "masked_patch_loss[norm_pix]",
+        _loss,
+        _pk_loss,
+        grads=("pred",),
+        eager=_hf_masked_loss,
+        bytes=_loss_bytes,
+    ),
+    Case(
+        "mae_step",
+        _step,
+        _pk_step,
+        grads=("x", "mask_token", "pred"),
+        eager=_step_with(hf_random_masking, hf_patchify),
+        peers={"transformers": _peer_step},
+        bytes=_step_bytes,
+    ),
 ]
 
 BF16 = torch.bfloat16
@@ -235,7 +290,6 @@ BENCH = [
     Point("unshuffle_with_mask_tokens", "full", "full"),
     Point("masked_patch_loss[norm_pix]", "full", "full"),
     Point("mae_step", "quick", "gpu_quick", BF16, "cuda"),
-    Point("mae_step", "full", "gpu", torch.float32, "cuda",
-          (speedup("eager", 3.0), roofline(0.8))),
+    Point("mae_step", "full", "gpu", torch.float32, "cuda", (speedup("eager", 3.0), roofline(0.8))),
     Point("mae_step", "full", "gpu", BF16, "cuda"),
 ]

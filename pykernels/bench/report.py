@@ -1,6 +1,7 @@
 """Tables, files and verdicts of a benchmark run: the compact console table (one per
 family, at most 120 columns), the full markdown / CSV / PNG in the output folder, target
 lines (MET / MISS with the figure) and the one-line verdict."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,11 @@ def machine(device: torch.device) -> str:
 
 def header(device: torch.device, built: list[str]) -> str:
     import pykernels
-    return (f"pykernels {pykernels.__version__} | torch {torch.__version__} | "
-            f"{device.type}: {machine(device)} | backends built: {', '.join(built) or 'none'}")
+
+    return (
+        f"pykernels {pykernels.__version__} | torch {torch.__version__} | "
+        f"{device.type}: {machine(device)} | backends built: {', '.join(built) or 'none'}"
+    )
 
 
 def _num(v: float, fmt: str) -> str:
@@ -42,9 +46,15 @@ def _ms(v: float) -> str:
 
 def _cells(r: Row) -> list[str]:
     err = _num(r.max_err, ".1e") + ("!" if r.within_tolerance is False else "")
-    return [r.provider, _ms(r.ms), _num(r.x_eager, ".2f"), _num(r.x_compile, ".2f"),
-            _num(r.roofline * 100, ".0f") + ("%" if not math.isnan(r.roofline) else ""),
-            _num(r.peak_mb, ".3g" if r.peak_mb < 1000 else ".0f"), err]
+    return [
+        r.provider,
+        _ms(r.ms),
+        _num(r.x_eager, ".2f"),
+        _num(r.x_compile, ".2f"),
+        _num(r.roofline * 100, ".0f") + ("%" if not math.isnan(r.roofline) else ""),
+        _num(r.peak_mb, ".3g" if r.peak_mb < 1000 else ".0f"),
+        err,
+    ]
 
 
 def compact_table(family: str, rows: list[Row]) -> list[str]:
@@ -58,7 +68,7 @@ def compact_table(family: str, rows: list[Row]) -> list[str]:
     for (case, shape, dtype), members in groups.items():
         labels = [case, f"  {shape} {dtype}"]
         for i, r in enumerate(members):
-            label = (labels[i] if i < len(labels) else "")[:WIDTHS[0] - 1]
+            label = (labels[i] if i < len(labels) else "")[: WIDTHS[0] - 1]
             if math.isnan(r.ms):
                 out.append(f"{label:<{WIDTHS[0]}}{r.provider:<{WIDTHS[1]}}{r.note}"[:120])
             else:
@@ -69,8 +79,19 @@ def compact_table(family: str, rows: list[Row]) -> list[str]:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    cols = ("case", "shape", "dtype", "provider", "ms", "x eager", "x compile", "roofline",
-            "peak MB", "max err vs fp64", "note")
+    cols = (
+        "case",
+        "shape",
+        "dtype",
+        "provider",
+        "ms",
+        "x eager",
+        "x compile",
+        "roofline",
+        "peak MB",
+        "max err vs fp64",
+        "note",
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.case, r.shape, r.dtype] + _cells(r) + [r.note]
@@ -89,6 +110,7 @@ def plot(rows: list[Row], path: str, title: str) -> bool:
     """Speedup over eager per case and provider, as a bar chart; False without matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -98,10 +120,19 @@ def plot(rows: list[Row], path: str, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cases)), 4))
     width = 0.8 / len(provs)
     for i, p in enumerate(provs):
-        ys = [next((r.x_eager for r in rows if (r.case, r.shape, r.dtype) == c and r.provider == p),
-                   0.0) for c in cases]
-        ax.bar([j + i * width for j in range(len(cases))], [0 if math.isnan(y) else y for y in ys],
-               width, label=p)
+        ys = [
+            next(
+                (r.x_eager for r in rows if (r.case, r.shape, r.dtype) == c and r.provider == p),
+                0.0,
+            )
+            for c in cases
+        ]
+        ax.bar(
+            [j + i * width for j in range(len(cases))],
+            [0 if math.isnan(y) else y for y in ys],
+            width,
+            label=p,
+        )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
     ax.set_xticklabels([f"{c}\n{s} {d}" for c, s, d in cases], fontsize=7)
     ax.set_ylabel("speedup over eager")
@@ -126,8 +157,14 @@ def _figure(target: Target, mine: Row, rows: list[Row]) -> tuple[bool, str] | No
         got = other.ms / mine.ms
         return None if math.isnan(got) else (got >= target.value, f"{got:.2f}x {target.against}")
     got = mine.peak_mb / other.peak_mb
-    return (got <= target.value, f"peak {mine.peak_mb:.3g} MB = {got:.3f} x {target.against}'s "
-            f"{other.peak_mb:.3g} MB") if not math.isnan(got) else None
+    return (
+        (
+            got <= target.value,
+            f"peak {mine.peak_mb:.3g} MB = {got:.3f} x {target.against}'s {other.peak_mb:.3g} MB",
+        )
+        if not math.isnan(got)
+        else None
+    )
 
 
 def target_lines(point: Point, rows: list[Row], default: str) -> list[tuple[bool, str]]:
@@ -148,10 +185,12 @@ def target_lines(point: Point, rows: list[Row], default: str) -> list[tuple[bool
 
 def legend(built: list[str]) -> list[str]:
     """Two lines saying what the providers and the columns are."""
-    return [f"providers: {'/'.join(built) or 'none'} = pykernels; eager = the idiomatic PyTorch code; "
-            "compile = torch.compile of it; others: peers",
-            "ms: median fwd+bwd (fwd for inference ops); x: speedup; roofline: time of the copy or "
-            "torch.mm of the same work / ms"]
+    return [
+        f"providers: {'/'.join(built) or 'none'} = pykernels; eager = the idiomatic PyTorch code; "
+        "compile = torch.compile of it; others: peers",
+        "ms: median fwd+bwd (fwd for inference ops); x: speedup; roofline: time of the copy or "
+        "torch.mm of the same work / ms",
+    ]
 
 
 def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
@@ -159,8 +198,11 @@ def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
     mine = [r for r in rows if r.pykernels and not math.isnan(r.ms)]
     bad = [r for r in rows if r.pykernels and r.within_tolerance is False]
     names = "/".join(dict.fromkeys(r.provider for r in mine)) or "pykernels"
-    parts = [f"{names} within float64 tolerance in all {len(mine)} rows" if not bad else
-             f"{len(bad)} {names} result(s) OUTSIDE tolerance of float64 (marked !)"]
+    parts = [
+        f"{names} within float64 tolerance in all {len(mine)} rows"
+        if not bad
+        else f"{len(bad)} {names} result(s) OUTSIDE tolerance of float64 (marked !)"
+    ]
     for col, label in (("x_eager", "vs eager"), ("x_compile", "vs compile")):
         xs = [getattr(r, col) for r in mine if getattr(r, col) > 0]
         if xs:
@@ -172,13 +214,22 @@ def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
     return "verdict: " + "; ".join(parts)
 
 
-def summary_markdown(device: torch.device, built: list[str], command: str, tables: dict,
-                     targets: list[tuple[bool, str]]) -> str:
+def summary_markdown(
+    device: torch.device,
+    built: list[str],
+    command: str,
+    tables: dict,
+    targets: list[tuple[bool, str]],
+) -> str:
     """Date, machine, command and the full tables: what benchmarks/RESULTS.md holds per device."""
-    lines = [f"## {device.type}: {machine(device)}", "",
-             f"{datetime.date.today()} | torch {torch.__version__} | "
-             f"backends built: {', '.join(built)}", "",
-             f"`{command}`", ""]
+    lines = [
+        f"## {device.type}: {machine(device)}",
+        "",
+        f"{datetime.date.today()} | torch {torch.__version__} | backends built: {', '.join(built)}",
+        "",
+        f"`{command}`",
+        "",
+    ]
     for family, rows in tables.items():
         lines += [f"### {family}", "", markdown_table(rows), ""]
     if targets:
@@ -193,7 +244,7 @@ def update_section(path: str, device_type: str, text: str) -> None:
     old = open(path).read() if os.path.exists(path) else "# Measured results\n"
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in old and end in old:
-        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     with open(path, "w") as fh:

@@ -5,6 +5,7 @@ the idiomatic PyTorch code (eager), torch.compile of it and the installed peers.
 verdict; without it, the full sizes with their targets (MET / MISS). Full tables, CSV
 and PNG plots go to the output folder either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from .harness import describe, measure, pykernels_backends
 # torch.compile imports on a machine with a CUDA build of torch and no driver: no news to
 # someone timing CPU code.
 QUIET_LOGGERS = ("torch.utils.cpp_extension",)
-BUDGET_S = {"quick": 0.8, "full": 4.0}   # timing per Point, shared by its providers
+BUDGET_S = {"quick": 0.8, "full": 4.0}  # timing per Point, shared by its providers
 
 
 def default_out() -> str:
@@ -38,25 +39,43 @@ def default_out() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pykernels bench",
-                                 description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(
+        prog="python -m pykernels bench", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     # (no choices=: argparse rejects an empty list against choices on some Pythons)
     ap.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
-    ap.add_argument("--quick", action="store_true",
-                    help="small sizes, compact tables (what `make bench` runs)")
-    ap.add_argument("--device", choices=("cpu", "cuda"),
-                    help="default: cuda when available, else cpu")
-    ap.add_argument("--out", help="folder for the full tables, CSV and plots (default: benchmarks/"
-                                  "results in a checkout, else ./pykernels-bench-results)")
-    ap.add_argument("--markdown", metavar="FILE", help="also write this device's section of FILE "
-                                                         "(benchmarks/RESULTS.md)")
-    ap.add_argument("--list", action="store_true",
-                    help="list the points and their targets, run nothing")
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes, compact tables (what `make bench` runs)"
+    )
+    ap.add_argument(
+        "--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu"
+    )
+    ap.add_argument(
+        "--out",
+        help="folder for the full tables, CSV and plots (default: benchmarks/"
+        "results in a checkout, else ./pykernels-bench-results)",
+    )
+    ap.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write this device's section of FILE (benchmarks/RESULTS.md)",
+    )
+    ap.add_argument(
+        "--list", action="store_true", help="list the points and their targets, run nothing"
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the backend check")
-    ap.add_argument("--skip", action="append", default=[], metavar="PROVIDER",
-                    help="leave a provider out (compile, a backend or a peer; repeatable)")
-    ap.add_argument("--size", help="run every point at this size of the family's table instead "
-                                   "(tiny: a smoke test of the harness)")
+    ap.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="PROVIDER",
+        help="leave a provider out (compile, a backend or a peer; repeatable)",
+    )
+    ap.add_argument(
+        "--size",
+        help="run every point at this size of the family's table instead "
+        "(tiny: a smoke test of the harness)",
+    )
     return ap
 
 
@@ -69,8 +88,14 @@ class _Progress:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=None,
-                        bar_format="{desc} {bar:20} {n}/{total} [{elapsed}]")
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            leave=False,
+            file=sys.stderr,
+            disable=None,
+            bar_format="{desc} {bar:20} {n}/{total} [{elapsed}]",
+        )
 
     def __call__(self, n: int, doing: str | None = None) -> None:
         if self.bar is not None:
@@ -91,16 +116,22 @@ def _case(module, name):
     return next(c for c in module.CASES if c.name == name)
 
 
-def run_family(family: str, module, mode: str, device: torch.device, log: list,
-               ns) -> tuple[list, list]:
+def run_family(
+    family: str, module, mode: str, device: torch.device, log: list, ns
+) -> tuple[list, list]:
     """(rows, target lines) of one family's Points."""
     points = _points(module, mode, device)
     if ns.size:
         points = [dataclasses.replace(p, size=ns.size) for p in points]
     cases = [_case(module, p.case) for p in points]
     # per Point: the backends, eager, compile, the peers, the timing
-    steps = [len(pykernels_backends(device)) + 3 + len(c.peers)
-             - len(set(ns.skip) & ({"compile"} | set(c.peers))) for c in cases]
+    steps = [
+        len(pykernels_backends(device))
+        + 3
+        + len(c.peers)
+        - len(set(ns.skip) & ({"compile"} | set(c.peers)))
+        for c in cases
+    ]
     progress = _Progress(sum(steps), family)
     rows, targets = [], []
     default = pykernels_backends(device)[0] if pykernels_backends(device) else "reference"
@@ -141,6 +172,7 @@ def list_points(families, mode: str, device: torch.device) -> None:
 
 def _check(device: torch.device) -> int:
     from .. import _selfcheck
+
     return 1 if _selfcheck.run(device) else 0
 
 
@@ -191,4 +223,3 @@ def main(argv: list[str]) -> int:
     print("\n" + report.verdict(rows, targets))
     print(f"full tables, CSV and plots: {out} ({time.time() - t0:.0f} s)")
     return 1 if any(r.within_tolerance is False for r in rows) else 0
-

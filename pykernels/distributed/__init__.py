@@ -8,9 +8,17 @@ global batch and exactly its own share of the gradient.
 
 A new loss gets its own module here, built on collectives.py, and is exported below.
 """
+
 from .collectives import all_gather_with_grad, gather_features, group_rank_and_size
 from .contrastive import MODES, REDUCTIONS, info_nce_loss
 from .sigmoid_contrastive import sigmoid_contrastive_loss
 
-__all__ = ["info_nce_loss", "sigmoid_contrastive_loss", "all_gather_with_grad", "gather_features", "group_rank_and_size",
-           "MODES", "REDUCTIONS"]
+__all__ = [
+    "info_nce_loss",
+    "sigmoid_contrastive_loss",
+    "all_gather_with_grad",
+    "gather_features",
+    "group_rank_and_size",
+    "MODES",
+    "REDUCTIONS",
+]

@@ -3,6 +3,7 @@
 The losses in this package see one data-parallel batch spread over the ranks of a process
 group; these helpers move features (and their gradients) between the ranks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,10 @@ def group_rank_and_size(group=None) -> tuple[int, int]:
     """(rank, world size) in `group`; (0, 1) when torch.distributed is not initialised."""
     if not (dist.is_available() and dist.is_initialized()):
         if group is not None:
-            raise RuntimeError("pykernels.distributed: a process_group was given but "
-                               "torch.distributed is not initialised")
+            raise RuntimeError(
+                "pykernels.distributed: a process_group was given but "
+                "torch.distributed is not initialised"
+            )
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
@@ -99,19 +102,27 @@ class Ring:
         self.next = global_rank(group, (rank + 1) % world)
         self.prev = global_rank(group, (rank - 1) % world)
 
-    def start(self, tensors: list[Tensor], tag: int, pending: list,
-              recv_rows: int | None = None) -> list[Tensor]:
+    def start(
+        self, tensors: list[Tensor], tag: int, pending: list, recv_rows: int | None = None
+    ) -> list[Tensor]:
         """Post sends of `tensors` and receives of same-shaped ones (or, given recv_rows,
         of that many rows: blocks of unequal size), which are returned.
         Each message kind has its own tag so that messages in flight at the same time
         cannot be matched with one another. `pending` keeps the sent tensors alive until
         `finish`."""
-        received = [torch.empty_like(t) if recv_rows is None
-                    else t.new_empty((recv_rows,) + tuple(t.shape[1:])) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag + i)
-               for i, t in enumerate(tensors)]
-        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i)
-                for i, r in enumerate(received)]
+        received = [
+            torch.empty_like(t)
+            if recv_rows is None
+            else t.new_empty((recv_rows,) + tuple(t.shape[1:]))
+            for t in tensors
+        ]
+        ops = [
+            dist.P2POp(dist.isend, t, self.next, self.group, tag + i) for i, t in enumerate(tensors)
+        ]
+        ops += [
+            dist.P2POp(dist.irecv, r, self.prev, self.group, tag + i)
+            for i, r in enumerate(received)
+        ]
         pending.append((dist.batch_isend_irecv(ops), tensors))
         return received
 
@@ -126,15 +137,24 @@ class Ring:
 
 
 # ----------------------------------------------------------------------------- open_clip gather
-def gather_features(image_features: Tensor, text_features: Tensor, local_loss: bool = False,
-                    gather_with_grad: bool = False, rank: int = 0, world_size: int = 1, group=None):
+def gather_features(
+    image_features: Tensor,
+    text_features: Tensor,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    group=None,
+):
     """open_clip's feature gathering, with its gradient rules: with gather_with_grad the
     gathered tensors carry gradients back to their owners (summed over ranks); without,
     they are constants, except that for the global (not local) loss this rank's own slot
     is its live tensor."""
     if gather_with_grad:
-        return (all_gather_with_grad(image_features, group),
-                all_gather_with_grad(text_features, group))
+        return (
+            all_gather_with_grad(image_features, group),
+            all_gather_with_grad(text_features, group),
+        )
     gathered = []
     for x in (image_features, text_features):
         parts = [torch.empty_like(x) for _ in range(world_size)]

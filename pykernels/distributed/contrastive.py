@@ -29,6 +29,7 @@ Two ways to get there:
     Memory per rank: its own blocks, the travelling block in use and the one arriving,
     plus the gradient accumulators in the backward: O(n * D), independent of W.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,15 +68,22 @@ def _check_local(image_features, text_features, logit_scale, logit_bias, mode, r
         if x.dim() != 2:
             raise ValueError(f"{_FN}: argument '{name}' must be [n, D], got shape {tuple(x.shape)}")
     if logit_scale.numel() != 1 or logit_scale.dim() > 1:
-        raise ValueError(f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or "
-                         f"[1]), got shape {tuple(logit_scale.shape)}")
-    named = [("image_features", image_features), ("text_features", text_features),
-             ("logit_scale", logit_scale)]
+        raise ValueError(
+            f"{_FN}: argument 'logit_scale' must be a scalar tensor (shape [] or "
+            f"[1]), got shape {tuple(logit_scale.shape)}"
+        )
+    named = [
+        ("image_features", image_features),
+        ("text_features", text_features),
+        ("logit_scale", logit_scale),
+    ]
     if logit_bias is not None:
         _checks.tensor(_FN, "logit_bias", logit_bias)
         if logit_bias.numel() != 1 or logit_bias.dim() > 1:
-            raise ValueError(f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] "
-                             f"or [1]), got shape {tuple(logit_bias.shape)}")
+            raise ValueError(
+                f"{_FN}: argument 'logit_bias' must be a scalar tensor (shape [] "
+                f"or [1]), got shape {tuple(logit_bias.shape)}"
+            )
         named.append(("logit_bias", logit_bias))
     _checks.same_device(_FN, *named)
     _checks.same_dtype(_FN, *named[:2])
@@ -85,8 +93,11 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
     """Every rank must hold [n, D] image and text blocks with the same n and D. One tiny
     all-gather of the shapes (a host sync); every rank raises the same error, so a bad
     rank cannot leave the others waiting in a collective."""
-    mine = torch.tensor([*image_features.shape, *text_features.shape], dtype=torch.int64,
-                        device=image_features.device)
+    mine = torch.tensor(
+        [*image_features.shape, *text_features.shape],
+        dtype=torch.int64,
+        device=image_features.device,
+    )
     every = mine.new_empty(world, 4)
     dist.all_gather(list(every.unbind(0)), mine, group=group)
     shapes = [tuple(r) for r in every.tolist()]
@@ -100,14 +111,21 @@ def _check_sizes_across_ranks(image_features, text_features, group, world):
 
 
 # ----------------------------------------------------------------------------- gather mode
-def _gather_loss(img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction,
-                 backend):
+def _gather_loss(
+    img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, backend
+):
     n = img.shape[0]
     scale = AllReduceGrad.apply(scale, group)
     bias = None if bias is None else AllReduceGrad.apply(bias, group)
     labels = torch.arange(rank * n, (rank + 1) * n, device=img.device)
-    common = dict(labels=labels, logit_bias=bias, symmetric=False, normalize=normalize,
-                  reduction="sum", backend=backend)
+    common = dict(
+        labels=labels,
+        logit_bias=bias,
+        symmetric=False,
+        normalize=normalize,
+        reduction="sum",
+        backend=backend,
+    )
     partial = _fused(img, all_gather_with_grad(txt, group), scale, **common)  # our rows
     if symmetric:  # our text columns, scored over every image
         partial = (partial + _fused(txt, all_gather_with_grad(img, group), scale, **common)) / 2
@@ -143,8 +161,9 @@ class _Tile:
         block): also the positives L[i, i], float64, the values the LSEs were taken over (a
         separate dot product would round differently, at logits of 1e3 by a small loss)."""
         if self.kernel is not None:
-            loss, row, col = _op("info_nce_loss", self.kernel)(img, blk, scale, self._labels(img),
-                                                               self.symmetric, False)
+            loss, row, col = _op("info_nce_loss", self.kernel)(
+                img, blk, scale, self._labels(img), self.symmetric, False
+            )
             pos = row - loss[0].double() if with_pos else None  # loss = lse - L[i, i]
             return row, (col if self.symmetric else None), pos
         row, col, pos = [], None, []
@@ -168,8 +187,16 @@ class _Tile:
             weights = [a.expand(n)] + ([c.expand(n)] if self.symmetric else [])
             empty = row_lse.new_empty(0)
             d_img, d_blk, d_scale = _op("info_nce_loss_backward", self.kernel)(
-                torch.stack(weights), img, blk, scale, self._labels(img), row_lse,
-                col_lse if self.symmetric else empty, self.symmetric, False)
+                torch.stack(weights),
+                img,
+                blk,
+                scale,
+                self._labels(img),
+                row_lse,
+                col_lse if self.symmetric else empty,
+                self.symmetric,
+                False,
+            )
             # the op also took the positive pairs (i, i) of this tile: give them back
             w_pos = a + c if self.symmetric else a
             i, t = img.to(acc), blk.to(acc)
@@ -206,10 +233,12 @@ class _Tile:
 def _no_autocast(fn):
     """The ring's tile math chooses its own precision (fp32 accumulation): an enclosing
     autocast region must not turn its matmuls into bf16 ones."""
+
     @functools.wraps(fn)
     def run(ctx, first, *args):
         with torch.autocast(device_type=first.device.type, enabled=False):
             return fn(ctx, first, *args)
+
     return run
 
 
@@ -247,8 +276,9 @@ class _RingInfoNCE(torch.autograd.Function):
         if world > 1:
             dist.all_reduce(partial, group=group)
         partial = partial.to(acc_dtype(img.dtype))
-        ctx.save_for_backward(img, txt, scale, row_lse,
-                              col_lse if symmetric else row_lse.new_empty(0))
+        ctx.save_for_backward(
+            img, txt, scale, row_lse, col_lse if symmetric else row_lse.new_empty(0)
+        )
         ctx.cfg = (group, rank, world, symmetric, reduction, tile)
         return partial
 
@@ -260,7 +290,7 @@ class _RingInfoNCE(torch.autograd.Function):
         acc = acc_dtype(img.dtype)
         s = scale.detach().to(acc).reshape(())
         w_row, w_col = _weights(symmetric, reduction, world * img.shape[0])
-        a = grad.to(acc) * w_row                         # d loss / d (row i's CE)
+        a = grad.to(acc) * w_row  # d loss / d (row i's CE)
         c = grad.to(acc) * w_col if symmetric else None  # d loss / d (column j's CE)
         ring = Ring(group, rank, world)
         block, block_lse = txt.contiguous(), (col_lse if symmetric else None)
@@ -289,9 +319,17 @@ class _RingInfoNCE(torch.autograd.Function):
         d_scale = d_scale - w_pos * _row_dots(img.to(acc), txt.to(acc)).sum()
         if world > 1:
             dist.all_reduce(d_scale, group=group)
-        return (d_img.to(img.dtype), d_txt.to(txt.dtype),
-                d_scale.reshape(scale.shape).to(scale.dtype),
-                None, None, None, None, None, None)
+        return (
+            d_img.to(img.dtype),
+            d_txt.to(txt.dtype),
+            d_scale.reshape(scale.shape).to(scale.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _lse64(logits: Tensor, dim: int) -> Tensor:
@@ -314,11 +352,21 @@ def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]
 
 
 # ----------------------------------------------------------------------------- public
-def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
-                  logit_bias: Tensor | None = None, process_group=None, mode: str = "gather",
-                  symmetric: bool = True, normalize: bool = False, reduction: str = "mean",
-                  check_sizes: bool = True, chunk_size: int = 1024,
-                  backend: str | None = None) -> Tensor:
+def info_nce_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    *,
+    logit_bias: Tensor | None = None,
+    process_group=None,
+    mode: str = "gather",
+    symmetric: bool = True,
+    normalize: bool = False,
+    reduction: str = "mean",
+    check_sizes: bool = True,
+    chunk_size: int = 1024,
+    backend: str | None = None,
+) -> Tensor:
     """The global-batch InfoNCE loss from per-rank blocks (see the module docstring).
 
     image_features, text_features: this rank's [n, D] blocks (same n and D on every rank);
@@ -333,8 +381,9 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     """
     _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{_FN}: argument 'chunk_size' must be an int, "
-                        f"got {type(chunk_size).__name__}")
+        raise TypeError(
+            f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}"
+        )
     _checks.positive(_FN, "chunk_size", chunk_size)
     rank, world = group_rank_and_size(process_group)
     if world > 1 and check_sizes:
@@ -346,22 +395,45 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
             f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
         )
     if world == 1 and mode == "gather":
-        return _fused(image_features, text_features, logit_scale, logit_bias=logit_bias,
-                      symmetric=symmetric,
-                      normalize=normalize, reduction=reduction, backend=backend)
+        return _fused(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias=logit_bias,
+            symmetric=symmetric,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+        )
     if mode == "gather":
-        return _gather_loss(image_features, text_features, logit_scale, logit_bias, process_group,
-                            rank, world,
-                            symmetric, normalize, reduction, backend)
+        return _gather_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            process_group,
+            rank,
+            world,
+            symmetric,
+            normalize,
+            reduction,
+            backend,
+        )
     if normalize:  # row-local, so it is done before the ring, with autograd
         image_features, text_features = normalized(image_features), normalized(text_features)
     kernel = backends.resolve(backend, image_features.device, _FN)
     tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
-    loss = _RingInfoNCE.apply(image_features, text_features, logit_scale, process_group, rank,
-                              world,
-                              symmetric, reduction, tile)
+    loss = _RingInfoNCE.apply(
+        image_features,
+        text_features,
+        logit_scale,
+        process_group,
+        rank,
+        world,
+        symmetric,
+        reduction,
+        tile,
+    )
     if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
         loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)
     return loss
-
-

@@ -23,6 +23,7 @@ each tensor holds exactly what open_clip's SigLipLoss gives on that rank.
     the positives at rank r's slots; the gathered gradient is summed back to its owners.
     Every rank must hold the same n.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,16 +47,21 @@ _TAG_BLOCK, _TAG_GRAD = 40, 50
 def _rank_sizes(image_features: Tensor, text_features: Tensor, group, world: int) -> list[int]:
     """n of every rank (one tiny all-gather of the shapes, a host sync). Every rank raises
     the same error on a mismatch, so no rank is left waiting in a collective."""
-    mine = torch.tensor([*image_features.shape, *text_features.shape], dtype=torch.int64,
-                        device=image_features.device)
+    mine = torch.tensor(
+        [*image_features.shape, *text_features.shape],
+        dtype=torch.int64,
+        device=image_features.device,
+    )
     every = mine.new_empty(world, 4)
     dist.all_gather(list(every.unbind(0)), mine, group=group)
     shapes = [tuple(r) for r in every.tolist()]
     if any(s[0] != s[2] or s[1] != s[3] or s[1] != shapes[0][1] for s in shapes):
-        raise ValueError(f"{_FN}: every rank must pass image_features and text_features of "
-                         f"one shape [n, D] (n may differ between ranks in ring mode, D may "
-                         f"not); got (image shape, text shape) per rank: "
-                         f"{[(s[:2], s[2:]) for s in shapes]}")
+        raise ValueError(
+            f"{_FN}: every rank must pass image_features and text_features of "
+            f"one shape [n, D] (n may differ between ranks in ring mode, D may "
+            f"not); got (image shape, text shape) per rank: "
+            f"{[(s[:2], s[2:]) for s in shapes]}"
+        )
     return [s[0] for s in shapes]
 
 
@@ -64,8 +70,9 @@ def _block_rows(kernel, img, blk, scale, bias, own: bool) -> Tensor:
     """Row losses of my images against one text block (positives on the diagonal if own)."""
     ids_i, ids_t = _block_ids(img, blk, own)
     if kernel == "reference":
-        return _ref.sigmoid_contrastive_loss(img, blk, scale, bias, labels=(ids_i, ids_t),
-                                             reduction="none")
+        return _ref.sigmoid_contrastive_loss(
+            img, blk, scale, bias, labels=(ids_i, ids_t), reduction="none"
+        )
     return _op("sigmoid_contrastive_loss", kernel)(img, blk, scale, bias, ids_i, ids_t, False)
 
 
@@ -73,8 +80,9 @@ def _block_grads(kernel, grad, img, blk, scale, bias, own: bool):
     """(d img, d blk, d scale, d bias) of <grad, _block_rows(...)>."""
     ids_i, ids_t = _block_ids(img, blk, own)
     if kernel != "reference":
-        return _op("sigmoid_contrastive_loss_backward", kernel)(grad, img, blk, scale, bias,
-                                                                ids_i, ids_t, False)
+        return _op("sigmoid_contrastive_loss_backward", kernel)(
+            grad, img, blk, scale, bias, ids_i, ids_t, False
+        )
     with torch.enable_grad():
         xs = [x.detach().requires_grad_() for x in (img, blk, scale, bias)]
         rows = _ref.sigmoid_contrastive_loss(*xs, labels=(ids_i, ids_t), reduction="none")
@@ -101,7 +109,7 @@ class _RingSigmoid(torch.autograd.Function):
         blk = txt.detach().contiguous()
         for s in range(world):  # at step s: the block of rank (rank - s) mod W
             if s + 1 < world:  # post the next exchange first: it overlaps this step's work
-                nxt, = ring.start([blk], _TAG_BLOCK, pending, sizes[(rank - s - 1) % world])
+                (nxt,) = ring.start([blk], _TAG_BLOCK, pending, sizes[(rank - s - 1) % world])
             rows += _block_rows(kernel, img, blk, scale, bias, own=s == 0).to(rows.dtype)
             if s + 1 < world:
                 Ring.finish(pending)
@@ -121,7 +129,7 @@ class _RingSigmoid(torch.autograd.Function):
         d_blk = torch.zeros(blk.shape, dtype=acc, device=img.device)  # travels with blk
         for s in range(world):
             if s + 1 < world:
-                nxt, = ring.start([blk], _TAG_BLOCK, pending, sizes[(rank - s - 1) % world])
+                (nxt,) = ring.start([blk], _TAG_BLOCK, pending, sizes[(rank - s - 1) % world])
             di, dt, ds, db = _block_grads(ctx.kernel, grad, img, blk, scale, bias, own=s == 0)
             d_img += di
             d_blk += dt
@@ -129,21 +137,38 @@ class _RingSigmoid(torch.autograd.Function):
             d_bias += db.reshape(())
             # the block and its gradient go on to the next rank; after the last step the
             # gradient of the block I hold (rank + 1's) goes home, and mine comes back
-            d_nxt, = ring.start([d_blk], _TAG_GRAD, pending, sizes[(rank - s - 1) % world])
+            (d_nxt,) = ring.start([d_blk], _TAG_GRAD, pending, sizes[(rank - s - 1) % world])
             Ring.finish(pending)
             if s + 1 < world:
                 blk = nxt
             d_blk = d_nxt
-        return (d_img.to(img.dtype), d_blk.to(txt.dtype),
-                d_scale.to(scale.dtype).reshape(scale.shape),
-                d_bias.to(bias.dtype).reshape(bias.shape), None, None, None, None, None)
+        return (
+            d_img.to(img.dtype),
+            d_blk.to(txt.dtype),
+            d_scale.to(scale.dtype).reshape(scale.shape),
+            d_bias.to(bias.dtype).reshape(bias.shape),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 # ----------------------------------------------------------------------------- public
-def sigmoid_contrastive_loss(image_features: Tensor, text_features: Tensor, logit_scale,
-                             logit_bias, *, process_group=None, mode: str = "ring",
-                             normalize: bool = False, reduction: str = "mean",
-                             check_sizes: bool = True, backend: str | None = None) -> Tensor:
+def sigmoid_contrastive_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale,
+    logit_bias,
+    *,
+    process_group=None,
+    mode: str = "ring",
+    normalize: bool = False,
+    reduction: str = "mean",
+    check_sizes: bool = True,
+    backend: str | None = None,
+) -> Tensor:
     """Rank r's SigLIP loss (see the module docstring): its [n, D] images against the texts
     of every rank of process_group, positives on its own diagonal block. logit_scale,
     logit_bias: scalar tensors or floats (logit_scale is the multiplier, open_clip's
@@ -155,35 +180,67 @@ def sigmoid_contrastive_loss(image_features: Tensor, text_features: Tensor, logi
     """
     logit_scale = _ops._as_scalar_tensor(_FN, "logit_scale", logit_scale, image_features)
     logit_bias = _ops._as_scalar_tensor(_FN, "logit_bias", logit_bias, image_features)
-    _ops._check(_FN, image_features, text_features, logit_scale, logit_bias, None, normalize,
-                reduction)
+    _ops._check(
+        _FN, image_features, text_features, logit_scale, logit_bias, None, normalize, reduction
+    )
     _checks.choice(_FN, "mode", mode, MODES)
     _checks.choice(_FN, "reduction", reduction, REDUCTIONS)
     n = image_features.shape[0]
     if text_features.shape[0] != n:
-        raise ValueError(f"{_FN}: arguments 'image_features' and 'text_features' must have the "
-                         f"same number of rows n (pair i is (image i, text i)), got "
-                         f"{n} and {text_features.shape[0]}")
+        raise ValueError(
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the "
+            f"same number of rows n (pair i is (image i, text i)), got "
+            f"{n} and {text_features.shape[0]}"
+        )
     rank, world = group_rank_and_size(process_group)
-    sizes = (_rank_sizes(image_features, text_features, process_group, world)
-             if world > 1 and check_sizes else [n] * world)
+    sizes = (
+        _rank_sizes(image_features, text_features, process_group, world)
+        if world > 1 and check_sizes
+        else [n] * world
+    )
     if world == 1:
-        return _ops.sigmoid_contrastive_loss(image_features, text_features, logit_scale,
-                                             logit_bias, normalize=normalize,
-                                             reduction=reduction, backend=backend)
+        return _ops.sigmoid_contrastive_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+        )
     if mode == "gather":
         if len(set(sizes)) > 1:
-            raise ValueError(f"{_FN}: mode='gather' needs the same n on every rank, got {sizes};"
-                             f" use mode='ring' for unequal batches")
+            raise ValueError(
+                f"{_FN}: mode='gather' needs the same n on every rank, got {sizes};"
+                f" use mode='ring' for unequal batches"
+            )
         all_text = all_gather_with_grad(text_features, process_group)
-        labels = (torch.arange(rank * n, (rank + 1) * n, device=image_features.device),
-                  torch.arange(world * n, device=image_features.device))
-        return _ops.sigmoid_contrastive_loss(image_features, all_text, logit_scale, logit_bias,
-                                             labels=labels, normalize=normalize,
-                                             reduction=reduction, backend=backend)
+        labels = (
+            torch.arange(rank * n, (rank + 1) * n, device=image_features.device),
+            torch.arange(world * n, device=image_features.device),
+        )
+        return _ops.sigmoid_contrastive_loss(
+            image_features,
+            all_text,
+            logit_scale,
+            logit_bias,
+            labels=labels,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+        )
     if normalize:  # row-local, so it is done before the ring, with autograd
         image_features, text_features = normalized(image_features), normalized(text_features)
     kernel = backends.resolve(backend, image_features.device, _FN)
-    rows = _RingSigmoid.apply(image_features, text_features, logit_scale, logit_bias,
-                              process_group, rank, world, sizes, kernel)
+    rows = _RingSigmoid.apply(
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        process_group,
+        rank,
+        world,
+        sizes,
+        kernel,
+    )
     return rows.sum() / (n if reduction == "mean" else 1)

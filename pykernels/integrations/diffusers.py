@@ -24,6 +24,7 @@ Configurations the fused op does not cover (DDPM variance types other than
 diffusers is optional: importing this module without it raises ImportError; nothing
 else in pykernels imports it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,10 @@ try:
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as exc:  # pragma: no cover - exercised only without diffusers
-    raise ImportError("pykernels.integrations.diffusers needs the optional dependency diffusers "
-                      f"(pip install diffusers): {exc}") from exc
+    raise ImportError(
+        "pykernels.integrations.diffusers needs the optional dependency diffusers "
+        f"(pip install diffusers): {exc}"
+    ) from exc
 
 from ..ops import diffusion as _ops
 
@@ -62,13 +65,15 @@ class _FusedMixin:
             return t.reshape(()).expand(sample.shape[0]) if t.numel() == 1 else t
         return int(t)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
-                  timesteps: torch.IntTensor) -> torch.Tensor:
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
+    ) -> torch.Tensor:
         t = timesteps.to(original_samples.device).reshape(-1).to(torch.int64)
         return _ops.add_noise(original_samples, noise, t, self._pk_table(original_samples.device))
 
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor,
-                     timesteps: torch.IntTensor) -> torch.Tensor:
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
+    ) -> torch.Tensor:
         t = timesteps.to(sample.device).reshape(-1).to(torch.int64)
         return _ops.get_velocity(sample, noise, t, self._pk_table(sample.device))
 
@@ -88,31 +93,53 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
         prev = following[idx]
         return prev.reshape(()) if prev.numel() == 1 else prev
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = True):
-        learned = self.variance_type in ("learned",
-            "learned_range") and model_output.shape[1] == sample.shape[1] * 2
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
+        learned = (
+            self.variance_type in ("learned", "learned_range")
+            and model_output.shape[1] == sample.shape[1] * 2
+        )
         if self.variance_type != "fixed_small" or learned:
-            return super().step(model_output, timestep, sample, generator=generator,
-                                return_dict=return_dict)
+            return super().step(
+                model_output, timestep, sample, generator=generator, return_dict=return_dict
+            )
         t = self._pk_timesteps(timestep, sample)
         prev = self._pk_prev_timestep(t, sample.device)
-        host_zero = isinstance(timestep, int) or (isinstance(timestep,
-            torch.Tensor) and timestep.device.type == "cpu" and timestep.numel() == 1)
+        host_zero = isinstance(timestep, int) or (
+            isinstance(timestep, torch.Tensor)
+            and timestep.device.type == "cpu"
+            and timestep.numel() == 1
+        )
         if host_zero and int(timestep) <= 0:  # as diffusers: no draw at t = 0
             noise = torch.zeros_like(sample)
         else:
-            noise = randn_tensor(model_output.shape, generator=generator,
-                                 device=model_output.device, dtype=model_output.dtype)
+            noise = randn_tensor(
+                model_output.shape,
+                generator=generator,
+                device=model_output.device,
+                dtype=model_output.dtype,
+            )
         c = self.config
-        prev_sample, x0 = _ops.ddpm_step(model_output, t, sample, self._pk_table(sample.device),
-                                         prev_timesteps=prev, noise=noise,
-                                         prediction_type=c.prediction_type,
-                                         clip_sample=c.clip_sample,
-                                         clip_sample_range=c.clip_sample_range,
-                                         thresholding=c.thresholding,
-                                         dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-                                         sample_max_value=c.sample_max_value)
+        prev_sample, x0 = _ops.ddpm_step(
+            model_output,
+            t,
+            sample,
+            self._pk_table(sample.device),
+            prev_timesteps=prev,
+            noise=noise,
+            prediction_type=c.prediction_type,
+            clip_sample=c.clip_sample,
+            clip_sample_range=c.clip_sample_range,
+            thresholding=c.thresholding,
+            dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+            sample_max_value=c.sample_max_value,
+        )
         if not return_dict:
             return (prev_sample, x0)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -121,33 +148,55 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
 class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
     """diffusers' DDIMScheduler with a fused `step`."""
 
-    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
-             eta: float = 0.0, use_clipped_model_output: bool = False,
-             generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
-             return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
         if self.num_inference_steps is None:
-            raise ValueError("Number of inference steps is 'None', you need to run 'set_timesteps' "
-                             "after creating the scheduler")
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' "
+                "after creating the scheduler"
+            )
         t = self._pk_timesteps(timestep, sample)
         prev = t - self.config.num_train_timesteps // self.num_inference_steps
         if eta > 0:
             if variance_noise is not None and generator is not None:
-                raise ValueError("Cannot pass both generator and variance_noise. Please make sure "
-                                 "that either `generator` or `variance_noise` stays `None`.")
+                raise ValueError(
+                    "Cannot pass both generator and variance_noise. Please make sure "
+                    "that either `generator` or `variance_noise` stays `None`."
+                )
             if variance_noise is None:
-                variance_noise = randn_tensor(model_output.shape, generator=generator,
-                                              device=model_output.device, dtype=model_output.dtype)
+                variance_noise = randn_tensor(
+                    model_output.shape,
+                    generator=generator,
+                    device=model_output.device,
+                    dtype=model_output.dtype,
+                )
         c = self.config
-        prev_sample, x0 = _ops.ddim_step(model_output, t, prev, sample,
-                                         self._pk_table(sample.device), eta=float(eta),
-                                         noise=variance_noise, prediction_type=c.prediction_type,
-                                         clip_sample=c.clip_sample,
-                                         clip_sample_range=c.clip_sample_range,
-                                         thresholding=c.thresholding,
-                                         dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-                                         sample_max_value=c.sample_max_value,
-                                         use_clipped_model_output=use_clipped_model_output,
-                                         final_alpha_cumprod=float(self.final_alpha_cumprod))
+        prev_sample, x0 = _ops.ddim_step(
+            model_output,
+            t,
+            prev,
+            sample,
+            self._pk_table(sample.device),
+            eta=float(eta),
+            noise=variance_noise,
+            prediction_type=c.prediction_type,
+            clip_sample=c.clip_sample,
+            clip_sample_range=c.clip_sample_range,
+            thresholding=c.thresholding,
+            dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
+            sample_max_value=c.sample_max_value,
+            use_clipped_model_output=use_clipped_model_output,
+            final_alpha_cumprod=float(self.final_alpha_cumprod),
+        )
         if not return_dict:
             return (prev_sample, x0)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -202,7 +251,8 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
                 raise NotImplementedError(
                     f"FusedFlowMatchEulerDiscreteScheduler: config option '{name}' = {value!r} is "
                     f"not supported by the fused step; use diffusers' "
-                    f"FlowMatchEulerDiscreteScheduler for it")
+                    f"FlowMatchEulerDiscreteScheduler for it"
+                )
 
     @property
     def step_index(self):
@@ -222,8 +272,12 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         if self._pk_cache is None or self._pk_cache[0] != device:
             sigmas = self.sigmas.to(device=device, dtype=torch.float32)
             nan = torch.full((2,), float("nan"), device=device)
-            self._pk_cache = (device, torch.cat([sigmas[:-1], nan]), torch.cat([sigmas[1:], nan]),
-                              self.timesteps.to(device))
+            self._pk_cache = (
+                device,
+                torch.cat([sigmas[:-1], nan]),
+                torch.cat([sigmas[1:], nan]),
+                self.timesteps.to(device),
+            )
         return self._pk_cache[1:]
 
     @staticmethod
@@ -244,9 +298,11 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         if self._pk_index is None or self._pk_index.device != device:
             if self.begin_index is not None:
                 if not 0 <= self.begin_index < timesteps.shape[0]:
-                    raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler: begin_index "
-                                     f"{self.begin_index} is outside the schedule's "
-                                     f"{timesteps.shape[0]} steps")
+                    raise ValueError(
+                        f"FusedFlowMatchEulerDiscreteScheduler: begin_index "
+                        f"{self.begin_index} is outside the schedule's "
+                        f"{timesteps.shape[0]} steps"
+                    )
                 self._pk_index = torch.full((), self.begin_index, dtype=torch.int64, device=device)
             else:
                 self._pk_index = self._pk_lookup(t.reshape(1), timesteps)[0]
@@ -261,32 +317,49 @@ class FusedFlowMatchEulerDiscreteScheduler(FlowMatchEulerDiscreteScheduler):
         t = torch.as_tensor(timestep, device=sample.device)
         if t.numel() > 1:
             if t.numel() != sample.shape[0]:
-                raise ValueError(f"FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' "
-                                 f"must be one timestep or one per sample ({sample.shape[0]}), "
-                                 f"got shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"FusedFlowMatchEulerDiscreteScheduler.step: argument 'timestep' "
+                    f"must be one timestep or one per sample ({sample.shape[0]}), "
+                    f"got shape {tuple(t.shape)}"
+                )
             index = self._pk_lookup(t.reshape(-1), timesteps)
         else:
             index = self._pk_counter(t, timesteps)
         return torch.take(sigma, index), torch.take(sigma_next, index)
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
-             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
-             s_noise: float = 1.0, generator: torch.Generator | None = None,
-             per_token_timesteps: torch.Tensor | None = None, return_dict: bool = True):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: torch.Generator | None = None,
+        per_token_timesteps: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
         fn = "FusedFlowMatchEulerDiscreteScheduler.step"
-        if isinstance(timestep, (int, bool)) or (isinstance(timestep, torch.Tensor)
-                                                 and not timestep.is_floating_point()):
-            raise ValueError(f"{fn}: argument 'timestep' must be a value of scheduler.timesteps "
-                             f"(a float), not an integer index")
+        if isinstance(timestep, (int, bool)) or (
+            isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()
+        ):
+            raise ValueError(
+                f"{fn}: argument 'timestep' must be a value of scheduler.timesteps "
+                f"(a float), not an integer index"
+            )
         self._pk_check_config()
         if per_token_timesteps is not None:
-            raise NotImplementedError(f"{fn}: argument 'per_token_timesteps' is not supported by "
-                                      f"the fused step; pass one timestep per sample instead")
+            raise NotImplementedError(
+                f"{fn}: argument 'per_token_timesteps' is not supported by "
+                f"the fused step; pass one timestep per sample instead"
+            )
         sigma, sigma_next = self._pk_step_sigmas(timestep, sample)
         # diffusers steps in float32 from the sample and returns model_output's dtype
         wide = torch.promote_types(model_output.dtype, sample.dtype)
-        prev_sample = _flow_ops.flow_match_euler_step(model_output.to(wide), sample.to(wide),
-                                                      sigma, sigma_next)
+        prev_sample = _flow_ops.flow_match_euler_step(
+            model_output.to(wide), sample.to(wide), sigma, sigma_next
+        )
         prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:
             return (prev_sample,)

@@ -17,6 +17,7 @@ does the same for a student and a teacher with `pykernels.fused_linear_distillat
 transformers is optional: importing this module without it raises ImportError; nothing else
 in pykernels imports it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,10 @@ import torch
 try:
     import transformers  # noqa: F401  (the models this module takes come from it)
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
-    raise ImportError("pykernels.integrations.transformers needs the optional dependency "
-                      f"transformers (pip install transformers): {exc}") from exc
+    raise ImportError(
+        "pykernels.integrations.transformers needs the optional dependency "
+        f"transformers (pip install transformers): {exc}"
+    ) from exc
 
 from ..ops.fused_linear import fused_linear_cross_entropy, fused_linear_distillation_loss
 
@@ -47,22 +50,50 @@ def _softcap(model):
     return getattr(model.config, "final_logit_softcapping", None)
 
 
-def causal_lm_loss(model, input_ids, labels, *, num_items_in_batch=None, ignore_index=-100,
-                   chunk_size=None, backend=None, **model_kwargs) -> torch.Tensor:
+def causal_lm_loss(
+    model,
+    input_ids,
+    labels,
+    *,
+    num_items_in_batch=None,
+    ignore_index=-100,
+    chunk_size=None,
+    backend=None,
+    **model_kwargs,
+) -> torch.Tensor:
     """model(input_ids, labels=labels, **model_kwargs).loss, with the LM head and its cross
     entropy fused (no logits)."""
     hidden = hidden_states(model, input_ids, **model_kwargs)
     head = model.lm_head
     return fused_linear_cross_entropy(
-        hidden, head.weight, shift_labels(labels, ignore_index).to(hidden.device),
-        bias=head.bias, ignore_index=ignore_index, softcap=_softcap(model),
-        num_items_in_batch=num_items_in_batch, chunk_size=chunk_size, backend=backend)
+        hidden,
+        head.weight,
+        shift_labels(labels, ignore_index).to(hidden.device),
+        bias=head.bias,
+        ignore_index=ignore_index,
+        softcap=_softcap(model),
+        num_items_in_batch=num_items_in_batch,
+        chunk_size=chunk_size,
+        backend=backend,
+    )
 
 
-def causal_lm_distillation_loss(student, teacher, input_ids, labels=None, *, temperature=1.0,
-                                beta=0.0, soft_weight=1.0, hard_weight=0.0, ignore_index=-100,
-                                num_items_in_batch=None, chunk_size=None, backend=None,
-                                **model_kwargs) -> torch.Tensor:
+def causal_lm_distillation_loss(
+    student,
+    teacher,
+    input_ids,
+    labels=None,
+    *,
+    temperature=1.0,
+    beta=0.0,
+    soft_weight=1.0,
+    hard_weight=0.0,
+    ignore_index=-100,
+    num_items_in_batch=None,
+    chunk_size=None,
+    backend=None,
+    **model_kwargs,
+) -> torch.Tensor:
     """pykernels.distillation_loss(student logits, teacher logits, labels=shifted labels,
     ...) of two causal LMs on the same tokens, with both heads fused (no logits). The
     teacher runs under torch.no_grad(). Without labels every position counts."""
@@ -71,8 +102,19 @@ def causal_lm_distillation_loss(student, teacher, input_ids, labels=None, *, tem
         teacher_hidden = hidden_states(teacher, input_ids, **model_kwargs)
     y = None if labels is None else shift_labels(labels, ignore_index).to(hidden.device)
     return fused_linear_distillation_loss(
-        hidden, student.lm_head.weight, teacher_hidden, teacher.lm_head.weight, labels=y,
-        student_bias=student.lm_head.bias, teacher_bias=teacher.lm_head.bias,
-        temperature=temperature, beta=beta, soft_weight=soft_weight, hard_weight=hard_weight,
-        ignore_index=ignore_index, num_items_in_batch=num_items_in_batch,
-        chunk_size=chunk_size, backend=backend)
+        hidden,
+        student.lm_head.weight,
+        teacher_hidden,
+        teacher.lm_head.weight,
+        labels=y,
+        student_bias=student.lm_head.bias,
+        teacher_bias=teacher.lm_head.bias,
+        temperature=temperature,
+        beta=beta,
+        soft_weight=soft_weight,
+        hard_weight=hard_weight,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+        chunk_size=chunk_size,
+        backend=backend,
+    )

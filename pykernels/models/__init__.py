@@ -13,8 +13,18 @@ implementation of the ops the model calls: ``"reference"`` is plain PyTorch
 - :mod:`~pykernels.models.diffusion`: a denoiser trained with add_noise + diffusion_loss,
   sampled with DDIM and DDPM steps.
 """
+
 from . import clip, diffusion, distillation, mae, reference_ops
 from ._common import Run
 from .ops import FusedOps, get_ops
 
-__all__ = ["Run", "FusedOps", "get_ops", "reference_ops", "clip", "diffusion", "distillation", "mae"]
+__all__ = [
+    "Run",
+    "FusedOps",
+    "get_ops",
+    "reference_ops",
+    "clip",
+    "diffusion",
+    "distillation",
+    "mae",
+]

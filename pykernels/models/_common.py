@@ -1,4 +1,5 @@
 """What every reference model's training loop shares: seeding, timing, a text progress bar."""
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,10 @@ class Progress:
         if not self.enabled or (done % self.every and done != self.total):
             return
         bar = "#" * (30 * done // self.total)
-        line = (f"{self.label:<28} [{bar:<30}] {done:>5}/{self.total}  loss {loss:8.4f}  "
-                f"{time.perf_counter() - self.start:5.1f}s")
+        line = (
+            f"{self.label:<28} [{bar:<30}] {done:>5}/{self.total}  loss {loss:8.4f}  "
+            f"{time.perf_counter() - self.start:5.1f}s"
+        )
         end = "\n" if done == self.total or not self.tty else ""
         sys.stderr.write(("\r" if self.tty else "") + line + end)
         sys.stderr.flush()

@@ -8,6 +8,7 @@ the InfoNCE loss over the batch. Evaluation is zero-shot classification: the cap
 "a photo of <concept>" of every concept is embedded, each test image is assigned the
 concept whose caption is most cosine-similar, and the top-1 accuracy is reported.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,18 +43,30 @@ class Config:
 
 SIZES = {
     "test": Config(),
-    "example": Config(concepts=32, image_size=16, width=256, embed_dim=64, batch=256, steps=300, distractor=0.9,
-                      pixel_noise=2.0),
+    "example": Config(
+        concepts=32,
+        image_size=16,
+        width=256,
+        embed_dim=64,
+        batch=256,
+        steps=300,
+        distractor=0.9,
+        pixel_noise=2.0,
+    ),
 }
 
 
 class CLIP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        pixels = cfg.channels * cfg.image_size ** 2
+        pixels = cfg.channels * cfg.image_size**2
         vocab = FIRST_CONCEPT + cfg.concepts + cfg.fillers
-        self.image_tower = nn.Sequential(nn.Flatten(), nn.Linear(pixels, cfg.width), nn.GELU(),
-                                         nn.Linear(cfg.width, cfg.embed_dim))
+        self.image_tower = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(pixels, cfg.width),
+            nn.GELU(),
+            nn.Linear(cfg.width, cfg.embed_dim),
+        )
         self.token_embedding = nn.Embedding(vocab, cfg.width)
         self.text_tower = nn.Sequential(nn.GELU(), nn.Linear(cfg.width, cfg.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -80,17 +93,26 @@ class PairedData:
         cfg, g = self.cfg, self.g
         other = torch.randint(0, cfg.concepts, concepts.shape, generator=g, device=self.device)
         noise = torch.randn(self.prototypes[concepts].shape, generator=g, device=self.device)
-        return self.prototypes[concepts] + cfg.distractor * self.prototypes[other] + cfg.pixel_noise * noise
+        return (
+            self.prototypes[concepts]
+            + cfg.distractor * self.prototypes[other]
+            + cfg.pixel_noise * noise
+        )
 
     def captions(self, concepts: Tensor) -> Tensor:
         cfg = self.cfg
-        fill = FIRST_CONCEPT + cfg.concepts + torch.randint(0, cfg.fillers, (len(concepts), 2), generator=self.g,
-                                                            device=self.device)
+        fill = (
+            FIRST_CONCEPT
+            + cfg.concepts
+            + torch.randint(
+                0, cfg.fillers, (len(concepts), 2), generator=self.g, device=self.device
+            )
+        )
         template = torch.tensor(TEMPLATE, device=self.device).expand(len(concepts), -1)
         return torch.cat([template, (FIRST_CONCEPT + concepts)[:, None], fill], dim=1)
 
     def prompts(self) -> Tensor:
-        """"a photo of <concept>" for every concept, padded with BLANK to the caption length."""
+        """ "a photo of <concept>" for every concept, padded with BLANK to the caption length."""
         concepts = torch.arange(self.cfg.concepts, device=self.device)
         template = torch.tensor(TEMPLATE, device=self.device).expand(len(concepts), -1)
         blank = torch.full((len(concepts), 2), BLANK, device=self.device)
@@ -102,13 +124,24 @@ class PairedData:
 
 
 @torch.no_grad()
-def zero_shot_accuracy(ops, model: CLIP, images: Tensor, concepts: Tensor, prompts: Tensor) -> float:
-    similarity = ops.pairwise_cosine_similarity(model.encode_image(images), model.encode_text(prompts))
+def zero_shot_accuracy(
+    ops, model: CLIP, images: Tensor, concepts: Tensor, prompts: Tensor
+) -> float:
+    similarity = ops.pairwise_cosine_similarity(
+        model.encode_image(images), model.encode_text(prompts)
+    )
     return (similarity.argmax(-1) == concepts).float().mean().item()
 
 
-def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", progress: bool = False,
-          **overrides) -> Run:
+def train(
+    ops="reference",
+    *,
+    size: str = "test",
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+    **overrides,
+) -> Run:
     cfg = replace(SIZES[size], **overrides)
     run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
     ops = get_ops(ops)
@@ -117,18 +150,23 @@ def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", p
     test_images, _, test_concepts = data.batch(cfg.test_images)
     model = CLIP(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run.evals["zero_shot_top1_before"] = zero_shot_accuracy(ops, model, test_images, test_concepts, data.prompts())
+    run.evals["zero_shot_top1_before"] = zero_shot_accuracy(
+        ops, model, test_images, test_concepts, data.prompts()
+    )
 
     def step(i):
         images, captions, _ = data.batch(cfg.batch)
-        loss = ops.info_nce_loss(model.encode_image(images), model.encode_text(captions), model.scale(),
-                                 normalize=True)
+        loss = ops.info_nce_loss(
+            model.encode_image(images), model.encode_text(captions), model.scale(), normalize=True
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss.detach()
 
     train_loop(run, step, cfg.steps, device, "CLIP", progress)
-    run.evals["zero_shot_top1"] = zero_shot_accuracy(ops, model, test_images, test_concepts, data.prompts())
+    run.evals["zero_shot_top1"] = zero_shot_accuracy(
+        ops, model, test_images, test_concepts, data.prompts()
+    )
     run.evals["logit_scale"] = model.scale().item()
     return run

@@ -6,6 +6,7 @@ in [-1, 1]. Training draws a timestep and Gaussian noise per image, noises the i
 noise and runs either ``ddim_step`` (eta = 0, a strided subset of the timesteps) or
 ``ddpm_step`` (every timestep, with fresh noise). All randomness comes from one generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,16 +45,27 @@ class Denoiser(nn.Module):
 
     def __init__(self, cfg: Config, time_features: int = 32):
         super().__init__()
-        pixels = cfg.image_size ** 2
+        pixels = cfg.image_size**2
         self.timesteps, self.time_features = cfg.timesteps, time_features
         self.inp = nn.Linear(pixels, cfg.hidden)
-        self.time = nn.Sequential(nn.Linear(time_features, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden))
-        self.body = nn.Sequential(nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
-                                  nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, pixels))
+        self.time = nn.Sequential(
+            nn.Linear(time_features, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden)
+        )
+        self.body = nn.Sequential(
+            nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, pixels),
+        )
 
     def embed_time(self, t: Tensor) -> Tensor:
-        freqs = torch.exp(-math.log(1000.0) * torch.arange(self.time_features // 2, device=t.device) /
-                          (self.time_features // 2))
+        freqs = torch.exp(
+            -math.log(1000.0)
+            * torch.arange(self.time_features // 2, device=t.device)
+            / (self.time_features // 2)
+        )
         angles = t.float()[:, None] * freqs
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -71,7 +83,7 @@ def make_images(cfg: Config, n: int, g: torch.Generator, device) -> Tensor:
     size = S * (0.15 + 0.2 * torch.rand(n, 2, 1, 1, generator=g, device=device))
     dy, dx = (yy - centre[:, 0]) / size[:, 0], (xx - centre[:, 1]) / size[:, 1]
     rect = (dy.abs() <= 1) & (dx.abs() <= 1)
-    disc = dy ** 2 + dx ** 2 <= 1
+    disc = dy**2 + dx**2 <= 1
     is_rect = torch.rand(n, 1, 1, generator=g, device=device) < 0.5
     return torch.where(is_rect, rect, disc).float().mul(2).sub(1).unsqueeze(1)
 
@@ -85,13 +97,16 @@ def sample_ddim(ops, model: Denoiser, cfg: Config, noise: Tensor, alphas_cumprod
     stride = cfg.timesteps // cfg.ddim_steps
     for t in range(cfg.timesteps - 1, -1, -stride):
         t_now = torch.full((n,), t, device=x.device)
-        x, _ = ops.ddim_step(model(x, t_now), t_now, t_now - stride, x, alphas_cumprod, clip_sample=True)
+        x, _ = ops.ddim_step(
+            model(x, t_now), t_now, t_now - stride, x, alphas_cumprod, clip_sample=True
+        )
     return x
 
 
 @torch.no_grad()
-def sample_ddpm(ops, model: Denoiser, cfg: Config, noise: Tensor, alphas_cumprod: Tensor,
-                g: torch.Generator) -> Tensor:
+def sample_ddpm(
+    ops, model: Denoiser, cfg: Config, noise: Tensor, alphas_cumprod: Tensor, g: torch.Generator
+) -> Tensor:
     x, n = noise, noise.shape[0]
     for t in range(cfg.timesteps - 1, -1, -1):
         t_now = torch.full((n,), t, device=x.device)
@@ -100,14 +115,22 @@ def sample_ddpm(ops, model: Denoiser, cfg: Config, noise: Tensor, alphas_cumprod
     return x
 
 
-def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", progress: bool = False,
-          **overrides) -> Run:
+def train(
+    ops="reference",
+    *,
+    size: str = "test",
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+    **overrides,
+) -> Run:
     cfg = replace(SIZES[size], **overrides)
     run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
     ops = get_ops(ops)
     g = generator(seed, device)
-    alphas_cumprod = ops.make_schedule(cfg.timesteps, "linear", beta_start=cfg.beta_start,
-                                       beta_end=cfg.beta_end).to(device)
+    alphas_cumprod = ops.make_schedule(
+        cfg.timesteps, "linear", beta_start=cfg.beta_start, beta_end=cfg.beta_end
+    ).to(device)
     model = Denoiser(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
@@ -133,8 +156,12 @@ def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", p
     with torch.no_grad():
         run.evals["eval_loss"] = loss_of(*batch(512)).item()
     shape = (cfg.samples, 1, cfg.image_size, cfg.image_size)
-    ddim = sample_ddim(ops, model, cfg, torch.randn(shape, generator=g, device=device), alphas_cumprod)
-    ddpm = sample_ddpm(ops, model, cfg, torch.randn(shape, generator=g, device=device), alphas_cumprod, g)
+    ddim = sample_ddim(
+        ops, model, cfg, torch.randn(shape, generator=g, device=device), alphas_cumprod
+    )
+    ddpm = sample_ddpm(
+        ops, model, cfg, torch.randn(shape, generator=g, device=device), alphas_cumprod, g
+    )
     for name, x in (("ddim", ddim), ("ddpm", ddpm)):
         run.evals[f"{name}_sample_mean"] = x.mean().item()
         run.evals[f"{name}_sample_std"] = x.std().item()

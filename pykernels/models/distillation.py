@@ -11,6 +11,7 @@
 ``train(ops="reference" | "fused")`` runs all three phases and returns the per-step losses
 (teacher, then student, then LM student) and the final evaluation numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -56,8 +57,18 @@ class Config:
 
 SIZES = {
     "test": Config(),
-    "example": Config(teacher_hidden=256, student_hidden=32, batch=256, teacher_steps=400, student_steps=400,
-                      lm_batch=8, lm_pool=512, teacher_dim=64, student_dim=48, lm_steps=200),
+    "example": Config(
+        teacher_hidden=256,
+        student_hidden=32,
+        batch=256,
+        teacher_steps=400,
+        student_steps=400,
+        lm_batch=8,
+        lm_pool=512,
+        teacher_dim=64,
+        student_dim=48,
+        lm_steps=200,
+    ),
 }
 
 
@@ -67,7 +78,9 @@ class MLP(nn.Module):
 
     def __init__(self, features: int, hidden: int, classes: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.body = nn.Sequential(
+            nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU()
+        )
         self.head = nn.Linear(hidden, classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,11 +110,13 @@ def make_task(cfg: Config, n: int, g: torch.Generator, device) -> tuple[Tensor, 
     w1 = torch.randn(cfg.features, 64, generator=g, device=device)
     w2 = torch.randn(64, cfg.classes, generator=g, device=device)
     x = torch.randn(n, cfg.features, generator=g, device=device)
-    return x, (torch.tanh(x @ w1 / cfg.features ** 0.5) @ w2).argmax(-1)
+    return x, (torch.tanh(x @ w1 / cfg.features**0.5) @ w2).argmax(-1)
 
 
 @torch.no_grad()
-def sample_sequences(teacher: CausalLM, cfg: Config, n: int, g: torch.Generator, device) -> tuple[Tensor, Tensor]:
+def sample_sequences(
+    teacher: CausalLM, cfg: Config, n: int, g: torch.Generator, device
+) -> tuple[Tensor, Tensor]:
     """Sequences sampled from the teacher, padded after a random length; labels are the next
     tokens, with ignore_index where the next token is padding."""
     tokens = torch.randint(1, cfg.vocab, (n, 1), generator=g, device=device)
@@ -122,10 +137,18 @@ def accuracy(model: MLP, x: Tensor, y: Tensor) -> float:
         return (model(x)[0].argmax(-1) == y).float().mean().item()
 
 
-def train_classifiers(ops, cfg: Config, run: Run, g: torch.Generator, device, progress: bool) -> None:
+def train_classifiers(
+    ops, cfg: Config, run: Run, g: torch.Generator, device, progress: bool
+) -> None:
     x, y = make_task(cfg, cfg.train_size + 2048, g, device)
     (x, x_test), (y, y_test) = x.split([cfg.train_size, 2048]), y.split([cfg.train_size, 2048])
-    batches = torch.randint(0, x.shape[0], (cfg.teacher_steps + cfg.student_steps, cfg.batch), generator=g, device=device)
+    batches = torch.randint(
+        0,
+        x.shape[0],
+        (cfg.teacher_steps + cfg.student_steps, cfg.batch),
+        generator=g,
+        device=device,
+    )
 
     teacher = MLP(cfg.features, cfg.teacher_hidden, cfg.classes).to(device)
     opt = torch.optim.AdamW(teacher.parameters(), lr=cfg.lr)
@@ -150,8 +173,14 @@ def train_classifiers(ops, cfg: Config, run: Run, g: torch.Generator, device, pr
         with torch.no_grad():
             t_logits, t_feat = teacher(x[idx])
         s_logits, s_feat = student(x[idx])
-        loss = ops.distillation_loss(s_logits, t_logits, temperature=cfg.temperature, labels=y[idx],
-                                     soft_weight=cfg.soft_weight, hard_weight=cfg.hard_weight)
+        loss = ops.distillation_loss(
+            s_logits,
+            t_logits,
+            temperature=cfg.temperature,
+            labels=y[idx],
+            soft_weight=cfg.soft_weight,
+            hard_weight=cfg.hard_weight,
+        )
         loss = loss + cfg.feature_weight * ops.feature_distillation_loss(project(s_feat), t_feat)
         opt.zero_grad()
         loss.backward()
@@ -163,12 +192,22 @@ def train_classifiers(ops, cfg: Config, run: Run, g: torch.Generator, device, pr
     run.evals["student_accuracy"] = accuracy(student, x_test, y_test)
 
 
-def train_language_model(ops, cfg: Config, run: Run, g: torch.Generator, device, progress: bool) -> None:
-    teacher = CausalLM(cfg.vocab, cfg.teacher_dim, layers=2, max_len=cfg.seq_len).to(device).requires_grad_(False)
+def train_language_model(
+    ops, cfg: Config, run: Run, g: torch.Generator, device, progress: bool
+) -> None:
+    teacher = (
+        CausalLM(cfg.vocab, cfg.teacher_dim, layers=2, max_len=cfg.seq_len)
+        .to(device)
+        .requires_grad_(False)
+    )
     tokens, labels = sample_sequences(teacher, cfg, cfg.lm_pool + cfg.lm_test, g, device)
-    (tokens, test_tokens), (labels, test_labels) = tokens.split([cfg.lm_pool, cfg.lm_test]), labels.split(
-        [cfg.lm_pool, cfg.lm_test])
-    batches = torch.randint(0, cfg.lm_pool, (cfg.lm_steps, cfg.lm_batch), generator=g, device=device)
+    (tokens, test_tokens), (labels, test_labels) = (
+        tokens.split([cfg.lm_pool, cfg.lm_test]),
+        labels.split([cfg.lm_pool, cfg.lm_test]),
+    )
+    batches = torch.randint(
+        0, cfg.lm_pool, (cfg.lm_steps, cfg.lm_batch), generator=g, device=device
+    )
 
     student = CausalLM(cfg.vocab, cfg.student_dim, layers=1, max_len=cfg.seq_len).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lm_lr)
@@ -176,8 +215,15 @@ def train_language_model(ops, cfg: Config, run: Run, g: torch.Generator, device,
     def lm_loss(tok, lab):
         with torch.no_grad():
             t_logits = teacher(tok)
-        return ops.distillation_loss(student(tok), t_logits, temperature=cfg.lm_temperature, labels=lab,
-                                     soft_weight=0.9, hard_weight=0.1, ignore_index=IGNORE_INDEX)
+        return ops.distillation_loss(
+            student(tok),
+            t_logits,
+            temperature=cfg.lm_temperature,
+            labels=lab,
+            soft_weight=0.9,
+            hard_weight=0.1,
+            ignore_index=IGNORE_INDEX,
+        )
 
     def step(i):
         loss = lm_loss(tokens[batches[i]], labels[batches[i]])
@@ -194,8 +240,15 @@ def train_language_model(ops, cfg: Config, run: Run, g: torch.Generator, device,
         run.evals["lm_top1_agreement"] = agree[counted].float().mean().item()
 
 
-def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", progress: bool = False,
-          **overrides) -> Run:
+def train(
+    ops="reference",
+    *,
+    size: str = "test",
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+    **overrides,
+) -> Run:
     """Teacher, then student classifier, then LM student; losses of all steps in that order."""
     cfg = replace(SIZES[size], **overrides)
     run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
@@ -209,4 +262,8 @@ def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", p
 def phases(cfg: Config) -> dict[str, slice]:
     """Where each phase's steps sit in Run.losses."""
     a, b = cfg.teacher_steps, cfg.teacher_steps + cfg.student_steps
-    return {"teacher": slice(0, a), "student": slice(a, b), "LM student": slice(b, b + cfg.lm_steps)}
+    return {
+        "teacher": slice(0, a),
+        "student": slice(a, b),
+        "LM student": slice(b, b + cfg.lm_steps),
+    }

@@ -9,6 +9,7 @@ order with a learned mask token in every removed slot; blocks and a linear head 
 the pixels of every patch. Loss: ``masked_patch_loss``, the mean squared error against the
 per-patch normalised pixels, over removed patches only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -41,8 +42,17 @@ class Config:
 
 SIZES = {
     "test": Config(),
-    "example": Config(dim=64, decoder_dim=48, depth=2, decoder_depth=1, heads=4, batch=32, steps=400, lr=2e-3,
-                      norm_pix_loss=False),
+    "example": Config(
+        dim=64,
+        decoder_dim=48,
+        depth=2,
+        decoder_depth=1,
+        heads=4,
+        batch=32,
+        steps=400,
+        lr=2e-3,
+        norm_pix_loss=False,
+    ),
 }
 
 
@@ -51,23 +61,30 @@ class MAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_patches = (cfg.image_size // cfg.patch) ** 2
-        patch_dim = cfg.patch ** 2 * cfg.channels
-        self.patch_embed = nn.Linear(patch_dim, cfg.dim)  # a stride-p convolution, applied to gathered patches
+        patch_dim = cfg.patch**2 * cfg.channels
+        self.patch_embed = nn.Linear(
+            patch_dim, cfg.dim
+        )  # a stride-p convolution, applied to gathered patches
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(0.02 * torch.randn(1, self.num_patches, cfg.dim))
         self.encoder = nn.Sequential(*[Block(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.dim)
         self.decoder_embed = nn.Linear(cfg.dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(0.02 * torch.randn(1, self.num_patches + 1, cfg.decoder_dim))
-        self.decoder = nn.Sequential(*[Block(cfg.decoder_dim, cfg.heads) for _ in range(cfg.decoder_depth)])
+        self.decoder_pos_embed = nn.Parameter(
+            0.02 * torch.randn(1, self.num_patches + 1, cfg.decoder_dim)
+        )
+        self.decoder = nn.Sequential(
+            *[Block(cfg.decoder_dim, cfg.heads) for _ in range(cfg.decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, patch_dim)
 
     def encode(self, ops, imgs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         N = imgs.shape[0]
-        pos, mask, ids_restore = ops.random_masking(self.pos_embed.expand(N, -1, -1), self.cfg.mask_ratio,
-                                                    noise=noise)
+        pos, mask, ids_restore = ops.random_masking(
+            self.pos_embed.expand(N, -1, -1), self.cfg.mask_ratio, noise=noise
+        )
         ids_keep = inverse_permutation(ids_restore)[:, : pos.shape[1]]
         x = self.patch_embed(ops.gather_patches(imgs, ids_keep, self.cfg.patch)) + pos
         x = torch.cat([self.cls_token.expand(N, -1, -1), x], dim=1)
@@ -82,7 +99,9 @@ class MAE(nn.Module):
     def forward(self, ops, imgs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         latent, mask, ids_restore = self.encode(ops, imgs, noise)
         pred = self.decode(ops, latent, ids_restore)
-        loss = ops.masked_patch_loss(pred, imgs, mask, self.cfg.patch, norm_pix_loss=self.cfg.norm_pix_loss)
+        loss = ops.masked_patch_loss(
+            pred, imgs, mask, self.cfg.patch, norm_pix_loss=self.cfg.norm_pix_loss
+        )
         return loss, pred, mask
 
 
@@ -110,8 +129,15 @@ def unpatchify(patches: Tensor, cfg: Config) -> Tensor:
     return torch.einsum("nhwpqc->nchpwq", x).reshape(N, cfg.channels, h * p, h * p)
 
 
-def train(ops="reference", *, size: str = "test", seed: int = 0, device="cpu", progress: bool = False,
-          **overrides) -> Run:
+def train(
+    ops="reference",
+    *,
+    size: str = "test",
+    seed: int = 0,
+    device="cpu",
+    progress: bool = False,
+    **overrides,
+) -> Run:
     cfg = replace(SIZES[size], **overrides)
     run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
     ops = get_ops(ops)

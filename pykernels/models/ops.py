@@ -6,6 +6,7 @@
 
 A model takes ``ops`` and calls nothing else that differs between the two modes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,18 +27,24 @@ class FusedOps:
 
         fn = getattr(pykernels, name, None)
         if fn is None:
-            raise AttributeError(f"pykernels has no public op {name!r}: this installation lacks its family")
-        if self.backend is None or name == "make_schedule":  # make_schedule builds a table, no backend
+            raise AttributeError(
+                f"pykernels has no public op {name!r}: this installation lacks its family"
+            )
+        if (
+            self.backend is None or name == "make_schedule"
+        ):  # make_schedule builds a table, no backend
             return fn
         return functools.partial(fn, backend=self.backend)
 
 
 def get_ops(ops="reference"):
-    """"reference", "fused", "fused:<backend>" (e.g. "fused:triton"), or an ops object."""
+    """ "reference", "fused", "fused:<backend>" (e.g. "fused:triton"), or an ops object."""
     if not isinstance(ops, str):
         return ops
     if ops == "reference":
         return reference_ops
     if ops == "fused" or ops.startswith("fused:"):
         return FusedOps(ops.partition(":")[2] or None)
-    raise ValueError(f"pykernels.models: ops must be 'reference', 'fused' or 'fused:<backend>', got {ops!r}")
+    raise ValueError(
+        f"pykernels.models: ops must be 'reference', 'fused' or 'fused:<backend>', got {ops!r}"
+    )

@@ -5,6 +5,7 @@ csrc/pykernels.cpp) and as a Triton op ``pykernels::<name>_triton`` (defined her
 torch.library.triton_op). Both get autograd through a ``<name>_backward`` op of the
 same backend, so the public function only picks which one to call.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,7 +34,9 @@ def register_cpp(name: str, fake: Callable, backward_fake: Callable | None = Non
         return False
     torch.library.register_fake(f"pykernels::{name}")(_one_device(name, fake))
     if backward_fake is not None:
-        torch.library.register_fake(f"pykernels::{name}_backward")(_one_device(name + "_backward", backward_fake))
+        torch.library.register_fake(f"pykernels::{name}_backward")(
+            _one_device(name + "_backward", backward_fake)
+        )
     return True
 
 
@@ -51,8 +54,10 @@ def _one_device(name: str, fake: Callable) -> Callable:
             if first is None:
                 first = (arg, x.device)
             elif x.device != first[1]:
-                raise ValueError(f"pykernels::{name}: argument '{arg}' must be on the same device as "
-                                 f"'{first[0]}' ({first[1]}), got {x.device}")
+                raise ValueError(
+                    f"pykernels::{name}: argument '{arg}' must be on the same device as "
+                    f"'{first[0]}' ({first[1]}), got {x.device}"
+                )
         return fake(*args, **kwargs)
 
     return checked
@@ -74,6 +79,8 @@ def register_autograd(name: str, setup_context: Callable, backward: Callable) ->
             # `op` is looked up at call time, so a wrapper of this module's `op` (the test
             # that records every Triton launch, test_triton_gpu_compile) sees the backward.
             ops = functools.partial(lambda b, n: op(n, b), backend)
-            torch.library.register_autograd(f"pykernels::{name}{suffix}", functools.partial(backward, ops),
-                                            setup_context=setup_context)
-
+            torch.library.register_autograd(
+                f"pykernels::{name}{suffix}",
+                functools.partial(backward, ops),
+                setup_context=setup_context,
+            )

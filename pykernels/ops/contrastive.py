@@ -7,6 +7,7 @@ log-sum-exps that its backward op needs; the reduction happens here. The math (a
 definition of the text->image direction with explicit labels) is in
 pykernels/reference/contrastive.py. The distributed forms are in pykernels/distributed/.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,22 +27,27 @@ def _scalar_tensor(fn: str, name: str, x, like: Tensor) -> None:
     chk.tensor(fn, name, x)
     chk.same_device(fn, ("image_features", like), (name, x))
     if x.numel() != 1 or x.dim() > 1:
-        raise ValueError(f"{fn}: argument '{name}' must be a scalar tensor (shape [] or [1]), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must be a scalar tensor (shape [] or [1]), "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
 def _check_features(fn, image_features, text_features, logit_scale, logit_bias) -> None:
     for name, x in (("image_features", image_features), ("text_features", text_features)):
         chk.tensor(fn, name, x)
         if x.dim() != 2:
-            raise ValueError(f"{fn}: argument '{name}' must have shape [rows, D], "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{fn}: argument '{name}' must have shape [rows, D], got {tuple(x.shape)}"
+            )
     chk.same_device(fn, ("image_features", image_features), ("text_features", text_features))
     chk.same_dtype(fn, ("image_features", image_features), ("text_features", text_features))
     if image_features.shape[1] != text_features.shape[1]:
-        raise ValueError(f"{fn}: arguments 'image_features' [N, D] and 'text_features' [M, D] "
-                         f"must have the same feature size D, got {tuple(image_features.shape)} "
-                         f"and {tuple(text_features.shape)}")
+        raise ValueError(
+            f"{fn}: arguments 'image_features' [N, D] and 'text_features' [M, D] "
+            f"must have the same feature size D, got {tuple(image_features.shape)} "
+            f"and {tuple(text_features.shape)}"
+        )
     _scalar_tensor(fn, "logit_scale", logit_scale, image_features)
     if logit_bias is not None:
         _scalar_tensor(fn, "logit_bias", logit_bias, image_features)
@@ -50,9 +56,11 @@ def _check_features(fn, image_features, text_features, logit_scale, logit_bias) 
 def _check_labels(fn, labels, N: int, M: int, like: Tensor, check_range: bool) -> None:
     if labels is None:
         if N != M:
-            raise ValueError(f"{fn}: without 'labels', image_features and text_features must "
-                             f"have the same number of rows (pair i is (image i, text i)), got "
-                             f"N={N} and M={M}; pass labels for N != M")
+            raise ValueError(
+                f"{fn}: without 'labels', image_features and text_features must "
+                f"have the same number of rows (pair i is (image i, text i)), got "
+                f"N={N} and M={M}; pass labels for N != M"
+            )
         return
     chk.tensor(fn, "labels", labels, floating=False)
     dt = labels.dtype
@@ -60,26 +68,40 @@ def _check_labels(fn, labels, N: int, M: int, like: Tensor, check_range: bool) -
         raise TypeError(f"{fn}: argument 'labels' must be an integer tensor, got {dt}")
     chk.same_device(fn, ("image_features", like), ("labels", labels))
     if tuple(labels.shape) != (N,):
-        raise ValueError(f"{fn}: argument 'labels' must have shape [N] = [{N}], "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'labels' must have shape [N] = [{N}], got {tuple(labels.shape)}"
+        )
     # Range check where it costs no device sync: on CPU, outside torch.compile. CUDA
     # kernels never read out of range; an out-of-range label gives a NaN loss there.
     if check_range and labels.device.type == "cpu" and N and not torch.compiler.is_compiling():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= M:
-            raise IndexError(f"{fn}: argument 'labels' must hold row indices of text_features "
-                             f"in [0, {M}), got {lo if lo < 0 else hi}")
+            raise IndexError(
+                f"{fn}: argument 'labels' must hold row indices of text_features "
+                f"in [0, {M}), got {lo if lo < 0 else hi}"
+            )
 
 
-def _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric,
-           normalize, reduction, check_range=True):
+def _check(
+    fn,
+    image_features,
+    text_features,
+    logit_scale,
+    labels,
+    logit_bias,
+    symmetric,
+    normalize,
+    reduction,
+    check_range=True,
+):
     _check_features(fn, image_features, text_features, logit_scale, logit_bias)
     for name, v in (("symmetric", symmetric), ("normalize", normalize)):
         if not isinstance(v, bool):
             raise TypeError(f"{fn}: argument '{name}' must be a bool, got {type(v).__name__}")
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
-    _check_labels(fn, labels, image_features.shape[0], text_features.shape[0], image_features,
-                  check_range)
+    _check_labels(
+        fn, labels, image_features.shape[0], text_features.shape[0], image_features, check_range
+    )
 
 
 def _check_backward(fn, grad, image_features, text_features, row_lse, col_lse, symmetric):
@@ -105,15 +127,21 @@ def split_lse(lse: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
 def _forward_fake(image_features, text_features, logit_scale, labels, symmetric, normalize):
     acc = acc_dtype(image_features.dtype)
     N, M = image_features.shape[0], text_features.shape[0]
-    return (image_features.new_empty((2 if symmetric else 1, N), dtype=acc),
-            image_features.new_empty((N,), dtype=torch.float64),  # log-sum-exps: split_lse
-            image_features.new_empty((M if symmetric else 0,), dtype=torch.float64))
+    return (
+        image_features.new_empty((2 if symmetric else 1, N), dtype=acc),
+        image_features.new_empty((N,), dtype=torch.float64),  # log-sum-exps: split_lse
+        image_features.new_empty((M if symmetric else 0,), dtype=torch.float64),
+    )
 
 
-def _backward_fake(grad, image_features, text_features, logit_scale, labels, row_lse, col_lse,
-                   symmetric, normalize):
-    return (torch.empty_like(image_features), torch.empty_like(text_features),
-            torch.empty_like(logit_scale))
+def _backward_fake(
+    grad, image_features, text_features, logit_scale, labels, row_lse, col_lse, symmetric, normalize
+):
+    return (
+        torch.empty_like(image_features),
+        torch.empty_like(text_features),
+        torch.empty_like(logit_scale),
+    )
 
 
 register_cpp("info_nce_loss", _forward_fake, _backward_fake)
@@ -128,20 +156,36 @@ if triton_available():
     def _normalized(x: Tensor, normalize: bool) -> Tensor:
         return tk_cos.normalize(x, NORMALIZE_EPS, write_y=True)[0] if normalize else x
 
-    def _check_op(fn, image_features, text_features, logit_scale, labels, symmetric,
-                  normalize) -> None:
+    def _check_op(
+        fn, image_features, text_features, logit_scale, labels, symmetric, normalize
+    ) -> None:
         """The Triton ops' checks, as the C++ ops': labels are not range-checked (GPU
         semantics: out of range -> NaN loss, no read) and must be int64 (the public
         function casts)."""
-        _check(fn, image_features, text_features, logit_scale, labels, None, symmetric,
-               normalize, "mean", check_range=False)
+        _check(
+            fn,
+            image_features,
+            text_features,
+            logit_scale,
+            labels,
+            None,
+            symmetric,
+            normalize,
+            "mean",
+            check_range=False,
+        )
         if labels.dtype != torch.int64:
             raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
 
     @triton_op("pykernels::info_nce_loss_triton", mutates_args=())
-    def _info_nce_loss_triton(image_features: Tensor, text_features: Tensor,
-                              logit_scale: Tensor, labels: Tensor, symmetric: bool,
-                              normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _info_nce_loss_triton(
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        labels: Tensor,
+        symmetric: bool,
+        normalize: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::info_nce_loss_triton"
         _check_op(fn, image_features, text_features, logit_scale, labels, symmetric, normalize)
         i = _normalized(image_features.contiguous(), normalize)
@@ -164,11 +208,17 @@ if triton_available():
         return torch.stack([l_i2t, l_t2i]), row_lse, col_max.double() + col_log_sum.double()
 
     @triton_op("pykernels::info_nce_loss_backward_triton", mutates_args=())
-    def _info_nce_loss_backward_triton(grad: Tensor, image_features: Tensor,
-                                       text_features: Tensor, logit_scale: Tensor,
-                                       labels: Tensor, row_lse: Tensor, col_lse: Tensor,
-                                       symmetric: bool,
-                                       normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _info_nce_loss_backward_triton(
+        grad: Tensor,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        labels: Tensor,
+        row_lse: Tensor,
+        col_lse: Tensor,
+        symmetric: bool,
+        normalize: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::info_nce_loss_backward_triton"
         _check_op(fn, image_features, text_features, logit_scale, labels, symmetric, normalize)
         _check_backward(fn, grad, image_features, text_features, row_lse, col_lse, symmetric)
@@ -184,10 +234,12 @@ if triton_available():
         c = tk.column_weights(labels, b, t.shape[0]) if symmetric else None
         lse = dict(lse_a=split_lse(row_lse, acc), lse_b=split_lse(col_lse, acc))
         # dI by row programs, dT by column programs over the same tiles of I T^T
-        di, ds = tk.grad_side(i, t, labels, scale, w_a=a, w_b=c, w_pos=w_pos, columns=False,
-                              with_dscale=True, **lse)
-        dt, _ = tk.grad_side(i, t, labels, scale, w_a=a, w_b=c, w_pos=w_pos, columns=True,
-                             with_dscale=False, **lse)
+        di, ds = tk.grad_side(
+            i, t, labels, scale, w_a=a, w_b=c, w_pos=w_pos, columns=False, with_dscale=True, **lse
+        )
+        dt, _ = tk.grad_side(
+            i, t, labels, scale, w_a=a, w_b=c, w_pos=w_pos, columns=True, with_dscale=False, **lse
+        )
         if normalize:
             di = tk_cos.normalize_backward(di, i0, NORMALIZE_EPS)
             dt = tk_cos.normalize_backward(dt, t0, NORMALIZE_EPS)
@@ -205,8 +257,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ops, ctx, grad, _grad_row_lse, _grad_col_lse):
     i, t, s, labels, row_lse, col_lse = ctx.saved_tensors
-    di, dt, ds = ops("info_nce_loss_backward")(grad, i, t, s, labels, row_lse, col_lse,
-                                               ctx.symmetric, ctx.normalize)
+    di, dt, ds = ops("info_nce_loss_backward")(
+        grad, i, t, s, labels, row_lse, col_lse, ctx.symmetric, ctx.normalize
+    )
     return di, dt, ds, None, None, None
 
 
@@ -215,10 +268,18 @@ register_autograd("info_nce_loss", _setup_context, _backward)
 
 # ----------------------------------------------------------------------------- public API
 @chk.autocast_rule("image_features", "text_features")
-def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor, *,
-                  labels: Tensor | None = None, logit_bias: Tensor | None = None,
-                  symmetric: bool = True, normalize: bool = False, reduction: str = "mean",
-                  backend: str | None = None) -> Tensor:
+def info_nce_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    *,
+    labels: Tensor | None = None,
+    logit_bias: Tensor | None = None,
+    symmetric: bool = True,
+    normalize: bool = False,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
     """InfoNCE / CLIP contrastive loss of image_features [N, D] against text_features [M, D],
     logits = logit_scale * I T^T (+ logit_bias), without ever building the [N, M] logits.
 
@@ -234,17 +295,34 @@ def info_nce_loss(image_features: Tensor, text_features: Tensor, logit_scale: Te
     logit_scale and logit_bias.
     """
     fn = "pykernels.info_nce_loss"
-    _check(fn, image_features, text_features, logit_scale, labels, logit_bias, symmetric,
-           normalize, reduction)
+    _check(
+        fn,
+        image_features,
+        text_features,
+        logit_scale,
+        labels,
+        logit_bias,
+        symmetric,
+        normalize,
+        reduction,
+    )
     name = backends.resolve(backend, image_features.device, fn)
     if name == "reference":
-        return ref.info_nce_loss(image_features, text_features, logit_scale, labels=labels,
-                                 logit_bias=logit_bias, symmetric=symmetric, normalize=normalize,
-                                 reduction=reduction)
+        return ref.info_nce_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            labels=labels,
+            logit_bias=logit_bias,
+            symmetric=symmetric,
+            normalize=normalize,
+            reduction=reduction,
+        )
     N = image_features.shape[0]
     labels = torch.arange(N, device=image_features.device) if labels is None else labels.long()
-    loss = op("info_nce_loss", name)(image_features, text_features, logit_scale, labels,
-                                     symmetric, normalize)[0]
+    loss = op("info_nce_loss", name)(
+        image_features, text_features, logit_scale, labels, symmetric, normalize
+    )[0]
     if reduction == "none":
         out = loss if symmetric else loss[0]
     else:

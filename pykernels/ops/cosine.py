@@ -9,6 +9,7 @@ backward op f_backward(grad, x1, x2, *extra, output_mask) that returns the gradi
 each input (an empty tensor where output_mask is False). The math is in
 pykernels/reference/cosine.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,11 +40,14 @@ def _check_pairwise(fn: str, a, b) -> None:
     _check_pair(fn, "a", a, "b", b, same_shape=False)
     for name, x in (("a", a), ("b", b)):
         if x.dim() < 2:
-            raise ValueError(f"{fn}: argument '{name}' must have shape [..., rows, D], "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{fn}: argument '{name}' must have shape [..., rows, D], got {tuple(x.shape)}"
+            )
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"{fn}: arguments 'a' and 'b' must have the same feature size D (last "
-                         f"dim), got {a.shape[-1]} and {b.shape[-1]}")
+        raise ValueError(
+            f"{fn}: arguments 'a' and 'b' must have the same feature size D (last "
+            f"dim), got {a.shape[-1]} and {b.shape[-1]}"
+        )
 
 
 # ----------------------------------------------------------------------------- C++ ops
@@ -87,8 +91,10 @@ if triton_available():
 
     def _check_mask(fn: str, output_mask) -> tuple[bool, bool]:
         if len(output_mask) != 2:
-            raise ValueError(f"{fn}: argument 'output_mask' must have 2 elements (one per input), "
-                             f"got {len(output_mask)}")
+            raise ValueError(
+                f"{fn}: argument 'output_mask' must have 2 elements (one per input), "
+                f"got {len(output_mask)}"
+            )
         return bool(output_mask[0]), bool(output_mask[1])
 
     @triton_op("pykernels::cosine_similarity_triton", mutates_args=())
@@ -98,29 +104,43 @@ if triton_available():
 
     @triton_op("pykernels::cosine_similarity_backward_triton", mutates_args=())
     def _cosine_similarity_backward_triton(
-            grad: Tensor, x1: Tensor, x2: Tensor, eps: float,
-            output_mask: list[bool]) -> tuple[Tensor, Tensor]:
+        grad: Tensor, x1: Tensor, x2: Tensor, eps: float, output_mask: list[bool]
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::cosine_similarity_backward_triton"
         _check_rowwise_op(fn, "x1", x1, "x2", x2, eps)
         chk.grad(fn, grad, x1.shape[:-1], x1)  # the kernel reads one value per row
         return tk.rowwise_backward(grad, x1, x2, eps, tk.MODE_COS, _check_mask(fn, output_mask))
 
     @triton_op("pykernels::feature_distillation_loss_triton", mutates_args=())
-    def _feature_distillation_loss_triton(student: Tensor, teacher: Tensor, kind: str,
-                                          eps: float) -> Tensor:
-        _check_rowwise_op("pykernels::feature_distillation_loss_triton", "student", student,
-                          "teacher", teacher, eps, kind)
+    def _feature_distillation_loss_triton(
+        student: Tensor, teacher: Tensor, kind: str, eps: float
+    ) -> Tensor:
+        _check_rowwise_op(
+            "pykernels::feature_distillation_loss_triton",
+            "student",
+            student,
+            "teacher",
+            teacher,
+            eps,
+            kind,
+        )
         return tk.rowwise_forward(student, teacher, eps, _triton_mode(kind))
 
     @triton_op("pykernels::feature_distillation_loss_backward_triton", mutates_args=())
     def _feature_distillation_loss_backward_triton(
-            grad: Tensor, student: Tensor, teacher: Tensor, kind: str, eps: float,
-            output_mask: list[bool]) -> tuple[Tensor, Tensor]:
+        grad: Tensor,
+        student: Tensor,
+        teacher: Tensor,
+        kind: str,
+        eps: float,
+        output_mask: list[bool],
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::feature_distillation_loss_backward_triton"
         _check_rowwise_op(fn, "student", student, "teacher", teacher, eps, kind)
         chk.grad(fn, grad, student.shape[:-1], student)
-        return tk.rowwise_backward(grad, student, teacher, eps, _triton_mode(kind),
-                                   _check_mask(fn, output_mask))
+        return tk.rowwise_backward(
+            grad, student, teacher, eps, _triton_mode(kind), _check_mask(fn, output_mask)
+        )
 
     def _triton_mode(kind: str) -> int:
         return tk.MODE_SQDIST if kind == "mse" else tk.MODE_ONE_MINUS_COS
@@ -132,12 +152,14 @@ if triton_available():
         # rows and columns: the normalised inputs are never written out.
         _, inv_a = tk.normalize(a, eps, write_y=False)
         _, inv_b = tk.normalize(b, eps, write_y=False)
-        return tk.scaled_matmul(a, b.transpose(1, 2), inv_a, inv_b,
-                                allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        return tk.scaled_matmul(
+            a, b.transpose(1, 2), inv_a, inv_b, allow_tf32=torch.backends.cuda.matmul.allow_tf32
+        )
 
     @triton_op("pykernels::pairwise_cosine_similarity_backward_triton", mutates_args=())
-    def _pairwise_backward_triton(grad: Tensor, a: Tensor, b: Tensor, eps: float,
-                                  output_mask: list[bool]) -> tuple[Tensor, Tensor]:
+    def _pairwise_backward_triton(
+        grad: Tensor, a: Tensor, b: Tensor, eps: float, output_mask: list[bool]
+    ) -> tuple[Tensor, Tensor]:
         # out = a_hat b_hat^T: grad a_hat = G b_hat, grad b_hat = G^T a_hat, then through
         # the normalisation of each row. grad a_hat / b_hat stay in the accumulation dtype:
         # rounded to a half type as well, they cost bf16 gradients 1% (test_fuzz_cosine).
@@ -165,11 +187,14 @@ if triton_available():
         _check_pairwise(fn, a, b)
         for name, x in (("a", a), ("b", b)):
             if x.dim() != 3:
-                raise ValueError(f"{fn}: argument '{name}' must have 3 dimension(s), "
-                                 f"got shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"{fn}: argument '{name}' must have 3 dimension(s), got shape {tuple(x.shape)}"
+                )
         if a.shape[0] != b.shape[0]:
-            raise ValueError(f"{fn}: arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B, "
-                             f"got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"{fn}: arguments 'a' [B, N, D] and 'b' [B, M, D] must agree in B, "
+                f"got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         chk.positive(fn, "eps", eps)
 
 
@@ -181,11 +206,13 @@ def _pair_setup_context(ctx, inputs, output):
 def _pair_backward(name: str):
     """d(x1, x2) of an op f(x1, x2, *extra): its backward op, asked only for the gradients
     autograd needs (a detached teacher costs no teacher gradient)."""
+
     def backward(ops, ctx, grad):
         x1, x2 = ctx.saved_tensors
         mask = [bool(m) for m in ctx.needs_input_grad[:2]]
         g1, g2 = ops(name + "_backward")(grad, x1, x2, *ctx.extra, mask)
         return (g1 if mask[0] else None, g2 if mask[1] else None) + (None,) * len(ctx.extra)
+
     return backward
 
 
@@ -195,8 +222,9 @@ for _name in OPS:
 
 # ----------------------------------------------------------------------------- public API
 @chk.autocast_rule("x1", "x2")
-def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, *,
-                      backend: str | None = None) -> Tensor:
+def cosine_similarity(
+    x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, *, backend: str | None = None
+) -> Tensor:
     """Cosine similarity along `dim`, with torch.nn.functional.cosine_similarity's values
     and broadcasting: x1 . x2 / (max(|x1|, eps) max(|x2|, eps)). Note the default
     dim=-1 (features last), where torch's default is dim=1."""
@@ -221,13 +249,17 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = -1, eps: float = 1e-8, 
 def _half_broadcast_grad(*inputs: tuple[Tensor, tuple]) -> bool:
     """A half-precision call where an input that needs a gradient is broadcast to a larger
     shape: (input, the shape it is expanded to) pairs."""
-    return (inputs[0][0].dtype in (torch.float16, torch.bfloat16) and torch.is_grad_enabled()
-            and any(x.requires_grad and tuple(x.shape) != tuple(full) for x, full in inputs))
+    return (
+        inputs[0][0].dtype in (torch.float16, torch.bfloat16)
+        and torch.is_grad_enabled()
+        and any(x.requires_grad and tuple(x.shape) != tuple(full) for x, full in inputs)
+    )
 
 
 @chk.autocast_rule("a", "b")
-def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 1e-8, *,
-                               backend: str | None = None) -> Tensor:
+def pairwise_cosine_similarity(
+    a: Tensor, b: Tensor | None = None, eps: float = 1e-8, *, backend: str | None = None
+) -> Tensor:
     """[..., N, D] x [..., M, D] -> [..., N, M] cosine similarities of every row pair
     (b=None: a against itself). Leading dims broadcast. Never builds N x M x D."""
     fn = "pykernels.pairwise_cosine_similarity"
@@ -250,9 +282,15 @@ def pairwise_cosine_similarity(a: Tensor, b: Tensor | None = None, eps: float = 
 
 
 @chk.autocast_rule("student", "teacher")
-def feature_distillation_loss(student: Tensor, teacher: Tensor, kind: str = "mse",
-                              reduction: str = "mean", *, eps: float = 1e-8,
-                              backend: str | None = None) -> Tensor:
+def feature_distillation_loss(
+    student: Tensor,
+    teacher: Tensor,
+    kind: str = "mse",
+    reduction: str = "mean",
+    *,
+    eps: float = 1e-8,
+    backend: str | None = None,
+) -> Tensor:
     """Feature distillation loss over rows of [..., D] features.
 
     kind="mse": |f_S - f_T|^2 per row, so reduction="mean" is

@@ -18,6 +18,7 @@ the tensors' device inside the kernel: no host synchronisation, so a sampling lo
 be captured in a CUDA graph. Timesteps on CPU tensors are range-checked (IndexError);
 on CUDA tensors they are clamped into the table (reading them back would sync).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,14 +38,18 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # ----------------------------------------------------------------------------- checks
 def _check_table(fn: str, table, like_name: str, like: Tensor) -> None:
     if not isinstance(table, Tensor):
-        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be a torch.Tensor, got "
-                        f"{type(table).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'alphas_cumprod' must be a torch.Tensor, got {type(table).__name__}"
+        )
     if table.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{fn}: argument 'alphas_cumprod' must be float32 (or float64), got "
-                        f"{table.dtype}")
+        raise TypeError(
+            f"{fn}: argument 'alphas_cumprod' must be float32 (or float64), got {table.dtype}"
+        )
     if table.dim() != 1 or table.shape[0] == 0:
-        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
-                         f"got shape {tuple(table.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
+            f"got shape {tuple(table.shape)}"
+        )
     chk.same_device(fn, (like_name, like), ("alphas_cumprod", table))
 
 
@@ -58,8 +63,10 @@ def _check_range(fn: str, name: str, t: Tensor, T: int, allow_negative: bool) ->
     if (lo < 0 and not allow_negative) or hi >= T:
         bad = lo if lo < 0 and not allow_negative else hi
         lo_ok = "-inf" if allow_negative else 0
-        raise IndexError(f"{fn}: argument '{name}' has {bad}, outside [{lo_ok}, {T - 1}] "
-                         f"(alphas_cumprod has {T} entries)")
+        raise IndexError(
+            f"{fn}: argument '{name}' has {bad}, outside [{lo_ok}, {T - 1}] "
+            f"(alphas_cumprod has {T} entries)"
+        )
 
 
 def _check_timesteps_op(fn: str, name: str, t, like_name: str, like: Tensor) -> None:
@@ -71,12 +78,22 @@ def _check_timesteps_op(fn: str, name: str, t, like_name: str, like: Tensor) -> 
         raise TypeError(f"{fn}: argument '{name}' must be an int64 or int32 tensor, got {what}")
     chk.same_device(fn, (like_name, like), (name, t))
     if tuple(t.shape) != (like.shape[0],):
-        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{like.shape[0]}] (one "
-                         f"per sample), got {tuple(t.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must have shape [N] = [{like.shape[0]}] (one "
+            f"per sample), got {tuple(t.shape)}"
+        )
 
 
-def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: bool = False,
-               check_range: bool = True) -> Tensor:
+def _timesteps(
+    fn: str,
+    name: str,
+    t,
+    like: Tensor,
+    T: int,
+    *,
+    allow_negative: bool = False,
+    check_range: bool = True,
+) -> Tensor:
     """Per-sample timesteps as an int tensor [N] on like's device. A Python int or a 0-dim
     tensor is broadcast to every sample. check_range: range-check CPU tensors here (the
     cpu backend's op checks them itself)."""
@@ -87,16 +104,20 @@ def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: b
             raise IndexError(f"{fn}: argument '{name}' is {t}, outside [{lo_ok}, {T - 1}]")
         return torch.full((N,), t, dtype=torch.int64, device=like.device)
     if not isinstance(t, Tensor):
-        raise TypeError(f"{fn}: argument '{name}' must be an int or an integer tensor [N], got "
-                        f"{type(t).__name__}")
+        raise TypeError(
+            f"{fn}: argument '{name}' must be an int or an integer tensor [N], got "
+            f"{type(t).__name__}"
+        )
     if t.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{fn}: argument '{name}' must be an int64 or int32 tensor, got {t.dtype}")
     chk.same_device(fn, ("sample", like), (name, t))
     if t.dim() == 0:
         t = t.expand(N)
     if t.shape != (N,):
-        raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{N}] (one per sample), "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must have shape [N] = [{N}] (one per sample), "
+            f"got {tuple(t.shape)}"
+        )
     if check_range:
         _check_range(fn, name, t, T, allow_negative)
     return t
@@ -104,20 +125,25 @@ def _timesteps(fn: str, name: str, t, like: Tensor, T: int, *, allow_negative: b
 
 def _check_threshold(fn: str, q, sample: Tensor) -> None:
     if q.dtype != acc_dtype(sample.dtype):
-        raise TypeError(f"{fn}: argument 'threshold' must be in the accumulation dtype "
-                        f"({acc_dtype(sample.dtype)}), got {q.dtype}")
+        raise TypeError(
+            f"{fn}: argument 'threshold' must be in the accumulation dtype "
+            f"({acc_dtype(sample.dtype)}), got {q.dtype}"
+        )
     chk.same_device(fn, ("sample", sample), ("threshold", q))
     if tuple(q.shape) != (sample.shape[0],):
-        raise ValueError(f"{fn}: argument 'threshold' must have shape [N] = [{sample.shape[0]}], "
-                         f"got {tuple(q.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'threshold' must have shape [N] = [{sample.shape[0]}], "
+            f"got {tuple(q.shape)}"
+        )
 
 
 def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=0.0, final=1.0):
     chk.positive(fn, "clip_sample_range", clip_sample_range)
     if thresholding:
         if not 0 <= ratio <= 1:
-            raise ValueError(f"{fn}: argument 'dynamic_thresholding_ratio' must be in [0, 1], "
-                             f"got {ratio}")
+            raise ValueError(
+                f"{fn}: argument 'dynamic_thresholding_ratio' must be in [0, 1], got {ratio}"
+            )
         chk.positive(fn, "sample_max_value", max_value)
     if not eta >= 0:
         raise ValueError(f"{fn}: argument 'eta' must be >= 0, got {eta}")
@@ -125,13 +151,28 @@ def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=
         raise ValueError(f"{fn}: argument 'final_alpha_cumprod' must be in (0, 1], got {final}")
 
 
-def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, noise,
-                   threshold, prediction_type, clip_sample_range, eta=0.0,
-                   final_alpha_cumprod=1.0) -> None:
+def _check_step_op(
+    fn: str,
+    model_output,
+    timesteps,
+    prev_timesteps,
+    sample,
+    alphas_cumprod,
+    noise,
+    threshold,
+    prediction_type,
+    clip_sample_range,
+    eta=0.0,
+    final_alpha_cumprod=1.0,
+) -> None:
     """The checks the C++ step ops make, for the Triton ops and their backward ops (noise
     None there): a wrong table or timestep shape would read out of bounds."""
-    chk.samples(fn, ("sample", sample), ("model_output", model_output),
-                   *([("noise", noise)] if noise is not None else []))
+    chk.samples(
+        fn,
+        ("sample", sample),
+        ("model_output", model_output),
+        *([("noise", noise)] if noise is not None else []),
+    )
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     _check_step_args(fn, clip_sample_range, False, 0.0, 1.0, eta, final_alpha_cumprod)
     _check_table(fn, alphas_cumprod, "sample", sample)
@@ -143,8 +184,12 @@ def _check_step_op(fn: str, model_output, timesteps, prev_timesteps, sample, alp
 
 def _check_step_grads(fn: str, sample, grad_prev_sample, grad_pred_original_sample) -> None:
     """A step's upstream gradients: like the sample, dtype included (as the C++ ops)."""
-    chk.samples(fn, ("sample", sample), ("grad_prev_sample", grad_prev_sample),
-                   ("grad_pred_original_sample", grad_pred_original_sample))
+    chk.samples(
+        fn,
+        ("sample", sample),
+        ("grad_prev_sample", grad_prev_sample),
+        ("grad_pred_original_sample", grad_pred_original_sample),
+    )
 
 
 # ----------------------------------------------------------------------------- fakes
@@ -153,8 +198,10 @@ def _blend_fake(x0, noise, timesteps, alphas_cumprod):
 
 
 def _blend_backward_fake(grad, timesteps, alphas_cumprod):
-    return (torch.empty_like(grad, memory_format=torch.contiguous_format),
-            torch.empty_like(grad, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(grad, memory_format=torch.contiguous_format),
+        torch.empty_like(grad, memory_format=torch.contiguous_format),
+    )
 
 
 def _loss_fake(model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction):
@@ -172,25 +219,49 @@ def _step_fake(model_output, *args):
 
 def _step_grads_fake(model_output, threshold):
     n = model_output.shape[0] if threshold is not None else 0
-    return (model_output.new_empty(model_output.shape), model_output.new_empty(model_output.shape),
-            model_output.new_empty((n,), dtype=acc_dtype(model_output.dtype)))
+    return (
+        model_output.new_empty(model_output.shape),
+        model_output.new_empty(model_output.shape),
+        model_output.new_empty((n,), dtype=acc_dtype(model_output.dtype)),
+    )
 
 
-def _ddpm_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                             sample, alphas_cumprod, prev_timesteps, threshold, *args):
+def _ddpm_step_backward_fake(
+    grad_prev_sample,
+    grad_pred_original_sample,
+    model_output,
+    timesteps,
+    sample,
+    alphas_cumprod,
+    prev_timesteps,
+    threshold,
+    *args,
+):
     return _step_grads_fake(model_output, threshold)
 
 
-def _ddim_step_backward_fake(grad_prev_sample, grad_pred_original_sample, model_output, timesteps,
-                             prev_timesteps, sample, alphas_cumprod, eta, threshold, *args):
+def _ddim_step_backward_fake(
+    grad_prev_sample,
+    grad_pred_original_sample,
+    model_output,
+    timesteps,
+    prev_timesteps,
+    sample,
+    alphas_cumprod,
+    eta,
+    threshold,
+    *args,
+):
     return _step_grads_fake(model_output, threshold)
 
 
-for _name, _fake, _backward_fake in (("add_noise", _blend_fake, _blend_backward_fake),
-                                     ("get_velocity", _blend_fake, _blend_backward_fake),
-                                     ("diffusion_loss", _loss_fake, _loss_backward_fake),
-                                     ("ddpm_step", _step_fake, _ddpm_step_backward_fake),
-                                     ("ddim_step", _step_fake, _ddim_step_backward_fake)):
+for _name, _fake, _backward_fake in (
+    ("add_noise", _blend_fake, _blend_backward_fake),
+    ("get_velocity", _blend_fake, _blend_backward_fake),
+    ("diffusion_loss", _loss_fake, _loss_backward_fake),
+    ("ddpm_step", _step_fake, _ddpm_step_backward_fake),
+    ("ddim_step", _step_fake, _ddim_step_backward_fake),
+):
     register_cpp(_name, _fake, _backward_fake)
 
 # ----------------------------------------------------------------------------- Triton ops
@@ -220,16 +291,18 @@ if triton_available():
             return tk.blend(x0, noise, timesteps, alphas_cumprod, name)
 
         @triton_op(fn_backward, mutates_args=())
-        def backward(grad: Tensor, timesteps: Tensor,
-                     alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
+        def backward(
+            grad: Tensor, timesteps: Tensor, alphas_cumprod: Tensor
+        ) -> tuple[Tensor, Tensor]:
             _check_blend_backward_op(fn_backward, grad, timesteps, alphas_cumprod)
             return tk.blend_backward(grad, timesteps, alphas_cumprod, name)
 
     for _name in ("add_noise", "get_velocity"):
         _define_blend_ops(_name)
 
-    def _check_loss_op(fn: str, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
-                       reduction) -> None:
+    def _check_loss_op(
+        fn: str, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction
+    ) -> None:
         chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
         chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
         chk.choice(fn, "reduction", reduction, REDUCTIONS)
@@ -237,89 +310,242 @@ if triton_available():
         _check_timesteps_op(fn, "timesteps", timesteps, "model_output", model_output)
 
     @triton_op("pykernels::diffusion_loss_triton", mutates_args=())
-    def _diffusion_loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps: Tensor,
-                               alphas_cumprod: Tensor, prediction_type: str,
-                               reduction: str) -> Tensor:
-        _check_loss_op("pykernels::diffusion_loss_triton", model_output, x0, noise, timesteps,
-                       alphas_cumprod, prediction_type, reduction)
-        return tk.diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod,
-                                 prediction_type, reduction)
+    def _diffusion_loss_triton(
+        model_output: Tensor,
+        x0: Tensor,
+        noise: Tensor,
+        timesteps: Tensor,
+        alphas_cumprod: Tensor,
+        prediction_type: str,
+        reduction: str,
+    ) -> Tensor:
+        _check_loss_op(
+            "pykernels::diffusion_loss_triton",
+            model_output,
+            x0,
+            noise,
+            timesteps,
+            alphas_cumprod,
+            prediction_type,
+            reduction,
+        )
+        return tk.diffusion_loss(
+            model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction
+        )
 
     @triton_op("pykernels::diffusion_loss_backward_triton", mutates_args=())
-    def _diffusion_loss_backward_triton(grad: Tensor, model_output: Tensor, x0: Tensor,
-                                        noise: Tensor, timesteps: Tensor, alphas_cumprod: Tensor,
-                                        prediction_type: str, reduction: str,
-                                        output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    def _diffusion_loss_backward_triton(
+        grad: Tensor,
+        model_output: Tensor,
+        x0: Tensor,
+        noise: Tensor,
+        timesteps: Tensor,
+        alphas_cumprod: Tensor,
+        prediction_type: str,
+        reduction: str,
+        output_mask: list[bool],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::diffusion_loss_backward_triton"
-        _check_loss_op(fn, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type,
-                       reduction)
+        _check_loss_op(
+            fn, model_output, x0, noise, timesteps, alphas_cumprod, prediction_type, reduction
+        )
         chk.grad(fn, grad, model_output.shape if reduction == "none" else (), model_output)
         if len(output_mask) != 3:
             # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser: a
             # RuntimeError too.
-            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per "
-                               f"input), got {len(output_mask)}")
-        return tk.diffusion_loss_backward(grad, model_output, x0, noise, timesteps, alphas_cumprod,
-                                          prediction_type, reduction, output_mask)
+            raise RuntimeError(
+                f"{fn}: argument 'output_mask' must have 3 elements (one per "
+                f"input), got {len(output_mask)}"
+            )
+        return tk.diffusion_loss_backward(
+            grad,
+            model_output,
+            x0,
+            noise,
+            timesteps,
+            alphas_cumprod,
+            prediction_type,
+            reduction,
+            output_mask,
+        )
 
     @triton_op("pykernels::ddpm_step_triton", mutates_args=())
-    def _ddpm_step_triton(model_output: Tensor, timesteps: Tensor, sample: Tensor,
-                          alphas_cumprod: Tensor, prev_timesteps: Tensor, noise: Tensor | None,
-                          threshold: Tensor | None, prediction_type: str, clip_sample: bool,
-                          clip_sample_range: float) -> tuple[Tensor, Tensor]:
-        _check_step_op("pykernels::ddpm_step_triton", model_output, timesteps, prev_timesteps,
-                       sample, alphas_cumprod, noise, threshold, prediction_type, clip_sample_range)
-        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
-                               noise, threshold, tk.StepParams(False, prediction_type, clip_sample,
-                               clip_sample_range))
+    def _ddpm_step_triton(
+        model_output: Tensor,
+        timesteps: Tensor,
+        sample: Tensor,
+        alphas_cumprod: Tensor,
+        prev_timesteps: Tensor,
+        noise: Tensor | None,
+        threshold: Tensor | None,
+        prediction_type: str,
+        clip_sample: bool,
+        clip_sample_range: float,
+    ) -> tuple[Tensor, Tensor]:
+        _check_step_op(
+            "pykernels::ddpm_step_triton",
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            noise,
+            threshold,
+            prediction_type,
+            clip_sample_range,
+        )
+        return tk.sampler_step(
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            noise,
+            threshold,
+            tk.StepParams(False, prediction_type, clip_sample, clip_sample_range),
+        )
 
     @triton_op("pykernels::ddpm_step_backward_triton", mutates_args=())
-    def _ddpm_step_backward_triton(grad_prev_sample: Tensor, grad_pred_original_sample: Tensor,
-                                   model_output: Tensor, timesteps: Tensor, sample: Tensor,
-                                   alphas_cumprod: Tensor, prev_timesteps: Tensor,
-                                   threshold: Tensor | None, prediction_type: str,
-                                   clip_sample: bool,
-                                   clip_sample_range: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _ddpm_step_backward_triton(
+        grad_prev_sample: Tensor,
+        grad_pred_original_sample: Tensor,
+        model_output: Tensor,
+        timesteps: Tensor,
+        sample: Tensor,
+        alphas_cumprod: Tensor,
+        prev_timesteps: Tensor,
+        threshold: Tensor | None,
+        prediction_type: str,
+        clip_sample: bool,
+        clip_sample_range: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::ddpm_step_backward_triton"
-        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None,
-                       threshold, prediction_type, clip_sample_range)
+        _check_step_op(
+            fn,
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            None,
+            threshold,
+            prediction_type,
+            clip_sample_range,
+        )
         _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output,
-                                        timesteps, prev_timesteps, sample, alphas_cumprod,
-                                        threshold, tk.StepParams(False, prediction_type,
-                                        clip_sample, clip_sample_range))
+        return tk.sampler_step_backward(
+            grad_prev_sample,
+            grad_pred_original_sample,
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            threshold,
+            tk.StepParams(False, prediction_type, clip_sample, clip_sample_range),
+        )
 
     @triton_op("pykernels::ddim_step_triton", mutates_args=())
-    def _ddim_step_triton(model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor,
-                          sample: Tensor, alphas_cumprod: Tensor, eta: float, noise: Tensor | None,
-                          threshold: Tensor | None, prediction_type: str, clip_sample: bool,
-                          clip_sample_range: float, use_clipped_model_output: bool,
-                          final_alpha_cumprod: float) -> tuple[Tensor, Tensor]:
-        _check_step_op("pykernels::ddim_step_triton", model_output, timesteps, prev_timesteps,
-                       sample, alphas_cumprod, noise, threshold, prediction_type,
-                       clip_sample_range, eta, final_alpha_cumprod)
-        return tk.sampler_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod,
-                               noise, threshold, tk.StepParams(True, prediction_type, clip_sample,
-                               clip_sample_range, eta, use_clipped_model_output,
-                               final_alpha_cumprod))
+    def _ddim_step_triton(
+        model_output: Tensor,
+        timesteps: Tensor,
+        prev_timesteps: Tensor,
+        sample: Tensor,
+        alphas_cumprod: Tensor,
+        eta: float,
+        noise: Tensor | None,
+        threshold: Tensor | None,
+        prediction_type: str,
+        clip_sample: bool,
+        clip_sample_range: float,
+        use_clipped_model_output: bool,
+        final_alpha_cumprod: float,
+    ) -> tuple[Tensor, Tensor]:
+        _check_step_op(
+            "pykernels::ddim_step_triton",
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            noise,
+            threshold,
+            prediction_type,
+            clip_sample_range,
+            eta,
+            final_alpha_cumprod,
+        )
+        return tk.sampler_step(
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            noise,
+            threshold,
+            tk.StepParams(
+                True,
+                prediction_type,
+                clip_sample,
+                clip_sample_range,
+                eta,
+                use_clipped_model_output,
+                final_alpha_cumprod,
+            ),
+        )
 
     @triton_op("pykernels::ddim_step_backward_triton", mutates_args=())
-    def _ddim_step_backward_triton(grad_prev_sample: Tensor, grad_pred_original_sample: Tensor,
-                                   model_output: Tensor, timesteps: Tensor, prev_timesteps: Tensor,
-                                   sample: Tensor, alphas_cumprod: Tensor, eta: float,
-                                   threshold: Tensor | None, prediction_type: str,
-                                   clip_sample: bool, clip_sample_range: float,
-                                   use_clipped_model_output: bool,
-                                   final_alpha_cumprod: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _ddim_step_backward_triton(
+        grad_prev_sample: Tensor,
+        grad_pred_original_sample: Tensor,
+        model_output: Tensor,
+        timesteps: Tensor,
+        prev_timesteps: Tensor,
+        sample: Tensor,
+        alphas_cumprod: Tensor,
+        eta: float,
+        threshold: Tensor | None,
+        prediction_type: str,
+        clip_sample: bool,
+        clip_sample_range: float,
+        use_clipped_model_output: bool,
+        final_alpha_cumprod: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::ddim_step_backward_triton"
-        _check_step_op(fn, model_output, timesteps, prev_timesteps, sample, alphas_cumprod, None,
-                       threshold, prediction_type, clip_sample_range, eta, final_alpha_cumprod)
+        _check_step_op(
+            fn,
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            None,
+            threshold,
+            prediction_type,
+            clip_sample_range,
+            eta,
+            final_alpha_cumprod,
+        )
         _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(grad_prev_sample, grad_pred_original_sample, model_output,
-                                        timesteps, prev_timesteps, sample, alphas_cumprod,
-                                        threshold, tk.StepParams(True, prediction_type,
-                                        clip_sample, clip_sample_range, eta,
-                                        use_clipped_model_output, final_alpha_cumprod))
+        return tk.sampler_step_backward(
+            grad_prev_sample,
+            grad_pred_original_sample,
+            model_output,
+            timesteps,
+            prev_timesteps,
+            sample,
+            alphas_cumprod,
+            threshold,
+            tk.StepParams(
+                True,
+                prediction_type,
+                clip_sample,
+                clip_sample_range,
+                eta,
+                use_clipped_model_output,
+                final_alpha_cumprod,
+            ),
+        )
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -332,6 +558,7 @@ def _blend_backward(name):
         timesteps, alphas_cumprod = ctx.saved_tensors
         grad_x0, grad_noise = ops(name + "_backward")(grad, timesteps, alphas_cumprod)
         return grad_x0, grad_noise, None, None
+
     return backward
 
 
@@ -363,8 +590,9 @@ def _register_step_autograd(name: str, sample: int, noise: int, threshold: int) 
         args = list(ctx.args)
         for i, t in zip(ctx.slots, ctx.saved_tensors):
             args[i] = t
-        grad_m, grad_s, grad_q = ops(name + "_backward")(grad_prev_sample,
-                                                         grad_pred_original_sample, *args)
+        grad_m, grad_s, grad_q = ops(name + "_backward")(
+            grad_prev_sample, grad_pred_original_sample, *args
+        )
         grads = [None] * ctx.n_inputs
         grads[0], grads[sample] = grad_m, grad_s
         if ctx.has_threshold:
@@ -382,16 +610,22 @@ _register_step_autograd("ddim_step", sample=3, noise=6, threshold=7)
 
 
 # ----------------------------------------------------------------------------- public API
-def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
-                  beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+def make_schedule(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> Tensor:
     """alphas_cumprod [num_train_timesteps] (float32, CPU) of a beta schedule: "linear",
     "scaled_linear" (linear in sqrt(beta), latent diffusion) or "squaredcos_cap_v2" (the
     GLIDE cosine schedule), identical to diffusers' schedulers. Move it to the samples'
     device once: every op indexes it there."""
     fn = "pykernels.make_schedule"
     if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int):
-        raise TypeError(f"{fn}: argument 'num_train_timesteps' must be an int, got "
-                        f"{type(num_train_timesteps).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'num_train_timesteps' must be an int, got "
+            f"{type(num_train_timesteps).__name__}"
+        )
     chk.positive(fn, "num_train_timesteps", num_train_timesteps)
     chk.choice(fn, "beta_schedule", beta_schedule, BETA_SCHEDULES)
     if beta_schedule != "squaredcos_cap_v2":
@@ -403,19 +637,23 @@ def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear"
     return ref.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end)
 
 
-def _resolve(fn: str, backend, like: Tensor, alphas_cumprod, *timesteps) -> tuple[str,
-                                                                                  list[Tensor]]:
+def _resolve(
+    fn: str, backend, like: Tensor, alphas_cumprod, *timesteps
+) -> tuple[str, list[Tensor]]:
     """(backend, the timesteps as int tensors [N]): (name, value, allow_negative) triples.
     The cpu backend's ops range-check CPU timesteps themselves."""
     _check_table(fn, alphas_cumprod, "sample", like)
     name = backends.resolve(backend, like.device, fn)
     T = alphas_cumprod.shape[0]
-    return name, [_timesteps(fn, n, t, like, T, allow_negative=neg, check_range=name != "cpu")
-                  for n, t, neg in timesteps]
+    return name, [
+        _timesteps(fn, n, t, like, T, allow_negative=neg, check_range=name != "cpu")
+        for n, t, neg in timesteps
+    ]
 
 
-def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor,
-           backend) -> Tensor:
+def _blend(
+    fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, backend
+) -> Tensor:
     chk.samples(fn, ("x0", x0), ("noise", noise))
     name, (t,) = _resolve(fn, backend, x0, alphas_cumprod, ("timesteps", timesteps, False))
     if name == "reference":
@@ -424,8 +662,9 @@ def _blend(fn: str, x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor
 
 
 @chk.autocast_rule("x0", "noise")
-def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
-              backend: str | None = None) -> Tensor:
+def add_noise(
+    x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *, backend: str | None = None
+) -> Tensor:
     """Forward diffusion: sqrt(a_t) x0 + sqrt(1 - a_t) noise, a_t = alphas_cumprod[t] per
     sample (timesteps [N], x0 and noise [N, ...]). Coefficients in float32 from the table
     (so an fp16 sample at t = 0 really gets noise); output in x0's dtype. Gradients to
@@ -434,16 +673,25 @@ def add_noise(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
 
 
 @chk.autocast_rule("x0", "noise")
-def get_velocity(x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *,
-                 backend: str | None = None) -> Tensor:
+def get_velocity(
+    x0: Tensor, noise: Tensor, timesteps, alphas_cumprod: Tensor, *, backend: str | None = None
+) -> Tensor:
     """The v-prediction target: sqrt(a_t) noise - sqrt(1 - a_t) x0, per sample."""
     return _blend("pykernels.get_velocity", x0, noise, timesteps, alphas_cumprod, backend)
 
 
 @chk.autocast_rule("model_output", "x0", "noise")
-def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps,
-                   alphas_cumprod: Tensor, *, prediction_type: str = "epsilon",
-                   reduction: str = "mean", backend: str | None = None) -> Tensor:
+def diffusion_loss(
+    model_output: Tensor,
+    x0: Tensor,
+    noise: Tensor,
+    timesteps,
+    alphas_cumprod: Tensor,
+    *,
+    prediction_type: str = "epsilon",
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
     """Mean squared error of model_output against the training target (noise for
     "epsilon", x0 for "sample", the velocity for "v_prediction"), target and error in
     one pass. reduction "mean" / "sum" over every element, or "none" (per element).
@@ -452,13 +700,16 @@ def diffusion_loss(model_output: Tensor, x0: Tensor, noise: Tensor, timesteps,
     chk.samples(fn, ("model_output", model_output), ("x0", x0), ("noise", noise))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
-    name, (t,) = _resolve(fn, backend, model_output, alphas_cumprod,
-                          ("timesteps", timesteps, False))
+    name, (t,) = _resolve(
+        fn, backend, model_output, alphas_cumprod, ("timesteps", timesteps, False)
+    )
     if name == "reference":
-        return ref.diffusion_loss(model_output, x0, noise, t, alphas_cumprod, prediction_type,
-                                  reduction)
-    return op("diffusion_loss", name)(model_output, x0, noise, t, alphas_cumprod, prediction_type,
-                                      reduction)
+        return ref.diffusion_loss(
+            model_output, x0, noise, t, alphas_cumprod, prediction_type, reduction
+        )
+    return op("diffusion_loss", name)(
+        model_output, x0, noise, t, alphas_cumprod, prediction_type, reduction
+    )
 
 
 def _noise(fn: str, noise, generator, like: Tensor):
@@ -470,8 +721,9 @@ def _noise(fn: str, noise, generator, like: Tensor):
     return z.to(like.device)
 
 
-def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | None,
-                        thresholding: bool):
+def _threshold_operands(
+    model_output: Tensor, sample: Tensor, noise: Tensor | None, thresholding: bool
+):
     """(model_output, sample, noise, dtype to round the outputs to or None) for a step.
     With thresholding, x0's gradient is the difference of the clip's path and the
     threshold's (through the quantile), each up to 1/sqrt(a) times the result (2e4 at
@@ -482,20 +734,37 @@ def _threshold_operands(model_output: Tensor, sample: Tensor, noise: Tensor | No
     rounded back (test_threshold_gradient_in_half_precision_at_high_noise). Inference keeps
     the native dtype."""
     half = sample.dtype in (torch.float16, torch.bfloat16)
-    if not (thresholding and half and torch.is_grad_enabled()
-            and (model_output.requires_grad or sample.requires_grad)):
+    if not (
+        thresholding
+        and half
+        and torch.is_grad_enabled()
+        and (model_output.requires_grad or sample.requires_grad)
+    ):
         return model_output, sample, noise, None
     z = None if noise is None else noise.float()
     return model_output.float(), sample.float(), z, sample.dtype
 
 
-def _fused_step(model_output, sample, noise, timesteps, alphas_cumprod, prediction_type,
-                thresholding, ratio, max_value, call):
+def _fused_step(
+    model_output,
+    sample,
+    noise,
+    timesteps,
+    alphas_cumprod,
+    prediction_type,
+    thresholding,
+    ratio,
+    max_value,
+    call,
+):
     """A step on a fused backend: call(model_output, sample, noise, threshold) runs its op,
     with the dynamic threshold when asked (in float32 where _threshold_operands says so)."""
     m, s, z, out_dtype = _threshold_operands(model_output, sample, noise, thresholding)
-    q = _threshold(m, timesteps, s, alphas_cumprod, prediction_type, ratio,
-                   max_value) if thresholding else None
+    q = (
+        _threshold(m, timesteps, s, alphas_cumprod, prediction_type, ratio, max_value)
+        if thresholding
+        else None
+    )
     out = call(m, s, z, q)
     return out if out_dtype is None else tuple(o.to(out_dtype) for o in out)
 
@@ -509,12 +778,23 @@ def _threshold(model_output, timesteps, sample, alphas_cumprod, prediction_type,
 
 
 @chk.autocast_rule("model_output", "sample", "noise")
-def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: Tensor, *,
-              prev_timesteps=None, noise: Tensor | None = None,
-              generator: torch.Generator | None = None, prediction_type: str = "epsilon",
-              clip_sample: bool = True, clip_sample_range: float = 1.0, thresholding: bool = False,
-              dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
-              backend: str | None = None) -> tuple[Tensor, Tensor]:
+def ddpm_step(
+    model_output: Tensor,
+    timesteps,
+    sample: Tensor,
+    alphas_cumprod: Tensor,
+    *,
+    prev_timesteps=None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: bool = True,
+    clip_sample_range: float = 1.0,
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """One DDPM ancestral step per sample -> (prev_sample, pred_original_sample): the math
     of diffusers' DDPMScheduler.step with variance_type "fixed_small". prev_timesteps
     (default timesteps - 1, as diffusers' training schedule; pass the next entry of the
@@ -524,36 +804,76 @@ def ddpm_step(model_output: Tensor, timesteps, sample: Tensor, alphas_cumprod: T
     fn = "pykernels.ddpm_step"
     chk.samples(fn, ("sample", sample), ("model_output", model_output))
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
-    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio,
-                     sample_max_value)
+    _check_step_args(
+        fn, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value
+    )
     given_prev = [] if prev_timesteps is None else [("prev_timesteps", prev_timesteps, True)]
-    name, ts = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False),
-                        *given_prev)
+    name, ts = _resolve(
+        fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False), *given_prev
+    )
     t, prev = ts[0], ts[1] if given_prev else ts[0] - 1
     z = _noise(fn, noise, generator, sample)
     if name == "reference":
-        return ref.ddpm_step(model_output, t, sample, alphas_cumprod, prev_timesteps=prev, noise=z,
-                             prediction_type=prediction_type, clip_sample=clip_sample,
-                             clip_sample_range=clip_sample_range, thresholding=thresholding,
-                             dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-                             sample_max_value=sample_max_value)
+        return ref.ddpm_step(
+            model_output,
+            t,
+            sample,
+            alphas_cumprod,
+            prev_timesteps=prev,
+            noise=z,
+            prediction_type=prediction_type,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+        )
     return _fused_step(
-        model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
-        dynamic_thresholding_ratio, sample_max_value,
-        lambda m, s, z, q: op("ddpm_step", name)(m, t, s, alphas_cumprod, prev, z, q,
-                                                 prediction_type, bool(clip_sample),
-                                                 float(clip_sample_range)))
+        model_output,
+        sample,
+        z,
+        t,
+        alphas_cumprod,
+        prediction_type,
+        thresholding,
+        dynamic_thresholding_ratio,
+        sample_max_value,
+        lambda m, s, z, q: op("ddpm_step", name)(
+            m,
+            t,
+            s,
+            alphas_cumprod,
+            prev,
+            z,
+            q,
+            prediction_type,
+            bool(clip_sample),
+            float(clip_sample_range),
+        ),
+    )
 
 
 @chk.autocast_rule("model_output", "sample", "noise")
-def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
-              alphas_cumprod: Tensor, *, eta: float = 0.0, noise: Tensor | None = None,
-              generator: torch.Generator | None = None, prediction_type: str = "epsilon",
-              clip_sample: bool = False, clip_sample_range: float = 1.0,
-              thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
-              sample_max_value: float = 1.0, use_clipped_model_output: bool = False,
-              final_alpha_cumprod: float = 1.0,
-              backend: str | None = None) -> tuple[Tensor, Tensor]:
+def ddim_step(
+    model_output: Tensor,
+    timesteps,
+    prev_timesteps,
+    sample: Tensor,
+    alphas_cumprod: Tensor,
+    *,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: bool = False,
+    clip_sample_range: float = 1.0,
+    thresholding: bool = False,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+    use_clipped_model_output: bool = False,
+    final_alpha_cumprod: float = 1.0,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """One DDIM step per sample -> (prev_sample, pred_original_sample): the math of
     diffusers' DDIMScheduler.step. prev_timesteps < 0 use final_alpha_cumprod. eta > 0
     adds eta * sigma_t noise (noise=None draws randn with `generator`); eta = 0 reads no
@@ -563,24 +883,65 @@ def ddim_step(model_output: Tensor, timesteps, prev_timesteps, sample: Tensor,
     chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
         raise TypeError(f"{fn}: argument 'eta' must be a number, got {type(eta).__name__}")
-    _check_step_args(fn, clip_sample_range, thresholding, dynamic_thresholding_ratio,
-                     sample_max_value, eta, final_alpha_cumprod)
-    name, (t, prev) = _resolve(fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False),
-                               ("prev_timesteps", prev_timesteps, True))
+    _check_step_args(
+        fn,
+        clip_sample_range,
+        thresholding,
+        dynamic_thresholding_ratio,
+        sample_max_value,
+        eta,
+        final_alpha_cumprod,
+    )
+    name, (t, prev) = _resolve(
+        fn,
+        backend,
+        sample,
+        alphas_cumprod,
+        ("timesteps", timesteps, False),
+        ("prev_timesteps", prev_timesteps, True),
+    )
     z = _noise(fn, noise, generator, sample) if eta > 0 else None
     if name == "reference":
-        return ref.ddim_step(model_output, t, prev, sample, alphas_cumprod, eta=eta, noise=z,
-                             prediction_type=prediction_type, clip_sample=clip_sample,
-                             clip_sample_range=clip_sample_range, thresholding=thresholding,
-                             dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-                             sample_max_value=sample_max_value,
-                             use_clipped_model_output=use_clipped_model_output,
-                             final_alpha_cumprod=final_alpha_cumprod)
+        return ref.ddim_step(
+            model_output,
+            t,
+            prev,
+            sample,
+            alphas_cumprod,
+            eta=eta,
+            noise=z,
+            prediction_type=prediction_type,
+            clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range,
+            thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+            use_clipped_model_output=use_clipped_model_output,
+            final_alpha_cumprod=final_alpha_cumprod,
+        )
     return _fused_step(
-        model_output, sample, z, t, alphas_cumprod, prediction_type, thresholding,
-        dynamic_thresholding_ratio, sample_max_value,
-        lambda m, s, z, q: op("ddim_step", name)(m, t, prev, s, alphas_cumprod, float(eta), z, q,
-                                                 prediction_type, bool(clip_sample),
-                                                 float(clip_sample_range),
-                                                 bool(use_clipped_model_output),
-                                                 float(final_alpha_cumprod)))
+        model_output,
+        sample,
+        z,
+        t,
+        alphas_cumprod,
+        prediction_type,
+        thresholding,
+        dynamic_thresholding_ratio,
+        sample_max_value,
+        lambda m, s, z, q: op("ddim_step", name)(
+            m,
+            t,
+            prev,
+            s,
+            alphas_cumprod,
+            float(eta),
+            z,
+            q,
+            prediction_type,
+            bool(clip_sample),
+            float(clip_sample_range),
+            bool(use_clipped_model_output),
+            float(final_alpha_cumprod),
+        ),
+    )

@@ -13,6 +13,7 @@ nothing can read the saved gradient afterwards (an eager backward without retain
 is scaled in place (distillation_scale_grad_inplace), so the op's extra memory is one
 gradient plus per-row values. The math is in pykernels/reference/distillation.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,10 @@ CE_REDUCTIONS = ("mean", "sum", "none")
 def _check_logits(fn: str, name: str, x) -> None:
     chk.tensor(fn, name, x, min_dim=1)
     if x.shape[-1] == 0:
-        raise ValueError(f"{fn}: argument '{name}' must have at least one class (last dim), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must have at least one class (last dim), "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
 def _check_like(fn: str, name: str, x, ref_name: str, ref_x) -> None:
@@ -50,14 +53,17 @@ def _check_like(fn: str, name: str, x, ref_name: str, ref_x) -> None:
 def _check_labels(fn: str, labels, logits_name: str, logits, what: str = "the logits'") -> None:
     """labels: int64 [...] of `logits` [..., V] (`what` names it in the message)."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{fn}: argument 'labels' must be a torch.Tensor, "
-                        f"got {type(labels).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'labels' must be a torch.Tensor, got {type(labels).__name__}"
+        )
     if labels.dtype != torch.int64:
         raise TypeError(f"{fn}: argument 'labels' must be int64, got {labels.dtype}")
     chk.same_device(fn, (logits_name, logits), ("labels", labels))
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"{fn}: argument 'labels' must have shape {tuple(logits.shape[:-1])} "
-                         f"({what} shape without the last dim), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'labels' must have shape {tuple(logits.shape[:-1])} "
+            f"({what} shape without the last dim), got {tuple(labels.shape)}"
+        )
 
 
 def _number(fn: str, name: str, value, lo=None, hi=None) -> None:
@@ -79,8 +85,9 @@ def _temperature(fn: str, value) -> None:
     _number(fn, "temperature", value)
 
 
-def _check_distillation_settings(fn: str, labels, temperature, soft_weight, hard_weight, beta,
-                                 label_smoothing) -> None:
+def _check_distillation_settings(
+    fn: str, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+) -> None:
     """The hyperparameter checks of distillation_loss (public function and Triton op), in
     the order of the C++ op's."""
     _temperature(fn, temperature)
@@ -89,8 +96,10 @@ def _check_distillation_settings(fn: str, labels, temperature, soft_weight, hard
     _number(fn, "beta", beta, 0, 1)
     _number(fn, "label_smoothing", label_smoothing, 0, 1)
     if hard_weight != 0 and labels is None:
-        raise ValueError(f"{fn}: argument 'hard_weight' must be 0 when no labels are given "
-                         f"(pass 'labels'), got {hard_weight}")
+        raise ValueError(
+            f"{fn}: argument 'hard_weight' must be 0 when no labels are given "
+            f"(pass 'labels'), got {hard_weight}"
+        )
 
 
 def _check_values(fn: str, backend: str, labels, ignore_index: int, V: int, *logits) -> None:
@@ -132,21 +141,39 @@ def _rows_like(x: Tensor) -> Tensor:
     return x.new_empty(x.shape[:-1], dtype=acc_dtype(x.dtype))
 
 
-def _distillation_loss_fake(student_logits, teacher_logits, labels, temperature, soft_weight,
-                            hard_weight, beta, ignore_index, label_smoothing, grad_student_logits,
-                            grad_teacher_logits, grad_scale):
-    return (_rows_like(student_logits), _grad_like(student_logits, grad_student_logits),
-            _grad_like(student_logits, grad_teacher_logits))
+def _distillation_loss_fake(
+    student_logits,
+    teacher_logits,
+    labels,
+    temperature,
+    soft_weight,
+    hard_weight,
+    beta,
+    ignore_index,
+    label_smoothing,
+    grad_student_logits,
+    grad_teacher_logits,
+    grad_scale,
+):
+    return (
+        _rows_like(student_logits),
+        _grad_like(student_logits, grad_student_logits),
+        _grad_like(student_logits, grad_teacher_logits),
+    )
 
 
 def _cross_entropy_fake(logits, labels, ignore_index, label_smoothing, grad_logits, grad_scale):
     return _rows_like(logits), _grad_like(logits, grad_logits)
 
 
-def _soft_target_cross_entropy_fake(logits, target_probs, temperature, grad_logits,
-                                    grad_target_probs, grad_scale):
-    return (_rows_like(logits), _grad_like(logits, grad_logits),
-            _grad_like(logits, grad_target_probs))
+def _soft_target_cross_entropy_fake(
+    logits, target_probs, temperature, grad_logits, grad_target_probs, grad_scale
+):
+    return (
+        _rows_like(logits),
+        _grad_like(logits, grad_logits),
+        _grad_like(logits, grad_target_probs),
+    )
 
 
 register_cpp("distillation_loss", _distillation_loss_fake)
@@ -162,53 +189,94 @@ if triton_available():
     from ..triton_kernels import distillation as tk
 
     @triton_op("pykernels::distillation_loss_triton", mutates_args=())
-    def _distillation_loss_triton(student_logits: Tensor, teacher_logits: Tensor,
-                                  labels: Tensor | None, temperature: float, soft_weight: float,
-                                  hard_weight: float, beta: float, ignore_index: int,
-                                  label_smoothing: float, grad_student_logits: bool,
-                                  grad_teacher_logits: bool,
-                                  grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _distillation_loss_triton(
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor | None,
+        temperature: float,
+        soft_weight: float,
+        hard_weight: float,
+        beta: float,
+        ignore_index: int,
+        label_smoothing: float,
+        grad_student_logits: bool,
+        grad_teacher_logits: bool,
+        grad_scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::distillation_loss_triton"
         _check_logits(fn, "student_logits", student_logits)
         _check_like(fn, "teacher_logits", teacher_logits, "student_logits", student_logits)
         if labels is not None:
             _check_labels(fn, labels, "student_logits", student_logits)
-        _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta,
-                                     label_smoothing)
+        _check_distillation_settings(
+            fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+        )
         _number(fn, "grad_scale", grad_scale)
-        return tk.distillation_rows(student_logits, teacher_logits, labels, temperature=temperature,
-                                    soft_weight=soft_weight, hard_weight=hard_weight, beta=beta,
-                                    ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                    grad_logits=grad_student_logits,
-                                    grad_teacher=grad_teacher_logits, grad_scale=grad_scale)
+        return tk.distillation_rows(
+            student_logits,
+            teacher_logits,
+            labels,
+            temperature=temperature,
+            soft_weight=soft_weight,
+            hard_weight=hard_weight,
+            beta=beta,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            grad_logits=grad_student_logits,
+            grad_teacher=grad_teacher_logits,
+            grad_scale=grad_scale,
+        )
 
     @triton_op("pykernels::cross_entropy_triton", mutates_args=())
-    def _cross_entropy_triton(logits: Tensor, labels: Tensor, ignore_index: int,
-                              label_smoothing: float, grad_logits: bool,
-                              grad_scale: float) -> tuple[Tensor, Tensor]:
+    def _cross_entropy_triton(
+        logits: Tensor,
+        labels: Tensor,
+        ignore_index: int,
+        label_smoothing: float,
+        grad_logits: bool,
+        grad_scale: float,
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_labels(fn, labels, "logits", logits)
         _number(fn, "label_smoothing", label_smoothing, 0, 1)
         _number(fn, "grad_scale", grad_scale)
-        loss, grad, _ = tk.distillation_rows(logits, None, labels, hard_weight=1.0,
-                                             ignore_index=ignore_index,
-                                             label_smoothing=label_smoothing,
-                                             grad_logits=grad_logits, grad_scale=grad_scale)
+        loss, grad, _ = tk.distillation_rows(
+            logits,
+            None,
+            labels,
+            hard_weight=1.0,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            grad_logits=grad_logits,
+            grad_scale=grad_scale,
+        )
         return loss, grad
 
     @triton_op("pykernels::soft_target_cross_entropy_triton", mutates_args=())
     def _soft_target_cross_entropy_triton(
-            logits: Tensor, target_probs: Tensor, temperature: float, grad_logits: bool,
-            grad_target_probs: bool, grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        logits: Tensor,
+        target_probs: Tensor,
+        temperature: float,
+        grad_logits: bool,
+        grad_target_probs: bool,
+        grad_scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::soft_target_cross_entropy_triton"
         _check_logits(fn, "logits", logits)
         _check_like(fn, "target_probs", target_probs, "logits", logits)
         _temperature(fn, temperature)
         _number(fn, "grad_scale", grad_scale)
-        return tk.distillation_rows(logits, target_probs, None, temperature=temperature,
-                                    target_probs=True, grad_logits=grad_logits,
-                                    grad_teacher=grad_target_probs, grad_scale=grad_scale)
+        return tk.distillation_rows(
+            logits,
+            target_probs,
+            None,
+            temperature=temperature,
+            target_probs=True,
+            grad_logits=grad_logits,
+            grad_teacher=grad_target_probs,
+            grad_scale=grad_scale,
+        )
 
     def _check_scale_grad(fn: str, grad, x) -> None:
         """x: a saved per-row gradient [..., V]; grad: one upstream value per row (the kernel
@@ -250,16 +318,23 @@ def _gradient_outputs_dropped():
 def _saved_grad_is_dead(saved: Tensor) -> bool:
     """True when this backward is the last use of `saved`: an eager backward that frees the
     graph after it (no retain_graph / create_graph), on a real tensor (not traced)."""
-    return (not torch.compiler.is_compiling() and type(saved) is torch.Tensor
-            and not torch._C._autograd._get_current_graph_task_keep_graph())
+    return (
+        not torch.compiler.is_compiling()
+        and type(saved) is torch.Tensor
+        and not torch._C._autograd._get_current_graph_task_keep_graph()
+    )
 
 
 def _upstream(grad_rows: Tensor, grad_scale: float) -> Tensor | None:
     """The factor each saved gradient row still needs: grad_rows / grad_scale, or None when
     that is 1 for every row (a plain loss.backward() of a "batchmean" or "sum" loss on CPU,
     checked on the host only where that is no device synchronisation)."""
-    if (not torch.compiler.is_compiling() and type(grad_rows) is torch.Tensor  # not traced
-            and grad_rows.device.type == "cpu" and bool((grad_rows == grad_scale).all())):
+    if (
+        not torch.compiler.is_compiling()
+        and type(grad_rows) is torch.Tensor  # not traced
+        and grad_rows.device.type == "cpu"
+        and bool((grad_rows == grad_scale).all())
+    ):
         return None
     return grad_rows if grad_scale == 1.0 else grad_rows / grad_scale
 
@@ -289,8 +364,9 @@ def _register_scaled_grad_autograd(name: str, slots) -> None:
         for (i, _, o), computed in zip(slots, ctx.flags):
             if ctx.needs_input_grad[i]:
                 if not computed:
-                    raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its "
-                                       "grad flag was False")
+                    raise RuntimeError(
+                        f"pykernels::{name}: input {i} requires grad but its grad flag was False"
+                    )
                 grads[i] = _scaled(ops, factor, saved[o - 1], ctx.in_place)
         return tuple(grads)
 
@@ -313,11 +389,20 @@ _register_scaled_grad_autograd("soft_target_cross_entropy", [(0, 3, 1), (1, 4, 2
 
 # ----------------------------------------------------------------------------- public API
 @chk.autocast_rule("student_logits", "teacher_logits")
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
-                      labels: Tensor | None = None, soft_weight: float = 1.0,
-                      hard_weight: float = 0.0, beta: float = 0.0, ignore_index: int = -100,
-                      label_smoothing: float = 0.0, reduction: str = "batchmean",
-                      backend: str | None = None) -> Tensor:
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    labels: Tensor | None = None,
+    soft_weight: float = 1.0,
+    hard_weight: float = 0.0,
+    beta: float = 0.0,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "batchmean",
+    backend: str | None = None,
+) -> Tensor:
     """Knowledge-distillation loss over rows of [..., V] logits.
 
     loss = soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels), with
@@ -334,32 +419,67 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, *, tempera
     if labels is not None:
         _check_labels(fn, labels, "student_logits", student_logits)
     if hard_weight != 0 and labels is None:
-        raise ValueError(f"{fn}: argument 'labels' is required when hard_weight != 0 "
-                         f"(got hard_weight={hard_weight})")
-    _check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta,
-                                 label_smoothing)
+        raise ValueError(
+            f"{fn}: argument 'labels' is required when hard_weight != 0 "
+            f"(got hard_weight={hard_weight})"
+        )
+    _check_distillation_settings(
+        fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+    )
     _integer(fn, "ignore_index", ignore_index)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
     name = backends.resolve(backend, student_logits.device, fn)
-    _check_values(fn, name, labels, ignore_index, student_logits.shape[-1],
-                  ("student_logits", student_logits), ("teacher_logits", teacher_logits))
+    _check_values(
+        fn,
+        name,
+        labels,
+        ignore_index,
+        student_logits.shape[-1],
+        ("student_logits", student_logits),
+        ("teacher_logits", teacher_logits),
+    )
     if name == "reference":
-        return ref.distillation_loss(student_logits, teacher_logits, temperature, labels,
-                                     soft_weight, hard_weight, beta, ignore_index, label_smoothing,
-                                     reduction)
+        return ref.distillation_loss(
+            student_logits,
+            teacher_logits,
+            temperature,
+            labels,
+            soft_weight,
+            hard_weight,
+            beta,
+            ignore_index,
+            label_smoothing,
+            reduction,
+        )
     w = _grad_scale(reduction, student_logits, labels, ignore_index)
     with _gradient_outputs_dropped():
         rows, _, _ = op("distillation_loss", name)(
-            student_logits, teacher_logits, labels, float(temperature), float(soft_weight),
-            float(hard_weight), float(beta), ignore_index, float(label_smoothing),
-            _wants_grad(student_logits), _wants_grad(teacher_logits), w)
+            student_logits,
+            teacher_logits,
+            labels,
+            float(temperature),
+            float(soft_weight),
+            float(hard_weight),
+            float(beta),
+            ignore_index,
+            float(label_smoothing),
+            _wants_grad(student_logits),
+            _wants_grad(teacher_logits),
+            w,
+        )
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
 @chk.autocast_rule("logits")
-def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
-                  label_smoothing: float = 0.0, reduction: str = "mean",
-                  backend: str | None = None) -> Tensor:
+def cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
     """torch.nn.functional.cross_entropy for [..., V] logits (classes last) and int64 labels
     [...]: same values, label smoothing, ignore_index, and "mean" over the counted rows
     (nan when every row is ignored, as torch gives). -inf logits at classes other than the
@@ -376,14 +496,21 @@ def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = -100,
         return ref.cross_entropy(logits, labels, ignore_index, label_smoothing, reduction)
     w = _grad_scale(reduction, logits, labels, ignore_index)
     with _gradient_outputs_dropped():
-        rows, _ = op("cross_entropy", name)(logits, labels, ignore_index, float(label_smoothing),
-                                            _wants_grad(logits), w)
+        rows, _ = op("cross_entropy", name)(
+            logits, labels, ignore_index, float(label_smoothing), _wants_grad(logits), w
+        )
     return ref.reduce(rows, reduction, ref.counted_rows(labels, ignore_index, rows.dtype))
 
 
 @chk.autocast_rule("logits", "target_probs")
-def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperature: float = 1.0,
-                              reduction: str = "batchmean", backend: str | None = None) -> Tensor:
+def soft_target_cross_entropy(
+    logits: Tensor,
+    target_probs: Tensor,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    backend: str | None = None,
+) -> Tensor:
     """-sum_j q_j log softmax(logits / T)_j per row of [..., V] logits against given
     probabilities q (soft labels). "batchmean" divides by the number of rows. A class with
     q = 0 and a logit of -inf is no term at all. Gradients go to the logits and, when it
@@ -400,6 +527,11 @@ def soft_target_cross_entropy(logits: Tensor, target_probs: Tensor, *, temperatu
     w = _grad_scale(reduction, logits, None, -100)
     with _gradient_outputs_dropped():
         rows, _, _ = op("soft_target_cross_entropy", name)(
-            logits, target_probs, float(temperature), _wants_grad(logits), _wants_grad(target_probs),
-            w)
+            logits,
+            target_probs,
+            float(temperature),
+            _wants_grad(logits),
+            _wants_grad(target_probs),
+            w,
+        )
     return ref.reduce(rows, reduction)

@@ -13,6 +13,7 @@ Sigmas on CPU tensors are checked to lie in [0, 1] (ValueError); on CUDA tensors
 them back would synchronise, so they are not checked. The timestep sampling and min-SNR
 helpers work on [N] vectors and are plain PyTorch on any device.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,15 +45,25 @@ def _interpolate_backward_fake(grad, sigmas):
     return grad.new_empty(grad.shape), grad.new_empty(grad.shape)
 
 
-def _loss_fake(model_output, x0, noise, sigmas, weighting_scheme, precondition_outputs,
-               return_noisy):
+def _loss_fake(
+    model_output, x0, noise, sigmas, weighting_scheme, precondition_outputs, return_noisy
+):
     m = model_output
     noisy = m.new_empty(m.shape if return_noisy else (0,))
     return m.new_empty(m.shape[:1], dtype=acc_dtype(m.dtype)), noisy
 
 
-def _loss_backward_fake(grad, grad_noisy, model_output, x0, noise, sigmas, weighting_scheme,
-                        precondition_outputs, output_mask):
+def _loss_backward_fake(
+    grad,
+    grad_noisy,
+    model_output,
+    x0,
+    noise,
+    sigmas,
+    weighting_scheme,
+    precondition_outputs,
+    output_mask,
+):
     m = model_output
     return tuple(m.new_empty(m.shape if want else (0,)) for want in output_mask)
 
@@ -87,29 +98,46 @@ if triton_available():
         return tk.flow_interpolate(x0, noise, sigmas)
 
     @triton_op("pykernels::flow_interpolate_backward_triton", mutates_args=())
-    def _flow_interpolate_backward_triton(grad: Tensor,
-                                          sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    def _flow_interpolate_backward_triton(grad: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
         fn = "pykernels::flow_interpolate_backward_triton"
         chk.samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas))
         return tk.flow_interpolate_backward(grad, sigmas)
 
     @triton_op("pykernels::flow_matching_loss_triton", mutates_args=())
-    def _flow_matching_loss_triton(model_output: Tensor, x0: Tensor, noise: Tensor,
-                                   sigmas: Tensor, weighting_scheme: str,
-                                   precondition_outputs: bool,
-                                   return_noisy: bool) -> tuple[Tensor, Tensor]:
+    def _flow_matching_loss_triton(
+        model_output: Tensor,
+        x0: Tensor,
+        noise: Tensor,
+        sigmas: Tensor,
+        weighting_scheme: str,
+        precondition_outputs: bool,
+        return_noisy: bool,
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::flow_matching_loss_triton"
         _check_loss_op(fn, model_output, x0, noise, sigmas, weighting_scheme)
-        return tk.flow_matching_loss(model_output, x0, noise, sigmas,
-                                     _weighting(weighting_scheme), precondition_outputs,
-                                     return_noisy)
+        return tk.flow_matching_loss(
+            model_output,
+            x0,
+            noise,
+            sigmas,
+            _weighting(weighting_scheme),
+            precondition_outputs,
+            return_noisy,
+        )
 
     @triton_op("pykernels::flow_matching_loss_backward_triton", mutates_args=())
     def _flow_matching_loss_backward_triton(
-            grad: Tensor, grad_noisy: Tensor | None, model_output: Tensor, x0: Tensor,
-            noise: Tensor, sigmas: Tensor, weighting_scheme: str, precondition_outputs: bool,
-            output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        grad: Tensor,
+        grad_noisy: Tensor | None,
+        model_output: Tensor,
+        x0: Tensor,
+        noise: Tensor,
+        sigmas: Tensor,
+        weighting_scheme: str,
+        precondition_outputs: bool,
+        output_mask: list[bool],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::flow_matching_loss_backward_triton"
         _check_loss_op(fn, model_output, x0, noise, sigmas, weighting_scheme)
         chk.grad(fn, grad, model_output.shape[:1], model_output)
@@ -118,24 +146,35 @@ if triton_available():
         if len(output_mask) != 3:
             # The C++ op's schema (bool[3]) refuses it in PyTorch's argument parser:
             # a RuntimeError too.
-            raise RuntimeError(f"{fn}: argument 'output_mask' must have 3 elements (one per "
-                               f"input), got {len(output_mask)}")
-        return tk.flow_matching_loss_backward(grad, grad_noisy, model_output, x0, noise, sigmas,
-                                              _weighting(weighting_scheme), precondition_outputs,
-                                              output_mask)
+            raise RuntimeError(
+                f"{fn}: argument 'output_mask' must have 3 elements (one per "
+                f"input), got {len(output_mask)}"
+            )
+        return tk.flow_matching_loss_backward(
+            grad,
+            grad_noisy,
+            model_output,
+            x0,
+            noise,
+            sigmas,
+            _weighting(weighting_scheme),
+            precondition_outputs,
+            output_mask,
+        )
 
     @triton_op("pykernels::flow_match_euler_step_triton", mutates_args=())
-    def _flow_match_euler_step_triton(model_output: Tensor, sample: Tensor, sigmas: Tensor,
-                                      sigmas_next: Tensor) -> Tensor:
+    def _flow_match_euler_step_triton(
+        model_output: Tensor, sample: Tensor, sigmas: Tensor, sigmas_next: Tensor
+    ) -> Tensor:
         fn = "pykernels::flow_match_euler_step_triton"
         chk.samples(fn, ("sample", sample), ("model_output", model_output))
-        _check_op_sigmas(fn, ("sample", sample), ("sigmas", sigmas),
-                         ("sigmas_next", sigmas_next))
+        _check_op_sigmas(fn, ("sample", sample), ("sigmas", sigmas), ("sigmas_next", sigmas_next))
         return tk.flow_match_euler_step(model_output, sample, sigmas, sigmas_next)
 
     @triton_op("pykernels::flow_match_euler_step_backward_triton", mutates_args=())
-    def _flow_match_euler_step_backward_triton(grad: Tensor, sigmas: Tensor,
-                                               sigmas_next: Tensor) -> Tensor:
+    def _flow_match_euler_step_backward_triton(
+        grad: Tensor, sigmas: Tensor, sigmas_next: Tensor
+    ) -> Tensor:
         fn = "pykernels::flow_match_euler_step_backward_triton"
         chk.samples(fn, ("grad", grad))
         _check_op_sigmas(fn, ("grad", grad), ("sigmas", sigmas), ("sigmas_next", sigmas_next))
@@ -204,8 +243,9 @@ def _check_sigma_range(fn: str, name: str, s: Tensor) -> None:
     if lo < 0 or hi > 1:  # (a NaN compares false)
         flat = s.reshape(-1)
         i = int(((flat < 0) | (flat > 1)).nonzero()[0, 0])
-        raise ValueError(f"{fn}: argument '{name}' has {flat[i].item()} at index {i}, "
-                         f"outside [0, 1]")
+        raise ValueError(
+            f"{fn}: argument '{name}' has {flat[i].item()} at index {i}, outside [0, 1]"
+        )
 
 
 def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
@@ -217,8 +257,10 @@ def _check_op_sigmas(fn: str, like: tuple[str, Tensor], *named) -> None:
         chk.tensor(fn, name, s)
         chk.same_device(fn, like, (name, s))
         if tuple(s.shape) != (x.shape[0],):
-            raise ValueError(f"{fn}: argument '{name}' must have shape [N] = [{x.shape[0]}] "
-                             f"(one per sample), got {tuple(s.shape)}")
+            raise ValueError(
+                f"{fn}: argument '{name}' must have shape [N] = [{x.shape[0]}] "
+                f"(one per sample), got {tuple(s.shape)}"
+            )
 
 
 def _sigmas(fn: str, name: str, sigmas, samples: tuple[str, Tensor]) -> Tensor:
@@ -235,12 +277,16 @@ def _sigmas(fn: str, name: str, sigmas, samples: tuple[str, Tensor]) -> Tensor:
     chk.tensor(fn, name, sigmas)
     chk.same_device(fn, samples, (name, sigmas))
     if sigmas.requires_grad:
-        raise ValueError(f"{fn}: argument '{name}' must not require grad (the ops have no "
-                         f"gradient with respect to the noise levels): pass {name}.detach()")
+        raise ValueError(
+            f"{fn}: argument '{name}' must not require grad (the ops have no "
+            f"gradient with respect to the noise levels): pass {name}.detach()"
+        )
     if not _per_sample_shape(tuple(sigmas.shape), tuple(like.shape)):
-        raise ValueError(f"{fn}: argument '{name}' must hold one noise level per sample: a "
-                         f"scalar, [N] or [N, 1, ..., 1] with N = {N} for samples of shape "
-                         f"{tuple(like.shape)}, got shape {tuple(sigmas.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must hold one noise level per sample: a "
+            f"scalar, [N] or [N, 1, ..., 1] with N = {N} for samples of shape "
+            f"{tuple(like.shape)}, got shape {tuple(sigmas.shape)}"
+        )
     _check_sigma_range(fn, name, sigmas)
     if sigmas.dim() == 1 and sigmas.shape[0] == N:
         return sigmas
@@ -280,10 +326,18 @@ def flow_interpolate(x0: Tensor, noise: Tensor, sigmas, *, backend: str | None =
 
 
 @chk.autocast_rule("model_output", "x0", "noise")
-def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, *,
-                       weighting_scheme: str = "none", precondition_outputs: bool = False,
-                       reduction: str = "mean", return_noisy: bool = False,
-                       backend: str | None = None):
+def flow_matching_loss(
+    model_output: Tensor,
+    x0: Tensor,
+    noise: Tensor,
+    sigmas,
+    *,
+    weighting_scheme: str = "none",
+    precondition_outputs: bool = False,
+    reduction: str = "mean",
+    return_noisy: bool = False,
+    backend: str | None = None,
+):
     """The SD3 / Flux rectified-flow training loss, as diffusers' training scripts compute
     it, in one pass that never writes x_t: target noise - x0 for the prediction
     model_output, or with precondition_outputs the prediction -sigma model_output + x_t
@@ -301,17 +355,20 @@ def flow_matching_loss(model_output: Tensor, x0: Tensor, noise: Tensor, sigmas, 
     s = _sigmas(fn, "sigmas", sigmas, ("model_output", model_output))
     name = backends.resolve(backend, model_output.device, fn)
     if name == "reference":
-        return ref.flow_matching_loss(model_output, x0, noise, s, weighting_scheme, pre, reduction,
-                                      noisy)
-    loss, x_t = op("flow_matching_loss", name)(model_output, x0, noise, s, weighting_scheme, pre,
-                                               noisy)
+        return ref.flow_matching_loss(
+            model_output, x0, noise, s, weighting_scheme, pre, reduction, noisy
+        )
+    loss, x_t = op("flow_matching_loss", name)(
+        model_output, x0, noise, s, weighting_scheme, pre, noisy
+    )
     loss = loss.mean() if reduction == "mean" else loss
     return (loss, x_t) if noisy else loss
 
 
 @chk.autocast_rule("model_output", "sample")
-def flow_match_euler_step(model_output: Tensor, sample: Tensor, sigmas, sigmas_next, *,
-                          backend: str | None = None) -> Tensor:
+def flow_match_euler_step(
+    model_output: Tensor, sample: Tensor, sigmas, sigmas_next, *, backend: str | None = None
+) -> Tensor:
     """One flow-match Euler step per sample: sample + (sigma_next - sigma) model_output,
     computed in float32 (float64 for float64) and returned in model_output's dtype, as
     diffusers' FlowMatchEulerDiscreteScheduler.step does. Differentiable w.r.t.
@@ -326,11 +383,19 @@ def flow_match_euler_step(model_output: Tensor, sample: Tensor, sigmas, sigmas_n
     return op("flow_match_euler_step", name)(model_output, sample, s, s_next)
 
 
-def sample_flow_timesteps(batch_size: int, *, weighting_scheme: str = "logit_normal",
-                          logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
-                          shift: float = 1.0, num_train_timesteps: int = 1000,
-                          generator: torch.Generator | None = None, device=None,
-                          u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def sample_flow_timesteps(
+    batch_size: int,
+    *,
+    weighting_scheme: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    shift: float = 1.0,
+    num_train_timesteps: int = 1000,
+    generator: torch.Generator | None = None,
+    device=None,
+    u: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """(timesteps, sigmas) [batch_size] float32 for a flow-matching training step: u
     drawn from SD3's density ("logit_normal": sigmoid of N(logit_mean, logit_std);
     "mode": mode_scale's density; "uniform"), with the same draws from `generator` as
@@ -347,13 +412,16 @@ def sample_flow_timesteps(batch_size: int, *, weighting_scheme: str = "logit_nor
     chk.positive(fn, "shift", shift)
     if u is None:
         _check_density(fn, weighting_scheme, logit_mean, logit_std, mode_scale)
-        u = ref.timestep_density(weighting_scheme, batch_size, logit_mean, logit_std, mode_scale,
-                                 device, generator)
+        u = ref.timestep_density(
+            weighting_scheme, batch_size, logit_mean, logit_std, mode_scale, device, generator
+        )
     else:
         chk.tensor(fn, "u", u)
         if tuple(u.shape) != (batch_size,):
-            raise ValueError(f"{fn}: argument 'u' must have shape [batch_size] = [{batch_size}], "
-                             f"got {tuple(u.shape)}")
+            raise ValueError(
+                f"{fn}: argument 'u' must have shape [batch_size] = [{batch_size}], "
+                f"got {tuple(u.shape)}"
+            )
         _check_sigma_range(fn, "u", u)
     return ref.timesteps_for_density(u, *_schedule(num_train_timesteps, float(shift), u.device))
 
@@ -389,26 +457,33 @@ def _check_density(fn: str, weighting_scheme: str, logit_mean, logit_std, mode_s
     chk.positive(fn, "logit_std", logit_std)
     lo, hi = MODE_SCALE_RANGE
     if weighting_scheme == "mode" and not lo <= mode_scale <= hi:
-        raise ValueError(f"{fn}: argument 'mode_scale' must be in [{lo}, {hi:.4f}] (where the "
-                         f"density maps [0, 1] onto [0, 1]), got {mode_scale}")
+        raise ValueError(
+            f"{fn}: argument 'mode_scale' must be in [{lo}, {hi:.4f}] (where the "
+            f"density maps [0, 1] onto [0, 1]), got {mode_scale}"
+        )
 
 
 # ----------------------------------------------------------------------------- min-SNR
 def _check_snr_args(fn: str, timesteps, alphas_cumprod) -> None:
     chk.tensor(fn, "alphas_cumprod", alphas_cumprod)
     if alphas_cumprod.dim() != 1 or alphas_cumprod.shape[0] == 0:
-        raise ValueError(f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
-                         f"got shape {tuple(alphas_cumprod.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'alphas_cumprod' must be a non-empty 1-D table [T], "
+            f"got shape {tuple(alphas_cumprod.shape)}"
+        )
     chk.tensor(fn, "timesteps", timesteps, floating=False)
     if timesteps.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{fn}: argument 'timesteps' must be an int64 or int32 tensor, "
-                        f"got {timesteps.dtype}")
+        raise TypeError(
+            f"{fn}: argument 'timesteps' must be an int64 or int32 tensor, got {timesteps.dtype}"
+        )
     T = alphas_cumprod.shape[0]
     if timesteps.device.type == "cpu" and not torch.compiler.is_compiling() and timesteps.numel():
         lo, hi = int(timesteps.min()), int(timesteps.max())
         if lo < 0 or hi >= T:
-            raise IndexError(f"{fn}: argument 'timesteps' has {lo if lo < 0 else hi}, outside "
-                             f"[0, {T - 1}] (alphas_cumprod has {T} entries)")
+            raise IndexError(
+                f"{fn}: argument 'timesteps' has {lo if lo < 0 else hi}, outside "
+                f"[0, {T - 1}] (alphas_cumprod has {T} entries)"
+            )
 
 
 def compute_snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
@@ -419,8 +494,9 @@ def compute_snr(timesteps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     return ref.compute_snr(timesteps, alphas_cumprod)
 
 
-def min_snr_weights(timesteps: Tensor, alphas_cumprod: Tensor, gamma: float,
-                    prediction_type: str = "epsilon") -> Tensor:
+def min_snr_weights(
+    timesteps: Tensor, alphas_cumprod: Tensor, gamma: float, prediction_type: str = "epsilon"
+) -> Tensor:
     """Min-SNR-gamma loss weights per sample (Hang et al. 2023, diffusers'
     train_text_to_image.py --snr_gamma): min(SNR, gamma) / SNR for "epsilon",
     min(SNR, gamma) / (SNR + 1) for "v_prediction", min(SNR, gamma) for "sample".

@@ -15,6 +15,7 @@ scalar. For "none" nothing is computed early: the backward op recomputes the log
 each row's own upstream gradient (so a per-row weighting of the losses is honoured).
 The math is in pykernels/reference/fused_linear.py.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,24 +34,29 @@ KD_REDUCTIONS = ("batchmean", "sum", "none")
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_head(fn: str, hidden_name: str, hidden, weight_name: str, weight, bias_name: str,
-                bias) -> None:
+def _check_head(
+    fn: str, hidden_name: str, hidden, weight_name: str, weight, bias_name: str, bias
+) -> None:
     """hidden [..., H] float; weight [V, H] (V >= 1) of the same dtype and device; bias [V]."""
     chk.tensor(fn, hidden_name, hidden, min_dim=1)
     chk.tensor(fn, weight_name, weight)
     chk.same_device(fn, (hidden_name, hidden), (weight_name, weight))
     chk.same_dtype(fn, (hidden_name, hidden), (weight_name, weight))
     if weight.dim() != 2 or weight.shape[0] == 0 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"{fn}: argument '{weight_name}' must have shape [V, "
-                         f"{hidden.shape[-1]}] with V >= 1 (H: the last dim of "
-                         f"'{hidden_name}'), got {tuple(weight.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{weight_name}' must have shape [V, "
+            f"{hidden.shape[-1]}] with V >= 1 (H: the last dim of "
+            f"'{hidden_name}'), got {tuple(weight.shape)}"
+        )
     if bias is not None:
         chk.tensor(fn, bias_name, bias)
         chk.same_device(fn, (hidden_name, hidden), (bias_name, bias))
         chk.same_dtype(fn, (hidden_name, hidden), (bias_name, bias))
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"{fn}: argument '{bias_name}' must have shape "
-                             f"({weight.shape[0]},), got {tuple(bias.shape)}")
+            raise ValueError(
+                f"{fn}: argument '{bias_name}' must have shape "
+                f"({weight.shape[0]},), got {tuple(bias.shape)}"
+            )
 
 
 def _check_labels(fn: str, labels, hidden_name: str, hidden) -> None:
@@ -67,42 +73,51 @@ def _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size) -> None
 def _chunk(fn, chunk_size) -> None:
     dist._integer(fn, "chunk_size", chunk_size)
     if chunk_size < 0:
-        raise ValueError(f"{fn}: argument 'chunk_size' must be >= 0 (0: automatic), "
-                         f"got {chunk_size}")
+        raise ValueError(
+            f"{fn}: argument 'chunk_size' must be >= 0 (0: automatic), got {chunk_size}"
+        )
 
 
 def _check_teacher(fn, sh, sw, th, tw) -> None:
     chk.same_device(fn, ("student_hidden", sh), ("teacher_hidden", th))
     chk.same_dtype(fn, ("student_hidden", sh), ("teacher_hidden", th))
     if th.shape[:-1] != sh.shape[:-1]:
-        raise ValueError(f"{fn}: argument 'teacher_hidden' must have the leading shape "
-                         f"{tuple(sh.shape[:-1])} of 'student_hidden', got {tuple(th.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'teacher_hidden' must have the leading shape "
+            f"{tuple(sh.shape[:-1])} of 'student_hidden', got {tuple(th.shape)}"
+        )
     if tw.shape[0] != sw.shape[0]:
-        raise ValueError(f"{fn}: argument 'teacher_weight' must have the vocabulary V = "
-                         f"{sw.shape[0]} of 'student_weight' (its first dim), "
-                         f"got {tuple(tw.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'teacher_weight' must have the vocabulary V = "
+            f"{sw.shape[0]} of 'student_weight' (its first dim), "
+            f"got {tuple(tw.shape)}"
+        )
 
 
 def _check_num_items(fn: str, num_items_in_batch, reduction: str) -> None:
     if num_items_in_batch is None:
         return
     if reduction not in ("mean", "batchmean"):
-        raise ValueError(f"{fn}: argument 'num_items_in_batch' replaces the divisor of "
-                         f"reduction 'mean' / 'batchmean', got reduction={reduction!r}")
+        raise ValueError(
+            f"{fn}: argument 'num_items_in_batch' replaces the divisor of "
+            f"reduction 'mean' / 'batchmean', got reduction={reduction!r}"
+        )
     if isinstance(num_items_in_batch, torch.Tensor):
         if num_items_in_batch.dim() != 0:
-            raise ValueError(f"{fn}: argument 'num_items_in_batch' must be a 0-dim tensor, "
-                             f"got shape {tuple(num_items_in_batch.shape)}")
+            raise ValueError(
+                f"{fn}: argument 'num_items_in_batch' must be a 0-dim tensor, "
+                f"got shape {tuple(num_items_in_batch.shape)}"
+            )
         return
     dist._integer(fn, "num_items_in_batch", num_items_in_batch)
     if num_items_in_batch <= 0:
-        raise ValueError(f"{fn}: argument 'num_items_in_batch' must be > 0, "
-                         f"got {num_items_in_batch}")
+        raise ValueError(
+            f"{fn}: argument 'num_items_in_batch' must be > 0, got {num_items_in_batch}"
+        )
 
 
 # ----------------------------------------------------------------------------- reduction
-def _reduction_scale(reduction: str, hidden: Tensor, labels, ignore_index: int,
-                     num_items_in_batch):
+def _reduction_scale(reduction: str, hidden: Tensor, labels, ignore_index: int, num_items_in_batch):
     """(grad_scale, divisor): the loss is grad_scale * (sum of rows), divided by the device
     tensor `divisor` when it is not None. grad_scale is 1 / (the divisor) where the host
     knows it without a synchronisation, as the division in the accumulation dtype."""
@@ -135,12 +150,27 @@ def _wants(*xs) -> list[bool]:
 
 # ----------------------------------------------------------------------------- C++ ops
 def _grads_fake(mask, *xs):
-    return [x.new_empty(x.shape) if m and x is not None else xs[0].new_empty((0,))
-            for m, x in zip(mask, xs)]
+    return [
+        x.new_empty(x.shape) if m and x is not None else xs[0].new_empty((0,))
+        for m, x in zip(mask, xs)
+    ]
 
 
-def _ce_fake(hidden, weight, labels, bias, ignore_index, label_smoothing, softcap, z_loss,
-             chunk_size, reduce, grad_scale, return_lse, grad_mask):
+def _ce_fake(
+    hidden,
+    weight,
+    labels,
+    bias,
+    ignore_index,
+    label_smoothing,
+    softcap,
+    z_loss,
+    chunk_size,
+    reduce,
+    grad_scale,
+    return_lse,
+    grad_mask,
+):
     acc = acc_dtype(hidden.dtype)
     loss = hidden.new_empty(() if reduce else hidden.shape[:-1], dtype=acc)
     lse = hidden.new_empty(hidden.shape[:-1] if return_lse else (0,), dtype=acc)
@@ -148,26 +178,84 @@ def _ce_fake(hidden, weight, labels, bias, ignore_index, label_smoothing, softca
     return (loss, lse, *grads)
 
 
-def _ce_backward_fake(grad, hidden, weight, labels, bias, ignore_index, label_smoothing,
-                      softcap, z_loss, chunk_size, grad_mask):
+def _ce_backward_fake(
+    grad,
+    hidden,
+    weight,
+    labels,
+    bias,
+    ignore_index,
+    label_smoothing,
+    softcap,
+    z_loss,
+    chunk_size,
+    grad_mask,
+):
     return tuple(_grads_fake(grad_mask, hidden, weight, bias))
 
 
-def _kd_fake(student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
-             student_bias, teacher_bias, temperature, soft_weight, hard_weight, beta,
-             ignore_index, label_smoothing, chunk_size, reduce, grad_scale, grad_mask):
+def _kd_fake(
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    labels,
+    student_bias,
+    teacher_bias,
+    temperature,
+    soft_weight,
+    hard_weight,
+    beta,
+    ignore_index,
+    label_smoothing,
+    chunk_size,
+    reduce,
+    grad_scale,
+    grad_mask,
+):
     acc = acc_dtype(student_hidden.dtype)
     loss = student_hidden.new_empty(() if reduce else student_hidden.shape[:-1], dtype=acc)
-    grads = _grads_fake(grad_mask if reduce else [False] * 6, student_hidden, student_weight,
-                        student_bias, teacher_hidden, teacher_weight, teacher_bias)
+    grads = _grads_fake(
+        grad_mask if reduce else [False] * 6,
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+    )
     return (loss, *grads)
 
 
-def _kd_backward_fake(grad, student_hidden, student_weight, teacher_hidden, teacher_weight,
-                      labels, student_bias, teacher_bias, temperature, soft_weight, hard_weight,
-                      beta, ignore_index, label_smoothing, chunk_size, grad_mask):
-    return tuple(_grads_fake(grad_mask, student_hidden, student_weight, student_bias,
-                             teacher_hidden, teacher_weight, teacher_bias))
+def _kd_backward_fake(
+    grad,
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    labels,
+    student_bias,
+    teacher_bias,
+    temperature,
+    soft_weight,
+    hard_weight,
+    beta,
+    ignore_index,
+    label_smoothing,
+    chunk_size,
+    grad_mask,
+):
+    return tuple(
+        _grads_fake(
+            grad_mask,
+            student_hidden,
+            student_weight,
+            student_bias,
+            teacher_hidden,
+            teacher_weight,
+            teacher_bias,
+        )
+    )
 
 
 register_cpp("fused_linear_cross_entropy", _ce_fake, _ce_backward_fake)
@@ -179,8 +267,9 @@ if triton_available():
 
     from ..triton_kernels import fused_linear as tk
 
-    def _ce_triton_checks(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss,
-                          chunk_size, grad_mask):
+    def _ce_triton_checks(
+        fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss, chunk_size, grad_mask
+    ):
         _check_head(fn, "hidden", hidden, "weight", weight, "bias", bias)
         _check_labels(fn, labels, "hidden", hidden)
         _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size)
@@ -188,76 +277,211 @@ if triton_available():
 
     def _check_mask(fn, grad_mask, n):
         if len(grad_mask) != n:
-            raise ValueError(f"{fn}: argument 'grad_mask' must have {n} entries, "
-                             f"got {len(grad_mask)}")
+            raise ValueError(
+                f"{fn}: argument 'grad_mask' must have {n} entries, got {len(grad_mask)}"
+            )
 
-    def _ce_loop(hidden, weight, labels, bias, ignore_index, label_smoothing, softcap, z_loss,
-                 chunk_size, row_weight, want_lse, mask, grad_scale):
+    def _ce_loop(
+        hidden,
+        weight,
+        labels,
+        bias,
+        ignore_index,
+        label_smoothing,
+        softcap,
+        z_loss,
+        chunk_size,
+        row_weight,
+        want_lse,
+        mask,
+        grad_scale,
+    ):
         y = labels.reshape(-1)
         if hidden.device.type == "cpu":
-            ref_dist.check_labels(y, weight.shape[0], ignore_index, "pykernels::"
-                                  "fused_linear_cross_entropy_triton")
+            ref_dist.check_labels(
+                y, weight.shape[0], ignore_index, "pykernels::fused_linear_cross_entropy_triton"
+            )
         head = tk.Head(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
         return tk.fused_linear_loop(
-            head, None, y, row_weight, mask=list(mask) + [False] * 3, chunk_size=chunk_size,
-            want_lse=want_lse, softcap=softcap, z_loss=z_loss, hard_weight=1.0,
-            ignore_index=ignore_index, label_smoothing=label_smoothing, grad_scale=grad_scale)
+            head,
+            None,
+            y,
+            row_weight,
+            mask=list(mask) + [False] * 3,
+            chunk_size=chunk_size,
+            want_lse=want_lse,
+            softcap=softcap,
+            z_loss=z_loss,
+            hard_weight=1.0,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            grad_scale=grad_scale,
+        )
 
     @triton_op("pykernels::fused_linear_cross_entropy_triton", mutates_args=())
     def _fused_linear_cross_entropy_triton(
-            hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None,
-            ignore_index: int, label_smoothing: float, softcap: float, z_loss: float,
-            chunk_size: int, reduce: bool, grad_scale: float, return_lse: bool,
-            grad_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        hidden: Tensor,
+        weight: Tensor,
+        labels: Tensor,
+        bias: Tensor | None,
+        ignore_index: int,
+        label_smoothing: float,
+        softcap: float,
+        z_loss: float,
+        chunk_size: int,
+        reduce: bool,
+        grad_scale: float,
+        return_lse: bool,
+        grad_mask: list[bool],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_cross_entropy_triton"
-        _ce_triton_checks(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss,
-                          chunk_size, grad_mask)
+        _ce_triton_checks(
+            fn,
+            hidden,
+            weight,
+            labels,
+            bias,
+            label_smoothing,
+            softcap,
+            z_loss,
+            chunk_size,
+            grad_mask,
+        )
         mask = [m and reduce for m in grad_mask]
-        rows, lse, g = _ce_loop(hidden, weight, labels, bias, ignore_index, label_smoothing,
-                                softcap, z_loss, chunk_size, None, return_lse, mask, grad_scale)
+        rows, lse, g = _ce_loop(
+            hidden,
+            weight,
+            labels,
+            bias,
+            ignore_index,
+            label_smoothing,
+            softcap,
+            z_loss,
+            chunk_size,
+            None,
+            return_lse,
+            mask,
+            grad_scale,
+        )
         loss = rows.sum() * grad_scale if reduce else rows.reshape(labels.shape)
         lse = lse.reshape(labels.shape) if return_lse else lse
         return loss, lse, g[0].reshape(hidden.shape) if mask[0] else g[0], g[1], g[2]
 
     @triton_op("pykernels::fused_linear_cross_entropy_backward_triton", mutates_args=())
     def _fused_linear_cross_entropy_backward_triton(
-            grad: Tensor, hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None,
-            ignore_index: int, label_smoothing: float, softcap: float, z_loss: float,
-            chunk_size: int, grad_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        grad: Tensor,
+        hidden: Tensor,
+        weight: Tensor,
+        labels: Tensor,
+        bias: Tensor | None,
+        ignore_index: int,
+        label_smoothing: float,
+        softcap: float,
+        z_loss: float,
+        chunk_size: int,
+        grad_mask: list[bool],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_cross_entropy_backward_triton"
-        _ce_triton_checks(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss,
-                          chunk_size, grad_mask)
+        _ce_triton_checks(
+            fn,
+            hidden,
+            weight,
+            labels,
+            bias,
+            label_smoothing,
+            softcap,
+            z_loss,
+            chunk_size,
+            grad_mask,
+        )
         chk.grad(fn, grad, labels.shape, hidden)
         w = grad.reshape(-1).to(acc_dtype(hidden.dtype))
-        _, _, g = _ce_loop(hidden, weight, labels, bias, ignore_index, label_smoothing, softcap,
-                           z_loss, chunk_size, w, False, grad_mask, 1.0)
+        _, _, g = _ce_loop(
+            hidden,
+            weight,
+            labels,
+            bias,
+            ignore_index,
+            label_smoothing,
+            softcap,
+            z_loss,
+            chunk_size,
+            w,
+            False,
+            grad_mask,
+            1.0,
+        )
         return g[0].reshape(hidden.shape) if grad_mask[0] else g[0], g[1], g[2]
 
-    def _kd_triton_checks(fn, sh, sw, th, tw, labels, sb, tb, temperature, soft_weight,
-                          hard_weight, beta, label_smoothing, chunk_size, grad_mask):
+    def _kd_triton_checks(
+        fn,
+        sh,
+        sw,
+        th,
+        tw,
+        labels,
+        sb,
+        tb,
+        temperature,
+        soft_weight,
+        hard_weight,
+        beta,
+        label_smoothing,
+        chunk_size,
+        grad_mask,
+    ):
         _check_head(fn, "student_hidden", sh, "student_weight", sw, "student_bias", sb)
         _check_head(fn, "teacher_hidden", th, "teacher_weight", tw, "teacher_bias", tb)
         _check_teacher(fn, sh, sw, th, tw)
         if labels is not None:
             _check_labels(fn, labels, "student_hidden", sh)
-        dist._check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight,
-                                          beta, label_smoothing)
+        dist._check_distillation_settings(
+            fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+        )
         _chunk(fn, chunk_size)
         _check_mask(fn, grad_mask, 6)
 
-    def _kd_loop(sh, sw, th, tw, labels, sb, tb, temperature, soft_weight, hard_weight, beta,
-                 ignore_index, label_smoothing, chunk_size, row_weight, mask, grad_scale):
+    def _kd_loop(
+        sh,
+        sw,
+        th,
+        tw,
+        labels,
+        sb,
+        tb,
+        temperature,
+        soft_weight,
+        hard_weight,
+        beta,
+        ignore_index,
+        label_smoothing,
+        chunk_size,
+        row_weight,
+        mask,
+        grad_scale,
+    ):
         y = labels.reshape(-1) if labels is not None else None
         if y is not None and sh.device.type == "cpu":
-            ref_dist.check_labels(y, sw.shape[0], ignore_index,
-                                  "pykernels::fused_linear_distillation_loss_triton")
+            ref_dist.check_labels(
+                y, sw.shape[0], ignore_index, "pykernels::fused_linear_distillation_loss_triton"
+            )
         s = tk.Head(sh.reshape(-1, sh.shape[-1]), sw, sb)
         t = tk.Head(th.reshape(-1, th.shape[-1]), tw, tb)
         return tk.fused_linear_loop(
-            s, t, y, row_weight, mask=mask, chunk_size=chunk_size, temperature=temperature,
-            soft_weight=soft_weight, hard_weight=hard_weight if y is not None else 0.0,
-            beta=beta, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            grad_scale=grad_scale)
+            s,
+            t,
+            y,
+            row_weight,
+            mask=mask,
+            chunk_size=chunk_size,
+            temperature=temperature,
+            soft_weight=soft_weight,
+            hard_weight=hard_weight if y is not None else 0.0,
+            beta=beta,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            grad_scale=grad_scale,
+        )
 
     def _shaped(g, sh, th, mask):
         g = list(g)
@@ -269,38 +493,85 @@ if triton_available():
 
     @triton_op("pykernels::fused_linear_distillation_loss_triton", mutates_args=())
     def _fused_linear_distillation_loss_triton(
-            student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
-            teacher_weight: Tensor, labels: Tensor | None, student_bias: Tensor | None,
-            teacher_bias: Tensor | None, temperature: float, soft_weight: float,
-            hard_weight: float, beta: float, ignore_index: int, label_smoothing: float,
-            chunk_size: int, reduce: bool, grad_scale: float, grad_mask: list[bool]
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor,
+        teacher_weight: Tensor,
+        labels: Tensor | None,
+        student_bias: Tensor | None,
+        teacher_bias: Tensor | None,
+        temperature: float,
+        soft_weight: float,
+        hard_weight: float,
+        beta: float,
+        ignore_index: int,
+        label_smoothing: float,
+        chunk_size: int,
+        reduce: bool,
+        grad_scale: float,
+        grad_mask: list[bool],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_distillation_loss_triton"
-        args = (student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
-                student_bias, teacher_bias, temperature, soft_weight, hard_weight, beta)
+        args = (
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            student_bias,
+            teacher_bias,
+            temperature,
+            soft_weight,
+            hard_weight,
+            beta,
+        )
         _kd_triton_checks(fn, *args, label_smoothing, chunk_size, grad_mask)
         mask = [m and reduce for m in grad_mask]
-        rows, _, g = _kd_loop(*args, ignore_index, label_smoothing, chunk_size, None, mask,
-                              grad_scale)
+        rows, _, g = _kd_loop(
+            *args, ignore_index, label_smoothing, chunk_size, None, mask, grad_scale
+        )
         loss = rows.sum() * grad_scale if reduce else rows.reshape(student_hidden.shape[:-1])
         return (loss, *_shaped(g, student_hidden, teacher_hidden, mask))
 
     @triton_op("pykernels::fused_linear_distillation_loss_backward_triton", mutates_args=())
     def _fused_linear_distillation_loss_backward_triton(
-            grad: Tensor, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
-            teacher_weight: Tensor, labels: Tensor | None, student_bias: Tensor | None,
-            teacher_bias: Tensor | None, temperature: float, soft_weight: float,
-            hard_weight: float, beta: float, ignore_index: int, label_smoothing: float,
-            chunk_size: int, grad_mask: list[bool]
+        grad: Tensor,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor,
+        teacher_weight: Tensor,
+        labels: Tensor | None,
+        student_bias: Tensor | None,
+        teacher_bias: Tensor | None,
+        temperature: float,
+        soft_weight: float,
+        hard_weight: float,
+        beta: float,
+        ignore_index: int,
+        label_smoothing: float,
+        chunk_size: int,
+        grad_mask: list[bool],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_distillation_loss_backward_triton"
-        args = (student_hidden, student_weight, teacher_hidden, teacher_weight, labels,
-                student_bias, teacher_bias, temperature, soft_weight, hard_weight, beta)
+        args = (
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            student_bias,
+            teacher_bias,
+            temperature,
+            soft_weight,
+            hard_weight,
+            beta,
+        )
         _kd_triton_checks(fn, *args, label_smoothing, chunk_size, grad_mask)
         chk.grad(fn, grad, student_hidden.shape[:-1], student_hidden)
         w = grad.reshape(-1).to(acc_dtype(student_hidden.dtype))
-        _, _, g = _kd_loop(*args, ignore_index, label_smoothing, chunk_size, w, list(grad_mask),
-                           1.0)
+        _, _, g = _kd_loop(
+            *args, ignore_index, label_smoothing, chunk_size, w, list(grad_mask), 1.0
+        )
         return tuple(_shaped(g, student_hidden, teacher_hidden, grad_mask))
 
 
@@ -310,8 +581,12 @@ def _scaled(x: Tensor, g: Tensor) -> Tensor:
     all-ignored batch's 0 / 0 sends an inf upstream), and g == 1 (a plain loss.backward()
     of a loss whose weight the forward knew, checked on the host only for CPU tensors) is
     no pass at all."""
-    if (not torch.compiler.is_compiling() and type(g) is torch.Tensor
-            and g.device.type == "cpu" and bool(g == 1)):
+    if (
+        not torch.compiler.is_compiling()
+        and type(g) is torch.Tensor
+        and g.device.type == "cpu"
+        and bool(g == 1)
+    ):
         return x
     return torch.where(x == 0, x, x * g.to(x.dtype))
 
@@ -343,8 +618,9 @@ def _register_fused_autograd(name: str, grad_inputs: list[int], n_outputs_before
             return tuple(grads)
         for k, i in enumerate(grad_inputs):  # reduce: only the forward's gradients exist
             if ctx.reduce and ctx.needs_input_grad[i] and not ctx.mask[k]:
-                raise RuntimeError(f"pykernels::{name}: input {i} requires grad but its "
-                                   "grad_mask entry was False")
+                raise RuntimeError(
+                    f"pykernels::{name}: input {i} requires grad but its grad_mask entry was False"
+                )
         if ctx.reduce:
             computed = [_scaled(x, grad_loss) for x in ctx.saved_tensors]
         else:
@@ -367,12 +643,22 @@ _register_fused_autograd("fused_linear_distillation_loss", [0, 1, 5, 2, 3, 6], 1
 
 # ----------------------------------------------------------------------------- public API
 @chk.autocast_rule("hidden", "weight", "bias")
-def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, *,
-                               bias: Tensor | None = None, ignore_index: int = -100,
-                               label_smoothing: float = 0.0, softcap: float | None = None,
-                               z_loss: float = 0.0, reduction: str = "mean",
-                               chunk_size: int | None = None, num_items_in_batch=None,
-                               return_lse: bool = False, backend: str | None = None):
+def fused_linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    num_items_in_batch=None,
+    return_lse: bool = False,
+    backend: str | None = None,
+):
     """F.cross_entropy(hidden @ weight.T + bias, labels) over rows of hidden [..., H]
     (weight [V, H], labels [...] int64), never forming the [rows, V] logits.
 
@@ -392,38 +678,79 @@ def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, *
     chk.choice(fn, "reduction", reduction, CE_REDUCTIONS)
     _check_num_items(fn, num_items_in_batch, reduction)
     if not isinstance(return_lse, bool):
-        raise TypeError(f"{fn}: argument 'return_lse' must be a bool, "
-                        f"got {type(return_lse).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'return_lse' must be a bool, got {type(return_lse).__name__}"
+        )
     name = backends.resolve(backend, hidden.device, fn)
     if name != "cpu" and not torch.compiler.is_compiling():
         ref_dist.check_labels(labels, weight.shape[0], ignore_index, fn)
     if name == "reference":
-        return ref.fused_linear_cross_entropy(hidden, weight, labels, bias, ignore_index,
-                                              label_smoothing, softcap, z_loss, reduction,
-                                              num_items_in_batch, return_lse)
+        return ref.fused_linear_cross_entropy(
+            hidden,
+            weight,
+            labels,
+            bias,
+            ignore_index,
+            label_smoothing,
+            softcap,
+            z_loss,
+            reduction,
+            num_items_in_batch,
+            return_lse,
+        )
     reduce = reduction != "none"
-    scale, divisor = (_reduction_scale(reduction, hidden, labels, ignore_index,
-                                       num_items_in_batch) if reduce else (1.0, None))
+    scale, divisor = (
+        _reduction_scale(reduction, hidden, labels, ignore_index, num_items_in_batch)
+        if reduce
+        else (1.0, None)
+    )
     loss, lse, *_ = op("fused_linear_cross_entropy", name)(
-        hidden, weight, labels, bias, ignore_index, float(label_smoothing), float(softcap),
-        float(z_loss), int(chunk_size or 0), reduce, scale, return_lse,
-        _wants(hidden, weight, bias))
+        hidden,
+        weight,
+        labels,
+        bias,
+        ignore_index,
+        float(label_smoothing),
+        float(softcap),
+        float(z_loss),
+        int(chunk_size or 0),
+        reduce,
+        scale,
+        return_lse,
+        _wants(hidden, weight, bias),
+    )
     loss = _finish(loss, divisor)
     return (loss, lse.detach()) if return_lse else loss
 
 
-@chk.autocast_rule("student_hidden", "student_weight", "teacher_hidden", "teacher_weight",
-                   "student_bias", "teacher_bias")
-def fused_linear_distillation_loss(student_hidden: Tensor, student_weight: Tensor,
-                                   teacher_hidden: Tensor, teacher_weight: Tensor, *,
-                                   labels: Tensor | None = None,
-                                   student_bias: Tensor | None = None,
-                                   teacher_bias: Tensor | None = None, temperature: float = 1.0,
-                                   beta: float = 0.0, soft_weight: float = 1.0,
-                                   hard_weight: float = 0.0, ignore_index: int = -100,
-                                   label_smoothing: float = 0.0, reduction: str = "batchmean",
-                                   chunk_size: int | None = None, num_items_in_batch=None,
-                                   backend: str | None = None) -> Tensor:
+@chk.autocast_rule(
+    "student_hidden",
+    "student_weight",
+    "teacher_hidden",
+    "teacher_weight",
+    "student_bias",
+    "teacher_bias",
+)
+def fused_linear_distillation_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    *,
+    labels: Tensor | None = None,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    soft_weight: float = 1.0,
+    hard_weight: float = 0.0,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    num_items_in_batch=None,
+    backend: str | None = None,
+) -> Tensor:
     """pykernels.distillation_loss(student_hidden @ student_weight.T + student_bias,
     teacher_hidden @ teacher_weight.T + teacher_bias, ...) with the same keywords, never
     forming either [rows, V] logits. The teacher's width may differ (teacher_weight
@@ -438,10 +765,13 @@ def fused_linear_distillation_loss(student_hidden: Tensor, student_weight: Tenso
     if labels is not None:
         _check_labels(fn, labels, "student_hidden", sh)
     if hard_weight != 0 and labels is None:
-        raise ValueError(f"{fn}: argument 'labels' is required when hard_weight != 0 "
-                         f"(got hard_weight={hard_weight})")
-    dist._check_distillation_settings(fn, labels, temperature, soft_weight, hard_weight, beta,
-                                      label_smoothing)
+        raise ValueError(
+            f"{fn}: argument 'labels' is required when hard_weight != 0 "
+            f"(got hard_weight={hard_weight})"
+        )
+    dist._check_distillation_settings(
+        fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+    )
     _chunk(fn, chunk_size or 0)
     dist._integer(fn, "ignore_index", ignore_index)
     chk.choice(fn, "reduction", reduction, KD_REDUCTIONS)
@@ -451,14 +781,45 @@ def fused_linear_distillation_loss(student_hidden: Tensor, student_weight: Tenso
         ref_dist.check_labels(labels, sw.shape[0], ignore_index, fn)
     if name == "reference":
         return ref.fused_linear_distillation_loss(
-            sh, sw, th, tw, labels, student_bias, teacher_bias, temperature, beta, soft_weight,
-            hard_weight, ignore_index, label_smoothing, reduction, num_items_in_batch)
+            sh,
+            sw,
+            th,
+            tw,
+            labels,
+            student_bias,
+            teacher_bias,
+            temperature,
+            beta,
+            soft_weight,
+            hard_weight,
+            ignore_index,
+            label_smoothing,
+            reduction,
+            num_items_in_batch,
+        )
     reduce = reduction != "none"
-    scale, divisor = (_reduction_scale(reduction, sh, labels, ignore_index, num_items_in_batch)
-                      if reduce else (1.0, None))
+    scale, divisor = (
+        _reduction_scale(reduction, sh, labels, ignore_index, num_items_in_batch)
+        if reduce
+        else (1.0, None)
+    )
     loss, *_ = op("fused_linear_distillation_loss", name)(
-        sh, sw, th, tw, labels, student_bias, teacher_bias, float(temperature),
-        float(soft_weight), float(hard_weight), float(beta), ignore_index,
-        float(label_smoothing), int(chunk_size or 0), reduce, scale,
-        _wants(sh, sw, student_bias, th, tw, teacher_bias))
+        sh,
+        sw,
+        th,
+        tw,
+        labels,
+        student_bias,
+        teacher_bias,
+        float(temperature),
+        float(soft_weight),
+        float(hard_weight),
+        float(beta),
+        ignore_index,
+        float(label_smoothing),
+        int(chunk_size or 0),
+        reduce,
+        scale,
+        _wants(sh, sw, student_bias, th, tw, teacher_bias),
+    )
     return _finish(loss, divisor)

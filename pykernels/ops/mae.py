@@ -9,6 +9,7 @@ in docs/mae.md. Below the ops, one row-gather kernel (out[n, t] = src[n, idx[n, 
 fill row) serves random_masking's forward and backward and unshuffle_with_mask_tokens'
 forward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ def _check_ids(fn: str, name: str, ids, ref_name: str, ref_t) -> None:
         raise TypeError(f"{fn}: argument '{name}' must be an int64 tensor, got {ids.dtype}")
     chk.same_device(fn, (ref_name, ref_t), (name, ids))
     if ids.dim() != 2 or ids.shape[0] != ref_t.shape[0]:
-        raise ValueError(f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got "
-                         f"{tuple(ids.shape)}")
+        raise ValueError(
+            f"{fn}: argument '{name}' must have shape [{ref_t.shape[0]}, K], got {tuple(ids.shape)}"
+        )
 
 
 def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
@@ -44,16 +46,19 @@ def _check_rank(fn: str, name: str, x, rank: int, what) -> None:
 
 def _check_patch_size(fn: str, patch_size) -> None:
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):
-        raise TypeError(f"{fn}: argument 'patch_size' must be an int, got "
-                        f"{type(patch_size).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'patch_size' must be an int, got {type(patch_size).__name__}"
+        )
     if patch_size <= 0:
         raise ValueError(f"{fn}: argument 'patch_size' must be > 0, got {patch_size}")
 
 
 def _check_divides(fn: str, patch_size: int, H, W) -> None:
     if H % patch_size or W % patch_size:
-        raise ValueError(f"{fn}: image height and width must be multiples of 'patch_size' "
-                         f"({patch_size}), got {H} x {W}")
+        raise ValueError(
+            f"{fn}: image height and width must be multiples of 'patch_size' "
+            f"({patch_size}), got {H} x {W}"
+        )
 
 
 def _check_image(fn: str, imgs, patch_size) -> None:
@@ -64,8 +69,9 @@ def _check_image(fn: str, imgs, patch_size) -> None:
 
 def _check_ratio(fn: str, mask_ratio) -> None:
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
-        raise TypeError(f"{fn}: argument 'mask_ratio' must be a number, got "
-                        f"{type(mask_ratio).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'mask_ratio' must be a number, got {type(mask_ratio).__name__}"
+        )
     if not 0 <= mask_ratio < 1:  # also rejects NaN
         raise ValueError(f"{fn}: argument 'mask_ratio' must be in [0, 1), got {mask_ratio}")
 
@@ -75,8 +81,9 @@ def _check_noise(fn: str, noise, x) -> None:
     _check_rank(fn, "noise", noise, 2, lambda: f"[{N}, {L}]")
     chk.same_device(fn, ("x", x), ("noise", noise))
     if tuple(noise.shape) != (N, L):
-        raise ValueError(f"{fn}: argument 'noise' must have shape [{N}, {L}], got "
-                         f"{tuple(noise.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'noise' must have shape [{N}, {L}], got {tuple(noise.shape)}"
+        )
 
 
 def _check_unshuffle(fn: str, x_visible, mask_token, ids_restore) -> None:
@@ -86,13 +93,17 @@ def _check_unshuffle(fn: str, x_visible, mask_token, ids_restore) -> None:
     chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
     D = x_visible.shape[2]
     if mask_token.numel() != D or (mask_token.dim() and mask_token.shape[-1] != D):
-        raise ValueError(f"{fn}: argument 'mask_token' must have {D} elements (shape [D] or [1, "
-                         f"1, D]), got shape {tuple(mask_token.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'mask_token' must have {D} elements (shape [D] or [1, "
+            f"1, D]), got shape {tuple(mask_token.shape)}"
+        )
     _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
     if ids_restore.shape[1] < x_visible.shape[1]:
-        raise ValueError(f"{fn}: argument 'ids_restore' [N, L] must have L >= K = "
-                         f"{x_visible.shape[1]} (the visible tokens), got "
-                         f"{tuple(ids_restore.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'ids_restore' [N, L] must have L >= K = "
+            f"{x_visible.shape[1]} (the visible tokens), got "
+            f"{tuple(ids_restore.shape)}"
+        )
 
 
 def _check_masked_patch_loss(fn: str, pred, imgs, mask, patch_size) -> None:
@@ -104,21 +115,27 @@ def _check_masked_patch_loss(fn: str, pred, imgs, mask, patch_size) -> None:
     N, C, H, W = imgs.shape
     L, P = (H // patch_size) * (W // patch_size), patch_size * patch_size * C
     if tuple(pred.shape) != (N, L, P):
-        raise ValueError(f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' "
-                         f"{tuple(imgs.shape)} and patch_size {patch_size}, got "
-                         f"{tuple(pred.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'pred' must have shape [{N}, {L}, {P}] for 'imgs' "
+            f"{tuple(imgs.shape)} and patch_size {patch_size}, got "
+            f"{tuple(pred.shape)}"
+        )
     _check_rank(fn, "mask", mask, 2, lambda: f"[{N}, {L}]")
     chk.same_device(fn, ("pred", pred), ("mask", mask))
     if tuple(mask.shape) != (N, L):
-        raise ValueError(f"{fn}: argument 'mask' must have shape [{N}, {L}], got "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'mask' must have shape [{N}, {L}], got {tuple(mask.shape)}"
+        )
 
 
 # ----------------------------------------------------------------------------- fakes
 def _random_masking_fake(x, mask_ratio, noise):
     N, L, D = x.shape
-    return (x.new_empty((N, ref.num_keep(L, mask_ratio), D)), x.new_empty((N, L)),
-            x.new_empty((N, L), dtype=torch.int64))
+    return (
+        x.new_empty((N, ref.num_keep(L, mask_ratio), D)),
+        x.new_empty((N, L)),
+        x.new_empty((N, L), dtype=torch.int64),
+    )
 
 
 def _random_masking_backward_fake(grad, ids_restore):
@@ -130,13 +147,15 @@ def _unshuffle_fake(x_visible, mask_token, ids_restore):
 
 
 def _unshuffle_backward_fake(grad, ids_restore, num_keep):
-    return grad.new_empty((grad.shape[0], num_keep,
-                           grad.shape[2])), grad.new_empty((grad.shape[2],))
+    return grad.new_empty((grad.shape[0], num_keep, grad.shape[2])), grad.new_empty(
+        (grad.shape[2],)
+    )
 
 
 def _gather_patches_fake(imgs, ids_keep, patch_size):
-    return imgs.new_empty((imgs.shape[0], ids_keep.shape[1],
-                           patch_size * patch_size * imgs.shape[1]))
+    return imgs.new_empty(
+        (imgs.shape[0], ids_keep.shape[1], patch_size * patch_size * imgs.shape[1])
+    )
 
 
 def _gather_patches_backward_fake(grad, ids_keep, patch_size, channels, height, width):
@@ -166,9 +185,9 @@ if triton_available():
     from ..triton_kernels import mae as tk
 
     @triton_op("pykernels::random_masking_triton", mutates_args=())
-    def _random_masking_triton(x: Tensor, mask_ratio: float, noise: Tensor) -> tuple[Tensor,
-                                                                                     Tensor,
-                                                                                     Tensor]:
+    def _random_masking_triton(
+        x: Tensor, mask_ratio: float, noise: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::random_masking_triton"
         _check_rank(fn, "x", x, 3, "[N, L, D]")
         _check_ratio(fn, mask_ratio)
@@ -184,8 +203,10 @@ if triton_available():
         _check_rank(fn, "grad", grad, 3, "[N, K, D]")
         _check_ids(fn, "ids_restore", ids_restore, "grad", grad)
         if grad.shape[1] > ids_restore.shape[1]:
-            raise ValueError(f"{fn}: argument 'grad' has {grad.shape[1]} tokens, more than the "
-                             f"L = {ids_restore.shape[1]} of 'ids_restore'")
+            raise ValueError(
+                f"{fn}: argument 'grad' has {grad.shape[1]} tokens, more than the "
+                f"L = {ids_restore.shape[1]} of 'ids_restore'"
+            )
         # The kept tokens' gradient rows back in place, zeros for the removed ones.
         return tk.gather_rows(grad, ids_restore, None, ids_restore.shape[1])
 
@@ -198,25 +219,31 @@ if triton_available():
         chk.same_device(fn, ("x_visible", x_visible), ("mask_token", mask_token))
         _check_ids(fn, "ids_restore", ids_restore, "x_visible", x_visible)
         if mask_token.shape[0] != x_visible.shape[2]:  # the kernel reads D elements of it
-            raise ValueError(f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} "
-                             f"elements (the D of 'x_visible'), got {mask_token.shape[0]}")
+            raise ValueError(
+                f"{fn}: argument 'mask_token' must have {x_visible.shape[2]} "
+                f"elements (the D of 'x_visible'), got {mask_token.shape[0]}"
+            )
         if x_visible.shape[1] > ids_restore.shape[1]:
-            raise ValueError(f"{fn}: argument 'x_visible' has {x_visible.shape[1]} tokens, more "
-                             f"than the L = {ids_restore.shape[1]} of 'ids_restore'")
+            raise ValueError(
+                f"{fn}: argument 'x_visible' has {x_visible.shape[1]} tokens, more "
+                f"than the L = {ids_restore.shape[1]} of 'ids_restore'"
+            )
         return tk.gather_rows(x_visible, ids_restore, mask_token, ids_restore.shape[1])
 
     @triton_op("pykernels::unshuffle_with_mask_tokens_backward_triton", mutates_args=())
-    def _unshuffle_backward_triton(grad: Tensor, ids_restore: Tensor,
-                                   num_keep: int) -> tuple[Tensor, Tensor]:
+    def _unshuffle_backward_triton(
+        grad: Tensor, ids_restore: Tensor, num_keep: int
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::unshuffle_with_mask_tokens_backward_triton"
         _check_ids_grad(fn, grad, "[N, L, D]", "ids_restore", ids_restore, 1)
         if not 0 <= num_keep <= grad.shape[1]:
-            raise ValueError(f"{fn}: argument 'num_keep' must be in [0, {grad.shape[1]}], got "
-                             f"{num_keep}")
+            raise ValueError(
+                f"{fn}: argument 'num_keep' must be in [0, {grad.shape[1]}], got {num_keep}"
+            )
         inv = tk.invert_ids(ids_restore, num_keep)
-        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(grad,
-                                                                                      ids_restore,
-                                                                                      num_keep)
+        return tk.gather_rows(grad, inv, None, grad.shape[1] + 1), tk.mask_token_grad(
+            grad, ids_restore, num_keep
+        )
 
     @triton_op("pykernels::gather_patches_triton", mutates_args=())
     def _gather_patches_triton(imgs: Tensor, ids_keep: Tensor, patch_size: int) -> Tensor:
@@ -226,8 +253,9 @@ if triton_available():
         return tk.gather_patches(imgs, ids_keep, patch_size)
 
     @triton_op("pykernels::gather_patches_backward_triton", mutates_args=())
-    def _gather_patches_backward_triton(grad: Tensor, ids_keep: Tensor, patch_size: int,
-                                        channels: int, height: int, width: int) -> Tensor:
+    def _gather_patches_backward_triton(
+        grad: Tensor, ids_keep: Tensor, patch_size: int, channels: int, height: int, width: int
+    ) -> Tensor:
         fn = "pykernels::gather_patches_backward_triton"
         _check_ids_grad(fn, grad, "[N, K, p*p*C]", "ids_keep", ids_keep)
         if not channels > 0:
@@ -239,24 +267,28 @@ if triton_available():
         P = patch_size * patch_size * channels
         # the kernel reads P values per kept patch
         if grad.shape[1] != ids_keep.shape[1] or grad.shape[2] != P:
-            raise ValueError(f"{fn}: argument 'grad' must have shape [{grad.shape[0]}, "
-                             f"{ids_keep.shape[1]}, {P}], got {tuple(grad.shape)}")
+            raise ValueError(
+                f"{fn}: argument 'grad' must have shape [{grad.shape[0]}, "
+                f"{ids_keep.shape[1]}, {P}], got {tuple(grad.shape)}"
+            )
         inv = tk.invert_ids(ids_keep, (height // patch_size) * (width // patch_size))
         return tk.scatter_patches(grad, inv, patch_size, channels, height, width)
 
     @triton_op("pykernels::masked_patch_loss_triton", mutates_args=())
-    def _masked_patch_loss_triton(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
-                                  norm_pix_loss: bool) -> Tensor:
-        _check_masked_patch_loss("pykernels::masked_patch_loss_triton", pred, imgs, mask,
-                                 patch_size)
+    def _masked_patch_loss_triton(
+        pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, norm_pix_loss: bool
+    ) -> Tensor:
+        _check_masked_patch_loss(
+            "pykernels::masked_patch_loss_triton", pred, imgs, mask, patch_size
+        )
         per_patch = tk.masked_patch_loss_rows(pred, imgs, patch_size, norm_pix_loss)
         m = mask.to(per_patch.dtype)
         return (per_patch * m).sum() / m.sum()
 
     @triton_op("pykernels::masked_patch_loss_backward_triton", mutates_args=())
-    def _masked_patch_loss_backward_triton(grad: Tensor, pred: Tensor, imgs: Tensor, mask: Tensor,
-                                           patch_size: int,
-                                           norm_pix_loss: bool) -> tuple[Tensor, Tensor]:
+    def _masked_patch_loss_backward_triton(
+        grad: Tensor, pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, norm_pix_loss: bool
+    ) -> tuple[Tensor, Tensor]:
         fn = "pykernels::masked_patch_loss_backward_triton"
         _check_masked_patch_loss(fn, pred, imgs, mask, patch_size)
         chk.grad(fn, grad, (), pred)  # the loss is a scalar
@@ -266,8 +298,9 @@ if triton_available():
         total = m.sum()
         w = grad.to(m.dtype) / total
         coef = (2.0 / pred.shape[2]) * w * m
-        grad_pred, per_patch = tk.masked_patch_loss_rows_backward(coef, pred, imgs, patch_size,
-                                                                  norm_pix_loss)
+        grad_pred, per_patch = tk.masked_patch_loss_rows_backward(
+            coef, pred, imgs, patch_size, norm_pix_loss
+        )
         loss = (per_patch * m).sum() / total
         return grad_pred, (w * (per_patch - loss)).to(mask.dtype)
 
@@ -280,8 +313,10 @@ if triton_available():
         _check_rank(fn, "grad", grad, 3, what)
         _check_ids(fn, ids_name, ids, "grad", grad)
         if ids_cols_dim is not None and ids.shape[1] != grad.shape[ids_cols_dim]:
-            raise ValueError(f"{fn}: argument '{ids_name}' must have shape [{grad.shape[0]}, "
-                             f"{grad.shape[ids_cols_dim]}], got {tuple(ids.shape)}")
+            raise ValueError(
+                f"{fn}: argument '{ids_name}' must have shape [{grad.shape[0]}, "
+                f"{grad.shape[ids_cols_dim]}], got {tuple(ids.shape)}"
+            )
 
     def _check_count(fn: str, name: str, value) -> None:
         if not value >= 0:
@@ -306,8 +341,9 @@ def _unshuffle_setup(ctx, inputs, output):
 
 def _unshuffle_backward(ops, ctx, grad):
     (ids_restore,) = ctx.saved_tensors
-    grad_x_visible, grad_mask_token = ops("unshuffle_with_mask_tokens_backward")(grad, ids_restore,
-                                                                                 ctx.num_keep)
+    grad_x_visible, grad_mask_token = ops("unshuffle_with_mask_tokens_backward")(
+        grad, ids_restore, ctx.num_keep
+    )
     return grad_x_visible, grad_mask_token, None
 
 
@@ -333,10 +369,11 @@ def _masked_patch_loss_backward(ops, ctx, grad):
 
 
 for _name, _setup, _backward in (
-        ("random_masking", _random_masking_setup, _random_masking_backward),
-        ("unshuffle_with_mask_tokens", _unshuffle_setup, _unshuffle_backward),
-        ("gather_patches", _gather_patches_setup, _gather_patches_backward),
-        ("masked_patch_loss", _masked_patch_loss_setup, _masked_patch_loss_backward)):
+    ("random_masking", _random_masking_setup, _random_masking_backward),
+    ("unshuffle_with_mask_tokens", _unshuffle_setup, _unshuffle_backward),
+    ("gather_patches", _gather_patches_setup, _gather_patches_backward),
+    ("masked_patch_loss", _masked_patch_loss_setup, _masked_patch_loss_backward),
+):
     register_autograd(_name, _setup, _backward)
 
 
@@ -359,26 +396,40 @@ def unpatchify(patches: Tensor, patch_size: int, image_size, channels: int = 3) 
     _check_patch_size(fn, patch_size)
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
-    if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or not all(isinstance(v,
-        int) and not isinstance(v, bool) and v > 0 for v in image_size)):
-        raise ValueError(f"{fn}: argument 'image_size' must be a positive int or (H, W), got "
-                         f"{image_size!r}")
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        raise ValueError(
+            f"{fn}: argument 'image_size' must be a positive int or (H, W), got {image_size!r}"
+        )
     if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
         raise ValueError(f"{fn}: argument 'channels' must be a positive int, got {channels!r}")
     H, W = image_size
     if H % patch_size or W % patch_size:
-        raise ValueError(f"{fn}: argument 'image_size' must be multiples of 'patch_size' "
-                         f"({patch_size}), got {H} x {W}")
+        raise ValueError(
+            f"{fn}: argument 'image_size' must be multiples of 'patch_size' "
+            f"({patch_size}), got {H} x {W}"
+        )
     want = (H // patch_size * (W // patch_size), patch_size * patch_size * channels)
     if tuple(patches.shape[1:]) != want:
-        raise ValueError(f"{fn}: argument 'patches' must have shape [N, {want[0]}, {want[1]}] for "
-                         f"{H} x {W} images, {channels} channel(s), got {tuple(patches.shape)}")
+        raise ValueError(
+            f"{fn}: argument 'patches' must have shape [N, {want[0]}, {want[1]}] for "
+            f"{H} x {W} images, {channels} channel(s), got {tuple(patches.shape)}"
+        )
     return ref.unpatchify(patches, patch_size, (H, W), channels)
 
 
 @chk.autocast_rule("x")
-def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
-                   generator: torch.Generator | None = None, backend: str | None = None):
+def random_masking(
+    x: Tensor,
+    mask_ratio: float,
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+):
     """MAE's per-sample random masking of tokens x [N, L, D].
 
     Keeps the L_keep = int(L * (1 - mask_ratio)) tokens with the smallest noise
@@ -403,8 +454,9 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
 
 
 @chk.autocast_rule("imgs")
-def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *,
-                   backend: str | None = None) -> Tensor:
+def gather_patches(
+    imgs: Tensor, ids_keep: Tensor, patch_size: int, *, backend: str | None = None
+) -> Tensor:
     """patchify(imgs)[n, ids_keep[n, k]] for images [N, C, H, W] and ids_keep [N, K]:
     the visible patches [N, K, p*p*C], read straight from the image (the other patches
     are never touched). Gradients flow to imgs."""
@@ -415,14 +467,16 @@ def gather_patches(imgs: Tensor, ids_keep: Tensor, patch_size: int, *,
     if name == "reference":
         return ref.gather_patches(imgs, ids_keep, patch_size)
     if name == "triton":  # CPU tensors raise on every backend (cpu: in C++); CUDA ones poison
-        ref.check_ids(fn, "ids_keep", ids_keep,
-                      (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size))
+        ref.check_ids(
+            fn, "ids_keep", ids_keep, (imgs.shape[2] // patch_size) * (imgs.shape[3] // patch_size)
+        )
     return op("gather_patches", name)(imgs, ids_keep, patch_size)
 
 
 @chk.autocast_rule("x_visible")
-def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor, *,
-                               backend: str | None = None) -> Tensor:
+def unshuffle_with_mask_tokens(
+    x_visible: Tensor, mask_token: Tensor, ids_restore: Tensor, *, backend: str | None = None
+) -> Tensor:
     """The MAE decoder's cat([x_visible, mask tokens]) + gather by ids_restore in one
     kernel: out[n, l] = x_visible[n, r] if r = ids_restore[n, l] < K else mask_token,
     [N, K, D] -> [N, L, D]. mask_token has D elements (e.g. a [1, 1, D] parameter) and
@@ -439,8 +493,15 @@ def unshuffle_with_mask_tokens(x_visible: Tensor, mask_token: Tensor, ids_restor
 
 
 @chk.autocast_rule("pred", "imgs")
-def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int, *,
-                      norm_pix_loss: bool = False, backend: str | None = None) -> Tensor:
+def masked_patch_loss(
+    pred: Tensor,
+    imgs: Tensor,
+    mask: Tensor,
+    patch_size: int,
+    *,
+    norm_pix_loss: bool = False,
+    backend: str | None = None,
+) -> Tensor:
     """MAE's reconstruction loss: per patch the mean over p*p*C of (pred - target)^2,
     target = patchify(imgs) computed on the fly (with norm_pix_loss: each target patch
     minus its mean over its unbiased std, sqrt(var + 1e-6)); then
@@ -451,8 +512,9 @@ def masked_patch_loss(pred: Tensor, imgs: Tensor, mask: Tensor, patch_size: int,
     fn = "pykernels.masked_patch_loss"
     _check_masked_patch_loss(fn, pred, imgs, mask, patch_size)
     if not isinstance(norm_pix_loss, bool):
-        raise TypeError(f"{fn}: argument 'norm_pix_loss' must be a bool, got "
-                        f"{type(norm_pix_loss).__name__}")
+        raise TypeError(
+            f"{fn}: argument 'norm_pix_loss' must be a bool, got {type(norm_pix_loss).__name__}"
+        )
     name = backends.resolve(backend, pred.device, fn)
     if name == "reference":
         return ref.masked_patch_loss(pred, imgs, mask, patch_size, norm_pix_loss)

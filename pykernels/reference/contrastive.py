@@ -24,6 +24,7 @@ The loss is returned in float32 (float64 for float64 features). A logit_bias shi
 every logit by the same amount, which softmax cross entropy cancels: the loss does not
 depend on it and its gradient is zero (accepted for open_clip / SigLIP-style callers).
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,7 +47,9 @@ def _dots(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if N == 0 or M == 0:
         return i.new_zeros((N, M))
     rows = max(1, (1 << 24) // max(1, M * D))
-    return torch.cat([(i[r:r + rows, None, :] * t[None, :, :]).sum(-1) for r in range(0, N, rows)])
+    return torch.cat(
+        [(i[r : r + rows, None, :] * t[None, :, :]).sum(-1) for r in range(0, N, rows)]
+    )
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
@@ -55,9 +58,13 @@ def normalized(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
 
 
-def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor,
-                    logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None,
-                    normalize: bool = False) -> torch.Tensor:
+def info_nce_logits(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+    normalize: bool = False,
+) -> torch.Tensor:
     """The [N, M] logit matrix in the accumulation dtype."""
     acc = acc_dtype(image_features.dtype)
     i, t = image_features.to(acc), text_features.to(acc)
@@ -69,10 +76,17 @@ def info_nce_logits(image_features: torch.Tensor, text_features: torch.Tensor,
     return logits
 
 
-def info_nce_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                  logit_scale: torch.Tensor, *, labels: torch.Tensor | None = None,
-                  logit_bias: torch.Tensor | None = None, symmetric: bool = True,
-                  normalize: bool = False, reduction: str = "mean") -> torch.Tensor:
+def info_nce_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    logit_bias: torch.Tensor | None = None,
+    symmetric: bool = True,
+    normalize: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
     N = image_features.shape[0]
     logits = info_nce_logits(image_features, text_features, logit_scale, logit_bias, normalize)
     targets = torch.arange(N, device=logits.device)

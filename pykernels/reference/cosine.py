@@ -1,12 +1,13 @@
 """Reference of the cosine family.
 
-    cos(x1, x2)      = x1 . x2 / (max(|x1|, eps) * max(|x2|, eps))
-                       (each norm clamped on its own, as torch.nn.functional.cosine_similarity)
-    feature_distillation_loss, per row (reduction="none"; "mean" averages over rows):
-      kind "mse"     = |student - teacher|^2, so "mean" is 1/N sum_i |f_i^T - f_i^S|^2
-      kind "cosine"  = 1 - cos(student, teacher)
-    pairwise(a, b)   = [cos(a_i, b_j)]_ij
+cos(x1, x2)      = x1 . x2 / (max(|x1|, eps) * max(|x2|, eps))
+                   (each norm clamped on its own, as torch.nn.functional.cosine_similarity)
+feature_distillation_loss, per row (reduction="none"; "mean" averages over rows):
+  kind "mse"     = |student - teacher|^2, so "mean" is 1/N sum_i |f_i^T - f_i^S|^2
+  kind "cosine"  = 1 - cos(student, teacher)
+pairwise(a, b)   = [cos(a_i, b_j)]_ij
 """
+
 import torch
 
 from .._precision import acc_dtype
@@ -16,8 +17,9 @@ def _clamped_norm(x: torch.Tensor, dim: int, eps: float, keepdim: bool = False) 
     return torch.linalg.vector_norm(x, dim=dim, keepdim=keepdim).clamp_min(eps)
 
 
-def cosine_similarity(x1: torch.Tensor, x2: torch.Tensor, dim: int = -1,
-                      eps: float = 1e-8) -> torch.Tensor:
+def cosine_similarity(
+    x1: torch.Tensor, x2: torch.Tensor, dim: int = -1, eps: float = 1e-8
+) -> torch.Tensor:
     acc = acc_dtype(x1.dtype)
     a, b = torch.broadcast_tensors(x1.to(acc), x2.to(acc))  # norms of the broadcast rows
     cos = (a * b).sum(dim) / (_clamped_norm(a, dim, eps) * _clamped_norm(b, dim, eps))
@@ -32,8 +34,13 @@ def reduce(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_row
 
 
-def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
-                              reduction: str = "mean", eps: float = 1e-8) -> torch.Tensor:
+def feature_distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    kind: str = "mse",
+    reduction: str = "mean",
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """The loss of each row of [..., D] features, in the accumulation dtype, reduced."""
     acc = acc_dtype(student.dtype)
     s, t = student.to(acc), teacher.to(acc)
@@ -44,8 +51,9 @@ def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind
     return reduce(per_row, reduction)
 
 
-def pairwise_cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None,
-                               eps: float = 1e-8) -> torch.Tensor:
+def pairwise_cosine_similarity(
+    a: torch.Tensor, b: torch.Tensor | None = None, eps: float = 1e-8
+) -> torch.Tensor:
     b = a if b is None else b
     acc = acc_dtype(a.dtype)
     an = a.to(acc) / _clamped_norm(a.to(acc), -1, eps, keepdim=True)

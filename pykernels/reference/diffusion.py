@@ -26,6 +26,7 @@ with every coefficient per sample. Timesteps: on CPU tensors an out-of-range tim
 raises IndexError (the public functions check); on CUDA tensors nothing is read back to
 the host, so timesteps are clamped into [0, T - 1] (prev timesteps below 0 mean "final").
 """
+
 from __future__ import annotations
 
 import math
@@ -38,19 +39,27 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 # ----------------------------------------------------------------------------- schedule
-def make_schedule(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
-                  beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def make_schedule(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> torch.Tensor:
     """alphas_cumprod (float32, CPU) of a beta schedule, as diffusers builds it."""
     T = num_train_timesteps
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
     elif beta_schedule == "scaled_linear":  # latent diffusion: linear in sqrt(beta)
-        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float32) ** 2
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
     elif beta_schedule == "squaredcos_cap_v2":  # GLIDE / improved DDPM cosine, beta <= 0.999
+
         def alpha_bar(x):
             return math.cos((x + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T),
-                                  0.999) for i in range(T)], dtype=torch.float32)
+
+        betas = torch.tensor(
+            [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+            dtype=torch.float32,
+        )
     else:
         raise ValueError(f"unknown beta_schedule {beta_schedule!r}")
     return torch.cumprod(1.0 - betas, dim=0)
@@ -62,8 +71,9 @@ def _per_sample(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return c.reshape(c.shape + (1,) * (like.dim() - 1))
 
 
-def _alpha(table: torch.Tensor, t: torch.Tensor, dtype: torch.dtype,
-           final: float | None = None) -> torch.Tensor:
+def _alpha(
+    table: torch.Tensor, t: torch.Tensor, dtype: torch.dtype, final: float | None = None
+) -> torch.Tensor:
     """table[t] in `dtype`; t clamped to [0, T - 1]; t < 0 -> `final` when given."""
     T = table.shape[0]
     a = table.to(dtype)[t.long().clamp(0, T - 1)]
@@ -82,8 +92,14 @@ def _x0_coefs(a: torch.Tensor, prediction_type: str):
     return sa, -sb
 
 
-def _clip_or_threshold(x0: torch.Tensor, clip_sample: bool, clip_range: float, thresholding: bool,
-                       ratio: float, max_value: float) -> torch.Tensor:
+def _clip_or_threshold(
+    x0: torch.Tensor,
+    clip_sample: bool,
+    clip_range: float,
+    thresholding: bool,
+    ratio: float,
+    max_value: float,
+) -> torch.Tensor:
     if thresholding:
         N = x0.shape[0]
         s = torch.quantile(x0.abs().reshape(N, -1), ratio, dim=1).clamp(1, max_value)
@@ -118,12 +134,15 @@ def diffusion_target(x0, noise, timesteps, alphas_cumprod, prediction_type="epsi
     return a.sqrt() * noise.to(acc) - (1 - a).sqrt() * x0.to(acc)
 
 
-def diffusion_loss(model_output, x0, noise, timesteps, alphas_cumprod, prediction_type="epsilon",
-                   reduction="mean"):
+def diffusion_loss(
+    model_output, x0, noise, timesteps, alphas_cumprod, prediction_type="epsilon", reduction="mean"
+):
     """Squared error against the target, float32 (float64 for float64 inputs)."""
     acc = acc_dtype(model_output.dtype)
-    err = (model_output.to(acc) - diffusion_target(x0, noise, timesteps, alphas_cumprod,
-                                                   prediction_type)) ** 2
+    err = (
+        model_output.to(acc)
+        - diffusion_target(x0, noise, timesteps, alphas_cumprod, prediction_type)
+    ) ** 2
     if reduction == "mean":
         return err.mean()
     if reduction == "sum":
@@ -139,20 +158,39 @@ def predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_typ
     return ks * sample.to(acc) + km * model_output.to(acc)
 
 
-def ddpm_step(model_output, timesteps, sample, alphas_cumprod, *, prev_timesteps=None, noise=None,
-              prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0,
-              thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0):
+def ddpm_step(
+    model_output,
+    timesteps,
+    sample,
+    alphas_cumprod,
+    *,
+    prev_timesteps=None,
+    noise=None,
+    prediction_type="epsilon",
+    clip_sample=True,
+    clip_sample_range=1.0,
+    thresholding=False,
+    dynamic_thresholding_ratio=0.995,
+    sample_max_value=1.0,
+):
     """(prev_sample, pred_original_sample); noise=None means no noise (zero)."""
     acc = acc_dtype(sample.dtype)
     prev = timesteps - 1 if prev_timesteps is None else prev_timesteps
     a = _per_sample(_alpha(alphas_cumprod, timesteps, acc), sample)
     ap = _per_sample(_alpha(alphas_cumprod, prev, acc, final=1.0), sample)
     x0 = predicted_x0(model_output, timesteps, sample, alphas_cumprod, prediction_type)
-    x0 = _clip_or_threshold(x0, clip_sample, clip_sample_range, thresholding,
-                            dynamic_thresholding_ratio, sample_max_value)
+    x0 = _clip_or_threshold(
+        x0,
+        clip_sample,
+        clip_sample_range,
+        thresholding,
+        dynamic_thresholding_ratio,
+        sample_max_value,
+    )
     beta_t = (ap - a) / ap  # 1 - a/ap, without cancellation when a ~ a'
-    mean = ((ap.sqrt() * beta_t / (1 - a)) * x0
-            + ((a / ap).sqrt() * (1 - ap) / (1 - a)) * sample.to(acc))
+    mean = (ap.sqrt() * beta_t / (1 - a)) * x0 + ((a / ap).sqrt() * (1 - ap) / (1 - a)) * sample.to(
+        acc
+    )
     out = mean
     if noise is not None:
         sd = ((1 - ap) / (1 - a) * beta_t).clamp_min(1e-20).sqrt()
@@ -161,10 +199,24 @@ def ddpm_step(model_output, timesteps, sample, alphas_cumprod, *, prev_timesteps
     return out.to(sample.dtype), x0.to(sample.dtype)
 
 
-def ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, *, eta=0.0,
-              noise=None, prediction_type="epsilon", clip_sample=False, clip_sample_range=1.0,
-              thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0,
-              use_clipped_model_output=False, final_alpha_cumprod=1.0):
+def ddim_step(
+    model_output,
+    timesteps,
+    prev_timesteps,
+    sample,
+    alphas_cumprod,
+    *,
+    eta=0.0,
+    noise=None,
+    prediction_type="epsilon",
+    clip_sample=False,
+    clip_sample_range=1.0,
+    thresholding=False,
+    dynamic_thresholding_ratio=0.995,
+    sample_max_value=1.0,
+    use_clipped_model_output=False,
+    final_alpha_cumprod=1.0,
+):
     """(prev_sample, pred_original_sample); noise=None means no noise (zero)."""
     acc = acc_dtype(sample.dtype)
     a = _per_sample(_alpha(alphas_cumprod, timesteps, acc), sample)
@@ -178,14 +230,20 @@ def ddim_step(model_output, timesteps, prev_timesteps, sample, alphas_cumprod, *
         eps = (s - sa * m) / sb
     else:
         eps = sa * m + sb * s
-    x0 = _clip_or_threshold(x0, clip_sample, clip_sample_range, thresholding,
-                            dynamic_thresholding_ratio, sample_max_value)
+    x0 = _clip_or_threshold(
+        x0,
+        clip_sample,
+        clip_sample_range,
+        thresholding,
+        dynamic_thresholding_ratio,
+        sample_max_value,
+    )
     if use_clipped_model_output:
         eps = (s - sa * x0) / sb
     var = (1 - ap) / (1 - a) * ((ap - a) / ap)
     # var < 0 when a' < a: eta = 0 takes no sqrt of it (0 * NaN would be NaN); eta > 0 is NaN
     sd = eta * var.sqrt() if eta > 0 else torch.zeros_like(var)
-    out = ap.sqrt() * x0 + (1 - ap - sd ** 2).clamp_min(0).sqrt() * eps
+    out = ap.sqrt() * x0 + (1 - ap - sd**2).clamp_min(0).sqrt() * eps
     if noise is not None and eta > 0:
         out = out + torch.where(sd != 0, sd * noise.to(acc), torch.zeros_like(out))
     return out.to(sample.dtype), x0.to(sample.dtype)

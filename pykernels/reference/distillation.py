@@ -32,6 +32,7 @@ are the tests' exact answer; precise=False is the plain composition in every dty
 (torch.log_softmax, logaddexp): the baseline of the precision contract
 (pykernels/_precision.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,7 @@ def _log_softmax(x: torch.Tensor, temperature: float, precise: bool = True) -> t
     if not precise or x.dtype != torch.float64 or z.shape[-1] == 0:
         return torch.log_softmax(z, dim=-1)
     top = z.argmax(-1, keepdim=True)
-    z = (z - z.gather(-1, top)).scatter(-1, top, 0.0)   # 0 at the argmax, no path of its own
+    z = (z - z.gather(-1, top)).scatter(-1, top, 0.0)  # 0 at the argmax, no path of its own
     return z - torch.log1p(z.exp().scatter(-1, top, 0.0).sum(-1, keepdim=True))
 
 
@@ -66,8 +67,13 @@ def _weighted_sum(p: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return (p * torch.where(p == 0, 0.0, r)).sum(-1)
 
 
-def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-               beta: float = 0.0, precise: bool = True) -> torch.Tensor:
+def divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    precise: bool = True,
+) -> torch.Tensor:
     """T^2 * D_beta(p_T || p_S) per row."""
     ls = _log_softmax(student_logits, temperature, precise)
     lt = _log_softmax(teacher_logits, temperature, precise)
@@ -106,7 +112,7 @@ def _jsd_log_ratios_float64(ls, lt, beta, lb, l1b):
     0 or 1, is a small remainder of those ratios, and log p - logaddexp(...) leaves 1e-16 of
     them (3e-4 of the loss at beta = 1 - 1e-9)."""
     x = lt - ls
-    d = x + (lb - l1b)   # log of the mixture terms' ratio: log m = (the larger) + log1p(exp(-|d|))
+    d = x + (lb - l1b)  # log of the mixture terms' ratio: log m = (the larger) + log1p(exp(-|d|))
     e, up = torch.log1p(torch.exp(-d.abs())), d >= 0
     ls_m = torch.where(up, -x - lb, torch.full_like(x, -l1b)) - e
     lt_m = torch.where(up, torch.full_like(x, -lb), x - l1b) - e
@@ -129,12 +135,15 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int, fn: 
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         value = int(labels[bad][0])
-        raise IndexError(f"{fn}: argument 'labels' must be in [0, {num_classes}) or ignore_index "
-                         f"({ignore_index}), got {value}")
+        raise IndexError(
+            f"{fn}: argument 'labels' must be in [0, {num_classes}) or ignore_index "
+            f"({ignore_index}), got {value}"
+        )
 
 
-def check_masked_rows(x: torch.Tensor, labels: torch.Tensor | None, ignore_index: int, fn: str,
-                      name: str) -> None:
+def check_masked_rows(
+    x: torch.Tensor, labels: torch.Tensor | None, ignore_index: int, fn: str, name: str
+) -> None:
     """ValueError for a counted row (no labels, or a label other than ignore_index) whose
     logits are all -inf: it has no probability distribution. Only for CPU tensors; on a
     GPU such a row comes out nan (checking would synchronise)."""
@@ -145,9 +154,11 @@ def check_masked_rows(x: torch.Tensor, labels: torch.Tensor | None, ignore_index
         masked &= labels != ignore_index
     if bool(masked.any()):
         row = int(masked.reshape(-1).nonzero()[0])
-        raise ValueError(f"{fn}: argument '{name}' has a row whose logits are all -inf (row {row} "
-                         "of the flattened rows): it has no probability distribution; give such "
-                         "rows the label ignore_index")
+        raise ValueError(
+            f"{fn}: argument '{name}' has a row whose logits are all -inf (row {row} "
+            "of the flattened rows): it has no probability distribution; give such "
+            "rows the label ignore_index"
+        )
 
 
 def _counted_only(x: torch.Tensor, labels: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
@@ -156,8 +167,13 @@ def _counted_only(x: torch.Tensor, labels: torch.Tensor | None, ignore_index: in
     return x if labels is None else torch.where((labels != ignore_index).unsqueeze(-1), x, 0.0)
 
 
-def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                       label_smoothing: float = 0.0, precise: bool = True) -> torch.Tensor:
+def hard_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    precise: bool = True,
+) -> torch.Tensor:
     """Per-row cross entropy at T = 1 (0 for ignored rows). A label out of range on a CUDA
     tensor gives a nan row instead of a device-side assert."""
     logp = _log_softmax(_counted_only(logits, labels, ignore_index), 1.0, precise)
@@ -191,9 +207,18 @@ def counted_rows(labels: torch.Tensor | None, ignore_index: int, dtype: torch.dt
     return None if labels is None else (labels != ignore_index).sum().to(dtype)
 
 
-def distillation_rows(student_logits, teacher_logits, temperature=1.0, labels=None, soft_weight=1.0,
-                      hard_weight=0.0, beta=0.0, ignore_index=-100, label_smoothing=0.0,
-                      precise=True) -> torch.Tensor:
+def distillation_rows(
+    student_logits,
+    teacher_logits,
+    temperature=1.0,
+    labels=None,
+    soft_weight=1.0,
+    hard_weight=0.0,
+    beta=0.0,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    precise=True,
+) -> torch.Tensor:
     s = _counted_only(student_logits, labels, ignore_index)
     t = _counted_only(teacher_logits, labels, ignore_index)
     rows = soft_weight * divergence(s, t, temperature, beta, precise)
@@ -205,16 +230,37 @@ def distillation_rows(student_logits, teacher_logits, temperature=1.0, labels=No
     return rows
 
 
-def distillation_loss(student_logits, teacher_logits, temperature=1.0, labels=None, soft_weight=1.0,
-                      hard_weight=0.0, beta=0.0, ignore_index=-100, label_smoothing=0.0,
-                      reduction="batchmean", precise=True) -> torch.Tensor:
-    rows = distillation_rows(student_logits, teacher_logits, temperature, labels, soft_weight,
-                             hard_weight, beta, ignore_index, label_smoothing, precise)
+def distillation_loss(
+    student_logits,
+    teacher_logits,
+    temperature=1.0,
+    labels=None,
+    soft_weight=1.0,
+    hard_weight=0.0,
+    beta=0.0,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    reduction="batchmean",
+    precise=True,
+) -> torch.Tensor:
+    rows = distillation_rows(
+        student_logits,
+        teacher_logits,
+        temperature,
+        labels,
+        soft_weight,
+        hard_weight,
+        beta,
+        ignore_index,
+        label_smoothing,
+        precise,
+    )
     return reduce(rows, reduction, counted_rows(labels, ignore_index, rows.dtype))
 
 
-def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  precise=True) -> torch.Tensor:
+def cross_entropy(
+    logits, labels, ignore_index=-100, label_smoothing=0.0, reduction="mean", precise=True
+) -> torch.Tensor:
     rows = hard_cross_entropy(logits, labels, ignore_index, label_smoothing, precise)
     return reduce(rows, reduction, counted_rows(labels, ignore_index, rows.dtype))
 
@@ -228,6 +274,7 @@ def soft_target_rows(logits, target_probs, temperature=1.0, precise=True) -> tor
     return -(q * torch.where(absent, 0.0, logq)).sum(-1)
 
 
-def soft_target_cross_entropy(logits, target_probs, temperature=1.0, reduction="batchmean",
-                              precise=True) -> torch.Tensor:
+def soft_target_cross_entropy(
+    logits, target_probs, temperature=1.0, reduction="batchmean", precise=True
+) -> torch.Tensor:
     return reduce(soft_target_rows(logits, target_probs, temperature, precise), reduction)

@@ -29,6 +29,7 @@ Timestep sampling (SD3's "Scaling Rectified Flow Transformers" densities, as dif
 compute_density_for_timestep_sampling draws them) and the min-SNR weights of DDPM
 training (diffusers' compute_snr and train_text_to_image.py) are here too.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ def _per_sample(sigmas: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) ->
     return sigmas.to(dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def loss_weight(sigmas: torch.Tensor, weighting_scheme: str = "none",
-                precondition_outputs: bool = False) -> torch.Tensor:
+def loss_weight(
+    sigmas: torch.Tensor, weighting_scheme: str = "none", precondition_outputs: bool = False
+) -> torch.Tensor:
     """c(sigma) per sample (see the module docstring), in sigmas' dtype."""
     if weighting_scheme == "sigma_sqrt":
         if precondition_outputs:
@@ -70,8 +72,16 @@ def flow_interpolate(x0, noise, sigmas):
     return ((1 - s) * x0.to(acc) + s * noise.to(acc)).to(x0.dtype)
 
 
-def flow_matching_loss(model_output, x0, noise, sigmas, weighting_scheme="none",
-                       precondition_outputs=False, reduction="mean", return_noisy=False):
+def flow_matching_loss(
+    model_output,
+    x0,
+    noise,
+    sigmas,
+    weighting_scheme="none",
+    precondition_outputs=False,
+    reduction="mean",
+    return_noisy=False,
+):
     """Per-sample (reduction "none") or mean loss in the accumulation dtype; with
     return_noisy, (loss, x_t)."""
     acc = acc_dtype(model_output.dtype)
@@ -100,17 +110,24 @@ def shifted_schedule(num_train_timesteps: int = 1000, shift: float = 1.0, device
     return sigmas * T, sigmas
 
 
-def timestep_density(weighting_scheme: str, batch_size: int, logit_mean: float = 0.0,
-                     logit_std: float = 1.0, mode_scale: float = 1.29, device=None,
-                     generator=None) -> torch.Tensor:
+def timestep_density(
+    weighting_scheme: str,
+    batch_size: int,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    device=None,
+    generator=None,
+) -> torch.Tensor:
     """u [batch_size] in [0, 1] drawn from the scheme's density, with the same draws from
     `generator` as diffusers' compute_density_for_timestep_sampling:
     logit_normal sigmoid(N(logit_mean, logit_std)); mode 1 - u - s (cos^2(pi u / 2) - 1 + u)
     for uniform u; uniform u."""
     device = "cpu" if device is None else device
     if weighting_scheme == "logit_normal":
-        u = torch.normal(mean=logit_mean, std=logit_std, size=(batch_size,), device=device,
-                         generator=generator)
+        u = torch.normal(
+            mean=logit_mean, std=logit_std, size=(batch_size,), device=device, generator=generator
+        )
         return torch.sigmoid(u)
     u = torch.rand(size=(batch_size,), device=device, generator=generator)
     if weighting_scheme == "mode":
@@ -132,13 +149,17 @@ def timesteps_for_density(u: torch.Tensor, timesteps: torch.Tensor, sigmas: torc
 def compute_snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """SNR(t) = a_t / (1 - a_t) per timestep, float32, with diffusers' compute_snr's
     operations: (sqrt(a) / sqrt(1 - a))^2."""
-    sa = (alphas_cumprod ** 0.5).to(device=timesteps.device)[timesteps].float()
+    sa = (alphas_cumprod**0.5).to(device=timesteps.device)[timesteps].float()
     sb = ((1.0 - alphas_cumprod) ** 0.5).to(device=timesteps.device)[timesteps].float()
     return (sa / sb) ** 2
 
 
-def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float,
-                    prediction_type: str = "epsilon") -> torch.Tensor:
+def min_snr_weights(
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    gamma: float,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
     """Min-SNR-gamma weights of per-sample mean losses: min(SNR, gamma) / SNR for
     "epsilon", min(SNR, gamma) / (SNR + 1) for "v_prediction", min(SNR, gamma) for
     "sample" (diffusers' train_text_to_image.py). At SNR = 0 (a zero-terminal-SNR

@@ -18,6 +18,7 @@ accumulation dtype, 0 for ignored rows (the fused backends never form their logi
 carries no gradient (a statistic, as in Liger-Kernel and cut-cross-entropy).
 The loss terms are the distillation family's reference (float64-careful for float64 inputs).
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,16 @@ def _divisor(reduction: str, labels, ignore_index: int, rows: int, num_items_in_
     return dist.counted_rows(labels, ignore_index, dtype)
 
 
-def cross_entropy_rows(hidden, weight, labels, bias=None, ignore_index=-100, label_smoothing=0.0,
-                       softcap=None, z_loss=0.0):
+def cross_entropy_rows(
+    hidden,
+    weight,
+    labels,
+    bias=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    softcap=None,
+    z_loss=0.0,
+):
     """(per-row loss, per-row logsumexp), both [rows] in the accumulation dtype."""
     logits = linear_logits(hidden, weight, bias, softcap)
     y = labels.reshape(-1)
@@ -60,29 +69,54 @@ def cross_entropy_rows(hidden, weight, labels, bias=None, ignore_index=-100, lab
     return rows, lse
 
 
-def fused_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_index=-100,
-                               label_smoothing=0.0, softcap=None, z_loss=0.0, reduction="mean",
-                               num_items_in_batch=None, return_lse=False):
-    rows, lse = cross_entropy_rows(hidden, weight, labels, bias, ignore_index, label_smoothing,
-                                   softcap, z_loss)
-    divisor = _divisor(reduction, labels, ignore_index, rows.numel(), num_items_in_batch,
-                       rows.dtype)
+def fused_linear_cross_entropy(
+    hidden,
+    weight,
+    labels,
+    bias=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    softcap=None,
+    z_loss=0.0,
+    reduction="mean",
+    num_items_in_batch=None,
+    return_lse=False,
+):
+    rows, lse = cross_entropy_rows(
+        hidden, weight, labels, bias, ignore_index, label_smoothing, softcap, z_loss
+    )
+    divisor = _divisor(
+        reduction, labels, ignore_index, rows.numel(), num_items_in_batch, rows.dtype
+    )
     loss = dist.reduce(rows, reduction, divisor)
     if reduction == "none":
         loss = loss.reshape(labels.shape)
     return (loss, lse.reshape(labels.shape).detach()) if return_lse else loss
 
 
-def fused_linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight,
-                                   labels=None, student_bias=None, teacher_bias=None,
-                                   temperature=1.0, beta=0.0, soft_weight=1.0, hard_weight=0.0,
-                                   ignore_index=-100, label_smoothing=0.0, reduction="batchmean",
-                                   num_items_in_batch=None):
+def fused_linear_distillation_loss(
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    labels=None,
+    student_bias=None,
+    teacher_bias=None,
+    temperature=1.0,
+    beta=0.0,
+    soft_weight=1.0,
+    hard_weight=0.0,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    reduction="batchmean",
+    num_items_in_batch=None,
+):
     s = linear_logits(student_hidden, student_weight, student_bias)
     t = linear_logits(teacher_hidden, teacher_weight, teacher_bias)
     y = labels.reshape(-1) if labels is not None else None
-    rows = dist.distillation_rows(s, t, temperature, y, soft_weight, hard_weight, beta,
-                                  ignore_index, label_smoothing)
+    rows = dist.distillation_rows(
+        s, t, temperature, y, soft_weight, hard_weight, beta, ignore_index, label_smoothing
+    )
     divisor = _divisor(reduction, y, ignore_index, rows.numel(), num_items_in_batch, rows.dtype)
     loss = dist.reduce(rows, reduction, divisor)
     return loss.reshape(student_hidden.shape[:-1]) if reduction == "none" else loss

@@ -18,6 +18,7 @@ Ids are checked eagerly on CPU tensors (IndexError out of range, ValueError for
 duplicates); on CUDA tensors torch.gather's own device assertions apply, since a check
 here would synchronise the host.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ def check_ids(fn: str, name: str, ids: torch.Tensor, hi: int, distinct: bool = T
     if distinct:
         s = ids.sort(dim=1).values
         if bool((s[:, 1:] == s[:, :-1]).any()):
-            raise ValueError(f"{fn}: argument '{name}' has a duplicate id in a row; ids must be "
-                             f"distinct")
+            raise ValueError(
+                f"{fn}: argument '{name}' has a duplicate id in a row; ids must be distinct"
+            )
 
 
 def num_keep(L: int, mask_ratio: float) -> int:
@@ -95,8 +97,9 @@ def gather_patches(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) 
     return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
 
-def unshuffle_with_mask_tokens(x_visible: torch.Tensor, mask_token: torch.Tensor,
-                               ids_restore: torch.Tensor) -> torch.Tensor:
+def unshuffle_with_mask_tokens(
+    x_visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
+) -> torch.Tensor:
     N, K, D = x_visible.shape
     L = ids_restore.shape[1]
     check_ids("reference.unshuffle_with_mask_tokens", "ids_restore", ids_restore, L)
@@ -105,8 +108,9 @@ def unshuffle_with_mask_tokens(x_visible: torch.Tensor, mask_token: torch.Tensor
     return torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, D))
 
 
-def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int,
-               norm_pix_loss: bool = False) -> torch.Tensor:
+def patch_loss(
+    pred: torch.Tensor, imgs: torch.Tensor, patch_size: int, norm_pix_loss: bool = False
+) -> torch.Tensor:
     """masked_patch_loss's per-patch mean squared error [N, L], in the accumulation dtype."""
     acc = acc_dtype(pred.dtype)
     target = patchify(imgs.to(acc), patch_size)
@@ -117,8 +121,13 @@ def patch_loss(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int,
     return ((pred.to(acc) - target) ** 2).mean(dim=-1)
 
 
-def masked_patch_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_size: int,
-                      norm_pix_loss: bool = False) -> torch.Tensor:
+def masked_patch_loss(
+    pred: torch.Tensor,
+    imgs: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    norm_pix_loss: bool = False,
+) -> torch.Tensor:
     loss = patch_loss(pred, imgs, patch_size, norm_pix_loss)
     mask = mask.to(loss.dtype)
     return (loss * mask).sum() / mask.sum()

@@ -15,6 +15,7 @@ reduction "mean" divides the sum over all pairs by N, as open_clip does (not by 
 "sum" sums; "none" returns the [N] row losses. The loss is float32 (float64 for float64
 features).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,9 +34,16 @@ def pair_ids(labels, N: int, M: int, device) -> tuple[torch.Tensor, torch.Tensor
     return image_ids.long(), text_ids.long()
 
 
-def sigmoid_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                             logit_scale, logit_bias, *, labels=None, normalize: bool = False,
-                             reduction: str = "mean") -> torch.Tensor:
+def sigmoid_contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale,
+    logit_bias,
+    *,
+    labels=None,
+    normalize: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
     N, M = image_features.shape[0], text_features.shape[0]
     device = image_features.device
     scale, bias = (torch.as_tensor(v, device=device) for v in (logit_scale, logit_bias))
