@@ -85,6 +85,37 @@ ARGS = {
         ("text_ids", ints(d, [0, 1, 2, 3, 4])),
         ("normalize", True),
     ],
+    "fused_linear_cross_entropy_backward": lambda d: [
+        ("grad", f(d, 3)),
+        ("hidden", f(d, 3, 4)),
+        ("weight", f(d, 5, 4)),
+        ("labels", ints(d, [0, 4, -100])),
+        ("bias", f(d, 5)),
+        ("ignore_index", -100),
+        ("label_smoothing", 0.1),
+        ("softcap", 3.0),
+        ("z_loss", 1e-2),
+        ("chunk_size", 2),
+        ("grad_mask", [True, True, True]),
+    ],
+    "fused_linear_distillation_loss_backward": lambda d: [
+        ("grad", f(d, 3)),
+        ("student_hidden", f(d, 3, 4)),
+        ("student_weight", f(d, 5, 4)),
+        ("teacher_hidden", f(d, 3, 6)),
+        ("teacher_weight", f(d, 5, 6)),
+        ("labels", ints(d, [0, 4, -100])),
+        ("student_bias", f(d, 5)),
+        ("teacher_bias", f(d, 5)),
+        ("temperature", 2.0),
+        ("soft_weight", 1.0),
+        ("hard_weight", 0.5),
+        ("beta", 0.0),
+        ("ignore_index", -100),
+        ("label_smoothing", 0.0),
+        ("chunk_size", 2),
+        ("grad_mask", [True] * 6),
+    ],
     "distillation_scale_grad": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "distillation_scale_grad_inplace": lambda d: [("grad", f(d, 3)), ("x", f(d, 3, 5))],
     "random_masking_backward": lambda d: [
@@ -396,6 +427,19 @@ def _sigmoid_contrastive_rows() -> list[Row]:
             r"argument 'image_ids' must have shape " + shape(4),
         ),
     ]
+    return rows
+
+
+def _fused_linear_rows() -> list[Row]:
+    rows = []
+    for op, weight in (
+        ("fused_linear_cross_entropy_backward", "weight"),
+        ("fused_linear_distillation_loss_backward", "student_weight"),
+    ):
+        rows += _grad_rows(op, (3,)) + [
+            Row(op, "weight H mismatch", {weight: reshaped(5, 3)}, ValueError, weight),
+            Row(op, "labels int32", {"labels": as_dtype(torch.int32)}, TypeError, "labels"),
+        ]
     return rows
 
 
@@ -922,6 +966,7 @@ def _rows() -> list[Row]:
         + _contrastive_rows()
         + _sigmoid_contrastive_rows()
         + _distillation_rows()
+        + _fused_linear_rows()
         + _mae_rows()
         + _diffusion_rows()
     )
@@ -1157,6 +1202,16 @@ def _autograd(name: str, backend: str, a: list):
     if name == "sigmoid_contrastive_loss_backward":
         ins = _needs_grad(*a[1:5])
         return grad(fwd("sigmoid_contrastive_loss")(*ins, *a[5:8]), ins, a[0])
+    if name == "fused_linear_cross_entropy_backward":  # per-row losses: the backward recomputes
+        h, w, b = _needs_grad(a[1], a[2], a[4])
+        outs = fwd("fused_linear_cross_entropy")(h, w, a[3], b, *a[5:10], False, 1.0, False, a[10])
+        return grad(outs[0], (h, w, b), a[0])
+    if name == "fused_linear_distillation_loss_backward":
+        sh, sw, th, tw, sb, tb = _needs_grad(*a[1:5], a[6], a[7])
+        outs = fwd("fused_linear_distillation_loss")(
+            sh, sw, th, tw, a[5], sb, tb, *a[8:15], False, 1.0, a[15]
+        )
+        return grad(outs[0], (sh, sw, sb, th, tw, tb), a[0])
     if name in SCALE_OPS:  # the saved gradient of cross_entropy's rows, scaled by the upstream one
         (logits,) = _needs_grad(a[1])
         labels = torch.tensor([0, 4, 2], device=logits.device)
