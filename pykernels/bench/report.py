@@ -199,16 +199,15 @@ def verdict(rows: list[Row], targets: list[tuple[bool, str]]) -> str:
     bad = [r for r in rows if r.pykernels and r.within_tolerance is False]
     names = "/".join(dict.fromkeys(r.provider for r in mine)) or "pykernels"
     parts = [
-        f"{names} within float64 tolerance in all {len(mine)} rows"
+        f"{names} within float64 tolerance ({len(mine)} rows)"
         if not bad
         else f"{len(bad)} {names} result(s) OUTSIDE tolerance of float64 (marked !)"
     ]
-    for col, label in (("x_eager", "vs eager"), ("x_compile", "vs compile")):
+    for col, label in (("x_eager", "geomean vs eager"), ("x_compile", "vs compile")):
         xs = [getattr(r, col) for r in mine if getattr(r, col) > 0]
         if xs:
             gm = math.exp(statistics.fmean(math.log(x) for x in xs))
-            mean = " geomean" if col == "x_eager" else ""
-            parts.append(f"{label} {gm:.2f}x{mean} ({min(xs):.2f}-{max(xs):.2f}x)")
+            parts.append(f"{label} {gm:.2f}x ({min(xs):.2f}-{max(xs):.2f}x)")
     if targets:
         parts.append(f"targets met: {sum(m for m, _ in targets)} of {len(targets)}")
     return "verdict: " + "; ".join(parts)
