@@ -19,8 +19,11 @@ OUTPUT = ROOT / "examples" / "output"
 COLORS = {"reference": "tab:blue", "fused": "tab:orange"}
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, losses: tuple[str, ...] = ()) -> argparse.Namespace:
+    """The examples' common options; `losses`: the choices of a --loss option (first: default)."""
     p = argparse.ArgumentParser(description=description)
+    if losses:
+        p.add_argument("--loss", choices=losses, default=losses[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--quick", action="store_true", help="the tiny size the parity test uses (seconds)"
@@ -36,12 +39,15 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def train_both(module, args) -> dict:
-    """The same seed, once with plain-PyTorch ops and once with pykernels' fused ops."""
+def train_both(module, args, **overrides) -> dict:
+    """The same seed, once with plain-PyTorch ops and once with pykernels' fused ops;
+    overrides: Config fields of the model."""
     size = "test" if args.quick else "example"
     print(f"{module.__name__.split('.')[-1]}: size={size}, device={args.device}, seed={args.seed}")
     return {
-        ops: module.train(ops, size=size, seed=args.seed, device=args.device, progress=True)
+        ops: module.train(
+            ops, size=size, seed=args.seed, device=args.device, progress=True, **overrides
+        )
         for ops in ("reference", "fused")
     }
 

@@ -2,12 +2,14 @@
 
     python examples/train_clip.py          # about a minute on a laptop CPU
     python examples/train_clip.py --quick  # the tiny parity-test size
+    python examples/train_clip.py --loss siglip  # SigLIP's sigmoid loss instead of InfoNCE
 
 An image tower and a text tower learn a shared space from synthetic image-caption pairs
 with a learnable logit scale; zero-shot top-1 accuracy (class prompts against images by
 pykernels.pairwise_cosine_similarity) is printed before and after. The fused run calls
-pykernels.info_nce_loss, the reference run builds open_clip's logit matrix.
-Writes examples/output/clip_loss.png.
+pykernels.info_nce_loss (or pykernels.sigmoid_contrastive_loss), the reference run builds
+open_clip's logit matrix (and, for SigLIP, its dense label matrix).
+Writes examples/output/clip_loss.png (siglip_loss.png).
 """
 
 import matplotlib.pyplot as plt
@@ -15,12 +17,13 @@ from _util import parse_args, plot_losses, report, save, train_both
 
 from pykernels.models import clip
 
-args = parse_args(__doc__.splitlines()[0])
-runs = train_both(clip, args)
+args = parse_args(__doc__.splitlines()[0], losses=("info_nce", "siglip"))
+runs = train_both(clip, args, loss=args.loss)
 report(runs)
 
 fig, ax = plt.subplots(figsize=(6, 4))
-plot_losses(ax, runs, title="CLIP InfoNCE loss, same seed")
+name = "SigLIP sigmoid" if args.loss == "siglip" else "CLIP InfoNCE"
+plot_losses(ax, runs, title=f"{name} loss, same seed")
 top1 = {ops: run.evals["zero_shot_top1"] for ops, run in runs.items()}
 ax.text(
     0.98,
@@ -30,4 +33,4 @@ ax.text(
     ha="right",
     va="top",
 )
-save(fig, args, "clip_loss.png")
+save(fig, args, "siglip_loss.png" if args.loss == "siglip" else "clip_loss.png")

@@ -147,6 +147,16 @@ def test_parity_admits_op_level_round_off(model):
     assert_parity(trained(model, Perturbed(1e-5)), trained(model, "reference"))
 
 
+def test_siglip_training_parity():
+    """CLIP trained with SigLIP's sigmoid loss: the fused op against open_clip's dense
+    composition (examples/train_clip.py --loss siglip), the same tolerances."""
+    ref = clip.train("reference", loss="siglip")
+    fused = clip.train("fused", loss="siglip")
+    losses = ref.losses
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    assert_parity(fused, ref)
+
+
 def test_runs_are_reproducible():
     a, b = clip.train("reference", steps=20), clip.train("reference", steps=20)
     assert a.losses == b.losses and a.evals == b.evals

@@ -39,6 +39,7 @@ class Config:
     test_images: int = 512
     distractor: float = 0.6  # weight of the other concept blended into each image
     pixel_noise: float = 0.8
+    loss: str = "info_nce"  # or "siglip": the sigmoid loss with a learnable bias
 
 
 SIZES = {
@@ -69,7 +70,11 @@ class CLIP(nn.Module):
         )
         self.token_embedding = nn.Embedding(vocab, cfg.width)
         self.text_tower = nn.Sequential(nn.GELU(), nn.Linear(cfg.width, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        if cfg.loss == "siglip":  # SigLIP's initial scale 10 and bias -10
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        else:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, images: Tensor) -> Tensor:
         return self.image_tower(images)
@@ -156,9 +161,13 @@ def train(
 
     def step(i):
         images, captions, _ = data.batch(cfg.batch)
-        loss = ops.info_nce_loss(
-            model.encode_image(images), model.encode_text(captions), model.scale(), normalize=True
-        )
+        image_features, text_features = model.encode_image(images), model.encode_text(captions)
+        if cfg.loss == "siglip":
+            loss = ops.sigmoid_contrastive_loss(
+                image_features, text_features, model.scale(), model.logit_bias, normalize=True
+            )
+        else:
+            loss = ops.info_nce_loss(image_features, text_features, model.scale(), normalize=True)
         opt.zero_grad()
         loss.backward()
         opt.step()

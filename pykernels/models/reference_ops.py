@@ -75,6 +75,25 @@ def info_nce_loss(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def sigmoid_contrastive_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    *,
+    normalize: bool = False,
+) -> Tensor:
+    """SigLIP's loss as open_clip's SigLipLoss computes it: the full [N, N] logit matrix, a
+    dense +-1 label matrix, -logsigmoid summed and divided by N."""
+    if normalize:
+        image_features = F.normalize(image_features, dim=-1, eps=1e-8)
+        text_features = F.normalize(text_features, dim=-1, eps=1e-8)
+    logits = logit_scale * image_features @ text_features.T + logit_bias
+    n = logits.shape[0]
+    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / n
+
+
 # ----------------------------------------------------------------------------- MAE
 
 
