@@ -167,7 +167,7 @@ def list_points(families, mode: str, device: torch.device) -> None:
                 inputs = case.inputs(p.dtype, "cpu", p.size, requires_grad=False)
             shape, dtype = describe(inputs, p.dtype, not case.grads)
             targets = ", ".join(t.describe() for t in p.targets)
-            print(f"{family:<13}{p.case:<35}{shape + ' ' + dtype:<29}{targets}".rstrip())
+            print(f"{family:<20}{p.case:<40}{shape + ' ' + dtype:<29}{targets}".rstrip())
 
 
 def _check(device: torch.device) -> int:
