@@ -111,7 +111,6 @@ CASES = [
 BF16 = torch.bfloat16
 BENCH = [
     Point("cosine_similarity"),
-    Point("pairwise_cosine_similarity"),
     Point("cosine_similarity", "full", "full", targets=(speedup("compile", 1.2), roofline(0.7))),
     Point("feature_distillation_loss[mse]", "full", "full", targets=(speedup("compile", 1.2),)),
     Point("feature_distillation_loss[cosine]", "full", "full"),

@@ -263,8 +263,6 @@ BF16 = torch.bfloat16
 _CPU_TARGETS = (speedup("diffusers", 2.0), speedup("compile", 1.0), roofline(0.7))
 _GPU_TARGETS = (roofline(0.8),)
 BENCH = [
-    Point("add_noise"),
-    Point("ddpm_step"),
     Point("ddim_step"),
     Point("add_noise", "full", "full", targets=_CPU_TARGETS),
     Point("ddpm_step", "full", "full", targets=_CPU_TARGETS),
