@@ -7,6 +7,29 @@ from torch import Tensor, nn
 from .ops import cosine as _cosine
 
 
+class _OpModule(nn.Module):
+    """A module whose forward calls one functional op with its stored settings: each keyword
+    given to __init__ becomes an attribute of that name and goes to the op as that keyword
+    (with backend), read at every call, so a setting changed after construction applies.
+    extra_repr shows the settings named in _shown (strings quoted)."""
+
+    _shown: tuple[str, ...] = ()
+
+    def __init__(self, backend: str | None, **settings):
+        super().__init__()
+        self._settings = tuple(settings)
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.backend = backend
+
+    def _kwargs(self) -> dict:
+        return {name: getattr(self, name) for name in (*self._settings, "backend")}
+
+    def extra_repr(self) -> str:
+        shown = ((name, getattr(self, name)) for name in self._shown)
+        return ", ".join(f"{n}={v!r}" if isinstance(v, str) else f"{n}={v}" for n, v in shown)
+
+
 # ----------------------------------------------------------------------------- cosine
 class CosineSimilarity(nn.Module):
     """Like torch.nn.CosineSimilarity, but dim defaults to -1 (features last)."""
@@ -172,11 +195,13 @@ class DiffusionLoss(nn.Module):
 from .ops import distillation as _distillation  # noqa: E402
 
 
-class DistillationLoss(nn.Module):
+class DistillationLoss(_OpModule):
     """soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels).
 
     Defaults are the soft (Hinton KL) loss alone; pass labels and hard_weight for the
     hard term. forward(student_logits, teacher_logits, labels=None)."""
+
+    _shown = ("temperature", "soft_weight", "hard_weight", "beta", "reduction")
 
     def __init__(
         self,
@@ -190,41 +215,22 @@ class DistillationLoss(nn.Module):
         reduction: str = "batchmean",
         backend: str | None = None,
     ):
-        super().__init__()
-        self.temperature, self.soft_weight, self.hard_weight, self.beta = (
-            temperature,
-            soft_weight,
-            hard_weight,
-            beta,
-        )
-        self.ignore_index, self.label_smoothing, self.reduction, self.backend = (
-            ignore_index,
-            label_smoothing,
-            reduction,
+        super().__init__(
             backend,
+            temperature=temperature,
+            soft_weight=soft_weight,
+            hard_weight=hard_weight,
+            beta=beta,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
         )
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None
     ) -> Tensor:
         return _distillation.distillation_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature,
-            labels=labels,
-            soft_weight=self.soft_weight,
-            hard_weight=self.hard_weight,
-            beta=self.beta,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
-            f"beta={self.beta}, reduction={self.reduction!r}"
+            student_logits, teacher_logits, labels=labels, **self._kwargs()
         )
 
 
@@ -287,10 +293,12 @@ class SoftTargetCrossEntropy(nn.Module):
 from .ops import fused_linear as _fused_linear  # noqa: E402
 
 
-class FusedLinearCrossEntropyLoss(nn.Module):
+class FusedLinearCrossEntropyLoss(_OpModule):
     """Cross entropy of a linear head, hidden @ weight.T + bias, without its [rows, V]
     logits (pykernels.fused_linear_cross_entropy). forward(hidden, weight, labels, bias=None,
     num_items_in_batch=None); with return_lse=True it returns (loss, lse)."""
+
+    _shown = ("ignore_index", "reduction", "label_smoothing", "softcap", "z_loss")
 
     def __init__(
         self,
@@ -304,14 +312,16 @@ class FusedLinearCrossEntropyLoss(nn.Module):
         return_lse: bool = False,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.ignore_index, self.reduction, self.label_smoothing = (
-            ignore_index,
-            reduction,
-            label_smoothing,
+        super().__init__(
+            backend,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            softcap=softcap,
+            z_loss=z_loss,
+            chunk_size=chunk_size,
+            return_lse=return_lse,
         )
-        self.softcap, self.z_loss, self.chunk_size = softcap, z_loss, chunk_size
-        self.return_lse, self.backend = return_lse, backend
 
     def forward(
         self,
@@ -326,30 +336,18 @@ class FusedLinearCrossEntropyLoss(nn.Module):
             weight,
             labels,
             bias=bias,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            softcap=self.softcap,
-            z_loss=self.z_loss,
-            reduction=self.reduction,
-            chunk_size=self.chunk_size,
             num_items_in_batch=num_items_in_batch,
-            return_lse=self.return_lse,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, softcap={self.softcap}, "
-            f"z_loss={self.z_loss}"
+            **self._kwargs(),
         )
 
 
-class FusedLinearDistillationLoss(nn.Module):
+class FusedLinearDistillationLoss(_OpModule):
     """pykernels.distillation_loss of two linear heads' logits without forming them
     (pykernels.fused_linear_distillation_loss). forward(student_hidden, student_weight,
     teacher_hidden, teacher_weight, labels=None, student_bias=None, teacher_bias=None,
     num_items_in_batch=None)."""
+
+    _shown = ("temperature", "beta", "soft_weight", "hard_weight", "reduction")
 
     def __init__(
         self,
@@ -364,19 +362,17 @@ class FusedLinearDistillationLoss(nn.Module):
         chunk_size: int | None = None,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.temperature, self.beta, self.soft_weight, self.hard_weight = (
-            temperature,
-            beta,
-            soft_weight,
-            hard_weight,
+        super().__init__(
+            backend,
+            temperature=temperature,
+            beta=beta,
+            soft_weight=soft_weight,
+            hard_weight=hard_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            chunk_size=chunk_size,
         )
-        self.ignore_index, self.label_smoothing, self.reduction = (
-            ignore_index,
-            label_smoothing,
-            reduction,
-        )
-        self.chunk_size, self.backend = chunk_size, backend
 
     def forward(
         self,
@@ -397,23 +393,8 @@ class FusedLinearDistillationLoss(nn.Module):
             labels=labels,
             student_bias=student_bias,
             teacher_bias=teacher_bias,
-            temperature=self.temperature,
-            beta=self.beta,
-            soft_weight=self.soft_weight,
-            hard_weight=self.hard_weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            chunk_size=self.chunk_size,
             num_items_in_batch=num_items_in_batch,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, beta={self.beta}, "
-            f"soft_weight={self.soft_weight}, hard_weight={self.hard_weight}, "
-            f"reduction={self.reduction!r}"
+            **self._kwargs(),
         )
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import pykernels as pk
 
 from .case import Case, Point, memory, randn, speedup
+from .contrastive import _gemms  # the same three matmuls as InfoNCE
 
 # (N, D): N images and N texts
 PAIRS = {
@@ -50,11 +51,6 @@ def _open_clip(device):
     except ImportError:
         return None
     return SigLipLoss()
-
-
-def _gemms(d):
-    (N, D), M = d["image_features"].shape, d["text_features"].shape[0]
-    return [(N, D, M), (N, M, D), (M, N, D)]  # logits; grad of I = G T; grad of T = G^T I
 
 
 CASES = [

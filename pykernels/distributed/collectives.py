@@ -29,6 +29,20 @@ def global_rank(group, group_rank: int) -> int:
     return group_rank if group is None else dist.get_global_rank(group, group_rank)
 
 
+def gather_shapes(image_features: Tensor, text_features: Tensor, group, world: int) -> list:
+    """(image rows, image D, text rows, text D) of every rank: one tiny all-gather of the
+    shapes (a host sync). The callers check them the same way on every rank, so a bad rank
+    raises everywhere and leaves no rank waiting in a collective."""
+    mine = torch.tensor(
+        [*image_features.shape, *text_features.shape],
+        dtype=torch.int64,
+        device=image_features.device,
+    )
+    every = mine.new_empty(world, 4)
+    dist.all_gather(list(every.unbind(0)), mine, group=group)
+    return [tuple(r) for r in every.tolist()]
+
+
 # ----------------------------------------------------------------------------- collectives
 class AllGather(torch.autograd.Function):
     """cat of every rank's tensor along dim 0. Backward: each rank gets the sum over ranks

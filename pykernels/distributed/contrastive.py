@@ -49,6 +49,7 @@ from .collectives import (
     AllReduceSum,
     Ring,
     all_gather_with_grad,
+    gather_shapes,
     group_rank_and_size,
 )
 
@@ -90,17 +91,9 @@ def _check_local(image_features, text_features, logit_scale, logit_bias, mode, r
 
 
 def _check_sizes_across_ranks(image_features, text_features, group, world):
-    """Every rank must hold [n, D] image and text blocks with the same n and D. One tiny
-    all-gather of the shapes (a host sync); every rank raises the same error, so a bad
-    rank cannot leave the others waiting in a collective."""
-    mine = torch.tensor(
-        [*image_features.shape, *text_features.shape],
-        dtype=torch.int64,
-        device=image_features.device,
-    )
-    every = mine.new_empty(world, 4)
-    dist.all_gather(list(every.unbind(0)), mine, group=group)
-    shapes = [tuple(r) for r in every.tolist()]
+    """Every rank must hold [n, D] image and text blocks with the same n and D
+    (collectives.gather_shapes)."""
+    shapes = gather_shapes(image_features, text_features, group, world)
     first = shapes[0]
     if any(s != first for s in shapes) or first[0] != first[2] or first[1] != first[3]:
         raise ValueError(
@@ -351,6 +344,51 @@ def _weights(symmetric: bool, reduction: str, total: int) -> tuple[float, float]
     return (w / 2, w / 2) if symmetric else (w, 0.0)
 
 
+def _check_args(
+    image_features,
+    text_features,
+    logit_scale,
+    logit_bias,
+    mode,
+    reduction,
+    chunk_size,
+    process_group,
+    check_sizes,
+) -> tuple[int, int]:
+    """info_nce_loss's checks -> (rank, world size): this rank's arguments, then, with
+    check_sizes, the shapes of every rank."""
+    _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(
+            f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}"
+        )
+    _checks.positive(_FN, "chunk_size", chunk_size)
+    rank, world = group_rank_and_size(process_group)
+    if world > 1 and check_sizes:
+        _check_sizes_across_ranks(image_features, text_features, process_group, world)
+    elif image_features.shape != text_features.shape:
+        raise ValueError(
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape "
+            f"[n, D], "
+            f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+    return rank, world
+
+
+def _ring_loss(
+    img, txt, scale, bias, group, rank, world, symmetric, normalize, reduction, chunk_size, backend
+):
+    """Ring mode: the fused op (or the reference's PyTorch tiles) on one text block at a time."""
+    if normalize:  # row-local, so it is done before the ring, with autograd
+        img, txt = normalized(img), normalized(txt)
+    kernel = backends.resolve(backend, img.device, _FN)
+    tile = _Tile(None if kernel == "reference" else kernel, symmetric, chunk_size)
+    loss = _RingInfoNCE.apply(img, txt, scale, group, rank, world, symmetric, reduction, tile)
+    if bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
+        loss = loss + (bias.reshape(()) * 0).to(loss.dtype)
+    return loss
+
+
 # ----------------------------------------------------------------------------- public
 def info_nce_loss(
     image_features: Tensor,
@@ -379,21 +417,17 @@ def info_nce_loss(
     backend for the local work (both modes). chunk_size: rows per logit chunk of the
     ring's PyTorch tiles (backend="reference" only).
     """
-    _check_local(image_features, text_features, logit_scale, logit_bias, mode, reduction)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(
-            f"{_FN}: argument 'chunk_size' must be an int, got {type(chunk_size).__name__}"
-        )
-    _checks.positive(_FN, "chunk_size", chunk_size)
-    rank, world = group_rank_and_size(process_group)
-    if world > 1 and check_sizes:
-        _check_sizes_across_ranks(image_features, text_features, process_group, world)
-    elif image_features.shape != text_features.shape:
-        raise ValueError(
-            f"{_FN}: arguments 'image_features' and 'text_features' must have the same shape "
-            f"[n, D], "
-            f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
-        )
+    rank, world = _check_args(
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        mode,
+        reduction,
+        chunk_size,
+        process_group,
+        check_sizes,
+    )
     if world == 1 and mode == "gather":
         return _fused(
             image_features,
@@ -405,35 +439,7 @@ def info_nce_loss(
             reduction=reduction,
             backend=backend,
         )
+    args = (image_features, text_features, logit_scale, logit_bias, process_group, rank, world)
     if mode == "gather":
-        return _gather_loss(
-            image_features,
-            text_features,
-            logit_scale,
-            logit_bias,
-            process_group,
-            rank,
-            world,
-            symmetric,
-            normalize,
-            reduction,
-            backend,
-        )
-    if normalize:  # row-local, so it is done before the ring, with autograd
-        image_features, text_features = normalized(image_features), normalized(text_features)
-    kernel = backends.resolve(backend, image_features.device, _FN)
-    tile = _Tile(None if kernel == "reference" else kernel, symmetric, int(chunk_size))
-    loss = _RingInfoNCE.apply(
-        image_features,
-        text_features,
-        logit_scale,
-        process_group,
-        rank,
-        world,
-        symmetric,
-        reduction,
-        tile,
-    )
-    if logit_bias is not None:  # cancels in the loss: a zero gradient, and a NaN bias still shows
-        loss = loss + (logit_bias.reshape(()) * 0).to(loss.dtype)
-    return loss
+        return _gather_loss(*args, symmetric, normalize, reduction, backend)
+    return _ring_loss(*args, symmetric, normalize, reduction, int(chunk_size), backend)

@@ -27,7 +27,6 @@ each tensor holds exactly what open_clip's SigLipLoss gives on that rank.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from .. import _checks, backends
@@ -36,7 +35,7 @@ from ..ops import sigmoid_contrastive as _ops
 from ..ops._registry import op as _op
 from ..reference import sigmoid_contrastive as _ref
 from ..reference.contrastive import normalized
-from .collectives import Ring, all_gather_with_grad, group_rank_and_size
+from .collectives import Ring, all_gather_with_grad, gather_shapes, group_rank_and_size
 
 MODES = ("ring", "gather")
 REDUCTIONS = ("mean", "sum")
@@ -45,16 +44,8 @@ _TAG_BLOCK, _TAG_GRAD = 40, 50
 
 
 def _rank_sizes(image_features: Tensor, text_features: Tensor, group, world: int) -> list[int]:
-    """n of every rank (one tiny all-gather of the shapes, a host sync). Every rank raises
-    the same error on a mismatch, so no rank is left waiting in a collective."""
-    mine = torch.tensor(
-        [*image_features.shape, *text_features.shape],
-        dtype=torch.int64,
-        device=image_features.device,
-    )
-    every = mine.new_empty(world, 4)
-    dist.all_gather(list(every.unbind(0)), mine, group=group)
-    shapes = [tuple(r) for r in every.tolist()]
+    """n of every rank (collectives.gather_shapes)."""
+    shapes = gather_shapes(image_features, text_features, group, world)
     if any(s[0] != s[2] or s[1] != s[3] or s[1] != shapes[0][1] for s in shapes):
         raise ValueError(
             f"{_FN}: every rank must pass image_features and text_features of "
@@ -156,6 +147,48 @@ class _RingSigmoid(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- public
+def _check_local(
+    image_features, text_features, logit_scale, logit_bias, normalize, mode, reduction
+):
+    """This rank's arguments: the fused op's checks, then [n, D] images and texts of one n."""
+    _ops._check(
+        _FN, image_features, text_features, logit_scale, logit_bias, None, normalize, reduction
+    )
+    _checks.choice(_FN, "mode", mode, MODES)
+    _checks.choice(_FN, "reduction", reduction, REDUCTIONS)
+    if text_features.shape[0] != image_features.shape[0]:
+        raise ValueError(
+            f"{_FN}: arguments 'image_features' and 'text_features' must have the "
+            f"same number of rows n (pair i is (image i, text i)), got "
+            f"{image_features.shape[0]} and {text_features.shape[0]}"
+        )
+
+
+def _gather_loss(img, txt, scale, bias, group, rank, world, sizes, normalize, reduction, backend):
+    """Gather mode: every rank's texts, then one fused call with the positives at my slots."""
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"{_FN}: mode='gather' needs the same n on every rank, got {sizes};"
+            f" use mode='ring' for unequal batches"
+        )
+    n = img.shape[0]
+    all_text = all_gather_with_grad(txt, group)
+    labels = (
+        torch.arange(rank * n, (rank + 1) * n, device=img.device),
+        torch.arange(world * n, device=img.device),
+    )
+    return _ops.sigmoid_contrastive_loss(
+        img,
+        all_text,
+        scale,
+        bias,
+        labels=labels,
+        normalize=normalize,
+        reduction=reduction,
+        backend=backend,
+    )
+
+
 def sigmoid_contrastive_loss(
     image_features: Tensor,
     text_features: Tensor,
@@ -180,55 +213,21 @@ def sigmoid_contrastive_loss(
     """
     logit_scale = _ops._as_scalar_tensor(_FN, "logit_scale", logit_scale, image_features)
     logit_bias = _ops._as_scalar_tensor(_FN, "logit_bias", logit_bias, image_features)
-    _ops._check(
-        _FN, image_features, text_features, logit_scale, logit_bias, None, normalize, reduction
-    )
-    _checks.choice(_FN, "mode", mode, MODES)
-    _checks.choice(_FN, "reduction", reduction, REDUCTIONS)
-    n = image_features.shape[0]
-    if text_features.shape[0] != n:
-        raise ValueError(
-            f"{_FN}: arguments 'image_features' and 'text_features' must have the "
-            f"same number of rows n (pair i is (image i, text i)), got "
-            f"{n} and {text_features.shape[0]}"
-        )
+    _check_local(image_features, text_features, logit_scale, logit_bias, normalize, mode, reduction)
     rank, world = group_rank_and_size(process_group)
+    n = image_features.shape[0]
     sizes = (
         _rank_sizes(image_features, text_features, process_group, world)
         if world > 1 and check_sizes
         else [n] * world
     )
+    args = (image_features, text_features, logit_scale, logit_bias)
     if world == 1:
         return _ops.sigmoid_contrastive_loss(
-            image_features,
-            text_features,
-            logit_scale,
-            logit_bias,
-            normalize=normalize,
-            reduction=reduction,
-            backend=backend,
+            *args, normalize=normalize, reduction=reduction, backend=backend
         )
     if mode == "gather":
-        if len(set(sizes)) > 1:
-            raise ValueError(
-                f"{_FN}: mode='gather' needs the same n on every rank, got {sizes};"
-                f" use mode='ring' for unequal batches"
-            )
-        all_text = all_gather_with_grad(text_features, process_group)
-        labels = (
-            torch.arange(rank * n, (rank + 1) * n, device=image_features.device),
-            torch.arange(world * n, device=image_features.device),
-        )
-        return _ops.sigmoid_contrastive_loss(
-            image_features,
-            all_text,
-            logit_scale,
-            logit_bias,
-            labels=labels,
-            normalize=normalize,
-            reduction=reduction,
-            backend=backend,
-        )
+        return _gather_loss(*args, process_group, rank, world, sizes, normalize, reduction, backend)
     if normalize:  # row-local, so it is done before the ring, with autograd
         image_features, text_features = normalized(image_features), normalized(text_features)
     kernel = backends.resolve(backend, image_features.device, _FN)

@@ -119,13 +119,7 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
         if host_zero and int(timestep) <= 0:  # as diffusers: no draw at t = 0
             noise = torch.zeros_like(sample)
         else:
-            noise = randn_tensor(
-                model_output.shape,
-                generator=generator,
-                device=model_output.device,
-                dtype=model_output.dtype,
-            )
-        c = self.config
+            noise = _draw_noise(model_output, generator)
         prev_sample, x0 = _ops.ddpm_step(
             model_output,
             t,
@@ -133,16 +127,33 @@ class FusedDDPMScheduler(_FusedMixin, DDPMScheduler):
             self._pk_table(sample.device),
             prev_timesteps=prev,
             noise=noise,
-            prediction_type=c.prediction_type,
-            clip_sample=c.clip_sample,
-            clip_sample_range=c.clip_sample_range,
-            thresholding=c.thresholding,
-            dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-            sample_max_value=c.sample_max_value,
+            **_step_settings(self.config),
         )
         if not return_dict:
             return (prev_sample, x0)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+def _draw_noise(model_output: torch.Tensor, generator) -> torch.Tensor:
+    """The step's noise as diffusers' schedulers draw it (randn_tensor, model_output's shape)."""
+    return randn_tensor(
+        model_output.shape,
+        generator=generator,
+        device=model_output.device,
+        dtype=model_output.dtype,
+    )
+
+
+def _step_settings(config) -> dict:
+    """The scheduler config's step settings, as the keyword arguments of the fused steps."""
+    return dict(
+        prediction_type=config.prediction_type,
+        clip_sample=config.clip_sample,
+        clip_sample_range=config.clip_sample_range,
+        thresholding=config.thresholding,
+        dynamic_thresholding_ratio=config.dynamic_thresholding_ratio,
+        sample_max_value=config.sample_max_value,
+    )
 
 
 class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
@@ -173,13 +184,7 @@ class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
                     "that either `generator` or `variance_noise` stays `None`."
                 )
             if variance_noise is None:
-                variance_noise = randn_tensor(
-                    model_output.shape,
-                    generator=generator,
-                    device=model_output.device,
-                    dtype=model_output.dtype,
-                )
-        c = self.config
+                variance_noise = _draw_noise(model_output, generator)
         prev_sample, x0 = _ops.ddim_step(
             model_output,
             t,
@@ -188,12 +193,7 @@ class FusedDDIMScheduler(_FusedMixin, DDIMScheduler):
             self._pk_table(sample.device),
             eta=float(eta),
             noise=variance_noise,
-            prediction_type=c.prediction_type,
-            clip_sample=c.clip_sample,
-            clip_sample_range=c.clip_sample_range,
-            thresholding=c.thresholding,
-            dynamic_thresholding_ratio=c.dynamic_thresholding_ratio,
-            sample_max_value=c.sample_max_value,
+            **_step_settings(self.config),
             use_clipped_model_output=use_clipped_model_output,
             final_alpha_cumprod=float(self.final_alpha_cumprod),
         )

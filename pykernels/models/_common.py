@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+
+from .ops import get_ops
 
 
 @dataclass
@@ -30,6 +32,26 @@ def generator(seed: int, device) -> torch.Generator:
     both runs of a parity pair draw exactly the same numbers."""
     torch.manual_seed(seed)
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def start_run(sizes: dict, size: str, overrides: dict, ops, seed: int, device):
+    """What every model's train() does first -> (cfg, run, ops, g): the config of `size` with
+    the overrides, the Run named after ops, the ops (get_ops), the data generator."""
+    cfg = replace(sizes[size], **overrides)
+    run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
+    ops = get_ops(ops)
+    return cfg, run, ops, generator(seed, device)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, clip=None) -> torch.Tensor:
+    """One update from `loss` -> the detached loss (what train_loop's step_fn returns).
+    clip: (parameters, max norm) to clip the gradients' global norm to before the step."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    opt.step()
+    return loss.detach()
 
 
 def sync(device) -> None:

@@ -12,13 +12,12 @@ concept whose caption is most cosine-similar, and the top-1 accuracy is reported
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ._common import Run, generator, train_loop
-from .ops import get_ops
+from ._common import Run, optimizer_step, start_run, train_loop
 
 TEMPLATE = (0, 1, 2)  # "a photo of"
 BLANK = 3  # fills the caption of a class prompt
@@ -147,10 +146,7 @@ def train(
     progress: bool = False,
     **overrides,
 ) -> Run:
-    cfg = replace(SIZES[size], **overrides)
-    run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
-    ops = get_ops(ops)
-    g = generator(seed, device)
+    cfg, run, ops, g = start_run(SIZES, size, overrides, ops, seed, device)
     data = PairedData(cfg, g, device)
     test_images, _, test_concepts = data.batch(cfg.test_images)
     model = CLIP(cfg).to(device)
@@ -168,10 +164,7 @@ def train(
             )
         else:
             loss = ops.info_nce_loss(image_features, text_features, model.scale(), normalize=True)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return optimizer_step(opt, loss)
 
     train_loop(run, step, cfg.steps, device, "CLIP", progress)
     run.evals["zero_shot_top1"] = zero_shot_accuracy(

@@ -10,13 +10,12 @@ noise and runs either ``ddim_step`` (eta = 0, a strided subset of the timesteps)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ._common import Run, generator, train_loop
-from .ops import get_ops
+from ._common import Run, optimizer_step, start_run, train_loop
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,7 @@ def train(
     progress: bool = False,
     **overrides,
 ) -> Run:
-    cfg = replace(SIZES[size], **overrides)
-    run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
-    ops = get_ops(ops)
-    g = generator(seed, device)
+    cfg, run, ops, g = start_run(SIZES, size, overrides, ops, seed, device)
     alphas_cumprod = ops.make_schedule(
         cfg.timesteps, "linear", beta_start=cfg.beta_start, beta_end=cfg.beta_end
     ).to(device)
@@ -145,12 +141,9 @@ def train(
 
     def step(i):
         loss = loss_of(*batch(cfg.batch))
-        opt.zero_grad()
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        return loss.detach()
+        return optimizer_step(
+            opt, loss, (model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+        )
 
     train_loop(run, step, cfg.steps, device, "diffusion", progress)
     with torch.no_grad():

@@ -14,14 +14,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ._common import Run, generator, train_loop
+from ._common import Run, optimizer_step, start_run, train_loop
 from ._layers import Block
-from .ops import get_ops
 
 IGNORE_INDEX = -100
 PAD = 0
@@ -156,10 +155,7 @@ def train_classifiers(
     def teacher_step(i):
         idx = batches[i]
         loss = ops.cross_entropy(teacher(x[idx])[0], y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return optimizer_step(opt, loss)
 
     train_loop(run, teacher_step, cfg.teacher_steps, device, "distill: teacher", progress)
     teacher.requires_grad_(False)
@@ -182,10 +178,7 @@ def train_classifiers(
             hard_weight=cfg.hard_weight,
         )
         loss = loss + cfg.feature_weight * ops.feature_distillation_loss(project(s_feat), t_feat)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return optimizer_step(opt, loss)
 
     train_loop(run, student_step, cfg.student_steps, device, "distill: student", progress)
     run.evals["teacher_accuracy"] = accuracy(teacher, x_test, y_test)
@@ -227,10 +220,7 @@ def train_language_model(
 
     def step(i):
         loss = lm_loss(tokens[batches[i]], labels[batches[i]])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return optimizer_step(opt, loss)
 
     train_loop(run, step, cfg.lm_steps, device, "distill: LM student", progress)
     with torch.no_grad():
@@ -250,10 +240,7 @@ def train(
     **overrides,
 ) -> Run:
     """Teacher, then student classifier, then LM student; losses of all steps in that order."""
-    cfg = replace(SIZES[size], **overrides)
-    run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
-    ops = get_ops(ops)
-    g = generator(seed, device)
+    cfg, run, ops, g = start_run(SIZES, size, overrides, ops, seed, device)
     train_classifiers(ops, cfg, run, g, device, progress)
     train_language_model(ops, cfg, run, g, device, progress)
     return run

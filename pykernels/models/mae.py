@@ -12,14 +12,13 @@ per-patch normalised pixels, over removed patches only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ._common import Run, generator, train_loop
+from ._common import Run, optimizer_step, start_run, train_loop
 from ._layers import Block
-from .ops import get_ops
 
 
 @dataclass(frozen=True)
@@ -138,10 +137,7 @@ def train(
     progress: bool = False,
     **overrides,
 ) -> Run:
-    cfg = replace(SIZES[size], **overrides)
-    run = Run(ops if isinstance(ops, str) else getattr(ops, "name", "custom"))
-    ops = get_ops(ops)
-    g = generator(seed, device)
+    cfg, run, ops, g = start_run(SIZES, size, overrides, ops, seed, device)
     model = MAE(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     test_images = make_images(cfg, cfg.test_images, g, device)
@@ -151,10 +147,7 @@ def train(
         imgs = make_images(cfg, cfg.batch, g, device)
         noise = torch.rand(cfg.batch, model.num_patches, generator=g, device=device)
         loss = model(ops, imgs, noise)[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return optimizer_step(opt, loss)
 
     train_loop(run, step, cfg.steps, device, "MAE", progress)
     with torch.no_grad():

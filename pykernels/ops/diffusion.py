@@ -151,6 +151,16 @@ def _check_step_args(fn, clip_sample_range, thresholding, ratio, max_value, eta=
         raise ValueError(f"{fn}: argument 'final_alpha_cumprod' must be in (0, 1], got {final}")
 
 
+def _check_step(fn, model_output, sample, prediction_type, *step_args, eta=0.0, final=1.0):
+    """The public step functions' checks; step_args: clip_sample_range, thresholding,
+    dynamic_thresholding_ratio, sample_max_value."""
+    chk.samples(fn, ("sample", sample), ("model_output", model_output))
+    chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"{fn}: argument 'eta' must be a number, got {type(eta).__name__}")
+    _check_step_args(fn, *step_args, eta, final)
+
+
 def _check_step_op(
     fn: str,
     model_output,
@@ -369,6 +379,46 @@ if triton_available():
             output_mask,
         )
 
+    def _sampler_step(fn, m, t, prev, s, alphas_cumprod, noise, threshold, params):
+        """A step op's checks (those of the C++ op), then its kernel."""
+        p = params
+        _check_step_op(
+            fn,
+            m,
+            t,
+            prev,
+            s,
+            alphas_cumprod,
+            noise,
+            threshold,
+            p.prediction_type,
+            p.clip_sample_range,
+            p.eta,
+            p.final_alpha_cumprod,
+        )
+        return tk.sampler_step(m, t, prev, s, alphas_cumprod, noise, threshold, params)
+
+    def _sampler_step_backward(fn, grads, m, t, prev, s, alphas_cumprod, threshold, params):
+        """A step backward op's checks, then its kernel; grads: (grad_prev_sample,
+        grad_pred_original_sample)."""
+        p = params
+        _check_step_op(
+            fn,
+            m,
+            t,
+            prev,
+            s,
+            alphas_cumprod,
+            None,
+            threshold,
+            p.prediction_type,
+            p.clip_sample_range,
+            p.eta,
+            p.final_alpha_cumprod,
+        )
+        _check_step_grads(fn, s, *grads)
+        return tk.sampler_step_backward(*grads, m, t, prev, s, alphas_cumprod, threshold, params)
+
     @triton_op("pykernels::ddpm_step_triton", mutates_args=())
     def _ddpm_step_triton(
         model_output: Tensor,
@@ -382,19 +432,8 @@ if triton_available():
         clip_sample: bool,
         clip_sample_range: float,
     ) -> tuple[Tensor, Tensor]:
-        _check_step_op(
+        return _sampler_step(
             "pykernels::ddpm_step_triton",
-            model_output,
-            timesteps,
-            prev_timesteps,
-            sample,
-            alphas_cumprod,
-            noise,
-            threshold,
-            prediction_type,
-            clip_sample_range,
-        )
-        return tk.sampler_step(
             model_output,
             timesteps,
             prev_timesteps,
@@ -419,23 +458,9 @@ if triton_available():
         clip_sample: bool,
         clip_sample_range: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        fn = "pykernels::ddpm_step_backward_triton"
-        _check_step_op(
-            fn,
-            model_output,
-            timesteps,
-            prev_timesteps,
-            sample,
-            alphas_cumprod,
-            None,
-            threshold,
-            prediction_type,
-            clip_sample_range,
-        )
-        _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(
-            grad_prev_sample,
-            grad_pred_original_sample,
+        return _sampler_step_backward(
+            "pykernels::ddpm_step_backward_triton",
+            (grad_prev_sample, grad_pred_original_sample),
             model_output,
             timesteps,
             prev_timesteps,
@@ -443,6 +468,19 @@ if triton_available():
             alphas_cumprod,
             threshold,
             tk.StepParams(False, prediction_type, clip_sample, clip_sample_range),
+        )
+
+    def _ddim_params(
+        prediction_type, clip_sample, clip_sample_range, eta, use_clipped, final_alpha_cumprod
+    ):
+        return tk.StepParams(
+            True,
+            prediction_type,
+            clip_sample,
+            clip_sample_range,
+            eta,
+            use_clipped,
+            final_alpha_cumprod,
         )
 
     @triton_op("pykernels::ddim_step_triton", mutates_args=())
@@ -461,7 +499,15 @@ if triton_available():
         use_clipped_model_output: bool,
         final_alpha_cumprod: float,
     ) -> tuple[Tensor, Tensor]:
-        _check_step_op(
+        params = _ddim_params(
+            prediction_type,
+            clip_sample,
+            clip_sample_range,
+            eta,
+            use_clipped_model_output,
+            final_alpha_cumprod,
+        )
+        return _sampler_step(
             "pykernels::ddim_step_triton",
             model_output,
             timesteps,
@@ -470,28 +516,7 @@ if triton_available():
             alphas_cumprod,
             noise,
             threshold,
-            prediction_type,
-            clip_sample_range,
-            eta,
-            final_alpha_cumprod,
-        )
-        return tk.sampler_step(
-            model_output,
-            timesteps,
-            prev_timesteps,
-            sample,
-            alphas_cumprod,
-            noise,
-            threshold,
-            tk.StepParams(
-                True,
-                prediction_type,
-                clip_sample,
-                clip_sample_range,
-                eta,
-                use_clipped_model_output,
-                final_alpha_cumprod,
-            ),
+            params,
         )
 
     @triton_op("pykernels::ddim_step_backward_triton", mutates_args=())
@@ -511,40 +536,24 @@ if triton_available():
         use_clipped_model_output: bool,
         final_alpha_cumprod: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        fn = "pykernels::ddim_step_backward_triton"
-        _check_step_op(
-            fn,
-            model_output,
-            timesteps,
-            prev_timesteps,
-            sample,
-            alphas_cumprod,
-            None,
-            threshold,
+        params = _ddim_params(
             prediction_type,
+            clip_sample,
             clip_sample_range,
             eta,
+            use_clipped_model_output,
             final_alpha_cumprod,
         )
-        _check_step_grads(fn, sample, grad_prev_sample, grad_pred_original_sample)
-        return tk.sampler_step_backward(
-            grad_prev_sample,
-            grad_pred_original_sample,
+        return _sampler_step_backward(
+            "pykernels::ddim_step_backward_triton",
+            (grad_prev_sample, grad_pred_original_sample),
             model_output,
             timesteps,
             prev_timesteps,
             sample,
             alphas_cumprod,
             threshold,
-            tk.StepParams(
-                True,
-                prediction_type,
-                clip_sample,
-                clip_sample_range,
-                eta,
-                use_clipped_model_output,
-                final_alpha_cumprod,
-            ),
+            params,
         )
 
 
@@ -746,19 +755,12 @@ def _threshold_operands(
 
 
 def _fused_step(
-    model_output,
-    sample,
-    noise,
-    timesteps,
-    alphas_cumprod,
-    prediction_type,
-    thresholding,
-    ratio,
-    max_value,
-    call,
+    model_output, sample, noise, timesteps, alphas_cumprod, prediction_type, thresh, call
 ):
     """A step on a fused backend: call(model_output, sample, noise, threshold) runs its op,
-    with the dynamic threshold when asked (in float32 where _threshold_operands says so)."""
+    with the dynamic threshold when asked (in float32 where _threshold_operands says so).
+    thresh: (thresholding, dynamic_thresholding_ratio, sample_max_value)."""
+    thresholding, ratio, max_value = thresh
     m, s, z, out_dtype = _threshold_operands(model_output, sample, noise, thresholding)
     q = (
         _threshold(m, timesteps, s, alphas_cumprod, prediction_type, ratio, max_value)
@@ -802,11 +804,8 @@ def ddpm_step(
     (decided per sample on the device). noise=None draws randn (with `generator`).
     Differentiable w.r.t. model_output and sample."""
     fn = "pykernels.ddpm_step"
-    chk.samples(fn, ("sample", sample), ("model_output", model_output))
-    chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
-    _check_step_args(
-        fn, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value
-    )
+    thresh = (thresholding, dynamic_thresholding_ratio, sample_max_value)
+    _check_step(fn, model_output, sample, prediction_type, clip_sample_range, *thresh)
     given_prev = [] if prev_timesteps is None else [("prev_timesteps", prev_timesteps, True)]
     name, ts = _resolve(
         fn, backend, sample, alphas_cumprod, ("timesteps", timesteps, False), *given_prev
@@ -828,29 +827,12 @@ def ddpm_step(
             dynamic_thresholding_ratio=dynamic_thresholding_ratio,
             sample_max_value=sample_max_value,
         )
-    return _fused_step(
-        model_output,
-        sample,
-        z,
-        t,
-        alphas_cumprod,
-        prediction_type,
-        thresholding,
-        dynamic_thresholding_ratio,
-        sample_max_value,
-        lambda m, s, z, q: op("ddpm_step", name)(
-            m,
-            t,
-            s,
-            alphas_cumprod,
-            prev,
-            z,
-            q,
-            prediction_type,
-            bool(clip_sample),
-            float(clip_sample_range),
-        ),
-    )
+    clip = (bool(clip_sample), float(clip_sample_range))
+
+    def call(m, s, z, q):
+        return op("ddpm_step", name)(m, t, s, alphas_cumprod, prev, z, q, prediction_type, *clip)
+
+    return _fused_step(model_output, sample, z, t, alphas_cumprod, prediction_type, thresh, call)
 
 
 @chk.autocast_rule("model_output", "sample", "noise")
@@ -879,18 +861,16 @@ def ddim_step(
     adds eta * sigma_t noise (noise=None draws randn with `generator`); eta = 0 reads no
     noise. Differentiable w.r.t. model_output and sample."""
     fn = "pykernels.ddim_step"
-    chk.samples(fn, ("sample", sample), ("model_output", model_output))
-    chk.choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-        raise TypeError(f"{fn}: argument 'eta' must be a number, got {type(eta).__name__}")
-    _check_step_args(
+    thresh = (thresholding, dynamic_thresholding_ratio, sample_max_value)
+    _check_step(
         fn,
+        model_output,
+        sample,
+        prediction_type,
         clip_sample_range,
-        thresholding,
-        dynamic_thresholding_ratio,
-        sample_max_value,
-        eta,
-        final_alpha_cumprod,
+        *thresh,
+        eta=eta,
+        final=final_alpha_cumprod,
     )
     name, (t, prev) = _resolve(
         fn,
@@ -919,29 +899,10 @@ def ddim_step(
             use_clipped_model_output=use_clipped_model_output,
             final_alpha_cumprod=final_alpha_cumprod,
         )
-    return _fused_step(
-        model_output,
-        sample,
-        z,
-        t,
-        alphas_cumprod,
-        prediction_type,
-        thresholding,
-        dynamic_thresholding_ratio,
-        sample_max_value,
-        lambda m, s, z, q: op("ddim_step", name)(
-            m,
-            t,
-            prev,
-            s,
-            alphas_cumprod,
-            float(eta),
-            z,
-            q,
-            prediction_type,
-            bool(clip_sample),
-            float(clip_sample_range),
-            bool(use_clipped_model_output),
-            float(final_alpha_cumprod),
-        ),
-    )
+    flags = (prediction_type, bool(clip_sample), float(clip_sample_range))
+    ddim = (bool(use_clipped_model_output), float(final_alpha_cumprod))
+
+    def call(m, s, z, q):
+        return op("ddim_step", name)(m, t, prev, s, alphas_cumprod, float(eta), z, q, *flags, *ddim)
+
+    return _fused_step(model_output, sample, z, t, alphas_cumprod, prediction_type, thresh, call)

@@ -102,6 +102,35 @@ def _check_distillation_settings(
         )
 
 
+def _check_distillation_args(
+    fn: str,
+    labels,
+    logits_name: str,
+    logits,
+    temperature,
+    soft_weight,
+    hard_weight,
+    beta,
+    label_smoothing,
+    *,
+    what: str = "the logits'",
+    public: bool,
+) -> None:
+    """The optional labels of `logits` and the hyperparameters of distillation_loss. A public
+    function names 'labels' when hard_weight != 0 comes without them; an op names
+    'hard_weight' (the C++ op's message)."""
+    if labels is not None:
+        _check_labels(fn, labels, logits_name, logits, what)
+    if public and hard_weight != 0 and labels is None:
+        raise ValueError(
+            f"{fn}: argument 'labels' is required when hard_weight != 0 "
+            f"(got hard_weight={hard_weight})"
+        )
+    _check_distillation_settings(
+        fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+    )
+
+
 def _check_values(fn: str, backend: str, labels, ignore_index: int, V: int, *logits) -> None:
     """Value checks on CPU tensors for the backends that do not make them themselves (the
     cpu kernels raise the same errors): labels in range, and no counted row of logits all
@@ -206,10 +235,17 @@ if triton_available():
         fn = "pykernels::distillation_loss_triton"
         _check_logits(fn, "student_logits", student_logits)
         _check_like(fn, "teacher_logits", teacher_logits, "student_logits", student_logits)
-        if labels is not None:
-            _check_labels(fn, labels, "student_logits", student_logits)
-        _check_distillation_settings(
-            fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+        _check_distillation_args(
+            fn,
+            labels,
+            "student_logits",
+            student_logits,
+            temperature,
+            soft_weight,
+            hard_weight,
+            beta,
+            label_smoothing,
+            public=False,
         )
         _number(fn, "grad_scale", grad_scale)
         return tk.distillation_rows(
@@ -416,15 +452,9 @@ def distillation_loss(
     fn = "pykernels.distillation_loss"
     _check_logits(fn, "student_logits", student_logits)
     _check_like(fn, "teacher_logits", teacher_logits, "student_logits", student_logits)
-    if labels is not None:
-        _check_labels(fn, labels, "student_logits", student_logits)
-    if hard_weight != 0 and labels is None:
-        raise ValueError(
-            f"{fn}: argument 'labels' is required when hard_weight != 0 "
-            f"(got hard_weight={hard_weight})"
-        )
-    _check_distillation_settings(
-        fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+    kd = (temperature, soft_weight, hard_weight, beta)  # the op's order
+    _check_distillation_args(
+        fn, labels, "student_logits", student_logits, *kd, label_smoothing, public=True
     )
     _integer(fn, "ignore_index", ignore_index)
     chk.choice(fn, "reduction", reduction, REDUCTIONS)
@@ -457,10 +487,7 @@ def distillation_loss(
             student_logits,
             teacher_logits,
             labels,
-            float(temperature),
-            float(soft_weight),
-            float(hard_weight),
-            float(beta),
+            *[float(x) for x in kd],
             ignore_index,
             float(label_smoothing),
             _wants_grad(student_logits),

@@ -94,6 +94,31 @@ def _check_teacher(fn, sh, sw, th, tw) -> None:
         )
 
 
+def _check_ce(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss, chunk_size):
+    """The checks of fused_linear_cross_entropy (public function and Triton ops)."""
+    _check_head(fn, "hidden", hidden, "weight", weight, "bias", bias)
+    _check_labels(fn, labels, "hidden", hidden)
+    _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size)
+
+
+def _check_kd(fn, sh, sw, th, tw, labels, sb, tb, *settings, chunk_size, public: bool):
+    """The checks of fused_linear_distillation_loss (public function and Triton ops);
+    settings: temperature, soft_weight, hard_weight, beta, label_smoothing."""
+    _check_head(fn, "student_hidden", sh, "student_weight", sw, "student_bias", sb)
+    _check_head(fn, "teacher_hidden", th, "teacher_weight", tw, "teacher_bias", tb)
+    _check_teacher(fn, sh, sw, th, tw)
+    dist._check_distillation_args(
+        fn, labels, "student_hidden", sh, *settings, what="the hidden states'", public=public
+    )
+    _chunk(fn, chunk_size)
+
+
+def _check_reduction(fn, ignore_index, reduction, reductions, num_items_in_batch) -> None:
+    dist._integer(fn, "ignore_index", ignore_index)
+    chk.choice(fn, "reduction", reduction, reductions)
+    _check_num_items(fn, num_items_in_batch, reduction)
+
+
 def _check_num_items(fn: str, num_items_in_batch, reduction: str) -> None:
     if num_items_in_batch is None:
         return
@@ -138,6 +163,13 @@ def _reduction_scale(reduction: str, hidden: Tensor, labels, ignore_index: int, 
         # count 0: 0 / 0 = nan, as F.cross_entropy gives for an all-ignored batch
         return 1.0, torch.full((), count, dtype=acc, device=hidden.device)
     return float(torch.ones((), dtype=acc) / count), None
+
+
+def _reduction_args(reduction: str, hidden: Tensor, labels, ignore_index: int, num_items_in_batch):
+    """(reduce, grad_scale, divisor) of the op call: "none" computes no gradient early."""
+    if reduction == "none":
+        return False, 1.0, None
+    return (True, *_reduction_scale(reduction, hidden, labels, ignore_index, num_items_in_batch))
 
 
 def _finish(loss: Tensor, divisor) -> Tensor:
@@ -267,13 +299,22 @@ if triton_available():
 
     from ..triton_kernels import fused_linear as tk
 
-    def _ce_triton_checks(
-        fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss, chunk_size, grad_mask
-    ):
-        _check_head(fn, "hidden", hidden, "weight", weight, "bias", bias)
-        _check_labels(fn, labels, "hidden", hidden)
-        _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size)
+    def _ce_triton_checks(fn, args, grad_mask):
+        """args: the op's arguments hidden .. chunk_size."""
+        hidden, weight, labels, bias, _, label_smoothing, softcap, z_loss, chunk_size = args
+        _check_ce(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss, chunk_size)
         _check_mask(fn, grad_mask, 3)
+
+    def _check_label_values(y, hidden, weight, ignore_index, op_name):
+        """Label values are read on real CPU tensors only: a traced (fake) tensor has none, and
+        the check must not make the trace data-dependent
+        (test_triton_backward_checks_trace_with_symbolic_shapes)."""
+        if y is not None and hidden.device.type == "cpu" and type(y) is torch.Tensor:
+            ref_dist.check_labels(y, weight.shape[0], ignore_index, f"pykernels::{op_name}")
+
+    def _reduced(rows, reduce, grad_scale, shape):
+        """The forward op's loss output: grad_scale * (sum of rows), or the rows in `shape`."""
+        return rows.sum() * grad_scale if reduce else rows.reshape(shape)
 
     def _check_mask(fn, grad_mask, n):
         if len(grad_mask) != n:
@@ -297,13 +338,7 @@ if triton_available():
         grad_scale,
     ):
         y = labels.reshape(-1)
-        # Label values are read on real CPU tensors only: a traced (fake) tensor has none, and
-        # the check must not make the trace data-dependent
-        # (test_triton_backward_checks_trace_with_symbolic_shapes).
-        if hidden.device.type == "cpu" and type(y) is torch.Tensor:
-            ref_dist.check_labels(
-                y, weight.shape[0], ignore_index, "pykernels::fused_linear_cross_entropy_triton"
-            )
+        _check_label_values(y, hidden, weight, ignore_index, "fused_linear_cross_entropy_triton")
         head = tk.Head(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
         return tk.fused_linear_loop(
             head,
@@ -338,20 +373,7 @@ if triton_available():
         grad_mask: list[bool],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_cross_entropy_triton"
-        _ce_triton_checks(
-            fn,
-            hidden,
-            weight,
-            labels,
-            bias,
-            label_smoothing,
-            softcap,
-            z_loss,
-            chunk_size,
-            grad_mask,
-        )
-        mask = [m and reduce for m in grad_mask]
-        rows, lse, g = _ce_loop(
+        args = (
             hidden,
             weight,
             labels,
@@ -361,12 +383,11 @@ if triton_available():
             softcap,
             z_loss,
             chunk_size,
-            None,
-            return_lse,
-            mask,
-            grad_scale,
         )
-        loss = rows.sum() * grad_scale if reduce else rows.reshape(labels.shape)
+        _ce_triton_checks(fn, args, grad_mask)
+        mask = [m and reduce for m in grad_mask]
+        rows, lse, g = _ce_loop(*args, None, return_lse, mask, grad_scale)
+        loss = _reduced(rows, reduce, grad_scale, labels.shape)
         lse = lse.reshape(labels.shape) if return_lse else lse
         return loss, lse, g[0].reshape(hidden.shape) if mask[0] else g[0], g[1], g[2]
 
@@ -385,21 +406,7 @@ if triton_available():
         grad_mask: list[bool],
     ) -> tuple[Tensor, Tensor, Tensor]:
         fn = "pykernels::fused_linear_cross_entropy_backward_triton"
-        _ce_triton_checks(
-            fn,
-            hidden,
-            weight,
-            labels,
-            bias,
-            label_smoothing,
-            softcap,
-            z_loss,
-            chunk_size,
-            grad_mask,
-        )
-        chk.grad(fn, grad, labels.shape, hidden)
-        w = grad.reshape(-1).to(acc_dtype(hidden.dtype))
-        _, _, g = _ce_loop(
+        args = (
             hidden,
             weight,
             labels,
@@ -409,39 +416,16 @@ if triton_available():
             softcap,
             z_loss,
             chunk_size,
-            w,
-            False,
-            grad_mask,
-            1.0,
         )
+        _ce_triton_checks(fn, args, grad_mask)
+        chk.grad(fn, grad, labels.shape, hidden)
+        w = grad.reshape(-1).to(acc_dtype(hidden.dtype))
+        _, _, g = _ce_loop(*args, w, False, grad_mask, 1.0)
         return g[0].reshape(hidden.shape) if grad_mask[0] else g[0], g[1], g[2]
 
-    def _kd_triton_checks(
-        fn,
-        sh,
-        sw,
-        th,
-        tw,
-        labels,
-        sb,
-        tb,
-        temperature,
-        soft_weight,
-        hard_weight,
-        beta,
-        label_smoothing,
-        chunk_size,
-        grad_mask,
-    ):
-        _check_head(fn, "student_hidden", sh, "student_weight", sw, "student_bias", sb)
-        _check_head(fn, "teacher_hidden", th, "teacher_weight", tw, "teacher_bias", tb)
-        _check_teacher(fn, sh, sw, th, tw)
-        if labels is not None:
-            _check_labels(fn, labels, "student_hidden", sh)
-        dist._check_distillation_settings(
-            fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
-        )
-        _chunk(fn, chunk_size)
+    def _kd_triton_checks(fn, args, label_smoothing, chunk_size, grad_mask):
+        """args: the op's arguments student_hidden .. beta."""
+        _check_kd(fn, *args, label_smoothing, chunk_size=chunk_size, public=False)
         _check_mask(fn, grad_mask, 6)
 
     def _kd_loop(
@@ -464,10 +448,7 @@ if triton_available():
         grad_scale,
     ):
         y = labels.reshape(-1) if labels is not None else None
-        if y is not None and sh.device.type == "cpu" and type(y) is torch.Tensor:
-            ref_dist.check_labels(
-                y, sw.shape[0], ignore_index, "pykernels::fused_linear_distillation_loss_triton"
-            )
+        _check_label_values(y, sh, sw, ignore_index, "fused_linear_distillation_loss_triton")
         s = tk.Head(sh.reshape(-1, sh.shape[-1]), sw, sb)
         t = tk.Head(th.reshape(-1, th.shape[-1]), tw, tb)
         return tk.fused_linear_loop(
@@ -528,12 +509,12 @@ if triton_available():
             hard_weight,
             beta,
         )
-        _kd_triton_checks(fn, *args, label_smoothing, chunk_size, grad_mask)
+        _kd_triton_checks(fn, args, label_smoothing, chunk_size, grad_mask)
         mask = [m and reduce for m in grad_mask]
         rows, _, g = _kd_loop(
             *args, ignore_index, label_smoothing, chunk_size, None, mask, grad_scale
         )
-        loss = rows.sum() * grad_scale if reduce else rows.reshape(student_hidden.shape[:-1])
+        loss = _reduced(rows, reduce, grad_scale, student_hidden.shape[:-1])
         return (loss, *_shaped(g, student_hidden, teacher_hidden, mask))
 
     @triton_op("pykernels::fused_linear_distillation_loss_backward_triton", mutates_args=())
@@ -569,7 +550,7 @@ if triton_available():
             hard_weight,
             beta,
         )
-        _kd_triton_checks(fn, *args, label_smoothing, chunk_size, grad_mask)
+        _kd_triton_checks(fn, args, label_smoothing, chunk_size, grad_mask)
         chk.grad(fn, grad, student_hidden.shape[:-1], student_hidden)
         w = grad.reshape(-1).to(acc_dtype(student_hidden.dtype))
         _, _, g = _kd_loop(
@@ -673,13 +654,9 @@ def fused_linear_cross_entropy(
     also return the per-row logsumexp (float32, 0 for ignored rows, no gradient). Gradients
     go to hidden, weight and bias. Returns float32 (float64 for float64 inputs)."""
     fn = "pykernels.fused_linear_cross_entropy"
-    _check_head(fn, "hidden", hidden, "weight", weight, "bias", bias)
-    _check_labels(fn, labels, "hidden", hidden)
     softcap = 0.0 if softcap is None else softcap
-    _check_ce_settings(fn, label_smoothing, softcap, z_loss, chunk_size or 0)
-    dist._integer(fn, "ignore_index", ignore_index)
-    chk.choice(fn, "reduction", reduction, CE_REDUCTIONS)
-    _check_num_items(fn, num_items_in_batch, reduction)
+    _check_ce(fn, hidden, weight, labels, bias, label_smoothing, softcap, z_loss, chunk_size or 0)
+    _check_reduction(fn, ignore_index, reduction, CE_REDUCTIONS, num_items_in_batch)
     if not isinstance(return_lse, bool):
         raise TypeError(
             f"{fn}: argument 'return_lse' must be a bool, got {type(return_lse).__name__}"
@@ -701,11 +678,8 @@ def fused_linear_cross_entropy(
             num_items_in_batch,
             return_lse,
         )
-    reduce = reduction != "none"
-    scale, divisor = (
-        _reduction_scale(reduction, hidden, labels, ignore_index, num_items_in_batch)
-        if reduce
-        else (1.0, None)
+    reduce, scale, divisor = _reduction_args(
+        reduction, hidden, labels, ignore_index, num_items_in_batch
     )
     loss, lse, *_ = op("fused_linear_cross_entropy", name)(
         hidden,
@@ -761,36 +735,21 @@ def fused_linear_distillation_loss(
     the counted rows. Gradients go to the student's hidden, weight and bias, and to the
     teacher's tensors that require grad."""
     fn = "pykernels.fused_linear_distillation_loss"
-    sh, sw, th, tw = student_hidden, student_weight, teacher_hidden, teacher_weight
-    _check_head(fn, "student_hidden", sh, "student_weight", sw, "student_bias", student_bias)
-    _check_head(fn, "teacher_hidden", th, "teacher_weight", tw, "teacher_bias", teacher_bias)
-    _check_teacher(fn, sh, sw, th, tw)
-    if labels is not None:
-        _check_labels(fn, labels, "student_hidden", sh)
-    if hard_weight != 0 and labels is None:
-        raise ValueError(
-            f"{fn}: argument 'labels' is required when hard_weight != 0 "
-            f"(got hard_weight={hard_weight})"
-        )
-    dist._check_distillation_settings(
-        fn, labels, temperature, soft_weight, hard_weight, beta, label_smoothing
+    sh, sw, th, tw = heads = (student_hidden, student_weight, teacher_hidden, teacher_weight)
+    biases = (student_bias, teacher_bias)
+    kd = (temperature, soft_weight, hard_weight, beta)  # the op's order
+    _check_kd(
+        fn, *heads, labels, *biases, *kd, label_smoothing, chunk_size=chunk_size or 0, public=True
     )
-    _chunk(fn, chunk_size or 0)
-    dist._integer(fn, "ignore_index", ignore_index)
-    chk.choice(fn, "reduction", reduction, KD_REDUCTIONS)
-    _check_num_items(fn, num_items_in_batch, reduction)
+    _check_reduction(fn, ignore_index, reduction, KD_REDUCTIONS, num_items_in_batch)
     name = backends.resolve(backend, sh.device, fn)
     if labels is not None and name != "cpu" and not torch.compiler.is_compiling():
         ref_dist.check_labels(labels, sw.shape[0], ignore_index, fn)
     if name == "reference":
         return ref.fused_linear_distillation_loss(
-            sh,
-            sw,
-            th,
-            tw,
+            *heads,
             labels,
-            student_bias,
-            teacher_bias,
+            *biases,
             temperature,
             beta,
             soft_weight,
@@ -800,24 +759,14 @@ def fused_linear_distillation_loss(
             reduction,
             num_items_in_batch,
         )
-    reduce = reduction != "none"
-    scale, divisor = (
-        _reduction_scale(reduction, sh, labels, ignore_index, num_items_in_batch)
-        if reduce
-        else (1.0, None)
+    reduce, scale, divisor = _reduction_args(
+        reduction, sh, labels, ignore_index, num_items_in_batch
     )
     loss, *_ = op("fused_linear_distillation_loss", name)(
-        sh,
-        sw,
-        th,
-        tw,
+        *heads,
         labels,
-        student_bias,
-        teacher_bias,
-        float(temperature),
-        float(soft_weight),
-        float(hard_weight),
-        float(beta),
+        *biases,
+        *[float(x) for x in kd],
         ignore_index,
         float(label_smoothing),
         int(chunk_size or 0),
