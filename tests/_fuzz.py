@@ -328,20 +328,35 @@ def compare(
     if grad_leaves and any(w is not None for w in ws):
         with poisoned():
             got = _vjp(outs, grad_leaves, ws)
-
-    def rerun(cast, f):
-        xs = [
-            cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in leaves
-        ]
-        return xs, _as_tuple(f(*xs))
-
-    r64, want = rerun(lambda x: x.detach().double().requires_grad_(x.requires_grad), reference)
-    rb, base = rerun(
-        lambda x: x.detach().clone().requires_grad_(x.requires_grad), baseline or reference
+    r64, want = _rerun(
+        leaves, lambda x: x.detach().double().requires_grad_(x.requires_grad), reference
+    )
+    rb, base = _rerun(
+        leaves, lambda x: x.detach().clone().requires_grad_(x.requires_grad), baseline or reference
     )
     # Two opposite moves: one may leave the domain (a DDIM step with eta > 0 to the same
     # alpha moved towards more noise is NaN by design) where the other does not.
-    moved = [rerun(_perturbed(dtype, flip), reference) for flip in (False, True)]
+    moved = [_rerun(leaves, _perturbed(dtype, flip), reference) for flip in (False, True)]
+    _check_outputs(outs, want, base, moved, dtype, exact, what)
+    if not grad_leaves or all(w is None for w in ws):
+        return outs
+    want_g, want_gp, base_g, terms = _reference_grads(r64, rb, want, base, moved, ws, grad_terms)
+    _check_grads(got, grad_leaves, want_g, want_gp, base_g, terms, dtype, grad_tol, what)
+    return outs
+
+
+def _rerun(leaves, cast, f):
+    """f on the leaves with each float tensor cast (float64 copies, same-precision copies,
+    perturbed copies): the cast leaves and f's outputs."""
+    xs = [cast(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in leaves]
+    return xs, _as_tuple(f(*xs))
+
+
+def _check_outputs(outs, want, base, moved, dtype, exact, what):
+    """Checks the fused outputs: as many as the reference's; each with the same-precision
+    reference's shape, dtype and device; integer outputs and those in `exact` equal to it
+    bit for bit; float outputs within the contract against the float64 reference `want`
+    (the perturbed runs `moved` give the problem's conditioning)."""
     assert len(outs) == len(want), f"{what}: {len(outs)} outputs, reference has {len(want)}"
     for k, (o, w, b) in enumerate(zip(outs, want, base)):
         name = f"{what} output {k}"
@@ -352,58 +367,43 @@ def compare(
             assert torch.equal(o.cpu(), b.cpu()), f"{name}: not equal to the reference"
             continue
         _close(o, w, dtype, b, name, cond=_sensitivity([wp[k] for _, wp in moved], w))
-    if not grad_leaves or all(w is None for w in ws):
-        return outs
-    g64 = [x for x in r64 if isinstance(x, torch.Tensor) and x.requires_grad]
-    gb = [x for x in rb if isinstance(x, torch.Tensor) and x.requires_grad]
-    want_g = _vjp(want, g64, [None if w is None else w.double() for w in ws])
-    want_gp = [
-        _vjp(
-            wp,
-            [x for x in rp if isinstance(x, torch.Tensor) and x.requires_grad],
-            [None if w is None else w.double() for w in ws],
-        )
-        for rp, wp in moved
-    ]
-    base_g = _vjp(base, gb, ws)
-    terms = (
-        grad_terms(r64, [None if w is None else w.double() for w in ws])
-        if grad_terms
-        else [None] * len(got)
-    )
+
+
+def _reference_grads(r64, rb, want, base, moved, ws, grad_terms):
+    """The gradients the fused ones are checked against, under the same upstream weights:
+    float64 (want_g), float64 of each perturbed run (want_gp, for the conditioning), same
+    precision (base_g), and grad_terms' magnitudes (None without grad_terms)."""
+    ws64 = [None if w is None else w.double() for w in ws]
+
+    def needs_grad(xs):
+        return [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    want_g = _vjp(want, needs_grad(r64), ws64)
+    want_gp = [_vjp(wp, needs_grad(rp), ws64) for rp, wp in moved]
+    base_g = _vjp(base, needs_grad(rb), ws)
+    terms = grad_terms(r64, ws64) if grad_terms else None
+    return want_g, want_gp, base_g, terms
+
+
+def _check_grads(got, grad_leaves, want_g, want_gp, base_g, terms, dtype, grad_tol, what):
+    """Checks the fused gradients: each leaf's with its dtype and shape; the joint gradient
+    of every leaf within the contract against float64; then each leaf's on its own where it
+    carries a non-negligible part (>= 1e-3) of the joint norm."""
     for k, (g, x) in enumerate(zip(got, grad_leaves)):
         assert g.dtype == x.dtype and g.shape == x.shape, (
             f"{what} grad {k}: {g.dtype} {tuple(g.shape)}"
         )
-
-    def joint(gs):  # one vector (_close flushes it at each leaf's own precision)
-        return torch.cat([g.detach().double().cpu().reshape(-1) for g in gs])
-
-    sizes = ([x.dtype for x in grad_leaves], [x.numel() for x in grad_leaves])
-    total = joint(want_g).norm().item()
-    per_leaf = isinstance(grad_tol, (list, tuple))
-    tols = [
-        TOLERANCE[dtype] if t is None else t
-        for t in (grad_tol if per_leaf else [grad_tol] * len(got))
-    ]
-    share = [w.double().norm().item() / total if total > 0 else 1.0 for w in want_g]
-    joint_tol = (
-        grad_tol
-        if not per_leaf
-        else sum(t * f for t, f in zip(tols, share))
-        if total > 0
-        else max(tols)
-    )
+    tols, share, joint_tol = _grad_tolerances(grad_tol, dtype, want_g)
     _close(
-        joint(got),
-        joint(want_g),
+        _joint(got),
+        _joint(want_g),
         dtype,
-        joint(base_g),
+        _joint(base_g),
         f"{what} joint grad",
         joint_tol,
-        leaf_dtypes=sizes,
-        cond=_sensitivity([joint(gp) for gp in want_gp], joint(want_g)),
-        terms=None if grad_terms is None else joint(terms),
+        leaf_dtypes=([x.dtype for x in grad_leaves], [x.numel() for x in grad_leaves]),
+        cond=_sensitivity([_joint(gp) for gp in want_gp], _joint(want_g)),
+        terms=None if terms is None else _joint(terms),
     )
     for k, (g, w, b) in enumerate(zip(got, want_g, base_g)):
         if len(got) > 1 and share[k] >= 1e-3:
@@ -415,9 +415,35 @@ def compare(
                 f"{what} grad {k}",
                 tols[k],
                 cond=_sensitivity([gp[k] for gp in want_gp], w),
-                terms=terms[k],
+                terms=None if terms is None else terms[k],
             )
-    return outs
+
+
+def _joint(gs):
+    """The gradients of every leaf as one float64 vector (_close flushes it at each leaf's
+    own precision)."""
+    return torch.cat([g.detach().double().cpu().reshape(-1) for g in gs])
+
+
+def _grad_tolerances(grad_tol, dtype, want_g):
+    """Sizes the gradient checks: each leaf's tolerance (grad_tol, one per
+    leaf, or the dtype's), each leaf's share of the joint gradient's norm, and the joint
+    gradient's tolerance (with one per leaf: their mix weighted by those shares)."""
+    total = _joint(want_g).norm().item()
+    per_leaf = isinstance(grad_tol, (list, tuple))
+    tols = [
+        TOLERANCE[dtype] if t is None else t
+        for t in (grad_tol if per_leaf else [grad_tol] * len(want_g))
+    ]
+    share = [w.double().norm().item() / total if total > 0 else 1.0 for w in want_g]
+    joint_tol = (
+        grad_tol
+        if not per_leaf
+        else sum(t * f for t, f in zip(tols, share))
+        if total > 0
+        else max(tols)
+    )
+    return tols, share, joint_tol
 
 
 def confident_row_tolerance(row_losses64: torch.Tensor, dtype: torch.dtype) -> float:

@@ -93,6 +93,16 @@ def grads(out: torch.Tensor, inputs, seed: int = 0):
     return torch.autograd.grad(out, inputs, w, allow_unused=True)
 
 
+def vjp(outs, inputs, seed: int = 100):
+    """Gradients of sum_k <outs_k, w_k> for fixed random w_k (zeros for unused inputs)."""
+    outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
+    ws = [
+        randn(*o.shape, dtype=o.dtype, device=o.device, seed=seed + k) for k, o in enumerate(outs)
+    ]
+    gs = torch.autograd.grad(outs, inputs, ws, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]
+
+
 def labels(shape, V, device="cpu", seed=0, ignored=(0,)):
     """Class labels in [0, V) of `shape`, with the flat positions `ignored` set to -100."""
     gen = torch.Generator().manual_seed(seed)
@@ -138,3 +148,15 @@ def opcheck_ops(cases, backend: str) -> None:
         args = tuple(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args)
         op = getattr(torch.ops.pykernels, name + ("_triton" if backend == "triton" else ""))
         torch.library.opcheck(op, args, test_utils=utils or torch.library._OPCHECK_DEFAULT_UTILS)
+
+
+def opcheck_test(cases, device: torch.device | None = None):
+    """A family's test_opcheck: opcheck_ops on cases(device) for the C++ ops (cpu, cuda) and
+    their Triton twins; device None: the backend's device. Bind it as
+    test_opcheck = opcheck_test(_opcheck_cases)."""
+
+    @pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
+    def test_opcheck(backend):
+        opcheck_ops(cases(backend_device(backend) if device is None else device), backend)
+
+    return test_opcheck

@@ -15,16 +15,14 @@ from ._fuzz import logit_rounding_limit
 from .helpers import (
     ALL_BACKENDS,
     COMPILE_BACKENDS,
-    CPP_BACKENDS,
     FUSED_BACKENDS,
     TOLERANCE,
-    TRITON_BACKENDS,
     assert_close,
     backend_device,
     compile_backend,
     dtypes_for,
     grads,
-    opcheck_ops,
+    opcheck_test,
     peak_cpu_bytes,
     poisoned,
     randn,
@@ -469,9 +467,7 @@ def _opcheck_cases(dev, dtype=torch.float32):
     return cases
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
-def test_opcheck(backend):
-    opcheck_ops(_opcheck_cases(torch.device("cpu")), backend)
+test_opcheck = opcheck_test(_opcheck_cases, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)

@@ -15,17 +15,16 @@ from pykernels.reference import flow_matching as ref
 from .helpers import (
     ALL_BACKENDS,
     COMPILE_BACKENDS,
-    CPP_BACKENDS,
-    TRITON_BACKENDS,
     as64,
     assert_close,
     backend_device,
     compile_backend,
     dtypes_for,
-    opcheck_ops,
+    opcheck_test,
     poisoned,
     randn,
     rel_err,
+    vjp,
 )
 
 SHAPE = (5, 2, 3, 4)  # N = 5 samples of 24 elements
@@ -44,26 +43,16 @@ def _leaves(dtype, device, n=3, seed=0):
     ]
 
 
-def _vjp(outs, inputs, seed=100):
-    """Gradients of sum_k <outs_k, w_k> for fixed random w_k (zeros for unused inputs)."""
-    outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
-    ws = [
-        randn(*o.shape, dtype=o.dtype, device=o.device, seed=seed + k) for k, o in enumerate(outs)
-    ]
-    gs = torch.autograd.grad(outs, inputs, ws, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]
-
-
 def _check_against_reference(backend, dtype, run, leaves, what):
     """Outputs and gradients of `backend` against the reference on float64 copies."""
     with poisoned():
         outs = run(backend, *leaves)
         outs = (outs,) if isinstance(outs, torch.Tensor) else outs
-        got = _vjp(outs, leaves)
+        got = vjp(outs, leaves)
     r = as64(*leaves)
     want_outs = run("reference", *r)
     want_outs = (want_outs,) if isinstance(want_outs, torch.Tensor) else want_outs
-    want = _vjp(want_outs, r)
+    want = vjp(want_outs, r)
     for k, (o, w) in enumerate(zip(outs, want_outs)):
         assert o.dtype == (acc_dtype(dtype) if o.dim() < 2 else dtype), (
             f"{what} output {k} dtype {o.dtype}"
@@ -330,9 +319,7 @@ def _opcheck_cases(dev):
     ]
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
-def test_opcheck(backend):
-    opcheck_ops(_opcheck_cases(backend_device(backend)), backend)
+test_opcheck = opcheck_test(_opcheck_cases)
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)

@@ -10,16 +10,14 @@ from pykernels.reference import mae as ref
 from .helpers import (
     ALL_BACKENDS,
     COMPILE_BACKENDS,
-    CPP_BACKENDS,
     FUSED_BACKENDS,
-    TRITON_BACKENDS,
     as64,
     assert_close,
     backend_device,
     compile_backend,
     dtypes_for,
     grads,
-    opcheck_ops,
+    opcheck_test,
     peak_cpu_bytes,
     poisoned,
     randn,
@@ -490,9 +488,7 @@ def _opcheck_cases(dev):
     ]
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
-def test_opcheck(backend):
-    opcheck_ops(_opcheck_cases(backend_device(backend)), backend)
+test_opcheck = opcheck_test(_opcheck_cases)
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)

@@ -17,7 +17,7 @@ from .helpers import (
     assert_close,
     backend_device,
     compile_backend,
-    opcheck_ops,
+    opcheck_test,
     poisoned,
     randn,
 )
@@ -279,9 +279,7 @@ def _opcheck_cases(dev):
     return cases
 
 
-@pytest.mark.parametrize("backend", CPP_BACKENDS + TRITON_BACKENDS)
-def test_opcheck(backend):
-    opcheck_ops(_opcheck_cases(torch.device("cpu")), backend)
+test_opcheck = opcheck_test(_opcheck_cases, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
