@@ -648,7 +648,7 @@ def distillation_rows(
         return loss, gs, gt
     hard = labels is not None and hard_weight != 0
     b = float(beta)
-    jsd = 0 < b < 1
+    mixed = 0 < b < 1  # MODE_JSD: log beta, log(1 - beta) are finite
     T = float(temperature)
     on_cpu = s.device.type == "cpu"
     wrap_triton(distillation_kernel)[(R,)](
@@ -668,8 +668,8 @@ def distillation_rows(
                 hard_weight,
                 b,
                 1.0 - b,
-                math.log(b) if jsd else 0.0,
-                math.log1p(-b) if jsd else 0.0,
+                math.log(b) if mixed else 0.0,
+                math.log1p(-b) if mixed else 0.0,
                 label_smoothing,
                 grad_scale,
             ),
