@@ -44,8 +44,8 @@ def sample_blocks(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def dot_upcast(dtype: torch.dtype, device: torch.device) -> bool:
-    """True where tl.dot inputs must be upcast to float32 first: the Triton interpreter
-    (3.8 checked) returns garbage for bfloat16 tl.dot. On a GPU bf16 stays on tensor cores."""
+    """True where tl.dot inputs must be upcast to float32 first: the Triton interpreter's
+    bfloat16 tl.dot returns wrong values (Triton 3.8). On a GPU bf16 stays on tensor cores."""
     return device.type == "cpu" and dtype == torch.bfloat16
 
 

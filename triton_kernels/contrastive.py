@@ -12,6 +12,14 @@ programs give dI, column programs dT (with the transposed dL tile, as the
 flash-attention backward forms dK). Tiles are visited in a fixed order and d(scale) is
 summed from per-program partials: deterministic. Offsets are int64. tl.dot uses tensor
 cores for bf16/fp16 and TF32 for float32 when torch.backends.cuda.matmul.allow_tf32 is set.
+
+    _owned_rows, _tile_axes  a program's rows; a tile's rows of A and of B, either side
+    _score_tile              the tile's logits L = scale A B^T, rounded once
+    _online_lse              the running (max, sum) of exp(L) over the streamed side
+    _dlogits                 G = dLoss/dL on a tile
+    _streamed_features, _grad_dot, _store_rows
+                             dX = G X_other, accumulated over the streamed side
+The SigLIP kernels (sigmoid_contrastive.py) share these with their own G.
 """
 
 import torch
@@ -26,8 +34,8 @@ from ._common import dot_upcast, tl_acc_dtype
 def _score_tile(
     A,
     B,
-    rows_a,
-    cols_b,
+    ia,
+    ib,
     NA,
     NB,
     D,
@@ -37,22 +45,21 @@ def _score_tile(
     ACC: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
-    BLOCK_A: tl.constexpr,
-    BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """(raw, L): raw[a, b] = <A[rows_a[a]], B[cols_b[b]]> over D, L = scale * raw rounded once.
-    The + 0.0 keeps that rounding: LLVM may fuse a product into a following subtraction
-    (exp(L - lse) as one FMA, L unrounded), and the kernels' maxima, log-sum-exps and
-    softmaxes would then see differently rounded logits (fused, it is fma(raw, scale, 0))."""
-    raw = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
+    """(raw, L): raw[a, b] = <A[ia[a]], B[ib[b]]> over D, L = scale * raw rounded once.
+    The tile is [len(ia), len(ib)]. The + 0.0 keeps that rounding: LLVM may fuse a
+    product into a following subtraction (exp(L - lse) as one FMA, L unrounded), and the
+    kernels' maxima, log-sum-exps and softmaxes would then see differently rounded logits
+    (fused, it is fma(raw, scale, 0))."""
+    raw = tl.zeros([ia.shape[0], ib.shape[0]], dtype=ACC)
     dk = tl.arange(0, BLOCK_D)
-    pa = A + rows_a.to(tl.int64)[:, None] * s_a + dk[None, :]
-    pb = B + cols_b.to(tl.int64)[None, :] * s_b + dk[:, None]
+    pa = A + ia.to(tl.int64)[:, None] * s_a + dk[None, :]
+    pb = B + ib.to(tl.int64)[None, :] * s_b + dk[:, None]
     for d0 in range(0, D, BLOCK_D):
         km = (d0 + dk) < D
-        a = tl.load(pa, mask=(rows_a[:, None] < NA) & km[None, :], other=0.0)
-        b = tl.load(pb, mask=km[:, None] & (cols_b[None, :] < NB), other=0.0)
+        a = tl.load(pa, mask=(ia[:, None] < NA) & km[None, :], other=0.0)
+        b = tl.load(pb, mask=km[:, None] & (ib[None, :] < NB), other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -60,6 +67,46 @@ def _score_tile(
         pa += BLOCK_D
         pb += BLOCK_D
     return raw, raw * scale + 0.0
+
+
+@triton.jit
+def _owned_rows(NA, NB, COLUMNS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(own, n_own, n_other): a row program's BLOCK_A rows of A, or a column program's
+    (COLUMNS) BLOCK_B rows of B; the row counts of the owned and of the streamed side."""
+    if COLUMNS:
+        own = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        n_own = NB
+        n_other = NA
+    else:
+        own = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+        n_own = NA
+        n_other = NB
+    return own, n_own, n_other
+
+
+@triton.jit
+def _tile_axes(own, other, COLUMNS: tl.constexpr):
+    """(ia, ib): the rows of A and of B of a tile of A B^T. A column program's own rows are B's, so
+    its tiles are the row programs' [BLOCK_A, BLOCK_B] tiles, each logit rounded alike."""
+    if COLUMNS:
+        ia = other
+        ib = own
+    else:
+        ia = own
+        ib = other
+    return ia, ib
+
+
+@triton.jit
+def _online_lse(m, s, L, ax_other: tl.constexpr):
+    """Online log-sum-exp over axis ax_other of a masked tile L (-inf outside the matrix):
+    m' = max(m, max L), s' = s exp(m - m') + sum exp(L - m')."""
+    m_new = tl.maximum(m, tl.max(L, axis=ax_other))
+    # rows whose logits so far are all -inf keep a zero shift (no -inf - -inf)
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    e = tl.exp(L - tl.expand_dims(shift, ax_other))
+    s = s * tl.exp(m - shift) + tl.sum(e, axis=ax_other)
+    return m_new, s
 
 
 @triton.jit
@@ -92,19 +139,10 @@ def lse_kernel(
     read, the loss shows it). Column programs take the same [BLOCK_A, BLOCK_B] tiles of
     A B^T and reduce them over axis 0, so every logit is rounded as in the row pass and
     in the backward (a tile of B A^T would round differently: |L| * eps in exp(L - LSE))."""
-    pid = tl.program_id(0)
-    if COLUMNS:
-        own = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-        n_own = NB
-        n_other = NA
-        m = tl.full([BLOCK_B], float("-inf"), dtype=ACC)
-    else:
-        own = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-        n_own = NA
-        n_other = NB
-        m = tl.full([BLOCK_A], float("-inf"), dtype=ACC)
+    own, n_own, n_other = _owned_rows(NA, NB, COLUMNS, BLOCK_A, BLOCK_B)
     omask = own < n_own
     scale = tl.load(SCALE).to(ACC)
+    m = tl.full([own.shape[0]], float("-inf"), dtype=ACC)
     s = tl.zeros_like(m)
     pos = tl.zeros_like(m)
     if HAS_POS:
@@ -112,62 +150,25 @@ def lse_kernel(
     # the other side runs along axis ax_other of the [BLOCK_A, BLOCK_B] tile (reduced over),
     # the own side along ax_own; tl.expand_dims(v, ax) lays v along the other axis
     if COLUMNS:
-        step = BLOCK_A
+        BLOCK_O: tl.constexpr = BLOCK_A
         ax_other: tl.constexpr = 0
         ax_own: tl.constexpr = 1
     else:
-        step = BLOCK_B
+        BLOCK_O: tl.constexpr = BLOCK_B
         ax_other: tl.constexpr = 1
         ax_own: tl.constexpr = 0
-    for o0 in range(0, n_other, step):
-        if COLUMNS:
-            other = o0 + tl.arange(0, BLOCK_A)
-            _, L = _score_tile(
-                A,
-                B,
-                other,
-                own,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
-        else:
-            other = o0 + tl.arange(0, BLOCK_B)
-            _, L = _score_tile(
-                A,
-                B,
-                own,
-                other,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
+    for o0 in range(0, n_other, BLOCK_O):
+        # 1. the tile's logits, -inf outside the matrix
+        other = o0 + tl.arange(0, BLOCK_O)
+        ia, ib = _tile_axes(own, other, COLUMNS)
+        _, L = _score_tile(
+            A, B, ia, ib, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST, BLOCK_D
+        )
         L = tl.where(tl.expand_dims(other < n_other, ax_own), L, float("-inf"))
-        m_new = tl.maximum(m, tl.max(L, axis=ax_other))
-        # rows whose logits so far are all -inf keep a zero shift (no -inf - -inf)
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        e = tl.exp(L - tl.expand_dims(shift, ax_other))
-        s = s * tl.exp(m - shift) + tl.sum(e, axis=ax_other)
-        m = m_new
-        if HAS_POS:  # rows only
+        # 2. running (max, sum): LSE = m + log s
+        m, s = _online_lse(m, s, L, ax_other)
+        # 3. the positive logits L[a, LAB[a]] (rows only)
+        if HAS_POS:
             pos += tl.sum(tl.where(other[None, :] == lab[:, None], L, 0.0), axis=1)
     tl.store(MAX + own, m.to(MAX.dtype.element_ty), mask=omask)
     tl.store(LOGSUM + own, tl.log(s).to(LOGSUM.dtype.element_ty), mask=omask)
@@ -179,8 +180,8 @@ def lse_kernel(
 @triton.jit
 def _dlogits(
     L,
-    rows,
-    cols,
+    ia,
+    ib,
     NA,
     NB,
     LAB,
@@ -193,29 +194,69 @@ def _dlogits(
     W_POS,
     USE_A: tl.constexpr,
     USE_B: tl.constexpr,
-    ACC: tl.constexpr,
 ):
-    """dLoss/dL of a [rows, cols] tile:
+    """dLoss/dL (in L's dtype) of the tile of A's rows ia and B's rows ib:
         G[a, b] = W_A[a] exp(L - LSE_A[a]) + W_B[b] exp(L - LSE_B[b]) - [b = LAB[a]] W_POS[a],
     zero outside the matrix. Each LSE comes as hi + lo (split_lse): L - LSE is formed as
     (L - hi) - lo."""
-    rmask = rows < NA
-    cmask = cols < NB
+    rmask = ia < NA
+    cmask = ib < NB
     g = tl.zeros_like(L)
     if USE_A:
-        w_a = tl.load(W_A + rows, mask=rmask, other=0.0).to(ACC)
-        lse_a = tl.load(LSE_A + rows, mask=rmask, other=0.0).to(ACC)
-        lse_a_lo = tl.load(LSE_A_LO + rows, mask=rmask, other=0.0).to(ACC)
+        w_a = tl.load(W_A + ia, mask=rmask, other=0.0).to(L.dtype)
+        lse_a = tl.load(LSE_A + ia, mask=rmask, other=0.0).to(L.dtype)
+        lse_a_lo = tl.load(LSE_A_LO + ia, mask=rmask, other=0.0).to(L.dtype)
         g += w_a[:, None] * tl.exp((L - lse_a[:, None]) - lse_a_lo[:, None])
     if USE_B:
-        w_b = tl.load(W_B + cols, mask=cmask, other=0.0).to(ACC)
-        lse_b = tl.load(LSE_B + cols, mask=cmask, other=0.0).to(ACC)
-        lse_b_lo = tl.load(LSE_B_LO + cols, mask=cmask, other=0.0).to(ACC)
+        w_b = tl.load(W_B + ib, mask=cmask, other=0.0).to(L.dtype)
+        lse_b = tl.load(LSE_B + ib, mask=cmask, other=0.0).to(L.dtype)
+        lse_b_lo = tl.load(LSE_B_LO + ib, mask=cmask, other=0.0).to(L.dtype)
         g += w_b[None, :] * tl.exp((L - lse_b[None, :]) - lse_b_lo[None, :])
-    lab = tl.load(LAB + rows, mask=rmask, other=-1)
-    w_pos = tl.load(W_POS + rows, mask=rmask, other=0.0).to(ACC)
-    g -= tl.where(cols[None, :] == lab[:, None], w_pos[:, None], 0.0)
+    lab = tl.load(LAB + ia, mask=rmask, other=-1)
+    w_pos = tl.load(W_POS + ia, mask=rmask, other=0.0).to(L.dtype)
+    g -= tl.where(ib[None, :] == lab[:, None], w_pos[:, None], 0.0)
     return tl.where(rmask[:, None] & cmask[None, :], g, 0.0)
+
+
+@triton.jit
+def _streamed_features(
+    A, B, other, dk, n_other, D, s_a, s_b, COLUMNS: tl.constexpr, UPCAST: tl.constexpr
+):
+    """X[other, dk] of the streamed side (A for column programs, B for row programs), 0
+    outside the matrix: the features a gradient tile multiplies."""
+    if COLUMNS:
+        px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
+    else:
+        px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
+    x = tl.load(px, mask=(other[:, None] < n_other) & (dk[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _grad_dot(
+    acc,
+    g,
+    x,
+    ACC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    GRAD_F32: tl.constexpr,
+    GRAD_PRECISION: tl.constexpr,
+):
+    """acc + g x: an owned-rows gradient tile g [own, other] times the streamed features."""
+    if GRAD_F32:  # float16: G's small entries (~1/N) would underflow; TF32 keeps the range
+        acc = tl.dot(g, x.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
+    else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
+        acc = tl.dot(g.to(x.dtype), x, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _store_rows(DX, dx, own, n_own, dk, D):
+    """DX[own, dk] = dx, DX a contiguous [n_own, D] gradient."""
+    pdx = DX + own.to(tl.int64)[:, None] * D + dk[None, :]
+    tl.store(pdx, dx.to(DX.dtype.element_ty), mask=(own[:, None] < n_own) & (dk[None, :] < D))
 
 
 @triton.jit
@@ -257,119 +298,35 @@ def grad_kernel(
     (G: _dlogits). The tiles are recomputed as the forward took them ([BLOCK_A, BLOCK_B]
     of A B^T, transposed for columns), so exp(L - LSE) sees the forward's own logits.
     DSCALE[program] = sum G * raw (row programs of d-block 0, when WITH_DSCALE)."""
-    pid = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    if COLUMNS:
-        own = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-        n_own = NB
-        n_other = NA
-        step = BLOCK_A
-        acc = tl.zeros([BLOCK_B, BLOCK_DO], dtype=ACC)
-    else:
-        own = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-        n_own = NA
-        n_other = NB
-        step = BLOCK_B
-        acc = tl.zeros([BLOCK_A, BLOCK_DO], dtype=ACC)
+    own, n_own, n_other = _owned_rows(NA, NB, COLUMNS, BLOCK_A, BLOCK_B)
+    BLOCK_O: tl.constexpr = BLOCK_A if COLUMNS else BLOCK_B  # the streamed side's block
     scale = tl.load(SCALE).to(ACC)
-    dk = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    dk = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    acc = tl.zeros([own.shape[0], BLOCK_DO], dtype=ACC)
     dsc = tl.zeros([BLOCK_A], dtype=ACC)
-    for o0 in range(0, n_other, step):
+    for o0 in range(0, n_other, BLOCK_O):
+        # 1. the forward's logits of the tile, L = scale raw
+        other = o0 + tl.arange(0, BLOCK_O)
+        ia, ib = _tile_axes(own, other, COLUMNS)
+        raw, L = _score_tile(
+            A, B, ia, ib, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST, BLOCK_D
+        )
+        # 2. G = dLoss/dL = W_A softmax_row + W_B softmax_col - W_POS onehot, owned rows first
+        g = _dlogits(
+            L, ia, ib, NA, NB, LAB, LSE_A, LSE_A_LO, LSE_B, LSE_B_LO, W_A, W_B, W_POS, USE_A, USE_B
+        )
         if COLUMNS:
-            other = o0 + tl.arange(0, BLOCK_A)
-            raw, L = _score_tile(
-                A,
-                B,
-                other,
-                own,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
-            g = tl.trans(
-                _dlogits(
-                    L,
-                    other,
-                    own,
-                    NA,
-                    NB,
-                    LAB,
-                    LSE_A,
-                    LSE_A_LO,
-                    LSE_B,
-                    LSE_B_LO,
-                    W_A,
-                    W_B,
-                    W_POS,
-                    USE_A,
-                    USE_B,
-                    ACC,
-                )
-            )
-            px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
-        else:
-            other = o0 + tl.arange(0, BLOCK_B)
-            raw, L = _score_tile(
-                A,
-                B,
-                own,
-                other,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
-            g = _dlogits(
-                L,
-                own,
-                other,
-                NA,
-                NB,
-                LAB,
-                LSE_A,
-                LSE_A_LO,
-                LSE_B,
-                LSE_B_LO,
-                W_A,
-                W_B,
-                W_POS,
-                USE_A,
-                USE_B,
-                ACC,
-            )
-            if WITH_DSCALE:
-                dsc += tl.sum(g * raw, axis=1)
-            px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
-        x = tl.load(px, mask=(other[:, None] < n_other) & (dk[None, :] < D), other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-        if GRAD_F32:  # float16: G's small entries (~1/N) would underflow; TF32 keeps the range
-            acc = tl.dot(g, x.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
-        else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
-            acc = tl.dot(g.to(x.dtype), x, acc, input_precision=PRECISION, out_dtype=ACC)
-    pdx = DX + own.to(tl.int64)[:, None] * D + dk[None, :]
-    dmask = (own[:, None] < n_own) & (dk[None, :] < D)
-    tl.store(pdx, (acc * scale).to(DX.dtype.element_ty), mask=dmask)
+            g = tl.trans(g)
+        elif WITH_DSCALE:
+            # 3. d(scale) = sum G raw
+            dsc += tl.sum(g * raw, axis=1)
+        # 4. dX += G X_other
+        x = _streamed_features(A, B, other, dk, n_other, D, s_a, s_b, COLUMNS, UPCAST)
+        acc = _grad_dot(acc, g, x, ACC, PRECISION, GRAD_F32, GRAD_PRECISION)
+    _store_rows(DX, acc * scale, own, n_own, dk, D)
     if WITH_DSCALE:
-        if pid_d == 0:
-            tl.store(DSCALE + pid, tl.sum(dsc, axis=0).to(DSCALE.dtype.element_ty))
+        if tl.program_id(1) == 0:
+            tl.store(DSCALE + tl.program_id(0), tl.sum(dsc, axis=0).to(DSCALE.dtype.element_ty))
 
 
 @triton.jit

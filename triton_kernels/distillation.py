@@ -7,9 +7,11 @@ over V in BLOCK_V chunks; scale_grad_kernel is the backward of all three.
                 soft term's sum w, rescaled whenever a maximum grows; the hard term's
                 Z1 = sum exp(s - ms) and sum s ride along
     _jsd_sums   pass 2 (0 < beta < 1 only): KL(p_S || m), KL(p_T || m)
+    _row_stats  passes 1 and 2 and the logarithms of their sums
     _row_loss   the row's loss from those sums
     _row_grads  pass 3: d loss / d logits (and teacher), written in the forward so that the
-                backward only scales it by the upstream gradient (scale_grad_kernel)
+                backward only scales it by the upstream gradient (scale_grad_kernel); per
+                chunk the soft term's (_soft_term_grads) plus the hard term's (_hard_term_grad)
 All in float32 (float64 for float64). Row offsets are int64. Masked vocabularies: a logit of
 -inf is a probability of 0 and every term that probability weighs is 0 (0 log 0 = 0). A
 counted row whose maximum is -inf (all masked), or whose label is outside [0, V), gives a
@@ -139,15 +141,16 @@ def _expm1(x):
 
 
 @triton.jit
-def _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR: tl.constexpr):
+def _jsd_ratios(x, jsd, MIRROR: tl.constexpr):
     """(log p_S - log m, log p_T - log m) for m = beta p_T + (1 - beta) p_S from
-    x = log p_T - log p_S. Close distributions (|x| < 1), where log m - log p cancels:
+    x = log p_T - log p_S; jsd = (beta, omb, log_b, log_1b), the mixture's constants. Close distributions (|x| < 1), where log m - log p cancels:
     log(m / p_S) = log1p(beta expm1(x)), or (MIRROR: beta > 1/2) its mirror image
     log(m / p_T) = log1p((1 - beta) expm1(-x)), omb = 1 - beta from the host's float64.
     Elsewhere logaddexp: log m is the larger of log(beta p_T), log((1 - beta) p_S) plus
     log1p(exp(-|d|)), d = x + log(beta / (1 - beta)), each ratio a difference of exact terms.
     A masked side (x = +-inf) has ratio -inf, dropped by _zero_where; the other side's is
     then exactly -log beta or -log(1 - beta)."""
+    beta, omb, log_b, log_1b = jsd
     d = x + (log_b - log_1b)
     e = _log1p(tl.exp(-tl.abs(d)))
     up = d >= 0.0
@@ -178,10 +181,7 @@ def _jsd_sums(
     lza,
     lzb,
     lzba,
-    beta,
-    omb,
-    log_b,
-    log_1b,
+    jsd,
     MIRROR: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -195,7 +195,7 @@ def _jsd_sums(
         msk = cols < V
         ds = (tl.load(S + base + cols, mask=msk, other=float("-inf")).to(ACC) - ms) * inv_t
         dt = (tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC) - mt) * inv_t
-        ls_m, lt_m = _jsd_ratios((dt - ds) - lzba, beta, omb, log_b, log_1b, MIRROR)
+        ls_m, lt_m = _jsd_ratios((dt - ds) - lzba, jsd, MIRROR)
         ps = tl.exp(ds - lza)
         pt = tl.exp(dt - lzb)
         ks += tl.sum(_zero_where(ps, ps * ls_m), 0)
@@ -246,9 +246,7 @@ def _row_loss(
 
 
 @triton.jit
-def _soft_grads(
-    ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, beta, omb, kl, ks, kt, log_b, log_1b
-):
+def _soft_grads(ps, pt, x, MODE: tl.constexpr, MIRROR: tl.constexpr, c, jsd, kl, ks, kt):
     """The soft term's (d loss / d s, d loss / d t) from p_S, p_T and x = log p_T - log p_S
     (c = soft_weight T): KL: c (p_S - p_T), c p_T (x - KL); reverse KL: c p_S (-x - KL),
     c (p_T - p_S); JSD: c (1 - beta) p_S (log(p_S / m) - KS), c beta p_T (log(p_T / m) - KT).
@@ -260,7 +258,8 @@ def _soft_grads(
         g = _zero_where(ps, c * ps * (-x - kl))
         h = c * (pt - ps)
     else:
-        ls_m, lt_m = _jsd_ratios(x, beta, omb, log_b, log_1b, MIRROR)
+        beta, omb, _, _ = jsd
+        ls_m, lt_m = _jsd_ratios(x, jsd, MIRROR)
         g = _zero_where(ps, c * omb * ps * (ls_m - ks))
         h = _zero_where(pt, c * beta * pt * (lt_m - kt))
     return g, h
@@ -294,6 +293,51 @@ def _write_rest(G, base, rest, rest_abs, n_max, i_max, dominant):
 
 
 @triton.jit
+def _soft_term_grads(
+    T_,
+    base,
+    cols,
+    msk,
+    ds,
+    ps,
+    stats,
+    inv_t,
+    c,
+    jsd,
+    MODE: tl.constexpr,
+    MIRROR: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """The soft term's (g, h, t) on a chunk: g = d loss / d s and h = d loss / d t
+    (_soft_grads; soft-target CE: g = (Q p_S - q) / T, h = -log p_S, 0 where q = 0 on a
+    masked logit), t the teacher logits (0 where MODE has none)."""
+    ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt = stats
+    g = tl.zeros([BLOCK_V], ACC)
+    h = tl.zeros([BLOCK_V], ACC)
+    t = tl.zeros([BLOCK_V], ACC)
+    if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
+        t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
+        dt = (t - mt) * inv_t
+        g, h = _soft_grads(ps, tl.exp(dt - lzb), (dt - ds) - lzba, MODE, MIRROR, c, jsd, kl, ks, kt)
+    if MODE == MODE_TARGET_PROBS:
+        q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
+        g = (ps * qs - q) * inv_t
+        h = tl.where((q == 0.0) & (ds == float("-inf")), 0.0, lza - ds)
+    return g, h, t
+
+
+@triton.jit
+def _hard_term_grad(s, ps, cols, y, ms, lz1, hw, ls, V, HARD1: tl.constexpr):
+    """The hard term's d loss / d s on a chunk: hw (softmax(s) - ls / V - (1 - ls) [j == y]),
+    softmax(s) at T = 1: p_S itself, or with HARD1 its own exp(s - ms - log Z1)."""
+    p1 = ps
+    if HARD1:
+        p1 = tl.exp(s - ms - lz1)
+    return hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
+
+
+@triton.jit
 def _row_grads(
     S,
     T_,
@@ -303,22 +347,10 @@ def _row_grads(
     V,
     y,
     nan_row,
-    ms,
-    mt,
-    lza,
-    lzb,
-    lzba,
-    lz1,
-    qs,
-    kl,
-    ks,
-    kt,
+    stats,
     inv_t,
     c,
-    beta,
-    omb,
-    log_b,
-    log_1b,
+    jsd,
     hw,
     ls,
     grad_scale,
@@ -331,10 +363,11 @@ def _row_grads(
     ACC: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """Pass 3: d loss / d s into GS and d loss / d t into GT (_soft_grads; soft-target CE:
-    (Q p_S - q) / T and, for the target, -log p_S, 0 where q = 0 on a masked logit; the hard
-    term adds hard_weight (softmax(s) - ls / V - (1 - ls) [j == y])), times grad_scale; nan
-    on a nan row. The forms p (a - mean a) go through _write_rest."""
+    """Pass 3: d loss / d s into GS and d loss / d t into GT (_soft_term_grads plus
+    _hard_term_grad), times grad_scale; nan on a nan row. stats: the row's
+    (ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt). The forms p (a - mean a) go through
+    _write_rest."""
+    ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt = stats
     REST_S: tl.constexpr = ((MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD)) & GRAD_S
     REST_T: tl.constexpr = ((MODE == MODE_KL) | (MODE == MODE_JSD)) & GRAD_T
     offs = tl.arange(0, BLOCK_V)
@@ -349,45 +382,24 @@ def _row_grads(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + offs
         msk = cols < V
+        # 1. p_S = exp((s - ms) / T - log Za)
         s = tl.load(S + base + cols, mask=msk, other=float("-inf")).to(ACC)
         ds = (s - ms) * inv_t
         ps = tl.exp(ds - lza)
-        g = tl.zeros([BLOCK_V], ACC)
-        h = tl.zeros([BLOCK_V], ACC)
-        t = tl.zeros([BLOCK_V], ACC)
-        if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
-            t = tl.load(T_ + base + cols, mask=msk, other=float("-inf")).to(ACC)
-            dt = (t - mt) * inv_t
-            g, h = _soft_grads(
-                ps,
-                tl.exp(dt - lzb),
-                (dt - ds) - lzba,
-                MODE,
-                MIRROR,
-                c,
-                beta,
-                omb,
-                kl,
-                ks,
-                kt,
-                log_b,
-                log_1b,
-            )
-        if MODE == MODE_TARGET_PROBS:
-            q = tl.load(T_ + base + cols, mask=msk, other=0.0).to(ACC)
-            g = (ps * qs - q) * inv_t
-            h = tl.where((q == 0.0) & (ds == float("-inf")), 0.0, lza - ds)
+        # 2. g = d loss / d s, h = d loss / d t: the soft term, then the hard term's
+        g, h, t = _soft_term_grads(
+            T_, base, cols, msk, ds, ps, stats, inv_t, c, jsd, MODE, MIRROR, ACC, BLOCK_V
+        )
         if HARD:
-            p1 = ps
-            if HARD1:
-                p1 = tl.exp(s - ms - lz1)
-            g += hw * (p1 - ls / V) - tl.where(cols == y, hw * (1.0 - ls), 0.0)
+            g += _hard_term_grad(s, ps, cols, y, ms, lz1, hw, ls, V, HARD1)
+        # 3. times grad_scale, nan on a nan row
         g = tl.where(nan_row, float("nan"), g * grad_scale)
         h = tl.where(nan_row, float("nan"), h * grad_scale)
         if GRAD_S:
             tl.store(GS + base + cols, g.to(GS.dtype.element_ty), mask=msk)
         if GRAD_T:
             tl.store(GT + base + cols, h.to(GT.dtype.element_ty), mask=msk)
+        # 4. the sums off each row's maximum, for _write_rest
         if REST_S:
             a, b, n, i = _rest_of_row(g, msk & (s == ms), msk, cols)
             rs, rs_abs, ns, i_s = rs + a, rs_abs + b, ns + n, i_s + i
@@ -403,6 +415,69 @@ def _row_grads(
         _write_rest(GS, base, rs, rs_abs, ns, i_s, dominant)
     if REST_T:
         _write_rest(GT, base, rt, rt_abs, nt, i_t, lzb < ln2)
+
+
+@triton.jit
+def _row_label(LABELS, row, V, ignore_index, HAS_LABELS: tl.constexpr, HARD: tl.constexpr):
+    """(counted, bad, y): the row counts unless its label is ignore_index; bad: a hard term's
+    label outside [0, V), read as y = 0 (no out-of-range read; the row becomes nan)."""
+    counted = True
+    bad = False
+    y = 0
+    if HAS_LABELS:
+        label = tl.load(LABELS + row)
+        counted = label != ignore_index
+        if HARD:
+            bad = (label < 0) | (label >= V)
+            y = tl.where(bad, 0, label)
+    return counted, bad, y
+
+
+@triton.jit
+def _row_stats(
+    S,
+    T_,
+    base,
+    V,
+    inv_t,
+    jsd,
+    MODE: tl.constexpr,
+    MIRROR: tl.constexpr,
+    HARD1: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """Passes 1 and 2 and their logarithms: (ms, mt, lza, lzb, lzba, lz1, w, qs, kl, ks, kt,
+    ss), with log Z1 = log Za at T = 1 (no HARD1), KL(p_T || p_S) = w / Zb - log(Zb / Za)
+    and KL(p_S || p_T) = w / Za + log(Zb / Za) (MODE_REVERSE_KL) as kl."""
+    ms, mt, za, zb, w, qs, z1, ss = _row_sums(
+        S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC, BLOCK_V
+    )
+    lza = tl.log(za)
+    lzb = tl.log(zb)
+    lzba = tl.log(zb / za)  # one rounding of the ratio, not a difference of two logs
+    lz1 = lza
+    if HARD1:
+        lz1 = tl.log(z1)
+    ks = tl.zeros([], ACC)
+    kt = tl.zeros([], ACC)
+    if MODE == MODE_JSD:
+        ks, kt = _jsd_sums(S, T_, base, V, inv_t, ms, mt, lza, lzb, lzba, jsd, MIRROR, ACC, BLOCK_V)
+    kl = w / zb - lzba
+    if MODE == MODE_REVERSE_KL:
+        kl = w / za + lzba
+    return ms, mt, lza, lzb, lzba, lz1, w, qs, kl, ks, kt, ss
+
+
+@triton.jit
+def _nan_row(bad, ms, mt, MODE: tl.constexpr):
+    """A row without a defined loss: its label is out of range, or every logit of a side it
+    reads is -inf (maximum -inf). Checking on the host would synchronise."""
+    nan_row = bad | (ms == float("-inf"))
+    if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
+        nan_row = nan_row | (mt == float("-inf"))
+    return nan_row
 
 
 @triton.jit
@@ -456,59 +531,23 @@ def distillation_kernel(
     smoothing; GRAD_S, GRAD_T: which gradients to write, those of grad_scale * (row loss)."""
     row = tl.program_id(0).to(tl.int64)
     base = row * V
-    counted = True
-    bad = False
-    y = 0
-    if HAS_LABELS:
-        label = tl.load(LABELS + row)
-        counted = label != ignore_index
-        if HARD:
-            bad = (label < 0) | (label >= V)
-            y = tl.where(bad, 0, label)
+    counted, bad, y = _row_label(LABELS, row, V, ignore_index, HAS_LABELS, HARD)
+    jsd = (beta, omb, log_b, log_1b)
     if counted:
-        ms, mt, za, zb, w, qs, z1, ss = _row_sums(
-            S, T_, base, V, inv_t, MODE, HARD1, SMOOTH, ACC, BLOCK_V
+        # passes 1 and 2: the row's softmax statistics
+        ms, mt, lza, lzb, lzba, lz1, w, qs, kl, ks, kt, ss = _row_stats(
+            S, T_, base, V, inv_t, jsd, MODE, MIRROR, HARD1, SMOOTH, ACC, BLOCK_V
         )
-        lza = tl.log(za)
-        lzb = tl.log(zb)
-        lzba = tl.log(zb / za)  # one rounding of the ratio, not a difference of two logs
-        lz1 = lza
-        if HARD1:
-            lz1 = tl.log(z1)
-        ks = tl.zeros([], ACC)
-        kt = tl.zeros([], ACC)
-        if MODE == MODE_JSD:
-            ks, kt = _jsd_sums(
-                S,
-                T_,
-                base,
-                V,
-                inv_t,
-                ms,
-                mt,
-                lza,
-                lzb,
-                lzba,
-                beta,
-                omb,
-                log_b,
-                log_1b,
-                MIRROR,
-                ACC,
-                BLOCK_V,
-            )
+        # the loss: soft_weight T^2 D + soft-target CE + hard_weight CE, nan on a nan row
         s_y = tl.load(S + base + y).to(ACC)
-        kl = w / zb - lzba
-        if MODE == MODE_REVERSE_KL:
-            kl = w / za + lzba
         loss = _row_loss(
             MODE, HARD, SMOOTH, lza, kl, w, qs, ks, kt, lz1, ms, s_y, ss, V, c_t, beta, omb, hw, ls
         )
-        nan_row = bad | (ms == float("-inf"))
-        if (MODE == MODE_KL) | (MODE == MODE_REVERSE_KL) | (MODE == MODE_JSD):
-            nan_row = nan_row | (mt == float("-inf"))
+        nan_row = _nan_row(bad, ms, mt, MODE)
         tl.store(LOSS + row, tl.where(nan_row, float("nan"), loss).to(LOSS.dtype.element_ty))
+        # pass 3: the gradients
         if GRAD_S or GRAD_T:
+            stats = (ms, mt, lza, lzb, lzba, lz1, qs, kl, ks, kt)
             _row_grads(
                 S,
                 T_,
@@ -518,22 +557,10 @@ def distillation_kernel(
                 V,
                 y,
                 nan_row,
-                ms,
-                mt,
-                lza,
-                lzb,
-                lzba,
-                lz1,
-                qs,
-                kl,
-                ks,
-                kt,
+                stats,
                 inv_t,
                 c,
-                beta,
-                omb,
-                log_b,
-                log_1b,
+                jsd,
                 hw,
                 ls,
                 grad_scale,
@@ -581,6 +608,11 @@ def _mode(teacher, target_probs: bool, beta: float) -> int:
     return mode.value
 
 
+def _grad_buffer(s: torch.Tensor, wanted: bool) -> torch.Tensor:
+    """A new gradient tensor shaped like s, or an empty one where it is not wanted."""
+    return torch.empty(s.shape, dtype=s.dtype, device=s.device) if wanted else s.new_empty((0,))
+
+
 def distillation_rows(
     logits,
     teacher,
@@ -610,22 +642,13 @@ def distillation_rows(
         loss, gs, gt = out
     else:
         loss = torch.empty(s.shape[:-1], dtype=acc, device=s.device)
-        gs = (
-            torch.empty(s.shape, dtype=s.dtype, device=s.device)
-            if grad_logits
-            else s.new_empty((0,))
-        )
-        gt = (
-            torch.empty(s.shape, dtype=s.dtype, device=s.device)
-            if grad_teacher
-            else s.new_empty((0,))
-        )
+        gs, gt = _grad_buffer(s, grad_logits), _grad_buffer(s, grad_teacher)
     R, V = rows_of(s)
     if R == 0:
         return loss, gs, gt
     hard = labels is not None and hard_weight != 0
     b = float(beta)
-    jsd = 0 < b < 1
+    mixed = 0 < b < 1  # MODE_JSD: log beta, log(1 - beta) are finite
     T = float(temperature)
     on_cpu = s.device.type == "cpu"
     wrap_triton(distillation_kernel)[(R,)](
@@ -645,8 +668,8 @@ def distillation_rows(
                 hard_weight,
                 b,
                 1.0 - b,
-                math.log(b) if jsd else 0.0,
-                math.log1p(-b) if jsd else 0.0,
+                math.log(b) if mixed else 0.0,
+                math.log1p(-b) if mixed else 0.0,
                 label_smoothing,
                 grad_scale,
             ),

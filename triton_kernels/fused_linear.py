@@ -66,17 +66,74 @@ def _new_grads(heads, mask):
     return out
 
 
+def _put_rows(dst: torch.Tensor, rows: torch.Tensor, idx, begin: int) -> None:
+    """The chunk's rows of dst = rows: the gathered rows idx, or rows begin onwards."""
+    if idx is not None:
+        dst.index_copy_(0, idx, rows)
+    else:
+        dst[begin : begin + rows.shape[0]].copy_(rows)
+
+
 def _add_head_grads(head, h, G, idx, begin, grads, want):
+    """grads dh = G W (the chunk's rows), dW += G^T h, db += sum_rows G."""
     if want[0]:
-        dh = torch.mm(G, head.weight)
-        if idx is not None:
-            grads[0].index_copy_(0, idx, dh)
-        else:
-            grads[0][begin : begin + G.shape[0]].copy_(dh)
+        _put_rows(grads[0], torch.mm(G, head.weight), idx, begin)
     if want[1]:
         grads[1].add_(torch.mm(G.T, h).to(grads[1].dtype))
     if want[2]:
         grads[2].add_(G.sum(0, dtype=grads[2].dtype))
+
+
+def _counted_rows(labels, device: torch.device, ignore_index: int):
+    """The indices of the rows whose label is not ignore_index, or None: every row."""
+    # Ignored rows are compacted out on real CPU tensors (reading the labels is no device
+    # sync there); a traced tensor keeps every row, so the trace stays free of data-dependent
+    # sizes (test_triton_backward_checks_trace_with_symbolic_shapes).
+    if device.type == "cpu" and labels is not None and type(labels) is torch.Tensor:
+        return (labels != ignore_index).nonzero().squeeze(1)
+    return None
+
+
+def _split_grad_scale(dtype: torch.dtype, row_args: dict) -> tuple[float, dict]:
+    """(post_scale, row_args): the row kernel takes grad_scale as a float32 argument;
+    float64 inputs get it exactly from a multiplication afterwards."""
+    if dtype == torch.float64 and row_args.get("grad_scale", 1.0) != 1.0:
+        return row_args["grad_scale"], {**row_args, "grad_scale": 1.0}
+    return 1.0, row_args
+
+
+def _chunk_logits(head: Head, h: torch.Tensor, softcap: float):
+    """(L, tanh(L0 / c) or None): L0 = h W^T + b, L = c tanh(L0 / c) when softcap c > 0."""
+    L = head.logits(h)
+    tanh_c = None
+    if softcap > 0:
+        tanh_c = torch.tanh(L / softcap)
+        L = tanh_c * softcap
+    return L, tanh_c
+
+
+def _chunk_lse(L, acc, y, compacted: bool, ignore_index: int, want_probs: bool):
+    """(lse, softmax(L) or None) in the accumulation dtype; lse is 0 on ignored rows (those
+    left in, when the rows were not compacted)."""
+    lse = torch.logsumexp(L.to(acc), 1)
+    if not compacted and y is not None:
+        lse = lse.masked_fill(y == ignore_index, 0.0)
+    return lse, (torch.softmax(L.to(acc), 1) if want_probs else None)
+
+
+def _scale_chunk_grads(G, Gt, tanh_c, post_scale: float, w, grad_s: bool, grad_t: bool):
+    """G *= 1 - tanh^2 (the softcap's derivative); both gradients *= post_scale and the row
+    weight w (the backward of reduction "none")."""
+    if tanh_c is not None and grad_s:
+        G.mul_(1 - tanh_c * tanh_c)
+    if post_scale != 1.0:
+        G.mul_(post_scale)
+        Gt.mul_(post_scale)
+    if w is not None:
+        if grad_s:
+            G.mul_(w)
+        if grad_t:
+            Gt.mul_(w)
 
 
 def fused_linear_loop(
@@ -103,19 +160,10 @@ def fused_linear_loop(
     mask = [bool(m) and (t is not None or k < 3) for k, m in enumerate(mask)]
     grads = _new_grads(heads, mask)
     ii = row_args.get("ignore_index", -100)
-    index = None
-    # Ignored rows are compacted out on real CPU tensors (reading the labels is no device
-    # sync there); a traced tensor keeps every row, so the trace stays free of data-dependent
-    # sizes (test_triton_backward_checks_trace_with_symbolic_shapes).
-    if dev.type == "cpu" and labels is not None and type(labels) is torch.Tensor:
-        index = (labels != ii).nonzero().squeeze(1)
+    index = _counted_rows(labels, dev, ii)
     M = N if index is None else index.shape[0]
     grad_s, grad_t = any(mask[:3]), any(mask[3:])
-    # The kernel takes grad_scale as a float32 argument; float64 inputs get it exactly from
-    # a multiplication afterwards.
-    post_scale = 1.0
-    if s.hidden.dtype == torch.float64 and row_args.get("grad_scale", 1.0) != 1.0:
-        post_scale, row_args = row_args["grad_scale"], {**row_args, "grad_scale": 1.0}
+    post_scale, row_args = _split_grad_scale(s.hidden.dtype, row_args)
     chunk = (
         min(chunk_size, max(M, 1))
         if chunk_size > 0
@@ -129,22 +177,16 @@ def fused_linear_loop(
         def rows_of(x):
             return x.index_select(0, idx) if idx is not None else x[begin : begin + m]
 
+        # 1. logits L = h W^T + b, softcapped L = c tanh(L / c)
         hs = rows_of(s.hidden)
         ht = rows_of(t.hidden) if t is not None else None
-        L = s.logits(hs)
+        L, tanh_c = _chunk_logits(s, hs, softcap)
         Lt = t.logits(ht) if t is not None else None
-        tanh_c = None
-        if softcap > 0:
-            tanh_c = torch.tanh(L / softcap)
-            L = tanh_c * softcap
         y = rows_of(labels) if labels is not None else None
         lse = probs = None
         if want_lse or z_loss != 0:
-            lse = torch.logsumexp(L.to(acc), 1)
-            if idx is None and y is not None:
-                lse = lse.masked_fill(y == ii, 0.0)
-            if z_loss != 0 and grad_s:
-                probs = torch.softmax(L.to(acc), 1)
+            lse, probs = _chunk_lse(L, acc, y, idx is not None, ii, z_loss != 0 and grad_s)
+        # 2. rows: each row's loss and G = d(grad_scale * loss) / dL
         out = (
             torch.empty(m, dtype=acc, device=dev),
             _buffer(bufs, "s", L, grad_s),
@@ -153,29 +195,18 @@ def fused_linear_loop(
         row_loss, G, Gt = tk.distillation_rows(
             L, Lt, y, grad_logits=grad_s, grad_teacher=grad_t, out=out, **row_args
         )
+        # 3. z-loss: + z lse^2, G += 2 z grad_scale lse softmax(L)
         if z_loss != 0:
             row_loss = row_loss + z_loss * lse * lse
             if grad_s:
                 G.add_((2.0 * z_loss * row_args.get("grad_scale", 1.0) * lse)[:, None] * probs)
-        if tanh_c is not None and grad_s:
-            G.mul_(1 - tanh_c * tanh_c)
-        if post_scale != 1.0:
-            G.mul_(post_scale)
-            Gt.mul_(post_scale)
-        if row_weight is not None:
-            w = rows_of(row_weight)[:, None]
-            if grad_s:
-                G.mul_(w)
-            if grad_t:
-                Gt.mul_(w)
-        if idx is not None:
-            loss.index_copy_(0, idx, row_loss)
-            if want_lse:
-                lse_out.index_copy_(0, idx, lse)
-        else:
-            loss[begin : begin + m].copy_(row_loss)
-            if want_lse:
-                lse_out[begin : begin + m].copy_(lse)
+        # 4. softcap, float64 grad_scale and row weight: G *= (1 - tanh^2) post_scale w
+        w = rows_of(row_weight)[:, None] if row_weight is not None else None
+        _scale_chunk_grads(G, Gt, tanh_c, post_scale, w, grad_s, grad_t)
+        _put_rows(loss, row_loss, idx, begin)
+        if want_lse:
+            _put_rows(lse_out, lse, idx, begin)
+        # 5. grads: dh = G W, dW += G^T h, db += sum_rows G
         if grad_s:
             _add_head_grads(s, hs, G, idx, begin, grads[:3], mask[:3])
         if grad_t:

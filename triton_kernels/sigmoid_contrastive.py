@@ -18,17 +18,26 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .contrastive import _blocks, _common, _score_tile
+from .contrastive import (
+    _blocks,
+    _common,
+    _grad_dot,
+    _owned_rows,
+    _score_tile,
+    _store_rows,
+    _streamed_features,
+    _tile_axes,
+)
 
 
 @triton.jit
-def _signed_logits(raw, rows, cols, NA, NB, IDS_A, IDS_B, scale, bias):
+def _signed_logits(raw, ia, ib, NA, NB, IDS_A, IDS_B, scale, bias):
     """(t, positive, inside) of a tile: t = -z (scale raw + bias); positive where the ids
     match; inside: the tile element lies in the [NA, NB] matrix."""
-    rmask = rows < NA
-    cmask = cols < NB
-    ida = tl.load(IDS_A + rows, mask=rmask, other=-1)
-    idb = tl.load(IDS_B + cols, mask=cmask, other=-2)
+    rmask = ia < NA
+    cmask = ib < NB
+    ida = tl.load(IDS_A + ia, mask=rmask, other=-1)
+    idb = tl.load(IDS_B + ib, mask=cmask, other=-2)
     positive = ida[:, None] == idb[None, :]
     L = raw * scale + bias
     return tl.where(positive, -L, L), positive, rmask[:, None] & cmask[None, :]
@@ -64,40 +73,25 @@ def loss_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """LOSS[a] = sum_b softplus(t[a, b]) for a program's BLOCK_A rows of A."""
-    rows = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+    ia = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
     scale = tl.load(SCALE).to(ACC)
     bias = tl.load(BIAS).to(ACC)
     loss = tl.zeros([BLOCK_A], dtype=ACC)
     for b0 in range(0, NB, BLOCK_B):
-        cols = b0 + tl.arange(0, BLOCK_B)
+        ib = b0 + tl.arange(0, BLOCK_B)
         raw, _ = _score_tile(
-            A,
-            B,
-            rows,
-            cols,
-            NA,
-            NB,
-            D,
-            s_a,
-            s_b,
-            scale,
-            ACC,
-            PRECISION,
-            UPCAST,
-            BLOCK_A,
-            BLOCK_B,
-            BLOCK_D,
+            A, B, ia, ib, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST, BLOCK_D
         )
-        t, _, inside = _signed_logits(raw, rows, cols, NA, NB, IDS_A, IDS_B, scale, bias)
+        t, _, inside = _signed_logits(raw, ia, ib, NA, NB, IDS_A, IDS_B, scale, bias)
         loss += tl.sum(tl.where(inside, _softplus(t), 0.0), axis=1)
-    tl.store(LOSS + rows, loss.to(LOSS.dtype.element_ty), mask=rows < NA)
+    tl.store(LOSS + ia, loss.to(LOSS.dtype.element_ty), mask=ia < NA)
 
 
 @triton.jit
-def _dlogits(raw, rows, cols, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC: tl.constexpr):
+def _dlogits(raw, ia, ib, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC: tl.constexpr):
     """G = GRAD[a] dLoss/dL = GRAD[a] (-z) sigmoid(t) on a tile, zero outside the matrix."""
-    t, positive, inside = _signed_logits(raw, rows, cols, NA, NB, IDS_A, IDS_B, scale, bias)
-    g = tl.load(GRAD + rows, mask=rows < NA, other=0.0).to(ACC)
+    t, positive, inside = _signed_logits(raw, ia, ib, NA, NB, IDS_A, IDS_B, scale, bias)
+    g = tl.load(GRAD + ia, mask=ia < NA, other=0.0).to(ACC)
     e = tl.exp(-tl.abs(t))  # sigmoid(t) from exp(-|t|) <= 1: no overflow for any |t|
     sig = g[:, None] * tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return tl.where(inside, tl.where(positive, -sig, sig), 0.0)
@@ -131,82 +125,35 @@ def grad_kernel(
     BLOCK_DO: tl.constexpr,
 ):
     """One d-block of DA = G B (COLUMNS=False) or DB = G^T A (COLUMNS), without the scale;
-    row programs of d-block 0 also write DBIAS[a] = sum_b G[a, b]."""
-    pid = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    if COLUMNS:
-        own = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-        n_own = NB
-        n_other = NA
-        step = BLOCK_A
-        acc = tl.zeros([BLOCK_B, BLOCK_DO], dtype=ACC)
-    else:
-        own = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-        n_own = NA
-        n_other = NB
-        step = BLOCK_B
-        acc = tl.zeros([BLOCK_A, BLOCK_DO], dtype=ACC)
+    row programs of d-block 0 also write DBIAS[a] = sum_b G[a, b]. The prologue, tiling and
+    products are the InfoNCE gradient kernel's (contrastive.grad_kernel)."""
+    own, n_own, n_other = _owned_rows(NA, NB, COLUMNS, BLOCK_A, BLOCK_B)
+    BLOCK_O: tl.constexpr = BLOCK_A if COLUMNS else BLOCK_B  # the streamed side's block
     scale = tl.load(SCALE).to(ACC)
     bias = tl.load(BIAS).to(ACC)
-    dk = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    dk = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    acc = tl.zeros([own.shape[0], BLOCK_DO], dtype=ACC)
     dbias = tl.zeros([BLOCK_A], dtype=ACC)
-    for o0 in range(0, n_other, step):
+    for o0 in range(0, n_other, BLOCK_O):
+        # 1. the forward's raw products of the tile, raw = A B^T
+        other = o0 + tl.arange(0, BLOCK_O)
+        ia, ib = _tile_axes(own, other, COLUMNS)
+        raw, _ = _score_tile(
+            A, B, ia, ib, NA, NB, D, s_a, s_b, scale, ACC, PRECISION, UPCAST, BLOCK_D
+        )
+        # 2. G = GRAD[a] dLoss/dL = -GRAD[a] z sigmoid(t), owned rows first
+        g = _dlogits(raw, ia, ib, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC)
         if COLUMNS:
-            other = o0 + tl.arange(0, BLOCK_A)
-            raw, _ = _score_tile(
-                A,
-                B,
-                other,
-                own,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
-            g = tl.trans(_dlogits(raw, other, own, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC))
-            px = A + other.to(tl.int64)[:, None] * s_a + dk[None, :]
+            g = tl.trans(g)
         else:
-            other = o0 + tl.arange(0, BLOCK_B)
-            raw, _ = _score_tile(
-                A,
-                B,
-                own,
-                other,
-                NA,
-                NB,
-                D,
-                s_a,
-                s_b,
-                scale,
-                ACC,
-                PRECISION,
-                UPCAST,
-                BLOCK_A,
-                BLOCK_B,
-                BLOCK_D,
-            )
-            g = _dlogits(raw, own, other, NA, NB, IDS_A, IDS_B, GRAD, scale, bias, ACC)
+            # 3. d(bias) = sum_b G
             dbias += tl.sum(g, axis=1)
-            px = B + other.to(tl.int64)[:, None] * s_b + dk[None, :]
-        x = tl.load(px, mask=(other[:, None] < n_other) & (dk[None, :] < D), other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-        if GRAD_F32:  # float16: small entries of G would underflow; TF32 keeps the range
-            acc = tl.dot(g, x.to(tl.float32), acc, input_precision=GRAD_PRECISION, out_dtype=ACC)
-        else:  # bf16: G rounded for the tensor cores (as the flash-attention backward does)
-            acc = tl.dot(g.to(x.dtype), x, acc, input_precision=PRECISION, out_dtype=ACC)
-    pdx = DX + own.to(tl.int64)[:, None] * D + dk[None, :]
-    tl.store(pdx, acc.to(DX.dtype.element_ty), mask=(own[:, None] < n_own) & (dk[None, :] < D))
+        # 4. dX += G X_other
+        x = _streamed_features(A, B, other, dk, n_other, D, s_a, s_b, COLUMNS, UPCAST)
+        acc = _grad_dot(acc, g, x, ACC, PRECISION, GRAD_F32, GRAD_PRECISION)
+    _store_rows(DX, acc, own, n_own, dk, D)
     if not COLUMNS:
-        if pid_d == 0:
+        if tl.program_id(1) == 0:
             tl.store(DBIAS + own, dbias.to(DBIAS.dtype.element_ty), mask=own < n_own)
 
 
