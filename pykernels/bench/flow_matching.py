@@ -33,6 +33,9 @@ SAMPLES = {
 }
 CHECK_SIGMAS = (0.0, 0.3, 0.7, 1.0)
 SHIFT, STEPS, STEP = 3.0, 28, 5  # SD3's scheduler config; the single-step case's step
+# The constructor's smallest sigma, read once as a Python float: building the inputs as fake
+# tensors (`bench --list`) must not read a tensor's value (test_bench_list_runs_without_data).
+SMALLEST_SIGMA = float(ref.shifted_schedule(1000, SHIFT)[1][-1])
 
 
 def _sigmas(N, size, gen, device):
@@ -61,8 +64,7 @@ def sampling_schedule(device=None) -> torch.Tensor:
     """FlowMatchEulerDiscreteScheduler(shift=3.0).set_timesteps(28)'s sigmas [29], float32:
     28 levels evenly spaced from the constructor's largest to its smallest sigma, shifted
     once more, and a final 0."""
-    smin = float(ref.shifted_schedule(1000, SHIFT)[1][-1])
-    s = torch.linspace(1.0, smin, STEPS, dtype=torch.float64)
+    s = torch.linspace(1.0, SMALLEST_SIGMA, STEPS, dtype=torch.float64)
     s = SHIFT * s / (1 + (SHIFT - 1) * s)
     return torch.cat([s.float(), torch.zeros(1)]).to(device)
 
