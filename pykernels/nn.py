@@ -1,10 +1,28 @@
-"""nn.Module drop-ins for the functional ops (torch.nn / open_clip names)."""
+"""nn.Module drop-ins for the functional ops (torch.nn / open_clip names).
+
+Each module stores its settings and calls one functional op with them at every call, so a
+setting changed after construction applies; the modules with the same behaviour as the op
+derive from _OpModule, the open_clip drop-ins (ClipLoss, SigLipLoss) keep open_clip's
+constructor and per-rank logic."""
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import Tensor, nn
 
+from . import _checks
+from . import distributed as _distributed
+from .distributed import sigmoid_contrastive as _siglip_distributed
+from .ops import contrastive as _contrastive
 from .ops import cosine as _cosine
+from .ops import diffusion as _diffusion
+from .ops import distillation as _distillation
+from .ops import flow_matching as _flow_matching
+from .ops import fused_linear as _fused_linear
+from .ops import mae as _mae
+from .ops import sigmoid_contrastive as _sigmoid_contrastive
 
 
 class _OpModule(nn.Module):
@@ -31,36 +49,35 @@ class _OpModule(nn.Module):
 
 
 # ----------------------------------------------------------------------------- cosine
-class CosineSimilarity(nn.Module):
+class CosineSimilarity(_OpModule):
     """Like torch.nn.CosineSimilarity, but dim defaults to -1 (features last)."""
 
+    _shown = ("dim", "eps")
+
     def __init__(self, dim: int = -1, eps: float = 1e-8, *, backend: str | None = None):
-        super().__init__()
-        self.dim, self.eps, self.backend = dim, eps, backend
+        super().__init__(backend, dim=dim, eps=eps)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return _cosine.cosine_similarity(x1, x2, self.dim, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, eps={self.eps}"
+        return _cosine.cosine_similarity(x1, x2, **self._kwargs())
 
 
-class PairwiseCosineSimilarity(nn.Module):
+class PairwiseCosineSimilarity(_OpModule):
     """[..., N, D], [..., M, D] (or None: a with itself) -> [..., N, M]."""
 
+    _shown = ("eps",)
+
     def __init__(self, eps: float = 1e-8, *, backend: str | None = None):
-        super().__init__()
-        self.eps, self.backend = eps, backend
+        super().__init__(backend, eps=eps)
 
     def forward(self, a: Tensor, b: Tensor | None = None) -> Tensor:
-        return _cosine.pairwise_cosine_similarity(a, b, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}"
+        return _cosine.pairwise_cosine_similarity(a, b, **self._kwargs())
 
 
-class FeatureDistillationLoss(nn.Module):
-    """Seed's L_feature (kind="mse": mean over rows of |f_S - f_T|^2) or 1 - cos."""
+class FeatureDistillationLoss(_OpModule):
+    """Feature distillation: kind="mse" is the mean over rows of |student - teacher|^2,
+    kind="cosine" is 1 - cos(student, teacher), reduced over rows by reduction."""
+
+    _shown = ("kind", "reduction")
 
     def __init__(
         self,
@@ -70,88 +87,62 @@ class FeatureDistillationLoss(nn.Module):
         *,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.kind, self.reduction, self.eps, self.backend = kind, reduction, eps, backend
+        super().__init__(backend, kind=kind, reduction=reduction, eps=eps)
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return _cosine.feature_distillation_loss(
-            student, teacher, self.kind, self.reduction, eps=self.eps, backend=self.backend
-        )
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, reduction={self.reduction!r}"
-
-
-# (distillation, contrastive, mae, diffusion modules go below, one section per family)
+        return _cosine.feature_distillation_loss(student, teacher, **self._kwargs())
 
 
 # ----------------------------------------------------------------------------- mae
-import torch  # noqa: E402
-
-from .ops import mae as _mae  # noqa: E402
-
-
-class RandomMasking(nn.Module):
+class RandomMasking(_OpModule):
     """MAE's per-sample random masking: x [N, L, D] -> (x_visible, mask, ids_restore)."""
 
+    _shown = ("mask_ratio",)
+
     def __init__(self, mask_ratio: float = 0.75, *, backend: str | None = None):
-        super().__init__()
-        self.mask_ratio, self.backend = mask_ratio, backend
+        super().__init__(backend, mask_ratio=mask_ratio)
 
     def forward(self, x: Tensor, noise: Tensor | None = None, generator=None):
-        return _mae.random_masking(
-            x, self.mask_ratio, noise=noise, generator=generator, backend=self.backend
-        )
-
-    def extra_repr(self) -> str:
-        return f"mask_ratio={self.mask_ratio}"
+        return _mae.random_masking(x, noise=noise, generator=generator, **self._kwargs())
 
 
-class MaskTokenUnshuffle(nn.Module):
+class MaskTokenUnshuffle(_OpModule):
     """The MAE decoder's learned mask token ([1, 1, D], normal(std=0.02) as MAE
     initialises it) and the unshuffle that puts it in every removed slot."""
 
     def __init__(self, dim: int, *, backend: str | None = None):
-        super().__init__()
+        super().__init__(backend)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.backend = backend
 
     def forward(self, x_visible: Tensor, ids_restore: Tensor) -> Tensor:
         return _mae.unshuffle_with_mask_tokens(
-            x_visible, self.mask_token, ids_restore, backend=self.backend
+            x_visible, self.mask_token, ids_restore, **self._kwargs()
         )
 
     def extra_repr(self) -> str:
         return f"dim={self.mask_token.shape[-1]}"
 
 
-class MaskedPatchLoss(nn.Module):
+class MaskedPatchLoss(_OpModule):
     """MAE's reconstruction loss over the removed patches: (pred, imgs, mask) -> scalar."""
 
+    _shown = ("patch_size", "norm_pix_loss")
+
     def __init__(self, patch_size: int, norm_pix_loss: bool = False, *, backend: str | None = None):
-        super().__init__()
-        self.patch_size, self.norm_pix_loss, self.backend = patch_size, norm_pix_loss, backend
+        super().__init__(backend, patch_size=patch_size, norm_pix_loss=norm_pix_loss)
 
     def forward(self, pred: Tensor, imgs: Tensor, mask: Tensor) -> Tensor:
-        return _mae.masked_patch_loss(
-            pred,
-            imgs,
-            mask,
-            self.patch_size,
-            norm_pix_loss=self.norm_pix_loss,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, norm_pix_loss={self.norm_pix_loss}"
+        return _mae.masked_patch_loss(pred, imgs, mask, **self._kwargs())
 
 
 # ----------------------------------------------------------------------------- diffusion
-class DiffusionLoss(nn.Module):
+class DiffusionLoss(_OpModule):
     """The diffusion training loss with its schedule as a buffer (moves with .to()):
     forward(model_output, x0, noise, timesteps) = mean((model_output - target)^2), target
     = noise / x0 / velocity for prediction_type "epsilon" / "sample" / "v_prediction"."""
+
+    _shown = ("prediction_type", "reduction")
 
     def __init__(
         self,
@@ -164,37 +155,20 @@ class DiffusionLoss(nn.Module):
         *,
         backend: str | None = None,
     ):
-        super().__init__()
-        from .ops import diffusion as _diffusion
-
-        self._fn = _diffusion.diffusion_loss
+        super().__init__(backend, prediction_type=prediction_type, reduction=reduction)
         self.register_buffer(
             "alphas_cumprod",
             _diffusion.make_schedule(num_train_timesteps, beta_schedule, beta_start, beta_end),
             persistent=False,
         )
-        self.prediction_type, self.reduction, self.backend = prediction_type, reduction, backend
 
     def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, timesteps) -> Tensor:
-        return self._fn(
-            model_output,
-            x0,
-            noise,
-            timesteps,
-            self.alphas_cumprod,
-            prediction_type=self.prediction_type,
-            reduction=self.reduction,
-            backend=self.backend,
+        return _diffusion.diffusion_loss(
+            model_output, x0, noise, timesteps, self.alphas_cumprod, **self._kwargs()
         )
-
-    def extra_repr(self) -> str:
-        return f"prediction_type={self.prediction_type!r}, reduction={self.reduction!r}"
 
 
 # ----------------------------------------------------------------------------- distillation
-from .ops import distillation as _distillation  # noqa: E402
-
-
 class DistillationLoss(_OpModule):
     """soft_weight * T^2 * D_beta(p_T || p_S) + hard_weight * CE(student, labels).
 
@@ -234,8 +208,10 @@ class DistillationLoss(_OpModule):
         )
 
 
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(_OpModule):
     """torch.nn.CrossEntropyLoss for [..., V] logits (classes last) and int64 labels."""
+
+    _shown = ("ignore_index", "reduction", "label_smoothing")
 
     def __init__(
         self,
@@ -245,54 +221,29 @@ class CrossEntropyLoss(nn.Module):
         *,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.ignore_index, self.reduction, self.label_smoothing, self.backend = (
-            ignore_index,
-            reduction,
-            label_smoothing,
-            backend,
+        super().__init__(
+            backend, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
         )
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return _distillation.cross_entropy(
-            logits,
-            labels,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+        return _distillation.cross_entropy(logits, labels, **self._kwargs())
 
 
-class SoftTargetCrossEntropy(nn.Module):
+class SoftTargetCrossEntropy(_OpModule):
     """Cross entropy against soft labels: -sum_j q_j log softmax(logits / T)_j per row."""
+
+    _shown = ("temperature", "reduction")
 
     def __init__(
         self, temperature: float = 1.0, reduction: str = "batchmean", *, backend: str | None = None
     ):
-        super().__init__()
-        self.temperature, self.reduction, self.backend = temperature, reduction, backend
+        super().__init__(backend, temperature=temperature, reduction=reduction)
 
     def forward(self, logits: Tensor, target_probs: Tensor) -> Tensor:
-        return _distillation.soft_target_cross_entropy(
-            logits,
-            target_probs,
-            temperature=self.temperature,
-            reduction=self.reduction,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+        return _distillation.soft_target_cross_entropy(logits, target_probs, **self._kwargs())
 
 
 # ----------------------------------------------------------------------------- fused_linear
-from .ops import fused_linear as _fused_linear  # noqa: E402
-
-
 class FusedLinearCrossEntropyLoss(_OpModule):
     """Cross entropy of a linear head, hidden @ weight.T + bias, without its [rows, V]
     logits (pykernels.fused_linear_cross_entropy). forward(hidden, weight, labels, bias=None,
@@ -399,15 +350,6 @@ class FusedLinearDistillationLoss(_OpModule):
 
 
 # ----------------------------------------------------------------------------- contrastive
-import functools  # noqa: E402  (each family's section brings its own imports)
-
-import torch  # noqa: E402
-
-from . import _checks  # noqa: E402
-from . import distributed as _distributed  # noqa: E402
-from .ops import contrastive as _contrastive_ops  # noqa: E402
-
-
 class ClipLoss(nn.Module):
     """Drop-in for open_clip's ClipLoss (same constructor, forward and numbers in every
     mode), computed with the fused pykernels.info_nce_loss.
@@ -461,7 +403,7 @@ class ClipLoss(nn.Module):
         output_dict: bool = False,
     ):
         loss_fn = functools.partial(
-            _contrastive_ops.info_nce_loss, logit_bias=logit_bias, backend=self.backend
+            _contrastive.info_nce_loss, logit_bias=logit_bias, backend=self.backend
         )
         if self.world_size > 1:
             all_image, all_text = _distributed.gather_features(
@@ -491,12 +433,14 @@ class ClipLoss(nn.Module):
         )
 
 
-class InfoNCELoss(nn.Module):
+class InfoNCELoss(_OpModule):
     """The global-batch InfoNCE loss for data-parallel training: each rank passes its
     local [n, D] image and text features; the loss and every gradient (features,
     logit_scale, logit_bias) equal what one process computes on the whole batch.
     mode="gather" all-gathers the features; mode="ring" passes blocks between ring
     neighbours so no rank holds the whole batch. See pykernels.distributed."""
+
+    _shown = ("mode", "symmetric", "normalize", "reduction")
 
     def __init__(
         self,
@@ -510,12 +454,18 @@ class InfoNCELoss(nn.Module):
         chunk_size: int = 1024,
         backend: str | None = None,
     ):
-        super().__init__()
         _checks.choice("pykernels.nn.InfoNCELoss", "mode", mode, _distributed.MODES)
         _checks.choice("pykernels.nn.InfoNCELoss", "reduction", reduction, _distributed.REDUCTIONS)
-        self.process_group, self.mode = process_group, mode
-        self.symmetric, self.normalize, self.reduction = symmetric, normalize, reduction
-        self.check_sizes, self.chunk_size, self.backend = check_sizes, chunk_size, backend
+        super().__init__(
+            backend,
+            process_group=process_group,
+            mode=mode,
+            symmetric=symmetric,
+            normalize=normalize,
+            reduction=reduction,
+            check_sizes=check_sizes,
+            chunk_size=chunk_size,
+        )
 
     def forward(
         self,
@@ -525,29 +475,11 @@ class InfoNCELoss(nn.Module):
         logit_bias: Tensor | None = None,
     ) -> Tensor:
         return _distributed.info_nce_loss(
-            image_features,
-            text_features,
-            logit_scale,
-            logit_bias=logit_bias,
-            process_group=self.process_group,
-            mode=self.mode,
-            symmetric=self.symmetric,
-            normalize=self.normalize,
-            reduction=self.reduction,
-            check_sizes=self.check_sizes,
-            chunk_size=self.chunk_size,
-            backend=self.backend,
+            image_features, text_features, logit_scale, logit_bias=logit_bias, **self._kwargs()
         )
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, symmetric={self.symmetric}, normalize={self.normalize}, reduction={self.reduction!r}"
 
 
 # ----------------------------------------------------------------------------- sigmoid_contrastive
-from .distributed import sigmoid_contrastive as _siglip_distributed  # noqa: E402
-from .ops import sigmoid_contrastive as _siglip_ops  # noqa: E402
-
-
 class SigLipLoss(nn.Module):
     """Drop-in for open_clip's SigLipLoss (same constructor, forward and numbers per rank),
     computed with the fused pykernels.sigmoid_contrastive_loss: never an [n, n] logit or
@@ -590,7 +522,7 @@ class SigLipLoss(nn.Module):
                 image_features, text_features, logit_scale, bias, mode=mode, backend=self.backend
             )
         else:
-            loss = _siglip_ops.sigmoid_contrastive_loss(
+            loss = _sigmoid_contrastive.sigmoid_contrastive_loss(
                 image_features, text_features, logit_scale, bias, backend=self.backend
             )
         return {"contrastive_loss": loss} if output_dict else loss
@@ -599,15 +531,14 @@ class SigLipLoss(nn.Module):
         return f"rank={self.rank}, world_size={self.world_size}, dist_impl={self.dist_impl!r}"
 
 
-# ----------------------------------------------------------------------------- flow matching
-from .ops import flow_matching as _flow_matching  # noqa: E402
-
-
-class FlowMatchingLoss(nn.Module):
+# ----------------------------------------------------------------------------- flow_matching
+class FlowMatchingLoss(_OpModule):
     """The SD3 / Flux rectified-flow training loss (pykernels.flow_matching_loss):
     forward(model_output, x0, noise, sigmas) = the mean over the batch of
     c(sigma) mean((model_output - (noise - x0))^2) per sample, with c from the SD3 loss
     weighting ("none", "sigma_sqrt", "cosmap") and precondition_outputs."""
+
+    _shown = ("weighting_scheme", "precondition_outputs", "reduction")
 
     def __init__(
         self,
@@ -617,24 +548,12 @@ class FlowMatchingLoss(nn.Module):
         *,
         backend: str | None = None,
     ):
-        super().__init__()
-        self.weighting_scheme, self.precondition_outputs = weighting_scheme, precondition_outputs
-        self.reduction, self.backend = reduction, backend
+        super().__init__(
+            backend,
+            weighting_scheme=weighting_scheme,
+            precondition_outputs=precondition_outputs,
+            reduction=reduction,
+        )
 
     def forward(self, model_output: Tensor, x0: Tensor, noise: Tensor, sigmas) -> Tensor:
-        return _flow_matching.flow_matching_loss(
-            model_output,
-            x0,
-            noise,
-            sigmas,
-            weighting_scheme=self.weighting_scheme,
-            precondition_outputs=self.precondition_outputs,
-            reduction=self.reduction,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"weighting_scheme={self.weighting_scheme!r}, "
-            f"precondition_outputs={self.precondition_outputs}, reduction={self.reduction!r}"
-        )
+        return _flow_matching.flow_matching_loss(model_output, x0, noise, sigmas, **self._kwargs())

@@ -4,6 +4,9 @@ and peak-memory measurement. Every tests/test_<family>.py builds on these."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -135,6 +138,19 @@ def compile_backend(device: torch.device) -> str:
     return "inductor" if device.type == "cuda" else "aot_eager"
 
 
+def assert_compiles_fullgraph(
+    f, want, args, grad_of, device, *, tol=(1e-5, 1e-5), grad_tol=(1e-4, 1e-5)
+) -> None:
+    """torch.compile(f, fullgraph=True) on `device` traces without a graph break and gives
+    want(*args)'s value, and its gradients with respect to grad_of, within (rtol, atol)."""
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True, backend=compile_backend(device))(*args)
+    expected = want(*args)
+    torch.testing.assert_close(got, expected, rtol=tol[0], atol=tol[1])
+    for g, w in zip(torch.autograd.grad(got, grad_of), torch.autograd.grad(expected, grad_of)):
+        torch.testing.assert_close(g, w, rtol=grad_tol[0], atol=grad_tol[1])
+
+
 def opcheck_ops(cases, backend: str) -> None:
     """torch.library.opcheck on every (op name, args) case, for the C++ ops (cpu/cuda) or
     their `_triton` twins. Under the Triton interpreter only the schema and autograd
@@ -160,3 +176,21 @@ def opcheck_test(cases, device: torch.device | None = None):
         opcheck_ops(cases(backend_device(backend) if device is None else device), backend)
 
     return test_opcheck
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m pykernels <args>` as a user runs it, from the repository root and without
+    the Triton interpreter the test session turns on (conftest.py): under it the commands
+    would check every case on Triton too, which is slow and not what the CLI tests are about."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "pykernels", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )

@@ -103,6 +103,13 @@ def schedule(d, T=10):
     return pk.make_schedule(T).to(d.dev)
 
 
+def mix_args(d):
+    """Good arguments of add_noise and get_velocity (one kernel, two mixes of x0 and noise)."""
+    return dict(
+        x0=f(d, 3, 4), noise=f(d, 3, 4), timesteps=ints(d, [0, 5, 9]), alphas_cumprod=schedule(d)
+    )
+
+
 # op -> (public function, good keyword arguments, takes backend=, float tensor args)
 PUBLIC = {
     "cosine_similarity": (
@@ -175,28 +182,8 @@ PUBLIC = {
         ["pred", "imgs", "mask"],
     ),
     "make_schedule": (pk.make_schedule, lambda d: dict(num_train_timesteps=10), False, []),
-    "add_noise": (
-        pk.add_noise,
-        lambda d: dict(
-            x0=f(d, 3, 4),
-            noise=f(d, 3, 4),
-            timesteps=ints(d, [0, 5, 9]),
-            alphas_cumprod=schedule(d),
-        ),
-        True,
-        ["x0", "noise"],
-    ),
-    "get_velocity": (
-        pk.get_velocity,
-        lambda d: dict(
-            x0=f(d, 3, 4),
-            noise=f(d, 3, 4),
-            timesteps=ints(d, [0, 5, 9]),
-            alphas_cumprod=schedule(d),
-        ),
-        True,
-        ["x0", "noise"],
-    ),
+    "add_noise": (pk.add_noise, mix_args, True, ["x0", "noise"]),
+    "get_velocity": (pk.get_velocity, mix_args, True, ["x0", "noise"]),
     "diffusion_loss": (
         pk.diffusion_loss,
         lambda d: dict(
@@ -268,7 +255,7 @@ PUBLIC = {
         True,
         ["image_features", "text_features", "logit_scale"],
     ),
-    # the flow-matching ops' rows are their own (test_malformed.py, FLOW_ARGS)
+    # the flow-matching ops' rows are their own (test_malformed_flow_matching.py, FLOW_ARGS)
     "flow_interpolate": (
         pk.flow_interpolate,
         lambda d: dict(x0=f(d, 3, 4), noise=f(d, 3, 4), sigmas=sigmas(d)),

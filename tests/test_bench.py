@@ -18,7 +18,8 @@ from pykernels.bench.case import Point
 from pykernels.bench.harness import measure, pykernels_backends
 from pykernels.ops import FAMILIES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT, run_cli
+
 CPU = torch.device("cpu")
 # One case per family; torch.compile only for one (it costs seconds per graph on a CPU).
 ONE_CASE = {
@@ -33,21 +34,6 @@ ONE_CASE = {
 }
 COMPILED = "cosine"
 NOISE = ("USDT", "profiler_start", "profiler_stop", "gpuGetDeviceCount", "No CUDA runtime is found")
-
-
-def _run(*args):
-    """The command line as a user runs it: without the Triton interpreter the test session
-    turns on (conftest.py), which would check every case on Triton too (slow, and not what
-    this test is about)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run(
-        [sys.executable, "-m", "pykernels", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
 
 
 def test_every_family_has_a_case_table():
@@ -109,18 +95,18 @@ def test_harness_marks_a_result_outside_tolerance():
 
 
 def test_bench_help_and_check_command():
-    out = _run("bench", "--help")
+    out = run_cli("bench", "--help")
     assert out.returncode == 0, out.stderr
     for flag in ("--quick", "--device", "--out"):
         assert flag in out.stdout
-    out = _run("check")
+    out = run_cli("check")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("\n") == 1 and "agree" in out.stdout
     assert not any(n in out.stdout + out.stderr for n in NOISE)
 
 
 def test_bench_command_end_to_end_at_tiny_size(tmp_path):
-    out = _run(
+    out = run_cli(
         "bench",
         "cosine",
         "--quick",
@@ -180,7 +166,7 @@ def test_default_backend_is_the_first_benchmarked():
 def test_bench_list_runs_without_data():
     """`bench --list` builds every family's inputs as fake tensors; a case that reads a
     tensor's value while building them fails there."""
-    out = _run("bench", "--list")
+    out = run_cli("bench", "--list")
     assert out.returncode == 0, out.stdout + out.stderr
     families = {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
     assert families == set(FAMILIES)

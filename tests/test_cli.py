@@ -1,28 +1,14 @@
 """The command line: `python -m pykernels info | check | bench`."""
 
-import os
-import subprocess
-import sys
-
 import torch
 
 from pykernels import _selfcheck
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pykernels", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from .helpers import run_cli
 
 
 def test_info_lists_backends():
-    out = _run("info")
+    out = run_cli("info")
     assert out.returncode == 0, out.stderr
     for name in ("cuda", "triton", "cpu", "reference"):
         assert name in out.stdout
@@ -30,7 +16,7 @@ def test_info_lists_backends():
 
 
 def test_bench_rejects_unknown_family_before_running():
-    out = _run("bench", "nope")
+    out = run_cli("bench", "nope")
     assert out.returncode == 2
     assert "unknown family 'nope'" in out.stderr
 

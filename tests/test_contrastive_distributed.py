@@ -11,29 +11,20 @@ compares loss and gradients on every rank.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import socket
-import time
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import pykernels
 from pykernels import distributed as pkd
 from pykernels.nn import ClipLoss, InfoNCELoss
 
+from ._distributed import init_gloo, outcomes_fixture, report, run_checks
 from ._fuzz import logit_rounding_limit
 from .helpers import TOLERANCE, peak_cpu_bytes, rel_err
 
 WORLD_SIZES = (2, 4)
-LAUNCH_TIMEOUT_S = 240  # the whole launch; a hang fails the tests instead of blocking CI
-PG_TIMEOUT_S = 60  # a stuck collective raises inside the workers
 N_LOCAL, DIM = 3, 5  # n = 3 with chunk_size 2 also exercises a ragged last tile
 
 
@@ -319,82 +310,13 @@ CHECKS["clip-vs-open_clip"] = dict(fn=check_clip_vs_open_clip)
 
 # ----------------------------------------------------------------------------- the launch
 def _worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)  # 2-4 processes share a small machine
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
-    )
+    init_gloo(rank, world, port)
     members = _subgroup_members(world)
     subgroup = dist.new_group(members)  # every rank must take part in creating it
-    outcome = {}
-    for name, spec in CHECKS.items():
-        spec = dict(spec)
-        fn = spec.pop("fn")
-        if spec.pop("subgroup", False):
-            spec.update(group=subgroup, members=members)
-        try:
-            note = fn(rank, world, **spec)
-            outcome[name] = note if isinstance(note, str) else "ok"
-        except BaseException:  # noqa: BLE001  (recorded and reported by the test)
-            outcome[name] = "FAILED\n" + traceback.format_exc()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(outcome, f)
-    dist.destroy_process_group()
+    run_checks(CHECKS, rank, world, out_dir, group=subgroup, members=members)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, out_dir: str, worker=None, module: str = __name__) -> list[dict]:
-    """Run `worker` (default _worker; another test module passes its own and its name) on
-    `world` processes; kill them and fail if they outlive the timeout."""
-    # forkserver: torch and pykernels are imported once, in the server, not once per rank
-    mp.get_context("forkserver").set_forkserver_preload(["torch", "pykernels", module])
-    ctx = mp.start_processes(
-        worker or _worker,
-        args=(world, _free_port(), out_dir),
-        nprocs=world,
-        join=False,
-        start_method="forkserver",
-    )
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {world}-process launch did not finish in {LAUNCH_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:  # ours, by pid, only if still running
-            if p.is_alive():
-                p.kill()
-    outcomes = []
-    for rank in range(world):
-        with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
-            outcomes.append(json.load(f))
-    return outcomes
-
-
-@pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda w: f"world{w}")
-def outcomes(request, tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    return launch(request.param, str(tmp_path_factory.mktemp(f"world{request.param}")))
-
-
-def report(outcomes: list[dict], check: str) -> None:
-    """Fail with every failing rank's traceback, or skip with a rank's reason."""
-    notes = [o[check] for o in outcomes]
-    failed = [f"rank {r}: {note}" for r, note in enumerate(notes) if note.startswith("FAILED")]
-    if failed:
-        pytest.fail("\n".join(failed), pytrace=False)
-    skipped = [note for note in notes if note.startswith("skip")]
-    if skipped:
-        pytest.skip(skipped[0][len("skip: ") :])
+outcomes = outcomes_fixture(WORLD_SIZES, _worker, __name__)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))

@@ -27,8 +27,8 @@ from .helpers import (
     FUSED_BACKENDS,
     as64,
     assert_close,
+    assert_compiles_fullgraph,
     backend_device,
-    compile_backend,
     dtypes_for,
     opcheck_test,
     poisoned,
@@ -507,7 +507,6 @@ test_opcheck = opcheck_test(_opcheck_cases)
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
-    torch._dynamo.reset()
     tab = TABLE.to(dev)
 
     def f(m, s, z, t, prev):
@@ -519,13 +518,11 @@ def test_torch_compile_fullgraph(backend):
         p2, _ = pk.ddpm_step(m, t, p1, tab, noise=z, backend=backend)
         return loss + p2.float().square().mean() + x1.float().mean()
 
-    cf = torch.compile(f, fullgraph=True, backend=compile_backend(dev))
     m, s, z = make_leaves(torch.float32, dev, scale=SCALES)
     t, prev = long_tensor(TS, dev), long_tensor(PREV, dev)
-    got, want = cf(m, s, z, t, prev), f(m, s, z, t, prev)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    for g, w in zip(torch.autograd.grad(got, [m, s, z]), torch.autograd.grad(want, [m, s, z])):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert_compiles_fullgraph(
+        f, f, (m, s, z, t, prev), [m, s, z], dev, tol=(1e-5, 1e-6), grad_tol=(1e-4, 1e-6)
+    )
 
 
 # --------------------------------------------------------------------------- GPU only: no sync, CUDA graphs

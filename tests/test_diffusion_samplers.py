@@ -269,7 +269,17 @@ def test_ddpm_matches_diffusers(backend, pred):
             assert torch.equal(drop.prev_sample, same[0]) and torch.equal(
                 drop.pred_original_sample, same[1]
             )
-    # with an inference schedule the previous timestep is the next entry of timesteps
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
+def test_ddpm_inference_schedule_matches_diffusers(backend, pred):
+    """With an inference schedule the previous timestep is the next entry of timesteps."""
+    diffusers = pytest.importorskip("diffusers")
+    from pykernels.integrations.diffusers import FusedDDPMScheduler
+
+    dev = backend_device(backend)
+    m, s = randn(2, 3, 4, 4, device=dev, seed=1), randn(2, 3, 4, 4, device=dev, seed=2, scale=2.0)
     theirs = _float64_scheduler(diffusers.DDPMScheduler(prediction_type=pred))
     ours = FusedDDPMScheduler(prediction_type=pred)
     theirs.set_timesteps(10, device=dev)

@@ -17,8 +17,8 @@ from .helpers import (
     COMPILE_BACKENDS,
     as64,
     assert_close,
+    assert_compiles_fullgraph,
     backend_device,
-    compile_backend,
     dtypes_for,
     opcheck_test,
     poisoned,
@@ -325,7 +325,6 @@ test_opcheck = opcheck_test(_opcheck_cases)
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
-    torch._dynamo.reset()
 
     def f(m, x0, z, s):
         xt = pk.flow_interpolate(x0, z, s.reshape(-1, 1, 1, 1), backend=backend)
@@ -335,13 +334,10 @@ def test_torch_compile_fullgraph(backend):
         nxt = pk.flow_match_euler_step(m, xt, s, s * 0.5, backend=backend)
         return loss + nxt.float().square().mean()
 
-    cf = torch.compile(f, fullgraph=True, backend=compile_backend(dev))
     m, x0, z = _leaves(torch.float32, dev)
     s = _sig(device=dev)
-    got, want = cf(m, x0, z, s), f(m, x0, z, s)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    for g, w in zip(torch.autograd.grad(got, [m, x0, z]), torch.autograd.grad(want, [m, x0, z])):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    tol = (1e-5, 1e-6)
+    assert_compiles_fullgraph(f, f, (m, x0, z, s), [m, x0, z], dev, tol=tol, grad_tol=tol)
 
 
 # --------------------------------------------------------------------------- timestep sampling

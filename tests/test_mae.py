@@ -13,8 +13,8 @@ from .helpers import (
     FUSED_BACKENDS,
     as64,
     assert_close,
+    assert_compiles_fullgraph,
     backend_device,
-    compile_backend,
     dtypes_for,
     grads,
     opcheck_test,
@@ -494,9 +494,7 @@ test_opcheck = opcheck_test(_opcheck_cases)
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_torch_compile_fullgraph(backend):
     dev = backend_device(backend)
-    torch._dynamo.reset()
 
-    @torch.compile(fullgraph=True, backend=compile_backend(dev))
     def step(imgs, tokens, tok, noise):
         xv, mask, ids = pk.random_masking(tokens, 0.75, noise=noise, backend=backend)
         keep = torch.argsort(noise, dim=1)[:, : xv.shape[1]]
@@ -506,26 +504,19 @@ def test_torch_compile_fullgraph(backend):
             full, imgs.detach(), mask, 2, norm_pix_loss=True, backend=backend
         )
 
+    def want(imgs, tokens, tok, noise):
+        xv, mask, ids = ref.random_masking(tokens, 0.75, noise)
+        keep = torch.argsort(noise, dim=1)[:, : xv.shape[1]]
+        full = ref.unshuffle_with_mask_tokens(xv + ref.gather_patches(imgs, keep, 2), tok, ids)
+        return ref.masked_patch_loss(full, imgs.detach(), mask, 2, True)
+
     imgs = randn(2, 3, 4, 8, device=dev, seed=1, requires_grad=True)
     tokens = randn(2, 8, 12, device=dev, seed=2, requires_grad=True)
     tok = randn(12, device=dev, seed=3, requires_grad=True)
     noise = torch.rand(2, 8, generator=torch.Generator().manual_seed(4)).to(dev)
-    got = step(imgs, tokens, tok, noise)
-    xv, mask, ids = ref.random_masking(tokens, 0.75, noise)
-    keep = torch.argsort(noise, dim=1)[:, : xv.shape[1]]
-    want = ref.masked_patch_loss(
-        ref.unshuffle_with_mask_tokens(xv + ref.gather_patches(imgs, keep, 2), tok, ids),
-        imgs.detach(),
-        mask,
-        2,
-        True,
-    )
-    torch.testing.assert_close(got, want)
-    for g, w in zip(
-        torch.autograd.grad(got, [imgs, tokens, tok]),
-        torch.autograd.grad(want, [imgs, tokens, tok]),
-    ):
-        torch.testing.assert_close(g, w)
+    fp32 = (1.3e-6, 1e-5)  # assert_close's float32 default
+    args = (imgs, tokens, tok, noise)
+    assert_compiles_fullgraph(step, want, args, [imgs, tokens, tok], dev, tol=fp32, grad_tol=fp32)
 
 
 # --------------------------------------------------------------------------- modules

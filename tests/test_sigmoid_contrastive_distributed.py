@@ -11,21 +11,15 @@ texts' gradients back to their owners).
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import traceback
-
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from pykernels import distributed as pkd
 from pykernels.nn import SigLipLoss
 
+from ._distributed import init_gloo, outcomes_fixture, report, run_checks
 from .helpers import TOLERANCE, rel_err
-from .test_contrastive_distributed import PG_TIMEOUT_S, launch, report
 
 WORLD_SIZES = (2, 3)
 DIM = 5
@@ -157,35 +151,11 @@ for _impl in ("bidir", "shift", "reduce", "gather"):
 
 # ----------------------------------------------------------------------------- the launch
 def _worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)  # several processes share a small machine
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
-    )
-    outcome = {}
-    for name, spec in CHECKS.items():
-        spec = dict(spec)
-        fn = spec.pop("fn")
-        try:
-            note = fn(rank, world, **spec)
-            outcome[name] = note if isinstance(note, str) else "ok"
-        except BaseException:  # noqa: BLE001  (recorded and reported by the test)
-            outcome[name] = "FAILED\n" + traceback.format_exc()
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(outcome, f)
-    dist.destroy_process_group()
+    init_gloo(rank, world, port)
+    run_checks(CHECKS, rank, world, out_dir)
 
 
-@pytest.fixture(scope="module", params=WORLD_SIZES, ids=lambda w: f"world{w}")
-def outcomes(request, tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    return launch(
-        request.param, str(tmp_path_factory.mktemp(f"world{request.param}")), _worker, __name__
-    )
+outcomes = outcomes_fixture(WORLD_SIZES, _worker, __name__)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))

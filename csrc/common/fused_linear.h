@@ -110,19 +110,28 @@ inline at::Tensor chunk_logits(const LinearHead& h, const at::Tensor& hc) {
   return h.bias.defined() ? at::addmm(h.bias, hc, h.weight.t()) : at::mm(hc, h.weight.t());
 }
 
-// The gradients of one side from its chunk gradient G [m, V]: dh rows into grads[0] (at
-// `index`, or the slice [begin, begin + m)), dW and db accumulated (fp32).
-inline void add_head_grads(const LinearHead& h, const at::Tensor& hc, const at::Tensor& G,
-                           const at::Tensor& index, int64_t begin, at::Tensor* grads,
-                           const bool* want) {
-  if (want[0]) {
-    const auto dh = at::mm(G, h.weight);
-    if (index.defined()) {
-      grads[0].index_copy_(0, index, dh);
+// The rows of one chunk: positions idx in the counted rows when ignored rows are gathered
+// out, else the slice [begin, begin + m).
+struct ChunkRows {
+  at::Tensor idx;
+  int64_t begin = 0, m = 0;
+  at::Tensor of(const at::Tensor& x) const {
+    return idx.defined() ? x.index_select(0, idx) : x.narrow(0, begin, m);
+  }
+  void put(at::Tensor& dst, const at::Tensor& src) const {
+    if (idx.defined()) {
+      dst.index_copy_(0, idx, src);
     } else {
-      grads[0].narrow(0, begin, G.size(0)).copy_(dh);
+      dst.narrow(0, begin, m).copy_(src);
     }
   }
+};
+
+// The gradients of one side from its chunk gradient G [m, V]: dh into the chunk's rows of
+// grads[0], dW and db accumulated (fp32).
+inline void add_head_grads(const LinearHead& h, const at::Tensor& hc, const at::Tensor& G,
+                           const ChunkRows& r, at::Tensor* grads, const bool* want) {
+  if (want[0]) r.put(grads[0], at::mm(G, h.weight));
   if (want[1]) {
     if (grads[1].scalar_type() == G.scalar_type()) {
       grads[1].addmm_(G.t(), hc);
@@ -131,6 +140,64 @@ inline void add_head_grads(const LinearHead& h, const at::Tensor& hc, const at::
     }
   }
   if (want[2]) grads[2].add_(G.sum({0}, false, grads[2].scalar_type()));
+}
+
+// Zeroed outputs: loss and lse [N] in the accumulation dtype, each wanted gradient at its
+// input's shape (hidden's in its dtype; weight's and bias's in fp32 while they accumulate,
+// cast back by grads_to_input_dtype).
+inline FusedLinearOutputs zero_outputs(const FusedLinearSettings& st, const LinearHead* heads[2],
+                                       int64_t N, const at::TensorOptions& acc_opts) {
+  FusedLinearOutputs out;
+  out.loss = at::zeros({N}, acc_opts);
+  out.lse = st.want_lse ? at::zeros({N}, acc_opts) : at::empty({0}, acc_opts);
+  for (int k = 0; k < 6; ++k) {
+    out.grads[k] = at::empty({0}, heads[0]->hidden.options());
+    if (!st.grads[k]) continue;
+    const LinearHead& h = *heads[k / 3];
+    const at::Tensor& like = k % 3 == 0 ? h.hidden : k % 3 == 1 ? h.weight : h.bias;
+    const auto dtype = k % 3 == 0 ? like.scalar_type() : at::toOpMathType(like.scalar_type());
+    out.grads[k] = at::zeros(like.sizes(), like.options().dtype(dtype));
+  }
+  return out;
+}
+
+inline void grads_to_input_dtype(const FusedLinearSettings& st, const LinearHead* heads[2],
+                                 FusedLinearOutputs& out) {
+  for (int k = 0; k < 6; ++k) {
+    if (st.grads[k] && k % 3 != 0) {
+      const LinearHead& h = *heads[k / 3];
+      out.grads[k] = out.grads[k].to((k % 3 == 1 ? h.weight : h.bias).scalar_type());
+    }
+  }
+}
+
+// lse = logsumexp(L) per row in the accumulation dtype; 0 for ignored rows that were not
+// gathered out (they get no logsumexp and no z-loss).
+inline at::Tensor chunk_lse(const at::Tensor& L, at::ScalarType acc, const ChunkRows& r,
+                            const at::Tensor& labels, int64_t ignore_index) {
+  auto lse = at::logsumexp(L.to(acc), {1});
+  if (!r.idx.defined() && labels.defined()) lse.masked_fill_(r.of(labels) == ignore_index, 0);
+  return lse;
+}
+
+// The loss terms and gradient factors applied after the row kernel: the z-loss
+// (+ z lse^2, G += 2 z grad_scale lse softmax(L)), the softcap's derivative 1 - tanh^2 and
+// the per-row weights of reduction "none"'s backward.
+inline void finish_chunk(const FusedLinearSettings& st, const DistillationSettings& rs,
+                         const ChunkRows& r, const at::Tensor& row_weight, const at::Tensor& lse,
+                         const at::Tensor& probs, const at::Tensor& tanh_c,
+                         DistillationTensors& c) {
+  at::Tensor &G = c.grad_logits, &Gt = c.grad_teacher;
+  if (st.z_loss != 0) {
+    c.loss.add_(lse * lse * st.z_loss);
+    if (rs.grad_logits) G.add_((lse * (2.0 * st.z_loss * rs.grad_scale)).unsqueeze(1) * probs);
+  }
+  if (tanh_c.defined() && rs.grad_logits) G.mul_(1 - tanh_c * tanh_c);
+  if (row_weight.defined()) {
+    const auto w = r.of(row_weight).unsqueeze(1);
+    if (rs.grad_logits) G.mul_(w);
+    if (rs.grad_teacher) Gt.mul_(w);
+  }
 }
 
 }  // namespace fused_linear_detail
@@ -145,92 +212,57 @@ inline FusedLinearOutputs fused_linear_loop(const FusedLinearSettings& st, const
   const int64_t N = s.hidden.size(0), V = s.weight.size(0);
   const auto acc = at::toOpMathType(s.hidden.scalar_type());
   const auto acc_opts = s.hidden.options().dtype(acc);
-  FusedLinearOutputs out;
-  out.loss = at::zeros({N}, acc_opts);
-  out.lse = st.want_lse ? at::zeros({N}, acc_opts) : at::empty({0}, acc_opts);
   const LinearHead* heads[2] = {&s, &t};
-  for (int k = 0; k < 6; ++k) {
-    out.grads[k] = at::empty({0}, s.hidden.options());
-    if (!st.grads[k]) continue;
-    const LinearHead& h = *heads[k / 3];
-    const at::Tensor& like = k % 3 == 0 ? h.hidden : k % 3 == 1 ? h.weight : h.bias;
-    const auto dtype = k % 3 == 0 ? like.scalar_type() : at::toOpMathType(like.scalar_type());
-    out.grads[k] = at::zeros(like.sizes(), like.options().dtype(dtype));
-  }
+  FusedLinearOutputs out = zero_outputs(st, heads, N, acc_opts);
   at::Tensor index;  // the counted rows, when they are gathered
-  int64_t M = N;
   if (st.compact && labels.defined()) {
     index = (labels != st.rows.ignore_index).nonzero().squeeze(1);
-    M = index.size(0);
   }
-  const bool grad_s = st.grads[0] || st.grads[1] || st.grads[2];
-  const bool grad_t = kd && (st.grads[3] || st.grads[4] || st.grads[5]);
+  const int64_t M = index.defined() ? index.size(0) : N;
   DistillationSettings rs = st.rows;
-  rs.grad_logits = grad_s;
-  rs.grad_teacher = grad_t;
+  rs.grad_logits = st.grads[0] || st.grads[1] || st.grads[2];
+  rs.grad_teacher = kd && (st.grads[3] || st.grads[4] || st.grads[5]);
   const int64_t chunk = st.chunk_size > 0
                             ? std::min(st.chunk_size, std::max<int64_t>(M, 1))
                             : auto_chunk(M, V, s.hidden.element_size(), s.hidden.is_cpu());
   for (int64_t begin = 0; begin < M; begin += chunk) {
-    const int64_t m = std::min(chunk, M - begin);
-    const at::Tensor idx = index.defined() ? index.narrow(0, begin, m) : at::Tensor();
-    auto rows_of = [&](const at::Tensor& x) {
-      return idx.defined() ? x.index_select(0, idx) : x.narrow(0, begin, m);
-    };
-    const at::Tensor hs = rows_of(s.hidden), ht = kd ? rows_of(t.hidden) : at::Tensor();
-    at::Tensor L = chunk_logits(s, hs);
-    const at::Tensor Lt = kd ? chunk_logits(t, ht) : at::Tensor();
-    at::Tensor tanh_c;
+    ChunkRows r;
+    r.begin = begin;
+    r.m = std::min(chunk, M - begin);
+    if (index.defined()) r.idx = index.narrow(0, begin, r.m);
+    // 1. logits of both sides, softcapped (cross entropy)
+    const at::Tensor hs = r.of(s.hidden), ht = kd ? r.of(t.hidden) : at::Tensor();
+    at::Tensor L = chunk_logits(s, hs), tanh_c;
     if (st.softcap > 0) {
       tanh_c = at::tanh(L / st.softcap);
       L = tanh_c * st.softcap;
     }
     at::Tensor lse, probs;
-    if (st.want_lse || st.z_loss != 0) {
-      lse = at::logsumexp(L.to(acc), {1});
-      // ignored rows that were not gathered out: no logsumexp, no z-loss
-      if (!idx.defined() && labels.defined()) {
-        lse.masked_fill_(rows_of(labels) == rs.ignore_index, 0);
-      }
-    }
-    if (st.z_loss != 0 && grad_s) probs = at::softmax(L.to(acc), 1);
+    if (st.want_lse || st.z_loss != 0) lse = chunk_lse(L, acc, r, labels, rs.ignore_index);
+    if (st.z_loss != 0 && rs.grad_logits) probs = at::softmax(L.to(acc), 1);
+    // 2. the row kernel: loss rows and G = d(grad_scale loss) / dL (over L when in_place)
     DistillationTensors c;
     c.logits = L;
-    c.teacher = Lt;
-    c.labels = labels.defined() ? rows_of(labels) : at::Tensor();
-    c.loss = at::empty({m}, acc_opts);
-    c.grad_logits = !grad_s ? at::empty({0}, L.options()) : st.in_place ? L : at::empty_like(L);
-    c.grad_teacher = !grad_t ? at::empty({0}, L.options()) : st.in_place ? Lt : at::empty_like(Lt);
+    c.teacher = kd ? chunk_logits(t, ht) : at::Tensor();
+    c.labels = labels.defined() ? r.of(labels) : at::Tensor();
+    c.loss = at::empty({r.m}, acc_opts);
+    c.grad_logits = !rs.grad_logits ? at::empty({0}, L.options())
+                    : st.in_place   ? L
+                                    : at::empty_like(L);
+    c.grad_teacher = !rs.grad_teacher ? at::empty({0}, L.options())
+                     : st.in_place    ? c.teacher
+                                      : at::empty_like(c.teacher);
     c.V = V;
-    c.rows = m;
+    c.rows = r.m;
     kernel(rs, c);
-    at::Tensor G = c.grad_logits, Gt = c.grad_teacher;
-    if (st.z_loss != 0) {
-      c.loss.add_(lse * lse * st.z_loss);
-      if (grad_s) G.add_((lse * (2.0 * st.z_loss * rs.grad_scale)).unsqueeze(1) * probs);
-    }
-    if (tanh_c.defined() && grad_s) G.mul_(1 - tanh_c * tanh_c);
-    if (row_weight.defined()) {
-      const auto w = rows_of(row_weight).unsqueeze(1);
-      if (grad_s) G.mul_(w);
-      if (grad_t) Gt.mul_(w);
-    }
-    if (idx.defined()) {
-      out.loss.index_copy_(0, idx, c.loss);
-      if (st.want_lse) out.lse.index_copy_(0, idx, lse);
-    } else {
-      out.loss.narrow(0, begin, m).copy_(c.loss);
-      if (st.want_lse) out.lse.narrow(0, begin, m).copy_(lse);
-    }
-    if (grad_s) add_head_grads(s, hs, G, idx, begin, &out.grads[0], &st.grads[0]);
-    if (grad_t) add_head_grads(t, ht, Gt, idx, begin, &out.grads[3], &st.grads[3]);
+    // 3. z-loss, softcap derivative, row weights; then the rows and the matmul gradients
+    finish_chunk(st, rs, r, row_weight, lse, probs, tanh_c, c);
+    r.put(out.loss, c.loss);
+    if (st.want_lse) r.put(out.lse, lse);
+    if (rs.grad_logits) add_head_grads(s, hs, c.grad_logits, r, &out.grads[0], &st.grads[0]);
+    if (rs.grad_teacher) add_head_grads(t, ht, c.grad_teacher, r, &out.grads[3], &st.grads[3]);
   }
-  for (int k = 0; k < 6; ++k) {  // weight and bias gradients back to their inputs' dtype
-    if (st.grads[k] && k % 3 != 0) {
-      const LinearHead& h = *heads[k / 3];
-      out.grads[k] = out.grads[k].to((k % 3 == 1 ? h.weight : h.bias).scalar_type());
-    }
-  }
+  grads_to_input_dtype(st, heads, out);
   return out;
 }
 
