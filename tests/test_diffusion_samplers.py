@@ -221,6 +221,12 @@ def _diffusers_float32_ddpm_step(sch, m, t, s, z):
     return out.prev_sample, out.pred_original_sample
 
 
+def _sampler_inputs(dev):
+    """(model_output, sample) of the scheduler comparisons with diffusers; the sample spans
+    about +-2 so that clipping and thresholding both act."""
+    return randn(2, 3, 4, 4, device=dev, seed=1), randn(2, 3, 4, 4, device=dev, seed=2, scale=2.0)
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("pred", ref.PREDICTION_TYPES)
 def test_ddpm_matches_diffusers(backend, pred):
@@ -228,7 +234,7 @@ def test_ddpm_matches_diffusers(backend, pred):
     from pykernels.integrations.diffusers import FusedDDPMScheduler
 
     dev = backend_device(backend)
-    m, s = randn(2, 3, 4, 4, device=dev, seed=1), randn(2, 3, 4, 4, device=dev, seed=2, scale=2.0)
+    m, s = _sampler_inputs(dev)
     for th in (False, True):
         cfg = dict(prediction_type=pred, thresholding=th, sample_max_value=2.0, clip_sample=not th)
         theirs, ours = _float64_scheduler(diffusers.DDPMScheduler(**cfg)), FusedDDPMScheduler(**cfg)
@@ -279,7 +285,7 @@ def test_ddpm_inference_schedule_matches_diffusers(backend, pred):
     from pykernels.integrations.diffusers import FusedDDPMScheduler
 
     dev = backend_device(backend)
-    m, s = randn(2, 3, 4, 4, device=dev, seed=1), randn(2, 3, 4, 4, device=dev, seed=2, scale=2.0)
+    m, s = _sampler_inputs(dev)
     theirs = _float64_scheduler(diffusers.DDPMScheduler(prediction_type=pred))
     ours = FusedDDPMScheduler(prediction_type=pred)
     theirs.set_timesteps(10, device=dev)
@@ -321,7 +327,7 @@ def test_ddpm_inference_schedule_matches_diffusers(backend, pred):
 def test_ddim_matches_diffusers(backend, pred):
     diffusers = pytest.importorskip("diffusers")
     dev = backend_device(backend)
-    m, s = randn(2, 3, 4, 4, device=dev, seed=1), randn(2, 3, 4, 4, device=dev, seed=2, scale=2.0)
+    m, s = _sampler_inputs(dev)
     z = randn(2, 3, 4, 4, device=dev, seed=3)
     for one in (True, False):
         for clip, th in ((True, False), (False, True), (False, False)):
